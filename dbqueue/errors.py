@@ -1,0 +1,110 @@
+"""Every exception dbqueue raises, in one tree.
+
+::
+
+    DBQueueError
+     ├── ConfigurationError        a setting, argument or --app value is wrong
+     │    └── UnsupportedDatabase  the server cannot give dbqueue's guarantees
+     ├── DatabaseUnavailable       cannot connect to the database
+     ├── NotMigrated               the dbqueue tables are missing
+     ├── SerializationError        job arguments are not JSON
+     ├── UnknownJob                no job is registered under that name
+     └── NotFound                  no such failed job, worker, ...
+
+    JobSignal                      raised *by job code* to steer the worker
+     ├── Release                   put the job back, without counting a failure
+     └── Fail                      fail the job now, whatever tries remain
+
+    JobTimeout, WorkerCrashed, MaxAttemptsExceeded
+                                   never raised in your code: the names the worker
+                                   records in failed_jobs for failures that have no
+                                   Python exception of their own
+
+Every message of a user-facing error says what is wrong and how to fix it; the
+CLI prints it as one line and exits non-zero.
+"""
+
+from __future__ import annotations
+
+
+class DBQueueError(Exception):
+    """The root of every error dbqueue raises."""
+
+
+class ConfigurationError(DBQueueError):
+    """A setting, argument or application reference is wrong."""
+
+
+class UnsupportedDatabase(ConfigurationError):
+    """The database server is too old (or of a kind) for dbqueue's guarantees."""
+
+
+class DatabaseUnavailable(DBQueueError):
+    """dbqueue could not connect to the database."""
+
+
+class NotMigrated(DBQueueError):
+    """The dbqueue tables do not exist yet: run ``dbqueue migrate``."""
+
+
+class SerializationError(DBQueueError, TypeError):
+    """Job arguments or a result could not be encoded as JSON."""
+
+
+class UnknownJob(DBQueueError, LookupError):
+    """No job is registered under the given name."""
+
+
+class NotFound(DBQueueError, LookupError):
+    """The named failed job (or other record) does not exist."""
+
+
+class JobSignal(Exception):  # noqa: N818 - these are control flow, not errors
+    """Base of the exceptions job code raises to tell the worker what to do."""
+
+
+class Release(JobSignal):
+    """Raise inside a job to put it back on its queue.
+
+    The job becomes available again after ``delay`` seconds. A release is not a
+    failure: it does not use up one of the job's ``tries``.
+    """
+
+    def __init__(self, delay: float = 0) -> None:
+        if delay < 0:
+            raise ValueError(f"Release delay must be >= 0 seconds, not {delay!r}")
+        super().__init__(f"released for {delay:g} s")
+        self.delay = float(delay)
+
+
+class Fail(JobSignal):
+    """Raise inside a job to fail it at once, whatever ``tries`` remain.
+
+    The job moves to ``failed_jobs`` with ``reason`` as its message and its
+    ``on_failure`` hook runs.
+    """
+
+    def __init__(self, reason: str = "failed by the job") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# Names recorded in failed_jobs.exception_class for failures without a Python
+# exception of their own. They are real classes so that `dont_retry` and
+# readers of the code can refer to them.
+
+
+class JobTimeout(DBQueueError):
+    """A job ran longer than its ``timeout`` and its process was killed."""
+
+
+class WorkerCrashed(DBQueueError):
+    """The process running a job died (a signal, ``os._exit``, out of memory)."""
+
+
+class MaxAttemptsExceeded(DBQueueError):
+    """A job was reserved more times than its ``tries`` allow.
+
+    This happens when the worker that held its last attempt died or lost its
+    lease without recording an outcome.
+    """

@@ -1,0 +1,71 @@
+"""How long a failed job waits before its next attempt. Pure: no clock, no I/O."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+from ..errors import ConfigurationError
+
+
+@dataclass(frozen=True, slots=True)
+class Exponential:
+    """Exponential backoff with jitter: ``base * factor**(attempt-1)``, capped at ``cap``.
+
+    With ``jitter`` the delay is drawn uniformly from [delay/2, delay], which
+    spreads the retries of many jobs that failed together (a thundering herd
+    against a recovering service).
+    """
+
+    base: float = 1.0
+    factor: float = 2.0
+    cap: float = 3600.0
+    jitter: bool = True
+
+    def __post_init__(self) -> None:
+        if self.base < 0 or self.factor < 1 or self.cap < 0:
+            raise ConfigurationError(
+                "Exponential backoff needs base >= 0, factor >= 1 and cap >= 0 "
+                f"(got base={self.base}, factor={self.factor}, cap={self.cap})"
+            )
+
+
+Backoff = Union[float, Sequence[float], Exponential]
+
+
+def validate_backoff(backoff: Any) -> Backoff:
+    """Return ``backoff`` unchanged if it is valid; raise ConfigurationError otherwise."""
+    if isinstance(backoff, Exponential):
+        return backoff
+    if isinstance(backoff, bool):
+        raise ConfigurationError(f"backoff must be seconds, a list or Exponential, not {backoff!r}")
+    if isinstance(backoff, int | float):
+        if backoff < 0:
+            raise ConfigurationError(f"backoff must be >= 0 seconds, not {backoff}")
+        return float(backoff)
+    if isinstance(backoff, list | tuple) and backoff and all(
+        isinstance(x, int | float) and not isinstance(x, bool) and x >= 0 for x in backoff
+    ):
+        return tuple(float(x) for x in backoff)
+    raise ConfigurationError(
+        f"backoff must be a number of seconds, a non-empty list of seconds per attempt, "
+        f"or dbqueue.Exponential(...), not {backoff!r}"
+    )
+
+
+def backoff_delay(backoff: Backoff, attempt: int, rng: random.Random | None = None) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1-based).
+
+    A list gives the delay per attempt and its last value repeats.
+    """
+    if isinstance(backoff, Exponential):
+        delay = min(backoff.cap, backoff.base * backoff.factor ** max(attempt - 1, 0))
+        if backoff.jitter:
+            delay = (rng or random).uniform(delay / 2, delay)
+        return delay
+    if isinstance(backoff, int | float):
+        return float(backoff)
+    index = min(max(attempt, 1), len(backoff)) - 1
+    return float(backoff[index])

@@ -1,0 +1,68 @@
+"""Job payloads are JSON text: readable with plain SQL, and never code.
+
+A payload is ``{"args": [...], "kwargs": {...}}`` plus, only when a dispatch
+overrides the job's defaults, ``"options": {...}``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import SerializationError
+
+_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """The decoded content of a ``jobs.payload`` column."""
+
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def encode(job_name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+           options: dict[str, Any] | None = None) -> str:
+    """Encode the arguments of a dispatch, or raise SerializationError naming the culprit."""
+    document: dict[str, Any] = {"args": args, "kwargs": kwargs}
+    if options:
+        document["options"] = options
+    try:
+        return _encoder.encode(document)
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(
+            f"the arguments of job {job_name!r} must be JSON-serialisable ({exc}); "
+            "pass plain values (str, int, float, bool, None, lists, dicts with str keys), "
+            "for example an id instead of an object"
+        ) from None
+
+
+def encode_value(what: str, value: Any) -> str:
+    """Encode any JSON value (a job result, say)."""
+    try:
+        return _encoder.encode(value)
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(f"{what} must be JSON-serialisable: {exc}") from None
+
+
+def decode(text: str) -> Payload:
+    """Decode a payload column; raise ValueError with a readable reason when it is malformed."""
+    try:
+        document = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"payload is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ValueError(f"payload must be a JSON object, not {type(document).__name__}")
+    args = document.get("args", [])
+    kwargs = document.get("kwargs", {})
+    options = document.get("options", {})
+    if not isinstance(args, list):
+        raise ValueError("payload 'args' must be a JSON array")
+    if not isinstance(kwargs, dict):
+        raise ValueError("payload 'kwargs' must be a JSON object")
+    if not isinstance(options, dict):
+        raise ValueError("payload 'options' must be a JSON object")
+    return Payload(tuple(args), kwargs, options)

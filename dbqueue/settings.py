@@ -1,0 +1,70 @@
+"""dbqueue's configuration: one frozen object, from arguments or DBQUEUE_* variables."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .errors import ConfigurationError
+
+DEFAULT_URL = "sqlite:///dbqueue.db"
+"""A SQLite file in the working directory: the quick start needs no server."""
+
+DEFAULT_RETRY_AFTER = 90.0
+
+_PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,20}$|^$")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Where the queue lives and how long a worker's lease on a job lasts.
+
+    ``retry_after`` is the lease: a worker renews it (heartbeat) while the job
+    runs, so it bounds how long a *crashed* worker's job waits before another
+    worker takes it, never how long a job may run.
+    """
+
+    url: str = DEFAULT_URL
+    table_prefix: str = ""
+    retry_after: float = DEFAULT_RETRY_AFTER
+
+    def __post_init__(self) -> None:
+        if not _PREFIX.match(self.table_prefix):
+            raise ConfigurationError(
+                f"table prefix {self.table_prefix!r} is not valid: use up to 21 letters, "
+                "digits and underscores, starting with a letter (for example 'dbq_')"
+            )
+        if not self.retry_after > 0:
+            raise ConfigurationError(
+                f"retry_after must be a positive number of seconds, not {self.retry_after!r}"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read ``DBQUEUE_URL``, ``DBQUEUE_TABLE_PREFIX`` and ``DBQUEUE_RETRY_AFTER``.
+
+        Arguments that are not ``None`` win over the environment.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        if env.get("DBQUEUE_URL"):
+            values["url"] = env["DBQUEUE_URL"]
+        if "DBQUEUE_TABLE_PREFIX" in env:
+            values["table_prefix"] = env["DBQUEUE_TABLE_PREFIX"]
+        if env.get("DBQUEUE_RETRY_AFTER"):
+            values["retry_after"] = parse_seconds("DBQUEUE_RETRY_AFTER", env["DBQUEUE_RETRY_AFTER"])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+def parse_seconds(name: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number of seconds, not {text!r}") from None

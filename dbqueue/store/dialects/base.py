@@ -1,0 +1,178 @@
+"""The dialect seam: what differs between PostgreSQL, MySQL/MariaDB and SQLite.
+
+The base class speaks the common SQL (PostgreSQL's, mostly); each backend
+overrides a few hooks and says in a comment why. Nothing outside this package
+asks which database it is talking to.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar, NamedTuple
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from ...errors import UnsupportedDatabase
+
+
+class ReservedRow(NamedTuple):
+    """A job row as it stands right after its reservation."""
+
+    id: int
+    queue: str
+    job: str
+    payload: str
+    priority: int
+    attempts: int
+    created_at: datetime
+    reserved_at: datetime
+
+
+RESERVED_COLUMNS = ReservedRow._fields
+
+
+class UtcDateTime(sa.TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always read back as an aware UTC datetime.
+
+    PostgreSQL stores ``timestamptz``; MySQL ``DATETIME(6)`` and SQLite text hold
+    naive UTC values, so aware values are converted on the way in.
+    """
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        return dialect.type_descriptor(dialect_for(dialect).timestamp_type())
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        return value if dialect_for(dialect).aware_timestamps else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # an expression SQLite returned without the column's type
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def seconds_expression(seconds: float | sa.ColumnElement[float]) -> sa.ColumnElement[float]:
+    if isinstance(seconds, sa.ColumnElement):
+        return seconds
+    return sa.bindparam("seconds", float(seconds), type_=sa.Float, unique=True)
+
+
+class Dialect:
+    """PostgreSQL-flavoured defaults; subclasses override what their server does differently."""
+
+    name: ClassVar[str] = "generic"
+    aware_timestamps: ClassVar[bool] = False
+    supports_returning_update: ClassVar[bool] = True
+    skip_locked: ClassVar[bool] = True
+
+    # --- engine -----------------------------------------------------------
+
+    def engine_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``create_engine`` when dbqueue creates the engine itself."""
+        return {"pool_pre_ping": True}
+
+    def prepare_engine(self, engine: Engine) -> None:
+        """Install connection hooks on an engine dbqueue created."""
+
+    def check_server(self, connection: Connection) -> None:
+        """Raise UnsupportedDatabase when the server cannot give dbqueue's guarantees."""
+
+    # --- types and clock ----------------------------------------------------
+
+    def timestamp_type(self) -> sa.types.TypeEngine[Any]:
+        return sa.DateTime()
+
+    def now(self) -> sa.ColumnElement[datetime]:
+        """The database server's current UTC time (DESIGN §2.6: one clock)."""
+        raise NotImplementedError
+
+    def now_plus(self, seconds: float | sa.ColumnElement[float]) -> sa.ColumnElement[datetime]:
+        """The database server's UTC time plus ``seconds`` (a number or a SQL expression)."""
+        raise NotImplementedError
+
+    def now_default(self) -> sa.TextClause:
+        """A server default for timestamp columns: the UTC time at insert."""
+        raise NotImplementedError
+
+    # --- reservation ----------------------------------------------------------
+
+    def reserve(self, connection: Connection, jobs: sa.Table, queue: str, limit: int,
+                token: str, lease: float) -> list[ReservedRow]:
+        """Claim up to ``limit`` available jobs of ``queue``, first by (priority, id).
+
+        Each claimed row gets ``reserved_by = token``, ``reserved_at = now``, a
+        lease until ``now + lease`` (kept in available_at) and one more attempt.
+        The default is one statement: UPDATE ... WHERE id IN (SELECT ... FOR
+        UPDATE SKIP LOCKED) RETURNING.
+        """
+        candidates = self.claimable(jobs, queue, limit)
+        if self.skip_locked:
+            candidates = candidates.with_for_update(skip_locked=True)
+        statement = (
+            sa.update(jobs)
+            .where(jobs.c.id.in_(candidates.scalar_subquery()))
+            .values(
+                reserved_by=token,
+                reserved_at=self.now(),
+                available_at=self.now_plus(lease),
+                attempts=jobs.c.attempts + 1,
+            )
+            .returning(*(jobs.c[name] for name in RESERVED_COLUMNS))
+        )
+        rows = [ReservedRow(*row) for row in connection.execute(statement)]
+        rows.sort(key=lambda row: (row.priority, row.id))  # RETURNING order is unspecified
+        return rows
+
+    def claimable(self, jobs: sa.Table, queue: str, limit: int) -> sa.Select[Any]:
+        # A reserved job's lease expiry is its available_at, so "ready" and "lease
+        # expired" are one range condition, served by the (queue, priority, id)
+        # index walk in ORDER BY order.
+        return (
+            sa.select(jobs.c.id)
+            .where(jobs.c.queue == queue, jobs.c.available_at <= self.now())
+            .order_by(jobs.c.priority, jobs.c.id)
+            .limit(limit)
+        )
+
+    # --- errors ---------------------------------------------------------------
+
+    def is_retryable(self, error: BaseException) -> bool:
+        """True for errors that a fresh attempt of the same transaction can cure."""
+        return False
+
+    def is_missing_table(self, error: BaseException) -> bool:
+        return False
+
+
+def server_too_old(what: str, version: str, minimum: str, why: str) -> UnsupportedDatabase:
+    return UnsupportedDatabase(
+        f"{what} {version} is too old for dbqueue: it needs {minimum} or newer ({why}); "
+        f"upgrade the server, or use PostgreSQL"
+    )
+
+
+def dialect_for(sa_dialect: sa.Dialect) -> Dialect:
+    """The dbqueue dialect for a SQLAlchemy dialect (cached on it)."""
+    cached = getattr(sa_dialect, "_dbqueue_dialect", None)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    from . import registry
+
+    dialect = registry.lookup(sa_dialect)
+    # Before the first connection SQLAlchemy cannot tell MariaDB from MySQL:
+    # remember the answer only once the server has been seen.
+    if sa_dialect.server_version_info is not None:
+        sa_dialect._dbqueue_dialect = dialect  # type: ignore[attr-defined]
+    return dialect

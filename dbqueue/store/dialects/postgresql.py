@@ -1,0 +1,49 @@
+"""PostgreSQL: the reference dialect; reservation is one UPDATE ... SKIP LOCKED ... RETURNING."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .base import Dialect, seconds_expression, server_too_old
+
+# SQLSTATEs worth a fresh attempt of the whole transaction.
+_RETRYABLE = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
+_UNDEFINED_TABLE = "42P01"
+
+
+class PostgreSQL(Dialect):
+    name: ClassVar[str] = "postgresql"
+    aware_timestamps: ClassVar[bool] = True
+
+    def check_server(self, connection: Connection) -> None:
+        number = int(connection.exec_driver_sql("SHOW server_version_num").scalar_one())
+        if number < 130000:
+            version = connection.exec_driver_sql("SHOW server_version").scalar_one()
+            raise server_too_old("PostgreSQL", version, "13", "the oldest release still supported")
+
+    def timestamp_type(self) -> sa.types.TypeEngine[Any]:
+        return sa.DateTime(timezone=True)
+
+    def now(self) -> sa.ColumnElement[datetime]:
+        # now() is the transaction's start time: every row a transaction writes
+        # carries the same instant, and it is the server's clock.
+        return sa.func.now(type_=sa.DateTime(timezone=True))
+
+    def now_plus(self, seconds: float | sa.ColumnElement[float]) -> sa.ColumnElement[datetime]:
+        interval = sa.func.make_interval(
+            0, 0, 0, 0, 0, 0, sa.cast(seconds_expression(seconds), sa.Float)
+        )
+        return sa.type_coerce(self.now() + interval, sa.DateTime(timezone=True))
+
+    def now_default(self) -> sa.TextClause:
+        return sa.text("now()")
+
+    def is_retryable(self, error: BaseException) -> bool:
+        return getattr(getattr(error, "orig", None), "sqlstate", None) in _RETRYABLE
+
+    def is_missing_table(self, error: BaseException) -> bool:
+        return getattr(getattr(error, "orig", None), "sqlstate", None) == _UNDEFINED_TABLE

@@ -1,0 +1,68 @@
+"""SQLite: the embedded default. One writer at a time, so reservation needs no
+row locks: a single UPDATE ... RETURNING inside a BEGIN IMMEDIATE transaction."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+from .base import Dialect, seconds_expression, server_too_old
+
+# Text timestamps compare as strings, so every writer must use one format. This
+# is SQLAlchemy's own (microseconds, six digits); SQLite's %f gives "SS.SSS",
+# and the literal "000" pads it to six.
+_FORMAT = "%Y-%m-%d %H:%M:%f000"
+_BUSY_TIMEOUT_SECONDS = 60
+
+
+class SQLite(Dialect):
+    name: ClassVar[str] = "sqlite"
+    skip_locked: ClassVar[bool] = False
+
+    def engine_options(self) -> dict[str, Any]:
+        return {"connect_args": {"timeout": _BUSY_TIMEOUT_SECONDS}}
+
+    def prepare_engine(self, engine: Engine) -> None:
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_connection: Any, _record: Any) -> None:
+            # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            # WAL lets readers (status, the CLI) run beside the writer; NORMAL
+            # sync is safe against corruption in WAL mode and much faster.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(connection: Connection) -> None:
+            # IMMEDIATE takes the write lock up front: a transaction that read
+            # first and wrote later could fail with SQLITE_BUSY at once instead
+            # of waiting for the lock.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    def check_server(self, connection: Connection) -> None:
+        if sqlite3.sqlite_version_info < (3, 35, 0):
+            raise server_too_old("SQLite", sqlite3.sqlite_version, "3.35",
+                                 "UPDATE ... RETURNING came in 3.35")
+
+    def now(self) -> sa.ColumnElement[datetime]:
+        return sa.func.strftime(_FORMAT, "now", type_=sa.DateTime())
+
+    def now_plus(self, seconds: float | sa.ColumnElement[float]) -> sa.ColumnElement[datetime]:
+        modifier = sa.cast(seconds_expression(seconds), sa.String) + " seconds"
+        return sa.func.strftime(_FORMAT, "now", modifier, type_=sa.DateTime())
+
+    def now_default(self) -> sa.TextClause:
+        return sa.text(f"(strftime('{_FORMAT}', 'now'))")
+
+    def is_retryable(self, error: BaseException) -> bool:
+        return "database is locked" in str(getattr(error, "orig", error))
+
+    def is_missing_table(self, error: BaseException) -> bool:
+        return "no such table" in str(getattr(error, "orig", error))

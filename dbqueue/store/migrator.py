@@ -1,0 +1,60 @@
+"""Creating and upgrading dbqueue's tables with its bundled Alembic environment."""
+
+from __future__ import annotations
+
+import io
+from importlib import resources
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+
+from .engine import connect
+from .store import Store
+
+
+def _config(table_prefix: str, url: str | None = None, output: io.StringIO | None = None) -> Config:
+    config = Config(output_buffer=output)
+    config.set_main_option("script_location", str(resources.files("dbqueue.migrations")))
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config.attributes["table_prefix"] = table_prefix
+    return config
+
+
+def upgrade(store: Store, table_prefix: str, revision: str = "head") -> None:
+    """Bring the tables up to ``revision`` (the newest by default)."""
+    config = _config(table_prefix)
+
+    def work(connection: object) -> None:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+    store.check_server()
+    store.transaction(work)
+
+
+def downgrade(store: Store, table_prefix: str, revision: str) -> None:
+    """Take the tables back to ``revision`` (``base`` drops them all)."""
+    config = _config(table_prefix)
+
+    def work(connection: object) -> None:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+
+    store.transaction(work)
+
+
+def upgrade_sql(url: str, table_prefix: str, revision: str = "head") -> str:
+    """The DDL that ``upgrade`` would run, as SQL text, without touching a database."""
+    output = io.StringIO()
+    command.upgrade(_config(table_prefix, url, output), revision, sql=True)
+    return output.getvalue()
+
+
+def current_revision(store: Store, table_prefix: str) -> str | None:
+    with connect(store.engine) as connection:
+        context = MigrationContext.configure(
+            connection, opts={"version_table": f"{table_prefix}dbqueue_alembic_version"}
+        )
+        return context.get_current_revision()

@@ -1,0 +1,95 @@
+"""dbqueue's tables as SQLAlchemy Core objects (the migrations create them).
+
+Times are UTC from the database server's clock. ``jobs.available_at`` is when a
+queued job may start; for a reserved job it is when the lease expires, so one
+range condition finds both ready jobs and jobs whose worker died.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+from .dialects import UtcDateTime
+
+# LONGTEXT on MySQL: TEXT stops at 64 KiB, too little for tracebacks and payloads.
+LongText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER only
+
+
+@dataclass(frozen=True)
+class Tables:
+    metadata: sa.MetaData
+    jobs: sa.Table
+    failed_jobs: sa.Table
+    job_outcomes: sa.Table
+    cache_locks: sa.Table
+    queue_workers: sa.Table
+
+
+def build_tables(prefix: str = "") -> Tables:
+    """The tables, named with ``prefix`` (for applications whose table names clash)."""
+    metadata = sa.MetaData()
+    jobs = sa.Table(
+        f"{prefix}jobs", metadata,
+        sa.Column("id", BigId, primary_key=True, autoincrement=True),
+        sa.Column("queue", sa.String(191), nullable=False),
+        sa.Column("job", sa.String(255), nullable=False),
+        sa.Column("payload", LongText, nullable=False),
+        sa.Column("attempts", sa.Integer, nullable=False, default=0),
+        sa.Column("priority", sa.Integer, nullable=False, default=0),
+        sa.Column("available_at", UtcDateTime, nullable=False),
+        sa.Column("reserved_at", UtcDateTime),
+        sa.Column("reserved_by", sa.String(64)),
+        sa.Column("created_at", UtcDateTime, nullable=False),
+        sa.Index(f"{prefix}jobs_claim_idx", "queue", "priority", "id"),
+    )
+    failed_jobs = sa.Table(
+        f"{prefix}failed_jobs", metadata,
+        sa.Column("id", BigId, primary_key=True, autoincrement=True),
+        sa.Column("uuid", sa.String(36), nullable=False, unique=True),
+        sa.Column("job_id", sa.BigInteger),
+        sa.Column("queue", sa.String(191), nullable=False),
+        sa.Column("job", sa.String(255), nullable=False),
+        sa.Column("priority", sa.Integer, nullable=False, default=0),
+        sa.Column("payload", LongText, nullable=False),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("exception_class", sa.String(255), nullable=False),
+        sa.Column("exception_message", LongText, nullable=False),
+        sa.Column("exception", LongText, nullable=False),
+        sa.Column("failed_at", UtcDateTime, nullable=False),
+        sa.Column("worker", sa.String(255), nullable=False),
+        sa.Index(f"{prefix}failed_jobs_queue_idx", "queue", "failed_at"),
+        sa.Index(f"{prefix}failed_jobs_failed_at_idx", "failed_at"),
+    )
+    job_outcomes = sa.Table(
+        f"{prefix}job_outcomes", metadata,
+        sa.Column("idempotency_key", sa.String(191), primary_key=True),
+        sa.Column("job", sa.String(255), nullable=False),
+        sa.Column("job_id", sa.BigInteger),
+        sa.Column("status", sa.String(20), nullable=False),
+        sa.Column("result", LongText),
+        sa.Column("created_at", UtcDateTime, nullable=False),
+        sa.Column("expires_at", UtcDateTime),
+        sa.Index(f"{prefix}job_outcomes_created_at_idx", "created_at"),
+    )
+    cache_locks = sa.Table(
+        f"{prefix}cache_locks", metadata,
+        sa.Column("key", sa.String(191), primary_key=True),
+        sa.Column("owner", sa.String(64), nullable=False),
+        sa.Column("expires_at", UtcDateTime, nullable=False),
+    )
+    queue_workers = sa.Table(
+        f"{prefix}queue_workers", metadata,
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("host", sa.String(255), nullable=False),
+        sa.Column("pid", sa.Integer, nullable=False),
+        sa.Column("queues", sa.String(1000), nullable=False),
+        sa.Column("concurrency", sa.Integer, nullable=False),
+        sa.Column("started_at", UtcDateTime, nullable=False),
+        sa.Column("last_seen_at", UtcDateTime, nullable=False),
+        sa.Column("stop_requested_at", UtcDateTime),
+    )
+    return Tables(metadata, jobs, failed_jobs, job_outcomes, cache_locks, queue_workers)

@@ -1,0 +1,305 @@
+"""The queue's storage verbs: the only code that reads or writes the jobs tables.
+
+Each verb either runs in the caller's transaction (``connection=``: a
+SQLAlchemy Connection or Session, never committed here) or in a short
+transaction of its own, retried on deadlocks and lock-wait timeouts.
+
+Every write about a reserved job matches on its id *and* the reservation's
+token (``reserved_by``): a worker whose lease expired, and whose job another
+worker has since reserved, changes nothing (DESIGN §2.3, fenced leases).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
+
+from .dialects import Dialect, ReservedRow, dialect_for
+from .engine import connect, translate
+from .schema import Tables, build_tables
+
+T = TypeVar("T")
+Executor = Connection | Session
+
+_MAX_TRIES = 8
+_IN_CHUNK = 500  # ids per IN (...) list: well under every server's parameter limit
+
+
+class NewJob(NamedTuple):
+    """A job to insert. ``delay`` counts from the database server's clock."""
+
+    queue: str
+    job: str
+    payload: str
+    priority: int = 0
+    delay: float = 0.0
+
+
+class Lease(NamedTuple):
+    """A reservation: the job's id and the token its worker holds it by."""
+
+    id: int
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a job failed, as failed_jobs records it."""
+
+    exception_class: str
+    message: str
+    traceback: str
+
+
+def _chunks(items: Sequence[T], size: int = _IN_CHUNK) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _by_token(leases: Iterable[Lease]) -> Mapping[str, list[int]]:
+    grouped: dict[str, list[int]] = defaultdict(list)
+    for lease in leases:
+        grouped[lease.token].append(lease.id)
+    return grouped
+
+
+class Store:
+    """dbqueue's tables in one database, and the verbs that change them."""
+
+    def __init__(self, engine: Engine, table_prefix: str = "") -> None:
+        self.engine = engine
+        self.tables: Tables = build_tables(table_prefix)
+        self._insert_one = self._build_insert()
+
+    @property
+    def dialect(self) -> Dialect:
+        return dialect_for(self.engine.dialect)
+
+    # --- transactions -------------------------------------------------------
+
+    def transaction(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in a transaction of its own, retrying deadlocks and lock timeouts."""
+        for attempt in range(1, _MAX_TRIES + 1):
+            try:
+                with connect(self.engine) as connection, connection.begin():
+                    return work(connection)
+            except sa.exc.DBAPIError as exc:
+                if attempt < _MAX_TRIES and self.dialect.is_retryable(exc):
+                    # Short, growing, jittered pauses so that the transactions
+                    # that collided do not collide again in lock-step.
+                    time.sleep(random.uniform(0, 0.005 * 2**attempt))
+                    continue
+                raise translate(self.engine, exc) from exc
+        raise AssertionError("unreachable")
+
+    def within(self, connection: Executor | None, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in the caller's transaction if given, else in one of our own."""
+        if connection is None:
+            return self.transaction(work)
+        if isinstance(connection, Session):
+            connection = connection.connection()
+        try:
+            return work(connection)
+        except sa.exc.DBAPIError as exc:
+            raise translate(self.engine, exc) from exc
+
+    def check_server(self) -> None:
+        """Raise UnsupportedDatabase if the server cannot give dbqueue's guarantees."""
+        with connect(self.engine) as connection:
+            self.dialect.check_server(connection)
+
+    def now(self) -> datetime:
+        """The database server's current time (UTC)."""
+        return self.transaction(lambda c: c.execute(sa.select(self._now())).scalar_one())
+
+    def _now(self) -> sa.ColumnElement[datetime]:
+        return sa.type_coerce(self.dialect.now(), self.tables.jobs.c.created_at.type)
+
+    # --- enqueue ------------------------------------------------------------
+
+    def _build_insert(self) -> Callable[[], sa.Insert]:
+        # Built on first use: the dialect (MariaDB or MySQL?) is known only
+        # once the engine has connected.
+        built: list[sa.Insert] = []
+
+        def statement() -> sa.Insert:
+            if not built:
+                jobs = self.tables.jobs
+                built.append(jobs.insert().values(
+                    queue=sa.bindparam("queue"),
+                    job=sa.bindparam("job"),
+                    payload=sa.bindparam("payload"),
+                    priority=sa.bindparam("priority"),
+                    attempts=0,
+                    available_at=self.dialect.now_plus(sa.bindparam("delay", type_=sa.Float)),
+                    created_at=self.dialect.now(),
+                ))
+            return built[0]
+
+        return statement
+
+    def push(self, job: NewJob, connection: Executor | None = None) -> int:
+        """Insert one job and return its id."""
+        params = {"queue": job.queue, "job": job.job, "payload": job.payload,
+                  "priority": job.priority, "delay": job.delay}
+
+        def work(c: Connection) -> int:
+            # Make sure the engine has connected before the statement is built.
+            return int(c.execute(self._insert_one(), params).inserted_primary_key[0])
+
+        return self.within(connection, work)
+
+    def push_many(self, jobs: Sequence[NewJob], connection: Executor | None = None) -> int:
+        """Insert many jobs with multi-row INSERTs; return how many were inserted.
+
+        The server's clock is read once and every row's times are sent as plain
+        values: PyMySQL turns an executemany into one multi-row INSERT only when
+        every value is a placeholder.
+        """
+        if not jobs:
+            return 0
+        table = self.tables.jobs
+
+        def work(c: Connection) -> int:
+            now = c.execute(sa.select(self._now())).scalar_one()
+            rows = [
+                {"queue": j.queue, "job": j.job, "payload": j.payload, "priority": j.priority,
+                 "attempts": 0, "created_at": now,
+                 "available_at": now + timedelta(seconds=j.delay) if j.delay else now}
+                for j in jobs
+            ]
+            for chunk in _chunks(rows, 1000):
+                c.execute(table.insert(), list(chunk))
+            return len(rows)
+
+        return self.within(connection, work)
+
+    # --- the worker's verbs -----------------------------------------------
+
+    def reserve(self, queues: Sequence[str], limit: int, token: str,
+                lease: float) -> list[ReservedRow]:
+        """Reserve up to ``limit`` jobs, taking the queues in the order given.
+
+        Each job gets one more attempt and a lease of ``lease`` seconds under
+        ``token``; until the lease expires no other worker can reserve it.
+        """
+
+        def work(c: Connection) -> list[ReservedRow]:
+            taken: list[ReservedRow] = []
+            for queue in queues:
+                if len(taken) >= limit:
+                    break
+                taken += self.dialect.reserve(c, self.tables.jobs, queue, limit - len(taken),
+                                              token, lease)
+            return taken
+
+        return self.transaction(work)
+
+    def heartbeat(self, leases: Iterable[Lease], lease: float) -> int:
+        """Renew the leases still held; return how many were."""
+        jobs = self.tables.jobs
+        grouped = _by_token(leases)
+        if not grouped:
+            return 0
+
+        def work(c: Connection) -> int:
+            renewed = 0
+            for token, ids in grouped.items():
+                for chunk in _chunks(ids):
+                    renewed += c.execute(
+                        sa.update(jobs)
+                        .where(jobs.c.reserved_by == token, jobs.c.id.in_(chunk))
+                        .values(reserved_at=self.dialect.now(),
+                                available_at=self.dialect.now_plus(lease))
+                    ).rowcount
+            return renewed
+
+        return self.transaction(work)
+
+    def complete(self, leases: Iterable[Lease]) -> int:
+        """Delete completed jobs still held under their leases; return how many."""
+        jobs = self.tables.jobs
+        grouped = _by_token(leases)
+        if not grouped:
+            return 0
+
+        def work(c: Connection) -> int:
+            deleted = 0
+            for token, ids in grouped.items():
+                for chunk in _chunks(ids):
+                    deleted += c.execute(
+                        sa.delete(jobs).where(jobs.c.reserved_by == token, jobs.c.id.in_(chunk))
+                    ).rowcount
+            return deleted
+
+        return self.transaction(work)
+
+    def release(self, lease: Lease, delay: float, *, counts: bool = True) -> bool:
+        """Put a reserved job back, available after ``delay`` seconds.
+
+        With ``counts=False`` the attempt it was reserved for is given back.
+        Returns False when the lease was lost (the job is someone else's now).
+        """
+        jobs = self.tables.jobs
+        statement = (
+            sa.update(jobs)
+            .where(jobs.c.id == lease.id, jobs.c.reserved_by == lease.token)
+            .values(reserved_by=None, reserved_at=None,
+                    available_at=self.dialect.now_plus(delay),
+                    attempts=jobs.c.attempts - (0 if counts else 1))
+        )
+        return self.transaction(lambda c: c.execute(statement).rowcount == 1)
+
+    def release_all(self, leases: Iterable[Lease]) -> int:
+        """Give back jobs reserved but not run (a worker stopping): available now,
+        their attempt not counted."""
+        jobs = self.tables.jobs
+        grouped = _by_token(leases)
+
+        def work(c: Connection) -> int:
+            released = 0
+            for token, ids in grouped.items():
+                for chunk in _chunks(ids):
+                    released += c.execute(
+                        sa.update(jobs)
+                        .where(jobs.c.reserved_by == token, jobs.c.id.in_(chunk))
+                        .values(reserved_by=None, reserved_at=None,
+                                available_at=self.dialect.now(), attempts=jobs.c.attempts - 1)
+                    ).rowcount
+            return released
+
+        return self.transaction(work) if grouped else 0
+
+    def fail(self, job: ReservedRow, token: str, failure: Failure, worker: str) -> bool:
+        """Move a reserved job to failed_jobs, in one transaction.
+
+        Returns False, and writes nothing, when the lease was lost.
+        """
+        jobs, failed = self.tables.jobs, self.tables.failed_jobs
+
+        def work(c: Connection) -> bool:
+            deleted = c.execute(
+                sa.delete(jobs).where(jobs.c.id == job.id, jobs.c.reserved_by == token)
+            ).rowcount
+            if deleted != 1:
+                return False
+            c.execute(failed.insert().values(
+                uuid=str(uuid.uuid4()), job_id=job.id, queue=job.queue, job=job.job,
+                priority=job.priority, payload=job.payload, attempts=job.attempts,
+                exception_class=failure.exception_class[:255],
+                exception_message=failure.message, exception=failure.traceback,
+                failed_at=self.dialect.now(), worker=worker[:255],
+            ))
+            return True
+
+        return self.transaction(work)

@@ -1,0 +1,1 @@
+"""dbqueue's Alembic environment, installed as the ``dbqueue.migrations`` package."""
