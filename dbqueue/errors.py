@@ -8,6 +8,7 @@
      ├── DatabaseUnavailable       cannot connect to the database
      ├── NotMigrated               the dbqueue tables are missing
      ├── SerializationError        job arguments are not JSON
+     ├── InvalidArguments          arguments that do not fit the job's signature
      ├── UnknownJob                no job is registered under that name
      └── NotFound                  no such failed job, worker, ...
 
@@ -49,6 +50,10 @@ class NotMigrated(DBQueueError):
 
 class SerializationError(DBQueueError, TypeError):
     """Job arguments or a result could not be encoded as JSON."""
+
+
+class InvalidArguments(DBQueueError, TypeError):
+    """A dispatch's arguments do not fit the job function's signature."""
 
 
 class UnknownJob(DBQueueError, LookupError):

@@ -1,0 +1,63 @@
+"""dbqueue: background jobs in the SQL database you already run.
+
+    import dbqueue
+
+    app = dbqueue.App("postgresql://app@db/app")
+
+    @app.job(queue="mail", tries=3, backoff=[10, 60])
+    def send_invoice(invoice_id: int) -> None: ...
+
+    send_invoice.dispatch(42)                                  # its own transaction
+    send_invoice.options(connection=session).dispatch(42)      # inside yours
+
+Run the jobs with ``dbqueue work --app yourmodule:app`` on every host.
+"""
+
+from .app import App
+from .errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    DBQueueError,
+    Fail,
+    InvalidArguments,
+    JobSignal,
+    JobTimeout,
+    MaxAttemptsExceeded,
+    NotFound,
+    NotMigrated,
+    Release,
+    SerializationError,
+    UnknownJob,
+    UnsupportedDatabase,
+    WorkerCrashed,
+)
+from .jobs import BoundJob, Job, PreparedJob
+from .policy import Exponential
+from .settings import Settings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "BoundJob",
+    "ConfigurationError",
+    "DBQueueError",
+    "DatabaseUnavailable",
+    "Exponential",
+    "Fail",
+    "InvalidArguments",
+    "Job",
+    "JobSignal",
+    "JobTimeout",
+    "MaxAttemptsExceeded",
+    "NotFound",
+    "NotMigrated",
+    "PreparedJob",
+    "Release",
+    "SerializationError",
+    "Settings",
+    "UnknownJob",
+    "UnsupportedDatabase",
+    "WorkerCrashed",
+    "__version__",
+]

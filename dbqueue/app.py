@@ -1,0 +1,157 @@
+"""The application object: where the queue lives and which jobs exist."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from typing import Any, ParamSpec, TypeVar, overload
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from . import deferred
+from .errors import ConfigurationError, UnknownJob
+from .jobs import Job, PreparedJob
+from .policy import Backoff
+from .settings import Settings
+from .store import Admin, Executor, Store, WorkerRegistry, create_engine
+from .store import migrator
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class App:
+    """A dbqueue application: one queue database and the jobs it may run.
+
+    ``url_or_engine`` is a database URL, a SQLAlchemy Engine, or None for
+    ``$DBQUEUE_URL`` and then a SQLite file ``dbqueue.db`` in the working
+    directory. Nothing connects until the first use.
+    """
+
+    def __init__(self, url_or_engine: str | Engine | None = None, *,
+                 table_prefix: str | None = None, retry_after: float | None = None) -> None:
+        given_engine = url_or_engine if isinstance(url_or_engine, Engine) else None
+        url = url_or_engine if isinstance(url_or_engine, str) else None
+        if given_engine is not None:
+            url = given_engine.url.render_as_string(hide_password=False)
+        self.settings = Settings.from_env(url=url, table_prefix=table_prefix,
+                                          retry_after=retry_after)
+        self._engine = given_engine
+        self._store: Store | None = None
+        self._lock = threading.Lock()
+        self.jobs: dict[str, Job[Any, Any]] = {}
+
+    # --- the database ---------------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        """The storage layer (internal; created on first use)."""
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    engine = self._engine or create_engine(self.settings.url)
+                    self._store = Store(engine, self.settings.table_prefix)
+        return self._store
+
+    @property
+    def engine(self) -> Engine:
+        return self.store.engine
+
+    def migrate(self, revision: str = "head") -> None:
+        """Create or upgrade dbqueue's tables (idempotent; its own transaction)."""
+        migrator.upgrade(self.store, self.settings.table_prefix, revision)
+
+    def downgrade(self, revision: str = "base") -> None:
+        """Take dbqueue's tables back to ``revision``; ``base`` drops them all."""
+        migrator.downgrade(self.store, self.settings.table_prefix, revision)
+
+    @property
+    def admin(self) -> Admin:
+        """Failed jobs and queue status, for operators."""
+        return Admin(self.store)
+
+    @property
+    def workers(self) -> WorkerRegistry:
+        return WorkerRegistry(self.store)
+
+    def dispose(self) -> None:
+        """Close the connections of an engine dbqueue created."""
+        if self._store is not None and self._engine is None:
+            self._store.engine.dispose()
+        self._store = None
+
+    # --- jobs -------------------------------------------------------------------
+
+    @overload
+    def job(self, func: Callable[P, R], /) -> Job[P, R]: ...
+
+    @overload
+    def job(self, *, name: str | None = None, queue: str = "default", tries: int | None = 1,
+            backoff: Backoff | list[float] = 0, timeout: float | timedelta = 60,
+            retry_until: float | timedelta | None = None, priority: int = 0,
+            dont_retry: Iterable[type[BaseException]] = (),
+            on_failure: Callable[..., Any] | None = None,
+            ) -> Callable[[Callable[P, R]], Job[P, R]]: ...
+
+    def job(self, func: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Register a function as a job.
+
+        ``tries`` is the number of attempts in all (None: no limit);
+        ``backoff`` the seconds between attempts (a number, a list per attempt
+        whose last value repeats, or ``dbqueue.Exponential()``); ``timeout`` the
+        seconds after which an attempt is killed; ``retry_until`` the seconds
+        after dispatch when no new attempt may start; ``dont_retry`` exceptions
+        that fail the job at once; ``on_failure(job_id, error_class, message)``
+        runs once when the job has failed for good.
+        """
+        if func is not None:
+            return self._register(func, **options)
+        return lambda f: self._register(f, **options)
+
+    def _register(self, func: Callable[P, R], *, name: str | None = None,
+                  dont_retry: Iterable[type[BaseException]] = (), **options: Any) -> Job[P, R]:
+        if name is None:
+            if func.__module__ == "__main__":
+                raise ConfigurationError(
+                    f"job {func.__qualname__!r} is defined in __main__, where workers "
+                    f"cannot find it by module; give it a name: @app.job(name=...)"
+                )
+            name = f"{func.__module__}.{func.__qualname__}"
+        existing = self.jobs.get(name)
+        if existing is not None and existing.func is not func:
+            raise ConfigurationError(f"two jobs are named {name!r}; give one a name=")
+        job = Job(self, func, name, dont_retry=tuple(dont_retry), **options)
+        self.jobs[name] = job
+        return job
+
+    def lookup(self, name: str) -> Job[Any, Any]:
+        try:
+            return self.jobs[name]
+        except KeyError:
+            raise UnknownJob(
+                f"no job named {name!r} is registered in this app; "
+                "check that the worker's --app imports the module that defines it"
+            ) from None
+
+    def dispatch_many(self, prepared: Iterable[PreparedJob], *,
+                      connection: Executor | None = None,
+                      after_commit: Session | None = None) -> int:
+        """Queue many jobs (of one or several kinds) in multi-row INSERTs.
+
+        ``prepared`` come from ``job.prepare(...)`` or ``job.options(...).prepare(...)``.
+        Runs in the caller's transaction with ``connection=``, after the
+        Session commits with ``after_commit=``, else in a transaction of its
+        own. Returns how many jobs were queued (0 while held for a commit).
+        """
+        prepared = list(prepared)
+        for item in prepared:
+            if item.app is not self:
+                raise ConfigurationError(
+                    f"job {item.new_job.job!r} belongs to another App; dispatch it with that one"
+                )
+        if after_commit is not None:
+            deferred.defer(after_commit, prepared)
+            return 0
+        return self.store.push_many([item.new_job for item in prepared], connection)

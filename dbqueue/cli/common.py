@@ -1,0 +1,99 @@
+"""What every dbqueue command shares: finding the App, printing, and clean errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import click
+import sqlalchemy as sa
+
+from ..app import App
+from ..errors import DBQueueError
+from ..loader import load_app
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def connection_options(func: F) -> F:
+    """--url, --app and --table-prefix, each also read from its DBQUEUE_* variable."""
+    func = click.option("--table-prefix", envvar="DBQUEUE_TABLE_PREFIX", default=None,
+                        help="Prefix of dbqueue's table names. [env: DBQUEUE_TABLE_PREFIX]")(func)
+    func = click.option("--app", "app_reference", envvar="DBQUEUE_APP", default=None,
+                        metavar="MODULE:ATTR",
+                        help="Your dbqueue.App, e.g. myproject.tasks:app. [env: DBQUEUE_APP]")(func)
+    func = click.option("--url", envvar="DBQUEUE_URL", default=None,
+                        help="Database URL; default: sqlite:///dbqueue.db. [env: DBQUEUE_URL]")(func)
+    return func
+
+
+def open_app(url: str | None, app_reference: str | None, table_prefix: str | None,
+             *, need_app: bool = False) -> App:
+    """The App named by --app (with --url/--table-prefix passed on through the
+    environment, so child processes see the same), or a bare App for the URL."""
+    if url:
+        os.environ["DBQUEUE_URL"] = url
+    if table_prefix is not None:
+        os.environ["DBQUEUE_TABLE_PREFIX"] = table_prefix
+    if app_reference:
+        os.environ["DBQUEUE_APP"] = app_reference
+        return load_app(app_reference)
+    if need_app:
+        raise click.UsageError("name your application with --app module:attr (or DBQUEUE_APP)")
+    return App(url, table_prefix=table_prefix)
+
+
+def friendly_errors(func: F) -> F:
+    """Turn user mistakes and unreachable databases into one line and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except DBQueueError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
+        except sa.exc.DBAPIError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            click.echo(f"Error: the database refused the request: {reason}", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def to_jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: to_jsonable(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(to_jsonable(value), indent=2))
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def short_time(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+def one_line(text: str, width: int = 60) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= width else line[: width - 1] + "…"

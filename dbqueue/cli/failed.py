@@ -1,0 +1,112 @@
+"""``dbqueue failed``, ``retry``, ``forget`` and ``flush``: working with failed jobs."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .common import (
+    connection_options,
+    friendly_errors,
+    one_line,
+    open_app,
+    print_json,
+    print_table,
+    short_time,
+)
+
+
+@click.group(invoke_without_command=True)
+@connection_options
+@click.option("--queue", default=None, help="Only this queue.")
+@click.option("--job", default=None, help="Only this job name.")
+@click.option("--exception", default=None, help="Only exception classes containing this text.")
+@click.option("--limit", default=50, show_default=True, type=int, help="Most rows to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (with tracebacks).")
+@click.pass_context
+@friendly_errors
+def failed(ctx: click.Context, url: str | None, app_reference: str | None,
+           table_prefix: str | None, queue: str | None, job: str | None,
+           exception: str | None, limit: int, as_json: bool) -> None:
+    """List failed jobs, newest first. `dbqueue failed show ID` shows one in full."""
+    ctx.obj = (url, app_reference, table_prefix)
+    if ctx.invoked_subcommand is not None:
+        return
+    app = open_app(url, app_reference, table_prefix)
+    rows = app.admin.list_failed(queue=queue, job=job, exception=exception, limit=limit)
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        click.echo("No failed jobs.")
+        return
+    print_table(["ID", "QUEUE", "JOB", "ATTEMPTS", "EXCEPTION", "MESSAGE", "FAILED AT", "WORKER"],
+                [[r.id, r.queue, r.job, r.attempts, r.exception_class, one_line(r.exception_message),
+                  short_time(r.failed_at), r.worker] for r in rows])
+
+
+@failed.command("show")
+@click.argument("ref", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@friendly_errors
+def show(obj: tuple[str | None, str | None, str | None], ref: str, as_json: bool) -> None:
+    """Show one failed job (by id or uuid): payload and full traceback."""
+    record = open_app(*obj).admin.get_failed(ref)
+    if as_json:
+        print_json(record)
+        return
+    try:
+        payload = json.dumps(json.loads(record.payload), indent=2, ensure_ascii=False)
+    except ValueError:
+        payload = record.payload
+    for label, value in [("id", record.id), ("uuid", record.uuid), ("job id", record.job_id),
+                         ("queue", record.queue), ("job", record.job),
+                         ("attempts", record.attempts), ("failed at", record.failed_at),
+                         ("worker", record.worker), ("exception", record.exception_class),
+                         ("message", record.exception_message)]:
+        click.echo(f"{label + ':':<11}{value}")
+    click.echo(f"payload:\n{payload}")
+    click.echo(f"traceback:\n{record.exception.rstrip()}")
+
+
+@click.command()
+@connection_options
+@click.argument("refs", nargs=-1, metavar="[ID]...")
+@click.option("--all", "everything", is_flag=True, help="Retry every failed job.")
+@click.option("--queue", default=None, help="Retry the failed jobs of this queue.")
+@friendly_errors
+def retry(url: str | None, app_reference: str | None, table_prefix: str | None,
+          refs: tuple[str, ...], everything: bool, queue: str | None) -> None:
+    """Put failed jobs back on their queues, with their attempts reset."""
+    if sum(map(bool, (refs, everything, queue))) != 1:
+        raise click.UsageError("give failed job IDs, or --all, or --queue NAME (one of them)")
+    count = open_app(url, app_reference, table_prefix).admin.retry(
+        refs, queue=queue, everything=everything)
+    click.echo(f"Queued {count} failed job(s) again.")
+
+
+@click.command()
+@connection_options
+@click.argument("ref", metavar="ID")
+@friendly_errors
+def forget(url: str | None, app_reference: str | None, table_prefix: str | None,
+           ref: str) -> None:
+    """Delete one failed job (by id or uuid)."""
+    open_app(url, app_reference, table_prefix).admin.forget(ref)
+    click.echo(f"Forgot failed job {ref}.")
+
+
+@click.command()
+@connection_options
+@click.option("--hours", type=float, default=None,
+              help="Only failures older than this many hours.")
+@friendly_errors
+def flush(url: str | None, app_reference: str | None, table_prefix: str | None,
+          hours: float | None) -> None:
+    """Delete failed jobs: all of them, or those older than --hours."""
+    if hours is not None and hours < 0:
+        raise click.BadParameter("must be >= 0", param_hint="--hours")
+    count = open_app(url, app_reference, table_prefix).admin.flush(hours)
+    click.echo(f"Deleted {count} failed job(s).")

@@ -1,0 +1,56 @@
+"""``dbqueue work``: run jobs."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from ..worker import Supervisor, WorkerOptions
+from .common import connection_options, friendly_errors, open_app
+
+
+@click.command()
+@connection_options
+@click.option("--queue", "-q", "queues", default="default", show_default=True,
+              help="Queues to work, comma-separated, highest priority first.")
+@click.option("--concurrency", "-c", default=1, show_default=True, type=int,
+              help="Child processes running jobs at once.")
+@click.option("--sleep", default=1.0, show_default=True, type=float,
+              help="Seconds to wait before polling again when no job is ready.")
+@click.option("--retry-after", type=float, default=None,
+              help="Lease seconds: a crashed worker's jobs run again after this. "
+                   "[default: the App's, 90]")
+@click.option("--max-jobs", type=int, default=None, help="Stop after this many jobs.")
+@click.option("--max-time", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--memory", type=float, default=None, metavar="MB",
+              help="Replace a child process whose memory grows past this.")
+@click.option("--grace", type=float, default=30.0, show_default=True,
+              help="Seconds running jobs get to finish when the worker is told to stop.")
+@click.option("--prefetch", type=int, default=100, show_default=True,
+              help="Most jobs reserved ahead of free children (only when jobs are short).")
+@click.option("--stop-when-empty", is_flag=True, help="Exit once no job is ready or running.")
+@click.option("--once", is_flag=True, help="Run a single job, then exit.")
+@click.option("--verbose", "-v", is_flag=True, help="Log every job, not only failures.")
+@friendly_errors
+def work(url: str | None, app_reference: str | None, table_prefix: str | None, queues: str,
+         concurrency: int, sleep: float, retry_after: float | None, max_jobs: int | None,
+         max_time: float | None, memory: float | None, grace: float, prefetch: int,
+         stop_when_empty: bool, once: bool, verbose: bool) -> None:
+    """Run jobs from the queues until stopped (SIGTERM, Ctrl-C or `dbqueue restart`).
+
+    Start one on every host; they share the work through the database.
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = open_app(url, app_reference, table_prefix, need_app=True)
+    options = WorkerOptions(
+        queues=tuple(q.strip() for q in queues.split(",") if q.strip()),
+        concurrency=concurrency, sleep=sleep,
+        retry_after=retry_after if retry_after is not None else app.settings.retry_after,
+        max_jobs=1 if once else max_jobs, max_time=max_time, memory_mb=memory,
+        stop_when_empty=stop_when_empty, once=once, grace=grace, prefetch=prefetch,
+    )
+    reference = app_reference or ""
+    sys.exit(Supervisor(app, reference, options).run())

@@ -1,0 +1,73 @@
+"""``after_commit`` dispatch: hold jobs until a Session's transaction commits.
+
+For a queue that lives in another database than the application's data: the
+jobs are queued (in one transaction of the queue's own) right after the
+application's transaction commits, and dropped if it rolls back. A rolled back
+SAVEPOINT drops the jobs dispatched inside it and keeps the others.
+
+Between the application's commit and the queue's insert there is a window: if
+the process dies there, or the queue's database refuses the insert, the jobs
+are lost (the insert's error is raised from ``session.commit()``). Dispatch
+with ``connection=`` when the queue shares the application's database: that
+has no such window.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction
+
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .jobs import PreparedJob
+
+_KEY = "dbqueue.after_commit"
+
+
+def defer(session: Any, prepared: list[PreparedJob]) -> None:
+    """Hold ``prepared`` until ``session`` next commits; drop them if it rolls back.
+
+    A Session that has not begun its transaction yet (SQLAlchemy begins it at
+    the first statement) holds them for the transaction it will begin.
+    """
+    if not isinstance(session, Session):
+        raise ConfigurationError(
+            "after_commit= takes a SQLAlchemy Session; with a Connection, dispatch with "
+            "connection= instead (inside the same transaction, which is safer still)"
+        )
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    # Listeners stay for the session's life (SQLAlchemy cannot remove one while
+    # its event runs); with nothing held they do nothing.
+    if not event.contains(session, "after_commit", _after_commit):
+        event.listen(session, "after_commit", _after_commit)
+        event.listen(session, "after_soft_rollback", _after_soft_rollback)
+    held = session.info.setdefault(_KEY, [])
+    held.extend((transaction, job) for job in prepared)
+
+
+def _after_commit(session: Session) -> None:
+    by_app: dict[Any, list[PreparedJob]] = defaultdict(list)
+    for _transaction, prepared in session.info.pop(_KEY, []):
+        by_app[prepared.app].append(prepared)
+    for app, prepared_jobs in by_app.items():
+        app.dispatch_many(prepared_jobs)
+
+
+def _within(transaction: SessionTransaction | None, ended: SessionTransaction) -> bool:
+    if transaction is None:  # held before the session began: part of its outermost one
+        return ended.parent is None
+    while transaction is not None:
+        if transaction is ended:
+            return True
+        transaction = transaction.parent
+    return False
+
+
+def _after_soft_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
+    held = session.info.get(_KEY)
+    if held:
+        session.info[_KEY] = [(t, job) for t, job in held if not _within(t, previous_transaction)]

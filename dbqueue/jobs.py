@@ -1,0 +1,216 @@
+"""Job definitions and dispatching them.
+
+``@app.job`` turns a function into a :class:`Job`. Calling it runs the function
+here and now; ``.dispatch(...)`` queues it; ``.options(...)`` sets how it is
+queued without ever mixing those settings with the function's own arguments.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from . import serializer
+from .errors import ConfigurationError, InvalidArguments
+from .policy import Backoff, Rules, validate_backoff
+from .store import Executor, NewJob
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from .app import App
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+Seconds = float | int | timedelta
+
+
+def seconds(name: str, value: Seconds | None, *, allow_zero: bool = True) -> float | None:
+    """Validate a duration given as seconds or a timedelta."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{name} must be seconds (a number) or a timedelta, not {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigurationError(f"{name} must be {'>=' if allow_zero else '>'} 0, not {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchOptions:
+    """How one dispatch is queued. Unset values fall back to the job's definition."""
+
+    queue: str | None = None
+    delay: float = 0.0
+    priority: int | None = None
+    connection: Executor | None = None
+    after_commit: Session | None = None
+    tries: int | None = None
+    timeout: float | None = None
+    retry_until: float | datetime | None = None
+
+    @classmethod
+    def build(cls, **given: Any) -> DispatchOptions:
+        unknown = set(given) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown dispatch option(s) {', '.join(sorted(unknown))}; "
+                f"the options are {', '.join(cls.__dataclass_fields__)}"
+            )
+        if given.get("connection") is not None and given.get("after_commit") is not None:
+            raise ConfigurationError("give either connection= or after_commit=, not both")
+        if "delay" in given:
+            given["delay"] = seconds("delay", given["delay"]) or 0.0
+        if "timeout" in given:
+            given["timeout"] = seconds("timeout", given["timeout"], allow_zero=False)
+        if given.get("tries") is not None:
+            _check_tries(given["tries"])
+        if given.get("priority") is not None and not isinstance(given["priority"], int):
+            raise ConfigurationError(f"priority must be an int, not {given['priority']!r}")
+        until = given.get("retry_until")
+        if isinstance(until, datetime):
+            if until.tzinfo is None:
+                raise ConfigurationError("retry_until needs an aware datetime (with tzinfo)")
+        elif until is not None:
+            given["retry_until"] = seconds("retry_until", until)
+        return cls(**given)
+
+    def merged(self, other: DispatchOptions, given: set[str]) -> DispatchOptions:
+        return replace(self, **{name: getattr(other, name) for name in given})
+
+    def payload_options(self) -> dict[str, Any]:
+        """The overrides that must travel with the job to the worker."""
+        options: dict[str, Any] = {}
+        if self.tries is not None:
+            options["tries"] = self.tries
+        if self.timeout is not None:
+            options["timeout"] = self.timeout
+        if isinstance(self.retry_until, datetime):
+            options["retry_until"] = self.retry_until.astimezone(UTC).isoformat()
+        elif self.retry_until is not None:
+            options["retry_for"] = self.retry_until
+        return options
+
+
+def _check_tries(tries: Any) -> None:
+    if tries is not None and (isinstance(tries, bool) or not isinstance(tries, int) or tries < 1):
+        raise ConfigurationError(
+            f"tries must be a whole number >= 1, or None for no limit, not {tries!r}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedJob:
+    """A dispatch made ready but not yet queued: give many to ``app.dispatch_many``."""
+
+    app: App
+    new_job: NewJob
+
+
+@dataclass(frozen=True, eq=False)
+class Job(Generic[P, R]):
+    """A registered job. Call it to run it here; ``dispatch`` to queue it."""
+
+    app: App
+    func: Callable[P, R]
+    name: str
+    queue: str = "default"
+    tries: int | None = 1
+    backoff: Backoff = 0.0
+    timeout: float = 60.0
+    retry_until: float | None = None
+    priority: int = 0
+    dont_retry: tuple[type[BaseException], ...] = ()
+    on_failure: Callable[..., Any] | None = None
+    _signature: inspect.Signature = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_tries(self.tries)
+        object.__setattr__(self, "backoff", validate_backoff(self.backoff))
+        object.__setattr__(self, "timeout", seconds("timeout", self.timeout, allow_zero=False))
+        object.__setattr__(self, "retry_until", seconds("retry_until", self.retry_until))
+        if not all(isinstance(e, type) and issubclass(e, BaseException) for e in self.dont_retry):
+            raise ConfigurationError(f"dont_retry of job {self.name!r} must list exception classes")
+        if self.on_failure is not None and not callable(self.on_failure):
+            raise ConfigurationError(f"on_failure of job {self.name!r} must be callable")
+        object.__setattr__(self, "_signature", inspect.signature(self.func))
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.func(*args, **kwargs)
+
+    def options(self, **options: Any) -> BoundJob[P, R]:
+        """Set how the next dispatch is queued: ``queue``, ``delay`` (seconds),
+        ``priority`` (lower runs first), ``connection`` (the caller's Connection or
+        Session: insert in its transaction), ``after_commit`` (a Session: queue
+        when it commits, drop on rollback), ``tries``, ``timeout``, ``retry_until``."""
+        return BoundJob(self, DispatchOptions()).options(**options)
+
+    def dispatch(self, *args: P.args, **kwargs: P.kwargs) -> int | None:
+        """Queue the job; return its id.
+
+        In a short transaction of its own (committed before this returns),
+        unless ``.options(connection=...)`` or ``.options(after_commit=...)``
+        says otherwise; with ``after_commit`` the id is not known yet and None
+        is returned.
+        """
+        return BoundJob(self, DispatchOptions()).dispatch(*args, **kwargs)
+
+    def prepare(self, *args: P.args, **kwargs: P.kwargs) -> PreparedJob:
+        """Validate and encode a dispatch for ``app.dispatch_many``."""
+        return BoundJob(self, DispatchOptions()).prepare(*args, **kwargs)
+
+    def rules(self, options: dict[str, Any], created_at: datetime) -> Rules:
+        """The retry rules of one queued instance of this job."""
+        deadline: datetime | None = None
+        if "retry_until" in options:
+            deadline = datetime.fromisoformat(options["retry_until"])
+        else:
+            retry_for = options.get("retry_for", self.retry_until)
+            if retry_for is not None:
+                deadline = created_at + timedelta(seconds=retry_for)
+        return Rules(tries=options.get("tries", self.tries), backoff=self.backoff,
+                     deadline=deadline)
+
+    def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArguments(f"job {self.name!r} cannot take these arguments: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class BoundJob(Generic[P, R]):
+    """A job with dispatch options set: ``job.options(queue="mail").dispatch(...)``."""
+
+    job: Job[P, R]
+    settings: DispatchOptions
+
+    def options(self, **options: Any) -> BoundJob[P, R]:
+        return BoundJob(self.job, self.settings.merged(DispatchOptions.build(**options),
+                                                       set(options)))
+
+    def prepare(self, *args: P.args, **kwargs: P.kwargs) -> PreparedJob:
+        job, settings = self.job, self.settings
+        job.check_arguments(args, kwargs)
+        payload = serializer.encode(job.name, args, kwargs, settings.payload_options())
+        new_job = NewJob(
+            queue=settings.queue or job.queue,
+            job=job.name,
+            payload=payload,
+            priority=job.priority if settings.priority is None else settings.priority,
+            delay=settings.delay,
+        )
+        return PreparedJob(job.app, new_job)
+
+    def dispatch(self, *args: P.args, **kwargs: P.kwargs) -> int | None:
+        prepared = self.prepare(*args, **kwargs)
+        if self.settings.after_commit is not None:
+            self.job.app.dispatch_many([prepared], after_commit=self.settings.after_commit)
+            return None
+        return self.job.app.store.push(prepared.new_job, self.settings.connection)

@@ -1,0 +1,151 @@
+"""The code that runs inside a child process: job functions and failure hooks.
+
+A child takes one task at a time from its pipe and answers with one message.
+It never touches the queue tables: the supervisor owns every lease, so a child
+killed at any instant (timeout, crash, OOM) leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import traceback
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from ..errors import Fail, Release
+
+# Messages from the supervisor.
+
+
+@dataclass(frozen=True, slots=True)
+class RunJob:
+    job_id: int
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunHook:
+    failure: JobFailure
+
+
+@dataclass(frozen=True, slots=True)
+class JobFailure:
+    """What a job's ``on_failure`` hook receives when the job has failed for good."""
+
+    job_id: int
+    job: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    attempts: int
+    exception_class: str
+    message: str
+
+
+# Answers from the child.
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The task ended. ``kind`` is "done", or how the job failed (see policy.EndKind)."""
+
+    kind: str
+    rss_mb: float
+    delay: float = 0.0
+    exception_class: str = ""
+    message: str = ""
+    traceback: str = field(default="", repr=False)
+
+
+def class_name(error: BaseException | type[BaseException]) -> str:
+    cls = error if isinstance(error, type) else type(error)
+    module = cls.__module__
+    if module == "builtins":
+        return cls.__qualname__
+    if module.startswith("dbqueue."):
+        module = "dbqueue"  # the public name, not the private module
+    return f"{module}.{cls.__qualname__}"
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:  # not Linux: the peak is the best there is
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this child when its parent dies, so a job never
+    goes on running after its worker was killed (its lease will be taken over)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def run_job(app: Any, task: RunJob) -> Finished:
+    try:
+        job = app.lookup(task.name)
+        job.check_arguments(task.args, task.kwargs)
+    except Exception as exc:  # an unknown job or bad arguments: retrying cannot help
+        return Finished("permanent", _rss_mb(), exception_class=class_name(exc),
+                        message=str(exc), traceback=traceback.format_exc())
+    try:
+        job.func(*task.args, **task.kwargs)
+    except Release as release:
+        return Finished("release", _rss_mb(), delay=release.delay)
+    except Fail as fail:
+        return Finished("fail", _rss_mb(), exception_class=class_name(fail),
+                        message=fail.reason, traceback=traceback.format_exc())
+    except BaseException as exc:  # SystemExit from job code is a failure of that job
+        kind = "permanent" if isinstance(exc, job.dont_retry) else "error"
+        return Finished(kind, _rss_mb(), exception_class=class_name(exc), message=str(exc),
+                        traceback=traceback.format_exc())
+    return Finished("done", _rss_mb())
+
+
+def run_hook(app: Any, task: RunHook) -> Finished:
+    try:
+        hook = app.lookup(task.failure.job).on_failure
+        if hook is not None:
+            hook(task.failure)
+    except BaseException as exc:
+        return Finished("error", _rss_mb(), exception_class=class_name(exc), message=str(exc),
+                        traceback=traceback.format_exc())
+    return Finished("done", _rss_mb())
+
+
+def child_main(conn: Connection, app_reference: str) -> None:
+    """Entry point of a child process."""
+    # Ctrl-C and systemd's SIGTERM reach the whole process group: the children
+    # ignore them, and the supervisor decides when a running job must die.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
+    from ..loader import load_app
+
+    app = load_app(app_reference)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        answer = run_job(app, task) if isinstance(task, RunJob) else run_hook(app, task)
+        try:
+            conn.send(answer)
+        except (BrokenPipeError, OSError):
+            return

@@ -1,0 +1,60 @@
+"""Turning reserved rows into runnable jobs, or into failures when they cannot run.
+
+A row that cannot be decoded, names an unknown job, or has run out of attempts
+is failed here, before any child sees it (DESIGN §2.7: bad input is contained).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from .. import serializer
+from ..errors import MaxAttemptsExceeded, UnknownJob
+from ..policy import Rules, refuse_attempt
+from ..serializer import Payload
+from ..store import Failure, Lease, ReservedRow
+from .child import class_name
+
+
+@dataclass(eq=False)
+class Held:
+    """A job this worker holds a lease on."""
+
+    row: ReservedRow
+    lease: Lease
+    job: Any  # dbqueue.Job, or None when the row could not be resolved
+    payload: Payload
+    reserved_mono: float
+
+    def db_now(self) -> datetime:
+        """The database clock now, from the reservation's timestamp and a monotonic clock."""
+        return self.row.reserved_at + timedelta(seconds=time.monotonic() - self.reserved_mono)
+
+    def rules(self) -> Rules:
+        if self.job is None:
+            return Rules(tries=1)
+        return self.job.rules(self.payload.options, self.row.created_at)  # type: ignore[no-any-return]
+
+    def timeout(self) -> float:
+        return float(self.payload.options.get("timeout", self.job.timeout))
+
+
+def admit(app: Any, row: ReservedRow, token: str) -> tuple[Held, Failure | None]:
+    """A Held job for ``row``, and the Failure to record instead of running it, if any."""
+    held = Held(row, Lease(row.id, token), None, Payload(), time.monotonic())
+    try:
+        held.payload = serializer.decode(row.payload)
+    except ValueError as exc:
+        return held, Failure("dbqueue.SerializationError",
+                             f"job {row.id} ({row.job!r}) cannot be decoded: {exc}", "")
+    try:
+        held.job = app.lookup(row.job)
+    except UnknownJob as exc:
+        return held, Failure(class_name(exc), str(exc), "")
+    why = refuse_attempt(row.attempts, held.rules(), row.reserved_at)
+    if why is not None:
+        return held, Failure(class_name(MaxAttemptsExceeded), why, "")
+    return held, None

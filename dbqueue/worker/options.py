@@ -1,0 +1,54 @@
+"""The worker's settings (``dbqueue work`` options)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigurationError
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """How one ``dbqueue work`` process runs."""
+
+    queues: tuple[str, ...] = ("default",)
+    """Queues to take jobs from; earlier ones first."""
+    concurrency: int = 1
+    """Child processes running jobs at once."""
+    sleep: float = 1.0
+    """Seconds to wait before polling again when no job was ready."""
+    retry_after: float = 90.0
+    """The lease: a job whose worker stops renewing it for this long is taken again."""
+    max_jobs: int | None = None
+    max_time: float | None = None
+    memory_mb: float | None = None
+    """Replace a child whose memory grows past this after its job."""
+    stop_when_empty: bool = False
+    once: bool = False
+    grace: float = 30.0
+    """Seconds running jobs get to finish after SIGTERM or ``dbqueue restart``."""
+    prefetch: int = 100
+    """At most this many jobs reserved ahead of free children, when jobs are short."""
+
+    def __post_init__(self) -> None:
+        if not self.queues or not all(q.strip() for q in self.queues):
+            raise ConfigurationError("--queue needs at least one queue name, e.g. --queue high,default")
+        checks = [
+            ("--concurrency", self.concurrency, self.concurrency >= 1),
+            ("--sleep", self.sleep, self.sleep > 0),
+            ("--retry-after", self.retry_after, self.retry_after >= 1),
+            ("--max-jobs", self.max_jobs, self.max_jobs is None or self.max_jobs >= 1),
+            ("--max-time", self.max_time, self.max_time is None or self.max_time > 0),
+            ("--memory", self.memory_mb, self.memory_mb is None or self.memory_mb > 0),
+            ("--grace", self.grace, self.grace >= 0),
+            ("--prefetch", self.prefetch, self.prefetch >= 0),
+        ]
+        for name, value, ok in checks:
+            if not ok:
+                raise ConfigurationError(f"{name} {value} is out of range")
+
+    @property
+    def heartbeat_every(self) -> float:
+        # Three renewals per lease: one lost or slow heartbeat never lets a
+        # lease lapse under a live worker.
+        return self.retry_after / 3

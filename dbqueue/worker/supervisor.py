@@ -1,0 +1,326 @@
+"""The supervisor: one process per host that leases jobs and feeds child processes.
+
+It owns every database write about a job: children only run code. Per turn
+of its loop it tops up a small buffer of reserved jobs, hands them to idle
+children, records outcomes (completions in batches), renews its leases, and
+waits for the next answer, deadline or signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import time
+from collections import deque
+from functools import partial
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..errors import DatabaseUnavailable, JobTimeout, WorkerCrashed
+from ..policy import Ended, GiveUp, decide
+from ..store import Failure, Lease, WorkerInfo, WorkerRegistry
+from .child import Finished, JobFailure, RunHook, RunJob
+from .intake import Held, admit
+from .options import WorkerOptions
+from .outbox import Outbox
+from .pool import Child, Pool
+from .signals import StopSignals
+
+log = logging.getLogger("dbqueue.worker")
+
+_DB_ERRORS = (DatabaseUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError)
+_FLUSH_BATCH = 64
+_FLUSH_DELAY = 0.05  # seconds a completion may wait to share a transaction with others
+_BUFFER_SECONDS = 0.2  # prefetch about this much work when jobs are short
+_HOOK_TIMEOUT = 60.0
+
+
+class Supervisor:
+    def __init__(self, app: Any, app_reference: str, options: WorkerOptions) -> None:
+        self.app, self.store, self.options = app, app.store, options
+        self.registry = WorkerRegistry(self.store)
+        self.id = secrets.token_hex(8)
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.pool = Pool(app_reference, options.concurrency)
+        self.signals = StopSignals()
+        self.buffer: deque[Held] = deque()
+        self.running: dict[Child, Held] = {}
+        self.hooks: deque[RunHook] = deque()
+        self.outbox = Outbox()
+        self.processed = 0
+        self.stopping: str | None = None
+        self.stop_deadline = 0.0
+        self.started = time.monotonic()
+        self.next_poll = 0.0
+        self.next_beat = 0.0
+        self.first_unflushed = 0.0
+        self.drained = False
+        self.avg_runtime: float | None = None
+        self.sequence = 0
+
+    # --- life cycle -------------------------------------------------------------
+
+    def run(self) -> int:
+        """Work until told to stop; return the process exit code (0)."""
+        self.store.check_server()
+        self.registry.prune(silent_for=max(10 * self.options.heartbeat_every, 60))
+        self.registry.register(WorkerInfo(self.id, socket.gethostname(), os.getpid(),
+                                          ",".join(self.options.queues), self.options.concurrency))
+        log.info("worker %s (%s) started: queues %s, concurrency %d", self.id, self.name,
+                 ",".join(self.options.queues), self.options.concurrency)
+        self.pool.start()
+        self.signals.install()
+        try:
+            while not self._finished():
+                self._turn()
+        finally:
+            self._shutdown()
+        log.info("worker %s stopped (%s) after %d job(s)", self.id, self.stopping, self.processed)
+        return 0
+
+    def _finished(self) -> bool:
+        return self.stopping is not None and not self.running and (
+            not self.hooks or time.monotonic() >= self.stop_deadline)
+
+    def _turn(self) -> None:
+        if self.signals.received and not self.stopping:
+            self._stop(f"received {self.signals.received}")
+        if not self.stopping:
+            self._refill()
+        self._assign()
+        self._beat()
+        self._check_limits()
+        self._flush()
+        finished, died = self.pool.wait(self._wait_timeout(), self.signals.wake_fd)
+        self.signals.drain()
+        for child, task, answer in finished:
+            self._on_answer(child, task, answer)
+        for child, task, how in died:
+            self._on_death(child, task, how)
+        for child in self.pool.overdue():
+            self._on_timeout(child)
+        if self.stopping and self.running and time.monotonic() >= self.stop_deadline:
+            self._abandon_running()
+
+    def _stop(self, reason: str) -> None:
+        self.stopping = reason
+        self.stop_deadline = time.monotonic() + self.options.grace
+        log.info("stopping (%s): %d running job(s) get up to %.0f s to finish", reason,
+                 len(self.running), self.options.grace)
+        if self.buffer:
+            leases = [held.lease for held in self.buffer]
+            self.buffer.clear()
+            self._quietly(partial(self.store.release_all, leases), "release reserved jobs")
+
+    def _shutdown(self) -> None:
+        for _ in range(3):
+            if not self.outbox or self.outbox.flush(self.store.complete):
+                break
+            time.sleep(1)
+        self._quietly(partial(self.registry.unregister, self.id), "unregister")
+        self.pool.stop()
+        self.signals.uninstall()
+
+    # --- leasing ------------------------------------------------------------------
+
+    def _prefetch(self) -> int:
+        if self.avg_runtime is None or self.options.once:
+            return 0
+        ahead = self.options.concurrency * _BUFFER_SECONDS / max(self.avg_runtime, 1e-4)
+        return min(self.options.prefetch, int(ahead))
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        if now < self.next_poll:
+            return
+        capacity = self.options.concurrency + self._prefetch()
+        have = len(self.running) + len(self.buffer)
+        want = capacity - have
+        if self.options.max_jobs is not None:
+            want = min(want, self.options.max_jobs - self.processed - have)
+        uncovered = self.options.concurrency - have
+        if want <= 0 or (uncovered <= 0 and len(self.buffer) > self._prefetch() // 2):
+            return
+        self.sequence += 1
+        token = f"{self.id}.{self.sequence}"
+        try:
+            rows = self.store.reserve(self.options.queues, want, token, self.options.retry_after)
+        except _DB_ERRORS as exc:
+            log.error("cannot reserve jobs, retrying in %.1f s: %s", self.options.sleep, exc)
+            self.next_poll = now + self.options.sleep
+            return
+        self.drained = len(rows) < want
+        self.next_poll = now + self.options.sleep if self.drained else 0.0
+        for row in rows:
+            held, failure = admit(self.app, row, token)
+            if failure is None:
+                self.buffer.append(held)
+            else:
+                log.warning("job %d (%s) cannot run: %s", row.id, row.job, failure.message)
+                self._record_failure(held, failure)
+
+    def _assign(self) -> None:
+        for child in self.pool.idle():
+            if self.hooks:
+                self.pool.give(child, self.hooks.popleft(), _HOOK_TIMEOUT)
+            elif self.buffer and not self.stopping:
+                held = self.buffer.popleft()
+                payload = held.payload
+                self.pool.give(child, RunJob(held.row.id, held.row.job, payload.args,
+                                             payload.kwargs, held.row.attempts), held.timeout())
+                self.running[child] = held
+            else:
+                break
+
+    def _held_leases(self) -> list[Lease]:
+        return ([h.lease for h in self.buffer] + [h.lease for h in self.running.values()]
+                + self.outbox.leases())
+
+    def _beat(self) -> None:
+        now = time.monotonic()
+        if now < self.next_beat:
+            return
+        self.next_beat = now + self.options.heartbeat_every
+        try:
+            leases = self._held_leases()
+            renewed = self.store.heartbeat(leases, self.options.retry_after)
+            if renewed < len(leases):
+                log.warning("%d job lease(s) were lost to other workers (this worker stalled "
+                            "longer than --retry-after)", len(leases) - renewed)
+            if self.registry.beat(self.id) and not self.stopping:
+                self._stop("restart requested")
+            self.registry.prune(silent_for=max(10 * self.options.heartbeat_every, 60))
+        except _DB_ERRORS as exc:
+            log.error("heartbeat failed, retrying: %s", exc)
+            self.next_beat = now + min(self.options.heartbeat_every, 1.0)
+
+    def _flush(self) -> None:
+        if not self.outbox:
+            return
+        due = (len(self.outbox) >= _FLUSH_BATCH or not self.running or self.stopping
+               or time.monotonic() - self.first_unflushed >= _FLUSH_DELAY)
+        if due:
+            self.outbox.flush(self.store.complete)
+
+    def _check_limits(self) -> None:
+        if self.stopping:
+            return
+        options = self.options
+        if options.max_jobs is not None and self.processed >= options.max_jobs:
+            self._stop(f"processed {self.processed} job(s)")
+        elif options.max_time is not None and time.monotonic() - self.started >= options.max_time:
+            self._stop(f"ran for {options.max_time:g} s")
+        elif (options.stop_when_empty and self.drained and not self.buffer and not self.running
+              and not self.hooks):
+            self._stop("queue empty")
+
+    def _wait_timeout(self) -> float:
+        now = time.monotonic()
+        wake = [self.next_beat, now + self.options.sleep]
+        if self.pool.idle() and not self.stopping:
+            wake.append(self.next_poll)
+        if self.outbox and self.running:
+            wake.append(self.first_unflushed + _FLUSH_DELAY)
+        if self.stopping:
+            wake.append(self.stop_deadline)
+        deadline = self.pool.next_deadline()
+        if deadline is not None:
+            wake.append(deadline)
+        return max(0.0, min(wake) - now)
+
+    # --- outcomes -----------------------------------------------------------------
+
+    def _on_answer(self, child: Child, task: Any, answer: Finished) -> None:
+        if isinstance(task, RunHook):
+            if answer.kind != "done":
+                log.error("on_failure hook of job %d raised %s: %s", task.failure.job_id,
+                          answer.exception_class, answer.message)
+        else:
+            held = self.running.pop(child)
+            runtime = time.monotonic() - child.started
+            self.avg_runtime = runtime if self.avg_runtime is None else (
+                0.9 * self.avg_runtime + 0.1 * runtime)
+            if answer.kind == "done":
+                self._note_write()
+                self.outbox.completions.append(held.lease)
+                self.processed += 1
+            else:
+                failure = Failure(answer.exception_class, answer.message, answer.traceback)
+                self._ended(held, Ended(answer.kind, held.row.attempts, answer.delay),  # type: ignore[arg-type]
+                            failure)
+        limit = self.options.memory_mb
+        if limit is not None and answer.rss_mb > limit:
+            log.info("child using %.0f MB (over --memory %g): replacing it", answer.rss_mb, limit)
+            self.pool.retire(child)
+
+    def _on_timeout(self, child: Child) -> None:
+        task = child.task
+        how = self.pool.kill(child)
+        if isinstance(task, RunJob):
+            held = self.running.pop(child)
+            message = f"job ran longer than its timeout of {held.timeout():g} s and was killed"
+            self._ended(held, Ended("timeout", held.row.attempts),
+                        Failure("dbqueue.JobTimeout", message, f"{JobTimeout.__name__}: {message}"))
+        elif task is not None:
+            log.error("on_failure hook of job %d timed out (%s)", task.failure.job_id, how)
+
+    def _on_death(self, child: Child, task: Any, how: str) -> None:
+        if isinstance(task, RunJob):
+            held = self.running.pop(child)
+            message = f"the process running the job died ({how})"
+            self._ended(held, Ended("crash", held.row.attempts),
+                        Failure("dbqueue.WorkerCrashed", message,
+                                f"{WorkerCrashed.__name__}: {message}"))
+        elif task is not None:
+            log.error("on_failure hook of job %d died (%s)", task.failure.job_id, how)
+
+    def _abandon_running(self) -> None:
+        """The grace period is over: kill what still runs and put its jobs back."""
+        for child, held in list(self.running.items()):
+            self.pool.kill(child)
+            del self.running[child]
+            log.warning("job %d (%s) did not finish within the grace period; put back",
+                        held.row.id, held.row.job)
+            self.outbox.writes.append(
+                (held.lease, partial(self.store.release, held.lease, 0, counts=False)))
+
+    def _ended(self, held: Held, ended: Ended, failure: Failure) -> None:
+        self.processed += 1
+        self._note_write()
+        decision = decide(ended, held.rules(), held.db_now())
+        if isinstance(decision, GiveUp):
+            if decision.why:
+                failure = Failure(failure.exception_class,
+                                  f"{failure.message} ({decision.why})", failure.traceback)
+            log.warning("job %d (%s) failed after %d attempt(s): %s: %s", held.row.id,
+                        held.row.job, held.row.attempts, failure.exception_class, failure.message)
+            self._record_failure(held, failure)
+            return
+        if ended.kind != "release":
+            log.info("job %d (%s) attempt %d failed (%s: %s); retrying in %.1f s", held.row.id,
+                     held.row.job, held.row.attempts, failure.exception_class, failure.message,
+                     decision.delay)
+        self.outbox.writes.append((held.lease, partial(
+            self.store.release, held.lease, decision.delay, counts=decision.counts)))
+
+    def _record_failure(self, held: Held, failure: Failure) -> None:
+        self._note_write()
+        self.outbox.writes.append((held.lease, partial(
+            self.store.fail, held.row, held.lease.token, failure, self.name)))
+        if held.job is not None and held.job.on_failure is not None:
+            self.hooks.append(RunHook(JobFailure(
+                held.row.id, held.row.job, held.payload.args, held.payload.kwargs,
+                held.row.attempts, failure.exception_class, failure.message)))
+
+    def _note_write(self) -> None:
+        if not self.outbox:
+            self.first_unflushed = time.monotonic()
+
+    def _quietly(self, action: Any, what: str) -> None:
+        try:
+            action()
+        except _DB_ERRORS as exc:
+            log.error("could not %s: %s", what, exc)
