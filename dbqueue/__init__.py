@@ -31,7 +31,7 @@ from .errors import (
     UnsupportedDatabase,
     WorkerCrashed,
 )
-from .jobs import BoundJob, Job, PreparedJob
+from .jobs import BoundJob, Job, JobFailure, PreparedJob
 from .policy import Exponential
 from .settings import Settings
 
@@ -47,6 +47,7 @@ __all__ = [
     "Fail",
     "InvalidArguments",
     "Job",
+    "JobFailure",
     "JobSignal",
     "JobTimeout",
     "MaxAttemptsExceeded",

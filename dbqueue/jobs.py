@@ -106,6 +106,19 @@ def _check_tries(tries: Any) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class JobFailure:
+    """What a job's ``on_failure`` hook receives, once, when the job has failed for good."""
+
+    job_id: int
+    job: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    attempts: int
+    exception_class: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class PreparedJob:
     """A dispatch made ready but not yet queued: give many to ``app.dispatch_many``."""
 

@@ -17,6 +17,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..errors import Fail, Release
+from ..jobs import JobFailure
 
 # Messages from the supervisor.
 
@@ -33,19 +34,6 @@ class RunJob:
 @dataclass(frozen=True, slots=True)
 class RunHook:
     failure: JobFailure
-
-
-@dataclass(frozen=True, slots=True)
-class JobFailure:
-    """What a job's ``on_failure`` hook receives when the job has failed for good."""
-
-    job_id: int
-    job: str
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    attempts: int
-    exception_class: str
-    message: str
 
 
 # Answers from the child.

@@ -1,0 +1,160 @@
+"""Every backend test runs on SQLite, PostgreSQL and MariaDB/MySQL, on real servers.
+
+URLs come from DBQUEUE_TEST_POSTGRES_URL and DBQUEUE_TEST_MYSQL_URL (defaults:
+the local servers). An unreachable server skips its tests, except under CI=true,
+where it fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from dbqueue.store import create_engine
+from tests import jobapp
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFIX = "dbqt_"
+URLS = {
+    "postgresql": os.environ.get("DBQUEUE_TEST_POSTGRES_URL",
+                                 "postgresql://postgres@127.0.0.1:5432/test"),
+    "mysql": os.environ.get("DBQUEUE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
+}
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+_reachable: dict[str, str | None] = {}
+
+
+def _unreachable_reason(backend: str) -> str | None:
+    if backend not in _reachable:
+        engine = create_engine(URLS[backend])
+        try:
+            with engine.connect():
+                _reachable[backend] = None
+        except sa.exc.DBAPIError as exc:
+            _reachable[backend] = f"{backend} at {URLS[backend]} is unreachable: {exc.orig}"
+        finally:
+            engine.dispose()
+    return _reachable[backend]
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql", "mysql"])
+def backend_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    backend = request.param
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'queue.db'}"
+    reason = _unreachable_reason(backend)
+    if reason:
+        if IN_CI:
+            pytest.fail(f"{reason} (CI=true: every backend must be tested)")
+        pytest.skip(reason)
+    return URLS[backend]
+
+
+@pytest.fixture(scope="session")
+def schema(backend_url: str) -> Iterator[str]:
+    """dbqueue's tables (and the tests' effects table), created once per backend."""
+    jobs = jobapp.build(backend_url, PREFIX)
+    engine = jobs.app.engine
+    with engine.begin() as connection:
+        connection.execute(sa.text(f"DROP TABLE IF EXISTS {PREFIX}effects"))
+    jobs.app.downgrade("base")  # whatever an interrupted run left behind
+    jobs.app.migrate()
+    jobs.effects.metadata.create_all(engine)
+    yield backend_url
+    jobs.effects.metadata.drop_all(engine)
+    jobs.app.downgrade("base")
+    jobs.app.dispose()
+
+
+@pytest.fixture
+def jobs(schema: str) -> Iterator[jobapp.JobApp]:
+    """The test jobs on a clean queue."""
+    built = jobapp.build(schema, PREFIX)
+    tables = built.app.store.tables
+    with built.app.engine.begin() as connection:
+        for table in (built.effects, tables.jobs, tables.failed_jobs, tables.job_outcomes,
+                      tables.cache_locks, tables.queue_workers):
+            connection.execute(table.delete())
+    yield built
+    built.app.dispose()
+
+
+@pytest.fixture
+def app(jobs: jobapp.JobApp) -> Any:
+    return jobs.app
+
+
+def worker_env(url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DBQUEUE_")}
+    env.update(DBQUEUE_URL=url, DBQUEUE_TABLE_PREFIX=PREFIX, PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
+@dataclass
+class Workers:
+    """Starts real ``dbqueue work`` processes (each in its own process group)."""
+
+    url: str
+    started: list[subprocess.Popen[str]]
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dbqueue", "work", "--app", "tests.jobapp:app", *args],
+            cwd=ROOT, env=worker_env(self.url), text=True, start_new_session=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        self.started.append(process)
+        return process
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run a worker to completion (give it --stop-when-empty, --once or --max-jobs)."""
+        process = self.start(*args)
+        output, _ = process.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(process.args, process.returncode, output, "")
+
+    def kill_all(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture
+def workers(jobs: jobapp.JobApp, schema: str) -> Iterator[Workers]:
+    running = Workers(schema, [])
+    yield running
+    running.kill_all()
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def count(app: Any, table: sa.Table, *where: Any) -> int:
+    with app.engine.begin() as connection:
+        return int(connection.execute(
+            sa.select(sa.func.count()).select_from(table).where(*where)).scalar_one())
+
+
+def rows(app: Any, table: sa.Table, *where: Any) -> list[Any]:
+    with app.engine.begin() as connection:
+        return connection.execute(sa.select(table).where(*where).order_by(table.c.id)).all()

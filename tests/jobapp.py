@@ -1,0 +1,129 @@
+"""Jobs the tests dispatch and real worker processes run.
+
+Workers load it as ``--app tests.jobapp:app``, which reads DBQUEUE_URL and
+DBQUEUE_TABLE_PREFIX; the tests build their own copy with ``build(url, prefix)``.
+Jobs leave their traces in the ``effects`` table, stamped by the database clock.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+import dbqueue
+from dbqueue.store.dialects import UtcDateTime
+
+
+def effects_table(metadata: sa.MetaData, prefix: str) -> sa.Table:
+    return sa.Table(
+        f"{prefix}effects", metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("tag", sa.String(100), nullable=False),
+        sa.Column("n", sa.Integer, unique=True),
+        sa.Column("event", sa.String(20), nullable=False),
+        sa.Column("pid", sa.Integer, nullable=False),
+        sa.Column("at", UtcDateTime, nullable=False),
+        sa.Column("detail", sa.Text),
+    )
+
+
+@dataclass
+class JobApp:
+    app: dbqueue.App
+    effects: sa.Table
+    jobs: dict[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.jobs[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def build(url: str | None = None, prefix: str | None = None) -> JobApp:
+    app = dbqueue.App(url, table_prefix=prefix)
+    effects = effects_table(sa.MetaData(), app.settings.table_prefix)
+
+    def note(tag: str, event: str, n: int | None = None, detail: str | None = None) -> None:
+        with app.engine.begin() as connection:
+            connection.execute(effects.insert().values(
+                tag=tag, n=n, event=event, pid=os.getpid(), at=app.store._now(), detail=detail))
+
+    def count(tag: str, event: str) -> int:
+        with app.engine.begin() as connection:
+            return int(connection.execute(
+                sa.select(sa.func.count()).select_from(effects)
+                .where(effects.c.tag == tag, effects.c.event == event)).scalar_one())
+
+    @app.job(name="noop")
+    def noop() -> None:
+        pass
+
+    @app.job(name="record", tries=3)
+    def record(n: int, tag: str = "record") -> None:
+        note(tag, "done", n=n)
+
+    @app.job(name="hold", tries=3, timeout=300)
+    def hold(key: str, seconds: float) -> None:
+        """Blocks for ``seconds`` on its first start only; later starts finish at once."""
+        note(key, "start")
+        if count(key, "start") == 1:
+            time.sleep(seconds)
+        note(key, "end")
+
+    @app.job(name="overlap", tries=1, timeout=300)
+    def overlap(key: str, seconds: float) -> None:
+        note(key, "start")
+        time.sleep(seconds)
+        note(key, "end")
+
+    @app.job(name="spin", timeout=1)
+    def spin() -> None:
+        while True:
+            pass
+
+    @app.job(name="block", timeout=1)
+    def block() -> None:
+        time.sleep(60)
+
+    @app.job(name="crash")
+    def crash() -> None:
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+    @app.job(name="flaky", tries=3, backoff=[30, 60])
+    def flaky() -> None:
+        raise RuntimeError("upstream said 503")
+
+    @app.job(name="release", tries=1)
+    def release() -> None:
+        raise dbqueue.Release(45)
+
+    @app.job(name="fail", tries=5)
+    def fail() -> None:
+        raise dbqueue.Fail("customer was deleted")
+
+    @app.job(name="permanent", tries=5, dont_retry=(LookupError,))
+    def permanent() -> None:
+        raise KeyError("no such invoice")
+
+    @app.job(name="deadline", tries=None, backoff=100, retry_until=50)
+    def deadline() -> None:
+        raise RuntimeError("still down")
+
+    def on_failure(failure: Any) -> None:
+        note("hook", "failed", detail=f"{failure.job_id}:{failure.exception_class}:"
+                                       f"{failure.message}:{list(failure.args)}")
+
+    @app.job(name="hooked", tries=2, on_failure=on_failure)
+    def hooked(order: int) -> None:
+        raise ValueError(f"order {order} is broken")
+
+    return JobApp(app, effects, dict(app.jobs))
+
+
+app = build().app

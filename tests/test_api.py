@@ -1,0 +1,110 @@
+"""The public API: its names, and the clear errors it gives for bad input."""
+
+import pytest
+
+import dbqueue
+from dbqueue.settings import Settings
+
+
+def test_public_names_are_pinned():
+    assert sorted(dbqueue.__all__) == sorted([
+        "App", "BoundJob", "ConfigurationError", "DBQueueError", "DatabaseUnavailable",
+        "Exponential", "Fail", "InvalidArguments", "Job", "JobFailure", "JobSignal",
+        "JobTimeout", "MaxAttemptsExceeded", "NotFound", "NotMigrated", "PreparedJob",
+        "Release", "SerializationError", "Settings", "UnknownJob", "UnsupportedDatabase",
+        "WorkerCrashed", "__version__",
+    ])
+    for name in dbqueue.__all__:
+        assert hasattr(dbqueue, name)
+
+
+def make_app(tmp_path):
+    return dbqueue.App(f"sqlite:///{tmp_path / 'q.db'}")
+
+
+def test_arguments_that_are_not_json_fail_at_dispatch_not_in_the_worker(tmp_path):
+    app = make_app(tmp_path)
+
+    @app.job(name="send")
+    def send(when):
+        pass
+
+    with pytest.raises(dbqueue.SerializationError, match="'send' must be JSON-serialisable"):
+        send.dispatch(object())
+    with pytest.raises(dbqueue.SerializationError):
+        send.dispatch(float("nan"))
+
+
+def test_arguments_that_do_not_fit_the_signature_fail_at_dispatch(tmp_path):
+    app = make_app(tmp_path)
+
+    @app.job(name="send")
+    def send(invoice_id: int) -> None:
+        pass
+
+    with pytest.raises(dbqueue.InvalidArguments, match="'send' cannot take these arguments"):
+        send.dispatch(1, 2)
+    with pytest.raises(dbqueue.InvalidArguments):
+        send.prepare(invoice=3)
+
+
+def test_options_are_validated_and_never_mix_with_job_arguments(tmp_path):
+    app = make_app(tmp_path)
+
+    @app.job(name="send")
+    def send(queue: str, delay: int) -> None:
+        pass
+
+    bound = send.options(queue="mail", delay=30, priority=-5)
+    assert bound.settings.queue == "mail" and bound.settings.delay == 30.0
+    prepared = bound.prepare("an argument named queue", 7)
+    assert prepared.new_job.queue == "mail" and prepared.new_job.priority == -5
+    assert '"args":["an argument named queue",7]' in prepared.new_job.payload
+    with pytest.raises(dbqueue.ConfigurationError, match="unknown dispatch option"):
+        send.options(queueue="mail")
+    with pytest.raises(dbqueue.ConfigurationError, match="delay must be"):
+        send.options(delay=-1)
+    with pytest.raises(dbqueue.ConfigurationError, match="not both"):
+        send.options(connection=object(), after_commit=object())
+
+
+def test_job_definitions_are_validated(tmp_path):
+    app = make_app(tmp_path)
+    with pytest.raises(dbqueue.ConfigurationError, match="tries"):
+        app.job(name="a", tries=0)(lambda: None)
+    with pytest.raises(dbqueue.ConfigurationError, match="timeout"):
+        app.job(name="b", timeout=0)(lambda: None)
+    app.job(name="c")(lambda: None)
+    with pytest.raises(dbqueue.ConfigurationError, match="two jobs are named 'c'"):
+        app.job(name="c")(lambda: None)
+
+
+def test_after_commit_takes_a_session(tmp_path):
+    app = make_app(tmp_path)
+    job = app.job(name="x")(lambda: None)
+    with pytest.raises(dbqueue.ConfigurationError, match="takes a SQLAlchemy Session"):
+        job.options(after_commit=object()).dispatch()
+
+
+def test_settings_come_from_the_environment_and_are_checked():
+    settings = Settings.from_env({"DBQUEUE_URL": "sqlite:///x.db", "DBQUEUE_RETRY_AFTER": "30",
+                                  "DBQUEUE_TABLE_PREFIX": "q_"})
+    assert (settings.url, settings.retry_after, settings.table_prefix) == ("sqlite:///x.db", 30, "q_")
+    assert Settings.from_env({}).url == "sqlite:///dbqueue.db"
+    with pytest.raises(dbqueue.ConfigurationError, match="DBQUEUE_RETRY_AFTER"):
+        Settings.from_env({"DBQUEUE_RETRY_AFTER": "soon"})
+    with pytest.raises(dbqueue.ConfigurationError, match="table prefix"):
+        Settings(table_prefix="drop table;")
+
+
+def test_bad_urls_and_missing_tables_give_errors_that_name_the_fix(tmp_path):
+    with pytest.raises(dbqueue.ConfigurationError, match="not a database URL"):
+        dbqueue.App("not a url").store
+    with pytest.raises(dbqueue.ConfigurationError, match="does not support .oracle."):
+        dbqueue.App("oracle://x@y/z").store
+    app = make_app(tmp_path)
+    job = app.job(name="x")(lambda: None)
+    with pytest.raises(dbqueue.NotMigrated, match="dbqueue migrate"):
+        job.dispatch()
+    with pytest.raises(dbqueue.DatabaseUnavailable, match="cannot connect"):
+        dbqueue.App("postgresql://nobody@127.0.0.1:1/none").admin.status()

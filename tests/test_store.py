@@ -1,0 +1,136 @@
+"""One contract per store verb, run on every backend against a real server."""
+
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from dbqueue.store import Admin, Failure, Lease, NewJob
+from tests.conftest import count, rows
+
+
+def test_reserve_takes_queues_in_order_and_lower_priority_first(app):
+    store = app.store
+    store.push(NewJob("default", "noop", "{}"))
+    low = store.push(NewJob("high", "noop", "{}", priority=5))
+    urgent = store.push(NewJob("high", "noop", "{}", priority=-5))
+    store.push(NewJob("high", "noop", "{}", delay=3600))
+    taken = store.reserve(["high", "default"], 2, "t1", 90)
+    assert [row.id for row in taken] == [urgent, low]
+    assert [row.attempts for row in taken] == [1, 1]
+    rest = store.reserve(["high", "default"], 10, "t2", 90)
+    assert [row.queue for row in rest] == ["default"]
+    assert store.reserve(["high", "default"], 10, "t3", 90) == []  # the delayed one waits
+
+
+def test_a_reservation_is_leased_until_it_expires_and_then_taken_again(app):
+    store = app.store
+    job_id = store.push(NewJob("default", "noop", "{}"))
+    first = store.reserve(["default"], 1, "a", 90)
+    assert [row.id for row in first] == [job_id]
+    assert store.reserve(["default"], 1, "b", 90) == []
+    jobs = store.tables.jobs
+    with app.engine.begin() as c:  # the holder died: its lease runs out
+        c.execute(sa.update(jobs).values(available_at=store.dialect.now_plus(-1)))
+    again = store.reserve(["default"], 1, "b", 90)
+    assert [(row.id, row.attempts) for row in again] == [(job_id, 2)]
+
+
+def test_fenced_leases_a_stale_holder_changes_nothing(app):
+    store, jobs = app.store, app.store.tables.jobs
+    job_id = store.push(NewJob("default", "noop", "{}"))
+    (stale,) = store.reserve(["default"], 1, "old", 90)
+    with app.engine.begin() as c:
+        c.execute(sa.update(jobs).values(available_at=store.dialect.now_plus(-1)))
+    (current,) = store.reserve(["default"], 1, "new", 90)
+    old = Lease(job_id, "old")
+    assert store.complete([old]) == 0
+    assert store.release(old, 0) is False
+    assert store.fail(stale, "old", Failure("X", "m", "tb"), "h:1") is False
+    assert store.heartbeat([old], 90) == 0
+    assert store.release_all([old]) == 0
+    (row,) = rows(app, jobs)
+    assert (row.reserved_by, row.attempts) == ("new", 2)
+    assert count(app, store.tables.failed_jobs) == 0
+    assert store.complete([Lease(job_id, "new")]) == 1
+    assert count(app, jobs) == 0
+
+
+def test_heartbeat_moves_the_lease_forward(app):
+    store, jobs = app.store, app.store.tables.jobs
+    job_id = store.push(NewJob("default", "noop", "{}"))
+    store.reserve(["default"], 1, "t", 5)
+    (before,) = rows(app, jobs)
+    assert store.heartbeat([Lease(job_id, "t")], 600) == 1
+    (after,) = rows(app, jobs)
+    assert after.available_at - after.reserved_at == timedelta(seconds=600)
+    assert after.available_at > before.available_at
+
+
+def test_release_counts_or_gives_back_the_attempt_and_delays_by_the_db_clock(app):
+    store, jobs = app.store, app.store.tables.jobs
+    job_id = store.push(NewJob("default", "noop", "{}"))
+    (row,) = store.reserve(["default"], 1, "t", 90)
+    assert store.release(Lease(job_id, "t"), 120, counts=False)
+    (stored,) = rows(app, jobs)
+    assert stored.attempts == 0 and stored.reserved_by is None and stored.reserved_at is None
+    delay = (stored.available_at - row.reserved_at).total_seconds()
+    assert 120 <= delay < 130
+
+
+def test_fail_moves_the_job_to_failed_jobs_in_one_step(app):
+    store = app.store
+    job_id = store.push(NewJob("mail", "send", '{"args":[42],"kwargs":{}}', priority=3))
+    (row,) = store.reserve(["mail"], 1, "t", 90)
+    assert store.fail(row, "t", Failure("ValueError", "bad invoice", "Traceback..."), "web1:77")
+    assert count(app, store.tables.jobs) == 0
+    (failed,) = rows(app, store.tables.failed_jobs)
+    assert (failed.job_id, failed.queue, failed.job, failed.attempts, failed.priority) == (
+        job_id, "mail", "send", 1, 3)
+    assert (failed.exception_class, failed.exception_message, failed.worker) == (
+        "ValueError", "bad invoice", "web1:77")
+    assert failed.payload == '{"args":[42],"kwargs":{}}' and len(failed.uuid) == 36
+
+
+def test_push_many_inserts_every_row_with_its_own_options(app):
+    store = app.store
+    jobs = [NewJob("q1", "noop", f'{{"args":[{i}]}}', priority=i % 3, delay=3600 if i % 2 else 0)
+            for i in range(2500)]
+    assert store.push_many(jobs) == 2500
+    assert count(app, store.tables.jobs) == 2500
+    ready = store.reserve(["q1"], 5000, "t", 90)
+    assert len(ready) == 1250 and {row.priority for row in ready} == {0, 1, 2}
+
+
+def test_retry_forget_and_flush_failed_jobs(app):
+    store, admin = app.store, Admin(app.store)
+    for queue in ("a", "a", "b"):
+        store.push(NewJob(queue, "send", "{}", priority=2))
+    for row in store.reserve(["a", "b"], 10, "t", 90):
+        store.fail(row, "t", Failure("KeyError", "gone", "tb"), "h:1")
+    failed = admin.list_failed()
+    assert len(failed) == 3 and len(admin.list_failed(queue="a")) == 2
+    assert admin.list_failed(exception="Key") and not admin.list_failed(exception="Value")
+    assert admin.retry([str(failed[0].id), failed[1].uuid]) == 2
+    requeued = rows(app, store.tables.jobs)
+    assert [(r.attempts, r.priority, r.reserved_by) for r in requeued] == [(0, 2, None)] * 2
+    assert admin.retry(queue="nope") == 0
+    last = admin.list_failed()[0]
+    admin.forget(str(last.id))
+    assert admin.list_failed() == []
+    for row in store.reserve(["a", "b"], 10, "t2", 90):
+        store.fail(row, "t2", Failure("KeyError", "gone", "tb"), "h:1")
+    assert admin.flush(older_than_hours=1) == 0
+    assert admin.flush() == 2
+
+
+def test_status_counts_ready_delayed_reserved_and_failed(app):
+    store, admin = app.store, Admin(app.store)
+    store.push_many([NewJob("q", "noop", "{}")] * 3 + [NewJob("q", "noop", "{}", delay=600)])
+    (row,) = store.reserve(["q"], 1, "t", 90)
+    store.push(NewJob("other", "noop", "{}"))
+    (status_other, status_q) = admin.status()
+    assert (status_q.queue, status_q.ready, status_q.delayed, status_q.reserved) == ("q", 2, 1, 1)
+    assert status_q.oldest_ready_age is not None and status_q.oldest_ready_age >= 0
+    assert (status_other.queue, status_other.ready) == ("other", 1)
+    store.fail(row, "t", Failure("E", "m", "tb"), "h:1")
+    assert admin.status()[1].failed == 1
