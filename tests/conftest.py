@@ -150,11 +150,10 @@ def wait_until(condition: Callable[[], Any], timeout: float = 60, what: str = "c
 
 
 def count(app: Any, table: sa.Table, *where: Any) -> int:
-    with app.engine.begin() as connection:
-        return int(connection.execute(
-            sa.select(sa.func.count()).select_from(table).where(*where)).scalar_one())
+    return int(app.store.read(lambda c: c.execute(
+        sa.select(sa.func.count()).select_from(table).where(*where)).scalar_one()))
 
 
 def rows(app: Any, table: sa.Table, *where: Any) -> list[Any]:
-    with app.engine.begin() as connection:
-        return connection.execute(sa.select(table).where(*where).order_by(table.c.id)).all()
+    return app.store.read(
+        lambda c: c.execute(sa.select(table).where(*where).order_by(table.c.id)).all())

@@ -64,11 +64,11 @@ class Admin:
             query = query.where(table.c.job == job)
         if exception:
             query = query.where(table.c.exception_class.contains(exception, autoescape=True))
-        rows = self.store.transaction(lambda c: c.execute(query).all())
+        rows = self.store.read(lambda c: c.execute(query).all())
         return [FailedJob(**row._mapping) for row in rows]
 
     def get_failed(self, ref: str) -> FailedJob:
-        row = self.store.transaction(
+        row = self.store.read(
             lambda c: c.execute(sa.select(self.failed).where(self._match(ref))).first()
         )
         if row is None:
@@ -155,7 +155,7 @@ class Admin:
                 per_queue.setdefault(queue, [0, 0, 0, 0, None])[3] = int(failures)
             return [QueueStatus(q, *values) for q, values in sorted(per_queue.items())]
 
-        return self.store.transaction(work)
+        return self.store.read(work)
 
 
 def _is(row: Any, ref: str) -> bool:

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
-from .dialects import Dialect, ReservedRow, dialect_for
+from .dialects import READ_ONLY, Dialect, ReservedRow, dialect_for
 from .engine import connect, translate
 from .schema import Tables, build_tables
 
@@ -87,12 +87,15 @@ class Store:
 
     # --- transactions -------------------------------------------------------
 
-    def transaction(self, work: Callable[[Connection], T]) -> T:
+    def transaction(self, work: Callable[[Connection], T], *, read_only: bool = False) -> T:
         """Run ``work`` in a transaction of its own, retrying deadlocks and lock timeouts."""
         for attempt in range(1, _MAX_TRIES + 1):
             try:
-                with connect(self.engine) as connection, connection.begin():
-                    return work(connection)
+                with connect(self.engine) as connection:
+                    if read_only:
+                        connection = connection.execution_options(**{READ_ONLY: True})
+                    with connection.begin():
+                        return work(connection)
             except sa.exc.DBAPIError as exc:
                 if attempt < _MAX_TRIES and self.dialect.is_retryable(exc):
                     # Short, growing, jittered pauses so that the transactions
@@ -101,6 +104,10 @@ class Store:
                     continue
                 raise translate(self.engine, exc) from exc
         raise AssertionError("unreachable")
+
+    def read(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work``, which only reads, in a transaction of its own."""
+        return self.transaction(work, read_only=True)
 
     def within(self, connection: Executor | None, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in the caller's transaction if given, else in one of our own."""
@@ -120,7 +127,7 @@ class Store:
 
     def now(self) -> datetime:
         """The database server's current time (UTC)."""
-        return self.transaction(lambda c: c.execute(sa.select(self._now())).scalar_one())
+        return self.read(lambda c: c.execute(sa.select(self._now())).scalar_one())
 
     def _now(self) -> sa.ColumnElement[datetime]:
         return sa.type_coerce(self.dialect.now(), self.tables.jobs.c.created_at.type)

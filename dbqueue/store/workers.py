@@ -83,7 +83,7 @@ class WorkerRegistry:
 
     def live(self, seen_within: float) -> list[WorkerInfo]:
         table = self.table
-        rows = self.store.transaction(lambda c: c.execute(
+        rows = self.store.read(lambda c: c.execute(
             sa.select(table)
             .where(table.c.last_seen_at >= self.store.dialect.now_plus(-seen_within))
             .order_by(table.c.host, table.c.pid)

@@ -31,7 +31,7 @@ def _context(app_module: str) -> BaseContext:
     # inherits the supervisor's database connections.
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([app_module])
+        context.set_forkserver_preload(["dbqueue.worker.forkserver_init", app_module])
         return context
     return multiprocessing.get_context("spawn")
 

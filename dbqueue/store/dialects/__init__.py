@@ -1,5 +1,5 @@
 """Everything that differs between database servers, and nothing else."""
 
-from .base import RESERVED_COLUMNS, Dialect, ReservedRow, UtcDateTime, dialect_for
+from .base import READ_ONLY, RESERVED_COLUMNS, Dialect, ReservedRow, UtcDateTime, dialect_for
 
-__all__ = ["RESERVED_COLUMNS", "Dialect", "ReservedRow", "UtcDateTime", "dialect_for"]
+__all__ = ["READ_ONLY", "RESERVED_COLUMNS", "Dialect", "ReservedRow", "UtcDateTime", "dialect_for"]

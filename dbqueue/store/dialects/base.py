@@ -31,6 +31,9 @@ class ReservedRow(NamedTuple):
 
 RESERVED_COLUMNS = ReservedRow._fields
 
+READ_ONLY = "dbqueue_read_only"
+"""Execution option marking a transaction that only reads (see Store.read)."""
+
 
 class UtcDateTime(sa.TypeDecorator[datetime]):
     """A timestamp stored in UTC and always read back as an aware UTC datetime.

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
-from .base import Dialect, seconds_expression, server_too_old
+from .base import READ_ONLY, Dialect, seconds_expression, server_too_old
 
 # Text timestamps compare as strings, so every writer must use one format. This
 # is SQLAlchemy's own (microseconds, six digits); SQLite's %f gives "SS.SSS",
@@ -43,8 +43,12 @@ class SQLite(Dialect):
         def _begin(connection: Connection) -> None:
             # IMMEDIATE takes the write lock up front: a transaction that read
             # first and wrote later could fail with SQLITE_BUSY at once instead
-            # of waiting for the lock.
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # of waiting for the lock. Read-only work begins deferred, so in
+            # WAL mode it never waits for a writer.
+            if connection.get_execution_options().get(READ_ONLY):
+                connection.exec_driver_sql("BEGIN")
+            else:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     def check_server(self, connection: Connection) -> None:
         if sqlite3.sqlite_version_info < (3, 35, 0):

@@ -1,0 +1,87 @@
+"""Transactional dispatch: commit -> the job exists and runs; rollback -> it never did."""
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from tests.conftest import count, rows
+
+
+def ran(jobs, n):
+    return count(jobs.app, jobs.effects, jobs.effects.c.n == n)
+
+
+def test_dispatch_with_a_connection_commits_with_it(jobs, workers):
+    with jobs.app.engine.connect() as connection:
+        with connection.begin():
+            jobs.record.options(connection=connection).dispatch(1)
+        transaction = connection.begin()
+        jobs.record.options(connection=connection).dispatch(2)
+        assert count(jobs.app, jobs.app.store.tables.jobs) == 1  # not visible before commit
+        transaction.rollback()
+    assert count(jobs.app, jobs.app.store.tables.jobs) == 1
+    assert workers.run("--stop-when-empty", "--sleep", "0.1").returncode == 0
+    assert (ran(jobs, 1), ran(jobs, 2)) == (1, 0)
+
+
+def test_dispatch_with_a_session_never_commits_or_flushes_it(jobs, workers):
+    with Session(jobs.app.engine) as session:
+        jobs.record.options(connection=session).dispatch(3)
+        assert session.in_transaction()
+        session.commit()
+    with Session(jobs.app.engine) as session:
+        jobs.record.options(connection=session).dispatch(4)
+        session.rollback()
+    assert workers.run("--stop-when-empty", "--sleep", "0.1").returncode == 0
+    assert (ran(jobs, 3), ran(jobs, 4)) == (1, 0)
+    assert count(jobs.app, jobs.app.store.tables.jobs) == 0
+
+
+def test_after_commit_pushes_on_commit_and_drops_on_rollback(jobs, workers):
+    jobs_table = jobs.app.store.tables.jobs
+    with Session(jobs.app.engine) as session:
+        assert jobs.record.options(after_commit=session).dispatch(5) is None
+        session.execute(sa.text("SELECT 1"))
+        assert count(jobs.app, jobs_table) == 0  # held until the commit
+        savepoint = session.begin_nested()
+        jobs.record.options(after_commit=session).dispatch(6)
+        savepoint.rollback()  # only what was dispatched inside the savepoint goes
+        session.commit()
+    assert count(jobs.app, jobs_table) == 1
+    with Session(jobs.app.engine) as session:
+        jobs.record.options(after_commit=session).dispatch(7)
+        session.execute(sa.text("SELECT 1"))
+        session.rollback()
+    assert count(jobs.app, jobs_table) == 1
+    assert workers.run("--stop-when-empty", "--sleep", "0.1").returncode == 0
+    assert (ran(jobs, 5), ran(jobs, 6), ran(jobs, 7)) == (1, 0, 0)
+
+
+def test_bulk_dispatch_of_several_kinds_in_the_callers_transaction(jobs):
+    app, jobs_table = jobs.app, jobs.app.store.tables.jobs
+    prepared = [jobs.record.prepare(i) for i in range(10)] + [
+        jobs.noop.options(queue="low", delay=60).prepare()]
+    with app.engine.connect() as connection:
+        with connection.begin():
+            assert app.dispatch_many(prepared, connection=connection) == 11
+        with connection.begin() as transaction:
+            app.dispatch_many([jobs.noop.prepare()], connection=connection)
+            transaction.rollback()
+    stored = rows(app, jobs_table)
+    assert len(stored) == 11
+    assert [r.queue for r in stored].count("low") == 1
+
+
+def test_dispatch_returns_the_id_and_stores_options(jobs):
+    job_id = jobs.record.options(queue="high", delay=30, priority=-5).dispatch(42, tag="x")
+    (row,) = rows(jobs.app, jobs.app.store.tables.jobs)
+    assert row.id == job_id and (row.queue, row.priority, row.job) == ("high", -5, "record")
+    assert row.payload == '{"args":[42],"kwargs":{"tag":"x"}}'
+    assert 30 <= (row.available_at - row.created_at).total_seconds() < 31
+
+
+@pytest.mark.parametrize("option", ["tries", "timeout"])
+def test_per_dispatch_overrides_travel_in_the_payload(jobs, option):
+    jobs.noop.options(**{option: 7}).dispatch()
+    (row,) = rows(jobs.app, jobs.app.store.tables.jobs)
+    assert f'"options":{{"{option}":7' in row.payload

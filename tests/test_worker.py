@@ -1,0 +1,171 @@
+"""The worker, as real `dbqueue work` processes: outcomes, limits and signals."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import sqlalchemy as sa
+
+from tests.conftest import ROOT, count, rows, wait_until, worker_env
+
+FAST = ("--sleep", "0.1")
+
+
+def failed_rows(jobs):
+    return rows(jobs.app, jobs.app.store.tables.failed_jobs)
+
+
+def job_rows(jobs):
+    return rows(jobs.app, jobs.app.store.tables.jobs)
+
+
+def make_due(jobs):
+    """Pretend a backoff or release delay has passed (the test cannot wait for it)."""
+    table, store = jobs.app.store.tables.jobs, jobs.app.store
+    with jobs.app.engine.begin() as c:
+        c.execute(sa.update(table).values(available_at=store.dialect.now_plus(-1)))
+
+
+def test_timeouts_kill_tight_loops_and_blocking_calls_and_the_worker_goes_on(jobs, workers):
+    jobs.spin.dispatch()
+    jobs.block.dispatch()
+    jobs.record.dispatch(1)
+    result = workers.run("--stop-when-empty", *FAST)
+    assert result.returncode == 0, result.stdout
+    failures = {row.job: row for row in failed_rows(jobs)}
+    assert set(failures) == {"spin", "block"}
+    for row in failures.values():
+        assert row.exception_class == "dbqueue.JobTimeout"
+        assert "timeout of 1 s" in row.exception_message and row.attempts == 1
+    assert count(jobs.app, jobs.effects, jobs.effects.c.n == 1) == 1
+
+
+def test_a_crashed_child_costs_its_job_one_attempt_and_is_replaced(jobs, workers):
+    jobs.crash.dispatch()
+    jobs.record.dispatch(2)
+    assert workers.run("--stop-when-empty", *FAST).returncode == 0
+    (row,) = failed_rows(jobs)
+    assert row.exception_class == "dbqueue.WorkerCrashed" and "SIGSEGV" in row.exception_message
+    assert count(jobs.app, jobs.effects, jobs.effects.c.n == 2) == 1
+
+
+def test_retries_follow_the_backoff_by_the_database_clock_then_fail(jobs, workers):
+    jobs.flaky.dispatch()
+    for attempt, backoff in ((1, 30), (2, 60)):
+        assert workers.run("--once", *FAST).returncode == 0
+        (row,) = job_rows(jobs)
+        assert (row.attempts, row.reserved_by) == (attempt, None)
+        stored_delay = (row.available_at - jobs.app.store.now()).total_seconds()
+        assert backoff - 5 < stored_delay <= backoff
+        make_due(jobs)
+    assert workers.run("--once", *FAST).returncode == 0
+    assert job_rows(jobs) == []
+    (failed,) = failed_rows(jobs)
+    assert (failed.attempts, failed.exception_class) == (3, "RuntimeError")
+    assert "upstream said 503" in failed.exception and "Traceback" in failed.exception
+
+
+def test_release_puts_the_job_back_without_using_a_try(jobs, workers):
+    jobs.release.dispatch()
+    for _ in range(2):  # tries=1, yet it is released twice and never fails
+        assert workers.run("--once", *FAST).returncode == 0
+        (row,) = job_rows(jobs)
+        assert (row.attempts, row.reserved_by) == (0, None)
+        assert 40 < (row.available_at - jobs.app.store.now()).total_seconds() <= 45
+        make_due(jobs)
+    assert failed_rows(jobs) == []
+
+
+def test_fail_and_dont_retry_fail_at_once_whatever_tries_remain(jobs, workers):
+    jobs.fail.dispatch()
+    jobs.permanent.dispatch()
+    assert workers.run("--stop-when-empty", *FAST).returncode == 0
+    failures = {row.job: row for row in failed_rows(jobs)}
+    assert (failures["fail"].exception_class, failures["fail"].exception_message) == (
+        "dbqueue.Fail", "customer was deleted")
+    assert failures["permanent"].exception_class == "KeyError"
+    assert {row.attempts for row in failures.values()} == {1}
+
+
+def test_retry_until_stops_retries_that_would_start_too_late(jobs, workers):
+    jobs.deadline.dispatch()  # tries=None, backoff 100 s, retry_until 50 s after dispatch
+    assert workers.run("--stop-when-empty", *FAST).returncode == 0
+    (row,) = failed_rows(jobs)
+    assert row.attempts == 1 and "retry_until" in row.exception_message
+
+
+def test_on_failure_runs_once_when_the_job_finally_fails(jobs, workers):
+    job_id = jobs.hooked.dispatch(77)
+    assert workers.run("--once", *FAST).returncode == 0  # attempt 1 of 2: retried, no hook
+    assert count(jobs.app, jobs.effects, jobs.effects.c.tag == "hook") == 0
+    make_due(jobs)
+    assert workers.run("--once", *FAST).returncode == 0
+    (hook,) = rows(jobs.app, jobs.effects, jobs.effects.c.tag == "hook")
+    assert hook.detail == f"{job_id}:ValueError:order 77 is broken:[77]"
+
+
+def test_rows_that_cannot_run_are_failed_with_a_reason_and_the_worker_goes_on(jobs, workers):
+    store, table = jobs.app.store, jobs.app.store.tables.jobs
+    with jobs.app.engine.begin() as c:  # as a person might, by hand
+        c.execute(table.insert().values(queue="default", job="record", payload="{not json",
+                                        available_at=store.dialect.now(),
+                                        created_at=store.dialect.now()))
+        c.execute(sa.text(f"INSERT INTO {table.name} (queue, job, payload) "
+                          "VALUES ('default', 'os.system', '{\"args\": [\"rm -rf /\"]}')"))
+        # arguments an older version of the job took
+        c.execute(sa.text(f"INSERT INTO {table.name} (queue, job, payload) VALUES "
+                          "('default', 'record', '{\"args\": [3], \"kwargs\": {\"old\": 1}}')"))
+    jobs.record.dispatch(4)
+    assert workers.run("--stop-when-empty", *FAST).returncode == 0
+    reasons = sorted((row.job, row.exception_class, row.exception_message)
+                     for row in failed_rows(jobs))
+    assert [(job, cls) for job, cls, _ in reasons] == [
+        ("os.system", "dbqueue.UnknownJob"),
+        ("record", "dbqueue.InvalidArguments"),
+        ("record", "dbqueue.SerializationError"),
+    ]
+    assert "no job named 'os.system'" in reasons[0][2]
+    assert "unexpected keyword argument 'old'" in reasons[1][2]
+    assert "cannot be decoded" in reasons[2][2]
+    assert count(jobs.app, jobs.effects, jobs.effects.c.n == 4) == 1
+    assert job_rows(jobs) == []
+
+
+def test_max_jobs_and_memory_limit(jobs, workers):
+    jobs.app.dispatch_many([jobs.record.prepare(n) for n in range(10, 15)])
+    result = workers.run("--max-jobs", "3", "--memory", "1", *FAST)
+    assert result.returncode == 0 and "replacing it" in result.stdout
+    done = rows(jobs.app, jobs.effects)
+    assert len(done) == 3 and len({row.pid for row in done}) == 3  # a fresh child each time
+    assert len(job_rows(jobs)) == 2
+
+
+def test_sigterm_lets_the_running_job_finish_and_exits_zero(jobs, workers):
+    jobs.overlap.dispatch("term", 2)
+    jobs.record.dispatch(5)
+    process = workers.start(*FAST)
+    wait_until(lambda: count(jobs.app, jobs.effects, jobs.effects.c.tag == "term"),
+               what="the job to start")
+    os.killpg(process.pid, signal.SIGTERM)  # as systemd does: the whole control group
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert [r.event for r in rows(jobs.app, jobs.effects, jobs.effects.c.tag == "term")] == [
+        "start", "end"]
+    remaining = job_rows(jobs)  # the job it had not started yet is back, attempt not counted
+    assert all(row.reserved_by is None and row.attempts == 0 for row in remaining)
+    assert count(jobs.app, jobs.app.store.tables.queue_workers) == 0
+
+
+def test_restart_reaches_running_workers_through_the_database(jobs, workers):
+    first = workers.start("--retry-after", "1.5", *FAST)
+    second = workers.start("--retry-after", "1.5", *FAST)
+    wait_until(lambda: count(jobs.app, jobs.app.store.tables.queue_workers) == 2,
+               what="both workers to register")
+    result = subprocess.run([sys.executable, "-m", "dbqueue", "restart"], cwd=ROOT,
+                            env=worker_env(workers.url), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and "Asked 2 worker(s)" in result.stdout
+    for process in (first, second):
+        output, _ = process.communicate(timeout=60)
+        assert process.returncode == 0 and "restart requested" in output
