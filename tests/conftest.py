@@ -24,7 +24,7 @@ from dbqueue.store import create_engine
 from tests import jobapp
 
 ROOT = Path(__file__).resolve().parent.parent
-PREFIX = "dbqt_"
+PREFIX = os.environ.get("DBQUEUE_TEST_PREFIX", "dbqt_")  # lets two runs share a server
 URLS = {
     "postgresql": os.environ.get("DBQUEUE_TEST_POSTGRES_URL",
                                  "postgresql://postgres@127.0.0.1:5432/test"),

@@ -1,0 +1,65 @@
+"""Several hosts on one database: no job twice at once, nothing lost when a host dies.
+
+Each `dbqueue work` process here stands for one host; they share nothing but
+the database, exactly as on separate machines.
+"""
+
+import os
+import signal
+
+from tests.conftest import count, rows, wait_until
+
+FAST = ("--sleep", "0.1")
+
+
+def test_three_hosts_drain_3000_jobs_exactly_once(jobs, workers):
+    jobs.app.dispatch_many([jobs.record.prepare(n) for n in range(3000)])
+    hosts = [workers.start("--concurrency", "2", "--stop-when-empty", *FAST) for _ in range(3)]
+    for host in hosts:
+        output, _ = host.communicate(timeout=300)
+        assert host.returncode == 0, output
+        assert "Error" not in output and "IntegrityError" not in output
+    done = rows(jobs.app, jobs.effects)
+    assert len(done) == 3000 and {row.n for row in done} == set(range(3000))
+    assert count(jobs.app, jobs.app.store.tables.jobs) == 0
+    assert count(jobs.app, jobs.app.store.tables.failed_jobs) == 0
+    assert len({row.pid for row in done}) > 1  # the work really was shared
+
+
+def test_a_killed_hosts_job_is_finished_by_another_after_retry_after(jobs, workers):
+    jobs.hold.dispatch("crash-me", 300)  # blocks on its first start only
+    doomed = workers.start("--retry-after", "2", *FAST)
+    wait_until(lambda: count(jobs.app, jobs.effects, jobs.effects.c.tag == "crash-me"),
+               what="the job to start on the first host")
+    os.killpg(doomed.pid, signal.SIGKILL)  # supervisor, fork server and children at once
+    doomed.wait()
+    (held,) = rows(jobs.app, jobs.app.store.tables.jobs)
+    assert held.reserved_by is not None  # still leased to the dead host
+    rescuer = workers.start("--retry-after", "2", "--max-jobs", "1", *FAST)
+    output, _ = rescuer.communicate(timeout=120)
+    assert rescuer.returncode == 0, output
+    events = [r.event for r in rows(jobs.app, jobs.effects, jobs.effects.c.tag == "crash-me")]
+    assert events == ["start", "start", "end"]
+    assert count(jobs.app, jobs.app.store.tables.jobs) == 0
+    assert count(jobs.app, jobs.app.store.tables.failed_jobs) == 0
+
+
+def test_a_long_job_on_a_live_host_is_never_started_twice(jobs, workers):
+    retry_after = 1.0
+    jobs.overlap.dispatch("long", 3 * retry_after + 0.5)
+    first = workers.start("--retry-after", str(retry_after), *FAST)
+    wait_until(lambda: count(jobs.app, jobs.effects, jobs.effects.c.tag == "long"),
+               what="the long job to start")
+    second = workers.start("--retry-after", str(retry_after), *FAST)
+    wait_until(lambda: count(jobs.app, jobs.effects,
+                             jobs.effects.c.tag == "long", jobs.effects.c.event == "end"),
+               timeout=120, what="the long job to end")
+    # The second host polled all along; give it one more full lease period of
+    # polling after the job ended, by waiting for the queue to be seen empty.
+    wait_until(lambda: count(jobs.app, jobs.app.store.tables.jobs) == 0, what="completion")
+    for host in (first, second):
+        os.killpg(host.pid, signal.SIGTERM)
+        output, _ = host.communicate(timeout=60)
+        assert host.returncode == 0, output
+    events = [r.event for r in rows(jobs.app, jobs.effects, jobs.effects.c.tag == "long")]
+    assert events == ["start", "end"]
