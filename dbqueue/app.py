@@ -15,8 +15,7 @@ from .errors import ConfigurationError, UnknownJob
 from .jobs import Job, PreparedJob
 from .policy import Backoff
 from .settings import Settings
-from .store import Admin, Executor, Store, WorkerRegistry, create_engine
-from .store import migrator
+from .store import Admin, Executor, Store, WorkerRegistry, create_engine, migrator
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -95,7 +94,8 @@ class App:
             on_failure: Callable[..., Any] | None = None,
             ) -> Callable[[Callable[P, R]], Job[P, R]]: ...
 
-    def job(self, func: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    def job(self, func: Callable[..., Any] | None = None, /,  # type: ignore[misc]
+            **options: Any) -> Any:
         """Register a function as a job.
 
         ``tries`` is the number of attempts in all (None: no limit);

@@ -64,7 +64,7 @@ class NotFound(DBQueueError, LookupError):
     """The named failed job (or other record) does not exist."""
 
 
-class JobSignal(Exception):  # noqa: N818 - these are control flow, not errors
+class JobSignal(Exception):
     """Base of the exceptions job code raises to tell the worker what to do."""
 
 

@@ -194,7 +194,8 @@ class Job(Generic[P, R]):
         try:
             self._signature.bind(*args, **kwargs)
         except TypeError as exc:
-            raise InvalidArguments(f"job {self.name!r} cannot take these arguments: {exc}") from None
+            raise InvalidArguments(
+                f"job {self.name!r} cannot take these arguments: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,15 +6,24 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from dbqueue import ConfigurationError, Exponential
-from dbqueue.policy import Ended, GiveUp, Retry, Rules, backoff_delay, decide, refuse_attempt
-from dbqueue.policy import validate_backoff
+from dbqueue.policy import (
+    Ended,
+    GiveUp,
+    Retry,
+    Rules,
+    backoff_delay,
+    decide,
+    refuse_attempt,
+    validate_backoff,
+)
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
 def test_list_backoff_is_per_attempt_and_its_last_value_repeats():
     backoff = validate_backoff([5, 30, 120])
-    assert [backoff_delay(backoff, attempt) for attempt in (1, 2, 3, 4, 9)] == [5, 30, 120, 120, 120]
+    delays = [backoff_delay(backoff, attempt) for attempt in (1, 2, 3, 4, 9)]
+    assert delays == [5, 30, 120, 120, 120]
 
 
 def test_exponential_backoff_grows_is_capped_and_jitters_within_half():

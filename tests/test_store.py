@@ -41,7 +41,7 @@ def test_fenced_leases_a_stale_holder_changes_nothing(app):
     (stale,) = store.reserve(["default"], 1, "old", 90)
     with app.engine.begin() as c:
         c.execute(sa.update(jobs).values(available_at=store.dialect.now_plus(-1)))
-    (current,) = store.reserve(["default"], 1, "new", 90)
+    (_current,) = store.reserve(["default"], 1, "new", 90)
     old = Lease(job_id, "old")
     assert store.complete([old]) == 0
     assert store.release(old, 0) is False

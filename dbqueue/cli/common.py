@@ -29,7 +29,8 @@ def connection_options(func: F) -> F:
                         metavar="MODULE:ATTR",
                         help="Your dbqueue.App, e.g. myproject.tasks:app. [env: DBQUEUE_APP]")(func)
     func = click.option("--url", envvar="DBQUEUE_URL", default=None,
-                        help="Database URL; default: sqlite:///dbqueue.db. [env: DBQUEUE_URL]")(func)
+                        help="Database URL; default: sqlite:///dbqueue.db. "
+                             "[env: DBQUEUE_URL]")(func)
     return func
 
 
@@ -87,7 +88,8 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for row in cells:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        click.echo(line.rstrip())
 
 
 def short_time(value: datetime | None) -> str:

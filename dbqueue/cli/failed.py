@@ -42,8 +42,9 @@ def failed(ctx: click.Context, url: str | None, app_reference: str | None,
         click.echo("No failed jobs.")
         return
     print_table(["ID", "QUEUE", "JOB", "ATTEMPTS", "EXCEPTION", "MESSAGE", "FAILED AT", "WORKER"],
-                [[r.id, r.queue, r.job, r.attempts, r.exception_class, one_line(r.exception_message),
-                  short_time(r.failed_at), r.worker] for r in rows])
+                [[r.id, r.queue, r.job, r.attempts, r.exception_class,
+                  one_line(r.exception_message), short_time(r.failed_at), r.worker]
+                 for r in rows])
 
 
 @failed.command("show")

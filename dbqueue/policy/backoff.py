@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from ..errors import ConfigurationError
 
@@ -32,7 +32,7 @@ class Exponential:
             )
 
 
-Backoff = Union[float, Sequence[float], Exponential]
+Backoff = float | Sequence[float] | Exponential
 
 
 def validate_backoff(backoff: Any) -> Backoff:

@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -162,7 +162,9 @@ class Store:
 
         def work(c: Connection) -> int:
             # Make sure the engine has connected before the statement is built.
-            return int(c.execute(self._insert_one(), params).inserted_primary_key[0])
+            key = c.execute(self._insert_one(), params).inserted_primary_key
+            assert key is not None
+            return int(key[0])
 
         return self.within(connection, work)
 

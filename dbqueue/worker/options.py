@@ -32,7 +32,8 @@ class WorkerOptions:
 
     def __post_init__(self) -> None:
         if not self.queues or not all(q.strip() for q in self.queues):
-            raise ConfigurationError("--queue needs at least one queue name, e.g. --queue high,default")
+            raise ConfigurationError(
+                "--queue needs at least one queue name, e.g. --queue high,default")
         checks = [
             ("--concurrency", self.concurrency, self.concurrency >= 1),
             ("--sleep", self.sleep, self.sleep > 0),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import signal
 import time
@@ -62,8 +63,9 @@ class Pool:
 
     def _spawn(self) -> Child:
         parent_end, child_end = self.context.Pipe(duplex=True)
-        process = self.context.Process(target=child_main, args=(child_end, self.app_reference),
-                                       name="dbqueue-child", daemon=True)
+        process = self.context.Process(  # type: ignore[attr-defined]
+            target=child_main, args=(child_end, self.app_reference), name="dbqueue-child",
+            daemon=True)
         process.start()
         child_end.close()
         return Child(process, parent_end)
@@ -77,10 +79,9 @@ class Pool:
     def give(self, child: Child, task: Task, timeout: float) -> None:
         now = time.monotonic()
         child.task, child.started, child.deadline = task, now, now + timeout
-        try:
+        # If it died while idle, the next wait() reports it, with this task.
+        with contextlib.suppress(OSError):
             child.conn.send(task)
-        except (BrokenPipeError, OSError):
-            pass  # it died while idle: the next wait() reports it with its task
 
     def wait(self, timeout: float, wake_fd: int) -> tuple[list[tuple[Child, Task, Finished]],
                                                           list[tuple[Child, Task | None, str]]]:
@@ -106,7 +107,7 @@ class Pool:
 
     def overdue(self) -> list[Child]:
         now = time.monotonic()
-        return [child for child in self.children if child.task is not None and child.deadline <= now]
+        return [c for c in self.children if c.task is not None and c.deadline <= now]
 
     def next_deadline(self) -> float | None:
         deadlines = [child.deadline for child in self.children if child.task is not None]
@@ -119,10 +120,8 @@ class Pool:
 
     def retire(self, child: Child) -> None:
         """Let an idle child exit (memory limit) and start a replacement."""
-        try:
+        with contextlib.suppress(OSError):
             child.conn.send(None)
-        except OSError:
-            pass
         child.process.join(5)
         if child.process.is_alive():
             child.process.kill()
@@ -139,10 +138,8 @@ class Pool:
     def stop(self) -> None:
         """Ask idle children to exit; kill the rest."""
         for child in self.children:
-            try:
+            with contextlib.suppress(OSError):
                 child.conn.send(None)
-            except OSError:
-                pass
         deadline = time.monotonic() + 5
         for child in self.children:
             child.process.join(max(0.0, deadline - time.monotonic()))

@@ -98,8 +98,8 @@ class Supervisor:
         self.signals.drain()
         for child, task, answer in finished:
             self._on_answer(child, task, answer)
-        for child, task, how in died:
-            self._on_death(child, task, how)
+        for child, lost, how in died:
+            self._on_death(child, lost, how)
         for child in self.pool.overdue():
             self._on_timeout(child)
         if self.stopping and self.running and time.monotonic() >= self.stop_deadline:
@@ -257,7 +257,7 @@ class Supervisor:
             self.pool.retire(child)
 
     def _on_timeout(self, child: Child) -> None:
-        task = child.task
+        task: Any = child.task
         how = self.pool.kill(child)
         if isinstance(task, RunJob):
             held = self.running.pop(child)
