@@ -76,6 +76,12 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
             time.sleep(seconds)
         note(key, "end")
 
+    @app.job(name="third_time_lucky", tries=3)
+    def third_time_lucky(key: str) -> None:
+        note(key, "start")
+        if count(key, "start") < 3:
+            raise RuntimeError("not yet")
+
     @app.job(name="overlap", tries=1, timeout=300)
     def overlap(key: str, seconds: float) -> None:
         note(key, "start")

@@ -66,6 +66,13 @@ def test_retries_follow_the_backoff_by_the_database_clock_then_fail(jobs, worker
     assert "upstream said 503" in failed.exception and "Traceback" in failed.exception
 
 
+def test_stop_when_empty_waits_for_immediate_retries(jobs, workers):
+    jobs.third_time_lucky.dispatch("lucky")  # fails twice, no backoff, then succeeds
+    assert workers.run("--stop-when-empty", *FAST).returncode == 0
+    assert count(jobs.app, jobs.effects, jobs.effects.c.tag == "lucky") == 3
+    assert job_rows(jobs) == [] and failed_rows(jobs) == []
+
+
 def test_release_puts_the_job_back_without_using_a_try(jobs, workers):
     jobs.release.dispatch()
     for _ in range(2):  # tries=1, yet it is released twice and never fails

@@ -14,7 +14,7 @@ from .common import (
     short_time,
 )
 
-LIVE_WITHIN = 120.0  # seconds: a worker silent for longer is shown as gone
+LIVE_WITHIN = 30.0  # seconds: workers beat at least every 10 s; one silent longer is gone
 
 
 @click.command()

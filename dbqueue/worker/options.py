@@ -51,5 +51,7 @@ class WorkerOptions:
     @property
     def heartbeat_every(self) -> float:
         # Three renewals per lease: one lost or slow heartbeat never lets a
-        # lease lapse under a live worker.
-        return self.retry_after / 3
+        # lease lapse under a live worker. At least every 10 s whatever the
+        # lease, so `dbqueue restart` is heard soon and no live worker looks
+        # dead to the others (they forget workers silent for 120 s).
+        return min(self.retry_after / 3, 10.0)

@@ -36,6 +36,7 @@ _FLUSH_BATCH = 64
 _FLUSH_DELAY = 0.05  # seconds a completion may wait to share a transaction with others
 _BUFFER_SECONDS = 0.2  # prefetch about this much work when jobs are short
 _HOOK_TIMEOUT = 60.0
+_DEAD_AFTER = 120.0  # seconds without a heartbeat after which a worker is forgotten
 
 
 class Supervisor:
@@ -66,7 +67,7 @@ class Supervisor:
     def run(self) -> int:
         """Work until told to stop; return the process exit code (0)."""
         self.store.check_server()
-        self.registry.prune(silent_for=max(10 * self.options.heartbeat_every, 60))
+        self.registry.prune(silent_for=_DEAD_AFTER)
         self.registry.register(WorkerInfo(self.id, socket.gethostname(), os.getpid(),
                                           ",".join(self.options.queues), self.options.concurrency))
         log.info("worker %s (%s) started: queues %s, concurrency %d", self.id, self.name,
@@ -88,12 +89,14 @@ class Supervisor:
     def _turn(self) -> None:
         if self.signals.received and not self.stopping:
             self._stop(f"received {self.signals.received}")
+        # Outcomes first: a job released for an immediate retry must be back in
+        # the table before the next reservation looks for work.
+        self._flush()
         if not self.stopping:
             self._refill()
         self._assign()
         self._beat()
         self._check_limits()
-        self._flush()
         finished, died = self.pool.wait(self._wait_timeout(), self.signals.wake_fd)
         self.signals.drain()
         for child, task, answer in finished:
@@ -192,7 +195,7 @@ class Supervisor:
                             "longer than --retry-after)", len(leases) - renewed)
             if self.registry.beat(self.id) and not self.stopping:
                 self._stop("restart requested")
-            self.registry.prune(silent_for=max(10 * self.options.heartbeat_every, 60))
+            self.registry.prune(silent_for=_DEAD_AFTER)
         except _DB_ERRORS as exc:
             log.error("heartbeat failed, retrying: %s", exc)
             self.next_beat = now + min(self.options.heartbeat_every, 1.0)
@@ -305,6 +308,7 @@ class Supervisor:
                      decision.delay)
         self.outbox.writes.append((held.lease, partial(
             self.store.release, held.lease, decision.delay, counts=decision.counts)))
+        self.drained = False  # it may be ready again at once: look before stopping when empty
 
     def _record_failure(self, held: Held, failure: Failure) -> None:
         self._note_write()
