@@ -1,0 +1,29 @@
+"""The built wheel carries its migrations: `dbqueue migrate` works from any directory."""
+
+import subprocess
+import sys
+import zipfile
+
+from tests.conftest import ROOT
+
+
+def test_the_wheel_migrates_from_an_empty_directory(tmp_path):
+    wheels, site, empty = tmp_path / "wheels", tmp_path / "site", tmp_path / "empty"
+    empty.mkdir()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--wheel-dir", str(wheels), str(ROOT)],
+                   check=True, capture_output=True, timeout=300)
+    (wheel,) = wheels.glob("dbqueue-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        assert "dbqueue/migrations/env.py" in names and "dbqueue/py.typed" in names
+        assert any(n.startswith("dbqueue/migrations/versions/0001") for n in names)
+        archive.extractall(site)
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
+    code = ("import dbqueue, sys; assert dbqueue.__file__.startswith(sys.argv[1]), dbqueue.__file__;"
+            "from dbqueue.cli import main; sys.argv = ['dbqueue', 'migrate']; main()")
+    result = subprocess.run([sys.executable, "-c", code, str(site)], cwd=empty, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "revision 0001" in result.stdout
+    assert (empty / "dbqueue.db").exists()
