@@ -103,8 +103,9 @@ class App:
         whose last value repeats, or ``dbqueue.Exponential()``); ``timeout`` the
         seconds after which an attempt is killed; ``retry_until`` the seconds
         after dispatch when no new attempt may start; ``dont_retry`` exceptions
-        that fail the job at once; ``on_failure(job_id, error_class, message)``
-        runs once when the job has failed for good.
+        that fail the job at once; ``on_failure(failure)`` runs once, in a
+        worker's child process, with a :class:`dbqueue.JobFailure` when the job
+        has failed for good.
         """
         if func is not None:
             return self._register(func, **options)

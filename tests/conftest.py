@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from dbqueue import DBQueueError
 from dbqueue.store import create_engine
+from dbqueue.store.dialects import dialect_for
 from tests import jobapp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,14 +39,17 @@ _reachable: dict[str, str | None] = {}
 
 def _unreachable_reason(backend: str) -> str | None:
     if backend not in _reachable:
-        engine = create_engine(URLS[backend])
         try:
-            with engine.connect():
+            engine = create_engine(URLS[backend])
+            try:
+                with engine.connect() as connection:
+                    dialect_for(engine.dialect).check_server(connection)
                 _reachable[backend] = None
-        except sa.exc.DBAPIError as exc:
-            _reachable[backend] = f"{backend} at {URLS[backend]} is unreachable: {exc.orig}"
-        finally:
-            engine.dispose()
+            finally:
+                engine.dispose()
+        except (sa.exc.DBAPIError, DBQueueError) as exc:
+            reason = getattr(exc, "orig", None) or exc
+            _reachable[backend] = f"{backend} at {URLS[backend]} is unusable: {reason}"
     return _reachable[backend]
 
 
