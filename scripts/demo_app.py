@@ -81,7 +81,8 @@ def dispatch() -> None:
     prepared = []
     for n in range(300):
         invoice = 10_000 + n
-        email = f"customer{n}@invalid.example" if n in (13, 131, 257) else f"customer{n}@shop.example"
+        domain = "invalid.example" if n in (13, 131, 257) else "shop.example"
+        email = f"customer{n}@{domain}"
         # Overdue invoices go first within the high queue: lower priority runs first.
         job = send_invoice.options(priority=-1) if n % 10 == 0 else send_invoice
         prepared.append(job.prepare(invoice, email))

@@ -20,7 +20,7 @@ def test_the_wheel_migrates_from_an_empty_directory(tmp_path):
         assert any(n.startswith("dbqueue/migrations/versions/0001") for n in names)
         archive.extractall(site)
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
-    code = ("import dbqueue, sys; assert dbqueue.__file__.startswith(sys.argv[1]), dbqueue.__file__;"
+    code = ("import dbqueue, sys; assert dbqueue.__file__.startswith(sys.argv[1]);"
             "from dbqueue.cli import main; sys.argv = ['dbqueue', 'migrate']; main()")
     result = subprocess.run([sys.executable, "-c", code, str(site)], cwd=empty, env=env,
                             capture_output=True, text=True, timeout=120)
