@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import click
 
@@ -22,7 +23,8 @@ from .common import (
 @click.option("--queue", default=None, help="Only this queue.")
 @click.option("--job", default=None, help="Only this job name.")
 @click.option("--exception", default=None, help="Only exception classes containing this text.")
-@click.option("--limit", default=50, show_default=True, type=int, help="Most rows to show.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+              help="Most rows to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with tracebacks).")
 @click.pass_context
 @friendly_errors
@@ -48,13 +50,17 @@ def failed(ctx: click.Context, url: str | None, app_reference: str | None,
 
 
 @failed.command("show")
+@connection_options
 @click.argument("ref", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 @friendly_errors
-def show(obj: tuple[str | None, str | None, str | None], ref: str, as_json: bool) -> None:
+def show(obj: tuple[str | None, str | None, str | None], url: str | None,
+         app_reference: str | None, table_prefix: str | None, ref: str, as_json: bool) -> None:
     """Show one failed job (by id or uuid): payload and full traceback."""
-    record = open_app(*obj).admin.get_failed(ref)
+    given = (url, app_reference, table_prefix)
+    record = open_app(*(mine or theirs for mine, theirs in zip(given, obj, strict=True))
+                      ).admin.get_failed(ref)
     if as_json:
         print_json(record)
         return
@@ -101,13 +107,13 @@ def forget(url: str | None, app_reference: str | None, table_prefix: str | None,
 
 @click.command()
 @connection_options
-@click.option("--hours", type=float, default=None,
+@click.option("--hours", type=click.FloatRange(min=0), default=None,
               help="Only failures older than this many hours.")
 @friendly_errors
 def flush(url: str | None, app_reference: str | None, table_prefix: str | None,
           hours: float | None) -> None:
     """Delete failed jobs: all of them, or those older than --hours."""
-    if hours is not None and hours < 0:
-        raise click.BadParameter("must be >= 0", param_hint="--hours")
+    if hours is not None and not math.isfinite(hours):
+        raise click.BadParameter("must be a finite number of hours", param_hint="--hours")
     count = open_app(url, app_reference, table_prefix).admin.flush(hours)
     click.echo(f"Deleted {count} failed job(s).")

@@ -51,7 +51,8 @@ class Admin:
 
     def _match(self, ref: str) -> sa.ColumnElement[bool]:
         """A failed job by its number or its uuid."""
-        return self.failed.c.id == int(ref) if ref.isdigit() else self.failed.c.uuid == ref
+        number = _as_id(ref)
+        return self.failed.c.id == number if number is not None else self.failed.c.uuid == ref
 
     def list_failed(self, queue: str | None = None, job: str | None = None,
                     exception: str | None = None, limit: int = 50) -> list[FailedJob]:
@@ -158,5 +159,16 @@ class Admin:
         return self.store.read(work)
 
 
+_MAX_ID = 2**63 - 1  # BIGINT
+
+
+def _as_id(ref: str) -> int | None:
+    """The number in ``ref`` (``42``, ``0042``), or None when it is not one (a uuid)."""
+    if ref.isascii() and ref.isdigit() and int(ref) <= _MAX_ID:
+        return int(ref)
+    return None
+
+
 def _is(row: Any, ref: str) -> bool:
-    return str(row.id) == ref if ref.isdigit() else bool(row.uuid == ref)
+    number = _as_id(ref)
+    return bool(row.id == number) if number is not None else bool(row.uuid == ref)

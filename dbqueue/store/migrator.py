@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from importlib import resources
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.util import CommandError
 
+from ..errors import ConfigurationError
 from .engine import connect
 from .store import Store
+
+
+def _run(action: str, revision: str, step: Callable[[], object]) -> None:
+    try:
+        step()
+    except CommandError as exc:
+        raise ConfigurationError(
+            f"cannot {action} to revision {revision!r}: {exc}; "
+            "use 'head' (the newest) or 'base' (no tables)"
+        ) from None
 
 
 def _config(table_prefix: str, url: str | None = None, output: io.StringIO | None = None) -> Config:
@@ -28,7 +41,7 @@ def upgrade(store: Store, table_prefix: str, revision: str = "head") -> None:
 
     def work(connection: object) -> None:
         config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+        _run("upgrade", revision, lambda: command.upgrade(config, revision))
 
     store.check_server()
     store.transaction(work)
@@ -40,7 +53,7 @@ def downgrade(store: Store, table_prefix: str, revision: str) -> None:
 
     def work(connection: object) -> None:
         config.attributes["connection"] = connection
-        command.downgrade(config, revision)
+        _run("downgrade", revision, lambda: command.downgrade(config, revision))
 
     store.transaction(work)
 
@@ -48,7 +61,8 @@ def downgrade(store: Store, table_prefix: str, revision: str) -> None:
 def upgrade_sql(url: str, table_prefix: str, revision: str = "head") -> str:
     """The DDL that ``upgrade`` would run, as SQL text, without touching a database."""
     output = io.StringIO()
-    command.upgrade(_config(table_prefix, url, output), revision, sql=True)
+    config = _config(table_prefix, url, output)
+    _run("upgrade", revision, lambda: command.upgrade(config, revision, sql=True))
     return output.getvalue()
 
 

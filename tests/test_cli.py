@@ -1,0 +1,442 @@
+"""The ``dbqueue`` command, run as a real subprocess, on every backend.
+
+Failed jobs are made with the store verbs (push, reserve, fail), so only the
+test of ``dbqueue work`` itself runs a worker. The error paths check the CLI's
+contract from the README: a mistake exits non-zero with ONE line starting with
+``Error:`` on stderr (click's usage errors add their "Usage:" lines) and never
+a Python traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+import dbqueue
+from dbqueue.store import Failure, NewJob
+from dbqueue.store.admin import FailedJob
+from dbqueue.store.migrator import current_revision
+from dbqueue.store.workers import WorkerInfo
+from tests.conftest import PREFIX, ROOT, count, rows, worker_env
+
+NO_SERVER_PG = "postgresql://nobody:s3cret@127.0.0.1:1/none"
+NO_SERVER_MYSQL = "mysql://nobody@127.0.0.1:1/none"
+TOKEN = "cli-test"
+PAYLOAD = '{"args":[42],"kwargs":{"to":"Zoë <zoe@example.com>"}}'
+
+
+# --- helpers ------------------------------------------------------------------
+
+
+def dbqueue_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dbqueue", *args], cwd=ROOT, env=env,
+                          capture_output=True, encoding="utf-8", timeout=120)
+
+
+def cli_env(url: str) -> dict[str, str]:
+    """The environment of a worker on ``url`` (and UTF-8 output, whatever the locale)."""
+    return worker_env(url, PYTHONIOENCODING="utf-8")
+
+
+def bare_env(**extra: str) -> dict[str, str]:
+    """The test's environment without any DBQUEUE_* variable, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DBQUEUE_")}
+    env.update(PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8", **extra)
+    return env
+
+
+def ok(url: str, *args: str) -> str:
+    """Run ``dbqueue ARGS`` on ``url``; it must succeed. Returns its stdout."""
+    result = dbqueue_cli(*args, env=cli_env(url))
+    assert result.returncode == 0, f"dbqueue {' '.join(args)} failed:\n{result.stderr}"
+    assert "Traceback" not in result.stderr
+    return result.stdout
+
+
+def assert_clean_error(result: subprocess.CompletedProcess[str], *, usage: bool = False) -> str:
+    """A non-zero exit with one ``Error:`` line and no traceback; returns that line.
+
+    A dbqueue error is that line alone with exit code 1; a click usage error
+    (exit code 2) comes after click's "Usage:" and "Try ... --help" lines.
+    """
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    errors = [line for line in lines if line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr
+    if usage:
+        assert result.returncode == 2, result
+        assert lines[0].startswith("Usage: dbqueue"), result.stderr
+    else:
+        assert result.returncode == 1, result
+        assert lines == errors, result.stderr
+    assert result.stdout == ""
+    return errors[0]
+
+
+def table(stdout: str) -> list[list[str]]:
+    """The rows of a printed table (header first); columns are 2+ spaces apart."""
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    return [re.split(r"\s{2,}", line.strip()) for line in lines]
+
+
+def fail_jobs(app: dbqueue.App, *specs: tuple[str, str, str, str]) -> list[FailedJob]:
+    """One failed job per (queue, job, exception class, payload), in that order."""
+    store = app.store
+    for queue, job, exception_class, payload in specs:
+        store.push(NewJob(queue, job, payload, priority=2))
+        (row,) = store.reserve([queue], 1, TOKEN, 90)
+        message = f"{job} broke\nsecond line of the message"
+        traceback = (f"Traceback (most recent call last):\n  File \"tasks.py\", line 7\n"
+                     f"{exception_class}: {job} broke")
+        assert store.fail(row, TOKEN, Failure(exception_class, message, traceback), "host:1")
+    return sorted(app.admin.list_failed(limit=1000), key=lambda failed: failed.id)
+
+
+def failed_ids(app: dbqueue.App) -> list[int]:
+    return [row.id for row in rows(app, app.store.tables.failed_jobs)]
+
+
+def three_failures(app: dbqueue.App) -> list[FailedJob]:
+    return fail_jobs(app, ("mail", "send_invoice", "KeyError", PAYLOAD),
+                     ("mail", "send_receipt", "ValueError", PAYLOAD),
+                     ("reports", "build", "myapp.errors.ReportError", "not json at all"))
+
+
+# --- migrate, status, restart -------------------------------------------------------
+
+
+def test_migrate_runs_again_and_says_the_revision(app, schema):
+    app.store.push(NewJob("default", "noop", "{}"))
+    revision = current_revision(app.store, PREFIX)
+    assert revision  # the fixture migrated: this is the second run
+    assert ok(schema, "migrate") == f"dbqueue tables are at revision {revision}\n"
+    assert count(app, app.store.tables.jobs) == 1  # nothing was dropped or recreated
+
+
+def test_status_counts_jobs_per_queue_and_lists_live_workers(app, schema):
+    assert ok(schema, "status") == "No jobs and no failures.\n\nNo live workers.\n"
+
+    store = app.store
+    fail_jobs(app, ("mail", "send", "KeyError", "{}"), ("dead", "send", "KeyError", "{}"))
+    store.push_many([NewJob("mail", "send", "{}")] * 2 + [NewJob("mail", "send", "{}", delay=600)])
+    store.push(NewJob("reports", "build", "{}"))
+    store.reserve(["reports"], 1, TOKEN, 90)
+    app.workers.register(WorkerInfo(id="w-cli-1", host="host-a", pid=4242,
+                                    queues="mail,reports", concurrency=3))
+
+    report = json.loads(ok(schema, "status", "--json"))
+    counts = {q["queue"]: (q["ready"], q["delayed"], q["reserved"], q["failed"])
+              for q in report["queues"]}
+    assert counts == {"dead": (0, 0, 0, 1), "mail": (2, 1, 0, 1), "reports": (0, 0, 1, 0)}
+    ages = {q["queue"]: q["oldest_ready_age"] for q in report["queues"]}
+    assert ages["dead"] is None and ages["reports"] is None and ages["mail"] >= 0
+    (worker,) = report["workers"]
+    assert {k: worker[k] for k in ("id", "host", "pid", "queues", "concurrency")} == {
+        "id": "w-cli-1", "host": "host-a", "pid": 4242, "queues": "mail,reports",
+        "concurrency": 3}
+    assert worker["started_at"] and worker["last_seen_at"] and worker["stop_requested_at"] is None
+
+    queues_part, workers_part = ok(schema, "status").split("\n\n")
+    assert table(queues_part) == [
+        ["QUEUE", "READY", "DELAYED", "RESERVED", "FAILED", "OLDEST READY"],
+        ["dead", "0", "0", "0", "1"],
+        ["mail", "2", "1", "0", "1", table(queues_part)[2][5]],
+        ["reports", "0", "0", "1", "0"],
+    ]
+    assert re.fullmatch(r"\d+\.\ds", table(queues_part)[2][5])
+    header, worker_row = table(workers_part)
+    assert header[:5] == ["WORKER", "HOST", "PID", "QUEUES", "CONCURRENCY"]
+    assert worker_row[:5] == ["w-cli-1", "host-a", "4242", "mail,reports", "3"]
+
+
+def test_restart_asks_every_live_worker_once(app, schema):
+    expected = "Asked {} worker(s) to restart after their current jobs.\n"
+    assert ok(schema, "restart") == expected.format(0)
+    for n in (1, 2):
+        app.workers.register(WorkerInfo(id=f"w-{n}", host="h", pid=n, queues="default",
+                                        concurrency=1))
+    assert ok(schema, "restart") == expected.format(2)
+    workers = rows(app, app.store.tables.queue_workers)
+    assert [w.stop_requested_at is not None for w in workers] == [True, True]
+
+
+def test_work_runs_the_queued_jobs(jobs, schema):
+    jobs.record.dispatch(7)
+    ok(schema, "work", "--app", "tests.jobapp:app", "--stop-when-empty", "--sleep", "0.1")
+    assert count(jobs.app, jobs.effects, jobs.effects.c.n == 7) == 1
+    assert count(jobs.app, jobs.app.store.tables.jobs) == 0
+
+
+# --- failed, failed show ------------------------------------------------------------
+
+
+def test_failed_lists_newest_first_and_filters(app, schema):
+    invoice, receipt, report = three_failures(app)
+
+    header, *lines = table(ok(schema, "failed"))
+    assert header == ["ID", "QUEUE", "JOB", "ATTEMPTS", "EXCEPTION", "MESSAGE", "FAILED AT",
+                      "WORKER"]
+    assert [line[:6] for line in lines] == [
+        [str(report.id), "reports", "build", "1", "myapp.errors.ReportError", "build broke"],
+        [str(receipt.id), "mail", "send_receipt", "1", "ValueError", "send_receipt broke"],
+        [str(invoice.id), "mail", "send_invoice", "1", "KeyError", "send_invoice broke"],
+    ]  # the message's first line only
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line[6]) for line in lines)
+    assert {line[7] for line in lines} == {"host:1"}
+
+    def listed(*options: str) -> list[str]:
+        return [line[0] for line in table(ok(schema, "failed", *options))[1:]]
+
+    assert listed("--queue", "mail") == [str(receipt.id), str(invoice.id)]
+    assert listed("--job", "send_receipt") == [str(receipt.id)]
+    assert listed("--exception", "Key") == [str(invoice.id)]
+
+    as_json = json.loads(ok(schema, "failed", "--json", "--limit", "2"))
+    assert [r["id"] for r in as_json] == [report.id, receipt.id]  # newest first
+    assert as_json[1]["uuid"] == receipt.uuid and as_json[1]["payload"] == PAYLOAD
+    assert as_json[1]["exception_class"] == "ValueError"
+    assert as_json[1]["exception"] == receipt.exception  # the full traceback
+    assert as_json[1]["failed_at"].startswith(str(receipt.failed_at.year))
+
+
+def test_failed_show_prints_the_payload_and_the_traceback(app, schema):
+    invoice, _receipt, report = three_failures(app)
+
+    out = ok(schema, "failed", "show", str(invoice.id))
+    assert f"id:        {invoice.id}\n" in out
+    assert f"uuid:      {invoice.uuid}\n" in out
+    assert "queue:     mail\n" in out and "job:       send_invoice\n" in out
+    assert "exception: KeyError\n" in out and "worker:    host:1\n" in out
+    pretty = json.dumps(json.loads(PAYLOAD), indent=2, ensure_ascii=False)
+    assert f"payload:\n{pretty}\n" in out and "Zoë" in out
+    assert out.endswith(f"traceback:\n{invoice.exception}\n")
+
+    by_uuid = ok(schema, "failed", "show", report.uuid)
+    assert f"id:        {report.id}\n" in by_uuid
+    assert "payload:\nnot json at all\n" in by_uuid  # not JSON: printed as stored
+    assert "myapp.errors.ReportError: build broke" in by_uuid
+
+    as_json = json.loads(ok(schema, "failed", "show", "--json", str(invoice.id)))
+    assert (as_json["id"], as_json["uuid"], as_json["payload"]) == (
+        invoice.id, invoice.uuid, PAYLOAD)
+    assert as_json["exception"] == invoice.exception
+
+
+# --- retry, forget, flush -------------------------------------------------------------
+
+
+def test_retry_by_id_and_uuid_then_by_queue_then_all(app, schema):
+    failures = fail_jobs(app, ("a", "send", "KeyError", '{"args":[1]}'),
+                         ("a", "send", "KeyError", '{"args":[2]}'),
+                         ("b", "send", "KeyError", '{"args":[3]}'),
+                         ("c", "other", "KeyError", '{"args":[4]}'))
+    store = app.store
+
+    def requeued() -> list[tuple[str, str, str, int, int, str | None]]:
+        return sorted((r.queue, r.job, r.payload, r.attempts, r.priority, r.reserved_by)
+                      for r in rows(app, store.tables.jobs))
+
+    out = ok(schema, "retry", str(failures[0].id), failures[1].uuid)
+    assert out == "Queued 2 failed job(s) again.\n"
+    assert requeued() == [("a", "send", '{"args":[1]}', 0, 2, None),
+                          ("a", "send", '{"args":[2]}', 0, 2, None)]
+    assert failed_ids(app) == [failures[2].id, failures[3].id]
+
+    assert ok(schema, "retry", "--queue", "b") == "Queued 1 failed job(s) again.\n"
+    assert failed_ids(app) == [failures[3].id]
+
+    assert ok(schema, "retry", "--all") == "Queued 1 failed job(s) again.\n"
+    assert failed_ids(app) == []
+    assert [r[:4] for r in requeued()] == [("a", "send", '{"args":[1]}', 0),
+                                           ("a", "send", '{"args":[2]}', 0),
+                                           ("b", "send", '{"args":[3]}', 0),
+                                           ("c", "other", '{"args":[4]}', 0)]
+    assert len(store.reserve(["a", "b", "c"], 10, "again", 90)) == 4  # ready at once
+
+
+def test_forget_deletes_one_failed_job_by_id_or_uuid(app, schema):
+    first, second, third = three_failures(app)
+    assert ok(schema, "forget", str(first.id)) == f"Forgot failed job {first.id}.\n"
+    assert ok(schema, "forget", third.uuid) == f"Forgot failed job {third.uuid}.\n"
+    assert failed_ids(app) == [second.id]
+    assert count(app, app.store.tables.jobs) == 0  # forgotten, not retried
+
+
+def test_flush_deletes_all_failed_jobs_or_the_older_ones(app, schema):
+    old, *recent = three_failures(app)
+    failed, store = app.store.tables.failed_jobs, app.store
+    with app.engine.begin() as connection:
+        connection.execute(sa.update(failed).where(failed.c.id == old.id)
+                           .values(failed_at=store.dialect.now_plus(-2 * 3600)))
+
+    assert ok(schema, "flush", "--hours", "1") == "Deleted 1 failed job(s).\n"
+    assert failed_ids(app) == [job.id for job in recent]
+    assert ok(schema, "flush") == "Deleted 2 failed job(s).\n"
+    assert ok(schema, "failed") == "No failed jobs.\n"
+
+
+# --- errors that need a database ------------------------------------------------------
+
+
+def test_unknown_failed_jobs_are_one_clear_error(app, schema):
+    (kept,) = fail_jobs(app, ("a", "send", "KeyError", "{}"))
+    env = cli_env(schema)
+    for args in (["failed", "show", "999999"], ["forget", "999999"],
+                 ["retry", str(kept.id), "999999"]):
+        line = assert_clean_error(dbqueue_cli(*args, env=env))
+        assert line.startswith(f"Error: no failed job '{args[-1]}'"), line
+        assert "dbqueue failed" in line
+    assert failed_ids(app) == [kept.id]  # the retry of a known and an unknown id did nothing
+    assert count(app, app.store.tables.jobs) == 0
+
+
+def test_tables_missing_under_the_prefix_are_one_clear_error(schema):
+    env = cli_env(schema)
+    for args in (["status"], ["retry", "--all"]):
+        result = dbqueue_cli(*args, "--table-prefix", f"{PREFIX}absent_", env=env)
+        line = assert_clean_error(result)
+        assert "the dbqueue tables are missing" in line and "dbqueue migrate" in line
+
+
+# --- errors without a database --------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_url(tmp_path: Path) -> str:
+    """A SQLite file that has never been migrated."""
+    return f"sqlite:///{tmp_path / 'fresh.db'}"
+
+
+@pytest.fixture
+def migrated_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'migrated.db'}"
+    app = dbqueue.App(url)
+    app.migrate()
+    app.dispose()
+    return url
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["status", "--url", "not a url"], "'not a url' is not a database URL"),
+    (["status", "--url", "oracle://scott@db/orcl"], "does not support 'oracle'"),
+    (["status", "--url", NO_SERVER_PG], "cannot connect to postgresql"),
+    (["status", "--url", "{fresh}"], "the dbqueue tables are missing"),
+    (["failed", "--url", "{fresh}"], "the dbqueue tables are missing"),
+    (["status", "--url", "{fresh}", "--app", "no_such_module:app"],
+     "cannot import module 'no_such_module'"),
+    (["status", "--url", "{fresh}", "--app", "tests.jobapp:build"],
+     "tests.jobapp.build is a function, not a dbqueue.App"),
+    (["status", "--url", "{fresh}", "--app", "tests.jobapp:no_such_attribute"],
+     "tests.jobapp.no_such_attribute is nothing, not a dbqueue.App"),
+    (["status", "--url", "{fresh}", "--app", ":app"], "names no module"),
+    (["status", "--url", "{fresh}", "--table-prefix", "bad-prefix"], "table prefix 'bad-prefix'"),
+], ids=["malformed-url", "unsupported-url", "unreachable-server", "unmigrated-status",
+        "unmigrated-failed", "app-module-missing", "app-not-an-app", "app-attribute-missing",
+        "app-without-module", "bad-table-prefix"])
+def test_mistakes_print_one_error_line(args, expected, fresh_url):
+    result = dbqueue_cli(*(a.format(fresh=fresh_url) for a in args), env=bare_env())
+    line = assert_clean_error(result)
+    assert expected in line, line
+    assert "s3cret" not in result.stderr  # the password is never printed
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["work"], "--app"),
+    (["retry"], "give failed job IDs, or --all, or --queue NAME"),
+    (["retry", "1", "--all"], "give failed job IDs, or --all, or --queue NAME"),
+    (["flush", "--hours", "-1"], "'--hours': -1.0 is not in the range x>=0"),
+    (["failed", "--limit", "many"], "--limit"),
+], ids=["work-without-app", "retry-nothing", "retry-ids-and-all", "flush-negative-hours",
+        "failed-limit-not-a-number"])
+def test_usage_errors_print_one_error_line(args, expected, migrated_url):
+    result = dbqueue_cli(*args, env=bare_env(DBQUEUE_URL=migrated_url))
+    line = assert_clean_error(result, usage=True)
+    assert expected in line, line
+
+
+def test_unmigrated_database_error_also_comes_from_the_environment(fresh_url):
+    line = assert_clean_error(dbqueue_cli("status", env=bare_env(DBQUEUE_URL=fresh_url)))
+    assert "the dbqueue tables are missing" in line
+
+
+@pytest.mark.parametrize("url", [NO_SERVER_PG, NO_SERVER_MYSQL, "sqlite:///{tmp}/never.db"],
+                         ids=["postgresql", "mysql", "sqlite"])
+def test_migrate_sql_prints_the_ddl_without_a_server(url, tmp_path):
+    url = url.format(tmp=tmp_path)
+    result = dbqueue_cli("migrate", "--sql", "--url", url, "--table-prefix", "dbq_",
+                         env=bare_env())
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    for name in ("jobs", "failed_jobs", "queue_workers", "dbqueue_alembic_version"):
+        assert f"CREATE TABLE dbq_{name} (" in result.stdout
+    assert not (tmp_path / "never.db").exists()
+
+
+def test_migrate_downgrade_base_drops_the_tables(migrated_url):
+    env = bare_env(DBQUEUE_URL=migrated_url)
+    result = dbqueue_cli("migrate", "--downgrade", "base", env=env)
+    assert (result.returncode, result.stdout) == (0, "dbqueue tables downgraded to base\n")
+    line = assert_clean_error(dbqueue_cli("status", env=env))
+    assert "the dbqueue tables are missing" in line
+
+
+def test_version_and_help_name_every_command():
+    env = bare_env()
+    version = dbqueue_cli("--version", env=env)
+    assert (version.returncode, version.stdout) == (0, f"dbqueue, version {dbqueue.__version__}\n")
+    usage = dbqueue_cli("--help", env=env)
+    assert usage.returncode == 0
+    for command in ("work", "migrate", "status", "restart", "failed", "retry", "forget", "flush"):
+        assert re.search(rf"^  {command} ", usage.stdout, re.MULTILINE), command
+
+
+# --- odd input ------------------------------------------------------------------------
+
+
+def one_failed_job(url: str) -> FailedJob:
+    app = dbqueue.App(url)
+    (failed,) = fail_jobs(app, ("a", "send", "KeyError", "{}"))
+    app.dispose()
+    return failed
+
+
+@pytest.mark.parametrize("command", [["forget"], ["retry"], ["failed", "show"]])
+def test_a_unicode_digit_id_is_a_clean_error(command, migrated_url):
+    result = dbqueue_cli(*command, "²", env=bare_env(DBQUEUE_URL=migrated_url))
+    assert_clean_error(result)
+
+
+def test_a_huge_id_is_a_clean_error_on_sqlite(migrated_url):
+    result = dbqueue_cli("forget", "9" * 25, env=bare_env(DBQUEUE_URL=migrated_url))
+    assert_clean_error(result)
+
+
+def test_retry_accepts_an_id_with_leading_zeros_like_forget_does(migrated_url):
+    failed = one_failed_job(migrated_url)
+    result = dbqueue_cli("retry", f"00{failed.id}", env=bare_env(DBQUEUE_URL=migrated_url))
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("option", ["--revision", "--downgrade"])
+def test_an_unknown_revision_is_a_clean_error(option, migrated_url):
+    result = dbqueue_cli("migrate", option, "nosuch", env=bare_env(DBQUEUE_URL=migrated_url))
+    assert_clean_error(result)
+
+
+def test_flush_rejects_nan_hours(migrated_url):
+    result = dbqueue_cli("flush", "--hours", "nan", env=bare_env(DBQUEUE_URL=migrated_url))
+    assert_clean_error(result, usage=True)
+
+
+def test_failed_show_takes_url_after_show(migrated_url):
+    failed = one_failed_job(migrated_url)
+    result = dbqueue_cli("failed", "show", str(failed.id), "--url", migrated_url,
+                         env=bare_env())
+    assert result.returncode == 0, result.stderr
