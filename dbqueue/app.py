@@ -50,8 +50,12 @@ class App:
         if self._store is None:
             with self._lock:
                 if self._store is None:
-                    engine = self._engine or create_engine(self.settings.url)
-                    self._store = Store(engine, self.settings.table_prefix)
+                    if self._engine is not None:
+                        self._store = Store(self._engine, self.settings.table_prefix)
+                    else:
+                        url = self.settings.url
+                        self._store = Store(create_engine(url), self.settings.table_prefix,
+                                            create_engine(url, autocommit=True))
         return self._store
 
     @property
@@ -79,6 +83,7 @@ class App:
         """Close the connections of an engine dbqueue created."""
         if self._store is not None and self._engine is None:
             self._store.engine.dispose()
+            self._store.autocommit_engine.dispose()
         self._store = None
 
     # --- jobs -------------------------------------------------------------------

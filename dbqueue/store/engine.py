@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from ..errors import ConfigurationError, DatabaseUnavailable, NotMigrated
@@ -18,8 +21,15 @@ _DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+
 _EXTRAS = {"psycopg": "postgres", "pymysql": "mysql"}
 
 
-def create_engine(url: str) -> Engine:
-    """An engine for ``url``, set up the way dbqueue's guarantees need."""
+_IDLE_PING_AFTER = 10.0  # seconds a pooled connection may rest before it is checked
+
+
+def create_engine(url: str, *, autocommit: bool = False) -> Engine:
+    """An engine for ``url``, set up the way dbqueue's guarantees need.
+
+    With ``autocommit`` every statement commits by itself: one round trip for
+    a single INSERT instead of three (BEGIN, INSERT, COMMIT).
+    """
     try:
         parsed = make_url(url)
     except sa.exc.ArgumentError:
@@ -37,8 +47,12 @@ def create_engine(url: str) -> Engine:
             "use postgresql://, mysql://, mariadb:// or sqlite:///"
         ) from None
     dialect = dialect_for(sa_dialect_cls())
+    options = dialect.engine_options()
+    if autocommit and dialect.autocommit_single_statements:
+        # Nothing to roll back on return: skip the pool's reset round trip.
+        options.update(isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
     try:
-        engine = sa.create_engine(parsed, **dialect.engine_options())
+        engine = sa.create_engine(parsed, **options)
     except ModuleNotFoundError as exc:
         extra = _EXTRAS.get(exc.name or "", "postgres or mysql")
         raise ConfigurationError(
@@ -46,7 +60,32 @@ def create_engine(url: str) -> Engine:
             f"install it with: pip install 'dbqueue[{extra}]'"
         ) from None
     dialect.prepare_engine(engine)
+    if parsed.get_backend_name() != "sqlite":
+        _ping_when_idle(engine)
     return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Check a pooled connection before use only if it has rested a while.
+
+    A connection the server or a proxy closed during a quiet spell is replaced
+    before anyone uses it, while a busy worker's connections are not pinged
+    before each of their transactions (as pool_pre_ping would).
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["dbqueue_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("dbqueue_idle_since")
+        if since is None or time.monotonic() - since < _IDLE_PING_AFTER:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise sa.exc.DisconnectionError() from exc  # the pool connects afresh
 
 
 def describe(engine: Engine) -> str:

@@ -76,8 +76,12 @@ def _by_token(leases: Iterable[Lease]) -> Mapping[str, list[int]]:
 class Store:
     """dbqueue's tables in one database, and the verbs that change them."""
 
-    def __init__(self, engine: Engine, table_prefix: str = "") -> None:
+    def __init__(self, engine: Engine, table_prefix: str = "",
+                 autocommit_engine: Engine | None = None) -> None:
         self.engine = engine
+        # Single INSERTs outside a caller's transaction commit by themselves.
+        self.autocommit_engine = autocommit_engine or engine.execution_options(
+            isolation_level="AUTOCOMMIT")
         self.tables: Tables = build_tables(table_prefix)
         self._insert_one = self._build_insert()
 
@@ -87,10 +91,18 @@ class Store:
 
     # --- transactions -------------------------------------------------------
 
-    def transaction(self, work: Callable[[Connection], T], *, read_only: bool = False) -> T:
-        """Run ``work`` in a transaction of its own, retrying deadlocks and lock timeouts."""
+    def transaction(self, work: Callable[[Connection], T], *, read_only: bool = False,
+                    single_statement: bool = False) -> T:
+        """Run ``work`` in a transaction of its own, retrying deadlocks and lock timeouts.
+
+        ``single_statement`` work runs on an autocommit connection: its one
+        statement is its own transaction, committed without extra round trips.
+        """
         for attempt in range(1, _MAX_TRIES + 1):
             try:
+                if single_statement and self.dialect.autocommit_single_statements:
+                    with connect(self.autocommit_engine) as connection:
+                        return work(connection)
                 with connect(self.engine) as connection:
                     if read_only:
                         connection = connection.execution_options(**{READ_ONLY: True})
@@ -161,11 +173,12 @@ class Store:
                   "priority": job.priority, "delay": job.delay}
 
         def work(c: Connection) -> int:
-            # Make sure the engine has connected before the statement is built.
             key = c.execute(self._insert_one(), params).inserted_primary_key
             assert key is not None
             return int(key[0])
 
+        if connection is None:
+            return self.transaction(work, single_statement=True)
         return self.within(connection, work)
 
     def push_many(self, jobs: Sequence[NewJob], connection: Executor | None = None) -> int:

@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -44,7 +44,8 @@ class Finished:
     """The task ended. ``kind`` is "done", or how the job failed (see policy.EndKind)."""
 
     kind: str
-    rss_mb: float
+    rss_mb: float = 0.0
+    """The child's memory after the task, when the worker has a --memory limit."""
     delay: float = 0.0
     exception_class: str = ""
     message: str = ""
@@ -88,20 +89,20 @@ def run_job(app: Any, task: RunJob) -> Finished:
         job = app.lookup(task.name)
         job.check_arguments(task.args, task.kwargs)
     except Exception as exc:  # an unknown job or bad arguments: retrying cannot help
-        return Finished("permanent", _rss_mb(), exception_class=class_name(exc),
+        return Finished("permanent", exception_class=class_name(exc),
                         message=str(exc), traceback=traceback.format_exc())
     try:
         job.func(*task.args, **task.kwargs)
     except Release as release:
-        return Finished("release", _rss_mb(), delay=release.delay)
+        return Finished("release", delay=release.delay)
     except Fail as fail:
-        return Finished("fail", _rss_mb(), exception_class=class_name(fail),
+        return Finished("fail", exception_class=class_name(fail),
                         message=fail.reason, traceback=traceback.format_exc())
     except BaseException as exc:  # SystemExit from job code is a failure of that job
         kind = "permanent" if isinstance(exc, job.dont_retry) else "error"
-        return Finished(kind, _rss_mb(), exception_class=class_name(exc), message=str(exc),
+        return Finished(kind, exception_class=class_name(exc), message=str(exc),
                         traceback=traceback.format_exc())
-    return Finished("done", _rss_mb())
+    return Finished("done")
 
 
 def run_hook(app: Any, task: RunHook) -> Finished:
@@ -110,12 +111,12 @@ def run_hook(app: Any, task: RunHook) -> Finished:
         if hook is not None:
             hook(task.failure)
     except BaseException as exc:
-        return Finished("error", _rss_mb(), exception_class=class_name(exc), message=str(exc),
+        return Finished("error", exception_class=class_name(exc), message=str(exc),
                         traceback=traceback.format_exc())
-    return Finished("done", _rss_mb())
+    return Finished("done")
 
 
-def child_main(conn: Connection, app_reference: str) -> None:
+def child_main(conn: Connection, app_reference: str, measure_memory: bool = False) -> None:
     """Entry point of a child process."""
     # Ctrl-C and systemd's SIGTERM reach the whole process group: the children
     # ignore them, and the supervisor decides when a running job must die.
@@ -133,6 +134,8 @@ def child_main(conn: Connection, app_reference: str) -> None:
         if task is None:
             return
         answer = run_job(app, task) if isinstance(task, RunJob) else run_hook(app, task)
+        if measure_memory:
+            answer = replace(answer, rss_mb=_rss_mb())
         try:
             conn.send(answer)
         except (BrokenPipeError, OSError):

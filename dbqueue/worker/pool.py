@@ -1,4 +1,11 @@
-"""The child processes that run jobs, and the clock that kills overdue ones."""
+"""The child processes that run jobs, and the clock that kills overdue ones.
+
+Each child runs its tasks one after another. When jobs are short the
+supervisor queues a few tasks per child (``depth``), so a child never waits
+while the supervisor is busy with the database; the task at the head of a
+child's queue is the one running, and its deadline counts from the moment the
+task before it finished.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,8 @@ import contextlib
 import multiprocessing
 import signal
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -21,9 +29,31 @@ Task = RunJob | RunHook
 class Child:
     process: BaseProcess
     conn: Connection
-    task: Task | None = None
-    deadline: float = 0.0
+    tasks: deque[tuple[Task, float]] = field(default_factory=deque)
+    """Queued tasks with their timeouts; the first one is running."""
     started: float = 0.0
+    deadline: float = 0.0
+
+    @property
+    def task(self) -> Task | None:
+        """The running task."""
+        return self.tasks[0][0] if self.tasks else None
+
+    def _start_next(self, now: float) -> None:
+        if self.tasks:
+            self.started, self.deadline = now, now + self.tasks[0][1]
+
+
+@dataclass
+class Ended:
+    """What ``Pool.wait`` saw: finished tasks, a death, tasks that never started."""
+
+    finished: list[tuple[Child, Task, Finished, float]] = field(default_factory=list)
+    """(child, task, answer, seconds it ran)"""
+    died: list[tuple[Child, Task, str]] = field(default_factory=list)
+    """(child, the task it was running, how it died)"""
+    unstarted: list[Task] = field(default_factory=list)
+    """Tasks queued behind one whose child died: give them to another child."""
 
 
 def _context(app_module: str) -> BaseContext:
@@ -49,11 +79,12 @@ def describe_exit(code: int | None) -> str:
 
 
 class Pool:
-    """A fixed number of child processes, each running one task at a time."""
+    """A fixed number of child processes, each running its queued tasks in turn."""
 
-    def __init__(self, app_reference: str, size: int) -> None:
+    def __init__(self, app_reference: str, size: int, *, measure_memory: bool = False) -> None:
         self.app_reference = app_reference
         self.size = size
+        self.measure_memory = measure_memory
         self.context = _context(app_reference.partition(":")[0])
         self.children: list[Child] = []
 
@@ -64,79 +95,93 @@ class Pool:
     def _spawn(self) -> Child:
         parent_end, child_end = self.context.Pipe(duplex=True)
         process = self.context.Process(  # type: ignore[attr-defined]
-            target=child_main, args=(child_end, self.app_reference), name="dbqueue-child",
-            daemon=True)
+            target=child_main, args=(child_end, self.app_reference, self.measure_memory),
+            name="dbqueue-child", daemon=True)
         process.start()
         child_end.close()
         return Child(process, parent_end)
 
     def idle(self) -> list[Child]:
-        return [child for child in self.children if child.task is None]
+        return [child for child in self.children if not child.tasks]
 
-    def busy(self) -> list[Child]:
-        return [child for child in self.children if child.task is not None]
+    def running(self) -> int:
+        return sum(len(child.tasks) for child in self.children)
 
     def give(self, child: Child, task: Task, timeout: float) -> None:
-        now = time.monotonic()
-        child.task, child.started, child.deadline = task, now, now + timeout
-        # If it died while idle, the next wait() reports it, with this task.
+        child.tasks.append((task, timeout))
+        if len(child.tasks) == 1:
+            child._start_next(time.monotonic())
+        # If it died, the next wait() reports it, with this task.
         with contextlib.suppress(OSError):
             child.conn.send(task)
 
-    def wait(self, timeout: float, wake_fd: int) -> tuple[list[tuple[Child, Task, Finished]],
-                                                          list[tuple[Child, Task | None, str]]]:
-        """Wait for answers. Returns the tasks that finished, with their answers and
-        children, and the children that died, with the task each had and how."""
+    def wait(self, timeout: float, wake_fd: int) -> Ended:
+        """Wait for answers, deaths, or ``wake_fd``; at most ``timeout`` seconds."""
         by_conn: dict[Any, Child] = {child.conn: child for child in self.children}
-        ready = wait([*by_conn, wake_fd], timeout=max(timeout, 0))
-        finished: list[tuple[Child, Task, Finished]] = []
-        died: list[tuple[Child, Task | None, str]] = []
-        for conn in ready:
+        ended = Ended()
+        for conn in wait([*by_conn, wake_fd], timeout=max(timeout, 0)):
             child = by_conn.get(conn)
-            if child is None:
-                continue
-            task, child.task = child.task, None
-            try:
+            if child is not None:
+                self._collect(child, ended)
+        return ended
+
+    def _collect(self, child: Child, ended: Ended) -> None:
+        # Read every answer already waiting: one wake-up serves many short jobs.
+        # (A child that died while idle shows up here too: its pipe reads EOF.)
+        try:
+            while child.conn.poll():
                 answer = child.conn.recv()
-            except (EOFError, OSError):
-                died.append((child, task, self._bury(child)))
-                continue
-            if task is not None:
-                finished.append((child, task, answer))
-        return finished, died
+                if not child.tasks:
+                    continue
+                now = time.monotonic()
+                task, _ = child.tasks.popleft()
+                ended.finished.append((child, task, answer, now - child.started))
+                child._start_next(now)
+        except (EOFError, OSError):
+            running, how, unstarted = self._replace(child)
+            if running is not None:
+                ended.died.append((child, running, how))
+            ended.unstarted += unstarted
 
     def overdue(self) -> list[Child]:
         now = time.monotonic()
-        return [c for c in self.children if c.task is not None and c.deadline <= now]
+        return [child for child in self.children if child.tasks and child.deadline <= now]
 
     def next_deadline(self) -> float | None:
-        deadlines = [child.deadline for child in self.children if child.task is not None]
+        deadlines = [child.deadline for child in self.children if child.tasks]
         return min(deadlines) if deadlines else None
 
-    def kill(self, child: Child) -> str:
-        """Kill a child (its task is over) and start a replacement."""
+    def kill(self, child: Child) -> tuple[Task | None, str, list[Task]]:
+        """Kill a child and start a replacement.
+
+        Returns the task it was running, how it ended, and the tasks queued
+        behind that one, which never started.
+        """
         child.process.kill()
-        return self._bury(child)
+        return self._replace(child)
 
     def retire(self, child: Child) -> None:
-        """Let an idle child exit (memory limit) and start a replacement."""
+        """Replace an idle child (memory limit)."""
+        assert not child.tasks, "only an idle child can be retired"
         with contextlib.suppress(OSError):
             child.conn.send(None)
         child.process.join(5)
         if child.process.is_alive():
             child.process.kill()
-        self._bury(child)
+        self._replace(child)
 
-    def _bury(self, child: Child) -> str:
+    def _replace(self, child: Child) -> tuple[Task | None, str, list[Task]]:
         child.process.join(5)
         how = describe_exit(child.process.exitcode)
         child.conn.close()
-        index = self.children.index(child)
-        self.children[index] = self._spawn()
-        return how
+        running = child.task
+        unstarted = [task for task, _ in list(child.tasks)[1:]]
+        child.tasks.clear()
+        self.children[self.children.index(child)] = self._spawn()
+        return running, how, unstarted
 
     def stop(self) -> None:
-        """Ask idle children to exit; kill the rest."""
+        """Ask the children to exit; kill those that do not."""
         for child in self.children:
             with contextlib.suppress(OSError):
                 child.conn.send(None)
@@ -148,4 +193,3 @@ class Pool:
                 child.process.join(1)
             child.conn.close()
         self.children = []
-

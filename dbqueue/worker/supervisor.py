@@ -35,6 +35,8 @@ _DB_ERRORS = (DatabaseUnavailable, sa.exc.OperationalError, sa.exc.InterfaceErro
 _FLUSH_BATCH = 64
 _FLUSH_DELAY = 0.05  # seconds a completion may wait to share a transaction with others
 _BUFFER_SECONDS = 0.2  # prefetch about this much work when jobs are short
+_PIPELINE_SECONDS = 0.01  # queue about this much work in each child when jobs are short
+_MAX_DEPTH = 8
 _HOOK_TIMEOUT = 60.0
 _DEAD_AFTER = 120.0  # seconds without a heartbeat after which a worker is forgotten
 
@@ -45,10 +47,11 @@ class Supervisor:
         self.registry = WorkerRegistry(self.store)
         self.id = secrets.token_hex(8)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.pool = Pool(app_reference, options.concurrency)
+        self.pool = Pool(app_reference, options.concurrency,
+                         measure_memory=options.memory_mb is not None)
         self.signals = StopSignals()
         self.buffer: deque[Held] = deque()
-        self.running: dict[Child, Held] = {}
+        self.running: dict[int, Held] = {}  # by job id: handed to a child, not yet answered
         self.hooks: deque[RunHook] = deque()
         self.outbox = Outbox()
         self.processed = 0
@@ -97,12 +100,13 @@ class Supervisor:
         self._assign()
         self._beat()
         self._check_limits()
-        finished, died = self.pool.wait(self._wait_timeout(), self.signals.wake_fd)
+        ended = self.pool.wait(self._wait_timeout(), self.signals.wake_fd)
         self.signals.drain()
-        for child, task, answer in finished:
-            self._on_answer(child, task, answer)
-        for child, lost, how in died:
-            self._on_death(child, lost, how)
+        for child, task, answer, runtime in ended.finished:
+            self._on_answer(child, task, answer, runtime)
+        for _child, lost, how in ended.died:
+            self._on_death(lost, how)
+        self._requeue(ended.unstarted)
         for child in self.pool.overdue():
             self._on_timeout(child)
         if self.stopping and self.running and time.monotonic() >= self.stop_deadline:
@@ -165,18 +169,42 @@ class Supervisor:
                 log.warning("job %d (%s) cannot run: %s", row.id, row.job, failure.message)
                 self._record_failure(held, failure)
 
+    def _depth(self) -> int:
+        """Tasks to queue per child: 1, or a few when jobs take milliseconds."""
+        if self.avg_runtime is None or self.options.memory_mb is not None:
+            return 1  # a child replaced for its memory must have nothing queued
+        return max(1, min(_MAX_DEPTH, int(_PIPELINE_SECONDS / max(self.avg_runtime, 1e-6))))
+
     def _assign(self) -> None:
+        # Idle children first, so work spreads; then queue more where jobs are short.
         for child in self.pool.idle():
             if self.hooks:
                 self.pool.give(child, self.hooks.popleft(), _HOOK_TIMEOUT)
-            elif self.buffer and not self.stopping:
-                held = self.buffer.popleft()
-                payload = held.payload
-                self.pool.give(child, RunJob(held.row.id, held.row.job, payload.args,
-                                             payload.kwargs, held.row.attempts), held.timeout())
-                self.running[child] = held
+            elif not self._give_job(child):
+                return
+        depth = self._depth()
+        if depth > 1:
+            for child in self.pool.children:
+                while len(child.tasks) < depth and self._give_job(child):
+                    pass
+
+    def _give_job(self, child: Child) -> bool:
+        if not self.buffer or self.stopping:
+            return False
+        held = self.buffer.popleft()
+        payload = held.payload
+        self.pool.give(child, RunJob(held.row.id, held.row.job, payload.args, payload.kwargs,
+                                     held.row.attempts), held.timeout())
+        self.running[held.row.id] = held
+        return True
+
+    def _requeue(self, tasks: list[Any]) -> None:
+        """Put back tasks that were queued in a child that died before starting them."""
+        for task in reversed(tasks):
+            if isinstance(task, RunJob):
+                self.buffer.appendleft(self.running.pop(task.job_id))
             else:
-                break
+                self.hooks.appendleft(task)
 
     def _held_leases(self) -> list[Lease]:
         return ([h.lease for h in self.buffer] + [h.lease for h in self.running.values()]
@@ -203,7 +231,11 @@ class Supervisor:
     def _flush(self) -> None:
         if not self.outbox:
             return
-        due = (len(self.outbox) >= _FLUSH_BATCH or not self.running or self.stopping
+        # Completions wait a little to share one DELETE; failures and retries
+        # go at once (a retry may be due now), and so does everything when no
+        # other work is in hand.
+        due = (self.outbox.writes or len(self.outbox) >= _FLUSH_BATCH or self.stopping
+               or (not self.running and not self.buffer)
                or time.monotonic() - self.first_unflushed >= _FLUSH_DELAY)
         if due:
             self.outbox.flush(self.store.complete)
@@ -223,7 +255,7 @@ class Supervisor:
     def _wait_timeout(self) -> float:
         now = time.monotonic()
         wake = [self.next_beat, now + self.options.sleep]
-        if self.pool.idle() and not self.stopping:
+        if len(self.running) < self.options.concurrency and not self.stopping:
             wake.append(self.next_poll)
         if self.outbox and self.running:
             wake.append(self.first_unflushed + _FLUSH_DELAY)
@@ -236,14 +268,13 @@ class Supervisor:
 
     # --- outcomes -----------------------------------------------------------------
 
-    def _on_answer(self, child: Child, task: Any, answer: Finished) -> None:
+    def _on_answer(self, child: Child, task: Any, answer: Finished, runtime: float) -> None:
         if isinstance(task, RunHook):
             if answer.kind != "done":
                 log.error("on_failure hook of job %d raised %s: %s", task.failure.job_id,
                           answer.exception_class, answer.message)
         else:
-            held = self.running.pop(child)
-            runtime = time.monotonic() - child.started
+            held = self.running.pop(task.job_id)
             self.avg_runtime = runtime if self.avg_runtime is None else (
                 0.9 * self.avg_runtime + 0.1 * runtime)
             if answer.kind == "done":
@@ -255,24 +286,24 @@ class Supervisor:
                 self._ended(held, Ended(answer.kind, held.row.attempts, answer.delay),  # type: ignore[arg-type]
                             failure)
         limit = self.options.memory_mb
-        if limit is not None and answer.rss_mb > limit:
+        if limit is not None and answer.rss_mb > limit and not child.tasks:
             log.info("child using %.0f MB (over --memory %g): replacing it", answer.rss_mb, limit)
             self.pool.retire(child)
 
     def _on_timeout(self, child: Child) -> None:
-        task: Any = child.task
-        how = self.pool.kill(child)
+        task, how, unstarted = self.pool.kill(child)
+        self._requeue(unstarted)
         if isinstance(task, RunJob):
-            held = self.running.pop(child)
+            held = self.running.pop(task.job_id)
             message = f"job ran longer than its timeout of {held.timeout():g} s and was killed"
             self._ended(held, Ended("timeout", held.row.attempts),
                         Failure("dbqueue.JobTimeout", message, f"{JobTimeout.__name__}: {message}"))
         elif task is not None:
             log.error("on_failure hook of job %d timed out (%s)", task.failure.job_id, how)
 
-    def _on_death(self, child: Child, task: Any, how: str) -> None:
+    def _on_death(self, task: Any, how: str) -> None:
         if isinstance(task, RunJob):
-            held = self.running.pop(child)
+            held = self.running.pop(task.job_id)
             message = f"the process running the job died ({how})"
             self._ended(held, Ended("crash", held.row.attempts),
                         Failure("dbqueue.WorkerCrashed", message,
@@ -282,13 +313,15 @@ class Supervisor:
 
     def _abandon_running(self) -> None:
         """The grace period is over: kill what still runs and put its jobs back."""
-        for child, held in list(self.running.items()):
-            self.pool.kill(child)
-            del self.running[child]
+        for child in self.pool.children:
+            if child.tasks:
+                self.pool.kill(child)
+        for held in self.running.values():
             log.warning("job %d (%s) did not finish within the grace period; put back",
                         held.row.id, held.row.job)
             self.outbox.writes.append(
                 (held.lease, partial(self.store.release, held.lease, 0, counts=False)))
+        self.running.clear()
 
     def _ended(self, held: Held, ended: Ended, failure: Failure) -> None:
         self.processed += 1

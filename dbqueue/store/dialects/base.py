@@ -79,12 +79,14 @@ class Dialect:
     aware_timestamps: ClassVar[bool] = False
     supports_returning_update: ClassVar[bool] = True
     skip_locked: ClassVar[bool] = True
+    autocommit_single_statements: ClassVar[bool] = True
+    """Run a lone INSERT on an autocommit connection: one round trip, not three."""
 
     # --- engine -----------------------------------------------------------
 
     def engine_options(self) -> dict[str, Any]:
         """Keyword arguments for ``create_engine`` when dbqueue creates the engine itself."""
-        return {"pool_pre_ping": True}
+        return {}
 
     def prepare_engine(self, engine: Engine) -> None:
         """Install connection hooks on an engine dbqueue created."""

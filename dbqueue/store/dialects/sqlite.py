@@ -23,6 +23,8 @@ _BUSY_TIMEOUT_SECONDS = 60
 class SQLite(Dialect):
     name: ClassVar[str] = "sqlite"
     skip_locked: ClassVar[bool] = False
+    # No network to save, and the BEGIN IMMEDIATE hook must own every write.
+    autocommit_single_statements: ClassVar[bool] = False
 
     def engine_options(self) -> dict[str, Any]:
         return {"connect_args": {"timeout": _BUSY_TIMEOUT_SECONDS}}
