@@ -28,7 +28,7 @@ from .common import connection_options, friendly_errors, open_app
               help="Replace a child process whose memory grows past this.")
 @click.option("--grace", type=float, default=30.0, show_default=True,
               help="Seconds running jobs get to finish when the worker is told to stop.")
-@click.option("--prefetch", type=int, default=100, show_default=True,
+@click.option("--prefetch", type=int, default=500, show_default=True,
               help="Most jobs reserved ahead of free children (only when jobs are short).")
 @click.option("--stop-when-empty", is_flag=True, help="Exit once no job is ready or running.")
 @click.option("--once", is_flag=True, help="Run a single job, then exit.")

@@ -27,7 +27,7 @@ class WorkerOptions:
     once: bool = False
     grace: float = 30.0
     """Seconds running jobs get to finish after SIGTERM or ``dbqueue restart``."""
-    prefetch: int = 100
+    prefetch: int = 500
     """At most this many jobs reserved ahead of free children, when jobs are short."""
 
     def __post_init__(self) -> None:

@@ -32,11 +32,11 @@ from .signals import StopSignals
 log = logging.getLogger("dbqueue.worker")
 
 _DB_ERRORS = (DatabaseUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError)
-_FLUSH_BATCH = 64
+_FLUSH_BATCH = 256
 _FLUSH_DELAY = 0.05  # seconds a completion may wait to share a transaction with others
 _BUFFER_SECONDS = 0.2  # prefetch about this much work when jobs are short
-_PIPELINE_SECONDS = 0.01  # queue about this much work in each child when jobs are short
-_MAX_DEPTH = 8
+_PIPELINE_SECONDS = 0.02  # queue about this much work in each child when jobs are short
+_MAX_DEPTH = 16
 _HOOK_TIMEOUT = 60.0
 _DEAD_AFTER = 120.0  # seconds without a heartbeat after which a worker is forgotten
 
