@@ -4,6 +4,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+import dbqueue
 from tests.conftest import count, rows
 
 
@@ -85,3 +86,13 @@ def test_per_dispatch_overrides_travel_in_the_payload(jobs, option):
     jobs.noop.options(**{option: 7}).dispatch()
     (row,) = rows(jobs.app, jobs.app.store.tables.jobs)
     assert f'"options":{{"{option}":7' in row.payload
+
+
+def test_dispatch_to_missing_tables_names_the_fix_on_every_backend(jobs, schema):
+    elsewhere = dbqueue.App(schema, table_prefix="nowhere_")
+    job = elsewhere.job(name="lonely")(lambda: None)
+    with pytest.raises(dbqueue.NotMigrated, match="dbqueue migrate"):
+        job.dispatch()
+    with pytest.raises(dbqueue.NotMigrated):
+        elsewhere.dispatch_many([job.prepare()])
+    elsewhere.dispose()

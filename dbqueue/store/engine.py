@@ -49,8 +49,10 @@ def create_engine(url: str, *, autocommit: bool = False) -> Engine:
     dialect = dialect_for(sa_dialect_cls())
     options = dialect.engine_options()
     if autocommit and dialect.autocommit_single_statements:
-        # Nothing to roll back on return: skip the pool's reset round trip.
-        options.update(isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
+        # Nothing to roll back in autocommit mode: skip the ROLLBACK that some
+        # drivers (PyMySQL) would otherwise send after every statement.
+        options.update(isolation_level="AUTOCOMMIT", pool_reset_on_return=None,
+                       skip_autocommit_rollback=True)
     try:
         engine = sa.create_engine(parsed, **options)
     except ModuleNotFoundError as exc:
@@ -115,3 +117,57 @@ def translate(engine: Engine, error: sa.exc.DBAPIError) -> Exception:
             "create them with: dbqueue migrate"
         )
     return error
+
+
+class FastInsert:
+    """One INSERT of a job, run on a pooled driver connection of an autocommit
+    engine, past SQLAlchemy's execution layer.
+
+    A lone dispatch is a single round trip whose cost on a small server is
+    the commit itself; SQLAlchemy's per-statement bookkeeping added a third to
+    it. The statement is still SQLAlchemy's, compiled once for the dialect;
+    driver errors come out as SQLAlchemy's exceptions, and a connection the
+    server dropped is invalidated, as on the normal path.
+    """
+
+    def __init__(self, engine: Engine, statement: Any) -> None:
+        self.engine = engine
+        self.statement = statement
+        self.compiled: Any = None
+        self.returning = False
+
+    def _compile(self) -> None:
+        # After the first connection: only then does the dialect know the
+        # server (MariaDB, say, may or may not have INSERT ... RETURNING).
+        statement = self.statement()
+        self.returning = bool(self.engine.dialect.insert_returning)
+        if self.returning:
+            statement = statement.returning(statement.table.c.id)
+        compiled = statement.compile(dialect=self.engine.dialect)
+        if compiled.positional:
+            raise NotImplementedError("FastInsert needs a named paramstyle")
+        self.compiled = compiled
+
+    def __call__(self, values: dict[str, Any]) -> int:
+        dialect = self.engine.dialect
+        connection = self.engine.raw_connection()
+        try:
+            if self.compiled is None:
+                self._compile()
+            sql, params = self.compiled.string, self.compiled.construct_params(values)
+            cursor = connection.cursor()
+            try:
+                cursor.execute(sql, params)
+                return int(cursor.fetchone()[0] if self.returning  # type: ignore[index]
+                           else cursor.lastrowid)
+            except dialect.loaded_dbapi.Error as exc:
+                dropped = dialect.is_disconnect(exc, connection, cursor)
+                if dropped:
+                    connection.invalidate(exc)
+                raise sa.exc.DBAPIError.instance(
+                    sql, params, exc, dialect.loaded_dbapi.Error,
+                    connection_invalidated=dropped) from exc
+            finally:
+                cursor.close()
+        finally:
+            connection.close()

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from .dialects import READ_ONLY, Dialect, ReservedRow, dialect_for
-from .engine import connect, translate
+from .engine import FastInsert, connect, translate
 from .schema import Tables, build_tables
 
 T = TypeVar("T")
@@ -84,6 +84,10 @@ class Store:
             isolation_level="AUTOCOMMIT")
         self.tables: Tables = build_tables(table_prefix)
         self._insert_one = self._build_insert()
+        # Only an engine created in autocommit mode commits a raw connection's
+        # statements; a per-connection option would not reach one.
+        self._fast_push = FastInsert(autocommit_engine, self._insert_one) if (
+            autocommit_engine is not None) else None
 
     @property
     def dialect(self) -> Dialect:
@@ -98,21 +102,28 @@ class Store:
         ``single_statement`` work runs on an autocommit connection: its one
         statement is its own transaction, committed without extra round trips.
         """
-        for attempt in range(1, _MAX_TRIES + 1):
+
+        def attempt() -> T:
+            if single_statement and self.dialect.autocommit_single_statements:
+                with connect(self.autocommit_engine) as connection:
+                    return work(connection)
+            with connect(self.engine) as connection:
+                if read_only:
+                    connection = connection.execution_options(**{READ_ONLY: True})
+                with connection.begin():
+                    return work(connection)
+
+        return self._retrying(attempt)
+
+    def _retrying(self, attempt: Callable[[], T]) -> T:
+        for number in range(1, _MAX_TRIES + 1):
             try:
-                if single_statement and self.dialect.autocommit_single_statements:
-                    with connect(self.autocommit_engine) as connection:
-                        return work(connection)
-                with connect(self.engine) as connection:
-                    if read_only:
-                        connection = connection.execution_options(**{READ_ONLY: True})
-                    with connection.begin():
-                        return work(connection)
+                return attempt()
             except sa.exc.DBAPIError as exc:
-                if attempt < _MAX_TRIES and self.dialect.is_retryable(exc):
+                if number < _MAX_TRIES and self.dialect.is_retryable(exc):
                     # Short, growing, jittered pauses so that the transactions
                     # that collided do not collide again in lock-step.
-                    time.sleep(random.uniform(0, 0.005 * 2**attempt))
+                    time.sleep(random.uniform(0, 0.005 * 2**number))
                     continue
                 raise translate(self.engine, exc) from exc
         raise AssertionError("unreachable")
@@ -178,6 +189,9 @@ class Store:
             return int(key[0])
 
         if connection is None:
+            fast = self._fast_push
+            if fast is not None and self.dialect.autocommit_single_statements:
+                return self._retrying(lambda: fast(params))
             return self.transaction(work, single_statement=True)
         return self.within(connection, work)
 
