@@ -22,6 +22,7 @@ from .errors import (
     InvalidArguments,
     JobSignal,
     JobTimeout,
+    LockNotAcquired,
     MaxAttemptsExceeded,
     NotFound,
     NotMigrated,
@@ -32,6 +33,7 @@ from .errors import (
     WorkerCrashed,
 )
 from .jobs import BoundJob, Job, JobFailure, PreparedJob
+from .locks import Lock
 from .policy import Exponential
 from .settings import Settings
 
@@ -50,6 +52,8 @@ __all__ = [
     "JobFailure",
     "JobSignal",
     "JobTimeout",
+    "Lock",
+    "LockNotAcquired",
     "MaxAttemptsExceeded",
     "NotFound",
     "NotMigrated",

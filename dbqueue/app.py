@@ -13,9 +13,11 @@ from sqlalchemy.orm import Session
 from . import deferred
 from .errors import ConfigurationError, UnknownJob
 from .jobs import Job, PreparedJob
+from .locks import Lock
 from .policy import Backoff
 from .settings import Settings
 from .store import Admin, Executor, Store, WorkerRegistry, create_engine, migrator
+from .store.locks import Locks
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -78,6 +80,16 @@ class App:
     @property
     def workers(self) -> WorkerRegistry:
         return WorkerRegistry(self.store)
+
+    def lock(self, key: str, ttl: float = 120, *, wait: float = 0) -> Lock:
+        """A distributed lock named ``key`` that expires ``ttl`` seconds after it is
+        taken (or last extended). ``wait`` is how long ``with`` waits for it."""
+        return Lock(Locks(self.store), key, ttl, wait=wait)
+
+    def restore_lock(self, key: str, owner: str, ttl: float = 120) -> Lock:
+        """The lock ``key`` as held by ``owner`` (a token from ``lock.owner``), so
+        that another process can release or extend it."""
+        return Lock(Locks(self.store), key, ttl, owner=owner)
 
     def dispose(self) -> None:
         """Close the connections of an engine dbqueue created."""

@@ -10,6 +10,7 @@
      ├── SerializationError        job arguments are not JSON
      ├── InvalidArguments          arguments that do not fit the job's signature
      ├── UnknownJob                no job is registered under that name
+     ├── LockNotAcquired           `with app.lock(...)` could not take the lock
      └── NotFound                  no such failed job, worker, ...
 
     JobSignal                      raised *by job code* to steer the worker
@@ -58,6 +59,10 @@ class InvalidArguments(DBQueueError, TypeError):
 
 class UnknownJob(DBQueueError, LookupError):
     """No job is registered under the given name."""
+
+
+class LockNotAcquired(DBQueueError):
+    """``with app.lock(...)`` could not take the lock (within its ``wait``)."""
 
 
 class NotFound(DBQueueError, LookupError):

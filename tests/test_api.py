@@ -10,7 +10,8 @@ def test_public_names_are_pinned():
     assert sorted(dbqueue.__all__) == sorted([
         "App", "BoundJob", "ConfigurationError", "DBQueueError", "DatabaseUnavailable",
         "Exponential", "Fail", "InvalidArguments", "Job", "JobFailure", "JobSignal",
-        "JobTimeout", "MaxAttemptsExceeded", "NotFound", "NotMigrated", "PreparedJob",
+        "JobTimeout", "Lock", "LockNotAcquired", "MaxAttemptsExceeded", "NotFound",
+        "NotMigrated", "PreparedJob",
         "Release", "SerializationError", "Settings", "UnknownJob", "UnsupportedDatabase",
         "WorkerCrashed", "__version__",
     ])

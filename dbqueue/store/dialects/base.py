@@ -151,6 +151,30 @@ class Dialect:
             .limit(limit)
         )
 
+    # --- locks ------------------------------------------------------------------
+
+    def upsert_module(self) -> Any:
+        """The SQLAlchemy dialect module whose insert() has on_conflict_do_update."""
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql
+
+    def acquire_lock(self, connection: Connection, locks: sa.Table, key: str, owner: str,
+                     ttl: float) -> bool:
+        """Take ``key`` for ``owner`` if it is free or its holder's time ran out.
+
+        One statement: INSERT, or on conflict take over the row only where it
+        has expired; RETURNING says whether this owner holds it now.
+        """
+        insert = self.upsert_module().insert(locks).values(
+            key=key, owner=owner, expires_at=self.now_plus(ttl))
+        statement = insert.on_conflict_do_update(
+            index_elements=[locks.c.key],
+            set_={"owner": insert.excluded.owner, "expires_at": insert.excluded.expires_at},
+            where=locks.c.expires_at <= self.now(),
+        ).returning(locks.c.owner)
+        return connection.execute(statement).first() is not None
+
     # --- errors ---------------------------------------------------------------
 
     def is_retryable(self, error: BaseException) -> bool:

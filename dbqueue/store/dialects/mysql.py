@@ -106,6 +106,22 @@ class MySQL(Dialect):
             for row in locked
         ]
 
+    def acquire_lock(self, connection: Connection, locks: sa.Table, key: str, owner: str,
+                     ttl: float) -> bool:
+        # No conditional ON CONFLICT on MySQL: ON DUPLICATE KEY UPDATE keeps the
+        # row as it is unless it has expired (owner is assigned first, while
+        # expires_at still holds the old value), then the row, locked by the
+        # upsert until commit, says who holds the key.
+        expired = locks.c.expires_at <= self.now()
+        insert = mysql.insert(locks).values(key=key, owner=owner, expires_at=self.now_plus(ttl))
+        connection.execute(insert.on_duplicate_key_update(
+            owner=sa.func.if_(expired, insert.inserted.owner, locks.c.owner),
+            expires_at=sa.func.if_(expired, insert.inserted.expires_at, locks.c.expires_at),
+        ))
+        holder = connection.execute(
+            sa.select(locks.c.owner).where(locks.c.key == key)).scalar()
+        return bool(holder == owner)
+
     def is_retryable(self, error: BaseException) -> bool:
         return _errno(error) in (_DEADLOCK, _LOCK_WAIT_TIMEOUT)
 

@@ -67,6 +67,11 @@ class SQLite(Dialect):
     def now_default(self) -> sa.TextClause:
         return sa.text(f"(strftime('{_FORMAT}', 'now'))")
 
+    def upsert_module(self) -> Any:
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite
+
     def is_retryable(self, error: BaseException) -> bool:
         return "database is locked" in str(getattr(error, "orig", error))
 

@@ -1,0 +1,81 @@
+"""cache_locks: named locks shared by every host through the database.
+
+Every verb runs in a short transaction of its own, never in the caller's: a
+lock must not vanish because the caller's transaction rolled back, nor keep
+a caller's transaction open. Expiry is by the database server's clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class LockInfo:
+    key: str
+    owner: str
+    expires_at: datetime
+
+
+class Locks:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.table = store.tables.cache_locks
+
+    def acquire(self, key: str, owner: str, ttl: float) -> bool:
+        """Take ``key`` for ``owner`` for ``ttl`` seconds if it is free or expired."""
+        return self.store.transaction(
+            lambda c: self.store.dialect.acquire_lock(c, self.table, key, owner, ttl))
+
+    def release(self, key: str, owner: str) -> bool:
+        """Free ``key`` if ``owner`` holds it; return whether it did."""
+        table = self.table
+        return self.store.transaction(lambda c: c.execute(
+            sa.delete(table).where(table.c.key == key, table.c.owner == owner)).rowcount == 1)
+
+    def force_release(self, key: str) -> bool:
+        """Free ``key`` whoever holds it; return whether it was held."""
+        table = self.table
+        return self.store.transaction(
+            lambda c: c.execute(sa.delete(table).where(table.c.key == key)).rowcount == 1)
+
+    def extend(self, key: str, owner: str, ttl: float) -> bool:
+        """Make ``owner``'s hold on ``key`` last ``ttl`` seconds from now.
+
+        False if ``owner`` no longer holds it (another process took it over).
+        """
+        table = self.table
+        return self.store.transaction(lambda c: c.execute(
+            sa.update(table).where(table.c.key == key, table.c.owner == owner)
+            .values(expires_at=self.store.dialect.now_plus(ttl))).rowcount == 1)
+
+    def holder(self, key: str) -> LockInfo | None:
+        """Who holds ``key`` now (an expired row holds nothing)."""
+        table = self.table
+        row = self.store.read(lambda c: c.execute(
+            sa.select(table).where(table.c.key == key,
+                                   table.c.expires_at > self.store._now())).first())
+        return LockInfo(**row._mapping) if row else None
+
+    def held(self) -> list[LockInfo]:
+        table = self.table
+        rows = self.store.read(lambda c: c.execute(
+            sa.select(table).where(table.c.expires_at > self.store._now())
+            .order_by(table.c.key)).all())
+        return [LockInfo(**row._mapping) for row in rows]
+
+    def prune(self) -> int:
+        """Delete expired rows."""
+        table = self.table
+
+        def work(c: Connection) -> int:
+            return int(c.execute(sa.delete(table).where(
+                table.c.expires_at <= self.store.dialect.now())).rowcount)
+
+        return self.store.transaction(work)

@@ -1,0 +1,96 @@
+"""Distributed locks on cache_locks, on every backend: one holder at a time."""
+
+import subprocess
+import sys
+
+import pytest
+import sqlalchemy as sa
+
+import dbqueue
+from tests.conftest import ROOT, rows, worker_env
+
+
+def expire(app, key):
+    """Make a lock's time run out now (a test cannot wait for its ttl)."""
+    table, dialect = app.store.tables.cache_locks, app.store.dialect
+    with app.engine.begin() as c:
+        c.execute(sa.update(table).where(table.c.key == key)
+                  .values(expires_at=dialect.now_plus(-1)))
+
+
+def test_one_holder_until_release_and_only_the_owner_releases(app):
+    first, second = app.lock("invoices", ttl=60), app.lock("invoices", ttl=60)
+    assert first.acquire() and first.owned() and first.locked()
+    assert not second.acquire()
+    assert not second.release() and first.owned()
+    assert first.release() and not first.locked()
+    assert second.acquire() and second.owned()
+
+
+def test_an_expired_lock_is_taken_over_and_its_old_owner_cannot_touch_it(app):
+    old, new = app.lock("sync", ttl=60), app.lock("sync", ttl=60)
+    assert old.acquire()
+    expire(app, "sync")
+    assert not old.locked()  # expired: held by nobody
+    assert new.acquire()
+    assert not old.release() and not old.extend()
+    assert new.owned()
+
+
+def test_extend_force_release_and_restore(app):
+    lock = app.lock("report", ttl=1)
+    assert lock.acquire()
+    assert lock.extend(600)
+    table = app.store.tables.cache_locks
+    expires = app.store.read(lambda c: c.execute(sa.select(table.c.expires_at)).scalar_one())
+    assert (expires - app.store.now()).total_seconds() > 590
+    restored = app.restore_lock("report", lock.owner)
+    assert restored.owned() and restored.release() and not lock.locked()
+    assert lock.acquire()
+    assert app.lock("report").force_release() and not lock.locked()
+
+
+def test_with_block_takes_and_releases_or_raises(app):
+    with app.lock("block", ttl=60) as held:
+        assert held.owned()
+        with (pytest.raises(dbqueue.LockNotAcquired, match="'block' is held"),
+              app.lock("block", ttl=60)):
+            pass
+    assert not held.locked()
+
+
+def test_a_lock_survives_the_rollback_of_the_callers_transaction(app, schema):
+    if schema.startswith("sqlite"):
+        pytest.skip("SQLite has one writer: the lock would wait for the caller's transaction")
+    with app.engine.connect() as connection:
+        transaction = connection.begin()
+        connection.execute(sa.text("SELECT 1"))
+        lock = app.lock("kept", ttl=60)
+        assert lock.acquire()
+        transaction.rollback()
+    assert lock.owned()
+
+
+def test_concurrent_processes_never_hold_a_lock_together(jobs, schema):
+    script = (
+        "import sys, time\n"
+        "from tests import jobapp\n"
+        "jobs = jobapp.build()\n"
+        "app = jobs.app\n"
+        "for _ in range(6):\n"
+        "    lock = app.lock('shared', ttl=60)\n"
+        "    assert lock.acquire(timeout=120, poll=0.01)\n"
+        "    jobs.jobs['overlap'].func('holder', 0.02)\n"
+        "    assert lock.release()\n"
+    )
+    processes = [subprocess.Popen([sys.executable, "-c", script], cwd=ROOT,
+                                  env=worker_env(schema)) for _ in range(4)]
+    for process in processes:
+        assert process.wait(timeout=300) == 0
+    events = rows(jobs.app, jobs.effects, jobs.effects.c.tag == "holder")
+    assert len(events) == 4 * 6 * 2
+    # Ordered by the database clock (and id for equal times), a start is always
+    # followed by its own end: no two holders overlapped.
+    ordered = sorted(events, key=lambda r: (r.at, r.id))
+    for start, end in zip(ordered[::2], ordered[1::2], strict=True):
+        assert (start.event, end.event, start.pid) == ("start", "end", end.pid)
