@@ -393,7 +393,8 @@ def test_version_and_help_name_every_command():
     assert (version.returncode, version.stdout) == (0, f"dbqueue, version {dbqueue.__version__}\n")
     usage = dbqueue_cli("--help", env=env)
     assert usage.returncode == 0
-    for command in ("work", "migrate", "status", "restart", "failed", "retry", "forget", "flush"):
+    for command in ("work", "migrate", "status", "restart", "failed", "retry", "forget", "flush",
+                    "locks"):
         assert re.search(rf"^  {command} ", usage.stdout, re.MULTILINE), command
 
 

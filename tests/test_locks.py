@@ -94,3 +94,23 @@ def test_concurrent_processes_never_hold_a_lock_together(jobs, schema):
     ordered = sorted(events, key=lambda r: (r.at, r.id))
     for start, end in zip(ordered[::2], ordered[1::2], strict=True):
         assert (start.event, end.event, start.pid) == ("start", "end", end.pid)
+
+
+def cli(url, *args):
+    return subprocess.run([sys.executable, "-m", "dbqueue", *args], cwd=ROOT,
+                          env=worker_env(url), capture_output=True, text=True, timeout=60)
+
+
+def test_cli_lists_and_releases_locks(app, schema):
+    assert cli(schema, "locks").stdout.strip() == "No locks are held."
+    lock = app.lock("nightly:export", ttl=600)
+    assert lock.acquire()
+    listing = cli(schema, "locks")
+    assert "nightly:export" in listing.stdout and lock.owner in listing.stdout
+    assert cli(schema, "locks", "--json").stdout.count('"owner"') == 1
+    released = cli(schema, "locks", "release", "nightly:export")
+    assert released.returncode == 0 and "Released lock 'nightly:export'" in released.stdout
+    assert not lock.locked()
+    missing = cli(schema, "locks", "release", "nightly:export")
+    assert missing.returncode == 1 and "Error: no lock 'nightly:export' is held" in missing.stderr
+    assert "Traceback" not in missing.stderr

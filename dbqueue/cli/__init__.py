@@ -6,6 +6,7 @@ import click
 
 from .. import __version__
 from .failed import failed, flush, forget, retry
+from .locks import locks
 from .status import migrate, restart, status
 from .work import work
 
@@ -19,7 +20,7 @@ def cli() -> None:
     """
 
 
-for command in (work, migrate, status, restart, failed, retry, forget, flush):
+for command in (work, migrate, status, restart, failed, retry, forget, flush, locks):
     cli.add_command(command)
 
 

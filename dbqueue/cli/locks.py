@@ -1,0 +1,52 @@
+"""``dbqueue locks``: the distributed locks held now, and freeing one by hand."""
+
+from __future__ import annotations
+
+import click
+
+from ..store.locks import Locks
+from .common import (
+    connection_options,
+    friendly_errors,
+    open_app,
+    print_json,
+    print_table,
+    short_time,
+)
+
+
+@click.group(invoke_without_command=True)
+@connection_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+@friendly_errors
+def locks(ctx: click.Context, url: str | None, app_reference: str | None,
+          table_prefix: str | None, as_json: bool) -> None:
+    """List held locks (key, owner, expiry). `dbqueue locks release KEY` frees one."""
+    ctx.obj = (url, app_reference, table_prefix)
+    if ctx.invoked_subcommand is not None:
+        return
+    held = Locks(open_app(url, app_reference, table_prefix).store).held()
+    if as_json:
+        print_json(held)
+    elif held:
+        print_table(["KEY", "OWNER", "EXPIRES AT (UTC)"],
+                    [[lock.key, lock.owner, short_time(lock.expires_at)] for lock in held])
+    else:
+        click.echo("No locks are held.")
+
+
+@locks.command("release")
+@connection_options
+@click.argument("key")
+@click.pass_obj
+@friendly_errors
+def release(obj: tuple[str | None, str | None, str | None], url: str | None,
+            app_reference: str | None, table_prefix: str | None, key: str) -> None:
+    """Free the lock KEY whoever holds it (for a holder that will not come back)."""
+    given = (url, app_reference, table_prefix)
+    app = open_app(*(mine or theirs for mine, theirs in zip(given, obj, strict=True)))
+    if Locks(app.store).force_release(key):
+        click.echo(f"Released lock {key!r}.")
+    else:
+        raise click.ClickException(f"no lock {key!r} is held; list them with: dbqueue locks")
