@@ -109,6 +109,9 @@ class App:
             retry_until: float | timedelta | None = None, priority: int = 0,
             dont_retry: Iterable[type[BaseException]] = (),
             on_failure: Callable[..., Any] | None = None,
+            unique_key: Callable[..., Any] | None = None,
+            unique_for: float | timedelta | None = None,
+            unique_until: str = "completion",
             ) -> Callable[[Callable[P, R]], Job[P, R]]: ...
 
     def job(self, func: Callable[..., Any] | None = None, /,  # type: ignore[misc]
@@ -123,6 +126,14 @@ class App:
         that fail the job at once; ``on_failure(failure)`` runs once, in a
         worker's child process, with a :class:`dbqueue.JobFailure` when the job
         has failed for good.
+
+        Unique jobs: with ``unique_key`` (a function of the job's arguments
+        returning a string) or ``unique_for``, a dispatch is not queued while a
+        queued or running job of the same name holds the same key. The key is
+        freed when that job completes or finally fails, when ``unique_for``
+        seconds have passed since its dispatch, and when the dispatching
+        transaction rolls back; with ``unique_until="processing"`` it is freed
+        as soon as the job starts.
         """
         if func is not None:
             return self._register(func, **options)

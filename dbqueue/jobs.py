@@ -7,6 +7,7 @@ queued without ever mixing those settings with the function's own arguments.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -141,6 +142,9 @@ class Job(Generic[P, R]):
     priority: int = 0
     dont_retry: tuple[type[BaseException], ...] = ()
     on_failure: Callable[..., Any] | None = None
+    unique_key: Callable[..., Any] | None = None
+    unique_for: float | None = None
+    unique_until: str = "completion"
     _signature: inspect.Signature = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -152,6 +156,14 @@ class Job(Generic[P, R]):
             raise ConfigurationError(f"dont_retry of job {self.name!r} must list exception classes")
         if self.on_failure is not None and not callable(self.on_failure):
             raise ConfigurationError(f"on_failure of job {self.name!r} must be callable")
+        if self.unique_key is not None and not callable(self.unique_key):
+            raise ConfigurationError(
+                f"unique_key of job {self.name!r} must be a function of the job's arguments")
+        object.__setattr__(self, "unique_for",
+                           seconds("unique_for", self.unique_for, allow_zero=False))
+        if self.unique_until not in ("completion", "processing"):
+            raise ConfigurationError(
+                f"unique_until must be 'completion' or 'processing', not {self.unique_until!r}")
         object.__setattr__(self, "_signature", inspect.signature(self.func))
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -170,7 +182,8 @@ class Job(Generic[P, R]):
         In a short transaction of its own (committed before this returns),
         unless ``.options(connection=...)`` or ``.options(after_commit=...)``
         says otherwise; with ``after_commit`` the id is not known yet and None
-        is returned.
+        is returned. A unique job whose key a queued or running job holds is
+        not queued, and None is returned.
         """
         return BoundJob(self, DispatchOptions()).dispatch(*args, **kwargs)
 
@@ -189,6 +202,20 @@ class Job(Generic[P, R]):
                 deadline = created_at + timedelta(seconds=retry_for)
         return Rules(tries=options.get("tries", self.tries), backoff=self.backoff,
                      deadline=deadline)
+
+    @property
+    def unique(self) -> bool:
+        return self.unique_key is not None or self.unique_for is not None
+
+    def unique_id(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+        """The key a queued instance holds: the job's name and its ``unique_key``."""
+        if not self.unique:
+            return None
+        part = "" if self.unique_key is None else str(self.unique_key(*args, **kwargs))
+        key = f"{self.name}:{part}"
+        if len(key) > 191:  # the column's size; a digest keeps long keys distinct
+            key = f"{self.name[:100]}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+        return key
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         try:
@@ -219,6 +246,8 @@ class BoundJob(Generic[P, R]):
             payload=payload,
             priority=job.priority if settings.priority is None else settings.priority,
             delay=settings.delay,
+            unique_key=job.unique_id(args, kwargs),
+            unique_for=job.unique_for,
         )
         return PreparedJob(job.app, new_job)
 

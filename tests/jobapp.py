@@ -129,6 +129,24 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
     def hooked(order: int) -> None:
         raise ValueError(f"order {order} is broken")
 
+    @app.job(name="unique_invoice", unique_key=lambda invoice_id: str(invoice_id),
+             unique_for=3600)
+    def unique_invoice(invoice_id: int) -> None:
+        note("invoice", "done", n=invoice_id)
+
+    @app.job(name="unique_failing", unique_key=lambda key: key)
+    def unique_failing(key: str) -> None:
+        raise RuntimeError("gateway down")
+
+    def slow(key: str, seconds: float) -> None:
+        note(key, "start")
+        time.sleep(seconds)
+        note(key, "end")
+
+    app.job(name="unique_slow", unique_key=lambda key, seconds: key, timeout=300)(slow)
+    app.job(name="unique_slow_processing", unique_key=lambda key, seconds: key, timeout=300,
+            unique_until="processing")(slow)
+
     return JobApp(app, effects, dict(app.jobs))
 
 

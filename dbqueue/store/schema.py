@@ -44,7 +44,10 @@ def build_tables(prefix: str = "") -> Tables:
         sa.Column("reserved_at", UtcDateTime),
         sa.Column("reserved_by", sa.String(64)),
         sa.Column("created_at", UtcDateTime, nullable=False),
+        sa.Column("unique_key", sa.String(191)),
+        sa.Column("unique_expires_at", UtcDateTime),
         sa.Index(f"{prefix}jobs_claim_idx", "queue", "priority", "id"),
+        sa.Index(f"{prefix}jobs_unique_key_idx", "unique_key", unique=True),
     )
     failed_jobs = sa.Table(
         f"{prefix}failed_jobs", metadata,

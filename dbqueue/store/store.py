@@ -36,13 +36,19 @@ _IN_CHUNK = 500  # ids per IN (...) list: well under every server's parameter li
 
 
 class NewJob(NamedTuple):
-    """A job to insert. ``delay`` counts from the database server's clock."""
+    """A job to insert. ``delay`` counts from the database server's clock.
+
+    With a ``unique_key`` the job is inserted only if no queued or running
+    job holds that key (or its holder's ``unique_for`` seconds have passed).
+    """
 
     queue: str
     job: str
     payload: str
     priority: int = 0
     delay: float = 0.0
+    unique_key: str | None = None
+    unique_for: float | None = None
 
 
 class Lease(NamedTuple):
@@ -178,8 +184,10 @@ class Store:
 
         return statement
 
-    def push(self, job: NewJob, connection: Executor | None = None) -> int:
-        """Insert one job and return its id."""
+    def push(self, job: NewJob, connection: Executor | None = None) -> int | None:
+        """Insert one job and return its id (None: a unique job whose key is taken)."""
+        if job.unique_key is not None:
+            return self.within(connection, lambda c: self._push_unique(c, job))
         params = {"queue": job.queue, "job": job.job, "payload": job.payload,
                   "priority": job.priority, "delay": job.delay}
 
@@ -195,18 +203,40 @@ class Store:
             return self.transaction(work, single_statement=True)
         return self.within(connection, work)
 
+    def _push_unique(self, c: Connection, job: NewJob) -> int | None:
+        jobs, dialect = self.tables.jobs, self.dialect
+        # A holder whose unique_for has passed gives its key up (it stays queued).
+        c.execute(sa.update(jobs)
+                  .where(jobs.c.unique_key == job.unique_key,
+                         jobs.c.unique_expires_at <= dialect.now())
+                  .values(unique_key=None, unique_expires_at=None))
+        return dialect.insert_unique(c, jobs, {
+            "queue": job.queue, "job": job.job, "payload": job.payload,
+            "priority": job.priority, "attempts": 0,
+            "available_at": dialect.now_plus(job.delay), "created_at": dialect.now(),
+            "unique_key": job.unique_key,
+            "unique_expires_at": None if job.unique_for is None else dialect.now_plus(
+                job.unique_for),
+        })
+
     def push_many(self, jobs: Sequence[NewJob], connection: Executor | None = None) -> int:
         """Insert many jobs with multi-row INSERTs; return how many were inserted.
 
         The server's clock is read once and every row's times are sent as plain
         values: PyMySQL turns an executemany into one multi-row INSERT only when
-        every value is a placeholder.
+        every value is a placeholder. Unique jobs go one by one (one taken key
+        must not fail the others).
         """
         if not jobs:
             return 0
         table = self.tables.jobs
+        unique = [j for j in jobs if j.unique_key is not None]
+        jobs = [j for j in jobs if j.unique_key is None]
 
         def work(c: Connection) -> int:
+            pushed = sum(self._push_unique(c, j) is not None for j in unique)
+            if not jobs:
+                return pushed
             now = c.execute(sa.select(self._now())).scalar_one()
             rows = [
                 {"queue": j.queue, "job": j.job, "payload": j.payload, "priority": j.priority,
@@ -216,7 +246,7 @@ class Store:
             ]
             for chunk in _chunks(rows, 1000):
                 c.execute(table.insert(), list(chunk))
-            return len(rows)
+            return pushed + len(rows)
 
         return self.within(connection, work)
 
@@ -295,6 +325,22 @@ class Store:
                     attempts=jobs.c.attempts - (0 if counts else 1))
         )
         return self.transaction(lambda c: c.execute(statement).rowcount == 1)
+
+    def drop_unique_keys(self, leases: Iterable[Lease]) -> int:
+        """Free the unique keys of jobs that have started (``unique_until="processing"``)."""
+        jobs = self.tables.jobs
+        grouped = _by_token(leases)
+
+        def work(c: Connection) -> int:
+            freed = 0
+            for token, ids in grouped.items():
+                for chunk in _chunks(ids):
+                    freed += c.execute(
+                        sa.update(jobs).where(jobs.c.reserved_by == token, jobs.c.id.in_(chunk))
+                        .values(unique_key=None, unique_expires_at=None)).rowcount
+            return freed
+
+        return self.transaction(work) if grouped else 0
 
     def release_all(self, leases: Iterable[Lease]) -> int:
         """Give back jobs reserved but not run (a worker stopping): available now,

@@ -196,6 +196,10 @@ class Supervisor:
         self.pool.give(child, RunJob(held.row.id, held.row.job, payload.args, payload.kwargs,
                                      held.row.attempts), held.timeout())
         self.running[held.row.id] = held
+        if held.job.unique and held.job.unique_until == "processing":
+            self._note_write()
+            self.outbox.writes.append(
+                (held.lease, partial(self.store.drop_unique_keys, [held.lease])))
         return True
 
     def _requeue(self, tasks: list[Any]) -> None:

@@ -151,6 +151,21 @@ class Dialect:
             .limit(limit)
         )
 
+    # --- unique jobs --------------------------------------------------------------
+
+    def insert_unique(self, connection: Connection, jobs: sa.Table,
+                      values: dict[str, Any]) -> int | None:
+        """Insert a job with a unique_key; None, and no error, if the key is taken.
+
+        ON CONFLICT DO NOTHING rather than catching the duplicate-key error: on
+        PostgreSQL that error would abort the caller's whole transaction.
+        """
+        statement = (self.upsert_module().insert(jobs).values(values)
+                     .on_conflict_do_nothing(index_elements=[jobs.c.unique_key])
+                     .returning(jobs.c.id))
+        row = connection.execute(statement).first()
+        return int(row.id) if row else None
+
     # --- locks ------------------------------------------------------------------
 
     def upsert_module(self) -> Any:

@@ -22,6 +22,7 @@ from .base import (
 
 _DEADLOCK, _LOCK_WAIT_TIMEOUT = 1213, 1205
 _NO_SUCH_TABLE = 1146
+_DUPLICATE_KEY = 1062
 
 
 def _errno(error: BaseException) -> int | None:
@@ -105,6 +106,18 @@ class MySQL(Dialect):
                         row.attempts + 1, row.created_at, now)
             for row in locked
         ]
+
+    def insert_unique(self, connection: Connection, jobs: sa.Table,
+                      values: dict[str, Any]) -> int | None:
+        # MySQL undoes only the failed statement on a duplicate key, so the
+        # caller's transaction goes on; INSERT IGNORE would hide other errors.
+        try:
+            key = connection.execute(sa.insert(jobs).values(values)).inserted_primary_key
+        except sa.exc.IntegrityError as exc:
+            if _errno(exc) == _DUPLICATE_KEY:
+                return None
+            raise
+        return int(key[0]) if key else None
 
     def acquire_lock(self, connection: Connection, locks: sa.Table, key: str, owner: str,
                      ttl: float) -> bool:

@@ -1,0 +1,98 @@
+"""Unique jobs: while one job holds a key, a second dispatch is not queued."""
+
+import threading
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from tests.conftest import count, rows, wait_until
+
+FAST = ("--sleep", "0.1")
+
+
+def queued(jobs):
+    return rows(jobs.app, jobs.app.store.tables.jobs)
+
+
+def test_a_second_dispatch_is_not_queued_until_the_first_completes(jobs, workers):
+    first = jobs.unique_invoice.dispatch(7)
+    assert isinstance(first, int)
+    assert jobs.unique_invoice.dispatch(7) is None
+    assert isinstance(jobs.unique_invoice.dispatch(8), int)  # another key
+    assert [row.unique_key for row in queued(jobs)] == ["unique_invoice:7", "unique_invoice:8"]
+    assert workers.run("--stop-when-empty", *FAST).returncode == 0
+    assert isinstance(jobs.unique_invoice.dispatch(7), int)  # completed: the key is free
+
+
+def test_the_key_is_freed_by_final_failure_and_by_rollback(jobs, workers):
+    assert jobs.unique_failing.dispatch("acme") is not None
+    assert workers.run("--stop-when-empty", *FAST).returncode == 0
+    assert count(jobs.app, jobs.app.store.tables.failed_jobs) == 1
+    assert jobs.unique_failing.dispatch("acme") is not None  # failed for good: free
+    with Session(jobs.app.engine) as session:
+        assert jobs.unique_invoice.options(connection=session).dispatch(9) is not None
+        session.rollback()
+    assert jobs.unique_invoice.dispatch(9) is not None
+
+
+def test_a_taken_key_does_not_break_the_callers_transaction(jobs):
+    jobs.unique_invoice.dispatch(10)
+    with jobs.app.engine.connect() as connection, connection.begin():
+        assert jobs.unique_invoice.options(connection=connection).dispatch(10) is None
+        connection.execute(jobs.effects.insert().values(tag="after", event="x", pid=1,
+                                                        at=jobs.app.store.now()))
+    assert count(jobs.app, jobs.effects, jobs.effects.c.tag == "after") == 1
+
+
+def test_unique_for_frees_the_key_after_it_passes(jobs):
+    table, dialect = jobs.app.store.tables.jobs, jobs.app.store.dialect
+    held = jobs.unique_invoice.dispatch(11)
+    with jobs.app.engine.begin() as c:
+        c.execute(sa.update(table).values(unique_expires_at=dialect.now_plus(-1)))
+    fresh = jobs.unique_invoice.dispatch(11)
+    assert fresh is not None and fresh != held
+    assert [(r.id, r.unique_key) for r in queued(jobs)] == [(held, None),
+                                                             (fresh, "unique_invoice:11")]
+
+
+def test_unique_until_processing_frees_the_key_when_the_job_starts(jobs, workers):
+    for name, frees in (("unique_slow", False), ("unique_slow_processing", True)):
+        job = jobs.jobs[name]
+        assert job.dispatch(name, 1.5) is not None
+        worker = workers.start(*FAST)
+        wait_until(lambda n=name: count(jobs.app, jobs.effects, jobs.effects.c.tag == n),
+                   what=f"{name} to start")
+        # The worker frees a processing job's key right after handing it over.
+        if frees:
+            wait_until(lambda: all(r.unique_key is None for r in queued(jobs)),
+                       what="the key to be freed")
+        assert (job.dispatch(name, 0) is not None) is frees
+        worker.terminate()
+        worker.communicate(timeout=60)
+        with jobs.app.engine.begin() as c:
+            c.execute(jobs.app.store.tables.jobs.delete())
+
+
+def test_eight_threads_dispatching_the_same_job_leave_exactly_one(jobs):
+    barrier = threading.Barrier(8)
+    results = []
+
+    def dispatch():
+        barrier.wait()
+        results.append(jobs.unique_invoice.dispatch(12))
+
+    threads = [threading.Thread(target=dispatch) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(r is not None for r in results) == 1
+    assert len(queued(jobs)) == 1
+
+
+def test_bulk_dispatch_skips_taken_keys_and_queues_the_rest(jobs):
+    jobs.unique_invoice.dispatch(13)
+    prepared = [jobs.unique_invoice.prepare(n) for n in (13, 14, 14)] + [jobs.noop.prepare()]
+    assert jobs.app.dispatch_many(prepared) == 2
+    assert sorted(str(r.unique_key) for r in queued(jobs)) == [
+        "None", "unique_invoice:13", "unique_invoice:14"]
