@@ -34,6 +34,7 @@ from .errors import (
 )
 from .jobs import BoundJob, Job, JobFailure, PreparedJob
 from .locks import Lock
+from .middleware import JobContext, Middleware, WithoutOverlapping
 from .policy import Exponential
 from .settings import Settings
 
@@ -49,12 +50,14 @@ __all__ = [
     "Fail",
     "InvalidArguments",
     "Job",
+    "JobContext",
     "JobFailure",
     "JobSignal",
     "JobTimeout",
     "Lock",
     "LockNotAcquired",
     "MaxAttemptsExceeded",
+    "Middleware",
     "NotFound",
     "NotMigrated",
     "PreparedJob",
@@ -63,6 +66,7 @@ __all__ = [
     "Settings",
     "UnknownJob",
     "UnsupportedDatabase",
+    "WithoutOverlapping",
     "WorkerCrashed",
     "__version__",
 ]

@@ -112,6 +112,7 @@ class App:
             unique_key: Callable[..., Any] | None = None,
             unique_for: float | timedelta | None = None,
             unique_until: str = "completion",
+            middleware: Iterable[Any] = (),
             ) -> Callable[[Callable[P, R]], Job[P, R]]: ...
 
     def job(self, func: Callable[..., Any] | None = None, /,  # type: ignore[misc]
@@ -134,6 +135,9 @@ class App:
         seconds have passed since its dispatch, and when the dispatching
         transaction rolls back; with ``unique_until="processing"`` it is freed
         as soon as the job starts.
+
+        ``middleware`` runs around the job in the worker (see dbqueue.middleware),
+        for example ``[dbqueue.WithoutOverlapping("key")]``.
         """
         if func is not None:
             return self._register(func, **options)

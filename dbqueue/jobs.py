@@ -145,6 +145,7 @@ class Job(Generic[P, R]):
     unique_key: Callable[..., Any] | None = None
     unique_for: float | None = None
     unique_until: str = "completion"
+    middleware: tuple[Any, ...] = ()
     _signature: inspect.Signature = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -161,6 +162,10 @@ class Job(Generic[P, R]):
                 f"unique_key of job {self.name!r} must be a function of the job's arguments")
         object.__setattr__(self, "unique_for",
                            seconds("unique_for", self.unique_for, allow_zero=False))
+        object.__setattr__(self, "middleware", tuple(self.middleware))
+        if not all(callable(m) for m in self.middleware):
+            raise ConfigurationError(
+                f"middleware of job {self.name!r} must be callables (context, call_next)")
         if self.unique_until not in ("completion", "processing"):
             raise ConfigurationError(
                 f"unique_until must be 'completion' or 'processing', not {self.unique_until!r}")

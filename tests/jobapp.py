@@ -147,6 +147,26 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
     app.job(name="unique_slow_processing", unique_key=lambda key, seconds: key, timeout=300,
             unique_until="processing")(slow)
 
+    @app.job(name="one_at_a_time", tries=1, timeout=60,
+             middleware=[dbqueue.WithoutOverlapping("shared", release_after=0.05)])
+    def one_at_a_time(n: int) -> None:
+        note("serial", "start")
+        time.sleep(0.03)
+        note("serial", "end")
+
+    def tag_calls(context: Any, call_next: Any) -> Any:
+        note("wrapped", f"before:{context.attempt}", detail=str(list(context.args)))
+        result = call_next()
+        note("wrapped", "after")
+        return result
+
+    def skip_odd(context: Any, call_next: Any) -> Any:
+        return None if context.args[0] % 2 else call_next()
+
+    @app.job(name="wrapped", middleware=[tag_calls, skip_odd])
+    def wrapped(n: int) -> None:
+        note("wrapped", "body", n=n)
+
     return JobApp(app, effects, dict(app.jobs))
 
 

@@ -9,11 +9,11 @@ from dbqueue.settings import Settings
 def test_public_names_are_pinned():
     assert sorted(dbqueue.__all__) == sorted([
         "App", "BoundJob", "ConfigurationError", "DBQueueError", "DatabaseUnavailable",
-        "Exponential", "Fail", "InvalidArguments", "Job", "JobFailure", "JobSignal",
-        "JobTimeout", "Lock", "LockNotAcquired", "MaxAttemptsExceeded", "NotFound",
+        "Exponential", "Fail", "InvalidArguments", "Job", "JobContext", "JobFailure", "JobSignal",
+        "JobTimeout", "Lock", "LockNotAcquired", "MaxAttemptsExceeded", "Middleware", "NotFound",
         "NotMigrated", "PreparedJob",
         "Release", "SerializationError", "Settings", "UnknownJob", "UnsupportedDatabase",
-        "WorkerCrashed", "__version__",
+        "WithoutOverlapping", "WorkerCrashed", "__version__",
     ])
     for name in dbqueue.__all__:
         assert hasattr(dbqueue, name)

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 from ..errors import Fail, Release
 from ..jobs import JobFailure
+from ..middleware import JobContext, run_with
 
 # The messages are NamedTuples: they cross a pipe once per job, and tuples
 # pickle several times faster than slotted dataclasses.
@@ -91,7 +92,11 @@ def run_job(app: Any, task: RunJob) -> Finished:
         return Finished("permanent", exception_class=class_name(exc),
                         message=str(exc), traceback=traceback.format_exc())
     try:
-        job.func(*task.args, **task.kwargs)
+        if job.middleware:
+            run_with(job.middleware, JobContext(app, job, task.job_id, task.args, task.kwargs,
+                                                task.attempt))
+        else:
+            job.func(*task.args, **task.kwargs)
     except Release as release:
         return Finished("release", delay=release.delay)
     except Fail as fail:
