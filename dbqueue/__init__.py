@@ -32,6 +32,7 @@ from .errors import (
     UnsupportedDatabase,
     WorkerCrashed,
 )
+from .idempotency import transaction
 from .jobs import BoundJob, Job, JobFailure, PreparedJob
 from .locks import Lock
 from .middleware import JobContext, Middleware, WithoutOverlapping
@@ -69,4 +70,5 @@ __all__ = [
     "WithoutOverlapping",
     "WorkerCrashed",
     "__version__",
+    "transaction",
 ]

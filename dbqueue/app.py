@@ -18,6 +18,7 @@ from .policy import Backoff
 from .settings import Settings
 from .store import Admin, Executor, Store, WorkerRegistry, create_engine, migrator
 from .store.locks import Locks
+from .store.outcomes import Outcome, Outcomes
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -86,6 +87,10 @@ class App:
         taken (or last extended). ``wait`` is how long ``with`` waits for it."""
         return Lock(Locks(self.store), key, ttl, wait=wait)
 
+    def outcome(self, idempotency_key: str) -> Outcome | None:
+        """The recorded outcome of an idempotent job (its ``result`` is JSON text)."""
+        return Outcomes(self.store).get(idempotency_key)
+
     def restore_lock(self, key: str, owner: str, ttl: float = 120) -> Lock:
         """The lock ``key`` as held by ``owner`` (a token from ``lock.owner``), so
         that another process can release or extend it."""
@@ -113,6 +118,7 @@ class App:
             unique_for: float | timedelta | None = None,
             unique_until: str = "completion",
             middleware: Iterable[Any] = (),
+            idempotency_key: Callable[..., Any] | None = None,
             ) -> Callable[[Callable[P, R]], Job[P, R]]: ...
 
     def job(self, func: Callable[..., Any] | None = None, /,  # type: ignore[misc]
@@ -138,6 +144,9 @@ class App:
 
         ``middleware`` runs around the job in the worker (see dbqueue.middleware),
         for example ``[dbqueue.WithoutOverlapping("key")]``.
+
+        ``idempotency_key`` (a function of the job's arguments) makes the job
+        run once per key: see :func:`dbqueue.transaction`.
         """
         if func is not None:
             return self._register(func, **options)

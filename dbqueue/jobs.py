@@ -146,6 +146,7 @@ class Job(Generic[P, R]):
     unique_for: float | None = None
     unique_until: str = "completion"
     middleware: tuple[Any, ...] = ()
+    idempotency_key: Callable[..., Any] | None = None
     _signature: inspect.Signature = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -162,6 +163,9 @@ class Job(Generic[P, R]):
                 f"unique_key of job {self.name!r} must be a function of the job's arguments")
         object.__setattr__(self, "unique_for",
                            seconds("unique_for", self.unique_for, allow_zero=False))
+        if self.idempotency_key is not None and not callable(self.idempotency_key):
+            raise ConfigurationError(
+                f"idempotency_key of job {self.name!r} must be a function of its arguments")
         object.__setattr__(self, "middleware", tuple(self.middleware))
         if not all(callable(m) for m in self.middleware):
             raise ConfigurationError(
@@ -220,6 +224,13 @@ class Job(Generic[P, R]):
         key = f"{self.name}:{part}"
         if len(key) > 191:  # the column's size; a digest keeps long keys distinct
             key = f"{self.name[:100]}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+        return key
+
+    def idempotency_id(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        assert self.idempotency_key is not None
+        key = str(self.idempotency_key(*args, **kwargs))
+        if len(key) > 191:  # the column's size; a digest keeps long keys distinct
+            key = f"sha256:{hashlib.sha256(key.encode()).hexdigest()}"
         return key
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

@@ -40,13 +40,13 @@ class Middleware(Protocol):
     def __call__(self, context: JobContext, call_next: Callable[[], Any]) -> Any: ...
 
 
-def run_with(middleware: tuple[Middleware, ...], context: JobContext) -> Any:
-    """Run the job through its middleware, the first listed outermost."""
-    job = context.job
+def run_with(middleware: tuple[Middleware, ...], context: JobContext,
+             body: Callable[[], Any]) -> Any:
+    """Run ``body`` through the middleware, the first listed outermost."""
 
     def call(index: int) -> Any:
         if index == len(middleware):
-            return job.func(*context.args, **context.kwargs)
+            return body()
         return middleware[index](context, lambda: call(index + 1))
 
     return call(0)

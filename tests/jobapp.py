@@ -167,6 +167,30 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
     def wrapped(n: int) -> None:
         note("wrapped", "body", n=n)
 
+    def charge_once(order: int) -> bool:
+        """Record a charge through the outcome's transaction; True on the first one."""
+        connection = dbqueue.transaction()
+        connection.execute(effects.insert().values(
+            tag="charge", event=str(order), pid=os.getpid(), at=app.store._now()))
+        return connection.execute(
+            sa.select(sa.func.count()).select_from(effects)
+            .where(effects.c.tag == "charge", effects.c.event == str(order))).scalar_one() == 1
+
+    @app.job(name="charge", tries=3, idempotency_key=lambda order, seconds=0: f"charge:{order}")
+    def charge(order: int, seconds: float = 0) -> dict[str, int]:
+        charge_once(order)
+        time.sleep(seconds)
+        return {"order": order, "cents": 4200}
+
+    @app.job(name="charge_then_freeze", tries=3,
+             idempotency_key=lambda order: f"freeze:{order}")
+    def charge_then_freeze(order: int) -> None:
+        """The first run stops its own supervisor: the outcome commits, but the
+        worker can never record the job as complete."""
+        if charge_once(order):
+            (worker,) = app.workers.live(seen_within=60)
+            os.kill(worker.pid, signal.SIGSTOP)
+
     return JobApp(app, effects, dict(app.jobs))
 
 

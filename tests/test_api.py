@@ -13,7 +13,7 @@ def test_public_names_are_pinned():
         "JobTimeout", "Lock", "LockNotAcquired", "MaxAttemptsExceeded", "Middleware", "NotFound",
         "NotMigrated", "PreparedJob",
         "Release", "SerializationError", "Settings", "UnknownJob", "UnsupportedDatabase",
-        "WithoutOverlapping", "WorkerCrashed", "__version__",
+        "WithoutOverlapping", "WorkerCrashed", "__version__", "transaction",
     ])
     for name in dbqueue.__all__:
         assert hasattr(dbqueue, name)

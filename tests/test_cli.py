@@ -394,7 +394,7 @@ def test_version_and_help_name_every_command():
     usage = dbqueue_cli("--help", env=env)
     assert usage.returncode == 0
     for command in ("work", "migrate", "status", "restart", "failed", "retry", "forget", "flush",
-                    "locks"):
+                    "locks", "outcomes"):
         assert re.search(rf"^  {command} ", usage.stdout, re.MULTILINE), command
 
 

@@ -7,6 +7,7 @@ import click
 from .. import __version__
 from .failed import failed, flush, forget, retry
 from .locks import locks
+from .outcomes import outcomes
 from .status import migrate, restart, status
 from .work import work
 
@@ -20,7 +21,8 @@ def cli() -> None:
     """
 
 
-for command in (work, migrate, status, restart, failed, retry, forget, flush, locks):
+for command in (work, migrate, status, restart, failed, retry, forget, flush, locks,
+                outcomes):
     cli.add_command(command)
 
 

@@ -12,10 +12,12 @@ import os
 import signal
 import sys
 import traceback
+from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
 from ..errors import Fail, Release
+from ..idempotency import run_idempotent
 from ..jobs import JobFailure
 from ..middleware import JobContext, run_with
 
@@ -91,12 +93,17 @@ def run_job(app: Any, task: RunJob) -> Finished:
     except Exception as exc:  # an unknown job or bad arguments: retrying cannot help
         return Finished("permanent", exception_class=class_name(exc),
                         message=str(exc), traceback=traceback.format_exc())
+    def body() -> Any:
+        return job.func(*task.args, **task.kwargs)
+
+    if job.idempotency_key is not None:  # innermost: its transaction spans only the body
+        body = partial(run_idempotent, app, job, task.job_id, task.args, task.kwargs, body)
     try:
         if job.middleware:
             run_with(job.middleware, JobContext(app, job, task.job_id, task.args, task.kwargs,
-                                                task.attempt))
+                                                task.attempt), body)
         else:
-            job.func(*task.args, **task.kwargs)
+            body()
     except Release as release:
         return Finished("release", delay=release.delay)
     except Fail as fail:

@@ -155,16 +155,22 @@ class Dialect:
 
     def insert_unique(self, connection: Connection, jobs: sa.Table,
                       values: dict[str, Any]) -> int | None:
-        """Insert a job with a unique_key; None, and no error, if the key is taken.
+        """Insert a job with a unique_key; None, and no error, if the key is taken."""
+        row = self.insert_if_absent(connection, jobs, values, jobs.c.unique_key, jobs.c.id)
+        return None if row is None else int(row)
+
+    def insert_if_absent(self, connection: Connection, table: sa.Table, values: dict[str, Any],
+                         key: sa.Column[Any], returning: sa.Column[Any]) -> Any:
+        """Insert a row unless one with the same unique ``key`` exists; return the
+        new row's ``returning`` column, or None when it existed.
 
         ON CONFLICT DO NOTHING rather than catching the duplicate-key error: on
-        PostgreSQL that error would abort the caller's whole transaction.
+        PostgreSQL that error would abort the caller's whole transaction. A
+        concurrent insert of the same key waits for the other transaction to end.
         """
-        statement = (self.upsert_module().insert(jobs).values(values)
-                     .on_conflict_do_nothing(index_elements=[jobs.c.unique_key])
-                     .returning(jobs.c.id))
-        row = connection.execute(statement).first()
-        return int(row.id) if row else None
+        statement = (self.upsert_module().insert(table).values(values)
+                     .on_conflict_do_nothing(index_elements=[key]).returning(returning))
+        return connection.execute(statement).scalar()
 
     # --- locks ------------------------------------------------------------------
 

@@ -107,17 +107,19 @@ class MySQL(Dialect):
             for row in locked
         ]
 
-    def insert_unique(self, connection: Connection, jobs: sa.Table,
-                      values: dict[str, Any]) -> int | None:
+    def insert_if_absent(self, connection: Connection, table: sa.Table, values: dict[str, Any],
+                         key: sa.Column[Any], returning: sa.Column[Any]) -> Any:
         # MySQL undoes only the failed statement on a duplicate key, so the
         # caller's transaction goes on; INSERT IGNORE would hide other errors.
         try:
-            key = connection.execute(sa.insert(jobs).values(values)).inserted_primary_key
+            result = connection.execute(sa.insert(table).values(values))
         except sa.exc.IntegrityError as exc:
             if _errno(exc) == _DUPLICATE_KEY:
                 return None
             raise
-        return int(key[0]) if key else None
+        if returning.name in values:
+            return values[returning.name]
+        return result.inserted_primary_key[0]  # type: ignore[index]  # the autoincrement id
 
     def acquire_lock(self, connection: Connection, locks: sa.Table, key: str, owner: str,
                      ttl: float) -> bool:

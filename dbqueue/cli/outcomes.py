@@ -1,0 +1,51 @@
+"""``dbqueue outcomes``: the recorded outcomes of idempotent jobs."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..store.outcomes import Outcomes
+from .common import connection_options, friendly_errors, open_app, print_json
+
+
+@click.group()
+def outcomes() -> None:
+    """Outcomes of idempotent jobs (job_outcomes): show one, prune old ones."""
+
+
+@outcomes.command("show")
+@connection_options
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@friendly_errors
+def show(url: str | None, app_reference: str | None, table_prefix: str | None, key: str,
+         as_json: bool) -> None:
+    """Show the outcome recorded under the idempotency KEY."""
+    outcome = Outcomes(open_app(url, app_reference, table_prefix).store).get(key)
+    if outcome is None:
+        raise click.ClickException(f"no outcome is recorded under {key!r}")
+    if as_json:
+        print_json(outcome)
+        return
+    result = outcome.result
+    if result is not None:
+        result = json.dumps(json.loads(result), indent=2, ensure_ascii=False)
+    for label, value in [("key", outcome.idempotency_key), ("job", outcome.job),
+                         ("job id", outcome.job_id), ("status", outcome.status),
+                         ("recorded", outcome.created_at)]:
+        click.echo(f"{label + ':':<10}{value}")
+    click.echo(f"result:\n{result}")
+
+
+@outcomes.command("prune")
+@connection_options
+@click.option("--older-than", "days", type=click.FloatRange(min=0), required=True,
+              metavar="DAYS", help="Delete outcomes recorded more than DAYS days ago.")
+@friendly_errors
+def prune(url: str | None, app_reference: str | None, table_prefix: str | None,
+          days: float) -> None:
+    """Delete old outcomes (after that, a job with such a key would run again)."""
+    deleted = Outcomes(open_app(url, app_reference, table_prefix).store).prune(days)
+    click.echo(f"Deleted {deleted} outcome(s).")

@@ -1,0 +1,63 @@
+"""job_outcomes: what an idempotent job did, under a unique key that outlives the job.
+
+The outcome row is written in the same transaction as the job's own database
+effects, so the two commit together or not at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .store import Store
+
+COMPLETED = "completed"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    idempotency_key: str
+    job: str
+    job_id: int | None
+    status: str
+    result: str | None
+    """The job's return value as JSON text."""
+    created_at: datetime
+    expires_at: datetime | None
+
+
+class Outcomes:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.table = store.tables.job_outcomes
+
+    def claim(self, connection: Connection, key: str, job: str, job_id: int) -> bool:
+        """In the caller's transaction, take ``key`` for this run; False if an outcome
+        exists already. A run holding the key uncommitted makes this wait for it."""
+        table = self.table
+        return self.store.dialect.insert_if_absent(connection, table, {
+            "idempotency_key": key, "job": job, "job_id": job_id, "status": COMPLETED,
+            "created_at": self.store.dialect.now(),
+        }, table.c.idempotency_key, table.c.idempotency_key) is not None
+
+    def record(self, connection: Connection, key: str, result_json: str) -> None:
+        """In the caller's transaction, store the run's result under ``key``."""
+        table = self.table
+        connection.execute(sa.update(table).where(table.c.idempotency_key == key)
+                           .values(result=result_json))
+
+    def get(self, key: str) -> Outcome | None:
+        table = self.table
+        row = self.store.read(lambda c: c.execute(
+            sa.select(table).where(table.c.idempotency_key == key)).first())
+        return Outcome(**row._mapping) if row else None
+
+    def prune(self, older_than_days: float) -> int:
+        """Delete outcomes recorded more than ``older_than_days`` days ago."""
+        table = self.table
+        cutoff = self.store.dialect.now_plus(-older_than_days * 86400)
+        return self.store.transaction(
+            lambda c: c.execute(sa.delete(table).where(table.c.created_at < cutoff)).rowcount)
