@@ -114,3 +114,27 @@ def test_cli_lists_and_releases_locks(app, schema):
     missing = cli(schema, "locks", "release", "nightly:export")
     assert missing.returncode == 1 and "Error: no lock 'nightly:export' is held" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_another_process_restores_the_lock_by_its_owner_token(app, schema):
+    lock = app.lock("handed:over", ttl=600)
+    assert lock.acquire()
+    script = ("import sys\nimport dbqueue\n"
+              "app = dbqueue.App()\n"
+              "restored = app.restore_lock('handed:over', sys.argv[1])\n"
+              "assert restored.owned() and restored.extend(900) and restored.release()\n"
+              "assert not app.restore_lock('handed:over', 'not-the-owner').release()\n")
+    done = subprocess.run([sys.executable, "-c", script, lock.owner], cwd=ROOT,
+                          env=worker_env(schema), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert not lock.locked()
+
+
+def test_workers_prune_expired_locks(app, workers):
+    held, expired = app.lock("still:held", ttl=600), app.lock("long:gone", ttl=600)
+    assert held.acquire() and expired.acquire()
+    expire(app, "long:gone")
+    assert workers.run("--stop-when-empty", "--sleep", "0.1").returncode == 0
+    keys = app.store.read(lambda c: c.execute(
+        sa.select(app.store.tables.cache_locks.c.key)).scalars().all())
+    assert keys == ["still:held"]

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from ..errors import DatabaseUnavailable, JobTimeout, WorkerCrashed
 from ..policy import Ended, GiveUp, decide
 from ..store import Failure, Lease, WorkerInfo, WorkerRegistry
+from ..store.locks import Locks
 from .child import Finished, JobFailure, RunHook, RunJob
 from .intake import Held, admit
 from .options import WorkerOptions
@@ -38,6 +39,7 @@ _BUFFER_SECONDS = 0.2  # prefetch about this much work when jobs are short
 _PIPELINE_SECONDS = 0.02  # queue about this much work in each child when jobs are short
 _MAX_DEPTH = 16
 _HOOK_TIMEOUT = 60.0
+_HOUSEKEEPING_EVERY = 60.0
 _DEAD_AFTER = 120.0  # seconds without a heartbeat after which a worker is forgotten
 
 
@@ -60,6 +62,7 @@ class Supervisor:
         self.started = time.monotonic()
         self.next_poll = 0.0
         self.next_beat = 0.0
+        self.next_housekeeping = 0.0
         self.first_unflushed = 0.0
         self.drained = False
         self.avg_runtime: float | None = None
@@ -228,6 +231,9 @@ class Supervisor:
             if self.registry.beat(self.id) and not self.stopping:
                 self._stop("restart requested")
             self.registry.prune(silent_for=_DEAD_AFTER)
+            if now >= self.next_housekeeping:
+                self.next_housekeeping = now + _HOUSEKEEPING_EVERY
+                Locks(self.store).prune()  # expired rows hold nothing; keep the table small
         except _DB_ERRORS as exc:
             log.error("heartbeat failed, retrying: %s", exc)
             self.next_beat = now + min(self.options.heartbeat_every, 1.0)
