@@ -35,7 +35,7 @@ from .errors import (
 from .idempotency import transaction
 from .jobs import BoundJob, Job, JobFailure, PreparedJob
 from .locks import Lock
-from .middleware import JobContext, Middleware, WithoutOverlapping
+from .middleware import JobContext, Middleware, ThrottlesExceptions, WithoutOverlapping
 from .policy import Exponential
 from .settings import Settings
 
@@ -65,6 +65,7 @@ __all__ = [
     "Release",
     "SerializationError",
     "Settings",
+    "ThrottlesExceptions",
     "UnknownJob",
     "UnsupportedDatabase",
     "WithoutOverlapping",

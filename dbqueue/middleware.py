@@ -89,3 +89,47 @@ class WithoutOverlapping:
             return call_next()
         finally:
             lock.release()
+
+
+class ThrottlesExceptions:
+    """A circuit breaker around a failing dependency, shared by every host.
+
+    After ``max_attempts`` consecutive exceptions from jobs on this circuit,
+    it opens: for ``decay`` seconds every job on it is released back without
+    running (not using a try) until the circuit closes. A success resets the
+    count. When a job raises, its attempt fails as usual (its own ``tries``
+    and ``backoff`` apply); with ``backoff`` given, it is instead released for
+    that many seconds, without using a try, as Laravel does (bound such jobs
+    with ``retry_until``). The circuit is ``key`` if given, else the job's name.
+    """
+
+    def __init__(self, max_attempts: int = 10, decay: float = 600, *,
+                 backoff: float | None = None, key: str | None = None) -> None:
+        if max_attempts < 1 or not decay > 0 or (backoff is not None and backoff < 0):
+            raise ConfigurationError(
+                "ThrottlesExceptions needs max_attempts >= 1, decay > 0 and backoff >= 0 "
+                f"(got {max_attempts!r}, {decay!r}, {backoff!r})")
+        self.max_attempts = max_attempts
+        self.decay = float(decay)
+        self.backoff = backoff
+        self.key = key
+
+    def __call__(self, context: JobContext, call_next: Callable[[], Any]) -> Any:
+        from .store.circuits import Circuits
+
+        circuits = Circuits(context.app.store)
+        circuit = f"dbqueue:circuit:{self.key or context.job.name}"
+        remaining = circuits.open_for(circuit)
+        if remaining:
+            raise Release(remaining)
+        try:
+            result = call_next()
+        except Release:
+            raise
+        except Exception:
+            circuits.failed(circuit, self.max_attempts, self.decay)
+            if self.backoff is not None:
+                raise Release(self.backoff) from None
+            raise
+        circuits.succeeded(circuit)
+        return result

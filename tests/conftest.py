@@ -89,7 +89,7 @@ def jobs(schema: str) -> Iterator[jobapp.JobApp]:
     tables = built.app.store.tables
     with built.app.engine.begin() as connection:
         for table in (built.effects, tables.jobs, tables.failed_jobs, tables.job_outcomes,
-                      tables.cache_locks, tables.queue_workers):
+                      tables.cache_locks, tables.queue_workers, tables.job_circuits):
             connection.execute(table.delete())
     yield built
     built.app.dispose()

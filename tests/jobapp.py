@@ -191,6 +191,17 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
             (worker,) = app.workers.live(seen_within=60)
             os.kill(worker.pid, signal.SIGSTOP)
 
+    @app.job(name="flaky_api", tries=10, backoff=0,
+             middleware=[dbqueue.ThrottlesExceptions(max_attempts=3, decay=600)])
+    def flaky_api(n: int) -> None:
+        note("api", "called", detail=str(n))
+        raise ConnectionError("the payment API is down")
+
+    @app.job(name="healthy_api", tries=1,
+             middleware=[dbqueue.ThrottlesExceptions(max_attempts=3, decay=600, key="api")])
+    def healthy_api(n: int) -> None:
+        note("api", "called", detail=str(n))
+
     return JobApp(app, effects, dict(app.jobs))
 
 

@@ -12,7 +12,8 @@ def test_public_names_are_pinned():
         "Exponential", "Fail", "InvalidArguments", "Job", "JobContext", "JobFailure", "JobSignal",
         "JobTimeout", "Lock", "LockNotAcquired", "MaxAttemptsExceeded", "Middleware", "NotFound",
         "NotMigrated", "PreparedJob",
-        "Release", "SerializationError", "Settings", "UnknownJob", "UnsupportedDatabase",
+        "Release", "SerializationError", "Settings", "ThrottlesExceptions", "UnknownJob",
+        "UnsupportedDatabase",
         "WithoutOverlapping", "WorkerCrashed", "__version__", "transaction",
     ])
     for name in dbqueue.__all__:

@@ -4,6 +4,7 @@ import os
 import signal
 
 import pytest
+import sqlalchemy as sa
 
 import dbqueue
 from tests.conftest import count, rows, wait_until
@@ -44,3 +45,53 @@ def test_without_overlapping_runs_jobs_with_one_key_one_at_a_time(jobs, workers)
     for start, end in zip(ordered[::2], ordered[1::2], strict=True):
         assert (start.event, end.event, start.pid) == ("start", "end", end.pid)
     assert count(jobs.app, jobs.app.store.tables.cache_locks) == 0  # every holder released
+
+
+def circuit(jobs, key):
+    table = jobs.app.store.tables.job_circuits
+    return jobs.app.store.read(
+        lambda c: c.execute(sa.select(table).where(table.c.key == key)).first())
+
+
+def make_due(jobs):
+    table, dialect = jobs.app.store.tables.jobs, jobs.app.store.dialect
+    with jobs.app.engine.begin() as c:
+        c.execute(sa.update(table).values(available_at=dialect.now_plus(-1)))
+
+
+def test_throttles_exceptions_opens_after_n_failures_and_closes_after_decay(jobs, workers):
+    calls = lambda: count(jobs.app, jobs.effects, jobs.effects.c.tag == "api")  # noqa: E731
+    jobs.flaky_api.dispatch(1)
+    assert workers.run("--max-jobs", "3", *FAST).returncode == 0  # three failed attempts
+    assert calls() == 3
+    state = circuit(jobs, "dbqueue:circuit:flaky_api")
+    assert state.failures == 0 and state.opened_until is not None
+    assert (state.opened_until - jobs.app.store.now()).total_seconds() > 590
+
+    make_due(jobs)  # open: released until it closes, without running or using a try
+    assert workers.run("--max-jobs", "1", *FAST).returncode == 0
+    assert calls() == 3
+    (row,) = rows(jobs.app, jobs.app.store.tables.jobs)
+    assert row.attempts == 3 and row.reserved_by is None
+    assert (row.available_at - jobs.app.store.now()).total_seconds() > 590
+
+    table, dialect = jobs.app.store.tables.job_circuits, jobs.app.store.dialect
+    with jobs.app.engine.begin() as c:  # decay has passed
+        c.execute(sa.update(table).values(opened_until=dialect.now_plus(-1)))
+    make_due(jobs)
+    assert workers.run("--max-jobs", "1", *FAST).returncode == 0
+    assert calls() == 4  # closed: the job runs again
+    assert circuit(jobs, "dbqueue:circuit:flaky_api").failures == 1
+
+
+def test_a_success_resets_the_count_of_consecutive_failures(jobs, workers):
+    from dbqueue.store.circuits import Circuits
+
+    circuits = Circuits(jobs.app.store)
+    assert not circuits.failed("dbqueue:circuit:api", 3, 600)
+    assert not circuits.failed("dbqueue:circuit:api", 3, 600)
+    jobs.healthy_api.dispatch(9)
+    assert workers.run("--stop-when-empty", *FAST).returncode == 0
+    state = circuit(jobs, "dbqueue:circuit:api")
+    assert state.failures == 0 and state.opened_until is None
+    assert not circuits.failed("dbqueue:circuit:api", 3, 600)  # counting starts again

@@ -27,6 +27,7 @@ class Tables:
     job_outcomes: sa.Table
     cache_locks: sa.Table
     queue_workers: sa.Table
+    job_circuits: sa.Table
 
 
 def build_tables(prefix: str = "") -> Tables:
@@ -95,4 +96,11 @@ def build_tables(prefix: str = "") -> Tables:
         sa.Column("last_seen_at", UtcDateTime, nullable=False),
         sa.Column("stop_requested_at", UtcDateTime),
     )
-    return Tables(metadata, jobs, failed_jobs, job_outcomes, cache_locks, queue_workers)
+    job_circuits = sa.Table(
+        f"{prefix}job_circuits", metadata,
+        sa.Column("key", sa.String(191), primary_key=True),
+        sa.Column("failures", sa.Integer, nullable=False, default=0),
+        sa.Column("opened_until", UtcDateTime),
+    )
+    return Tables(metadata, jobs, failed_jobs, job_outcomes, cache_locks, queue_workers,
+                  job_circuits)

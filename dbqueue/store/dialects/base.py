@@ -172,6 +172,13 @@ class Dialect:
                      .on_conflict_do_nothing(index_elements=[key]).returning(returning))
         return connection.execute(statement).scalar()
 
+    def increment(self, connection: Connection, table: sa.Table, key: sa.Column[Any],
+                  value: str, counter: sa.Column[Any]) -> None:
+        """Add one to ``counter`` in the row ``key = value``, creating it at 1."""
+        insert = self.upsert_module().insert(table).values({key.name: value, counter.name: 1})
+        connection.execute(insert.on_conflict_do_update(
+            index_elements=[key], set_={counter.name: counter + 1}))
+
     # --- locks ------------------------------------------------------------------
 
     def upsert_module(self) -> Any:

@@ -121,6 +121,11 @@ class MySQL(Dialect):
             return values[returning.name]
         return result.inserted_primary_key[0]  # type: ignore[index]  # the autoincrement id
 
+    def increment(self, connection: Connection, table: sa.Table, key: sa.Column[Any],
+                  value: str, counter: sa.Column[Any]) -> None:
+        insert = mysql.insert(table).values({key.name: value, counter.name: 1})
+        connection.execute(insert.on_duplicate_key_update({counter.name: counter + 1}))
+
     def acquire_lock(self, connection: Connection, locks: sa.Table, key: str, owner: str,
                      ttl: float) -> bool:
         # No conditional ON CONFLICT on MySQL: ON DUPLICATE KEY UPDATE keeps the
