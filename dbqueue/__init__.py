@@ -35,7 +35,13 @@ from .errors import (
 from .idempotency import transaction
 from .jobs import BoundJob, Job, JobFailure, PreparedJob
 from .locks import Lock
-from .middleware import JobContext, Middleware, ThrottlesExceptions, WithoutOverlapping
+from .middleware import (
+    JobContext,
+    Middleware,
+    RateLimited,
+    ThrottlesExceptions,
+    WithoutOverlapping,
+)
 from .policy import Exponential
 from .settings import Settings
 
@@ -62,6 +68,7 @@ __all__ = [
     "NotFound",
     "NotMigrated",
     "PreparedJob",
+    "RateLimited",
     "Release",
     "SerializationError",
     "Settings",

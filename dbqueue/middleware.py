@@ -13,6 +13,7 @@ middleware can still run its full number of attempts.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -133,3 +134,50 @@ class ThrottlesExceptions:
             raise
         circuits.succeeded(circuit)
         return result
+
+
+class RateLimited:
+    """At most ``limit`` jobs start in any ``per``-second window, across every host.
+
+    ``name`` names the limit (jobs of several kinds may share one); ``key``, a
+    function of the job's arguments, splits it (one limit per customer, say).
+    A job over the limit is released, without using a try, until a slot frees.
+
+    The limit is kept with ``limit`` slots in ``cache_locks``. A job takes a free
+    slot before it runs and gives it back ``per`` seconds after it *ends*, so
+    any ``limit + 1`` starts span at least ``per`` seconds by the database
+    clock, and at most ``limit`` such jobs run at once: what a rate-limited
+    third-party API usually wants. Taking a slot costs up to ``limit`` short
+    transactions when the limit is reached: keep ``limit`` modest (say, up to
+    a hundred) and ``per`` at a second or more.
+    """
+
+    def __init__(self, name: str, limit: int, per: float, *,
+                 key: Callable[..., Any] | None = None) -> None:
+        if not name or limit < 1 or not per > 0:
+            raise ConfigurationError(
+                f"RateLimited needs a name, limit >= 1 and per > 0 (got {name!r}, {limit!r}, "
+                f"{per!r})")
+        self.name, self.limit, self.per, self.key = name, limit, float(per), key
+
+    def slots(self, context: JobContext) -> list[str]:
+        part = "" if self.key is None else f":{self.key(*context.args, **context.kwargs)}"
+        return [f"dbqueue:rate:{self.name}{part}:{slot}" for slot in range(self.limit)]
+
+    def __call__(self, context: JobContext, call_next: Callable[[], Any]) -> Any:
+        from .store.locks import Locks
+
+        locks, slots = Locks(context.app.store), self.slots(context)
+        # Held for the run (the job cannot outlive its timeout), then `per` more.
+        hold = context.job.timeout + self.per
+        start = random.randrange(self.limit)  # spread contenders over the slots
+        for slot in slots[start:] + slots[:start]:
+            lock = context.app.lock(slot, ttl=hold)
+            if lock.acquire():
+                break
+        else:
+            raise Release(max(locks.free_in(slots), 0.01))
+        try:
+            return call_next()
+        finally:
+            lock.extend(self.per)

@@ -202,6 +202,10 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
     def healthy_api(n: int) -> None:
         note("api", "called", detail=str(n))
 
+    @app.job(name="limited", tries=1, middleware=[dbqueue.RateLimited("api", limit=5, per=1)])
+    def limited(n: int) -> None:
+        note("limited", "start", n=n)
+
     return JobApp(app, effects, dict(app.jobs))
 
 

@@ -11,7 +11,7 @@ def test_public_names_are_pinned():
         "App", "BoundJob", "ConfigurationError", "DBQueueError", "DatabaseUnavailable",
         "Exponential", "Fail", "InvalidArguments", "Job", "JobContext", "JobFailure", "JobSignal",
         "JobTimeout", "Lock", "LockNotAcquired", "MaxAttemptsExceeded", "Middleware", "NotFound",
-        "NotMigrated", "PreparedJob",
+        "NotMigrated", "PreparedJob", "RateLimited",
         "Release", "SerializationError", "Settings", "ThrottlesExceptions", "UnknownJob",
         "UnsupportedDatabase",
         "WithoutOverlapping", "WorkerCrashed", "__version__", "transaction",

@@ -95,3 +95,20 @@ def test_a_success_resets_the_count_of_consecutive_failures(jobs, workers):
     state = circuit(jobs, "dbqueue:circuit:api")
     assert state.failures == 0 and state.opened_until is None
     assert not circuits.failed("dbqueue:circuit:api", 3, 600)  # counting starts again
+
+
+def test_rate_limited_never_starts_more_than_five_jobs_in_any_second(jobs, workers):
+    jobs.app.dispatch_many([jobs.limited.prepare(n) for n in range(60)])
+    hosts = [workers.start("--concurrency", "2", *FAST) for _ in range(3)]
+    wait_until(lambda: count(jobs.app, jobs.app.store.tables.jobs) == 0, timeout=240,
+               what="all 60 rate-limited jobs to complete")
+    for host in hosts:
+        os.killpg(host.pid, signal.SIGTERM)
+        output, _ = host.communicate(timeout=60)
+        assert host.returncode == 0, output
+    starts = sorted(r.at for r in rows(jobs.app, jobs.effects, jobs.effects.c.tag == "limited"))
+    assert len(starts) == 60  # all ran; tries=1, so no release used up a try
+    assert count(jobs.app, jobs.app.store.tables.failed_jobs) == 0
+    # No window [t, t + 1 s) holds six starts: any six in a row span a second.
+    spans = [(starts[i + 5] - starts[i]).total_seconds() for i in range(len(starts) - 5)]
+    assert min(spans) >= 1.0, min(spans)

@@ -55,6 +55,17 @@ class Locks:
             sa.update(table).where(table.c.key == key, table.c.owner == owner)
             .values(expires_at=self.store.dialect.now_plus(ttl))).rowcount == 1)
 
+    def free_in(self, keys: list[str]) -> float:
+        """Seconds until the first of ``keys`` expires (0 if one is free already)."""
+        table, now = self.table, self.store._now()
+        row = self.store.read(lambda c: c.execute(
+            sa.select(sa.func.min(table.c.expires_at), sa.func.count(), now)
+            .where(table.c.key.in_(keys), table.c.expires_at > now)).first())
+        soonest, held, db_now = row  # type: ignore[misc]
+        if held < len(keys) or soonest is None:
+            return 0.0
+        return max(0.0, (soonest - db_now).total_seconds())
+
     def holder(self, key: str) -> LockInfo | None:
         """Who holds ``key`` now (an expired row holds nothing)."""
         table = self.table
