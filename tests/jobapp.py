@@ -202,6 +202,11 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
     def healthy_api(n: int) -> None:
         note("api", "called", detail=str(n))
 
+    @app.job(name="drop_if_busy", middleware=[
+        dbqueue.WithoutOverlapping("nightly", dont_release=True, expire_after=600)])
+    def drop_if_busy(n: int) -> None:
+        note("nightly", "ran", n=n)
+
     @app.job(name="limited", tries=1, middleware=[dbqueue.RateLimited("api", limit=5, per=1)])
     def limited(n: int) -> None:
         note("limited", "start", n=n)

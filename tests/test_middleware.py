@@ -112,3 +112,19 @@ def test_rate_limited_never_starts_more_than_five_jobs_in_any_second(jobs, worke
     # No window [t, t + 1 s) holds six starts: any six in a row span a second.
     spans = [(starts[i + 5] - starts[i]).total_seconds() for i in range(len(starts) - 5)]
     assert min(spans) >= 1.0, min(spans)
+
+
+def test_without_overlapping_drops_or_waits_for_a_dead_holders_key_to_expire(jobs, workers):
+    key = "dbqueue:overlap:drop_if_busy:nightly"
+    dead_holder = jobs.app.lock(key, ttl=600)  # a holder that died without releasing
+    assert dead_holder.acquire()
+    jobs.drop_if_busy.dispatch(1)
+    assert workers.run("--stop-when-empty", *FAST).returncode == 0
+    assert count(jobs.app, jobs.effects) == 0  # dont_release: dropped, not run
+    assert count(jobs.app, jobs.app.store.tables.jobs) == 0
+    table, dialect = jobs.app.store.tables.cache_locks, jobs.app.store.dialect
+    with jobs.app.engine.begin() as c:  # expire_after has passed
+        c.execute(sa.update(table).values(expires_at=dialect.now_plus(-1)))
+    jobs.drop_if_busy.dispatch(2)
+    assert workers.run("--stop-when-empty", *FAST).returncode == 0
+    assert [r.n for r in rows(jobs.app, jobs.effects)] == [2]
