@@ -12,6 +12,20 @@ from tests.conftest import count, rows, wait_until
 FAST = ("--sleep", "0.05")
 
 
+def drain(jobs, workers, hosts):
+    """Run ``hosts`` workers (concurrency 2) until the queue is empty, then stop them.
+
+    Not --stop-when-empty: jobs released for a moment would let a worker exit early.
+    """
+    running = [workers.start("--concurrency", "2", *FAST) for _ in range(hosts)]
+    wait_until(lambda: count(jobs.app, jobs.app.store.tables.jobs) == 0, timeout=240,
+               what="every job to complete")
+    for host in running:
+        os.killpg(host.pid, signal.SIGTERM)
+        output, _ = host.communicate(timeout=60)
+        assert host.returncode == 0, output
+
+
 def test_middleware_wraps_the_job_in_order_and_can_skip_it(jobs, workers):
     jobs.wrapped.dispatch(2)
     jobs.wrapped.dispatch(3)  # skip_odd returns without calling the job: it completes
@@ -30,13 +44,7 @@ def test_middleware_must_be_callable(app):
 
 def test_without_overlapping_runs_jobs_with_one_key_one_at_a_time(jobs, workers):
     jobs.app.dispatch_many([jobs.one_at_a_time.prepare(n) for n in range(40)])
-    hosts = [workers.start("--concurrency", "2", *FAST) for _ in range(2)]
-    wait_until(lambda: count(jobs.app, jobs.app.store.tables.jobs) == 0, timeout=180,
-               what="all 40 jobs to complete")
-    for host in hosts:
-        os.killpg(host.pid, signal.SIGTERM)
-        output, _ = host.communicate(timeout=60)
-        assert host.returncode == 0, output
+    drain(jobs, workers, hosts=2)
     # tries=1: had a release counted as an attempt, jobs would have failed.
     assert count(jobs.app, jobs.app.store.tables.failed_jobs) == 0
     events = rows(jobs.app, jobs.effects, jobs.effects.c.tag == "serial")
@@ -99,13 +107,7 @@ def test_a_success_resets_the_count_of_consecutive_failures(jobs, workers):
 
 def test_rate_limited_never_starts_more_than_five_jobs_in_any_second(jobs, workers):
     jobs.app.dispatch_many([jobs.limited.prepare(n) for n in range(60)])
-    hosts = [workers.start("--concurrency", "2", *FAST) for _ in range(3)]
-    wait_until(lambda: count(jobs.app, jobs.app.store.tables.jobs) == 0, timeout=240,
-               what="all 60 rate-limited jobs to complete")
-    for host in hosts:
-        os.killpg(host.pid, signal.SIGTERM)
-        output, _ = host.communicate(timeout=60)
-        assert host.returncode == 0, output
+    drain(jobs, workers, hosts=3)
     starts = sorted(r.at for r in rows(jobs.app, jobs.effects, jobs.effects.c.tag == "limited"))
     assert len(starts) == 60  # all ran; tries=1, so no release used up a try
     assert count(jobs.app, jobs.app.store.tables.failed_jobs) == 0

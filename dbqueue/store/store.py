@@ -273,40 +273,30 @@ class Store:
 
     def heartbeat(self, leases: Iterable[Lease], lease: float) -> int:
         """Renew the leases still held; return how many were."""
-        jobs = self.tables.jobs
-        grouped = _by_token(leases)
-        if not grouped:
-            return 0
-
-        def work(c: Connection) -> int:
-            renewed = 0
-            for token, ids in grouped.items():
-                for chunk in _chunks(ids):
-                    renewed += c.execute(
-                        sa.update(jobs)
-                        .where(jobs.c.reserved_by == token, jobs.c.id.in_(chunk))
-                        .values(reserved_at=self.dialect.now(),
-                                available_at=self.dialect.now_plus(lease))
-                    ).rowcount
-            return renewed
-
-        return self.transaction(work)
+        return self._for_leases(leases, lambda held: sa.update(self.tables.jobs).where(held).values(
+            reserved_at=self.dialect.now(), available_at=self.dialect.now_plus(lease)))
 
     def complete(self, leases: Iterable[Lease]) -> int:
         """Delete completed jobs still held under their leases; return how many."""
+        return self._for_leases(leases, lambda held: sa.delete(self.tables.jobs).where(held))
+
+    def _for_leases(self, leases: Iterable[Lease],
+                    statement: Callable[[sa.ColumnElement[bool]], sa.Executable]) -> int:
+        """Run ``statement(held)`` over the jobs still held under ``leases``, where
+        ``held`` matches them by id and token, in one transaction; return the
+        rows it touched."""
         jobs = self.tables.jobs
         grouped = _by_token(leases)
         if not grouped:
             return 0
 
         def work(c: Connection) -> int:
-            deleted = 0
+            touched = 0
             for token, ids in grouped.items():
                 for chunk in _chunks(ids):
-                    deleted += c.execute(
-                        sa.delete(jobs).where(jobs.c.reserved_by == token, jobs.c.id.in_(chunk))
-                    ).rowcount
-            return deleted
+                    held = sa.and_(jobs.c.reserved_by == token, jobs.c.id.in_(chunk))
+                    touched += c.execute(statement(held)).rowcount  # type: ignore[attr-defined]
+            return touched
 
         return self.transaction(work)
 
@@ -328,39 +318,16 @@ class Store:
 
     def drop_unique_keys(self, leases: Iterable[Lease]) -> int:
         """Free the unique keys of jobs that have started (``unique_until="processing"``)."""
-        jobs = self.tables.jobs
-        grouped = _by_token(leases)
-
-        def work(c: Connection) -> int:
-            freed = 0
-            for token, ids in grouped.items():
-                for chunk in _chunks(ids):
-                    freed += c.execute(
-                        sa.update(jobs).where(jobs.c.reserved_by == token, jobs.c.id.in_(chunk))
-                        .values(unique_key=None, unique_expires_at=None)).rowcount
-            return freed
-
-        return self.transaction(work) if grouped else 0
+        return self._for_leases(leases, lambda held: sa.update(self.tables.jobs).where(held)
+                                .values(unique_key=None, unique_expires_at=None))
 
     def release_all(self, leases: Iterable[Lease]) -> int:
         """Give back jobs reserved but not run (a worker stopping): available now,
         their attempt not counted."""
         jobs = self.tables.jobs
-        grouped = _by_token(leases)
-
-        def work(c: Connection) -> int:
-            released = 0
-            for token, ids in grouped.items():
-                for chunk in _chunks(ids):
-                    released += c.execute(
-                        sa.update(jobs)
-                        .where(jobs.c.reserved_by == token, jobs.c.id.in_(chunk))
-                        .values(reserved_by=None, reserved_at=None,
-                                available_at=self.dialect.now(), attempts=jobs.c.attempts - 1)
-                    ).rowcount
-            return released
-
-        return self.transaction(work) if grouped else 0
+        return self._for_leases(leases, lambda held: sa.update(jobs).where(held).values(
+            reserved_by=None, reserved_at=None, available_at=self.dialect.now(),
+            attempts=jobs.c.attempts - 1))
 
     def fail(self, job: ReservedRow, token: str, failure: Failure, worker: str) -> bool:
         """Move a reserved job to failed_jobs, in one transaction.
