@@ -1,29 +1,50 @@
 """Measure dbqueue's throughput on one database; run it through ./scripts/bench.
 
     ./scripts/bench [--url URL] [--jobs N] [--concurrency C] [--table-prefix P]
+                    [--only enqueue,process,locks,overlap,idempotent]
 
 Every table it uses carries its own prefix (default ``bench_``): they are
 dropped and created at the start and dropped at the end, so real data is never
-touched. It measures, with the no-op job of scripts/bench_app.py:
+touched. With the jobs of scripts/bench_app.py, and ``--only`` to run some of
+the groups below (default: all), it measures:
 
+enqueue
   enqueue_single_per_s        ``noop.dispatch(i)``, each in its own transaction,
                               for min(N, 2000) jobs (then the tables are reset)
   enqueue_bulk_per_s          ``app.dispatch_many`` of N jobs in chunks of 5,000
                               (only the calls are timed, not preparing the jobs)
+process, overlap, idempotent (any of them)
   startup_s                   ``dbqueue work --stop-when-empty`` on an empty queue:
                               the worker's start-up and shutdown
-  process_per_s               N jobs / wall clock of ``dbqueue work --concurrency C
-                              --stop-when-empty --sleep 0.05`` from start to exit
+process
+  process_per_s               N no-op jobs, bulk-dispatched, / wall clock of
+                              ``dbqueue work --concurrency C --stop-when-empty
+                              --sleep 0.05`` from start to exit (process_s)
   process_per_s_excl_startup  the same without startup_s (null if that leaves no time)
+overlap
+  process_overlap_per_s       the same for N jobs under ``WithoutOverlapping``,
+  (+ _excl_startup, _s)       each on a key of its own (so none waits)
+idempotent
+  process_idempotent_per_s    the same for N jobs with an ``idempotency_key``
+  (+ _excl_startup, _s)       that write nothing but their outcome
+locks
+  lock_pairs_per_s_1proc      ``app.lock(key, ttl=60)``: ``acquire()`` then
+                              ``release()``, min(N, 2000) times, in one process
+  lock_pairs_per_s_4proc      the same in each of 4 processes at once, on keys of
+                              their own (throughput, not contention): total pairs
+                              / wall clock from their common start to the last end
 
-After processing, the jobs and failed_jobs tables must both be empty. Prints one
-JSON line on stdout; progress goes to stderr.
+Every processing run starts on fresh tables. After it, the jobs and failed_jobs
+tables must be empty, cache_locks too after the overlap jobs, and job_outcomes
+must hold one outcome per idempotent job. Prints one JSON line on stdout;
+progress goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -34,8 +55,11 @@ from pathlib import Path
 import sqlalchemy as sa
 
 SCRIPTS = Path(__file__).resolve().parent
-SINGLE_SAMPLE = 2000
+GROUPS = ("enqueue", "process", "locks", "overlap", "idempotent")
+SAMPLE = 2000  # single dispatches, and lock pairs per process
 CHUNK = 5000
+LOCK_PROCESSES = 4
+LOCK_KEYS = 50  # per process
 
 
 def say(message: str) -> None:
@@ -63,6 +87,11 @@ def run_worker(concurrency: int) -> float:
     return time.perf_counter() - started
 
 
+def rows(app, table: sa.Table) -> int:
+    return app.store.read(
+        lambda c: c.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
 def counts(app) -> tuple[int, int]:
     """Jobs still in the jobs table, and failed jobs."""
     status = app.admin.status()
@@ -70,44 +99,122 @@ def counts(app) -> tuple[int, int]:
             sum(q.failed for q in status))
 
 
-def bench(app, noop, jobs: int, concurrency: int) -> dict[str, float | None]:
-    reset(app)
-    sample = min(jobs, SINGLE_SAMPLE)
-    say(f"single dispatch of {sample} jobs")
-    started = time.perf_counter()
-    for i in range(sample):
-        noop.dispatch(i)
-    single_s = time.perf_counter() - started
-    reset(app)  # process exactly the bulk jobs below
-
-    say("worker start-up and shutdown on an empty queue")
-    startup_s = run_worker(concurrency)
-
-    say(f"bulk dispatch of {jobs} jobs")
+def dispatch_bulk(app, job, jobs: int) -> float:
+    """Queue ``job(i)`` for i < jobs with dispatch_many; return the seconds in its calls."""
     bulk_s = 0.0
     for start in range(0, jobs, CHUNK):
-        prepared = [noop.prepare(i) for i in range(start, min(start + CHUNK, jobs))]
+        prepared = [job.prepare(i) for i in range(start, min(start + CHUNK, jobs))]
         started = time.perf_counter()
         app.dispatch_many(prepared)
         bulk_s += time.perf_counter() - started
     if counts(app) != (jobs, 0):
         raise SystemExit(f"error: expected {jobs} queued jobs, found {counts(app)} (jobs, failed)")
+    return bulk_s
 
-    say(f"processing {jobs} jobs with concurrency {concurrency}")
+
+def bench_enqueue(app, noop, jobs: int) -> dict[str, float]:
+    reset(app)
+    sample = min(jobs, SAMPLE)
+    say(f"single dispatch of {sample} jobs")
+    started = time.perf_counter()
+    for i in range(sample):
+        noop.dispatch(i)
+    single_s = time.perf_counter() - started
+    reset(app)  # time the bulk dispatch on empty tables
+    say(f"bulk dispatch of {jobs} jobs")
+    bulk_s = dispatch_bulk(app, noop, jobs)
+    return {"enqueue_single_per_s": round(sample / single_s, 1),
+            "enqueue_bulk_per_s": round(jobs / bulk_s, 1)}
+
+
+def bench_processing(app, job, name: str, jobs: int, concurrency: int,
+                     startup_s: float) -> dict[str, float | None]:
+    """Process ``jobs`` bulk-dispatched ``job``s; keys named ``name``_per_s etc."""
+    reset(app)  # also empties cache_locks and job_outcomes
+    dispatch_bulk(app, job, jobs)
+    say(f"processing {jobs} {job.name} jobs with concurrency {concurrency}")
     process_s = run_worker(concurrency)
     left, failed = counts(app)
     if left or failed:
         raise SystemExit(f"error: after the worker, {left} job(s) left and {failed} failed")
-
+    tables = app.store.tables
+    outcomes, locks = rows(app, tables.job_outcomes), rows(app, tables.cache_locks)
+    expected = jobs if job.idempotency_key is not None else 0
+    if (outcomes, locks) != (expected, 0):
+        raise SystemExit(f"error: after the worker, {outcomes} outcome(s) (expected "
+                         f"{expected}) and {locks} lock(s) (expected 0)")
     working_s = process_s - startup_s  # <= 0 when too few jobs to tell from start-up noise
-    return {
-        "enqueue_single_per_s": round(sample / single_s, 1),
-        "enqueue_bulk_per_s": round(jobs / bulk_s, 1),
-        "process_per_s": round(jobs / process_s, 1),
-        "process_per_s_excl_startup": round(jobs / working_s, 1) if working_s > 0 else None,
-        "startup_s": round(startup_s, 3),
-        "process_s": round(process_s, 3),
-    }
+    return {f"{name}_per_s": round(jobs / process_s, 1),
+            f"{name}_per_s_excl_startup": round(jobs / working_s, 1) if working_s > 0 else None,
+            f"{name}_s": round(process_s, 3)}
+
+
+_start = None  # in a lock process: the barrier that all of them leave together
+
+
+def _set_start(barrier) -> None:
+    global _start
+    _start = barrier
+
+
+def lock_pairs(process: int, pairs: int) -> tuple[float, float]:
+    """In a lock process: time ``pairs`` acquire + release on this process's own keys."""
+    from bench_app import app
+
+    keys = [f"bench:{process}:{i}" for i in range(LOCK_KEYS)]
+    warm = app.lock(keys[0], ttl=60)  # connect before the clock starts
+    warm.acquire()
+    warm.release()
+    _start.wait(timeout=120)
+    started = time.time()  # the wall clock: comparable across processes
+    for i in range(pairs):
+        lock = app.lock(keys[i % LOCK_KEYS], ttl=60)
+        if not (lock.acquire() and lock.release()):
+            raise RuntimeError(f"lock {lock.key!r}: acquire or release failed")
+    return started, time.time()
+
+
+def lock_rate(processes: int, pairs: int) -> float:
+    """Total acquire + release pairs per second of ``processes`` processes at once."""
+    say(f"{pairs} lock acquire + release pairs in each of {processes} process(es)")
+    context = multiprocessing.get_context("spawn")  # each process its own App and pool
+    # A barrier is shared by inheritance only: each process gets it when it starts.
+    with context.Pool(processes, _set_start, (context.Barrier(processes),)) as pool:
+        spans = pool.starmap(lock_pairs, [(p, pairs) for p in range(processes)])
+    started, ended = min(s for s, _ in spans), max(e for _, e in spans)
+    return round(processes * pairs / (ended - started), 1)
+
+
+def bench(app, only: set[str], jobs: int, concurrency: int) -> dict[str, float | None]:
+    from bench_app import idempotent_noop, noop, overlap_noop
+
+    results: dict[str, float | None] = {}
+    if "enqueue" in only:
+        results.update(bench_enqueue(app, noop, jobs))
+    processed = [(group, job, name) for group, job, name in (
+        ("process", noop, "process"), ("overlap", overlap_noop, "process_overlap"),
+        ("idempotent", idempotent_noop, "process_idempotent")) if group in only]
+    if processed:
+        reset(app)
+        say("worker start-up and shutdown on an empty queue")
+        startup_s = run_worker(concurrency)
+        results["startup_s"] = round(startup_s, 3)
+        for _, job, name in processed:
+            results.update(bench_processing(app, job, name, jobs, concurrency, startup_s))
+    if "locks" in only:
+        reset(app)
+        pairs = min(jobs, SAMPLE)
+        results["lock_pairs_per_s_1proc"] = lock_rate(1, pairs)
+        results[f"lock_pairs_per_s_{LOCK_PROCESSES}proc"] = lock_rate(LOCK_PROCESSES, pairs)
+    return results
+
+
+def groups(text: str) -> set[str]:
+    chosen = {name.strip() for name in text.split(",") if name.strip()}
+    if not chosen or chosen - set(GROUPS):
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list among {','.join(GROUPS)}, not {text!r}")
+    return chosen
 
 
 def main() -> None:
@@ -116,6 +223,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--table-prefix", default="bench_")
+    parser.add_argument("--only", type=groups, default=set(GROUPS), metavar="GROUPS",
+                        help=f"run only these, comma-separated [default: {','.join(GROUPS)}]")
     args = parser.parse_args()
     if args.jobs < 1 or args.concurrency < 1:
         parser.error("--jobs and --concurrency must be at least 1")
@@ -123,15 +232,16 @@ def main() -> None:
         parser.error("--table-prefix must not be empty: the bench drops its tables")
 
     with tempfile.TemporaryDirectory(prefix="dbqueue-bench-") as tmp:
-        # bench_app's App, and the workers, read where the queue is from here.
+        # bench_app's App, the workers and the lock processes read where the
+        # queue is from here.
         os.environ["DBQUEUE_URL"] = args.url or f"sqlite:///{tmp}/bench.db"
         os.environ["DBQUEUE_TABLE_PREFIX"] = args.table_prefix
         os.environ.pop("DBQUEUE_APP", None)
         sys.path.insert(0, str(SCRIPTS))
-        from bench_app import app, noop
+        from bench_app import app
 
         try:
-            results = bench(app, noop, args.jobs, args.concurrency)
+            results = bench(app, args.only, args.jobs, args.concurrency)
             dialect = app.engine.dialect
             backend = "mariadb" if getattr(dialect, "is_mariadb", False) else dialect.name
         finally:

@@ -1,7 +1,10 @@
-"""The job of ./scripts/bench: a no-op, so that only dbqueue's own cost is measured.
+"""The jobs of ./scripts/bench: no-ops, so that only dbqueue's own cost is measured.
 
-The queue is wherever DBQUEUE_URL and DBQUEUE_TABLE_PREFIX point (scripts/bench
-sets both); workers load it with ``dbqueue work --app bench_app:app``.
+``noop`` is a plain job; ``overlap_noop`` adds the cost of WithoutOverlapping
+(a lock on a key of its own), and ``idempotent_noop`` that of idempotency_key
+(it writes nothing but its outcome). The queue is wherever DBQUEUE_URL and
+DBQUEUE_TABLE_PREFIX point (scripts/bench sets both); workers load it with
+``dbqueue work --app bench_app:app``.
 """
 
 from __future__ import annotations
@@ -13,4 +16,14 @@ app = dbqueue.App()  # DBQUEUE_URL, DBQUEUE_TABLE_PREFIX
 
 @app.job(name="noop")
 def noop(i: int) -> None:
+    pass
+
+
+@app.job(name="overlap_noop", middleware=[dbqueue.WithoutOverlapping(lambda i: str(i))])
+def overlap_noop(i: int) -> None:
+    pass
+
+
+@app.job(name="idempotent_noop", idempotency_key=lambda i: f"bench:{i}")
+def idempotent_noop(i: int) -> None:
     pass
