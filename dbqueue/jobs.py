@@ -201,16 +201,35 @@ class Job(Generic[P, R]):
         return BoundJob(self, DispatchOptions()).prepare(*args, **kwargs)
 
     def rules(self, options: dict[str, Any], created_at: datetime) -> Rules:
-        """The retry rules of one queued instance of this job."""
+        """The retry rules of one queued instance of this job.
+
+        ``options`` come from the stored payload, which anyone with SQL access
+        can write: bad values raise ConfigurationError, which the worker turns
+        into a failed job rather than a crash.
+        """
         deadline: datetime | None = None
         if "retry_until" in options:
-            deadline = datetime.fromisoformat(options["retry_until"])
+            until = options["retry_until"]
+            try:
+                deadline = datetime.fromisoformat(until)
+            except (TypeError, ValueError):
+                raise ConfigurationError(
+                    f"retry_until must be an ISO 8601 time, not {until!r}") from None
+            if deadline.tzinfo is None:
+                raise ConfigurationError(f"retry_until needs a UTC offset, not {until!r}")
         else:
-            retry_for = options.get("retry_for", self.retry_until)
+            retry_for = seconds("retry_for", options.get("retry_for", self.retry_until))
             if retry_for is not None:
                 deadline = created_at + timedelta(seconds=retry_for)
-        return Rules(tries=options.get("tries", self.tries), backoff=self.backoff,
-                     deadline=deadline)
+        tries = options.get("tries", self.tries)
+        _check_tries(tries)
+        return Rules(tries=tries, backoff=self.backoff, deadline=deadline)
+
+    def timeout_for(self, options: dict[str, Any]) -> float:
+        """The timeout of one queued instance of this job, in seconds."""
+        if "timeout" not in options:
+            return self.timeout
+        return seconds("timeout", options["timeout"], allow_zero=False)  # type: ignore[return-value]
 
     @property
     def unique(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,7 @@ class JobApp:
     app: dbqueue.App
     effects: sa.Table
     jobs: dict[str, Any]
+    note: Callable[..., None]
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -88,6 +90,14 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
         time.sleep(seconds)
         note(key, "end")
 
+    @app.job(name="wait_for_go", tries=1, timeout=300)
+    def wait_for_go(key: str) -> None:
+        """Runs until the test notes (key, "go")."""
+        note(key, "start")
+        while not count(key, "go"):
+            time.sleep(0.05)
+        note(key, "end")
+
     @app.job(name="spin", timeout=1)
     def spin() -> None:
         while True:
@@ -108,6 +118,10 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
     @app.job(name="release", tries=1)
     def release() -> None:
         raise dbqueue.Release(45)
+
+    @app.job(name="nul_error")
+    def nul_error() -> None:
+        raise ValueError("a NUL \x00 in the message")  # PostgreSQL text cannot store it
 
     @app.job(name="fail", tries=5)
     def fail() -> None:
@@ -211,7 +225,7 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
     def limited(n: int) -> None:
         note("limited", "start", n=n)
 
-    return JobApp(app, effects, dict(app.jobs))
+    return JobApp(app, effects, dict(app.jobs), note)
 
 
 app = build().app

@@ -63,3 +63,32 @@ def test_a_long_job_on_a_live_host_is_never_started_twice(jobs, workers):
         assert host.returncode == 0, output
     events = [r.event for r in rows(jobs.app, jobs.effects, jobs.effects.c.tag == "long")]
     assert events == ["start", "end"]
+
+
+def test_a_worker_that_stalled_past_retry_after_keeps_its_running_job(jobs, workers):
+    """A frozen supervisor (a long GC pause, a suspended VM) whose job nobody else
+    took goes on with it when it wakes, and never starts it a second time."""
+    jobs.wait_for_go.dispatch("stall")
+    host = workers.start("--retry-after", "1", "--concurrency", "2", *FAST)
+    wait_until(lambda: count(jobs.app, jobs.effects, jobs.effects.c.tag == "stall"),
+               what="the job to start")
+    table, store = jobs.app.store.tables.jobs, jobs.app.store
+
+    def lease_expired() -> bool:
+        (row,) = rows(jobs.app, table)
+        return row.available_at < store.now()
+
+    os.kill(host.pid, signal.SIGSTOP)  # the supervisor only: its child keeps running
+    try:
+        wait_until(lease_expired, what="the lease to expire")
+    finally:
+        os.kill(host.pid, signal.SIGCONT)
+    wait_until(lambda: not lease_expired(), what="the worker to renew its lease")
+    jobs.note("stall", "go")
+    wait_until(lambda: count(jobs.app, table) == 0, what="the job to complete")
+    os.killpg(host.pid, signal.SIGTERM)
+    output, _ = host.communicate(timeout=60)
+    assert host.returncode == 0, output
+    assert "Traceback" not in output
+    events = [r.event for r in rows(jobs.app, jobs.effects, jobs.effects.c.tag == "stall")]
+    assert events == ["start", "go", "end"]

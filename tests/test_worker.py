@@ -123,18 +123,34 @@ def test_rows_that_cannot_run_are_failed_with_a_reason_and_the_worker_goes_on(jo
         # arguments an older version of the job took
         c.execute(sa.text(f"INSERT INTO {table.name} (queue, job, payload) VALUES "
                           "('default', 'record', '{\"args\": [3], \"kwargs\": {\"old\": 1}}')"))
+        for options in ('{"tries": "x"}', '{"retry_until": "soon"}', '{"timeout": -1}'):
+            c.execute(table.insert().values(
+                queue="default", job="noop", payload=f'{{"args": [], "options": {options}}}',
+                available_at=store.dialect.now(), created_at=store.dialect.now()))
+    jobs.nul_error.dispatch()
     jobs.record.dispatch(4)
     assert workers.run("--stop-when-empty", *FAST).returncode == 0
     reasons = sorted((row.job, row.exception_class, row.exception_message)
                      for row in failed_rows(jobs))
     assert [(job, cls) for job, cls, _ in reasons] == [
+        ("noop", "dbqueue.SerializationError"),
+        ("noop", "dbqueue.SerializationError"),
+        ("noop", "dbqueue.SerializationError"),
+        ("nul_error", "ValueError"),
         ("os.system", "dbqueue.UnknownJob"),
         ("record", "dbqueue.InvalidArguments"),
         ("record", "dbqueue.SerializationError"),
     ]
-    assert "no job named 'os.system'" in reasons[0][2]
-    assert "unexpected keyword argument 'old'" in reasons[1][2]
-    assert "cannot be decoded" in reasons[2][2]
+    assert {message.split(": ", 1)[1] for _, _, message in reasons[:3]} == {
+        "tries must be a whole number >= 1, or None for no limit, not 'x'",
+        "retry_until must be an ISO 8601 time, not 'soon'",
+        "timeout must be > 0, not -1",
+    }
+    assert all("has invalid options" in message for _, _, message in reasons[:3])
+    assert reasons[3][2] == "a NUL \\x00 in the message"
+    assert "no job named 'os.system'" in reasons[4][2]
+    assert "unexpected keyword argument 'old'" in reasons[5][2]
+    assert "cannot be decoded" in reasons[6][2]
     assert count(jobs.app, jobs.effects, jobs.effects.c.n == 4) == 1
     assert job_rows(jobs) == []
 

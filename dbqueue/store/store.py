@@ -79,6 +79,11 @@ def _by_token(leases: Iterable[Lease]) -> Mapping[str, list[int]]:
     return grouped
 
 
+def _text(value: str) -> str:
+    # PostgreSQL text cannot hold NUL characters, and an exception message may.
+    return value.replace("\x00", "\\x00")
+
+
 class Store:
     """dbqueue's tables in one database, and the verbs that change them."""
 
@@ -345,8 +350,8 @@ class Store:
             c.execute(failed.insert().values(
                 uuid=str(uuid.uuid4()), job_id=job.id, queue=job.queue, job=job.job,
                 priority=job.priority, payload=job.payload, attempts=job.attempts,
-                exception_class=failure.exception_class[:255],
-                exception_message=failure.message, exception=failure.traceback,
+                exception_class=_text(failure.exception_class)[:255],
+                exception_message=_text(failure.message), exception=_text(failure.traceback),
                 failed_at=self.dialect.now(), worker=worker[:255],
             ))
             return True

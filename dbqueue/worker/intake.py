@@ -7,12 +7,12 @@ is failed here, before any child sees it (DESIGN §2.7: bad input is contained).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from .. import serializer
-from ..errors import MaxAttemptsExceeded, UnknownJob
+from ..errors import ConfigurationError, MaxAttemptsExceeded, UnknownJob
 from ..policy import Rules, refuse_attempt
 from ..serializer import Payload
 from ..store import Failure, Lease, ReservedRow
@@ -28,18 +28,12 @@ class Held:
     job: Any  # dbqueue.Job, or None when the row could not be resolved
     payload: Payload
     reserved_mono: float
+    rules: Rules = field(default_factory=lambda: Rules(tries=1))
+    timeout: float = 0.0
 
     def db_now(self) -> datetime:
         """The database clock now, from the reservation's timestamp and a monotonic clock."""
         return self.row.reserved_at + timedelta(seconds=time.monotonic() - self.reserved_mono)
-
-    def rules(self) -> Rules:
-        if self.job is None:
-            return Rules(tries=1)
-        return self.job.rules(self.payload.options, self.row.created_at)  # type: ignore[no-any-return]
-
-    def timeout(self) -> float:
-        return float(self.payload.options.get("timeout", self.job.timeout))
 
 
 def admit(app: Any, row: ReservedRow, token: str) -> tuple[Held, Failure | None]:
@@ -51,10 +45,17 @@ def admit(app: Any, row: ReservedRow, token: str) -> tuple[Held, Failure | None]
         return held, Failure("dbqueue.SerializationError",
                              f"job {row.id} ({row.job!r}) cannot be decoded: {exc}", "")
     try:
-        held.job = app.lookup(row.job)
+        job = app.lookup(row.job)
     except UnknownJob as exc:
         return held, Failure(class_name(exc), str(exc), "")
-    why = refuse_attempt(row.attempts, held.rules(), row.reserved_at)
+    held.job = job
+    try:
+        held.rules = job.rules(held.payload.options, row.created_at)
+        held.timeout = job.timeout_for(held.payload.options)
+    except ConfigurationError as exc:
+        return held, Failure("dbqueue.SerializationError",
+                             f"job {row.id} ({row.job!r}) has invalid options: {exc}", "")
+    why = refuse_attempt(row.attempts, held.rules, row.reserved_at)
     if why is not None:
         return held, Failure(class_name(MaxAttemptsExceeded), why, "")
     return held, None

@@ -78,6 +78,13 @@ def describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
+def _has_answer(child: Child) -> bool:
+    try:
+        return child.conn.poll()
+    except OSError:  # the pipe broke: the child died, and the next wait says so
+        return True
+
+
 class Pool:
     """A fixed number of child processes, each running its queued tasks in turn."""
 
@@ -144,8 +151,14 @@ class Pool:
             ended.unstarted += unstarted
 
     def overdue(self) -> list[Child]:
+        """Children whose running task is past its deadline and has not answered.
+
+        An answer that arrived since the last ``wait`` is read by the next one:
+        the task ended in time, and killing the child would lose its result.
+        """
         now = time.monotonic()
-        return [child for child in self.children if child.tasks and child.deadline <= now]
+        return [child for child in self.children
+                if child.tasks and child.deadline <= now and not _has_answer(child)]
 
     def next_deadline(self) -> float | None:
         deadlines = [child.deadline for child in self.children if child.tasks]

@@ -17,27 +17,26 @@ from collections import deque
 from functools import partial
 from typing import Any
 
-import sqlalchemy as sa
-
-from ..errors import DatabaseUnavailable, JobTimeout, WorkerCrashed
+from ..errors import JobTimeout, WorkerCrashed
 from ..policy import Ended, GiveUp, decide
-from ..store import Failure, Lease, WorkerInfo, WorkerRegistry
+from ..store import Failure, Lease, ReservedRow, WorkerInfo, WorkerRegistry
 from ..store.locks import Locks
 from .child import Finished, JobFailure, RunHook, RunJob
 from .intake import Held, admit
 from .options import WorkerOptions
+from .outbox import DB_ERRORS as _DB_ERRORS
 from .outbox import Outbox
 from .pool import Child, Pool
 from .signals import StopSignals
 
 log = logging.getLogger("dbqueue.worker")
 
-_DB_ERRORS = (DatabaseUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError)
 _FLUSH_BATCH = 256
 _FLUSH_DELAY = 0.05  # seconds a completion may wait to share a transaction with others
 _BUFFER_SECONDS = 0.2  # prefetch about this much work when jobs are short
 _PIPELINE_SECONDS = 0.02  # queue about this much work in each child when jobs are short
 _MAX_DEPTH = 16
+_PIPELINE_BYTES = 2048  # larger payloads wait for an idle child: a full pipe would block us
 _HOOK_TIMEOUT = 60.0
 _HOUSEKEEPING_EVERY = 60.0
 _DEAD_AFTER = 120.0  # seconds without a heartbeat after which a worker is forgotten
@@ -98,10 +97,12 @@ class Supervisor:
         # Outcomes first: a job released for an immediate retry must be back in
         # the table before the next reservation looks for work.
         self._flush()
+        # Renew leases before reserving: after a stall the renewal keeps what
+        # is still ours, and the reservation cannot take it a second time.
+        self._beat()
         if not self.stopping:
             self._refill()
         self._assign()
-        self._beat()
         self._check_limits()
         ended = self.pool.wait(self._wait_timeout(), self.signals.wake_fd)
         self.signals.drain()
@@ -126,6 +127,10 @@ class Supervisor:
             self._quietly(partial(self.store.release_all, leases), "release reserved jobs")
 
     def _shutdown(self) -> None:
+        if self.buffer:  # tasks a dead child never started, put back after _stop
+            leases = [held.lease for held in self.buffer]
+            self.buffer.clear()
+            self._quietly(partial(self.store.release_all, leases), "release reserved jobs")
         for _ in range(3):
             if not self.outbox or self.outbox.flush(self.store.complete):
                 break
@@ -165,12 +170,32 @@ class Supervisor:
         self.drained = len(rows) < want
         self.next_poll = now + self.options.sleep if self.drained else 0.0
         for row in rows:
+            if self._adopt(Lease(row.id, token)):
+                continue
             held, failure = admit(self.app, row, token)
             if failure is None:
                 self.buffer.append(held)
             else:
                 log.warning("job %d (%s) cannot run: %s", row.id, row.job, failure.message)
                 self._record_failure(held, failure)
+
+    def _adopt(self, lease: Lease) -> bool:
+        """Take a new lease on a job this worker still holds under an old one.
+
+        That happens only when this worker stalled past ``retry_after`` and no
+        other worker took the job meanwhile: it goes on under the new token
+        instead of running a second time.
+        """
+        held = self.running.get(lease.id) or next(
+            (h for h in self.buffer if h.row.id == lease.id), None)
+        if held is not None:
+            held.lease = lease
+        elif lease.id in {old.id for old in self.outbox.leases()}:
+            self.outbox.adopt(lease)
+        else:
+            return False
+        log.warning("job %d was reserved again after this worker stalled; kept", lease.id)
+        return True
 
     def _depth(self) -> int:
         """Tasks to queue per child: 1, or a few when jobs take milliseconds."""
@@ -188,28 +213,31 @@ class Supervisor:
         depth = self._depth()
         if depth > 1:
             for child in self.pool.children:
-                while len(child.tasks) < depth and self._give_job(child):
+                while len(child.tasks) < depth and self._give_job(child, queued=True):
                     pass
 
-    def _give_job(self, child: Child) -> bool:
+    def _give_job(self, child: Child, *, queued: bool = False) -> bool:
         if not self.buffer or self.stopping:
+            return False
+        if queued and len(self.buffer[0].row.payload) > _PIPELINE_BYTES:
             return False
         held = self.buffer.popleft()
         payload = held.payload
         self.pool.give(child, RunJob(held.row.id, held.row.job, payload.args, payload.kwargs,
-                                     held.row.attempts), held.timeout())
+                                     held.row.attempts), held.timeout)
         self.running[held.row.id] = held
         if held.job.unique and held.job.unique_until == "processing":
             self._note_write()
-            self.outbox.writes.append(
-                (held.lease, partial(self.store.drop_unique_keys, [held.lease])))
+            self.outbox.writes.append((held.lease, self._drop_unique_key))
         return True
 
     def _requeue(self, tasks: list[Any]) -> None:
         """Put back tasks that were queued in a child that died before starting them."""
         for task in reversed(tasks):
             if isinstance(task, RunJob):
-                self.buffer.appendleft(self.running.pop(task.job_id))
+                held = self.running.pop(task.job_id, None)
+                if held is not None:
+                    self.buffer.appendleft(held)
             else:
                 self.hooks.appendleft(task)
 
@@ -284,7 +312,9 @@ class Supervisor:
                 log.error("on_failure hook of job %d raised %s: %s", task.failure.job_id,
                           answer.exception_class, answer.message)
         else:
-            held = self.running.pop(task.job_id)
+            held = self.running.pop(task.job_id, None)
+            if held is None:
+                return
             self.avg_runtime = runtime if self.avg_runtime is None else (
                 0.9 * self.avg_runtime + 0.1 * runtime)
             if answer.kind == "done":
@@ -303,22 +333,22 @@ class Supervisor:
     def _on_timeout(self, child: Child) -> None:
         task, how, unstarted = self.pool.kill(child)
         self._requeue(unstarted)
-        if isinstance(task, RunJob):
-            held = self.running.pop(task.job_id)
-            message = f"job ran longer than its timeout of {held.timeout():g} s and was killed"
+        held = self.running.pop(task.job_id, None) if isinstance(task, RunJob) else None
+        if held is not None:
+            message = f"job ran longer than its timeout of {held.timeout:g} s and was killed"
             self._ended(held, Ended("timeout", held.row.attempts),
                         Failure("dbqueue.JobTimeout", message, f"{JobTimeout.__name__}: {message}"))
-        elif task is not None:
+        elif isinstance(task, RunHook):
             log.error("on_failure hook of job %d timed out (%s)", task.failure.job_id, how)
 
     def _on_death(self, task: Any, how: str) -> None:
-        if isinstance(task, RunJob):
-            held = self.running.pop(task.job_id)
+        held = self.running.pop(task.job_id, None) if isinstance(task, RunJob) else None
+        if held is not None:
             message = f"the process running the job died ({how})"
             self._ended(held, Ended("crash", held.row.attempts),
                         Failure("dbqueue.WorkerCrashed", message,
                                 f"{WorkerCrashed.__name__}: {message}"))
-        elif task is not None:
+        elif isinstance(task, RunHook):
             log.error("on_failure hook of job %d died (%s)", task.failure.job_id, how)
 
     def _abandon_running(self) -> None:
@@ -329,14 +359,13 @@ class Supervisor:
         for held in self.running.values():
             log.warning("job %d (%s) did not finish within the grace period; put back",
                         held.row.id, held.row.job)
-            self.outbox.writes.append(
-                (held.lease, partial(self.store.release, held.lease, 0, counts=False)))
+            self.outbox.writes.append((held.lease, partial(self._release, 0.0, False)))
         self.running.clear()
 
     def _ended(self, held: Held, ended: Ended, failure: Failure) -> None:
         self.processed += 1
         self._note_write()
-        decision = decide(ended, held.rules(), held.db_now())
+        decision = decide(ended, held.rules, held.db_now())
         if isinstance(decision, GiveUp):
             if decision.why:
                 failure = Failure(failure.exception_class,
@@ -349,18 +378,28 @@ class Supervisor:
             log.info("job %d (%s) attempt %d failed (%s: %s); retrying in %.1f s", held.row.id,
                      held.row.job, held.row.attempts, failure.exception_class, failure.message,
                      decision.delay)
-        self.outbox.writes.append((held.lease, partial(
-            self.store.release, held.lease, decision.delay, counts=decision.counts)))
+        self.outbox.writes.append(
+            (held.lease, partial(self._release, decision.delay, decision.counts)))
         self.drained = False  # it may be ready again at once: look before stopping when empty
 
     def _record_failure(self, held: Held, failure: Failure) -> None:
         self._note_write()
-        self.outbox.writes.append((held.lease, partial(
-            self.store.fail, held.row, held.lease.token, failure, self.name)))
+        self.outbox.writes.append((held.lease, partial(self._fail, held.row, failure)))
         if held.job is not None and held.job.on_failure is not None:
             self.hooks.append(RunHook(JobFailure(
                 held.row.id, held.row.job, held.payload.args, held.payload.kwargs,
                 held.row.attempts, failure.exception_class, failure.message)))
+
+    # The outbox's writes: each is handed the lease its job is held by when it runs.
+
+    def _release(self, delay: float, counts: bool, lease: Lease) -> None:
+        self.store.release(lease, delay, counts=counts)
+
+    def _fail(self, row: ReservedRow, failure: Failure, lease: Lease) -> None:
+        self.store.fail(row, lease.token, failure, self.name)
+
+    def _drop_unique_key(self, lease: Lease) -> None:
+        self.store.drop_unique_keys([lease])
 
     def _note_write(self) -> None:
         if not self.outbox:
