@@ -46,6 +46,8 @@ class Lock:
     def acquire(self, timeout: float | None = None, poll: float = 0.1) -> bool:
         """Take the lock; return whether it was taken.
 
+        If this owner holds it already, it is renewed for ``ttl`` seconds and
+        True is returned (a lock is not counted: one ``release`` frees it).
         Without ``timeout`` it tries once. With one, it tries every ``poll``
         seconds until ``timeout`` seconds have passed.
         """

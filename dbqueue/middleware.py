@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from .app import App
     from .jobs import Job
 
+# A job is killed at its timeout; a lock it holds lasts this much longer, so
+# that it cannot expire while the job still runs (the kill takes a moment).
+_LOCK_MARGIN = 5.0
+
 
 @dataclass(frozen=True)
 class JobContext:
@@ -35,6 +39,9 @@ class JobContext:
     args: tuple[Any, ...]
     kwargs: dict[str, Any] = field(default_factory=dict)
     attempt: int = 1
+    timeout: float = 60.0
+    """Seconds this attempt may run before it is killed: the dispatch's
+    ``timeout`` option, or the job's."""
 
 
 class Middleware(Protocol):
@@ -61,7 +68,8 @@ class WithoutOverlapping:
     this one is released back for ``release_after`` seconds, or, with
     ``dont_release``, dropped (it completes without running). The key is held
     by a lock in ``cache_locks`` that expires after ``expire_after`` seconds
-    (default: the job's timeout), so a holder that died frees it in the end.
+    (default: a little longer than the attempt's timeout, so it never expires
+    while the job runs), so a holder that died frees it in the end.
     """
 
     def __init__(self, key: str | Callable[..., Any] = "", *, release_after: float = 0,
@@ -80,7 +88,7 @@ class WithoutOverlapping:
         return f"dbqueue:overlap:{context.job.name}:{part}"
 
     def __call__(self, context: JobContext, call_next: Callable[[], Any]) -> Any:
-        ttl = self.expire_after or context.job.timeout
+        ttl = self.expire_after or context.timeout + _LOCK_MARGIN
         lock = context.app.lock(self.lock_key(context), ttl=ttl)
         if not lock.acquire():
             if self.dont_release:
@@ -169,7 +177,7 @@ class RateLimited:
 
         locks, slots = Locks(context.app.store), self.slots(context)
         # Held for the run (the job cannot outlive its timeout), then `per` more.
-        hold = context.job.timeout + self.per
+        hold = context.timeout + _LOCK_MARGIN + self.per
         start = random.randrange(self.limit)  # spread contenders over the slots
         for slot in slots[start:] + slots[:start]:
             lock = context.app.lock(slot, ttl=hold)

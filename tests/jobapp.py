@@ -221,6 +221,17 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
     def drop_if_busy(n: int) -> None:
         note("nightly", "ran", n=n)
 
+    @app.job(name="lock_ttl", timeout=1, middleware=[
+        dbqueue.WithoutOverlapping("ttl"), dbqueue.RateLimited("ttl", limit=1, per=1)])
+    def lock_ttl() -> None:
+        """Notes how long each lock it holds has left (dispatch it with a longer timeout)."""
+        from dbqueue.store.locks import Locks
+
+        now = app.store.now()
+        for held in Locks(app.store).held():
+            left = (held.expires_at - now).total_seconds()
+            note("lock_ttl", held.key[-20:], detail=f"{left:.0f}")
+
     @app.job(name="limited", tries=1, middleware=[dbqueue.RateLimited("api", limit=5, per=1)])
     def limited(n: int) -> None:
         note("limited", "start", n=n)

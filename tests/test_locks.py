@@ -27,6 +27,16 @@ def test_one_holder_until_release_and_only_the_owner_releases(app):
     assert second.acquire() and second.owned()
 
 
+def test_the_owner_acquiring_again_renews_its_hold(app):
+    lock, other = app.lock("renew", ttl=1), app.lock("renew", ttl=600)
+    assert lock.acquire()
+    lock.ttl = 600
+    assert lock.acquire() and not other.acquire()
+    (held,) = app.store.read(lambda c: c.execute(sa.select(app.store.tables.cache_locks)).all())
+    assert held.owner == lock.owner
+    assert (held.expires_at - app.store.now()).total_seconds() > 590
+
+
 def test_an_expired_lock_is_taken_over_and_its_old_owner_cannot_touch_it(app):
     old, new = app.lock("sync", ttl=60), app.lock("sync", ttl=60)
     assert old.acquire()

@@ -130,3 +130,13 @@ def test_without_overlapping_drops_or_waits_for_a_dead_holders_key_to_expire(job
     jobs.drop_if_busy.dispatch(2)
     assert workers.run("--stop-when-empty", *FAST).returncode == 0
     assert [r.n for r in rows(jobs.app, jobs.effects)] == [2]
+
+
+def test_middleware_locks_last_as_long_as_the_dispatched_timeout(jobs, workers):
+    """The job's own timeout is 1 s; this dispatch allows 120 s, and its locks must
+    not expire before that (another host could then run beside it)."""
+    jobs.lock_ttl.options(timeout=120).dispatch()
+    assert workers.run("--stop-when-empty", *FAST).returncode == 0
+    left = {row.event: int(row.detail) for row in rows(jobs.app, jobs.effects)}
+    assert len(left) == 2  # the overlap key and the rate limit's one slot
+    assert all(120 <= seconds <= 130 for seconds in left.values()), left

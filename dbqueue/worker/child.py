@@ -33,6 +33,7 @@ class RunJob(NamedTuple):
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     attempt: int
+    timeout: float
 
 
 class RunHook(NamedTuple):
@@ -101,7 +102,7 @@ def run_job(app: Any, task: RunJob) -> Finished:
     try:
         if job.middleware:
             run_with(job.middleware, JobContext(app, job, task.job_id, task.args, task.kwargs,
-                                                task.attempt), body)
+                                                task.attempt, task.timeout), body)
         else:
             body()
     except Release as release:

@@ -224,7 +224,7 @@ class Supervisor:
         held = self.buffer.popleft()
         payload = held.payload
         self.pool.give(child, RunJob(held.row.id, held.row.job, payload.args, payload.kwargs,
-                                     held.row.attempts), held.timeout)
+                                     held.row.attempts, held.timeout), held.timeout)
         self.running[held.row.id] = held
         if held.job.unique and held.job.unique_until == "processing":
             self._note_write()

@@ -189,17 +189,18 @@ class Dialect:
 
     def acquire_lock(self, connection: Connection, locks: sa.Table, key: str, owner: str,
                      ttl: float) -> bool:
-        """Take ``key`` for ``owner`` if it is free or its holder's time ran out.
+        """Take ``key`` for ``owner`` if it is free, its holder's time ran out,
+        or ``owner`` holds it already (then its expiry is renewed).
 
         One statement: INSERT, or on conflict take over the row only where it
-        has expired; RETURNING says whether this owner holds it now.
+        has expired or is ours; RETURNING says whether this owner holds it now.
         """
         insert = self.upsert_module().insert(locks).values(
             key=key, owner=owner, expires_at=self.now_plus(ttl))
         statement = insert.on_conflict_do_update(
             index_elements=[locks.c.key],
             set_={"owner": insert.excluded.owner, "expires_at": insert.excluded.expires_at},
-            where=locks.c.expires_at <= self.now(),
+            where=(locks.c.expires_at <= self.now()) | (locks.c.owner == insert.excluded.owner),
         ).returning(locks.c.owner)
         return connection.execute(statement).first() is not None
 

@@ -129,15 +129,17 @@ class MySQL(Dialect):
     def acquire_lock(self, connection: Connection, locks: sa.Table, key: str, owner: str,
                      ttl: float) -> bool:
         # No conditional ON CONFLICT on MySQL: ON DUPLICATE KEY UPDATE keeps the
-        # row as it is unless it has expired (owner is assigned first, while
-        # expires_at still holds the old value), then the row, locked by the
-        # upsert until commit, says who holds the key.
-        expired = locks.c.expires_at <= self.now()
+        # row as it is unless it has expired or is ours. MySQL assigns in the
+        # order written, so owner goes first, and expires_at then follows the
+        # owner: it is renewed exactly when the row became (or stayed) ours.
+        # The row, locked by the upsert until commit, then says who holds it.
         insert = mysql.insert(locks).values(key=key, owner=owner, expires_at=self.now_plus(ttl))
-        connection.execute(insert.on_duplicate_key_update(
-            owner=sa.func.if_(expired, insert.inserted.owner, locks.c.owner),
-            expires_at=sa.func.if_(expired, insert.inserted.expires_at, locks.c.expires_at),
-        ))
+        ours = (locks.c.expires_at <= self.now()) | (locks.c.owner == insert.inserted.owner)
+        renewed = locks.c.owner == insert.inserted.owner
+        connection.execute(insert.on_duplicate_key_update([
+            ("owner", sa.func.if_(ours, insert.inserted.owner, locks.c.owner)),
+            ("expires_at", sa.func.if_(renewed, insert.inserted.expires_at, locks.c.expires_at)),
+        ]))
         holder = connection.execute(
             sa.select(locks.c.owner).where(locks.c.key == key)).scalar()
         return bool(holder == owner)
