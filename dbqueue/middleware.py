@@ -42,6 +42,8 @@ class JobContext:
     timeout: float = 60.0
     """Seconds this attempt may run before it is killed: the dispatch's
     ``timeout`` option, or the job's."""
+    held_locks: frozenset[str] = frozenset()
+    """Lock keys the worker took for this job before handing it over."""
 
 
 class Middleware(Protocol):
@@ -60,6 +62,17 @@ def run_with(middleware: tuple[Middleware, ...], context: JobContext,
     return call(0)
 
 
+@dataclass(frozen=True, slots=True)
+class LockRequest:
+    """A lock a worker takes for a job before running it, and what to do when
+    another holds it: release the job for ``release_after`` seconds, or drop it."""
+
+    key: str
+    ttl: float
+    release_after: float = 0.0
+    dont_release: bool = False
+
+
 class WithoutOverlapping:
     """Run at most one job with the same key at a time, across every host.
 
@@ -67,9 +80,14 @@ class WithoutOverlapping:
     (default: one key for the whole job). While another job holds the key,
     this one is released back for ``release_after`` seconds, or, with
     ``dont_release``, dropped (it completes without running). The key is held
-    by a lock in ``cache_locks`` that expires after ``expire_after`` seconds
-    (default: a little longer than the attempt's timeout, so it never expires
-    while the job runs), so a holder that died frees it in the end.
+    by a lock in ``cache_locks``, renewed while the job is held by a live
+    worker; if the holder dies, the lock expires after ``expire_after``
+    seconds (default: a little longer than the attempt's timeout).
+
+    ``dbqueue work`` takes these locks for a whole batch of reserved jobs in
+    one statement, and frees them in the transaction that records the jobs'
+    completion, so the guard costs almost nothing per job. Run outside a
+    worker, the middleware takes and frees its lock itself.
     """
 
     def __init__(self, key: str | Callable[..., Any] = "", *, release_after: float = 0,
@@ -87,9 +105,16 @@ class WithoutOverlapping:
         part = self.key(*context.args, **context.kwargs) if callable(self.key) else self.key
         return f"dbqueue:overlap:{context.job.name}:{part}"
 
+    def request(self, context: JobContext) -> LockRequest:
+        return LockRequest(self.lock_key(context),
+                           self.expire_after or context.timeout + _LOCK_MARGIN,
+                           self.release_after, self.dont_release)
+
     def __call__(self, context: JobContext, call_next: Callable[[], Any]) -> Any:
-        ttl = self.expire_after or context.timeout + _LOCK_MARGIN
-        lock = context.app.lock(self.lock_key(context), ttl=ttl)
+        request = self.request(context)
+        if request.key in context.held_locks:
+            return call_next()
+        lock = context.app.lock(request.key, ttl=request.ttl)
         if not lock.acquire():
             if self.dont_release:
                 return None

@@ -221,6 +221,10 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
     def drop_if_busy(n: int) -> None:
         note("nightly", "ran", n=n)
 
+    @app.job(name="divide", middleware=[dbqueue.WithoutOverlapping(lambda n: str(100 // n))])
+    def divide(n: int) -> None:
+        note("divide", "done", n=n)
+
     @app.job(name="lock_ttl", timeout=1, middleware=[
         dbqueue.WithoutOverlapping("ttl"), dbqueue.RateLimited("ttl", limit=1, per=1)])
     def lock_ttl() -> None:

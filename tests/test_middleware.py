@@ -7,6 +7,7 @@ import pytest
 import sqlalchemy as sa
 
 import dbqueue
+from dbqueue.middleware import run_with
 from tests.conftest import count, rows, wait_until
 
 FAST = ("--sleep", "0.05")
@@ -140,3 +141,30 @@ def test_middleware_locks_last_as_long_as_the_dispatched_timeout(jobs, workers):
     left = {row.event: int(row.detail) for row in rows(jobs.app, jobs.effects)}
     assert len(left) == 2  # the overlap key and the rate limit's one slot
     assert all(120 <= seconds <= 130 for seconds in left.values()), left
+
+
+def test_a_lock_key_function_that_raises_fails_only_its_job(jobs, workers):
+    jobs.divide.dispatch(0)  # 100 // 0 raises in the worker that computes the key
+    jobs.divide.dispatch(4)
+    assert workers.run("--stop-when-empty", *FAST).returncode == 0
+    (failed,) = rows(jobs.app, jobs.app.store.tables.failed_jobs)
+    assert failed.exception_class == "ZeroDivisionError"
+    assert "lock key of job" in failed.exception_message
+    assert [r.n for r in rows(jobs.app, jobs.effects)] == [4]
+    assert count(jobs.app, jobs.app.store.tables.cache_locks) == 0
+
+
+def test_without_overlapping_run_outside_a_worker_takes_its_own_lock(jobs):
+    guard = dbqueue.WithoutOverlapping("solo")
+    context = dbqueue.JobContext(jobs.app, jobs.divide, 1, (5,))
+    lock = jobs.app.lock(guard.lock_key(context))
+    assert run_with((guard,), context, lock.locked) is True  # held while the body runs
+    assert not lock.locked()
+    other = jobs.app.lock(guard.lock_key(context))
+    assert other.acquire()
+    with pytest.raises(dbqueue.Release):
+        run_with((guard,), context, lambda: pytest.fail("ran beside the holder"))
+    # A worker that took the key already passes it in held_locks.
+    held = dbqueue.JobContext(jobs.app, jobs.divide, 1, (5,),
+                              held_locks=frozenset({guard.lock_key(context)}))
+    assert run_with((guard,), held, lambda: "ran") == "ran"

@@ -7,13 +7,14 @@ a caller's transaction open. Expiry is by the database server's clock.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from .store import Store
+from .store import Store, lock_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,20 +31,37 @@ class Locks:
 
     def acquire(self, key: str, owner: str, ttl: float) -> bool:
         """Take ``key`` for ``owner`` for ``ttl`` seconds if it is free or expired."""
+        return key in self.acquire_many([(key, owner, ttl)])
+
+    def acquire_many(self, wanted: Sequence[tuple[str, str, float]]) -> set[str]:
+        """Take each distinct ``(key, owner, ttl)`` that is free or expired, in one
+        transaction; return the keys taken."""
+        if not wanted:
+            return set()
         return self.store.transaction(
-            lambda c: self.store.dialect.acquire_lock(c, self.table, key, owner, ttl))
+            lambda c: self.store.dialect.acquire_locks(c, self.table, wanted))
+
+    def renew(self, held: Sequence[tuple[str, str]], ttl: float) -> int:
+        """Make each ``(key, owner)`` still held last ``ttl`` seconds from now."""
+        if not held:
+            return 0
+        return self.store.transaction(lambda c: c.execute(
+            sa.update(self.table).where(lock_rows(self.table, held))
+            .values(expires_at=self.store.dialect.now_plus(ttl))).rowcount)
 
     def release(self, key: str, owner: str) -> bool:
         """Free ``key`` if ``owner`` holds it; return whether it did."""
         table = self.table
         return self.store.transaction(lambda c: c.execute(
-            sa.delete(table).where(table.c.key == key, table.c.owner == owner)).rowcount == 1)
+            sa.delete(table).where(table.c.key == key, table.c.owner == owner)).rowcount == 1,
+            single_statement=True)
 
     def force_release(self, key: str) -> bool:
         """Free ``key`` whoever holds it; return whether it was held."""
         table = self.table
         return self.store.transaction(
-            lambda c: c.execute(sa.delete(table).where(table.c.key == key)).rowcount == 1)
+            lambda c: c.execute(sa.delete(table).where(table.c.key == key)).rowcount == 1,
+            single_statement=True)
 
     def extend(self, key: str, owner: str, ttl: float) -> bool:
         """Make ``owner``'s hold on ``key`` last ``ttl`` seconds from now.
@@ -53,7 +71,8 @@ class Locks:
         table = self.table
         return self.store.transaction(lambda c: c.execute(
             sa.update(table).where(table.c.key == key, table.c.owner == owner)
-            .values(expires_at=self.store.dialect.now_plus(ttl))).rowcount == 1)
+            .values(expires_at=self.store.dialect.now_plus(ttl))).rowcount == 1,
+            single_statement=True)
 
     def free_in(self, keys: list[str]) -> float:
         """Seconds until the first of ``keys`` expires (0 if one is free already)."""

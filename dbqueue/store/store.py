@@ -84,6 +84,13 @@ def _text(value: str) -> str:
     return value.replace("\x00", "\\x00")
 
 
+def lock_rows(locks: sa.Table, held: Sequence[tuple[str, str]]) -> sa.ColumnElement[bool]:
+    """The cache_locks rows of ``held`` (key, owner) pairs: by key, the primary
+    key, then by owner (a pair's key held by another pair's owner is ours too)."""
+    return sa.and_(locks.c.key.in_({key for key, _ in held}),
+                   locks.c.owner.in_({owner for _, owner in held}))
+
+
 class Store:
     """dbqueue's tables in one database, and the verbs that change them."""
 
@@ -281,21 +288,36 @@ class Store:
         return self._for_leases(leases, lambda held: sa.update(self.tables.jobs).where(held).values(
             reserved_at=self.dialect.now(), available_at=self.dialect.now_plus(lease)))
 
-    def complete(self, leases: Iterable[Lease]) -> int:
-        """Delete completed jobs still held under their leases; return how many."""
-        return self._for_leases(leases, lambda held: sa.delete(self.tables.jobs).where(held))
+    def complete(self, leases: Iterable[Lease],
+                 unlock: Sequence[tuple[str, str]] = ()) -> int:
+        """Delete completed jobs still held under their leases; return how many.
+
+        In the same transaction, free the ``(key, owner)`` locks in ``unlock``:
+        the locks the worker took for these jobs and for others that ended.
+        """
+        locks = self.tables.cache_locks
+
+        def free(c: Connection) -> None:
+            for chunk in _chunks(unlock):
+                c.execute(sa.delete(locks).where(lock_rows(locks, chunk)))
+
+        return self._for_leases(leases, lambda held: sa.delete(self.tables.jobs).where(held),
+                                also=free if unlock else None)
 
     def _for_leases(self, leases: Iterable[Lease],
-                    statement: Callable[[sa.ColumnElement[bool]], sa.Executable]) -> int:
+                    statement: Callable[[sa.ColumnElement[bool]], sa.Executable],
+                    also: Callable[[Connection], None] | None = None) -> int:
         """Run ``statement(held)`` over the jobs still held under ``leases``, where
-        ``held`` matches them by id and token, in one transaction; return the
-        rows it touched."""
+        ``held`` matches them by id and token, in one transaction, with ``also``;
+        return the rows it touched."""
         jobs = self.tables.jobs
         grouped = _by_token(leases)
-        if not grouped:
+        if not grouped and also is None:
             return 0
 
         def work(c: Connection) -> int:
+            if also is not None:
+                also(c)
             touched = 0
             for token, ids in grouped.items():
                 for chunk in _chunks(ids):

@@ -34,6 +34,8 @@ class RunJob(NamedTuple):
     kwargs: dict[str, Any]
     attempt: int
     timeout: float
+    locks: frozenset[str] = frozenset()
+    """Lock keys the supervisor took for the job (see WithoutOverlapping)."""
 
 
 class RunHook(NamedTuple):
@@ -102,7 +104,7 @@ def run_job(app: Any, task: RunJob) -> Finished:
     try:
         if job.middleware:
             run_with(job.middleware, JobContext(app, job, task.job_id, task.args, task.kwargs,
-                                                task.attempt, task.timeout), body)
+                                                task.attempt, task.timeout, task.locks), body)
         else:
             body()
     except Release as release:

@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import serializer
 from ..errors import ConfigurationError, MaxAttemptsExceeded, UnknownJob
+from ..middleware import JobContext, LockRequest, WithoutOverlapping
 from ..policy import Rules, refuse_attempt
 from ..serializer import Payload
 from ..store import Failure, Lease, ReservedRow
@@ -30,6 +31,19 @@ class Held:
     reserved_mono: float
     rules: Rules = field(default_factory=lambda: Rules(tries=1))
     timeout: float = 0.0
+    locks: list[tuple[str, str, float]] = field(default_factory=list)
+    """(key, owner, ttl) of the locks taken for this job (see WithoutOverlapping)."""
+
+    def lock_requests(self, app: Any) -> list[LockRequest]:
+        """The locks its middleware wants taken before it runs."""
+        if self.job is None or not self.job.middleware:
+            return []
+        guards = [m for m in self.job.middleware if isinstance(m, WithoutOverlapping)]
+        if not guards:
+            return []
+        context = JobContext(app, self.job, self.row.id, self.payload.args, self.payload.kwargs,
+                             self.row.attempts, self.timeout)
+        return [guard.request(context) for guard in guards]
 
     def db_now(self) -> datetime:
         """The database clock now, from the reservation's timestamp and a monotonic clock."""

@@ -35,11 +35,13 @@ _REFUSALS_BEFORE_GIVING_UP = 3
 class Outbox:
     completions: list[Lease] = field(default_factory=list)
     writes: list[tuple[Lease, Write]] = field(default_factory=list)
+    unlock: list[tuple[str, str]] = field(default_factory=list)
+    """(key, owner) of locks taken for jobs that ended: freed with the completions."""
     refused: int = 0
     """How many times the server refused the write at the head of the queue."""
 
     def __len__(self) -> int:
-        return len(self.completions) + len(self.writes)
+        return len(self.completions) + len(self.writes) + len(self.unlock)
 
     def leases(self) -> list[Lease]:
         return self.completions + [lease for lease, _ in self.writes]
@@ -50,15 +52,15 @@ class Outbox:
         self.writes = [(lease if old.id == lease.id else old, write)
                        for old, write in self.writes]
 
-    def flush(self, complete: Callable[[list[Lease]], int]) -> bool:
+    def flush(self, complete: Callable[[list[Lease], list[tuple[str, str]]], int]) -> bool:
         """Write what is pending; return False if some of it must wait for a later try."""
         try:
-            if self.completions:
-                done = complete(self.completions)
+            if self.completions or self.unlock:
+                done = complete(self.completions, self.unlock)
                 if done < len(self.completions):
                     log.warning("%d completed job(s) had lost their lease to another worker",
                                 len(self.completions) - done)
-                self.completions = []
+                self.completions, self.unlock = [], []
             while self.writes:
                 lease, write = self.writes[0]
                 self._write(lease, write)

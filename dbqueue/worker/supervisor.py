@@ -13,15 +13,17 @@ import os
 import secrets
 import socket
 import time
+import traceback
 from collections import deque
 from functools import partial
 from typing import Any
 
 from ..errors import JobTimeout, WorkerCrashed
+from ..middleware import LockRequest
 from ..policy import Ended, GiveUp, decide
 from ..store import Failure, Lease, ReservedRow, WorkerInfo, WorkerRegistry
 from ..store.locks import Locks
-from .child import Finished, JobFailure, RunHook, RunJob
+from .child import Finished, JobFailure, RunHook, RunJob, class_name
 from .intake import Held, admit
 from .options import WorkerOptions
 from .outbox import DB_ERRORS as _DB_ERRORS
@@ -46,6 +48,7 @@ class Supervisor:
     def __init__(self, app: Any, app_reference: str, options: WorkerOptions) -> None:
         self.app, self.store, self.options = app, app.store, options
         self.registry = WorkerRegistry(self.store)
+        self.locks = Locks(self.store)
         self.id = secrets.token_hex(8)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.pool = Pool(app_reference, options.concurrency,
@@ -121,16 +124,12 @@ class Supervisor:
         self.stop_deadline = time.monotonic() + self.options.grace
         log.info("stopping (%s): %d running job(s) get up to %.0f s to finish", reason,
                  len(self.running), self.options.grace)
-        if self.buffer:
-            leases = [held.lease for held in self.buffer]
-            self.buffer.clear()
-            self._quietly(partial(self.store.release_all, leases), "release reserved jobs")
+        self._give_back(list(self.buffer))
+        self.buffer.clear()
 
     def _shutdown(self) -> None:
-        if self.buffer:  # tasks a dead child never started, put back after _stop
-            leases = [held.lease for held in self.buffer]
-            self.buffer.clear()
-            self._quietly(partial(self.store.release_all, leases), "release reserved jobs")
+        self._give_back(list(self.buffer))  # tasks a dead child never started, put back
+        self.buffer.clear()
         for _ in range(3):
             if not self.outbox or self.outbox.flush(self.store.complete):
                 break
@@ -169,15 +168,88 @@ class Supervisor:
             return
         self.drained = len(rows) < want
         self.next_poll = now + self.options.sleep if self.drained else 0.0
+        admitted: list[Held] = []
         for row in rows:
             if self._adopt(Lease(row.id, token)):
                 continue
             held, failure = admit(self.app, row, token)
             if failure is None:
-                self.buffer.append(held)
+                admitted.append(held)
             else:
                 log.warning("job %d (%s) cannot run: %s", row.id, row.job, failure.message)
                 self._record_failure(held, failure)
+        self.buffer.extend(self._take_locks(admitted))
+
+    def _take_locks(self, admitted: list[Held]) -> list[Held]:
+        """Take the locks the jobs' middleware asks for (WithoutOverlapping), for
+        the whole batch in one statement; return the jobs that may run.
+
+        A job whose key another job holds, here or on any host, is released
+        back or dropped, as its middleware says, without reaching a child.
+        """
+        ready: list[Held] = []
+        asking: list[tuple[Held, list[LockRequest]]] = []
+        keys: set[str] = set()
+        for held in admitted:
+            try:
+                requests = held.lock_requests(self.app)
+            except Exception as exc:  # the application's key function raised
+                self._record_failure(held, Failure(
+                    class_name(exc), f"the lock key of job {held.row.id} could not be "
+                    f"computed: {exc}", traceback.format_exc()))
+                continue
+            if not requests:
+                ready.append(held)
+            elif keys.isdisjoint(request.key for request in requests):
+                keys.update(request.key for request in requests)
+                owner = f"{self.id}:{held.row.id}"
+                held.locks = [(request.key, owner, request.ttl) for request in requests]
+                asking.append((held, requests))
+            else:  # a job of this same batch has the key
+                self._busy(held, requests[0])
+        if not asking:
+            return ready
+        try:
+            taken = self.locks.acquire_many([lock for held, _ in asking for lock in held.locks])
+        except _DB_ERRORS as exc:
+            log.error("cannot take job locks, putting %d job(s) back: %s", len(asking), exc)
+            self._give_back([held for held, _ in asking])
+            return ready
+        for held, requests in asking:
+            refused = [request for request in requests if request.key not in taken]
+            if refused:
+                held.locks = [lock for lock in held.locks if lock[0] in taken]
+                self._busy(held, refused[0])
+            else:
+                ready.append(held)
+        return ready
+
+    def _busy(self, held: Held, request: LockRequest) -> None:
+        """Another job holds ``request.key``: release this one or drop it."""
+        self._note_write()
+        self._unlock(held)
+        if request.dont_release:
+            self.outbox.completions.append(held.lease)
+            self.processed += 1
+        else:
+            self.outbox.writes.append(
+                (held.lease, partial(self._release, request.release_after, False)))
+            self.drained = False
+
+    def _unlock(self, held: Held) -> None:
+        """The job is leaving this worker: free its locks with the next completions."""
+        if held.locks:
+            self._note_write()
+            self.outbox.unlock += [(key, owner) for key, owner, _ in held.locks]
+            held.locks = []
+
+    def _give_back(self, helds: list[Held]) -> None:
+        """Put reserved jobs that did not run back in the queue, attempt not counted."""
+        if helds:
+            for held in helds:
+                self._unlock(held)
+            self._quietly(partial(self.store.release_all, [held.lease for held in helds]),
+                          "release reserved jobs")
 
     def _adopt(self, lease: Lease) -> bool:
         """Take a new lease on a job this worker still holds under an old one.
@@ -223,8 +295,9 @@ class Supervisor:
             return False
         held = self.buffer.popleft()
         payload = held.payload
+        locks = frozenset(key for key, _, _ in held.locks) if held.locks else frozenset()
         self.pool.give(child, RunJob(held.row.id, held.row.job, payload.args, payload.kwargs,
-                                     held.row.attempts, held.timeout), held.timeout)
+                                     held.row.attempts, held.timeout, locks), held.timeout)
         self.running[held.row.id] = held
         if held.job.unique and held.job.unique_until == "processing":
             self._note_write()
@@ -256,6 +329,7 @@ class Supervisor:
             if renewed < len(leases):
                 log.warning("%d job lease(s) were lost to other workers (this worker stalled "
                             "longer than --retry-after)", len(leases) - renewed)
+            self._renew_locks()
             if self.registry.beat(self.id) and not self.stopping:
                 self._stop("restart requested")
             self.registry.prune(silent_for=_DEAD_AFTER)
@@ -265,6 +339,14 @@ class Supervisor:
         except _DB_ERRORS as exc:
             log.error("heartbeat failed, retrying: %s", exc)
             self.next_beat = now + min(self.options.heartbeat_every, 1.0)
+
+    def _renew_locks(self) -> None:
+        by_ttl: dict[float, list[tuple[str, str]]] = {}
+        for held in [*self.buffer, *self.running.values()]:
+            for key, owner, ttl in held.locks:
+                by_ttl.setdefault(ttl, []).append((key, owner))
+        for ttl, locks in by_ttl.items():
+            self.locks.renew(locks, ttl)
 
     def _flush(self) -> None:
         if not self.outbox:
@@ -319,6 +401,7 @@ class Supervisor:
                 0.9 * self.avg_runtime + 0.1 * runtime)
             if answer.kind == "done":
                 self._note_write()
+                self._unlock(held)
                 self.outbox.completions.append(held.lease)
                 self.processed += 1
             else:
@@ -359,12 +442,14 @@ class Supervisor:
         for held in self.running.values():
             log.warning("job %d (%s) did not finish within the grace period; put back",
                         held.row.id, held.row.job)
+            self._unlock(held)
             self.outbox.writes.append((held.lease, partial(self._release, 0.0, False)))
         self.running.clear()
 
     def _ended(self, held: Held, ended: Ended, failure: Failure) -> None:
         self.processed += 1
         self._note_write()
+        self._unlock(held)
         decision = decide(ended, held.rules, held.db_now())
         if isinstance(decision, GiveUp):
             if decision.why:

@@ -7,7 +7,8 @@ asks which database it is talking to.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, NamedTuple
 
 import sqlalchemy as sa
@@ -187,22 +188,32 @@ class Dialect:
 
         return postgresql
 
-    def acquire_lock(self, connection: Connection, locks: sa.Table, key: str, owner: str,
-                     ttl: float) -> bool:
-        """Take ``key`` for ``owner`` if it is free, its holder's time ran out,
-        or ``owner`` holds it already (then its expiry is renewed).
+    def acquire_locks(self, connection: Connection, locks: sa.Table,
+                      wanted: Sequence[tuple[str, str, float]]) -> set[str]:
+        """Take each ``(key, owner, ttl)`` if the key is free, its holder's time ran
+        out, or that owner holds it already (then its expiry is renewed); return
+        the keys taken. The keys must be distinct.
 
         One statement: INSERT, or on conflict take over the row only where it
-        has expired or is ours; RETURNING says whether this owner holds it now.
+        has expired or is ours; RETURNING names the keys taken.
         """
-        insert = self.upsert_module().insert(locks).values(
-            key=key, owner=owner, expires_at=self.now_plus(ttl))
+        insert = self.upsert_module().insert(locks)
         statement = insert.on_conflict_do_update(
             index_elements=[locks.c.key],
             set_={"owner": insert.excluded.owner, "expires_at": insert.excluded.expires_at},
             where=(locks.c.expires_at <= self.now()) | (locks.c.owner == insert.excluded.owner),
-        ).returning(locks.c.owner)
-        return connection.execute(statement).first() is not None
+        ).returning(locks.c.key)
+        return set(connection.execute(statement, self.lock_rows(connection, locks, wanted))
+                   .scalars())
+
+    def lock_rows(self, connection: Connection, locks: sa.Table,
+                  wanted: Sequence[tuple[str, str, float]]) -> list[dict[str, Any]]:
+        """Rows for ``wanted`` locks, their expiry as plain values from the server's
+        clock: an executemany of plain values is sent as one multi-row INSERT."""
+        now = connection.execute(
+            sa.select(sa.type_coerce(self.now(), locks.c.expires_at.type))).scalar_one()
+        return [{"key": key, "owner": owner, "expires_at": now + timedelta(seconds=ttl)}
+                for key, owner, ttl in wanted]
 
     # --- errors ---------------------------------------------------------------
 

@@ -4,6 +4,7 @@ UPDATE SKIP LOCKED followed by an UPDATE of the locked ids, in one short transac
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
@@ -126,23 +127,24 @@ class MySQL(Dialect):
         insert = mysql.insert(table).values({key.name: value, counter.name: 1})
         connection.execute(insert.on_duplicate_key_update({counter.name: counter + 1}))
 
-    def acquire_lock(self, connection: Connection, locks: sa.Table, key: str, owner: str,
-                     ttl: float) -> bool:
+    def acquire_locks(self, connection: Connection, locks: sa.Table,
+                      wanted: Sequence[tuple[str, str, float]]) -> set[str]:
         # No conditional ON CONFLICT on MySQL: ON DUPLICATE KEY UPDATE keeps the
         # row as it is unless it has expired or is ours. MySQL assigns in the
         # order written, so owner goes first, and expires_at then follows the
         # owner: it is renewed exactly when the row became (or stayed) ours.
         # The row, locked by the upsert until commit, then says who holds it.
-        insert = mysql.insert(locks).values(key=key, owner=owner, expires_at=self.now_plus(ttl))
+        insert = mysql.insert(locks)
         ours = (locks.c.expires_at <= self.now()) | (locks.c.owner == insert.inserted.owner)
         renewed = locks.c.owner == insert.inserted.owner
         connection.execute(insert.on_duplicate_key_update([
             ("owner", sa.func.if_(ours, insert.inserted.owner, locks.c.owner)),
             ("expires_at", sa.func.if_(renewed, insert.inserted.expires_at, locks.c.expires_at)),
-        ]))
-        holder = connection.execute(
-            sa.select(locks.c.owner).where(locks.c.key == key)).scalar()
-        return bool(holder == owner)
+        ]), self.lock_rows(connection, locks, wanted))
+        owners = {key: owner for key, owner, _ in wanted}
+        holders = connection.execute(
+            sa.select(locks.c.key, locks.c.owner).where(locks.c.key.in_(owners))).all()
+        return {key for key, holder in holders if owners.get(key) == holder}
 
     def is_retryable(self, error: BaseException) -> bool:
         return _errno(error) in (_DEADLOCK, _LOCK_WAIT_TIMEOUT)
