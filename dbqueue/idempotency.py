@@ -17,22 +17,44 @@ call) is not covered: after a crash before the commit it happens again.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from . import serializer
-from .errors import ConfigurationError
-from .store.engine import connect
+from .errors import ConfigurationError, Release
+from .store.engine import checkout
 from .store.outcomes import Outcomes
 
 if TYPE_CHECKING:
     from .app import App
     from .jobs import Job
 
-_current: contextvars.ContextVar[Connection | None] = contextvars.ContextVar(
+_SAVEPOINT = "dbqueue_job"
+
+
+class _JobTransaction:
+    """What ``transaction()`` hands the running job: the batch's connection,
+    behind a savepoint taken on first use, so that the job's own writes can be
+    undone alone if it fails."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.savepoint = False
+
+    def use(self) -> Connection:
+        if not self.savepoint:
+            self.connection.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
+            self.savepoint = True
+        return self.connection
+
+
+_current: contextvars.ContextVar[_JobTransaction | None] = contextvars.ContextVar(
     "dbqueue_transaction", default=None)
 
 
@@ -43,30 +65,124 @@ def transaction() -> Connection:
     to commit them together with the idempotency key. Only inside a job that
     has an ``idempotency_key``; never commit or roll it back yourself.
     """
-    connection = _current.get()
-    if connection is None:
+    running = _current.get()
+    if running is None:
         raise ConfigurationError(
             "dbqueue.transaction() is only available while a job with idempotency_key= runs"
         )
-    return connection
+    return running.use()
 
 
-def run_idempotent(app: App, job: Job[..., Any], job_id: int, args: tuple[Any, ...],
-                   kwargs: dict[str, Any], body: Callable[[], Any]) -> Any:
-    """Run ``body`` once per idempotency key; None when the key has an outcome already."""
-    key = job.idempotency_id(args, kwargs)
-    outcomes = Outcomes(app.store)
-    # Not store.transaction(): a retried deadlock must not run the job's body
-    # twice within one attempt. A failure rolls all of it back and the worker
-    # retries the attempt as usual.
-    with connect(app.store.engine) as connection, connection.begin():
-        if not outcomes.claim(connection, key, job.name, job_id):
+class OutcomeBatch:
+    """The open transaction in which a worker's child runs idempotent jobs.
+
+    A job that fails is undone alone: its writes through ``transaction()``
+    are rolled back to their savepoint, and its key is given up. When several
+    short idempotent jobs arrive one after another, they share the
+    transaction and its one commit (up to ``MAX_JOBS`` of them or
+    ``MAX_SECONDS``); the worker records them as complete only once it has
+    committed (see ``pending``).
+    """
+
+    MAX_JOBS = 32  # PostgreSQL keeps 64 subtransactions per transaction in memory
+    MAX_SECONDS = 0.02
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.outcomes = Outcomes(app.store)
+        self.pending: list[int] = []
+        """Jobs whose effects and outcome wait for ``commit``."""
+        self.lost: list[int] = []
+        """Jobs whose effects were lost with the transaction: they must run again."""
+        self._connection: Connection | None = None
+        self._transaction: sa.RootTransaction | None = None
+        self._opened = 0.0
+
+    @property
+    def open(self) -> bool:
+        return self._connection is not None
+
+    def due(self) -> bool:
+        """Whether the transaction should commit before another job joins it."""
+        return (len(self.pending) >= self.MAX_JOBS
+                or time.monotonic() - self._opened >= self.MAX_SECONDS)
+
+    def run(self, job: Job[..., Any], job_id: int, args: tuple[Any, ...],
+            kwargs: dict[str, Any], body: Callable[[], Any]) -> Any:
+        """Run ``body`` once per idempotency key; None when the key has an outcome already."""
+        key = job.idempotency_id(args, kwargs)
+        connection = self._begin()
+        # Not store.transaction(): a retried deadlock must not run the job's body
+        # twice within one attempt.
+        try:
+            claimed = self.outcomes.claim(connection, key, job.name, job_id)
+        except sa.exc.DBAPIError as exc:
+            self.discard()  # a failed statement spoils the whole transaction
+            if self.app.store.dialect.is_retryable(exc):
+                # Runs of one key in two batches took each other's keys: not
+                # this job's failure. Run it again soon.
+                raise Release(0.0) from exc
+            raise
+        if not claimed:
             return None
-        token = _current.set(connection)
+        running = _JobTransaction(connection)
+        token = _current.set(running)
         try:
             result = body()
+            if result is not None:  # None is what the claim stored already
+                self.outcomes.record(connection, key, serializer.encode_value(
+                    f"the result of job {job.name!r}", result))
+        except BaseException:
+            self._undo(running, key)
+            raise
         finally:
             _current.reset(token)
-        outcomes.record(connection, key,
-                        serializer.encode_value(f"the result of job {job.name!r}", result))
+        self.pending.append(job_id)
         return result
+
+    def commit(self) -> None:
+        """Commit the open transaction; raise what the database said if it cannot.
+
+        Either way ``pending`` is left for the caller to report and clear.
+        """
+        connection, transaction = self._connection, self._transaction
+        assert connection is not None and transaction is not None
+        self._connection = self._transaction = None
+        try:
+            transaction.commit()
+        finally:
+            connection.close()
+
+    def discard(self) -> None:
+        """Roll back the open transaction (its jobs are lost: they run again)."""
+        connection, self._connection, self._transaction = self._connection, None, None
+        if connection is not None:
+            self.lost += self.pending
+            self.pending = []
+            with contextlib.suppress(sa.exc.DBAPIError):
+                connection.close()  # rolls back
+
+    def _begin(self) -> Connection:
+        if self._connection is None:
+            connection = checkout(self.app.store.engine)
+            try:
+                self._transaction = connection.begin()
+            except BaseException:
+                connection.close()
+                raise
+            self._connection = connection
+            self._opened = time.monotonic()
+        return self._connection
+
+    def _undo(self, running: _JobTransaction, key: str) -> None:
+        """Take back what a failed job did: its writes, then its claim on ``key``."""
+        if self._connection is None:
+            return
+        try:
+            if running.savepoint:
+                self._connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+            self.outcomes.unclaim(self._connection, key)
+        except sa.exc.DBAPIError:
+            # The server ended the whole transaction (MySQL does on a deadlock):
+            # the jobs before this one lost their effects too.
+            self.discard()

@@ -196,6 +196,18 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
         time.sleep(seconds)
         return {"order": order, "cents": 4200}
 
+    @app.job(name="charge_or_fail", tries=1, idempotency_key=lambda order: f"cof:{order}")
+    def charge_or_fail(order: int) -> None:
+        """Charges, then fails for order 13 (its charge must roll back alone)."""
+        charge_once(order)
+        if order == 13:
+            raise RuntimeError("card declined")
+
+    @app.job(name="charge_then_die", idempotency_key=lambda order: f"die:{order}")
+    def charge_then_die(order: int) -> None:
+        charge_once(order)
+        os.kill(os.getpid(), signal.SIGKILL)
+
     @app.job(name="charge_then_freeze", tries=3,
              idempotency_key=lambda order: f"freeze:{order}")
     def charge_then_freeze(order: int) -> None:

@@ -1,6 +1,7 @@
 """Idempotent jobs: effects written through dbqueue.transaction() happen once per key."""
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -9,7 +10,8 @@ import sys
 import pytest
 
 import dbqueue
-from tests.conftest import ROOT, count, wait_until, worker_env
+from dbqueue.worker.child import Committed, Finished, RunJob, child_main
+from tests.conftest import PREFIX, ROOT, count, rows, wait_until, worker_env
 
 FAST = ("--sleep", "0.05")
 
@@ -75,3 +77,60 @@ def test_cli_shows_and_prunes_outcomes(jobs, workers, schema):
     assert "Deleted 0" in cli(schema, "outcomes", "prune", "--older-than", "1").stdout
     assert "Deleted 1" in cli(schema, "outcomes", "prune", "--older-than", "0").stdout
     assert jobs.app.outcome("charge:7") is None
+
+
+def test_a_failing_job_among_idempotent_ones_is_undone_alone(jobs, workers):
+    jobs.app.dispatch_many([jobs.charge_or_fail.prepare(order) for order in range(10, 40)])
+    assert workers.run("--concurrency", "1", "--stop-when-empty", *FAST).returncode == 0
+    charged = {int(r.event) for r in rows(jobs.app, jobs.effects, jobs.effects.c.tag == "charge")}
+    assert charged == set(range(10, 40)) - {13}
+    (failed,) = rows(jobs.app, jobs.app.store.tables.failed_jobs)
+    assert "card declined" in failed.exception_message
+    assert jobs.app.outcome("cof:13") is None and jobs.app.outcome("cof:14") is not None
+
+
+def answers_until(conn, done):
+    """Messages from a child until ``done(messages)`` holds or the pipe closes."""
+    messages = []
+    while not done(messages):
+        try:
+            messages.append(conn.recv())
+        except EOFError:
+            break
+    return messages
+
+
+def committed_ids(messages):
+    return [i for m in messages if isinstance(m, Committed) and m.failure is None
+            for i in m.job_ids]
+
+
+def test_a_child_commits_idempotent_jobs_before_they_count_as_done(jobs, schema, monkeypatch):
+    """The protocol between a child and its supervisor, driven by hand: jobs sent
+    together share a transaction; each is answered "done, uncommitted", then named
+    in a Committed message; a child that dies first commits none of its batch."""
+    monkeypatch.setenv("DBQUEUE_URL", schema)
+    monkeypatch.setenv("DBQUEUE_TABLE_PREFIX", PREFIX)
+    context = multiprocessing.get_context("spawn")
+    parent, child_end = context.Pipe()
+    child = context.Process(target=child_main, args=(child_end, "tests.jobapp:app"), daemon=True)
+    child.start()
+    child_end.close()
+    try:
+        for order in (1, 2, 3, 4):
+            parent.send(RunJob(100 + order, "charge", (order,), {}, 1, 60.0))
+        messages = answers_until(parent, lambda m: len(committed_ids(m)) == 4)
+        answers = [m for m in messages if isinstance(m, Finished)]
+        assert [a.kind for a in answers] == ["done"] * 4 and all(a.uncommitted for a in answers)
+        assert sorted(committed_ids(messages)) == [101, 102, 103, 104]
+        assert all(charges(jobs, order) == 1 for order in (1, 2, 3, 4))
+
+        parent.send(RunJob(111, "charge", (11,), {}, 1, 60.0))
+        parent.send(RunJob(112, "charge_then_die", (12,), {}, 1, 60.0))
+        messages = answers_until(parent, lambda m: False)  # until it dies
+    finally:
+        child.join(30)
+    assert child.exitcode == -signal.SIGKILL
+    # Whatever committed before the death is named; nothing else is in the database.
+    assert charges(jobs, 11) == (111 in committed_ids(messages))
+    assert charges(jobs, 12) == 0 and jobs.app.outcome("die:12") is None

@@ -97,16 +97,20 @@ def describe(engine: Engine) -> str:
 @contextmanager
 def connect(engine: Engine) -> Iterator[Connection]:
     """A connection, with a failure to connect reported as DatabaseUnavailable."""
+    with checkout(engine) as connection:
+        yield connection
+
+
+def checkout(engine: Engine) -> Connection:
+    """A connection the caller closes; DatabaseUnavailable if there is none."""
     try:
-        connection = engine.connect()
+        return engine.connect()
     except sa.exc.DBAPIError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise DatabaseUnavailable(
             f"cannot connect to {describe(engine)}: {reason}; "
             "check DBQUEUE_URL (or --url) and that the server is running"
         ) from None
-    with connection:
-        yield connection
 
 
 def translate(engine: Engine, error: sa.exc.DBAPIError) -> Exception:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -24,7 +25,7 @@ class Outcome:
     job_id: int | None
     status: str
     result: str | None
-    """The job's return value as JSON text."""
+    """The job's return value as JSON text; None (NULL) when it returned None."""
     created_at: datetime
     expires_at: datetime | None
 
@@ -33,15 +34,26 @@ class Outcomes:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.table = store.tables.job_outcomes
+        self._claim: Any = None
 
     def claim(self, connection: Connection, key: str, job: str, job_id: int) -> bool:
         """In the caller's transaction, take ``key`` for this run; False if an outcome
         exists already. A run holding the key uncommitted makes this wait for it."""
+        table, dialect = self.table, self.store.dialect
+        if self._claim is None:  # built once: a worker's child claims a key per job
+            self._claim = dialect.insert_if_absent_statement(table, {
+                "idempotency_key": sa.bindparam("key"), "job": sa.bindparam("job"),
+                "job_id": sa.bindparam("job_id"), "status": COMPLETED,
+                "created_at": dialect.now(),
+            }, table.c.idempotency_key, table.c.idempotency_key)
+        return dialect.run_insert_if_absent(
+            connection, self._claim, {"key": key, "job": job, "job_id": job_id},
+            table.c.idempotency_key) is not None
+
+    def unclaim(self, connection: Connection, key: str) -> None:
+        """In the caller's transaction, give up ``key`` (the run failed)."""
         table = self.table
-        return self.store.dialect.insert_if_absent(connection, table, {
-            "idempotency_key": key, "job": job, "job_id": job_id, "status": COMPLETED,
-            "created_at": self.store.dialect.now(),
-        }, table.c.idempotency_key, table.c.idempotency_key) is not None
+        connection.execute(sa.delete(table).where(table.c.idempotency_key == key))
 
     def record(self, connection: Connection, key: str, result_json: str) -> None:
         """In the caller's transaction, store the run's result under ``key``."""

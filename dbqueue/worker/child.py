@@ -3,6 +3,11 @@
 A child takes one task at a time from its pipe and answers with one message.
 It never touches the queue tables: the supervisor owns every lease, so a child
 killed at any instant (timeout, crash, OOM) leaves nothing half-written.
+
+Idempotent jobs are the one exception to "one answer per task": their effects
+commit in a transaction that consecutive short ones share (OutcomeBatch), so
+the child answers "done, uncommitted" at once and sends ``Committed`` for the
+lot after the commit. The supervisor completes them only then.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
+import sqlalchemy as sa
+
 from ..errors import Fail, Release
-from ..idempotency import run_idempotent
+from ..idempotency import OutcomeBatch
 from ..jobs import JobFailure
 from ..middleware import JobContext, run_with
 
@@ -55,6 +62,17 @@ class Finished(NamedTuple):
     exception_class: str = ""
     message: str = ""
     traceback: str = ""
+    uncommitted: bool = False
+    """Done, but its effects are in a transaction not yet committed: wait for
+    the ``Committed`` message that names it."""
+
+
+class Committed(NamedTuple):
+    """The transaction of these idempotent jobs ended. If ``failure`` is set, it
+    did not commit, and that is how each of the jobs ended instead."""
+
+    job_ids: tuple[int, ...]
+    failure: Finished | None = None
 
 
 def class_name(error: BaseException | type[BaseException]) -> str:
@@ -89,7 +107,7 @@ def _die_with_parent() -> None:
             pass
 
 
-def run_job(app: Any, task: RunJob) -> Finished:
+def run_job(app: Any, task: RunJob, batch: OutcomeBatch) -> Finished:
     try:
         job = app.lookup(task.name)
         job.check_arguments(task.args, task.kwargs)
@@ -100,7 +118,7 @@ def run_job(app: Any, task: RunJob) -> Finished:
         return job.func(*task.args, **task.kwargs)
 
     if job.idempotency_key is not None:  # innermost: its transaction spans only the body
-        body = partial(run_idempotent, app, job, task.job_id, task.args, task.kwargs, body)
+        body = partial(batch.run, job, task.job_id, task.args, task.kwargs, body)
     try:
         if job.middleware:
             run_with(job.middleware, JobContext(app, job, task.job_id, task.args, task.kwargs,
@@ -116,7 +134,33 @@ def run_job(app: Any, task: RunJob) -> Finished:
         kind = "permanent" if isinstance(exc, job.dont_retry) else "error"
         return Finished(kind, exception_class=class_name(exc), message=str(exc),
                         traceback=traceback.format_exc())
-    return Finished("done")
+    return Finished("done", uncommitted=bool(batch.pending) and batch.pending[-1] == task.job_id)
+
+
+def end_batch(batch: OutcomeBatch) -> list[Committed]:
+    """Commit the idempotent jobs' transaction if one is open; the messages to send."""
+    messages = []
+    if batch.lost:  # rolled back with a failing job's transaction: not their fault
+        messages.append(Committed(tuple(batch.lost), Finished("release")))
+        batch.lost = []
+    if batch.open:
+        ids, failure = tuple(batch.pending), None
+        try:
+            batch.commit()
+        except sa.exc.DBAPIError as exc:
+            failure = Finished("error", exception_class=class_name(exc.orig or exc),
+                               message=str(exc.orig or exc), traceback=traceback.format_exc())
+        batch.pending = []
+        if ids:
+            messages.append(Committed(ids, failure))
+    return messages
+
+
+def _joins_batch(app: Any, task: Any) -> bool:
+    if not isinstance(task, RunJob):
+        return False
+    job = app.jobs.get(task.name)
+    return job is not None and job.idempotency_key is not None
 
 
 def run_hook(app: Any, task: RunHook) -> Finished:
@@ -140,17 +184,28 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
     from ..loader import load_app
 
     app = load_app(app_reference)
-    while True:
-        try:
-            task = conn.recv()
-        except (EOFError, OSError):
-            return
-        if task is None:
-            return
-        answer = run_job(app, task) if isinstance(task, RunJob) else run_hook(app, task)
-        if measure_memory:
-            answer = answer._replace(rss_mb=_rss_mb())
-        try:
+    batch = OutcomeBatch(app)
+    try:
+        while True:
+            # An open batch waits for the next job only if it is already here.
+            if batch.lost or (batch.open and (batch.due() or not conn.poll())):
+                for message in end_batch(batch):
+                    conn.send(message)
+            try:
+                task = conn.recv()
+            except (EOFError, OSError):
+                return  # the supervisor is gone: the batch rolls back
+            if batch.open and not _joins_batch(app, task):
+                for message in end_batch(batch):
+                    conn.send(message)
+            if task is None:
+                return
+            answer = (run_job(app, task, batch) if isinstance(task, RunJob)
+                      else run_hook(app, task))
+            if measure_memory:
+                answer = answer._replace(rss_mb=_rss_mb())
             conn.send(answer)
-        except (BrokenPipeError, OSError):
-            return
+    except (BrokenPipeError, OSError):
+        return
+    finally:
+        batch.discard()

@@ -20,7 +20,7 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from .child import Finished, RunHook, RunJob, child_main
+from .child import Committed, Finished, RunHook, RunJob, child_main
 
 Task = RunJob | RunHook
 
@@ -54,6 +54,8 @@ class Ended:
     """(child, the task it was running, how it died)"""
     unstarted: list[Task] = field(default_factory=list)
     """Tasks queued behind one whose child died: give them to another child."""
+    committed: list[Committed] = field(default_factory=list)
+    """Transactions of idempotent jobs that ended (see child.Committed)."""
 
 
 def _context(app_module: str) -> BaseContext:
@@ -138,6 +140,9 @@ class Pool:
         try:
             while child.conn.poll():
                 answer = child.conn.recv()
+                if isinstance(answer, Committed):
+                    ended.committed.append(answer)
+                    continue
                 if not child.tasks:
                     continue
                 now = time.monotonic()

@@ -23,7 +23,7 @@ from ..middleware import LockRequest
 from ..policy import Ended, GiveUp, decide
 from ..store import Failure, Lease, ReservedRow, WorkerInfo, WorkerRegistry
 from ..store.locks import Locks
-from .child import Finished, JobFailure, RunHook, RunJob, class_name
+from .child import Committed, Finished, JobFailure, RunHook, RunJob, class_name
 from .intake import Held, admit
 from .options import WorkerOptions
 from .outbox import DB_ERRORS as _DB_ERRORS
@@ -56,6 +56,8 @@ class Supervisor:
         self.signals = StopSignals()
         self.buffer: deque[Held] = deque()
         self.running: dict[int, Held] = {}  # by job id: handed to a child, not yet answered
+        # Idempotent jobs that are done, in a child's transaction not yet committed.
+        self.uncommitted: dict[int, tuple[Child, Held]] = {}
         self.hooks: deque[RunHook] = deque()
         self.outbox = Outbox()
         self.processed = 0
@@ -91,7 +93,7 @@ class Supervisor:
         return 0
 
     def _finished(self) -> bool:
-        return self.stopping is not None and not self.running and (
+        return self.stopping is not None and not self.running and not self.uncommitted and (
             not self.hooks or time.monotonic() >= self.stop_deadline)
 
     def _turn(self) -> None:
@@ -111,8 +113,11 @@ class Supervisor:
         self.signals.drain()
         for child, task, answer, runtime in ended.finished:
             self._on_answer(child, task, answer, runtime)
-        for _child, lost, how in ended.died:
+        for committed in ended.committed:
+            self._on_committed(committed)
+        for child, lost, how in ended.died:
             self._on_death(lost, how)
+            self._lost_with(child)
         self._requeue(ended.unstarted)
         for child in self.pool.overdue():
             self._on_timeout(child)
@@ -316,7 +321,7 @@ class Supervisor:
 
     def _held_leases(self) -> list[Lease]:
         return ([h.lease for h in self.buffer] + [h.lease for h in self.running.values()]
-                + self.outbox.leases())
+                + [h.lease for _, h in self.uncommitted.values()] + self.outbox.leases())
 
     def _beat(self) -> None:
         now = time.monotonic()
@@ -399,28 +404,55 @@ class Supervisor:
                 return
             self.avg_runtime = runtime if self.avg_runtime is None else (
                 0.9 * self.avg_runtime + 0.1 * runtime)
-            if answer.kind == "done":
-                self._note_write()
-                self._unlock(held)
-                self.outbox.completions.append(held.lease)
-                self.processed += 1
+            self.processed += 1
+            if answer.uncommitted:
+                self.uncommitted[held.row.id] = (child, held)
+            elif answer.kind == "done":
+                self._completed(held)
             else:
-                failure = Failure(answer.exception_class, answer.message, answer.traceback)
-                self._ended(held, Ended(answer.kind, held.row.attempts, answer.delay),  # type: ignore[arg-type]
-                            failure)
+                self._ended(held, answer)
         limit = self.options.memory_mb
-        if limit is not None and answer.rss_mb > limit and not child.tasks:
+        if (limit is not None and answer.rss_mb > limit and not child.tasks
+                and all(owner is not child for owner, _ in self.uncommitted.values())):
             log.info("child using %.0f MB (over --memory %g): replacing it", answer.rss_mb, limit)
             self.pool.retire(child)
 
+    def _completed(self, held: Held) -> None:
+        self._note_write()
+        self._unlock(held)
+        self.outbox.completions.append(held.lease)
+
+    def _on_committed(self, committed: Committed) -> None:
+        for job_id in committed.job_ids:
+            _, held = self.uncommitted.pop(job_id, (None, None))
+            if held is None:
+                continue
+            if committed.failure is None:
+                self._completed(held)
+            else:
+                self._ended(held, committed.failure)
+
+    def _lost_with(self, child: Child) -> None:
+        """A child died with an open transaction: its done idempotent jobs were
+        rolled back with it. Not their failure: they go back without using a try."""
+        for job_id, (owner, held) in list(self.uncommitted.items()):
+            if owner is child:
+                del self.uncommitted[job_id]
+                log.warning("job %d (%s) was rolled back when its process died; it runs again",
+                            job_id, held.row.job)
+                self._ended(held, Finished("release"))
+
     def _on_timeout(self, child: Child) -> None:
         task, how, unstarted = self.pool.kill(child)
+        self._lost_with(child)
         self._requeue(unstarted)
         held = self.running.pop(task.job_id, None) if isinstance(task, RunJob) else None
         if held is not None:
             message = f"job ran longer than its timeout of {held.timeout:g} s and was killed"
-            self._ended(held, Ended("timeout", held.row.attempts),
-                        Failure("dbqueue.JobTimeout", message, f"{JobTimeout.__name__}: {message}"))
+            self.processed += 1
+            self._ended(held, Finished("timeout", exception_class="dbqueue.JobTimeout",
+                                       message=message,
+                                       traceback=f"{JobTimeout.__name__}: {message}"))
         elif isinstance(task, RunHook):
             log.error("on_failure hook of job %d timed out (%s)", task.failure.job_id, how)
 
@@ -428,17 +460,19 @@ class Supervisor:
         held = self.running.pop(task.job_id, None) if isinstance(task, RunJob) else None
         if held is not None:
             message = f"the process running the job died ({how})"
-            self._ended(held, Ended("crash", held.row.attempts),
-                        Failure("dbqueue.WorkerCrashed", message,
-                                f"{WorkerCrashed.__name__}: {message}"))
+            self.processed += 1
+            self._ended(held, Finished("crash", exception_class="dbqueue.WorkerCrashed",
+                                       message=message,
+                                       traceback=f"{WorkerCrashed.__name__}: {message}"))
         elif isinstance(task, RunHook):
             log.error("on_failure hook of job %d died (%s)", task.failure.job_id, how)
 
     def _abandon_running(self) -> None:
         """The grace period is over: kill what still runs and put its jobs back."""
-        for child in self.pool.children:
+        for child in list(self.pool.children):
             if child.tasks:
                 self.pool.kill(child)
+                self._lost_with(child)
         for held in self.running.values():
             log.warning("job %d (%s) did not finish within the grace period; put back",
                         held.row.id, held.row.job)
@@ -446,10 +480,12 @@ class Supervisor:
             self.outbox.writes.append((held.lease, partial(self._release, 0.0, False)))
         self.running.clear()
 
-    def _ended(self, held: Held, ended: Ended, failure: Failure) -> None:
-        self.processed += 1
+    def _ended(self, held: Held, answer: Finished) -> None:
+        """The attempt ended without completing the job: retry, release or fail it."""
         self._note_write()
         self._unlock(held)
+        ended = Ended(answer.kind, held.row.attempts, answer.delay)  # type: ignore[arg-type]
+        failure = Failure(answer.exception_class, answer.message, answer.traceback)
         decision = decide(ended, held.rules, held.db_now())
         if isinstance(decision, GiveUp):
             if decision.why:

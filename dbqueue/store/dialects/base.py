@@ -169,9 +169,19 @@ class Dialect:
         PostgreSQL that error would abort the caller's whole transaction. A
         concurrent insert of the same key waits for the other transaction to end.
         """
-        statement = (self.upsert_module().insert(table).values(values)
-                     .on_conflict_do_nothing(index_elements=[key]).returning(returning))
-        return connection.execute(statement).scalar()
+        statement = self.insert_if_absent_statement(table, values, key, returning)
+        return self.run_insert_if_absent(connection, statement, {}, returning)
+
+    def insert_if_absent_statement(self, table: sa.Table, values: dict[str, Any],
+                                   key: sa.Column[Any], returning: sa.Column[Any]) -> Any:
+        """The statement of ``insert_if_absent``, to build once (with bindparams)
+        and run many times with ``run_insert_if_absent``."""
+        return (self.upsert_module().insert(table).values(values)
+                .on_conflict_do_nothing(index_elements=[key]).returning(returning))
+
+    def run_insert_if_absent(self, connection: Connection, statement: Any,
+                             params: dict[str, Any], returning: sa.Column[Any]) -> Any:
+        return connection.execute(statement, params).scalar()
 
     def increment(self, connection: Connection, table: sa.Table, key: sa.Column[Any],
                   value: str, counter: sa.Column[Any]) -> None:

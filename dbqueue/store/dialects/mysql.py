@@ -108,19 +108,23 @@ class MySQL(Dialect):
             for row in locked
         ]
 
-    def insert_if_absent(self, connection: Connection, table: sa.Table, values: dict[str, Any],
-                         key: sa.Column[Any], returning: sa.Column[Any]) -> Any:
+    def insert_if_absent_statement(self, table: sa.Table, values: dict[str, Any],
+                                   key: sa.Column[Any], returning: sa.Column[Any]) -> Any:
+        return sa.insert(table).values(values)
+
+    def run_insert_if_absent(self, connection: Connection, statement: Any,
+                             params: dict[str, Any], returning: sa.Column[Any]) -> Any:
         # MySQL undoes only the failed statement on a duplicate key, so the
         # caller's transaction goes on; INSERT IGNORE would hide other errors.
         try:
-            result = connection.execute(sa.insert(table).values(values))
+            result = connection.execute(statement, params)
         except sa.exc.IntegrityError as exc:
             if _errno(exc) == _DUPLICATE_KEY:
                 return None
             raise
-        if returning.name in values:
-            return values[returning.name]
-        return result.inserted_primary_key[0]  # type: ignore[index]  # the autoincrement id
+        if returning is returning.table.autoincrement_column:  # type: ignore[attr-defined]
+            return result.inserted_primary_key[0]  # type: ignore[index]
+        return params.get(returning.name, True)  # no RETURNING here: "inserted" will do
 
     def increment(self, connection: Connection, table: sa.Table, key: sa.Column[Any],
                   value: str, counter: sa.Column[Any]) -> None:
