@@ -80,7 +80,8 @@ class OutcomeBatch:
     are rolled back to their savepoint, and its key is given up. When several
     short idempotent jobs arrive one after another, they share the
     transaction and its one commit (up to ``MAX_JOBS`` of them or
-    ``MAX_SECONDS``); the worker records them as complete only once it has
+    ``MAX_SECONDS``), and their keys are claimed together, in one statement
+    (``preclaim``); the worker records them as complete only once it has
     committed (see ``pending``).
     """
 
@@ -94,6 +95,9 @@ class OutcomeBatch:
         """Jobs whose effects and outcome wait for ``commit``."""
         self.lost: list[int] = []
         """Jobs whose effects were lost with the transaction: they must run again."""
+        self.preclaimed: dict[int, str | None] = {}
+        """By job id: the key claimed for a job about to run, or None when its key
+        has an outcome already. The transaction must not end while any remain."""
         self._connection: Connection | None = None
         self._transaction: sa.RootTransaction | None = None
         self._opened = 0.0
@@ -104,8 +108,44 @@ class OutcomeBatch:
 
     def due(self) -> bool:
         """Whether the transaction should commit before another job joins it."""
-        return (len(self.pending) >= self.MAX_JOBS
-                or time.monotonic() - self._opened >= self.MAX_SECONDS)
+        return not self.preclaimed and (
+            len(self.pending) >= self.MAX_JOBS
+            or time.monotonic() - self._opened >= self.MAX_SECONDS)
+
+    def preclaim(self, runs: list[tuple[Job[..., Any], int, tuple[Any, ...], dict[str, Any]]],
+                 ) -> None:
+        """Claim the keys of the idempotent jobs about to run here one after
+        another, in one statement. Each then runs as if it had claimed its own
+        (``run``); the caller gives back a claim its job did not use (``unused``)."""
+        runs = runs[:max(0, self.MAX_JOBS - len(self.pending))]
+        claims: dict[str, tuple[str, str, int]] = {}
+        for job, job_id, args, kwargs in runs:
+            try:
+                key = job.idempotency_id(args, kwargs)
+            except Exception:
+                continue  # the job's own run reports it
+            claims.setdefault(key, (key, job.name, job_id))  # a twin claims when it runs
+        if len(claims) < 2:
+            return
+        connection = self._begin()
+        try:
+            taken = self.outcomes.claim_many(connection, list(claims.values()))
+        except sa.exc.DBAPIError:
+            self.discard()  # two batches crossed: claim one by one instead
+            return
+        if taken is not None:
+            for key, _, job_id in claims.values():
+                self.preclaimed[job_id] = key if key in taken else None
+
+    def unused(self, job_id: int) -> None:
+        """Give back the key claimed for a job that ended without using it (its
+        middleware skipped or released it)."""
+        key = self.preclaimed.pop(job_id, None)
+        if key is not None and self._connection is not None:
+            try:
+                self.outcomes.unclaim(self._connection, key)
+            except sa.exc.DBAPIError:
+                self.discard()
 
     def run(self, job: Job[..., Any], job_id: int, args: tuple[Any, ...],
             kwargs: dict[str, Any], body: Callable[[], Any]) -> Any:
@@ -115,7 +155,10 @@ class OutcomeBatch:
         # Not store.transaction(): a retried deadlock must not run the job's body
         # twice within one attempt.
         try:
-            claimed = self.outcomes.claim(connection, key, job.name, job_id)
+            if job_id in self.preclaimed:
+                claimed = self.preclaimed.pop(job_id) is not None
+            else:
+                claimed = self.outcomes.claim(connection, key, job.name, job_id)
         except sa.exc.DBAPIError as exc:
             self.discard()  # a failed statement spoils the whole transaction
             if self.app.store.dialect.is_retryable(exc):
@@ -147,6 +190,7 @@ class OutcomeBatch:
         """
         connection, transaction = self._connection, self._transaction
         assert connection is not None and transaction is not None
+        assert not self.preclaimed, "claims of jobs not yet run must not commit"
         self._connection = self._transaction = None
         try:
             transaction.commit()
@@ -156,6 +200,7 @@ class OutcomeBatch:
     def discard(self) -> None:
         """Roll back the open transaction (its jobs are lost: they run again)."""
         connection, self._connection, self._transaction = self._connection, None, None
+        self.preclaimed.clear()
         if connection is not None:
             self.lost += self.pending
             self.pending = []

@@ -203,6 +203,11 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
         if order == 13:
             raise RuntimeError("card declined")
 
+    @app.job(name="charge_even", middleware=[skip_odd],
+             idempotency_key=lambda order: f"even:{order}")
+    def charge_even(order: int) -> None:
+        charge_once(order)
+
     @app.job(name="charge_then_die", idempotency_key=lambda order: f"die:{order}")
     def charge_then_die(order: int) -> None:
         charge_once(order)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import sqlalchemy as sa
 
 import dbqueue
 from dbqueue.worker.child import Committed, Finished, RunJob, child_main
@@ -87,6 +88,19 @@ def test_a_failing_job_among_idempotent_ones_is_undone_alone(jobs, workers):
     (failed,) = rows(jobs.app, jobs.app.store.tables.failed_jobs)
     assert "card declined" in failed.exception_message
     assert jobs.app.outcome("cof:13") is None and jobs.app.outcome("cof:14") is not None
+
+
+def test_a_job_its_middleware_skips_leaves_no_outcome(jobs, workers):
+    """Keys of consecutive jobs are claimed together before they run; a job its
+    middleware skips gives its claim back."""
+    jobs.app.dispatch_many([jobs.charge_even.prepare(order) for order in range(10, 30)])
+    assert workers.run("--concurrency", "1", "--stop-when-empty", *FAST).returncode == 0
+    charged = {int(r.event) for r in rows(jobs.app, jobs.effects, jobs.effects.c.tag == "charge")}
+    assert charged == set(range(10, 30, 2))
+    table = jobs.app.store.tables.job_outcomes
+    keys = jobs.app.store.read(lambda c: set(c.execute(sa.select(table.c.idempotency_key))
+                                             .scalars()))
+    assert keys == {f"even:{n}" for n in range(10, 30, 2)}
 
 
 def answers_until(conn, done):

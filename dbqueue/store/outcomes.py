@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection
 from .store import Store
 
 COMPLETED = "completed"
+_UNBUILT = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,20 +36,37 @@ class Outcomes:
         self.store = store
         self.table = store.tables.job_outcomes
         self._claim: Any = None
+        self._claim_many: Any = _UNBUILT
 
     def claim(self, connection: Connection, key: str, job: str, job_id: int) -> bool:
         """In the caller's transaction, take ``key`` for this run; False if an outcome
         exists already. A run holding the key uncommitted makes this wait for it."""
         table, dialect = self.table, self.store.dialect
         if self._claim is None:  # built once: a worker's child claims a key per job
-            self._claim = dialect.insert_if_absent_statement(table, {
-                "idempotency_key": sa.bindparam("key"), "job": sa.bindparam("job"),
-                "job_id": sa.bindparam("job_id"), "status": COMPLETED,
-                "created_at": dialect.now(),
-            }, table.c.idempotency_key, table.c.idempotency_key)
+            self._claim = dialect.insert_if_absent_statement(
+                table, self._claim_values(), table.c.idempotency_key, table.c.idempotency_key)
         return dialect.run_insert_if_absent(
             connection, self._claim, {"key": key, "job": job, "job_id": job_id},
             table.c.idempotency_key) is not None
+
+    def claim_many(self, connection: Connection,
+                   claims: list[tuple[str, str, int]]) -> set[str] | None:
+        """In the caller's transaction, take each distinct ``(key, job, job_id)``'s
+        key in one statement; return the keys taken (the others have an outcome),
+        or None if this server cannot tell (MySQL): then claim one by one."""
+        if self._claim_many is _UNBUILT:
+            self._claim_many = self.store.dialect.insert_many_if_absent_statement(
+                self.table, self._claim_values(), self.table.c.idempotency_key)
+        if self._claim_many is None:
+            return None
+        return set(connection.execute(self._claim_many, [
+            {"key": key, "job": job, "job_id": job_id} for key, job, job_id in claims
+        ]).scalars())
+
+    def _claim_values(self) -> dict[str, Any]:
+        return {"idempotency_key": sa.bindparam("key"), "job": sa.bindparam("job"),
+                "job_id": sa.bindparam("job_id"), "status": COMPLETED,
+                "created_at": self.store.dialect.now()}
 
     def unclaim(self, connection: Connection, key: str) -> None:
         """In the caller's transaction, give up ``key`` (the run failed)."""

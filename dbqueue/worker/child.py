@@ -13,10 +13,12 @@ lot after the commit. The supervisor completes them only then.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import signal
 import sys
 import traceback
+from collections import deque
 from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
@@ -185,23 +187,36 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
 
     app = load_app(app_reference)
     batch = OutcomeBatch(app)
+    inbox: deque[Any] = deque()  # tasks already sent to this child, in order
     try:
         while True:
             # An open batch waits for the next job only if it is already here.
-            if batch.lost or (batch.open and (batch.due() or not conn.poll())):
+            if batch.lost or (batch.open and (batch.due() or (not inbox and not conn.poll()))):
                 for message in end_batch(batch):
                     conn.send(message)
-            try:
-                task = conn.recv()
-            except (EOFError, OSError):
-                return  # the supervisor is gone: the batch rolls back
-            if batch.open and not _joins_batch(app, task):
+            if not inbox:
+                try:
+                    inbox.append(conn.recv())
+                    while conn.poll():
+                        inbox.append(conn.recv())
+                except (EOFError, OSError):
+                    return  # the supervisor is gone: the batch rolls back
+            task = inbox.popleft()
+            joins = _joins_batch(app, task)
+            if batch.open and not joins:
                 for message in end_batch(batch):
                     conn.send(message)
             if task is None:
                 return
-            answer = (run_job(app, task, batch) if isinstance(task, RunJob)
-                      else run_hook(app, task))
+            if joins and task.job_id not in batch.preclaimed:
+                batch.preclaim([(app.jobs[t.name], t.job_id, t.args, t.kwargs)
+                                for t in itertools.takewhile(
+                                    partial(_joins_batch, app), [task, *inbox])])
+            if isinstance(task, RunJob):
+                answer = run_job(app, task, batch)
+                batch.unused(task.job_id)
+            else:
+                answer = run_hook(app, task)
             if measure_memory:
                 answer = answer._replace(rss_mb=_rss_mb())
             conn.send(answer)

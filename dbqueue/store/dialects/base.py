@@ -183,6 +183,14 @@ class Dialect:
                              params: dict[str, Any], returning: sa.Column[Any]) -> Any:
         return connection.execute(statement, params).scalar()
 
+    def insert_many_if_absent_statement(self, table: sa.Table, values: dict[str, Any],
+                                        key: sa.Column[Any]) -> Any:
+        """A statement that, run with a list of parameter sets, inserts the rows
+        whose unique ``key`` is free, as one multi-row INSERT, and returns their
+        keys; None where the server cannot say which rows it inserted."""
+        return (self.upsert_module().insert(table).values(values)
+                .on_conflict_do_nothing(index_elements=[key]).returning(key))
+
     def increment(self, connection: Connection, table: sa.Table, key: sa.Column[Any],
                   value: str, counter: sa.Column[Any]) -> None:
         """Add one to ``counter`` in the row ``key = value``, creating it at 1."""

@@ -126,6 +126,10 @@ class MySQL(Dialect):
             return result.inserted_primary_key[0]  # type: ignore[index]
         return params.get(returning.name, True)  # no RETURNING here: "inserted" will do
 
+    def insert_many_if_absent_statement(self, table: sa.Table, values: dict[str, Any],
+                                        key: sa.Column[Any]) -> Any:
+        return None  # MySQL has no INSERT ... RETURNING
+
     def increment(self, connection: Connection, table: sa.Table, key: sa.Column[Any],
                   value: str, counter: sa.Column[Any]) -> None:
         insert = mysql.insert(table).values({key.name: value, counter.name: 1})
@@ -163,3 +167,8 @@ class MariaDB(MySQL):
     # MariaDB numbers its releases apart from MySQL: SKIP LOCKED came in 10.6.
     minimum: ClassVar[tuple[int, ...]] = (10, 6, 0)
     minimum_why: ClassVar[str] = "FOR UPDATE SKIP LOCKED came in 10.6"
+
+    def insert_many_if_absent_statement(self, table: sa.Table, values: dict[str, Any],
+                                        key: sa.Column[Any]) -> Any:
+        # IGNORE skips the rows whose key exists; RETURNING lists the others.
+        return sa.insert(table).values(values).prefix_with("IGNORE").returning(key)
