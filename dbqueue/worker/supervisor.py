@@ -263,8 +263,8 @@ class Supervisor:
         other worker took the job meanwhile: it goes on under the new token
         instead of running a second time.
         """
-        held = self.running.get(lease.id) or next(
-            (h for h in self.buffer if h.row.id == lease.id), None)
+        held = (self.running.get(lease.id) or self.uncommitted.get(lease.id, (None, None))[1]
+                or next((h for h in self.buffer if h.row.id == lease.id), None))
         if held is not None:
             held.lease = lease
         elif lease.id in {old.id for old in self.outbox.leases()}:
@@ -347,7 +347,9 @@ class Supervisor:
 
     def _renew_locks(self) -> None:
         by_ttl: dict[float, list[tuple[str, str]]] = {}
-        for held in [*self.buffer, *self.running.values()]:
+        holding = [*self.buffer, *self.running.values(),
+                   *(held for _, held in self.uncommitted.values())]
+        for held in holding:
             for key, owner, ttl in held.locks:
                 by_ttl.setdefault(ttl, []).append((key, owner))
         for ttl, locks in by_ttl.items():
