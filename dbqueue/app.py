@@ -5,10 +5,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 from datetime import timedelta
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
 
 from . import deferred
 from .errors import ConfigurationError, UnknownJob
@@ -16,9 +15,12 @@ from .jobs import Job, PreparedJob
 from .locks import Lock
 from .policy import Backoff
 from .settings import Settings
-from .store import Admin, Executor, Store, WorkerRegistry, create_engine, migrator
+from .store import Admin, Executor, Store, WorkerRegistry, create_engine
 from .store.locks import Locks
 from .store.outcomes import Outcome, Outcomes
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -67,10 +69,14 @@ class App:
 
     def migrate(self, revision: str = "head") -> None:
         """Create or upgrade dbqueue's tables (idempotent; its own transaction)."""
+        from .store import migrator  # Alembic: loaded only by those who migrate
+
         migrator.upgrade(self.store, self.settings.table_prefix, revision)
 
     def downgrade(self, revision: str = "base") -> None:
         """Take dbqueue's tables back to ``revision``; ``base`` drops them all."""
+        from .store import migrator
+
         migrator.downgrade(self.store, self.settings.table_prefix, revision)
 
     @property

@@ -14,18 +14,28 @@ has no such window.
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from sqlalchemy import event
-from sqlalchemy.orm import Session, SessionTransaction
 
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, SessionTransaction
+
     from .jobs import PreparedJob
 
 _KEY = "dbqueue.after_commit"
+
+
+def _is_session(value: object) -> TypeGuard[Session]:
+    # A Session exists only once sqlalchemy.orm is loaded: looking it up keeps
+    # that import (a tenth of a second) out of workers and scripts that never
+    # use the ORM.
+    orm = sys.modules.get("sqlalchemy.orm")
+    return orm is not None and isinstance(value, orm.Session)
 
 
 def defer(session: Any, prepared: list[PreparedJob]) -> None:
@@ -34,7 +44,7 @@ def defer(session: Any, prepared: list[PreparedJob]) -> None:
     A Session that has not begun its transaction yet (SQLAlchemy begins it at
     the first statement) holds them for the transaction it will begin.
     """
-    if not isinstance(session, Session):
+    if not _is_session(session):
         raise ConfigurationError(
             "after_commit= takes a SQLAlchemy Session; with a Connection, dispatch with "
             "connection= instead (inside the same transaction, which is safer still)"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from ..store import migrator
 from .common import (
     connection_options,
     friendly_errors,
@@ -27,6 +26,8 @@ LIVE_WITHIN = 30.0  # seconds: workers beat at least every 10 s; one silent long
 def migrate(url: str | None, app_reference: str | None, table_prefix: str | None, sql: bool,
             revision: str, downgrade_to: str | None) -> None:
     """Create or upgrade dbqueue's tables (safe to run again)."""
+    from ..store import migrator  # Alembic: kept out of every other command's start-up
+
     app = open_app(url, app_reference, table_prefix)
     prefix = app.settings.table_prefix
     if sql:
