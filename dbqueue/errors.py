@@ -69,6 +69,18 @@ class NotFound(DBQueueError, LookupError):
     """The named failed job (or other record) does not exist."""
 
 
+class TransactionSpoiled(DBQueueError):
+    """An idempotent job left the transaction of ``dbqueue.transaction()`` unusable.
+
+    It caught a database error and went on, after an error that ends the
+    transaction: any error on PostgreSQL (which then refuses every further
+    statement), a deadlock or lock wait timeout on MySQL (which has rolled
+    the whole transaction back). The job's attempt fails. Wrap a statement
+    that may fail in ``connection.begin_nested()`` so that its failure is
+    undone alone.
+    """
+
+
 class JobSignal(Exception):
     """Base of the exceptions job code raises to tell the worker what to do."""
 

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from . import serializer
-from .errors import ConfigurationError, Release
+from .errors import ConfigurationError, Release, TransactionSpoiled
 from .store.engine import checkout
 from .store.outcomes import Outcomes
 
@@ -83,6 +83,10 @@ class OutcomeBatch:
     ``MAX_SECONDS``), and their keys are claimed together, in one statement
     (``preclaim``); the worker records them as complete only once it has
     committed (see ``pending``).
+
+    SQLite has a single writer: there each job commits as soon as its body
+    returns, so that its middleware's own writes (a rate limit, a circuit)
+    do not wait behind the transaction.
     """
 
     MAX_JOBS = 32  # PostgreSQL keeps 64 subtransactions per transaction in memory
@@ -95,9 +99,11 @@ class OutcomeBatch:
         """Jobs whose effects and outcome wait for ``commit``."""
         self.lost: list[int] = []
         """Jobs whose effects were lost with the transaction: they must run again."""
-        self.preclaimed: dict[int, str | None] = {}
-        """By job id: the key claimed for a job about to run, or None when its key
-        has an outcome already. The transaction must not end while any remain."""
+        self.preclaimed: dict[int, tuple[str, bool]] = {}
+        """By job id: the key of a job about to run, and whether it was claimed
+        (False: it has an outcome already). The transaction must not end while
+        claims of jobs not yet run remain."""
+        self.shared = not app.store.dialect.single_writer
         self._connection: Connection | None = None
         self._transaction: sa.RootTransaction | None = None
         self._opened = 0.0
@@ -117,6 +123,8 @@ class OutcomeBatch:
         """Claim the keys of the idempotent jobs about to run here one after
         another, in one statement. Each then runs as if it had claimed its own
         (``run``); the caller gives back a claim its job did not use (``unused``)."""
+        if not self.shared:
+            return
         runs = runs[:max(0, self.MAX_JOBS - len(self.pending))]
         claims: dict[str, tuple[str, str, int]] = {}
         for job, job_id, args, kwargs in runs:
@@ -135,13 +143,13 @@ class OutcomeBatch:
             return
         if taken is not None:
             for key, _, job_id in claims.values():
-                self.preclaimed[job_id] = key if key in taken else None
+                self.preclaimed[job_id] = (key, key in taken)
 
     def unused(self, job_id: int) -> None:
         """Give back the key claimed for a job that ended without using it (its
         middleware skipped or released it)."""
-        key = self.preclaimed.pop(job_id, None)
-        if key is not None and self._connection is not None:
+        key, claimed = self.preclaimed.pop(job_id, ("", False))
+        if claimed and self._connection is not None:
             try:
                 self.outcomes.unclaim(self._connection, key)
             except sa.exc.DBAPIError:
@@ -150,13 +158,14 @@ class OutcomeBatch:
     def run(self, job: Job[..., Any], job_id: int, args: tuple[Any, ...],
             kwargs: dict[str, Any], body: Callable[[], Any]) -> Any:
         """Run ``body`` once per idempotency key; None when the key has an outcome already."""
-        key = job.idempotency_id(args, kwargs)
+        preclaimed = self.preclaimed.pop(job_id, None)
+        key = preclaimed[0] if preclaimed else job.idempotency_id(args, kwargs)
         connection = self._begin()
         # Not store.transaction(): a retried deadlock must not run the job's body
         # twice within one attempt.
         try:
-            if job_id in self.preclaimed:
-                claimed = self.preclaimed.pop(job_id) is not None
+            if preclaimed:
+                claimed = preclaimed[1]
             else:
                 claimed = self.outcomes.claim(connection, key, job.name, job_id)
         except sa.exc.DBAPIError as exc:
@@ -172,16 +181,42 @@ class OutcomeBatch:
         token = _current.set(running)
         try:
             result = body()
-            if result is not None:  # None is what the claim stored already
-                self.outcomes.record(connection, key, serializer.encode_value(
-                    f"the result of job {job.name!r}", result))
+            encoded = None if result is None else serializer.encode_value(
+                f"the result of job {job.name!r}", result)
         except BaseException:
             self._undo(running, key)
             raise
         finally:
             _current.reset(token)
+        self._keep(running, key, encoded, job.name)
         self.pending.append(job_id)
+        if not self.shared:
+            self.pending = []
+            self.commit()  # if it cannot, the job fails: nothing of it committed
         return result
+
+    def _keep(self, running: _JobTransaction, key: str, encoded: str | None,
+              job_name: str) -> None:
+        """Record the job's result under ``key``, and make sure the transaction
+        it wrote in is still whole: a job that caught a database error and went
+        on may have lost it (and, on MySQL, that of the jobs before it too)."""
+        connection = running.connection
+        try:
+            # The claim stored a NULL result already: None needs no statement.
+            recorded = encoded is None or self.outcomes.record(connection, key, encoded)
+            if running.savepoint:
+                connection.exec_driver_sql(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+        except sa.exc.DBAPIError as exc:
+            self._undo(running, key)
+            raise TransactionSpoiled(
+                f"job {job_name!r} went on after a database error that left its "
+                f"transaction unusable ({exc.orig or exc}); run a statement that may "
+                "fail inside connection.begin_nested()") from exc
+        if not recorded:  # the claim is gone: the server rolled the transaction back
+            self.discard()
+            raise TransactionSpoiled(
+                f"job {job_name!r}'s transaction was rolled back under it (it went on "
+                "after a database error, a deadlock perhaps)")
 
     def commit(self) -> None:
         """Commit the open transaction; raise what the database said if it cannot.
@@ -189,8 +224,10 @@ class OutcomeBatch:
         Either way ``pending`` is left for the caller to report and clear.
         """
         connection, transaction = self._connection, self._transaction
-        assert connection is not None and transaction is not None
-        assert not self.preclaimed, "claims of jobs not yet run must not commit"
+        if connection is None or transaction is None:
+            raise RuntimeError("no transaction is open")
+        if self.preclaimed:  # their jobs would find their own claims and skip
+            raise RuntimeError("the claims of jobs not yet run must not commit")
         self._connection = self._transaction = None
         try:
             transaction.commit()

@@ -7,14 +7,13 @@ queued without ever mixing those settings with the function's own arguments.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from . import serializer
+from . import keys, serializer
 from .errors import ConfigurationError, InvalidArguments
 from .policy import Backoff, Rules, validate_backoff
 from .store import Executor, NewJob
@@ -240,17 +239,11 @@ class Job(Generic[P, R]):
         if not self.unique:
             return None
         part = "" if self.unique_key is None else str(self.unique_key(*args, **kwargs))
-        key = f"{self.name}:{part}"
-        if len(key) > 191:  # the column's size; a digest keeps long keys distinct
-            key = f"{self.name[:100]}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
-        return key
+        return keys.fit(f"{self.name}:{part}", f"{self.name[:100]}:")
 
     def idempotency_id(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         assert self.idempotency_key is not None
-        key = str(self.idempotency_key(*args, **kwargs))
-        if len(key) > 191:  # the column's size; a digest keeps long keys distinct
-            key = f"sha256:{hashlib.sha256(key.encode()).hexdigest()}"
-        return key
+        return keys.fit(str(self.idempotency_key(*args, **kwargs)))
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         try:

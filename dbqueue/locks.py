@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from .errors import ConfigurationError, LockNotAcquired
+from .keys import KEY_LENGTH
 
 if TYPE_CHECKING:
     from .store.locks import Locks
@@ -32,8 +33,9 @@ class Lock:
 
     def __init__(self, locks: Locks, key: str, ttl: float, owner: str | None = None,
                  wait: float = 0.0) -> None:
-        if not key or len(key) > 191:
-            raise ConfigurationError(f"lock keys must be 1 to 191 characters, not {key!r}")
+        if not key or len(key) > KEY_LENGTH:
+            raise ConfigurationError(
+                f"lock keys must be 1 to {KEY_LENGTH} characters, not {key!r}")
         if not ttl > 0:
             raise ConfigurationError(f"a lock's ttl must be > 0 seconds, not {ttl!r}")
         self._locks = locks

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from . import keys
 from .errors import ConfigurationError, Release
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 # A job is killed at its timeout; a lock it holds lasts this much longer, so
 # that it cannot expire while the job still runs (the kill takes a moment).
-_LOCK_MARGIN = 5.0
+LOCK_MARGIN = 5.0
 
 
 @dataclass(frozen=True)
@@ -103,11 +104,12 @@ class WithoutOverlapping:
 
     def lock_key(self, context: JobContext) -> str:
         part = self.key(*context.args, **context.kwargs) if callable(self.key) else self.key
-        return f"dbqueue:overlap:{context.job.name}:{part}"
+        prefix = f"dbqueue:overlap:{context.job.name}:"
+        return keys.fit(prefix + str(part), prefix[:120])
 
     def request(self, context: JobContext) -> LockRequest:
         return LockRequest(self.lock_key(context),
-                           self.expire_after or context.timeout + _LOCK_MARGIN,
+                           self.expire_after or context.timeout + LOCK_MARGIN,
                            self.release_after, self.dont_release)
 
     def __call__(self, context: JobContext, call_next: Callable[[], Any]) -> Any:
@@ -202,7 +204,7 @@ class RateLimited:
 
         locks, slots = Locks(context.app.store), self.slots(context)
         # Held for the run (the job cannot outlive its timeout), then `per` more.
-        hold = context.timeout + _LOCK_MARGIN + self.per
+        hold = context.timeout + LOCK_MARGIN + self.per
         start = random.randrange(self.limit)  # spread contenders over the slots
         for slot in slots[start:] + slots[:start]:
             lock = context.app.lock(slot, ttl=hold)

@@ -7,6 +7,7 @@ Jobs leave their traces in the ``effects`` table, stamped by the database clock.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -222,6 +223,22 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
             (worker,) = app.workers.live(seen_within=60)
             os.kill(worker.pid, signal.SIGSTOP)
 
+    @app.job(name="swallow_error", tries=1, idempotency_key=lambda order: f"swallow:{order}")
+    def swallow_error(order: int) -> None:
+        """Charges; order 51 then runs a bad statement and carries on as if nothing
+        happened (PostgreSQL has then refused the rest of the transaction)."""
+        connection = dbqueue.transaction()
+        charge_once(order)
+        if order == 51:
+            with contextlib.suppress(sa.exc.DBAPIError):
+                connection.exec_driver_sql("SELECT * FROM dbqueue_no_such_table")
+
+    @app.job(name="limited_charge", tries=1,
+             idempotency_key=lambda order: f"limited:{order}",
+             middleware=[dbqueue.RateLimited("charges", limit=100, per=1)])
+    def limited_charge(order: int) -> None:
+        charge_once(order)
+
     @app.job(name="flaky_api", tries=10, backoff=0,
              middleware=[dbqueue.ThrottlesExceptions(max_attempts=3, decay=600)])
     def flaky_api(n: int) -> None:
@@ -246,6 +263,13 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
         dbqueue.WithoutOverlapping("ttl"), dbqueue.RateLimited("ttl", limit=1, per=1)])
     def lock_ttl() -> None:
         """Notes how long each lock it holds has left (dispatch it with a longer timeout)."""
+        note_lock_ttls()
+
+    @app.job(name="brief_lock", middleware=[dbqueue.WithoutOverlapping("brief", expire_after=1)])
+    def brief_lock() -> None:
+        note_lock_ttls()
+
+    def note_lock_ttls() -> None:
         from dbqueue.store.locks import Locks
 
         now = app.store.now()

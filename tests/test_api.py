@@ -12,7 +12,8 @@ def test_public_names_are_pinned():
         "Exponential", "Fail", "InvalidArguments", "Job", "JobContext", "JobFailure", "JobSignal",
         "JobTimeout", "Lock", "LockNotAcquired", "MaxAttemptsExceeded", "Middleware", "NotFound",
         "NotMigrated", "PreparedJob", "RateLimited",
-        "Release", "SerializationError", "Settings", "ThrottlesExceptions", "UnknownJob",
+        "Release", "SerializationError", "Settings", "ThrottlesExceptions", "TransactionSpoiled",
+        "UnknownJob",
         "UnsupportedDatabase",
         "WithoutOverlapping", "WorkerCrashed", "__version__", "transaction",
     ])

@@ -143,6 +143,16 @@ def test_middleware_locks_last_as_long_as_the_dispatched_timeout(jobs, workers):
     assert all(120 <= seconds <= 130 for seconds in left.values()), left
 
 
+def test_a_worker_takes_a_jobs_lock_for_at_least_two_heartbeats(jobs, workers):
+    """expire_after=1 would let the key lapse between two renewals of a running
+    job's locks (every heartbeat: 1 s with a 3 s lease); the worker takes it for
+    two heartbeats plus a margin of 5 s."""
+    jobs.brief_lock.dispatch()
+    assert workers.run("--retry-after", "3", "--stop-when-empty", *FAST).returncode == 0
+    ((key, seconds),) = [(row.event, int(row.detail)) for row in rows(jobs.app, jobs.effects)]
+    assert key.endswith("brief") and 5 <= seconds <= 7
+
+
 def test_a_lock_key_function_that_raises_fails_only_its_job(jobs, workers):
     jobs.divide.dispatch(0)  # 100 // 0 raises in the worker that computes the key
     jobs.divide.dispatch(4)

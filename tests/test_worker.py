@@ -133,9 +133,9 @@ def test_rows_that_cannot_run_are_failed_with_a_reason_and_the_worker_goes_on(jo
     reasons = sorted((row.job, row.exception_class, row.exception_message)
                      for row in failed_rows(jobs))
     assert [(job, cls) for job, cls, _ in reasons] == [
-        ("noop", "dbqueue.SerializationError"),
-        ("noop", "dbqueue.SerializationError"),
-        ("noop", "dbqueue.SerializationError"),
+        ("noop", "dbqueue.ConfigurationError"),
+        ("noop", "dbqueue.ConfigurationError"),
+        ("noop", "dbqueue.ConfigurationError"),
         ("nul_error", "ValueError"),
         ("os.system", "dbqueue.UnknownJob"),
         ("record", "dbqueue.InvalidArguments"),

@@ -14,7 +14,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from .store import Store, lock_rows
+from .store import Store, held_locks
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,16 +38,28 @@ class Locks:
         transaction; return the keys taken."""
         if not wanted:
             return set()
+        # In key order: two workers upserting overlapping keys then lock the
+        # rows in the same order, and cannot deadlock each other.
+        ordered = sorted(wanted)
         return self.store.transaction(
-            lambda c: self.store.dialect.acquire_locks(c, self.table, wanted))
+            lambda c: self.store.dialect.acquire_locks(c, self.table, ordered))
 
     def renew(self, held: Sequence[tuple[str, str]], ttl: float) -> int:
-        """Make each ``(key, owner)`` still held last ``ttl`` seconds from now."""
+        """Make each ``(key, owner)`` still held last ``ttl`` seconds from now;
+        return how many were."""
         if not held:
             return 0
         return self.store.transaction(lambda c: c.execute(
-            sa.update(self.table).where(lock_rows(self.table, held))
+            sa.update(self.table).where(held_locks(self.table, held))
             .values(expires_at=self.store.dialect.now_plus(ttl))).rowcount)
+
+    def still_held(self, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these ``(key, owner)`` pairs still hold their key (expired or not)."""
+        if not pairs:
+            return set()
+        table = self.table
+        return self.store.read(lambda c: {tuple(row) for row in c.execute(
+            sa.select(table.c.key, table.c.owner).where(held_locks(table, pairs)))})
 
     def release(self, key: str, owner: str) -> bool:
         """Free ``key`` if ``owner`` holds it; return whether it did."""

@@ -73,11 +73,12 @@ class Outcomes:
         table = self.table
         connection.execute(sa.delete(table).where(table.c.idempotency_key == key))
 
-    def record(self, connection: Connection, key: str, result_json: str) -> None:
-        """In the caller's transaction, store the run's result under ``key``."""
+    def record(self, connection: Connection, key: str, result_json: str) -> bool:
+        """In the caller's transaction, store the run's result under ``key``;
+        False if the claim on ``key`` is not there."""
         table = self.table
-        connection.execute(sa.update(table).where(table.c.idempotency_key == key)
-                           .values(result=result_json))
+        return connection.execute(sa.update(table).where(table.c.idempotency_key == key)
+                                  .values(result=result_json)).rowcount == 1
 
     def get(self, key: str) -> Outcome | None:
         table = self.table

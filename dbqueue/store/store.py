@@ -18,18 +18,20 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import NamedTuple, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import Session
 
 from .dialects import READ_ONLY, Dialect, ReservedRow, dialect_for
 from .engine import FastInsert, connect, translate
 from .schema import Tables, build_tables
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
 T = TypeVar("T")
-Executor = Connection | Session
+Executor: TypeAlias = "Connection | Session"
 
 _MAX_TRIES = 8
 _IN_CHUNK = 500  # ids per IN (...) list: well under every server's parameter limit
@@ -84,11 +86,9 @@ def _text(value: str) -> str:
     return value.replace("\x00", "\\x00")
 
 
-def lock_rows(locks: sa.Table, held: Sequence[tuple[str, str]]) -> sa.ColumnElement[bool]:
-    """The cache_locks rows of ``held`` (key, owner) pairs: by key, the primary
-    key, then by owner (a pair's key held by another pair's owner is ours too)."""
-    return sa.and_(locks.c.key.in_({key for key, _ in held}),
-                   locks.c.owner.in_({owner for _, owner in held}))
+def held_locks(locks: sa.Table, held: Sequence[tuple[str, str]]) -> sa.ColumnElement[bool]:
+    """The cache_locks rows of these ``(key, owner)`` pairs."""
+    return sa.tuple_(locks.c.key, locks.c.owner).in_(list(held))
 
 
 class Store:
@@ -154,7 +154,7 @@ class Store:
         """Run ``work`` in the caller's transaction if given, else in one of our own."""
         if connection is None:
             return self.transaction(work)
-        if isinstance(connection, Session):
+        if not isinstance(connection, Connection):  # a Session: its transaction's connection
             connection = connection.connection()
         try:
             return work(connection)
@@ -299,7 +299,7 @@ class Store:
 
         def free(c: Connection) -> None:
             for chunk in _chunks(unlock):
-                c.execute(sa.delete(locks).where(lock_rows(locks, chunk)))
+                c.execute(sa.delete(locks).where(held_locks(locks, chunk)))
 
         return self._for_leases(leases, lambda held: sa.delete(self.tables.jobs).where(held),
                                 also=free if unlock else None)
@@ -355,6 +355,13 @@ class Store:
         return self._for_leases(leases, lambda held: sa.update(jobs).where(held).values(
             reserved_by=None, reserved_at=None, available_at=self.dialect.now(),
             attempts=jobs.c.attempts - 1))
+
+    def uncount(self, lease: Lease) -> bool:
+        """Take back the attempt a reservation counted, keeping the lease (the
+        job was reserved again by the worker already running it)."""
+        jobs = self.tables.jobs
+        return self._for_leases([lease], lambda held: sa.update(jobs).where(held).values(
+            attempts=jobs.c.attempts - 1)) == 1
 
     def fail(self, job: ReservedRow, token: str, failure: Failure, worker: str) -> bool:
         """Move a reserved job to failed_jobs, in one transaction.

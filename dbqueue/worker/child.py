@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import logging
+import math
 import os
 import signal
 import sys
+import time
 import traceback
 from collections import deque
 from functools import partial
@@ -29,6 +32,8 @@ from ..errors import Fail, Release
 from ..idempotency import OutcomeBatch
 from ..jobs import JobFailure
 from ..middleware import JobContext, run_with
+
+log = logging.getLogger("dbqueue.worker")
 
 # The messages are NamedTuples: they cross a pipe once per job, and tuples
 # pickle several times faster than slotted dataclasses.
@@ -133,10 +138,21 @@ def run_job(app: Any, task: RunJob, batch: OutcomeBatch) -> Finished:
         return Finished("fail", exception_class=class_name(fail),
                         message=fail.reason, traceback=traceback.format_exc())
     except BaseException as exc:  # SystemExit from job code is a failure of that job
+        if _recorded(batch, task):
+            # A middleware raised after the body: the effects and the outcome
+            # commit all the same, so the job is done (a retry would skip it).
+            log.warning("job %d (%s) is done, but its middleware then raised %s: %s",
+                        task.job_id, task.name, class_name(exc), exc)
+            return Finished("done", uncommitted=True)
         kind = "permanent" if isinstance(exc, job.dont_retry) else "error"
         return Finished(kind, exception_class=class_name(exc), message=str(exc),
                         traceback=traceback.format_exc())
-    return Finished("done", uncommitted=bool(batch.pending) and batch.pending[-1] == task.job_id)
+    return Finished("done", uncommitted=_recorded(batch, task))
+
+
+def _recorded(batch: OutcomeBatch, task: RunJob) -> bool:
+    """Whether the job's outcome waits in the open transaction for its commit."""
+    return bool(batch.pending) and batch.pending[-1] == task.job_id
 
 
 def end_batch(batch: OutcomeBatch) -> list[Committed]:
@@ -150,7 +166,10 @@ def end_batch(batch: OutcomeBatch) -> list[Committed]:
         try:
             batch.commit()
         except sa.exc.DBAPIError as exc:
-            failure = Finished("error", exception_class=class_name(exc.orig or exc),
+            # Whether a COMMIT that failed took effect is unknown (the connection
+            # may have dropped after it): run the jobs again, without using a
+            # try; their keys make that safe.
+            failure = Finished("release", exception_class=class_name(exc.orig or exc),
                                message=str(exc.orig or exc), traceback=traceback.format_exc())
         batch.pending = []
         if ids:
@@ -158,11 +177,28 @@ def end_batch(batch: OutcomeBatch) -> list[Committed]:
     return messages
 
 
-def _joins_batch(app: Any, task: Any) -> bool:
-    if not isinstance(task, RunJob):
-        return False
-    job = app.jobs.get(task.name)
-    return job is not None and job.idempotency_key is not None
+class Runtimes:
+    """How long each kind of idempotent job takes here: only one known to be
+    short joins a transaction that earlier jobs' effects wait in."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.seconds: dict[str, float] = {}
+
+    def idempotent(self, task: Any) -> bool:
+        if not isinstance(task, RunJob):
+            return False
+        job = self.app.jobs.get(task.name)
+        return job is not None and job.idempotency_key is not None
+
+    def short(self, task: Any) -> bool:
+        """Idempotent, and short enough to join an open transaction."""
+        return (self.idempotent(task)
+                and self.seconds.get(task.name, math.inf) < OutcomeBatch.MAX_SECONDS)
+
+    def add(self, task: RunJob, seconds: float) -> None:
+        last = self.seconds.get(task.name)
+        self.seconds[task.name] = seconds if last is None else 0.8 * last + 0.2 * seconds
 
 
 def run_hook(app: Any, task: RunHook) -> Finished:
@@ -187,6 +223,7 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
 
     app = load_app(app_reference)
     batch = OutcomeBatch(app)
+    runtimes = Runtimes(app)
     inbox: deque[Any] = deque()  # tasks already sent to this child, in order
     try:
         while True:
@@ -202,19 +239,21 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
                 except (EOFError, OSError):
                     return  # the supervisor is gone: the batch rolls back
             task = inbox.popleft()
-            joins = _joins_batch(app, task)
-            if batch.open and not joins:
+            idempotent = runtimes.idempotent(task)
+            if batch.open and not (idempotent and runtimes.short(task)):
                 for message in end_batch(batch):
                     conn.send(message)
             if task is None:
                 return
-            if joins and task.job_id not in batch.preclaimed:
+            if idempotent and task.job_id not in batch.preclaimed:
                 batch.preclaim([(app.jobs[t.name], t.job_id, t.args, t.kwargs)
-                                for t in itertools.takewhile(
-                                    partial(_joins_batch, app), [task, *inbox])])
+                                for t in [task, *itertools.takewhile(runtimes.short, inbox)]])
             if isinstance(task, RunJob):
+                started = time.monotonic()
                 answer = run_job(app, task, batch)
                 batch.unused(task.job_id)
+                if idempotent:
+                    runtimes.add(task, time.monotonic() - started)
             else:
                 answer = run_hook(app, task)
             if measure_memory:

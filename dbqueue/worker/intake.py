@@ -43,7 +43,11 @@ class Held:
             return []
         context = JobContext(app, self.job, self.row.id, self.payload.args, self.payload.kwargs,
                              self.row.attempts, self.timeout)
-        return [guard.request(context) for guard in guards]
+        by_key: dict[str, LockRequest] = {}
+        for guard in guards:  # two guards on one key: the first one's rules
+            request = guard.request(context)
+            by_key.setdefault(request.key, request)
+        return list(by_key.values())
 
     def db_now(self) -> datetime:
         """The database clock now, from the reservation's timestamp and a monotonic clock."""
@@ -67,7 +71,7 @@ def admit(app: Any, row: ReservedRow, token: str) -> tuple[Held, Failure | None]
         held.rules = job.rules(held.payload.options, row.created_at)
         held.timeout = job.timeout_for(held.payload.options)
     except ConfigurationError as exc:
-        return held, Failure("dbqueue.SerializationError",
+        return held, Failure(class_name(exc),
                              f"job {row.id} ({row.job!r}) has invalid options: {exc}", "")
     why = refuse_attempt(row.attempts, held.rules, row.reserved_at)
     if why is not None:

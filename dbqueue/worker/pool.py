@@ -33,6 +33,8 @@ class Child:
     """Queued tasks with their timeouts; the first one is running."""
     started: float = 0.0
     deadline: float = 0.0
+    answered: float = 0.0
+    """When it last answered (monotonic clock)."""
 
     @property
     def task(self) -> Task | None:
@@ -50,8 +52,8 @@ class Ended:
 
     finished: list[tuple[Child, Task, Finished, float]] = field(default_factory=list)
     """(child, task, answer, seconds it ran)"""
-    died: list[tuple[Child, Task, str]] = field(default_factory=list)
-    """(child, the task it was running, how it died)"""
+    died: list[tuple[Child, Task | None, str]] = field(default_factory=list)
+    """(child, the task it was running if any, how it died)"""
     unstarted: list[Task] = field(default_factory=list)
     """Tasks queued behind one whose child died: give them to another child."""
     committed: list[Committed] = field(default_factory=list)
@@ -96,6 +98,17 @@ class Pool:
         self.measure_memory = measure_memory
         self.context = _context(app_reference.partition(":")[0])
         self.children: list[Child] = []
+
+    def prepare(self) -> None:
+        """Start the fork server, which imports the application in the background.
+
+        Called first thing, so that its imports overlap the supervisor's own
+        start-up instead of delaying the first child.
+        """
+        if self.context.get_start_method() == "forkserver":
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
 
     def start(self) -> None:
         while len(self.children) < self.size:
@@ -145,14 +158,14 @@ class Pool:
                     continue
                 if not child.tasks:
                     continue
-                now = time.monotonic()
+                now = child.answered = time.monotonic()
                 task, _ = child.tasks.popleft()
                 ended.finished.append((child, task, answer, now - child.started))
                 child._start_next(now)
         except (EOFError, OSError):
+            # Reported even when idle: it may have died with jobs uncommitted.
             running, how, unstarted = self._replace(child)
-            if running is not None:
-                ended.died.append((child, running, how))
+            ended.died.append((child, running, how))
             ended.unstarted += unstarted
 
     def overdue(self) -> list[Child]:

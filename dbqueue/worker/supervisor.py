@@ -19,7 +19,7 @@ from functools import partial
 from typing import Any
 
 from ..errors import JobTimeout, WorkerCrashed
-from ..middleware import LockRequest
+from ..middleware import LOCK_MARGIN, LockRequest
 from ..policy import Ended, GiveUp, decide
 from ..store import Failure, Lease, ReservedRow, WorkerInfo, WorkerRegistry
 from ..store.locks import Locks
@@ -42,6 +42,7 @@ _PIPELINE_BYTES = 2048  # larger payloads wait for an idle child: a full pipe wo
 _HOOK_TIMEOUT = 60.0
 _HOUSEKEEPING_EVERY = 60.0
 _DEAD_AFTER = 120.0  # seconds without a heartbeat after which a worker is forgotten
+_COMMIT_TIMEOUT = 60.0  # seconds an idle child may take to commit its idempotent jobs
 
 
 class Supervisor:
@@ -76,6 +77,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Work until told to stop; return the process exit code (0)."""
+        self.pool.prepare()
         self.store.check_server()
         self.registry.prune(silent_for=_DEAD_AFTER)
         self.registry.register(WorkerInfo(self.id, socket.gethostname(), os.getpid(),
@@ -116,12 +118,15 @@ class Supervisor:
         for committed in ended.committed:
             self._on_committed(committed)
         for child, lost, how in ended.died:
-            self._on_death(lost, how)
+            if lost is not None:
+                self._on_death(lost, how)
             self._lost_with(child)
         self._requeue(ended.unstarted)
         for child in self.pool.overdue():
             self._on_timeout(child)
-        if self.stopping and self.running and time.monotonic() >= self.stop_deadline:
+        self._kill_stuck_commits()
+        if (self.stopping and (self.running or self.uncommitted)
+                and time.monotonic() >= self.stop_deadline):
             self._abandon_running()
 
     def _stop(self, reason: str) -> None:
@@ -198,7 +203,9 @@ class Supervisor:
         for held in admitted:
             try:
                 requests = held.lock_requests(self.app)
-            except Exception as exc:  # the application's key function raised
+            # The application's key function raised: its job fails, the worker
+            # goes on (SystemExit included; signals never raise here).
+            except BaseException as exc:
                 self._record_failure(held, Failure(
                     class_name(exc), f"the lock key of job {held.row.id} could not be "
                     f"computed: {exc}", traceback.format_exc()))
@@ -208,7 +215,8 @@ class Supervisor:
             elif keys.isdisjoint(request.key for request in requests):
                 keys.update(request.key for request in requests)
                 owner = f"{self.id}:{held.row.id}"
-                held.locks = [(request.key, owner, request.ttl) for request in requests]
+                held.locks = [(request.key, owner, max(request.ttl, self._lock_floor()))
+                              for request in requests]
                 asking.append((held, requests))
             else:  # a job of this same batch has the key
                 self._busy(held, requests[0])
@@ -228,6 +236,11 @@ class Supervisor:
             else:
                 ready.append(held)
         return ready
+
+    def _lock_floor(self) -> float:
+        """The least a job's lock is taken for: it is renewed with the leases, so
+        it must outlast two heartbeats, whatever ``expire_after`` says."""
+        return 2 * self.options.heartbeat_every + LOCK_MARGIN
 
     def _busy(self, held: Held, request: LockRequest) -> None:
         """Another job holds ``request.key``: release this one or drop it."""
@@ -272,6 +285,10 @@ class Supervisor:
         else:
             return False
         log.warning("job %d was reserved again after this worker stalled; kept", lease.id)
+        # That reservation started no attempt: give it back, before any write
+        # that would end the lease.
+        self._note_write()
+        self.outbox.writes.insert(0, (lease, self.store.uncount))
         return True
 
     def _depth(self) -> int:
@@ -352,8 +369,32 @@ class Supervisor:
         for held in holding:
             for key, owner, ttl in held.locks:
                 by_ttl.setdefault(ttl, []).append((key, owner))
-        for ttl, locks in by_ttl.items():
-            self.locks.renew(locks, ttl)
+        renewed = sum(self.locks.renew(locks, ttl) for ttl, locks in by_ttl.items())
+        if renewed < sum(len(locks) for locks in by_ttl.values()):
+            self._lost_locks(holding)
+
+    def _lost_locks(self, holding: list[Held]) -> None:
+        """Some locks expired while this worker stalled, and may be another's now.
+
+        A job that has not started yet goes back to the queue (its attempt not
+        counted); one already running cannot be stopped safely and goes on.
+        """
+        kept = self.locks.still_held(
+            [(key, owner) for held in holding for key, owner, _ in held.locks])
+        for held in holding:
+            lost = [key for key, owner, _ in held.locks if (key, owner) not in kept]
+            if not lost:
+                continue
+            held.locks = [lock for lock in held.locks if lock[0] not in lost]
+            if held in self.buffer:
+                log.warning("job %d (%s) lost its lock %s while it waited; put back",
+                            held.row.id, held.row.job, lost[0])
+                self.buffer.remove(held)
+                self._give_back([held])
+            else:
+                log.warning("job %d (%s) lost its lock %s while it ran (this worker "
+                            "stalled): another job with that key may run beside it",
+                            held.row.id, held.row.job, lost[0])
 
     def _flush(self) -> None:
         if not self.outbox:
@@ -444,6 +485,23 @@ class Supervisor:
                             job_id, held.row.job)
                 self._ended(held, Finished("release"))
 
+    def _committing(self) -> list[Child]:
+        """Children holding done idempotent jobs in a transaction not yet committed."""
+        owners = {id(child): child for child, _ in self.uncommitted.values()}
+        return list(owners.values())
+
+    def _kill_stuck_commits(self) -> None:
+        """An idle child commits its jobs at once; one that has not within
+        _COMMIT_TIMEOUT (a hung COMMIT, say) would hold their leases and locks
+        for ever. Its jobs run again: their idempotency keys make that safe."""
+        now = time.monotonic()
+        for child in self._committing():
+            if not child.tasks and now - child.answered >= _COMMIT_TIMEOUT:
+                log.error("a child has not committed its idempotent jobs within %.0f s; "
+                          "killing it", _COMMIT_TIMEOUT)
+                self._requeue(self.pool.kill(child)[2])
+                self._lost_with(child)
+
     def _on_timeout(self, child: Child) -> None:
         task, how, unstarted = self.pool.kill(child)
         self._lost_with(child)
@@ -471,8 +529,9 @@ class Supervisor:
 
     def _abandon_running(self) -> None:
         """The grace period is over: kill what still runs and put its jobs back."""
+        committing = self._committing()
         for child in list(self.pool.children):
-            if child.tasks:
+            if child.tasks or any(child is owner for owner in committing):
                 self.pool.kill(child)
                 self._lost_with(child)
         for held in self.running.values():

@@ -82,6 +82,9 @@ class Dialect:
     skip_locked: ClassVar[bool] = True
     autocommit_single_statements: ClassVar[bool] = True
     """Run a lone INSERT on an autocommit connection: one round trip, not three."""
+    single_writer: ClassVar[bool] = False
+    """One write transaction at a time for the whole database (SQLite): never
+    keep one open while the same process may need another."""
 
     # --- engine -----------------------------------------------------------
 
@@ -221,10 +224,10 @@ class Dialect:
             set_={"owner": insert.excluded.owner, "expires_at": insert.excluded.expires_at},
             where=(locks.c.expires_at <= self.now()) | (locks.c.owner == insert.excluded.owner),
         ).returning(locks.c.key)
-        return set(connection.execute(statement, self.lock_rows(connection, locks, wanted))
+        return set(connection.execute(statement, self.lock_values(connection, locks, wanted))
                    .scalars())
 
-    def lock_rows(self, connection: Connection, locks: sa.Table,
+    def lock_values(self, connection: Connection, locks: sa.Table,
                   wanted: Sequence[tuple[str, str, float]]) -> list[dict[str, Any]]:
         """Rows for ``wanted`` locks, their expiry as plain values from the server's
         clock: an executemany of plain values is sent as one multi-row INSERT."""

@@ -124,7 +124,9 @@ class MySQL(Dialect):
             raise
         if returning is returning.table.autoincrement_column:  # type: ignore[attr-defined]
             return result.inserted_primary_key[0]  # type: ignore[index]
-        return params.get(returning.name, True)  # no RETURNING here: "inserted" will do
+        # No RETURNING on MySQL: for any other column, True says "inserted"
+        # (the callers only test the result against None).
+        return True
 
     def insert_many_if_absent_statement(self, table: sa.Table, values: dict[str, Any],
                                         key: sa.Column[Any]) -> Any:
@@ -142,13 +144,16 @@ class MySQL(Dialect):
         # order written, so owner goes first, and expires_at then follows the
         # owner: it is renewed exactly when the row became (or stayed) ours.
         # The row, locked by the upsert until commit, then says who holds it.
-        insert = mysql.insert(locks)
+        # One multi-row VALUES list, not an executemany: PyMySQL folds only
+        # "VALUES (...) ON DUPLICATE" into one statement, and MySQL 8.0.20+
+        # is sent "VALUES (...) AS new ON DUPLICATE".
+        insert = mysql.insert(locks).values(self.lock_values(connection, locks, wanted))
         ours = (locks.c.expires_at <= self.now()) | (locks.c.owner == insert.inserted.owner)
         renewed = locks.c.owner == insert.inserted.owner
         connection.execute(insert.on_duplicate_key_update([
             ("owner", sa.func.if_(ours, insert.inserted.owner, locks.c.owner)),
             ("expires_at", sa.func.if_(renewed, insert.inserted.expires_at, locks.c.expires_at)),
-        ]), self.lock_rows(connection, locks, wanted))
+        ]))
         owners = {key: owner for key, owner, _ in wanted}
         holders = connection.execute(
             sa.select(locks.c.key, locks.c.owner).where(locks.c.key.in_(owners))).all()

@@ -25,6 +25,7 @@ class SQLite(Dialect):
     skip_locked: ClassVar[bool] = False
     # No network to save, and the BEGIN IMMEDIATE hook must own every write.
     autocommit_single_statements: ClassVar[bool] = False
+    single_writer: ClassVar[bool] = True
 
     def engine_options(self) -> dict[str, Any]:
         return {"connect_args": {"timeout": _BUSY_TIMEOUT_SECONDS}}
