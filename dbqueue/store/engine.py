@@ -144,7 +144,8 @@ class FastInsert:
         # After the first connection: only then does the dialect know the
         # server (MariaDB, say, may or may not have INSERT ... RETURNING).
         statement = self.statement()
-        self.returning = bool(self.engine.dialect.insert_returning)
+        self.returning = bool(self.engine.dialect.insert_returning
+                              and not dialect_for(self.engine.dialect).insert_id_from_cursor)
         if self.returning:
             statement = statement.returning(statement.table.c.id)
         compiled = statement.compile(dialect=self.engine.dialect)

@@ -82,6 +82,9 @@ class Dialect:
     skip_locked: ClassVar[bool] = True
     autocommit_single_statements: ClassVar[bool] = True
     """Run a lone INSERT on an autocommit connection: one round trip, not three."""
+    insert_id_from_cursor: ClassVar[bool] = False
+    """The driver reports a lone INSERT's id (``cursor.lastrowid``), sparing the
+    result set of ``RETURNING``."""
     single_writer: ClassVar[bool] = False
     """One write transaction at a time for the whole database (SQLite): never
     keep one open while the same process may need another."""

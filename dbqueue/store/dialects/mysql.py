@@ -42,6 +42,7 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 class MySQL(Dialect):
     name: ClassVar[str] = "mysql"
     supports_returning_update: ClassVar[bool] = False
+    insert_id_from_cursor: ClassVar[bool] = True  # in the OK packet: no result set to parse
     server_name: ClassVar[str] = "MySQL"
     # 8.0.1 brought SKIP LOCKED; 8.0.13 brought expression defaults, which the
     # schema needs for UTC_TIMESTAMP() defaults on timestamp columns.
