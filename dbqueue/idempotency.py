@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from . import serializer
-from .errors import ConfigurationError, Release, TransactionSpoiled
+from .errors import ConfigurationError, DatabaseUnavailable, Release, TransactionSpoiled
 from .store.engine import checkout
 from .store.outcomes import Outcomes
 
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from .jobs import Job
 
 _SAVEPOINT = "dbqueue_job"
+# No connection to be had (a failover, say): not the job's fault.
+_UNAVAILABLE = (DatabaseUnavailable, sa.exc.TimeoutError)
 
 
 class _JobTransaction:
@@ -91,6 +93,8 @@ class OutcomeBatch:
 
     MAX_JOBS = 32  # PostgreSQL keeps 64 subtransactions per transaction in memory
     MAX_SECONDS = 0.02
+    ALONE_FOR = 60.0
+    """Seconds during which jobs commit one by one after a shared commit failed."""
 
     def __init__(self, app: App) -> None:
         self.app = app
@@ -104,6 +108,7 @@ class OutcomeBatch:
         (False: it has an outcome already). The transaction must not end while
         claims of jobs not yet run remain."""
         self.shared = not app.store.dialect.single_writer
+        self._alone_until = 0.0
         self._connection: Connection | None = None
         self._transaction: sa.RootTransaction | None = None
         self._opened = 0.0
@@ -111,6 +116,17 @@ class OutcomeBatch:
     @property
     def open(self) -> bool:
         return self._connection is not None
+
+    @property
+    def sharing(self) -> bool:
+        """Whether jobs share the transaction now."""
+        return self.shared and time.monotonic() >= self._alone_until
+
+    def alone_for_a_while(self) -> None:
+        """A shared commit failed for a reason one of its jobs may have caused
+        (a deferred constraint, say): commit jobs one by one for a while, so
+        that only that job fails, and the others are not dragged along."""
+        self._alone_until = time.monotonic() + self.ALONE_FOR
 
     def due(self) -> bool:
         """Whether the transaction should commit before another job joins it."""
@@ -123,19 +139,27 @@ class OutcomeBatch:
         """Claim the keys of the idempotent jobs about to run here one after
         another, in one statement. Each then runs as if it had claimed its own
         (``run``); the caller gives back a claim its job did not use (``unused``)."""
-        if not self.shared:
+        if not self.sharing:
             return
-        runs = runs[:max(0, self.MAX_JOBS - len(self.pending))]
+        # A job claimed already keeps its claim; a key claimed already for a job
+        # not yet run is its twin's, which finds it taken and skips, as it should.
+        claimed = {key for key, _ in self.preclaimed.values()}
+        runs = [run for run in runs if run[1] not in self.preclaimed]
+        runs = runs[:max(0, self.MAX_JOBS - len(self.pending) - len(self.preclaimed))]
         claims: dict[str, tuple[str, str, int]] = {}
         for job, job_id, args, kwargs in runs:
             try:
                 key = job.idempotency_id(args, kwargs)
             except Exception:
                 continue  # the job's own run reports it
-            claims.setdefault(key, (key, job.name, job_id))  # a twin claims when it runs
+            if key not in claimed:
+                claims.setdefault(key, (key, job.name, job_id))  # a twin claims when it runs
         if len(claims) < 2:
             return
-        connection = self._begin()
+        try:
+            connection = self._begin()
+        except _UNAVAILABLE:
+            return  # each job meets the outage in its own run
         try:
             taken = self.outcomes.claim_many(connection, list(claims.values()))
         except sa.exc.DBAPIError:
@@ -160,7 +184,10 @@ class OutcomeBatch:
         """Run ``body`` once per idempotency key; None when the key has an outcome already."""
         preclaimed = self.preclaimed.pop(job_id, None)
         key = preclaimed[0] if preclaimed else job.idempotency_id(args, kwargs)
-        connection = self._begin()
+        try:
+            connection = self._begin()
+        except _UNAVAILABLE as exc:
+            raise Release(1.0) from exc  # the database is away: try again soon
         # Not store.transaction(): a retried deadlock must not run the job's body
         # twice within one attempt.
         try:
@@ -190,7 +217,7 @@ class OutcomeBatch:
             _current.reset(token)
         self._keep(running, key, encoded, job.name)
         self.pending.append(job_id)
-        if not self.shared:
+        if not self.sharing:
             self.pending = []
             self.commit()  # if it cannot, the job fails: nothing of it committed
         return result
@@ -227,12 +254,17 @@ class OutcomeBatch:
         if connection is None or transaction is None:
             raise RuntimeError("no transaction is open")
         if self.preclaimed:  # their jobs would find their own claims and skip
-            raise RuntimeError("the claims of jobs not yet run must not commit")
+            raise RuntimeError("give back the claims of jobs not yet run first")
         self._connection = self._transaction = None
         try:
             transaction.commit()
         finally:
             connection.close()
+
+    def give_back_claims(self) -> None:
+        """Give back the claims of jobs not yet run, before an early commit."""
+        for job_id in list(self.preclaimed):
+            self.unused(job_id)
 
     def discard(self) -> None:
         """Roll back the open transaction (its jobs are lost: they run again)."""

@@ -233,6 +233,16 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
             with contextlib.suppress(sa.exc.DBAPIError):
                 connection.exec_driver_sql("SELECT * FROM dbqueue_no_such_table")
 
+    @app.job(name="deferred_insert", tries=1, idempotency_key=lambda order: f"deferred:{order}")
+    def deferred_insert(order: int) -> None:
+        """Charges, and inserts ``order`` into a table whose unique constraint
+        PostgreSQL checks at COMMIT; order 0 inserts it twice, so that only the
+        commit fails."""
+        charge_once(order)
+        for _ in range(2 if order == 0 else 1):
+            dbqueue.transaction().exec_driver_sql(
+                f"INSERT INTO {app.settings.table_prefix}deferred (k) VALUES ({order:d})")
+
     @app.job(name="limited_charge", tries=1,
              idempotency_key=lambda order: f"limited:{order}",
              middleware=[dbqueue.RateLimited("charges", limit=100, per=1)])

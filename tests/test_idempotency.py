@@ -1,5 +1,6 @@
 """Idempotent jobs: effects written through dbqueue.transaction() happen once per key."""
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -122,6 +123,32 @@ def test_a_job_that_swallows_a_database_error_cannot_commit_a_broken_transaction
     assert count(jobs.app, jobs.app.store.tables.jobs) == 0
 
 
+def test_a_commit_that_fails_for_one_jobs_writes_fails_that_job_alone(jobs, workers, schema):
+    """A deferred constraint fails the shared COMMIT of several jobs: they all go
+    back without using a try, the next ones commit one by one, and only the job
+    that broke the constraint fails."""
+    if not schema.startswith("postgresql"):
+        pytest.skip("only PostgreSQL defers a unique check to the commit")
+    deferred = f"{PREFIX}deferred"
+    with jobs.app.engine.begin() as connection:
+        connection.exec_driver_sql(f"DROP TABLE IF EXISTS {deferred}")
+        connection.exec_driver_sql(
+            f"CREATE TABLE {deferred} (k integer UNIQUE DEFERRABLE INITIALLY DEFERRED)")
+    try:
+        orders = [1, 2, 3, 4, 0, 5, 6, 7, 8]
+        jobs.app.dispatch_many([jobs.deferred_insert.prepare(order) for order in orders])
+        result = workers.run("--concurrency", "1", "--stop-when-empty", *FAST)
+        assert result.returncode == 0, result.stdout
+        (failed,) = rows(jobs.app, jobs.app.store.tables.failed_jobs)
+        assert json.loads(failed.payload)["args"] == [0]
+        assert failed.exception_class == "psycopg.errors.UniqueViolation"
+        assert [charges(jobs, order) for order in orders] == [1, 1, 1, 1, 0, 1, 1, 1, 1]
+        assert count(jobs.app, jobs.app.store.tables.jobs) == 0
+    finally:
+        with jobs.app.engine.begin() as connection:
+            connection.exec_driver_sql(f"DROP TABLE {deferred}")
+
+
 def test_idempotent_jobs_and_their_middleware_writes_do_not_wait_on_each_other(jobs, workers):
     """A rate limit takes its slot in a short transaction of its own while the
     jobs before it have uncommitted effects (SQLite, with one writer, commits
@@ -148,27 +175,65 @@ def committed_ids(messages):
             for i in m.job_ids]
 
 
-def test_a_child_commits_idempotent_jobs_before_they_count_as_done(jobs, schema, monkeypatch):
-    """The protocol between a child and its supervisor, driven by hand: jobs sent
-    together share a transaction; each is answered "done, uncommitted", then named
-    in a Committed message; a child that dies first commits none of its batch.
-    On SQLite (one writer) each job commits before it is answered."""
+@contextlib.contextmanager
+def a_child(schema, monkeypatch):
+    """A worker's child process running tests.jobapp, and our end of its pipe."""
     monkeypatch.setenv("DBQUEUE_URL", schema)
     monkeypatch.setenv("DBQUEUE_TABLE_PREFIX", PREFIX)
-    shared = not jobs.app.store.dialect.single_writer
     context = multiprocessing.get_context("spawn")
     parent, child_end = context.Pipe()
     child = context.Process(target=child_main, args=(child_end, "tests.jobapp:app"), daemon=True)
     child.start()
     child_end.close()
     try:
+        yield parent, child
+    finally:
+        parent.close()
+        child.join(30)
+
+
+def finished(messages):
+    return [m for m in messages if isinstance(m, Finished)]
+
+
+def test_jobs_claimed_together_all_run_though_one_is_a_twin_or_slow(jobs, schema, monkeypatch):
+    """Once a kind of job is known to be short, the keys of the next ones are
+    claimed in one statement. A twin among them must not spoil its neighbours'
+    claims, and one that turns out slow must not stop the others from running."""
+    with a_child(schema, monkeypatch) as (parent, child):
+        for order in range(1, 9):  # one at a time: the child learns "charge" is short
+            parent.send(RunJob(200 + order, "charge", (order,), {}, 1, 60.0))
+            answers_until(parent, lambda m: finished(m))
+        batch = [RunJob(221, "charge", (21,), {}, 1, 60.0),
+                 RunJob(222, "charge", (21,), {}, 1, 60.0),  # the twin of 221
+                 RunJob(223, "charge", (23,), {}, 1, 60.0),
+                 RunJob(231, "charge", (31, 0.2), {}, 1, 60.0),  # slow: no longer short
+                 RunJob(232, "charge", (32,), {}, 1, 60.0),
+                 RunJob(233, "charge", (33,), {}, 1, 60.0)]
+        for task in batch:
+            parent.send(task)
+        messages = answers_until(parent, lambda m: len(finished(m)) == len(batch))
+        assert [a.kind for a in finished(messages)] == ["done"] * len(batch)
+        assert child.is_alive()
+        parent.send(None)
+    assert [charges(jobs, order) for order in (21, 23, 31, 32, 33)] == [1] * 5
+    assert all(jobs.app.outcome(f"charge:{order}") for order in (21, 23, 31, 32, 33))
+
+
+def test_a_child_commits_idempotent_jobs_before_they_count_as_done(jobs, schema, monkeypatch):
+    """The protocol between a child and its supervisor, driven by hand: jobs sent
+    together share a transaction; each is answered "done, uncommitted", then named
+    in a Committed message; a child that dies first commits none of its batch.
+    On SQLite (one writer) each job commits before it is answered."""
+    shared = not jobs.app.store.dialect.single_writer
+    with a_child(schema, monkeypatch) as (parent, child):
         for order in (1, 2, 3, 4):
             parent.send(RunJob(100 + order, "charge", (order,), {}, 1, 60.0))
         if shared:
             messages = answers_until(parent, lambda m: len(committed_ids(m)) == 4)
         else:
             messages = answers_until(parent, lambda m: len(m) == 4)
-        answers = [m for m in messages if isinstance(m, Finished)]
+        answers = finished(messages)
         assert [a.kind for a in answers] == ["done"] * 4
         assert [a.uncommitted for a in answers] == [shared] * 4
         assert sorted(committed_ids(messages)) == ([101, 102, 103, 104] if shared else [])
@@ -177,7 +242,6 @@ def test_a_child_commits_idempotent_jobs_before_they_count_as_done(jobs, schema,
         parent.send(RunJob(111, "charge", (11,), {}, 1, 60.0))
         parent.send(RunJob(112, "charge_then_die", (12,), {}, 1, 60.0))
         messages = answers_until(parent, lambda m: False)  # until it dies
-    finally:
         child.join(30)
     assert child.exitcode == -signal.SIGKILL
     # Whatever committed before the death is named; nothing else is in the database.

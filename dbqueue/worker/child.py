@@ -132,18 +132,19 @@ def run_job(app: Any, task: RunJob, batch: OutcomeBatch) -> Finished:
                                                 task.attempt, task.timeout, task.locks), body)
         else:
             body()
-    except Release as release:
-        return Finished("release", delay=release.delay)
-    except Fail as fail:
-        return Finished("fail", exception_class=class_name(fail),
-                        message=fail.reason, traceback=traceback.format_exc())
     except BaseException as exc:  # SystemExit from job code is a failure of that job
         if _recorded(batch, task):
-            # A middleware raised after the body: the effects and the outcome
-            # commit all the same, so the job is done (a retry would skip it).
+            # A middleware raised after the body (Release and Fail included):
+            # the effects and the outcome commit all the same, so the job is
+            # done (a retry would skip it).
             log.warning("job %d (%s) is done, but its middleware then raised %s: %s",
                         task.job_id, task.name, class_name(exc), exc)
             return Finished("done", uncommitted=True)
+        if isinstance(exc, Release):
+            return Finished("release", delay=exc.delay)
+        if isinstance(exc, Fail):
+            return Finished("fail", exception_class=class_name(exc),
+                            message=exc.reason, traceback=traceback.format_exc())
         kind = "permanent" if isinstance(exc, job.dont_retry) else "error"
         return Finished(kind, exception_class=class_name(exc), message=str(exc),
                         traceback=traceback.format_exc())
@@ -157,6 +158,7 @@ def _recorded(batch: OutcomeBatch, task: RunJob) -> bool:
 
 def end_batch(batch: OutcomeBatch) -> list[Committed]:
     """Commit the idempotent jobs' transaction if one is open; the messages to send."""
+    batch.give_back_claims()  # may roll back (a lost connection): then all are lost
     messages = []
     if batch.lost:  # rolled back with a failing job's transaction: not their fault
         messages.append(Committed(tuple(batch.lost), Finished("release")))
@@ -166,10 +168,18 @@ def end_batch(batch: OutcomeBatch) -> list[Committed]:
         try:
             batch.commit()
         except sa.exc.DBAPIError as exc:
-            # Whether a COMMIT that failed took effect is unknown (the connection
-            # may have dropped after it): run the jobs again, without using a
-            # try; their keys make that safe.
-            failure = Finished("release", exception_class=class_name(exc.orig or exc),
+            # A dropped connection, a deadlock: whether the COMMIT took effect is
+            # unknown, and it is none of the jobs' fault; they run again, without
+            # using a try (their keys make that safe). Anything else (a deferred
+            # constraint) is a job's doing: alone, it fails its attempt; in a
+            # shared batch, all go back and the next ones commit one by one, so
+            # that the culprit is found.
+            transient = isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError)
+            alone = len(ids) == 1
+            if not (transient or alone):
+                batch.alone_for_a_while()
+            failure = Finished("release" if transient or not alone else "error",
+                               exception_class=class_name(exc.orig or exc),
                                message=str(exc.orig or exc), traceback=traceback.format_exc())
         batch.pending = []
         if ids:
@@ -240,7 +250,8 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
                     return  # the supervisor is gone: the batch rolls back
             task = inbox.popleft()
             idempotent = runtimes.idempotent(task)
-            if batch.open and not (idempotent and runtimes.short(task)):
+            joins = idempotent and (runtimes.short(task) or task.job_id in batch.preclaimed)
+            if batch.open and not joins:
                 for message in end_batch(batch):
                     conn.send(message)
             if task is None:

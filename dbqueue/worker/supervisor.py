@@ -416,8 +416,10 @@ class Supervisor:
             self._stop(f"processed {self.processed} job(s)")
         elif options.max_time is not None and time.monotonic() - self.started >= options.max_time:
             self._stop(f"ran for {options.max_time:g} s")
+        # Done jobs whose commit is awaited are not over yet: a failed commit
+        # puts them back for an immediate retry.
         elif (options.stop_when_empty and self.drained and not self.buffer and not self.running
-              and not self.hooks):
+              and not self.uncommitted and not self.hooks):
             self._stop("queue empty")
 
     def _wait_timeout(self) -> float:
