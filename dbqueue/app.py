@@ -94,7 +94,8 @@ class App:
         return Lock(Locks(self.store), key, ttl, wait=wait)
 
     def outcome(self, idempotency_key: str) -> Outcome | None:
-        """The recorded outcome of an idempotent job (its ``result`` is JSON text)."""
+        """The recorded outcome of an idempotent job, or None: ``outcome.result``
+        is the job's return value, decoded from JSON."""
         return Outcomes(self.store).get(idempotency_key)
 
     def restore_lock(self, key: str, owner: str, ttl: float = 120) -> Lock:
@@ -118,7 +119,7 @@ class App:
     def job(self, *, name: str | None = None, queue: str = "default", tries: int | None = 1,
             backoff: Backoff | list[float] = 0, timeout: float | timedelta = 60,
             retry_until: float | timedelta | None = None, priority: int = 0,
-            dont_retry: Iterable[type[BaseException]] = (),
+            dont_retry: type[BaseException] | Iterable[type[BaseException]] = (),
             on_failure: Callable[..., Any] | None = None,
             unique_key: Callable[..., Any] | None = None,
             unique_for: float | timedelta | None = None,
@@ -159,7 +160,8 @@ class App:
         return lambda f: self._register(f, **options)
 
     def _register(self, func: Callable[P, R], *, name: str | None = None,
-                  dont_retry: Iterable[type[BaseException]] = (), **options: Any) -> Job[P, R]:
+                  dont_retry: type[BaseException] | Iterable[type[BaseException]] = (),
+                  **options: Any) -> Job[P, R]:
         if name is None:
             if func.__module__ == "__main__":
                 raise ConfigurationError(
@@ -170,7 +172,7 @@ class App:
         existing = self.jobs.get(name)
         if existing is not None and existing.func is not func:
             raise ConfigurationError(f"two jobs are named {name!r}; give one a name=")
-        job = Job(self, func, name, dont_retry=tuple(dont_retry), **options)
+        job = Job(self, func, name, dont_retry=dont_retry, **options)  # type: ignore[arg-type]
         self.jobs[name] = job
         return job
 

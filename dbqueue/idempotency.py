@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from .app import App
     from .jobs import Job
 
-_SAVEPOINT = "dbqueue_job"
 # No connection to be had (a failover, say): not the job's fault.
 _UNAVAILABLE = (DatabaseUnavailable, sa.exc.TimeoutError)
 
@@ -45,13 +44,14 @@ class _JobTransaction:
     behind a savepoint taken on first use, so that the job's own writes can be
     undone alone if it fails."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, outcomes: Outcomes) -> None:
         self.connection = connection
+        self.outcomes = outcomes
         self.savepoint = False
 
     def use(self) -> Connection:
         if not self.savepoint:
-            self.connection.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
+            self.outcomes.savepoint(self.connection)
             self.savepoint = True
         return self.connection
 
@@ -204,7 +204,7 @@ class OutcomeBatch:
             raise
         if not claimed:
             return None
-        running = _JobTransaction(connection)
+        running = _JobTransaction(connection, self.outcomes)
         token = _current.set(running)
         try:
             result = body()
@@ -232,7 +232,7 @@ class OutcomeBatch:
             # The claim stored a NULL result already: None needs no statement.
             recorded = encoded is None or self.outcomes.record(connection, key, encoded)
             if running.savepoint:
-                connection.exec_driver_sql(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+                self.outcomes.keep_savepoint(connection)
         except sa.exc.DBAPIError as exc:
             self._undo(running, key)
             raise TransactionSpoiled(
@@ -294,7 +294,7 @@ class OutcomeBatch:
             return
         try:
             if running.savepoint:
-                self._connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+                self.outcomes.undo_savepoint(self._connection)
             self.outcomes.unclaim(self._connection, key)
         except sa.exc.DBAPIError:
             # The server ended the whole transaction (MySQL does on a deadlock):

@@ -71,8 +71,10 @@ class DispatchOptions:
             given["timeout"] = seconds("timeout", given["timeout"], allow_zero=False)
         if given.get("tries") is not None:
             _check_tries(given["tries"])
-        if given.get("priority") is not None and not isinstance(given["priority"], int):
-            raise ConfigurationError(f"priority must be an int, not {given['priority']!r}")
+        if given.get("priority") is not None:
+            _check_priority(given["priority"])
+        if given.get("queue") is not None:
+            _check_queue(given["queue"])
         until = given.get("retry_until")
         if isinstance(until, datetime):
             if until.tzinfo is None:
@@ -96,6 +98,17 @@ class DispatchOptions:
         elif self.retry_until is not None:
             options["retry_for"] = self.retry_until
         return options
+
+
+def _check_priority(priority: Any) -> None:
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ConfigurationError(f"priority must be an int (lower runs first), not {priority!r}")
+
+
+def _check_queue(queue: Any) -> None:
+    if not isinstance(queue, str) or not queue.strip() or "," in queue:
+        raise ConfigurationError(
+            f"queue must be a name such as 'default' or 'mail' (no commas), not {queue!r}")
 
 
 def _check_tries(tries: Any) -> None:
@@ -150,11 +163,17 @@ class Job(Generic[P, R]):
 
     def __post_init__(self) -> None:
         _check_tries(self.tries)
+        _check_priority(self.priority)
+        _check_queue(self.queue)
         object.__setattr__(self, "backoff", validate_backoff(self.backoff))
         object.__setattr__(self, "timeout", seconds("timeout", self.timeout, allow_zero=False))
         object.__setattr__(self, "retry_until", seconds("retry_until", self.retry_until))
-        if not all(isinstance(e, type) and issubclass(e, BaseException) for e in self.dont_retry):
+        if isinstance(self.dont_retry, type):  # dont_retry=ValueError: one class
+            object.__setattr__(self, "dont_retry", (self.dont_retry,))
+        if not isinstance(self.dont_retry, tuple | list) or not all(
+                isinstance(e, type) and issubclass(e, BaseException) for e in self.dont_retry):
             raise ConfigurationError(f"dont_retry of job {self.name!r} must list exception classes")
+        object.__setattr__(self, "dont_retry", tuple(self.dont_retry))
         if self.on_failure is not None and not callable(self.on_failure):
             raise ConfigurationError(f"on_failure of job {self.name!r} must be callable")
         if self.unique_key is not None and not callable(self.unique_key):

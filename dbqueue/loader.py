@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import traceback
 
 from .app import App
 from .errors import ConfigurationError
@@ -33,11 +34,28 @@ def load_app(reference: str) -> App:
                 f"--app {reference!r}: cannot import module {module_name!r} ({exc}); "
                 "run from your project's root directory or fix the module path"
             ) from None
-        raise
-    app = getattr(module, attribute, None)
-    if not isinstance(app, App):
-        found = "nothing" if app is None else f"a {type(app).__name__}"
+        raise ConfigurationError(_import_failed(reference, module_name, exc)) from None
+    except Exception as exc:  # the application's module itself is broken
+        raise ConfigurationError(_import_failed(reference, module_name, exc)) from None
+    if not hasattr(module, attribute):
         raise ConfigurationError(
-            f"--app {reference!r}: {module_name}.{attribute} is {found}, not a dbqueue.App"
+            f"--app {reference!r}: module {module_name} has no attribute {attribute!r}"
+        )
+    app = getattr(module, attribute)
+    if not isinstance(app, App):
+        raise ConfigurationError(
+            f"--app {reference!r}: {module_name}.{attribute} is a {type(app).__name__}, "
+            "not a dbqueue.App"
         )
     return app
+
+
+def _import_failed(reference: str, module_name: str, error: Exception) -> str:
+    """One line that says where the application's module failed to import."""
+    if isinstance(error, SyntaxError) and error.filename:
+        where = f"{error.filename}:{error.lineno}"
+    else:
+        frames = traceback.extract_tb(error.__traceback__)
+        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else module_name
+    return (f"--app {reference!r}: importing {module_name} failed at {where}: "
+            f"{type(error).__name__}: {error}")

@@ -69,6 +69,8 @@ def test_options_are_validated_and_never_mix_with_job_arguments(tmp_path):
         send.options(delay=-1)
     with pytest.raises(dbqueue.ConfigurationError, match="not both"):
         send.options(connection=object(), after_commit=object())
+    with pytest.raises(dbqueue.ConfigurationError, match="queue must be a name"):
+        send.options(queue=" ")
 
 
 def test_job_definitions_are_validated(tmp_path):
@@ -77,6 +79,14 @@ def test_job_definitions_are_validated(tmp_path):
         app.job(name="a", tries=0)(lambda: None)
     with pytest.raises(dbqueue.ConfigurationError, match="timeout"):
         app.job(name="b", timeout=0)(lambda: None)
+    with pytest.raises(dbqueue.ConfigurationError, match="priority must be an int"):
+        app.job(name="d", priority="a")(lambda: None)
+    with pytest.raises(dbqueue.ConfigurationError, match="queue must be a name"):
+        app.job(name="e", queue="")(lambda: None)
+    with pytest.raises(dbqueue.ConfigurationError, match="dont_retry of job 'f'"):
+        app.job(name="f", dont_retry=("ValueError",))(lambda: None)
+    assert app.job(name="g", dont_retry=KeyError)(lambda: None).dont_retry == (KeyError,)
+    assert app.job(name="h", dont_retry=[KeyError])(lambda: None).dont_retry == (KeyError,)
     app.job(name="c")(lambda: None)
     with pytest.raises(dbqueue.ConfigurationError, match="two jobs are named 'c'"):
         app.job(name="c")(lambda: None)

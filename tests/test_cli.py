@@ -24,6 +24,7 @@ from dbqueue.store import Failure, NewJob
 from dbqueue.store.admin import FailedJob
 from dbqueue.store.migrator import current_revision
 from dbqueue.store.workers import WorkerInfo
+from tests import jobapp
 from tests.conftest import PREFIX, ROOT, count, rows, worker_env
 
 NO_SERVER_PG = "postgresql://nobody:s3cret@127.0.0.1:1/none"
@@ -167,11 +168,16 @@ def test_restart_asks_every_live_worker_once(app, schema):
     assert [w.stop_requested_at is not None for w in workers] == [True, True]
 
 
-def test_work_runs_the_queued_jobs(jobs, schema):
-    jobs.record.dispatch(7)
-    ok(schema, "work", "--app", "tests.jobapp:app", "--stop-when-empty", "--sleep", "0.1")
+def test_work_runs_the_queued_jobs_and_logs_each_with_verbose(jobs, schema):
+    job_id = jobs.record.dispatch(7)
+    args = ("work", "--app", "tests.jobapp:app", "--stop-when-empty", "--sleep", "0.1")
+    result = dbqueue_cli(*args, env=cli_env(schema))
+    assert result.returncode == 0 and "completed" not in result.stderr
     assert count(jobs.app, jobs.effects, jobs.effects.c.n == 7) == 1
     assert count(jobs.app, jobs.app.store.tables.jobs) == 0
+    job_id = jobs.record.dispatch(8)
+    result = dbqueue_cli(*args, "-v", env=cli_env(schema))
+    assert result.returncode == 0 and f"job {job_id} (record) completed" in result.stderr
 
 
 # --- failed, failed show ------------------------------------------------------------
@@ -334,12 +340,16 @@ def migrated_url(tmp_path: Path) -> str:
     (["status", "--url", "{fresh}", "--app", "tests.jobapp:build"],
      "tests.jobapp.build is a function, not a dbqueue.App"),
     (["status", "--url", "{fresh}", "--app", "tests.jobapp:no_such_attribute"],
-     "tests.jobapp.no_such_attribute is nothing, not a dbqueue.App"),
+     "module tests.jobapp has no attribute 'no_such_attribute'"),
+    (["status", "--url", "{fresh}", "--app", "tests.broken_app:app"],
+     "importing tests.broken_app failed at "),
     (["status", "--url", "{fresh}", "--app", ":app"], "names no module"),
+    (["work", "--url", "{fresh}", "--app", "tests.jobapp:app", "--concurrency", "0"],
+     "--concurrency must be at least 1, not 0"),
     (["status", "--url", "{fresh}", "--table-prefix", "bad-prefix"], "table prefix 'bad-prefix'"),
 ], ids=["malformed-url", "unsupported-url", "unreachable-server", "unmigrated-status",
         "unmigrated-failed", "app-module-missing", "app-not-an-app", "app-attribute-missing",
-        "app-without-module", "bad-table-prefix"])
+        "app-module-broken", "app-without-module", "work-concurrency-zero", "bad-table-prefix"])
 def test_mistakes_print_one_error_line(args, expected, fresh_url):
     result = dbqueue_cli(*(a.format(fresh=fresh_url) for a in args), env=bare_env())
     line = assert_clean_error(result)
@@ -379,12 +389,66 @@ def test_migrate_sql_prints_the_ddl_without_a_server(url, tmp_path):
     assert not (tmp_path / "never.db").exists()
 
 
+def test_migrate_sql_prints_a_downgrade_or_the_steps_from_a_revision():
+    env, url = bare_env(), NO_SERVER_PG
+    down = dbqueue_cli("migrate", "--sql", "--downgrade", "0001", "--url", url, env=env)
+    assert down.returncode == 0, down.stderr
+    assert "DROP TABLE job_circuits;" in down.stdout and "CREATE TABLE" not in down.stdout
+    up = dbqueue_cli("migrate", "--sql", "--revision", "0002:head", "--url", url, env=env)
+    assert up.returncode == 0, up.stderr
+    assert "CREATE TABLE job_circuits" in up.stdout and "CREATE TABLE jobs" not in up.stdout
+
+
 def test_migrate_downgrade_base_drops_the_tables(migrated_url):
     env = bare_env(DBQUEUE_URL=migrated_url)
     result = dbqueue_cli("migrate", "--downgrade", "base", env=env)
     assert (result.returncode, result.stdout) == (0, "dbqueue tables downgraded to base\n")
     line = assert_clean_error(dbqueue_cli("status", env=env))
     assert "the dbqueue tables are missing" in line
+
+
+def test_tables_at_an_older_revision_are_one_clear_error(migrated_url):
+    env = bare_env(DBQUEUE_URL=migrated_url)
+    assert dbqueue_cli("migrate", "--downgrade", "0002", env=env).returncode == 0
+    for args in (["status"], ["work", "--app", "tests.jobapp:app", "--once"]):
+        line = assert_clean_error(dbqueue_cli(*args, env=env))
+        assert "are at revision 0002, but this dbqueue needs 0003" in line, line
+        assert "dbqueue migrate" in line
+    old = jobapp.build(migrated_url, "")
+    old.app.downgrade("0001")  # before unique jobs: no jobs.unique_key
+    with pytest.raises(dbqueue.NotMigrated, match="older than this dbqueue"):
+        old.unique_invoice.dispatch(1)
+    old.app.dispose()
+
+
+def test_url_or_prefix_an_app_would_ignore_is_one_clear_error(migrated_url, tmp_path):
+    (tmp_path / "fixed_app.py").write_text(
+        f"import dbqueue\napp = dbqueue.App({migrated_url!r}, table_prefix='')\n")
+    env = bare_env()
+    env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{ROOT}"
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    line = assert_clean_error(dbqueue_cli("status", "--app", "fixed_app:app", "--url", other,
+                                          env=env))
+    assert "--url differs from the database fixed_app:app is built on" in line, line
+    assert not (tmp_path / "other.db").exists()
+    line = assert_clean_error(dbqueue_cli("status", "--app", "fixed_app:app",
+                                          "--table-prefix", "q_", env=env))
+    assert "--table-prefix 'q_' differs from the prefix fixed_app:app is built with" in line
+    # The same URL, or one from the environment (documented as ignored), is fine.
+    assert dbqueue_cli("status", "--app", "fixed_app:app", "--url", migrated_url,
+                       env=env).returncode == 0
+    env["DBQUEUE_URL"] = other
+    assert dbqueue_cli("status", "--app", "fixed_app:app", env=env).returncode == 0
+
+
+def test_the_code_expects_the_newest_migration():
+    from importlib import resources
+
+    from dbqueue.store.schema import REVISION
+
+    versions = resources.files("dbqueue.migrations") / "versions"
+    newest = max(f.name[:4] for f in versions.iterdir() if f.name[:4].isdigit())
+    assert newest == REVISION
 
 
 def test_version_and_help_name_every_command():

@@ -29,7 +29,8 @@ def test_the_effect_and_the_outcome_commit_together_once_per_key(jobs, workers):
     assert workers.run("--stop-when-empty", *FAST).returncode == 0
     assert charges(jobs, 1) == 1
     outcome = jobs.app.outcome("charge:1")
-    assert outcome.job == "charge" and json.loads(outcome.result) == {"order": 1, "cents": 4200}
+    assert outcome.job == "charge" and outcome.result == {"order": 1, "cents": 4200}
+    assert json.loads(outcome.result_json) == outcome.result
     assert count(jobs.app, jobs.app.store.tables.jobs) == 0
     assert jobs.app.outcome("charge:2") is None
 
@@ -72,8 +73,8 @@ def test_cli_shows_and_prunes_outcomes(jobs, workers, schema):
     assert workers.run("--stop-when-empty", *FAST).returncode == 0
     shown = cli(schema, "outcomes", "show", "charge:7")
     assert shown.returncode == 0 and '"cents": 4200' in shown.stdout
-    assert json.loads(cli(schema, "outcomes", "show", "charge:7", "--json").stdout)["job"] == (
-        "charge")
+    shown = json.loads(cli(schema, "outcomes", "show", "charge:7", "--json").stdout)
+    assert (shown["job"], shown["result"]) == ("charge", {"order": 7, "cents": 4200})
     missing = cli(schema, "outcomes", "show", "charge:8")
     assert missing.returncode == 1 and "Error: no outcome" in missing.stderr
     assert "Deleted 0" in cli(schema, "outcomes", "prune", "--older-than", "1").stdout

@@ -15,7 +15,7 @@ import click
 import sqlalchemy as sa
 
 from ..app import App
-from ..errors import DBQueueError
+from ..errors import ConfigurationError, DBQueueError
 from ..loader import load_app
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -44,10 +44,42 @@ def open_app(url: str | None, app_reference: str | None, table_prefix: str | Non
         os.environ["DBQUEUE_TABLE_PREFIX"] = table_prefix
     if app_reference:
         os.environ["DBQUEUE_APP"] = app_reference
-        return load_app(app_reference)
+        app = load_app(app_reference)
+        _check_not_overridden(app, app_reference, url, table_prefix)
+        return app
     if need_app:
         raise click.UsageError("name your application with --app module:attr (or DBQUEUE_APP)")
     return App(url, table_prefix=table_prefix)
+
+
+def _given_on_command_line(name: str) -> bool:
+    context = click.get_current_context(silent=True)
+    return context is not None and (
+        context.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE)
+
+
+def _same_url(a: str, b: str) -> bool:
+    try:
+        return sa.engine.make_url(a) == sa.engine.make_url(b)
+    except sa.exc.ArgumentError:
+        return a == b
+
+
+def _check_not_overridden(app: App, reference: str, url: str | None,
+                          table_prefix: str | None) -> None:
+    """An App built with its own URL or prefix ignores the environment; an
+    explicit --url or --table-prefix that it would silently ignore is an error."""
+    if url and _given_on_command_line("url") and not _same_url(url, app.settings.url):
+        shown = sa.engine.make_url(app.settings.url).render_as_string(hide_password=True)
+        raise ConfigurationError(
+            f"--url differs from the database {reference} is built on ({shown}); drop "
+            "--url, or create the App without a URL so that --url and DBQUEUE_URL choose")
+    if (table_prefix is not None and _given_on_command_line("table_prefix")
+            and table_prefix != app.settings.table_prefix):
+        raise ConfigurationError(
+            f"--table-prefix {table_prefix!r} differs from the prefix {reference} is built "
+            f"with ({app.settings.table_prefix!r}); drop --table-prefix, or create the App "
+            "without table_prefix= so that --table-prefix and DBQUEUE_TABLE_PREFIX choose")
 
 
 def friendly_errors(func: F) -> F:

@@ -7,7 +7,7 @@ import json
 import click
 
 from ..store.outcomes import Outcomes
-from .common import connection_options, friendly_errors, open_app, print_json
+from .common import connection_options, friendly_errors, open_app, print_json, to_jsonable
 
 
 @click.group()
@@ -27,11 +27,14 @@ def show(url: str | None, app_reference: str | None, table_prefix: str | None, k
     if outcome is None:
         raise click.ClickException(f"no outcome is recorded under {key!r}")
     if as_json:
-        print_json(outcome)
+        shown = to_jsonable(outcome)
+        shown["result"] = outcome.result
+        del shown["result_json"]
+        print_json(shown)
         return
-    result = outcome.result
+    result = outcome.result_json
     if result is not None:
-        result = json.dumps(json.loads(result), indent=2, ensure_ascii=False)
+        result = json.dumps(outcome.result, indent=2, ensure_ascii=False)
     for label, value in [("key", outcome.idempotency_key), ("job", outcome.job),
                          ("job id", outcome.job_id), ("status", outcome.status),
                          ("recorded", outcome.created_at)]:

@@ -19,7 +19,9 @@ LIVE_WITHIN = 30.0  # seconds: workers beat at least every 10 s; one silent long
 @click.command()
 @connection_options
 @click.option("--sql", is_flag=True, help="Print the DDL instead of running it (for a DBA).")
-@click.option("--revision", default="head", show_default=True, help="Revision to upgrade to.")
+@click.option("--revision", default="head", show_default=True,
+              help="Revision to upgrade to; with --sql, FROM:TO (e.g. 0001:head) prints "
+                   "only the steps a database at FROM needs.")
 @click.option("--downgrade", "downgrade_to", metavar="REVISION", default=None,
               help="Downgrade to this revision instead ('base' drops every dbqueue table).")
 @friendly_errors
@@ -31,7 +33,11 @@ def migrate(url: str | None, app_reference: str | None, table_prefix: str | None
     app = open_app(url, app_reference, table_prefix)
     prefix = app.settings.table_prefix
     if sql:
-        click.echo(migrator.upgrade_sql(app.settings.url, prefix, revision), nl=False)
+        if downgrade_to is not None:
+            text = migrator.downgrade_sql(app.settings.url, prefix, downgrade_to)
+        else:
+            text = migrator.upgrade_sql(app.settings.url, prefix, revision)
+        click.echo(text, nl=False)
         return
     if downgrade_to is not None:
         app.downgrade(downgrade_to)
@@ -50,6 +56,7 @@ def status(url: str | None, app_reference: str | None, table_prefix: str | None,
            as_json: bool) -> None:
     """Jobs per queue (ready, delayed, reserved, failed, oldest wait) and live workers."""
     app = open_app(url, app_reference, table_prefix)
+    app.store.check_schema()
     queues = app.admin.status()
     workers = app.workers.live(seen_within=LIVE_WITHIN)
     if as_json:

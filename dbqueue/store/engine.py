@@ -113,12 +113,21 @@ def checkout(engine: Engine) -> Connection:
         ) from None
 
 
+def tables_missing(engine: Engine) -> NotMigrated:
+    return NotMigrated(
+        f"the dbqueue tables are missing in {describe(engine)}; create them with: dbqueue migrate"
+    )
+
+
 def translate(engine: Engine, error: sa.exc.DBAPIError) -> Exception:
     """The dbqueue error a database error means, or the error itself."""
-    if dialect_for(engine.dialect).is_missing_table(error):
+    dialect = dialect_for(engine.dialect)
+    if dialect.is_missing_table(error):
+        return tables_missing(engine)
+    if dialect.is_missing_column(error):
         return NotMigrated(
-            f"the dbqueue tables are missing in {describe(engine)}; "
-            "create them with: dbqueue migrate"
+            f"the dbqueue tables in {describe(engine)} are older than this dbqueue "
+            f"({error.orig or error}); upgrade them with: dbqueue migrate"
         )
     return error
 

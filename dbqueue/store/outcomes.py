@@ -6,6 +6,7 @@ effects, so the two commit together or not at all.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,10 +26,16 @@ class Outcome:
     job: str
     job_id: int | None
     status: str
-    result: str | None
-    """The job's return value as JSON text; None (NULL) when it returned None."""
+    result_json: str | None
+    """The job's return value as stored: JSON text, or None (NULL) when it
+    returned None."""
     created_at: datetime
     expires_at: datetime | None
+
+    @property
+    def result(self) -> Any:
+        """The job's return value, decoded from JSON (lists for tuples)."""
+        return None if self.result_json is None else json.loads(self.result_json)
 
 
 class Outcomes:
@@ -68,6 +75,20 @@ class Outcomes:
                 "job_id": sa.bindparam("job_id"), "status": COMPLETED,
                 "created_at": self.store.dialect.now()}
 
+    # A savepoint around each job's own writes, so that a failing job is
+    # undone alone. Named, so that RELEASE and ROLLBACK TO reach it whatever
+    # savepoints the job nested inside it.
+    _SAVEPOINT = "dbqueue_job"
+
+    def savepoint(self, connection: Connection) -> None:
+        connection.exec_driver_sql(f"SAVEPOINT {self._SAVEPOINT}")
+
+    def keep_savepoint(self, connection: Connection) -> None:
+        connection.exec_driver_sql(f"RELEASE SAVEPOINT {self._SAVEPOINT}")
+
+    def undo_savepoint(self, connection: Connection) -> None:
+        connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {self._SAVEPOINT}")
+
     def unclaim(self, connection: Connection, key: str) -> None:
         """In the caller's transaction, give up ``key`` (the run failed)."""
         table = self.table
@@ -84,7 +105,11 @@ class Outcomes:
         table = self.table
         row = self.store.read(lambda c: c.execute(
             sa.select(table).where(table.c.idempotency_key == key)).first())
-        return Outcome(**row._mapping) if row else None
+        if row is None:
+            return None
+        fields = dict(row._mapping)
+        fields["result_json"] = fields.pop("result")
+        return Outcome(**fields)
 
     def prune(self, older_than_days: float) -> int:
         """Delete outcomes recorded more than ``older_than_days`` days ago."""

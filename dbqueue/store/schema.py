@@ -14,6 +14,15 @@ from sqlalchemy.dialects import mysql
 
 from .dialects import UtcDateTime
 
+REVISION = "0003"
+"""The migration this code's tables are at: workers refuse an older schema."""
+
+
+def version_table(prefix: str = "") -> str:
+    """Where Alembic records the tables' revision."""
+    return f"{prefix}dbqueue_alembic_version"
+
+
 # LONGTEXT on MySQL: TEXT stops at 64 KiB, too little for tracebacks and payloads.
 LongText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER only

@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, NamedTuple, TypeAlias, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from ..errors import NotMigrated
 from .dialects import READ_ONLY, Dialect, ReservedRow, dialect_for
-from .engine import FastInsert, connect, translate
-from .schema import Tables, build_tables
+from .engine import FastInsert, connect, describe, tables_missing, translate
+from .schema import REVISION, Tables, build_tables, version_table
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -100,6 +101,7 @@ class Store:
         # Single INSERTs outside a caller's transaction commit by themselves.
         self.autocommit_engine = autocommit_engine or engine.execution_options(
             isolation_level="AUTOCOMMIT")
+        self.prefix = table_prefix
         self.tables: Tables = build_tables(table_prefix)
         self._insert_one = self._build_insert()
         # Only an engine created in autocommit mode commits a raw connection's
@@ -165,6 +167,22 @@ class Store:
         """Raise UnsupportedDatabase if the server cannot give dbqueue's guarantees."""
         with connect(self.engine) as connection:
             self.dialect.check_server(connection)
+
+    def check_schema(self) -> None:
+        """Raise NotMigrated unless the tables are at this code's revision or newer.
+
+        Newer passes: migrations only add, and during a rolling deploy hosts
+        still on the old code keep working while the new code migrates.
+        """
+        version = sa.table(version_table(self.prefix), sa.column("version_num"))
+        found = self.read(lambda c: c.execute(sa.select(version.c.version_num)).scalars().all())
+        current = max(found, default=None)
+        if current is None:
+            raise tables_missing(self.engine)
+        if current < REVISION:
+            raise NotMigrated(
+                f"the dbqueue tables in {describe(self.engine)} are at revision {current}, "
+                f"but this dbqueue needs {REVISION}; upgrade them with: dbqueue migrate")
 
     def now(self) -> datetime:
         """The database server's current time (UTC)."""

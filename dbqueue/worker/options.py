@@ -35,18 +35,21 @@ class WorkerOptions:
             raise ConfigurationError(
                 "--queue needs at least one queue name, e.g. --queue high,default")
         checks = [
-            ("--concurrency", self.concurrency, self.concurrency >= 1),
-            ("--sleep", self.sleep, self.sleep > 0),
-            ("--retry-after", self.retry_after, self.retry_after >= 1),
-            ("--max-jobs", self.max_jobs, self.max_jobs is None or self.max_jobs >= 1),
-            ("--max-time", self.max_time, self.max_time is None or self.max_time > 0),
-            ("--memory", self.memory_mb, self.memory_mb is None or self.memory_mb > 0),
-            ("--grace", self.grace, self.grace >= 0),
-            ("--prefetch", self.prefetch, self.prefetch >= 0),
+            ("--concurrency", self.concurrency, self.concurrency >= 1, "at least 1"),
+            ("--sleep", self.sleep, self.sleep > 0, "more than 0 seconds"),
+            ("--retry-after", self.retry_after, self.retry_after >= 1, "at least 1 second"),
+            ("--max-jobs", self.max_jobs, self.max_jobs is None or self.max_jobs >= 1,
+             "at least 1"),
+            ("--max-time", self.max_time, self.max_time is None or self.max_time > 0,
+             "more than 0 seconds"),
+            ("--memory", self.memory_mb, self.memory_mb is None or self.memory_mb > 0,
+             "more than 0 MB"),
+            ("--grace", self.grace, self.grace >= 0, "0 seconds or more"),
+            ("--prefetch", self.prefetch, self.prefetch >= 0, "0 or more"),
         ]
-        for name, value, ok in checks:
+        for name, value, ok, allowed in checks:
             if not ok:
-                raise ConfigurationError(f"{name} {value} is out of range")
+                raise ConfigurationError(f"{name} must be {allowed}, not {value}")
 
     @property
     def heartbeat_every(self) -> float:

@@ -79,6 +79,7 @@ class Supervisor:
         """Work until told to stop; return the process exit code (0)."""
         self.pool.prepare()
         self.store.check_server()
+        self.store.check_schema()
         self.registry.prune(silent_for=_DEAD_AFTER)
         self.registry.register(WorkerInfo(self.id, socket.gethostname(), os.getpid(),
                                           ",".join(self.options.queues), self.options.concurrency))
@@ -463,6 +464,7 @@ class Supervisor:
             self.pool.retire(child)
 
     def _completed(self, held: Held) -> None:
+        log.debug("job %d (%s) completed", held.row.id, held.row.job)
         self._note_write()
         self._unlock(held)
         self.outbox.completions.append(held.lease)
@@ -558,7 +560,10 @@ class Supervisor:
                         held.row.job, held.row.attempts, failure.exception_class, failure.message)
             self._record_failure(held, failure)
             return
-        if ended.kind != "release":
+        if ended.kind == "release":
+            log.debug("job %d (%s) released for %.1f s", held.row.id, held.row.job,
+                      decision.delay)
+        else:
             log.info("job %d (%s) attempt %d failed (%s: %s); retrying in %.1f s", held.row.id,
                      held.row.job, held.row.attempts, failure.exception_class, failure.message,
                      decision.delay)

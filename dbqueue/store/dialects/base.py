@@ -248,6 +248,9 @@ class Dialect:
     def is_missing_table(self, error: BaseException) -> bool:
         return False
 
+    def is_missing_column(self, error: BaseException) -> bool:
+        return False
+
 
 def server_too_old(what: str, version: str, minimum: str, why: str) -> UnsupportedDatabase:
     return UnsupportedDatabase(

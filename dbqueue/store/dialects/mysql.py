@@ -23,6 +23,7 @@ from .base import (
 
 _DEADLOCK, _LOCK_WAIT_TIMEOUT = 1213, 1205
 _NO_SUCH_TABLE = 1146
+_NO_SUCH_COLUMN = 1054
 _DUPLICATE_KEY = 1062
 
 
@@ -165,6 +166,9 @@ class MySQL(Dialect):
 
     def is_missing_table(self, error: BaseException) -> bool:
         return _errno(error) == _NO_SUCH_TABLE
+
+    def is_missing_column(self, error: BaseException) -> bool:
+        return _errno(error) == _NO_SUCH_COLUMN
 
 
 class MariaDB(MySQL):

@@ -13,6 +13,7 @@ from .base import Dialect, seconds_expression, server_too_old
 # SQLSTATEs worth a fresh attempt of the whole transaction.
 _RETRYABLE = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
 _UNDEFINED_TABLE = "42P01"
+_UNDEFINED_COLUMN = "42703"
 
 
 class PostgreSQL(Dialect):
@@ -47,3 +48,6 @@ class PostgreSQL(Dialect):
 
     def is_missing_table(self, error: BaseException) -> bool:
         return getattr(getattr(error, "orig", None), "sqlstate", None) == _UNDEFINED_TABLE
+
+    def is_missing_column(self, error: BaseException) -> bool:
+        return getattr(getattr(error, "orig", None), "sqlstate", None) == _UNDEFINED_COLUMN

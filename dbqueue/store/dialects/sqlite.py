@@ -78,3 +78,6 @@ class SQLite(Dialect):
 
     def is_missing_table(self, error: BaseException) -> bool:
         return "no such table" in str(getattr(error, "orig", error))
+
+    def is_missing_column(self, error: BaseException) -> bool:
+        return "no such column" in str(getattr(error, "orig", error))

@@ -1,0 +1,3 @@
+"""An application module that fails to import (its dependency is missing)."""
+
+import dbqueue_no_such_dependency  # noqa: F401
