@@ -49,6 +49,17 @@ def test_arguments_that_do_not_fit_the_signature_fail_at_dispatch(tmp_path):
         send.dispatch(1, 2)
     with pytest.raises(dbqueue.InvalidArguments):
         send.prepare(invoice=3)
+    with pytest.raises(dbqueue.InvalidArguments):
+        send.prepare()
+    send.prepare(1)
+
+    @app.job(name="notify")
+    def notify(user_id: int, /, channel: str = "mail", *, urgent: bool = False) -> None:
+        pass
+
+    notify.prepare(1, "sms", urgent=True)
+    with pytest.raises(dbqueue.InvalidArguments):
+        notify.prepare(1, "sms", True)  # urgent is keyword-only
 
 
 def test_options_are_validated_and_never_mix_with_job_arguments(tmp_path):
