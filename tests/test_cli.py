@@ -203,6 +203,7 @@ def test_failed_lists_newest_first_and_filters(app, schema):
     assert listed("--queue", "mail") == [str(receipt.id), str(invoice.id)]
     assert listed("--job", "send_receipt") == [str(receipt.id)]
     assert listed("--exception", "Key") == [str(invoice.id)]
+    assert ok(schema, "failed", "--job", "no_such_job") == "No failed jobs match.\n"
 
     as_json = json.loads(ok(schema, "failed", "--json", "--limit", "2"))
     assert [r["id"] for r in as_json] == [report.id, receipt.id]  # newest first

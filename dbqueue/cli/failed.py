@@ -41,7 +41,8 @@ def failed(ctx: click.Context, url: str | None, app_reference: str | None,
         print_json(rows)
         return
     if not rows:
-        click.echo("No failed jobs.")
+        filtered = queue is not None or job is not None or exception is not None
+        click.echo("No failed jobs match." if filtered else "No failed jobs.")
         return
     print_table(["ID", "QUEUE", "JOB", "ATTEMPTS", "EXCEPTION", "MESSAGE", "FAILED AT", "WORKER"],
                 [[r.id, r.queue, r.job, r.attempts, r.exception_class,
