@@ -318,6 +318,7 @@ def test_tables_missing_under_the_prefix_are_one_clear_error(schema):
 @pytest.fixture
 def fresh_url(tmp_path: Path) -> str:
     """A SQLite file that has never been migrated."""
+    (tmp_path / "fresh.db").touch()
     return f"sqlite:///{tmp_path / 'fresh.db'}"
 
 
@@ -370,6 +371,18 @@ def test_usage_errors_print_one_error_line(args, expected, migrated_url):
     result = dbqueue_cli(*args, env=bare_env(DBQUEUE_URL=migrated_url))
     line = assert_clean_error(result, usage=True)
     assert expected in line, line
+
+
+def test_a_sqlite_file_that_does_not_exist_is_not_created_but_named(tmp_path):
+    typo = tmp_path / "queue-typo.db"
+    for command in ("status", "failed", "locks"):
+        result = dbqueue_cli(command, "--url", f"sqlite:///{typo}", env=bare_env())
+        line = assert_clean_error(result)
+        assert f"there is no SQLite database at {typo}" in line, line
+    assert not typo.exists()
+    created = dbqueue_cli("migrate", "--url", f"sqlite:///{typo}", env=bare_env())
+    assert created.returncode == 0, created.stderr  # migrate creates the file
+    assert typo.exists()
 
 
 def test_unmigrated_database_error_also_comes_from_the_environment(fresh_url):

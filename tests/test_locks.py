@@ -58,6 +58,10 @@ def test_extend_force_release_and_restore(app):
     assert restored.owned() and restored.release() and not lock.locked()
     assert lock.acquire()
     assert app.lock("report").force_release() and not lock.locked()
+    assert lock.acquire()
+    expire(app, "report")
+    assert not app.lock("report").force_release()  # expired: it was held by nobody
+    assert app.store.read(lambda c: c.execute(sa.select(table)).all()) == []  # row gone too
 
 
 def test_with_block_takes_and_releases_or_raises(app):

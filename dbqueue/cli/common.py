@@ -15,7 +15,7 @@ import click
 import sqlalchemy as sa
 
 from ..app import App
-from ..errors import ConfigurationError, DBQueueError
+from ..errors import ConfigurationError, DBQueueError, NotMigrated
 from ..loader import load_app
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -35,9 +35,37 @@ def connection_options(func: F) -> F:
 
 
 def open_app(url: str | None, app_reference: str | None, table_prefix: str | None,
-             *, need_app: bool = False) -> App:
+             *, need_app: bool = False, creates: bool = False) -> App:
     """The App named by --app (with --url/--table-prefix passed on through the
-    environment, so child processes see the same), or a bare App for the URL."""
+    environment, so child processes see the same), or a bare App for the URL.
+
+    Only a command that ``creates`` the tables may open a SQLite file that does
+    not exist yet (SQLite would create an empty one: a typo in the path would
+    leave a stray file and a confusing error).
+    """
+    app = _open_app(url, app_reference, table_prefix, need_app)
+    if not creates:
+        path = _missing_sqlite_file(app.settings.url)
+        if path is not None:
+            raise NotMigrated(f"there is no SQLite database at {path}; check the URL, or "
+                              "create it and dbqueue's tables with: dbqueue migrate")
+    return app
+
+
+def _missing_sqlite_file(url: str) -> str | None:
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return None  # not a URL at all: the engine says so
+    database = parsed.database
+    if (parsed.get_backend_name() != "sqlite" or not database or database == ":memory:"
+            or parsed.query.get("uri") or database.startswith("file:")):
+        return None
+    return None if os.path.exists(database) else os.path.abspath(database)
+
+
+def _open_app(url: str | None, app_reference: str | None, table_prefix: str | None,
+              need_app: bool) -> App:
     if url:
         os.environ["DBQUEUE_URL"] = url
     if table_prefix is not None:

@@ -30,7 +30,7 @@ def migrate(url: str | None, app_reference: str | None, table_prefix: str | None
     """Create or upgrade dbqueue's tables (safe to run again)."""
     from ..store import migrator  # Alembic: kept out of every other command's start-up
 
-    app = open_app(url, app_reference, table_prefix)
+    app = open_app(url, app_reference, table_prefix, creates=True)
     prefix = app.settings.table_prefix
     if sql:
         if downgrade_to is not None:

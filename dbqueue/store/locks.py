@@ -69,11 +69,17 @@ class Locks:
             single_statement=True)
 
     def force_release(self, key: str) -> bool:
-        """Free ``key`` whoever holds it; return whether it was held."""
+        """Free ``key`` whoever holds it; return whether it was held (an expired
+        row, also deleted, was not)."""
         table = self.table
-        return self.store.transaction(
-            lambda c: c.execute(sa.delete(table).where(table.c.key == key)).rowcount == 1,
-            single_statement=True)
+
+        def work(c: Connection) -> bool:
+            held = c.execute(sa.delete(table).where(
+                table.c.key == key, table.c.expires_at > self.store._now())).rowcount == 1
+            c.execute(sa.delete(table).where(table.c.key == key))
+            return held
+
+        return self.store.transaction(work)
 
     def extend(self, key: str, owner: str, ttl: float) -> bool:
         """Make ``owner``'s hold on ``key`` last ``ttl`` seconds from now.
