@@ -96,3 +96,12 @@ def test_dispatch_to_missing_tables_names_the_fix_on_every_backend(jobs, schema)
     with pytest.raises(dbqueue.NotMigrated):
         elsewhere.dispatch_many([job.prepare()])
     elsewhere.dispose()
+
+
+def test_a_new_job_never_takes_the_id_of_one_that_is_gone(jobs):
+    """Failed jobs, outcomes and logs name jobs by id: SQLite too must not give
+    the newest deleted row's id to the next job (AUTOINCREMENT)."""
+    first = jobs.record.dispatch(1)
+    with jobs.app.engine.begin() as connection:
+        connection.execute(jobs.app.store.tables.jobs.delete())
+    assert jobs.record.dispatch(2) > first

@@ -15,7 +15,9 @@ from sqlalchemy.dialects import mysql
 from .dialects import UtcDateTime
 
 REVISION = "0003"
-"""The migration this code's tables are at: workers refuse an older schema."""
+"""The oldest revision of the tables this code works with: workers refuse
+older ones. Raise it with a migration this code cannot run without (0004 only
+stops SQLite from reusing ids: the code works without it)."""
 
 
 def version_table(prefix: str = "") -> str:
@@ -58,6 +60,7 @@ def build_tables(prefix: str = "") -> Tables:
         sa.Column("unique_expires_at", UtcDateTime),
         sa.Index(f"{prefix}jobs_claim_idx", "queue", "priority", "id"),
         sa.Index(f"{prefix}jobs_unique_key_idx", "unique_key", unique=True),
+        sqlite_autoincrement=True,  # ids are never reused (migration 0004)
     )
     failed_jobs = sa.Table(
         f"{prefix}failed_jobs", metadata,
@@ -76,6 +79,7 @@ def build_tables(prefix: str = "") -> Tables:
         sa.Column("worker", sa.String(255), nullable=False),
         sa.Index(f"{prefix}failed_jobs_queue_idx", "queue", "failed_at"),
         sa.Index(f"{prefix}failed_jobs_failed_at_idx", "failed_at"),
+        sqlite_autoincrement=True,
     )
     job_outcomes = sa.Table(
         f"{prefix}job_outcomes", metadata,
