@@ -49,6 +49,10 @@ class NotMigrated(DBQueueError):
     """The dbqueue tables do not exist yet: run ``dbqueue migrate``."""
 
 
+class SchemaOutdated(NotMigrated):
+    """The dbqueue tables are older than this dbqueue needs: run ``dbqueue migrate``."""
+
+
 class SerializationError(DBQueueError, TypeError):
     """Job arguments or a result could not be encoded as JSON."""
 

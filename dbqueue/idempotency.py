@@ -219,7 +219,12 @@ class OutcomeBatch:
         self.pending.append(job_id)
         if not self.sharing:
             self.pending = []
-            self.commit()  # if it cannot, the job fails: nothing of it committed
+            try:
+                self.commit()
+            except sa.exc.DBAPIError as exc:
+                if self.transient(exc):  # it may have committed: the key makes a rerun safe
+                    raise Release(0.0) from exc
+                raise  # the job's own doing (a deferred constraint): its attempt fails
         return result
 
     def _keep(self, running: _JobTransaction, key: str, encoded: str | None,
@@ -260,6 +265,12 @@ class OutcomeBatch:
             transaction.commit()
         finally:
             connection.close()
+
+    def transient(self, error: sa.exc.DBAPIError) -> bool:
+        """Whether a failed COMMIT is none of its jobs' doing (a lost connection,
+        a deadlock): they run again without using a try."""
+        return (isinstance(error, sa.exc.OperationalError | sa.exc.InterfaceError)
+                or self.app.store.dialect.is_retryable(error))
 
     def give_back_claims(self) -> None:
         """Give back the claims of jobs not yet run, before an early commit."""

@@ -182,12 +182,7 @@ class Job(Generic[P, R]):
         object.__setattr__(self, "backoff", validate_backoff(self.backoff))
         object.__setattr__(self, "timeout", seconds("timeout", self.timeout, allow_zero=False))
         object.__setattr__(self, "retry_until", seconds("retry_until", self.retry_until))
-        if isinstance(self.dont_retry, type):  # dont_retry=ValueError: one class
-            object.__setattr__(self, "dont_retry", (self.dont_retry,))
-        if not isinstance(self.dont_retry, tuple | list) or not all(
-                isinstance(e, type) and issubclass(e, BaseException) for e in self.dont_retry):
-            raise ConfigurationError(f"dont_retry of job {self.name!r} must list exception classes")
-        object.__setattr__(self, "dont_retry", tuple(self.dont_retry))
+        object.__setattr__(self, "dont_retry", self._exception_classes(self.dont_retry))
         if self.on_failure is not None and not callable(self.on_failure):
             raise ConfigurationError(f"on_failure of job {self.name!r} must be callable")
         if self.unique_key is not None and not callable(self.unique_key):
@@ -208,6 +203,16 @@ class Job(Generic[P, R]):
         signature = inspect.signature(self.func)
         object.__setattr__(self, "_signature", signature)
         object.__setattr__(self, "_positional", _positional_counts(signature))
+
+    def _exception_classes(self, given: Any) -> tuple[type[BaseException], ...]:
+        """``dont_retry`` as a tuple: one class, or any iterable of them."""
+        try:
+            classes = (given,) if isinstance(given, type) else tuple(given)
+        except TypeError:
+            classes = (given,)
+        if not all(isinstance(e, type) and issubclass(e, BaseException) for e in classes):
+            raise ConfigurationError(f"dont_retry of job {self.name!r} must list exception classes")
+        return classes
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.func(*args, **kwargs)

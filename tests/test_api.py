@@ -98,6 +98,7 @@ def test_job_definitions_are_validated(tmp_path):
         app.job(name="f", dont_retry=("ValueError",))(lambda: None)
     assert app.job(name="g", dont_retry=KeyError)(lambda: None).dont_retry == (KeyError,)
     assert app.job(name="h", dont_retry=[KeyError])(lambda: None).dont_retry == (KeyError,)
+    assert app.job(name="i", dont_retry={KeyError})(lambda: None).dont_retry == (KeyError,)
     app.job(name="c")(lambda: None)
     with pytest.raises(dbqueue.ConfigurationError, match="two jobs are named 'c'"):
         app.job(name="c")(lambda: None)

@@ -424,10 +424,12 @@ def test_migrate_downgrade_base_drops_the_tables(migrated_url):
 def test_tables_at_an_older_revision_are_one_clear_error(migrated_url):
     env = bare_env(DBQUEUE_URL=migrated_url)
     assert dbqueue_cli("migrate", "--downgrade", "0002", env=env).returncode == 0
-    for args in (["status"], ["work", "--app", "tests.jobapp:app", "--once"]):
-        line = assert_clean_error(dbqueue_cli(*args, env=env))
-        assert "are at revision 0002, but this dbqueue needs 0003" in line, line
-        assert "dbqueue migrate" in line
+    line = assert_clean_error(dbqueue_cli("work", "--app", "tests.jobapp:app", "--once", env=env))
+    assert "are at revision 0002, but this dbqueue needs 0003" in line, line
+    assert "dbqueue migrate" in line
+    status = dbqueue_cli("status", env=env)  # it only reads: it warns, and answers
+    assert status.returncode == 0 and "Traceback" not in status.stderr
+    assert "Warning: the dbqueue tables" in status.stderr and "No jobs" in status.stdout
     old = jobapp.build(migrated_url, "")
     old.app.downgrade("0001")  # before unique jobs: no jobs.unique_key
     with pytest.raises(dbqueue.NotMigrated, match="older than this dbqueue"):
@@ -455,14 +457,13 @@ def test_url_or_prefix_an_app_would_ignore_is_one_clear_error(migrated_url, tmp_
     assert dbqueue_cli("status", "--app", "fixed_app:app", env=env).returncode == 0
 
 
-def test_the_code_expects_the_newest_migration():
+def test_the_revision_the_code_needs_is_a_shipped_migration():
     from importlib import resources
 
     from dbqueue.store.schema import REVISION
 
     versions = resources.files("dbqueue.migrations") / "versions"
-    newest = max(f.name[:4] for f in versions.iterdir() if f.name[:4].isdigit())
-    assert newest == REVISION
+    assert REVISION in {f.name[:4] for f in versions.iterdir() if f.name[:4].isdigit()}
 
 
 def test_version_and_help_name_every_command():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..errors import SchemaOutdated
 from .common import (
     connection_options,
     friendly_errors,
@@ -56,7 +57,10 @@ def status(url: str | None, app_reference: str | None, table_prefix: str | None,
            as_json: bool) -> None:
     """Jobs per queue (ready, delayed, reserved, failed, oldest wait) and live workers."""
     app = open_app(url, app_reference, table_prefix)
-    app.store.check_schema()
+    try:
+        app.store.check_schema()
+    except SchemaOutdated as exc:  # status reads only: useful during a deploy all the same
+        click.echo(f"Warning: {exc}", err=True)
     queues = app.admin.status()
     workers = app.workers.live(seen_within=LIVE_WITHIN)
     if as_json:

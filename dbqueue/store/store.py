@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, NamedTuple, TypeAlias, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from ..errors import NotMigrated
+from ..errors import SchemaOutdated
 from .dialects import READ_ONLY, Dialect, ReservedRow, dialect_for
 from .engine import FastInsert, connect, describe, tables_missing, translate
 from .schema import REVISION, Tables, build_tables, version_table
@@ -169,10 +169,11 @@ class Store:
             self.dialect.check_server(connection)
 
     def check_schema(self) -> None:
-        """Raise NotMigrated unless the tables are at this code's revision or newer.
+        """Raise NotMigrated unless the tables are at a revision this code works
+        with (SchemaOutdated if they are merely too old).
 
-        Newer passes: migrations only add, and during a rolling deploy hosts
-        still on the old code keep working while the new code migrates.
+        Newer ones pass: each migration keeps older code working, so during a
+        rolling deploy the hosts still on the old code go on while one migrates.
         """
         version = sa.table(version_table(self.prefix), sa.column("version_num"))
         found = self.read(lambda c: c.execute(sa.select(version.c.version_num)).scalars().all())
@@ -180,7 +181,7 @@ class Store:
         if current is None:
             raise tables_missing(self.engine)
         if current < REVISION:
-            raise NotMigrated(
+            raise SchemaOutdated(
                 f"the dbqueue tables in {describe(self.engine)} are at revision {current}, "
                 f"but this dbqueue needs {REVISION}; upgrade them with: dbqueue migrate")
 

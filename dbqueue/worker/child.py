@@ -174,7 +174,7 @@ def end_batch(batch: OutcomeBatch) -> list[Committed]:
             # constraint) is a job's doing: alone, it fails its attempt; in a
             # shared batch, all go back and the next ones commit one by one, so
             # that the culprit is found.
-            transient = isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError)
+            transient = batch.transient(exc)
             alone = len(ids) == 1
             if not (transient or alone):
                 batch.alone_for_a_while()
@@ -250,7 +250,8 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
                     return  # the supervisor is gone: the batch rolls back
             task = inbox.popleft()
             idempotent = runtimes.idempotent(task)
-            joins = idempotent and (runtimes.short(task) or task.job_id in batch.preclaimed)
+            # One that turned out slow ends the batch (its claims are given back).
+            joins = idempotent and runtimes.short(task)
             if batch.open and not joins:
                 for message in end_batch(batch):
                     conn.send(message)
