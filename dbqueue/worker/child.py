@@ -12,6 +12,7 @@ lot after the commit. The supervisor completes them only then.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import itertools
 import logging
@@ -244,10 +245,13 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
             if not inbox:
                 try:
                     inbox.append(conn.recv())
-                    while conn.poll():
-                        inbox.append(conn.recv())
                 except (EOFError, OSError):
                     return  # the supervisor is gone: the batch rolls back
+                # What arrived before the pipe closed (a final None, say) still
+                # counts: the closed pipe shows up at the next recv().
+                with contextlib.suppress(EOFError, OSError):
+                    while conn.poll():
+                        inbox.append(conn.recv())
             task = inbox.popleft()
             idempotent = runtimes.idempotent(task)
             # One that turned out slow ends the batch (its claims are given back).
