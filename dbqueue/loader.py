@@ -28,14 +28,14 @@ def load_app(reference: str) -> App:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
+    except Exception as exc:
+        if (isinstance(exc, ModuleNotFoundError) and exc.name
+                and module_name.startswith(exc.name)):  # the module itself is not there
             raise ConfigurationError(
                 f"--app {reference!r}: cannot import module {module_name!r} ({exc}); "
                 "run from your project's root directory or fix the module path"
             ) from None
-        raise ConfigurationError(_import_failed(reference, module_name, exc)) from None
-    except Exception as exc:  # the application's module itself is broken
+        # The application's module is there but broken (or needs a missing package).
         raise ConfigurationError(_import_failed(reference, module_name, exc)) from None
     if not hasattr(module, attribute):
         raise ConfigurationError(

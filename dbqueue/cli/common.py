@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from ..app import App
 from ..errors import ConfigurationError, DBQueueError, NotMigrated
 from ..loader import load_app
+from ..store.engine import missing_database_file
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,23 +46,11 @@ def open_app(url: str | None, app_reference: str | None, table_prefix: str | Non
     """
     app = _open_app(url, app_reference, table_prefix, need_app)
     if not creates:
-        path = _missing_sqlite_file(app.settings.url)
+        path = missing_database_file(app.settings.url)
         if path is not None:
             raise NotMigrated(f"there is no SQLite database at {path}; check the URL, or "
                               "create it and dbqueue's tables with: dbqueue migrate")
     return app
-
-
-def _missing_sqlite_file(url: str) -> str | None:
-    try:
-        parsed = sa.engine.make_url(url)
-    except sa.exc.ArgumentError:
-        return None  # not a URL at all: the engine says so
-    database = parsed.database
-    if (parsed.get_backend_name() != "sqlite" or not database or database == ":memory:"
-            or parsed.query.get("uri") or database.startswith("file:")):
-        return None
-    return None if os.path.exists(database) else os.path.abspath(database)
 
 
 def _open_app(url: str | None, app_reference: str | None, table_prefix: str | None,

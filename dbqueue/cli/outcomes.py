@@ -32,9 +32,8 @@ def show(url: str | None, app_reference: str | None, table_prefix: str | None, k
         del shown["result_json"]
         print_json(shown)
         return
-    result = outcome.result_json
-    if result is not None:
-        result = json.dumps(outcome.result, indent=2, ensure_ascii=False)
+    result = (None if outcome.result_json is None
+              else json.dumps(outcome.result, indent=2, ensure_ascii=False))
     for label, value in [("key", outcome.idempotency_key), ("job", outcome.job),
                          ("job id", outcome.job_id), ("status", outcome.status),
                          ("recorded", outcome.created_at)]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,6 +66,20 @@ def create_engine(url: str, *, autocommit: bool = False) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         _ping_when_idle(engine)
     return engine
+
+
+def missing_database_file(url: str) -> str | None:
+    """The absolute path of the SQLite file ``url`` names if it does not exist
+    (connecting would create it empty); None for every other URL."""
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError:
+        return None  # not a URL at all: create_engine says so
+    database = parsed.database
+    if (parsed.get_backend_name() != "sqlite" or not database or database == ":memory:"
+            or parsed.query.get("uri") or database.startswith("file:")):
+        return None
+    return None if os.path.exists(database) else os.path.abspath(database)
 
 
 def _ping_when_idle(engine: Engine) -> None:
