@@ -105,10 +105,13 @@ class App:
 
     def dispose(self) -> None:
         """Close the connections of an engine dbqueue created."""
-        if self._store is not None and self._engine is None:
-            self._store.engine.dispose()
-            self._store.autocommit_engine.dispose()
-        self._store = None
+        store, self._store = self._store, None
+        if store is None:
+            return
+        store.close()
+        if self._engine is None:
+            store.engine.dispose()
+            store.autocommit_engine.dispose()
 
     # --- jobs -------------------------------------------------------------------
 

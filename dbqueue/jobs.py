@@ -100,6 +100,9 @@ class DispatchOptions:
         return options
 
 
+_NO_OPTIONS = DispatchOptions()
+
+
 def _positional_counts(signature: inspect.Signature) -> range | None:
     """The numbers of positional arguments a call of ``signature`` without
     keywords accepts, if its parameters are all plain positional ones."""
@@ -174,6 +177,8 @@ class Job(Generic[P, R]):
     _positional: range | None = field(init=False, repr=False)
     """How many positional arguments a call without keywords may pass, when
     the signature is that simple (a dispatch checks it without ``bind``)."""
+    _plain: BoundJob[P, R] = field(init=False, repr=False)
+    """This job with no dispatch options set, made once: a dispatch is hot."""
 
     def __post_init__(self) -> None:
         _check_tries(self.tries)
@@ -203,6 +208,7 @@ class Job(Generic[P, R]):
         signature = inspect.signature(self.func)
         object.__setattr__(self, "_signature", signature)
         object.__setattr__(self, "_positional", _positional_counts(signature))
+        object.__setattr__(self, "_plain", BoundJob(self, _NO_OPTIONS))
 
     def _exception_classes(self, given: Any) -> tuple[type[BaseException], ...]:
         """``dont_retry`` as a tuple: one class, or any iterable of them."""
@@ -222,7 +228,7 @@ class Job(Generic[P, R]):
         ``priority`` (lower runs first), ``connection`` (the caller's Connection or
         Session: insert in its transaction), ``after_commit`` (a Session: queue
         when it commits, drop on rollback), ``tries``, ``timeout``, ``retry_until``."""
-        return BoundJob(self, DispatchOptions()).options(**options)
+        return self._plain.options(**options)
 
     def dispatch(self, *args: P.args, **kwargs: P.kwargs) -> int | None:
         """Queue the job; return its id.
@@ -233,11 +239,11 @@ class Job(Generic[P, R]):
         is returned. A unique job whose key a queued or running job holds is
         not queued, and None is returned.
         """
-        return BoundJob(self, DispatchOptions()).dispatch(*args, **kwargs)
+        return self._plain.dispatch(*args, **kwargs)
 
     def prepare(self, *args: P.args, **kwargs: P.kwargs) -> PreparedJob:
         """Validate and encode a dispatch for ``app.dispatch_many``."""
-        return BoundJob(self, DispatchOptions()).prepare(*args, **kwargs)
+        return self._plain.prepare(*args, **kwargs)
 
     def rules(self, options: dict[str, Any], created_at: datetime) -> Rules:
         """The retry rules of one queued instance of this job.
@@ -307,23 +313,25 @@ class BoundJob(Generic[P, R]):
                                                        set(options)))
 
     def prepare(self, *args: P.args, **kwargs: P.kwargs) -> PreparedJob:
+        return PreparedJob(self.job.app, self._new_job(args, kwargs))
+
+    def dispatch(self, *args: P.args, **kwargs: P.kwargs) -> int | None:
+        new_job, settings = self._new_job(args, kwargs), self.settings
+        if settings.after_commit is not None:
+            self.job.app.dispatch_many([PreparedJob(self.job.app, new_job)],
+                                       after_commit=settings.after_commit)
+            return None
+        return self.job.app.store.push(new_job, settings.connection)
+
+    def _new_job(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> NewJob:
         job, settings = self.job, self.settings
         job.check_arguments(args, kwargs)
-        payload = serializer.encode(job.name, args, kwargs, settings.payload_options())
-        new_job = NewJob(
+        return NewJob(
             queue=settings.queue or job.queue,
             job=job.name,
-            payload=payload,
+            payload=serializer.encode(job.name, args, kwargs, settings.payload_options()),
             priority=job.priority if settings.priority is None else settings.priority,
             delay=settings.delay,
             unique_key=job.unique_id(args, kwargs),
             unique_for=job.unique_for,
         )
-        return PreparedJob(job.app, new_job)
-
-    def dispatch(self, *args: P.args, **kwargs: P.kwargs) -> int | None:
-        prepared = self.prepare(*args, **kwargs)
-        if self.settings.after_commit is not None:
-            self.job.app.dispatch_many([prepared], after_commit=self.settings.after_commit)
-            return None
-        return self.job.app.store.push(prepared.new_job, self.settings.connection)

@@ -22,7 +22,7 @@ _DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+
 _EXTRAS = {"psycopg": "postgres", "pymysql": "mysql"}
 
 
-_IDLE_PING_AFTER = 10.0  # seconds a pooled connection may rest before it is checked
+IDLE_PING_AFTER = 10.0  # seconds a connection may rest before it is checked
 
 
 def create_engine(url: str, *, autocommit: bool = False) -> Engine:
@@ -96,13 +96,18 @@ def _ping_when_idle(engine: Engine) -> None:
 
     @event.listens_for(engine, "checkout")
     def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-        since = record.info.get("dbqueue_idle_since")
-        if since is None or time.monotonic() - since < _IDLE_PING_AFTER:
-            return
-        try:
-            engine.dialect.do_ping(dbapi_connection)
-        except Exception as exc:
-            raise sa.exc.DisconnectionError() from exc  # the pool connects afresh
+        check_rested(engine, dbapi_connection, record.info.get("dbqueue_idle_since"))
+
+
+def check_rested(engine: Engine, dbapi_connection: Any, since: float | None) -> None:
+    """Ping a connection that has rested since ``since`` (monotonic) for longer
+    than IDLE_PING_AFTER; DisconnectionError if it no longer answers."""
+    if since is None or time.monotonic() - since < IDLE_PING_AFTER:
+        return
+    try:
+        engine.dialect.do_ping(dbapi_connection)
+    except Exception as exc:
+        raise sa.exc.DisconnectionError() from exc  # the pool connects afresh
 
 
 def describe(engine: Engine) -> str:
@@ -121,11 +126,16 @@ def checkout(engine: Engine) -> Connection:
     try:
         return engine.connect()
     except sa.exc.DBAPIError as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        raise DatabaseUnavailable(
-            f"cannot connect to {describe(engine)}: {reason}; "
-            "check DBQUEUE_URL (or --url) and that the server is running"
-        ) from None
+        raise unavailable(engine, exc.orig or exc) from None
+
+
+def unavailable(engine: Engine, error: BaseException) -> DatabaseUnavailable:
+    """The error for a failure to connect to ``engine``'s database."""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return DatabaseUnavailable(
+        f"cannot connect to {describe(engine)}: {reason}; "
+        "check DBQUEUE_URL (or --url) and that the server is running"
+    )
 
 
 def tables_missing(engine: Engine) -> NotMigrated:
@@ -145,58 +155,3 @@ def translate(engine: Engine, error: sa.exc.DBAPIError) -> Exception:
             f"({error.orig or error}); upgrade them with: dbqueue migrate"
         )
     return error
-
-
-class FastInsert:
-    """One INSERT of a job, run on a pooled driver connection of an autocommit
-    engine, past SQLAlchemy's execution layer.
-
-    A lone dispatch is a single round trip whose cost on a small server is
-    the commit itself; SQLAlchemy's per-statement bookkeeping added a third to
-    it. The statement is still SQLAlchemy's, compiled once for the dialect;
-    driver errors come out as SQLAlchemy's exceptions, and a connection the
-    server dropped is invalidated, as on the normal path.
-    """
-
-    def __init__(self, engine: Engine, statement: Any) -> None:
-        self.engine = engine
-        self.statement = statement
-        self.compiled: Any = None
-        self.returning = False
-
-    def _compile(self) -> None:
-        # After the first connection: only then does the dialect know the
-        # server (MariaDB, say, may or may not have INSERT ... RETURNING).
-        statement = self.statement()
-        self.returning = bool(self.engine.dialect.insert_returning
-                              and not dialect_for(self.engine.dialect).insert_id_from_cursor)
-        if self.returning:
-            statement = statement.returning(statement.table.c.id)
-        compiled = statement.compile(dialect=self.engine.dialect)
-        if compiled.positional:
-            raise NotImplementedError("FastInsert needs a named paramstyle")
-        self.compiled = compiled
-
-    def __call__(self, values: dict[str, Any]) -> int:
-        dialect = self.engine.dialect
-        connection = self.engine.raw_connection()
-        try:
-            if self.compiled is None:
-                self._compile()
-            sql, params = self.compiled.string, self.compiled.construct_params(values)
-            cursor = connection.cursor()
-            try:
-                cursor.execute(sql, params)
-                return int(cursor.fetchone()[0] if self.returning  # type: ignore[index]
-                           else cursor.lastrowid)
-            except dialect.loaded_dbapi.Error as exc:
-                dropped = dialect.is_disconnect(exc, connection, cursor)
-                if dropped:
-                    connection.invalidate(exc)
-                raise sa.exc.DBAPIError.instance(
-                    sql, params, exc, dialect.loaded_dbapi.Error,
-                    connection_invalidated=dropped) from exc
-            finally:
-                cursor.close()
-        finally:
-            connection.close()

@@ -25,7 +25,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from ..errors import SchemaOutdated
 from .dialects import READ_ONLY, Dialect, ReservedRow, dialect_for
-from .engine import FastInsert, connect, describe, tables_missing, translate
+from .engine import connect, describe, tables_missing, translate
+from .fastinsert import FastInsert
 from .schema import REVISION, Tables, build_tables, version_table
 
 if TYPE_CHECKING:
@@ -108,6 +109,11 @@ class Store:
         # statements; a per-connection option would not reach one.
         self._fast_push = FastInsert(autocommit_engine, self._insert_one) if (
             autocommit_engine is not None) else None
+
+    def close(self) -> None:
+        """Give back to the pool the connections kept open for lone dispatches."""
+        if self._fast_push is not None:
+            self._fast_push.close()
 
     @property
     def dialect(self) -> Dialect:
@@ -207,7 +213,7 @@ class Store:
                     job=sa.bindparam("job"),
                     payload=sa.bindparam("payload"),
                     priority=sa.bindparam("priority"),
-                    attempts=0,
+                    attempts=sa.literal_column("0"),
                     available_at=self.dialect.now_plus(sa.bindparam("delay", type_=sa.Float)),
                     created_at=self.dialect.now(),
                 ))

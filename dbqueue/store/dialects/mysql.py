@@ -72,7 +72,7 @@ class MySQL(Dialect):
         return sa.func.utc_timestamp(sa.literal_column("6"), type_=mysql.DATETIME(fsp=6))
 
     def now_plus(self, seconds: float | sa.ColumnElement[float]) -> sa.ColumnElement[datetime]:
-        micros = sa.func.round(seconds_expression(seconds) * 1_000_000)
+        micros = sa.func.round(seconds_expression(seconds) * sa.literal_column("1000000"))
         return sa.func.timestampadd(
             sa.literal_column("MICROSECOND"), micros, self.now(), type_=mysql.DATETIME(fsp=6)
         )

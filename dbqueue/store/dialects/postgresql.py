@@ -35,8 +35,11 @@ class PostgreSQL(Dialect):
         return sa.func.now(type_=sa.DateTime(timezone=True))
 
     def now_plus(self, seconds: float | sa.ColumnElement[float]) -> sa.ColumnElement[datetime]:
+        # The zeros are SQL text, not parameters: a lone dispatch, which runs
+        # this, then sends and converts only its own values.
+        zero: sa.ColumnElement[int] = sa.literal_column("0", sa.Integer)
         interval = sa.func.make_interval(
-            0, 0, 0, 0, 0, 0, sa.cast(seconds_expression(seconds), sa.Float)
+            zero, zero, zero, zero, zero, zero, sa.cast(seconds_expression(seconds), sa.Float)
         )
         return sa.type_coerce(self.now() + interval, sa.DateTime(timezone=True))
 
