@@ -10,7 +10,12 @@ the groups below (default: all), it measures:
 
 enqueue
   enqueue_single_per_s        ``noop.dispatch(i)``, each in its own transaction,
-                              for min(N, 2000) jobs (then the tables are reset)
+                              for min(N, 2000) jobs, after one untimed dispatch
+                              that connects
+  enqueue_single_driver_per_s the same INSERT as many times with the bare driver
+                              on one connection, in turns of 250 with the
+                              dispatches: what the server allows (null on SQLite;
+                              then the tables are reset)
   enqueue_bulk_per_s          ``app.dispatch_many`` of N jobs in chunks of 5,000
                               (only the calls are timed, not preparing the jobs)
 process, overlap, idempotent (any of them)
@@ -57,6 +62,7 @@ import sqlalchemy as sa
 SCRIPTS = Path(__file__).resolve().parent
 GROUPS = ("enqueue", "process", "locks", "overlap", "idempotent")
 SAMPLE = 2000  # single dispatches, and lock pairs per process
+TURN = 250  # single dispatches, then as many bare driver INSERTs, in turns
 CHUNK = 5000
 LOCK_PROCESSES = 4
 LOCK_KEYS = 50  # per process
@@ -112,18 +118,50 @@ def dispatch_bulk(app, job, jobs: int) -> float:
     return bulk_s
 
 
-def bench_enqueue(app, noop, jobs: int) -> dict[str, float]:
+def driver_inserts(app):
+    """A function that runs the INSERT of a lone dispatch ``count`` times straight
+    on one driver connection: how fast this server takes single jobs with no
+    dbqueue code around them. None where dispatches take another path (SQLite)."""
+    store = app.store
+    fast = store._fast_push
+    if fast is None or fast.sql is None or not store.dialect.autocommit_single_statements:
+        return None
+    cursor = store.autocommit_engine.raw_connection().driver_connection.cursor()
+    params = {"queue": "default", "job": "noop", "payload": '{"args":[0]}',
+              "priority": 0, "delay": 0.0}
+
+    def insert(count: int) -> None:
+        for _ in range(count):
+            cursor.execute(fast.sql, params)
+            if fast.returning:
+                cursor.fetchone()
+
+    return insert
+
+
+def bench_enqueue(app, noop, jobs: int) -> dict[str, float | None]:
     reset(app)
     sample = min(jobs, SAMPLE)
-    say(f"single dispatch of {sample} jobs")
-    started = time.perf_counter()
-    for i in range(sample):
-        noop.dispatch(i)
-    single_s = time.perf_counter() - started
+    noop.dispatch(-1)  # connect before the clock starts, as a running application has
+    driver = driver_inserts(app)
+    say(f"single dispatch of {sample} jobs" + (", and as many driver INSERTs" if driver else ""))
+    # In turns, so that both see the same moments of the server's disk.
+    single_s = driver_s = 0.0
+    for start in range(0, sample, TURN):
+        count = min(TURN, sample - start)
+        started = time.perf_counter()
+        for i in range(start, start + count):
+            noop.dispatch(i)
+        single_s += time.perf_counter() - started
+        if driver:
+            started = time.perf_counter()
+            driver(count)
+            driver_s += time.perf_counter() - started
     reset(app)  # time the bulk dispatch on empty tables
     say(f"bulk dispatch of {jobs} jobs")
     bulk_s = dispatch_bulk(app, noop, jobs)
     return {"enqueue_single_per_s": round(sample / single_s, 1),
+            "enqueue_single_driver_per_s": round(sample / driver_s, 1) if driver else None,
             "enqueue_bulk_per_s": round(jobs / bulk_s, 1)}
 
 
