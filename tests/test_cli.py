@@ -520,3 +520,19 @@ def test_failed_show_takes_url_after_show(migrated_url):
     result = dbqueue_cli("failed", "show", str(failed.id), "--url", migrated_url,
                          env=bare_env())
     assert result.returncode == 0, result.stderr
+
+
+def test_options_before_a_subcommand_reach_it_and_beat_the_environment(migrated_url, tmp_path):
+    failed = one_failed_job(migrated_url)
+    # DBQUEUE_URL names another database: --url typed before `show` must win.
+    elsewhere = bare_env(DBQUEUE_URL=f"sqlite:///{tmp_path}/elsewhere.db")
+    result = dbqueue_cli("failed", "--url", migrated_url, "--json", "show", str(failed.id),
+                         env=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["id"] == failed.id  # the group's --json too
+    released = dbqueue_cli("locks", "--url", migrated_url, "release", "nobody:holds:this",
+                           env=elsewhere)
+    assert "no lock 'nobody:holds:this' is held" in assert_clean_error(released)
+    missing = dbqueue_cli("outcomes", "--url", migrated_url, "show", "no-such-key",
+                          env=elsewhere)
+    assert "no outcome is recorded under 'no-such-key'" in assert_clean_error(missing)

@@ -69,10 +69,39 @@ def _open_app(url: str | None, app_reference: str | None, table_prefix: str | No
     return App(url, table_prefix=table_prefix)
 
 
+_COMMAND_LINE = click.core.ParameterSource.COMMANDLINE
+
+
+def group_options(func: F) -> F:
+    """Let a subcommand take the options its group was given on the command line
+    (``dbqueue failed --url U --json show 3``) unless it is given them itself.
+
+    Both read the same DBQUEUE_* variables, so a value the subcommand has from
+    the environment must not win over one typed before its name.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        context = click.get_current_context()
+        group = context.parent
+        if group is not None:
+            for name, value in group.params.items():
+                if (name in kwargs and group.get_parameter_source(name) is _COMMAND_LINE
+                        and context.get_parameter_source(name) is not _COMMAND_LINE):
+                    kwargs[name] = value
+        return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _given_on_command_line(name: str) -> bool:
+    """True if ``name`` was typed for this command, or for its group."""
     context = click.get_current_context(silent=True)
-    return context is not None and (
-        context.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE)
+    while context is not None:
+        if context.get_parameter_source(name) is _COMMAND_LINE:
+            return True
+        context = context.parent
+    return False
 
 
 def _same_url(a: str, b: str) -> bool:

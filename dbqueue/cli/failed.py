@@ -10,6 +10,7 @@ import click
 from .common import (
     connection_options,
     friendly_errors,
+    group_options,
     one_line,
     open_app,
     print_json,
@@ -32,7 +33,6 @@ def failed(ctx: click.Context, url: str | None, app_reference: str | None,
            table_prefix: str | None, queue: str | None, job: str | None,
            exception: str | None, limit: int, as_json: bool) -> None:
     """List failed jobs, newest first. `dbqueue failed show ID` shows one in full."""
-    ctx.obj = (url, app_reference, table_prefix)
     if ctx.invoked_subcommand is not None:
         return
     app = open_app(url, app_reference, table_prefix)
@@ -54,14 +54,12 @@ def failed(ctx: click.Context, url: str | None, app_reference: str | None,
 @connection_options
 @click.argument("ref", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.pass_obj
 @friendly_errors
-def show(obj: tuple[str | None, str | None, str | None], url: str | None,
-         app_reference: str | None, table_prefix: str | None, ref: str, as_json: bool) -> None:
+@group_options
+def show(url: str | None, app_reference: str | None, table_prefix: str | None, ref: str,
+         as_json: bool) -> None:
     """Show one failed job (by id or uuid): payload and full traceback."""
-    given = (url, app_reference, table_prefix)
-    record = open_app(*(mine or theirs for mine, theirs in zip(given, obj, strict=True))
-                      ).admin.get_failed(ref)
+    record = open_app(url, app_reference, table_prefix).admin.get_failed(ref)
     if as_json:
         print_json(record)
         return

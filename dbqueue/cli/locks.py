@@ -8,6 +8,7 @@ from ..store.locks import Locks
 from .common import (
     connection_options,
     friendly_errors,
+    group_options,
     open_app,
     print_json,
     print_table,
@@ -23,7 +24,6 @@ from .common import (
 def locks(ctx: click.Context, url: str | None, app_reference: str | None,
           table_prefix: str | None, as_json: bool) -> None:
     """List held locks (key, owner, expiry). `dbqueue locks release KEY` frees one."""
-    ctx.obj = (url, app_reference, table_prefix)
     if ctx.invoked_subcommand is not None:
         return
     held = Locks(open_app(url, app_reference, table_prefix).store).held()
@@ -39,14 +39,12 @@ def locks(ctx: click.Context, url: str | None, app_reference: str | None,
 @locks.command("release")
 @connection_options
 @click.argument("key")
-@click.pass_obj
 @friendly_errors
-def release(obj: tuple[str | None, str | None, str | None], url: str | None,
-            app_reference: str | None, table_prefix: str | None, key: str) -> None:
+@group_options
+def release(url: str | None, app_reference: str | None, table_prefix: str | None,
+            key: str) -> None:
     """Free the lock KEY whoever holds it (for a holder that will not come back)."""
-    given = (url, app_reference, table_prefix)
-    app = open_app(*(mine or theirs for mine, theirs in zip(given, obj, strict=True)))
-    if Locks(app.store).force_release(key):
+    if Locks(open_app(url, app_reference, table_prefix).store).force_release(key):
         click.echo(f"Released lock {key!r}.")
     else:
         raise click.ClickException(f"no lock {key!r} is held; list them with: dbqueue locks")

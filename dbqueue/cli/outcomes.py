@@ -7,11 +7,21 @@ import json
 import click
 
 from ..store.outcomes import Outcomes
-from .common import connection_options, friendly_errors, open_app, print_json, to_jsonable
+from .common import (
+    connection_options,
+    friendly_errors,
+    group_options,
+    open_app,
+    print_json,
+    to_jsonable,
+)
 
 
 @click.group()
-def outcomes() -> None:
+@connection_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (for show).")
+def outcomes(url: str | None, app_reference: str | None, table_prefix: str | None,
+             as_json: bool) -> None:
     """Outcomes of idempotent jobs (job_outcomes): show one, prune old ones."""
 
 
@@ -20,6 +30,7 @@ def outcomes() -> None:
 @click.argument("key")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @friendly_errors
+@group_options
 def show(url: str | None, app_reference: str | None, table_prefix: str | None, key: str,
          as_json: bool) -> None:
     """Show the outcome recorded under the idempotency KEY."""
@@ -46,6 +57,7 @@ def show(url: str | None, app_reference: str | None, table_prefix: str | None, k
 @click.option("--older-than", "days", type=click.FloatRange(min=0), required=True,
               metavar="DAYS", help="Delete outcomes recorded more than DAYS days ago.")
 @friendly_errors
+@group_options
 def prune(url: str | None, app_reference: str | None, table_prefix: str | None,
           days: float) -> None:
     """Delete old outcomes (after that, a job with such a key would run again)."""
