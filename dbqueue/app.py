@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
@@ -25,6 +27,21 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
+# The stores a forked child inherited: their connections are its parent's, so
+# the child must neither use nor close them (closing one sends the server a
+# goodbye on the parent's socket), nor let garbage collection hand them back
+# to a pool that might. Kept here for the child's lifetime.
+_inherited: list[Store] = []
+_apps: weakref.WeakSet[App] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for app in _apps:
+        app._forget_parents_store()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class App:
     """A dbqueue application: one queue database and the jobs it may run.
@@ -46,6 +63,7 @@ class App:
         self._store: Store | None = None
         self._lock = threading.Lock()
         self.jobs: dict[str, Job[Any, Any]] = {}
+        _apps.add(self)
 
     # --- the database ---------------------------------------------------------
 
@@ -112,6 +130,17 @@ class App:
         if self._engine is None:
             store.engine.dispose()
             store.autocommit_engine.dispose()
+
+    def _forget_parents_store(self) -> None:
+        """In a forked child: connect afresh on next use, as a new process would.
+
+        An engine the application gave us is its own to manage after a fork
+        (SQLAlchemy's advice: ``engine.dispose(close=False)`` in the child).
+        """
+        self._lock = threading.Lock()  # another thread of the parent may have held it
+        if self._store is not None and self._engine is None:
+            _inherited.append(self._store)
+            self._store = None
 
     # --- jobs -------------------------------------------------------------------
 

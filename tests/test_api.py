@@ -136,5 +136,5 @@ def test_bad_urls_and_missing_tables_give_errors_that_name_the_fix(tmp_path):
         with pytest.raises(dbqueue.DatabaseUnavailable, match="cannot connect"):
             dbqueue.App(url).admin.status()
         lone = dbqueue.App(url).job(name="x")(lambda: None)
-        with pytest.raises(dbqueue.DatabaseUnavailable, match="cannot connect.*127.0.0.1:1"):
+        with pytest.raises(dbqueue.DatabaseUnavailable, match=r"cannot connect.*127\.0\.0\.1:1"):
             lone.dispatch()  # a lone dispatch connects on a path of its own

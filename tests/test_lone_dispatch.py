@@ -7,6 +7,7 @@ lost, none runs on a connection another process owns, and none reads
 another statement's answer.
 """
 
+import atexit
 import json
 import os
 import signal
@@ -62,6 +63,10 @@ def _connection_listed(app, victim):
         return connection.execute(
             sa.text("SELECT COUNT(*) FROM information_schema.processlist WHERE id = :id"),
             {"id": victim}).scalar_one()
+
+
+class Interrupted(BaseException):
+    """Like KeyboardInterrupt: not an error a ping failure could be mistaken for."""
 
 
 def stored(jobs):
@@ -126,30 +131,78 @@ def test_a_kept_connection_that_rested_is_checked_and_replaced_if_closed(
     assert kept_server_id(fast, backend) != victim
 
 
-def test_a_forked_child_never_uses_its_parents_kept_connection(jobs, fast):
+def test_a_disconnect_seen_elsewhere_in_the_pool_retires_the_kept_connections(jobs, fast):
+    """SQLAlchemy recycles every older connection of a pool once it has seen one
+    dropped (the server may have restarted); a kept one is retired as well."""
     backend = backend_of(jobs.app)
     first = jobs.record.dispatch(1)
-    parents = kept_server_id(fast, backend)
+    engine = jobs.app.store.autocommit_engine
+    with engine.connect() as connection:
+        pooled = int(connection.exec_driver_sql(_SERVER_ID[backend]).scalar_one())
+    kill(jobs.app, backend, kept_server_id(fast, backend))
+    kill(jobs.app, backend, pooled)
+    with pytest.raises(sa.exc.DBAPIError), engine.connect() as connection:
+        connection.exec_driver_sql("SELECT 1")  # the pool learns of the disconnect here
+    second = jobs.record.dispatch(2)  # no error: the kept connection was retired first
+    assert stored(jobs) == {first: 1, second: 2}
+
+
+def _send_without_reading(dbapi_connection, backend):
+    if backend == "postgresql":
+        dbapi_connection.pgconn.send_query(b"SELECT 1")
+    else:
+        from pymysql.constants import COMMAND
+
+        dbapi_connection._execute_command(COMMAND.COM_QUERY, "SELECT 1")
+
+
+def test_a_ping_cut_short_leaves_no_connection_out_of_step(jobs, fast, monkeypatch):
+    backend = backend_of(jobs.app)
+    first = jobs.record.dispatch(1)
+    before = kept_server_id(fast, backend)
+
+    def ping_then_interrupt(dbapi_connection):
+        _send_without_reading(dbapi_connection, backend)  # the answer stays unread
+        raise Interrupted()
+
+    monkeypatch.setattr(engine_module, "IDLE_PING_AFTER", 0.0)
+    monkeypatch.setattr(jobs.app.store.autocommit_engine.dialect, "do_ping", ping_then_interrupt)
+    with pytest.raises(Interrupted):
+        jobs.record.dispatch(2)
+    monkeypatch.undo()
+    third = jobs.record.dispatch(3)
+    assert stored(jobs) == {first: 1, third: 3}
+    assert kept_server_id(fast, backend) != before
+
+
+def engine_server_id(app, backend):
+    with app.engine.connect() as connection:
+        return int(connection.exec_driver_sql(_SERVER_ID[backend]).scalar_one())
+
+
+def test_a_forked_child_connects_afresh_and_leaves_its_parents_connections_alone(jobs, fast):
+    backend = backend_of(jobs.app)
+    first = jobs.record.dispatch(1)
+    kept, pooled = kept_server_id(fast, backend), engine_server_id(jobs.app, backend)
     child = os.fork()
     if child == 0:  # pragma: no cover - the child reports through its exit code
         code = 1
         try:
-            forgotten = fast.idle == []
             jobs.record.dispatch(2)
-            code = 0 if forgotten and kept_server_id(fast, backend) != parents else 3
+            own = kept_server_id(jobs.app.store._fast_push, backend)
+            code = 0 if {own, engine_server_id(jobs.app, backend)}.isdisjoint(
+                {kept, pooled}) else 3
+            jobs.app.dispose()
+            atexit._run_exitfuncs()  # what a normal exit would run
         finally:
             os._exit(code)
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    # The parent's connection was neither used nor closed by the child.
-    assert kept_server_id(fast, backend) == parents
+    # The parent's connections were neither used nor closed by the child.
     third = jobs.record.dispatch(3)
+    assert (kept_server_id(fast, backend), engine_server_id(jobs.app, backend)) == (kept, pooled)
     assert set(stored(jobs).values()) == {1, 2, 3}
     assert first < third
-
-
-class Interrupted(Exception):
-    pass
 
 
 def test_a_dispatch_interrupted_mid_statement_leaves_no_connection_out_of_step(jobs, fast):

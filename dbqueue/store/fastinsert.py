@@ -27,31 +27,20 @@ from .engine import check_rested, unavailable
 # which the same engine's lock statements share.
 KEEP = 4
 
-# Connections a forked child inherited: the parent still uses them, so the
-# child must neither use nor close them, nor let the pool take them back when
-# they are garbage collected. Kept here for the child's lifetime.
-_inherited: list[Any] = []
-_instances: weakref.WeakSet[FastInsert] = weakref.WeakSet()
-
-
-def _forget_inherited() -> None:
-    for instance in _instances:
-        _inherited.extend(instance.idle)
-        instance.idle.clear()
-
-
-os.register_at_fork(after_in_child=_forget_inherited)
-
 
 class FastInsert:
     """Run one INSERT of a job on an autocommit engine and return the new id.
 
     The statement is SQLAlchemy's, compiled once for the dialect. Up to KEEP
-    pooled connections stay checked out between calls; one that rested longer
-    than the pool lets its own rest unchecked is pinged first, and replaced if
-    the server has closed it. Driver errors come out as SQLAlchemy's
-    exceptions, and after one the connection goes back to the pool,
-    invalidated if the server dropped it, as on SQLAlchemy's own path.
+    pooled connections stay checked out between calls. Before one is used
+    again, the checks a pool checkout would make are made: one the pool has
+    since retired (disposed, or invalidated by a disconnect seen on another
+    connection) goes back, and one that rested longer than the pool lets its
+    own rest unchecked is pinged, and replaced if the server has closed it.
+    Driver errors come out as SQLAlchemy's exceptions, and after one the
+    connection goes back to the pool, invalidated if the server dropped it, as
+    on SQLAlchemy's own path. A forked child never uses its parent's:
+    dbqueue.App gives it a new store.
     """
 
     def __init__(self, engine: Engine, statement: Callable[[], sa.Insert]) -> None:
@@ -61,14 +50,14 @@ class FastInsert:
         self.returning = False
         # (pool connection, its driver cursor, when it was last used), most recent last.
         self.idle: list[tuple[Any, Any, float]] = []
-        _instances.add(self)
         # Hand the kept connections back to the pool when this object goes, or at
-        # exit, so that the pool closes them properly.
-        weakref.finalize(self, _give_back_all, self.idle)
+        # exit, so that the pool closes them properly: in this process only, not
+        # in a forked child, whose copies are its parent's (dbqueue.App's fork hook).
+        weakref.finalize(self, _give_back_all, self.idle, os.getpid())
 
     def __call__(self, values: dict[str, Any]) -> int:
-        connection, cursor = self._take()
         dialect = self.engine.dialect
+        connection, cursor = self._take()
         try:
             if self.sql is None:
                 self._compile(values)
@@ -76,6 +65,10 @@ class FastInsert:
             row_id = int(cursor.fetchone()[0] if self.returning else cursor.lastrowid)
         except dialect.loaded_dbapi.Error as exc:
             dropped = dialect.is_disconnect(exc, connection, cursor)
+            if dropped:
+                # As SQLAlchemy does on a disconnect: the server may have dropped
+                # them all (a restart), so the pool recycles every older connection.
+                self.engine.pool._invalidate(connection, exc, _checkin=False)
             _give_back(connection, cursor, broken=dropped, reason=exc)
             raise sa.exc.DBAPIError.instance(
                 self.sql, values, exc, dialect.loaded_dbapi.Error,
@@ -93,7 +86,7 @@ class FastInsert:
 
     def close(self) -> None:
         """Give the kept connections back to the pool."""
-        _give_back_all(self.idle)
+        _give_back_all(self.idle, os.getpid())
 
     def _take(self) -> tuple[Any, Any]:
         """A connection and cursor: the one kept last, else one from the pool."""
@@ -102,10 +95,16 @@ class FastInsert:
         except IndexError:
             return self._checkout()
         try:
+            if _stale(self.engine, connection):
+                raise sa.exc.DisconnectionError()
             check_rested(self.engine, connection.driver_connection, since)
         except sa.exc.DisconnectionError as exc:
             _give_back(connection, cursor, broken=True, reason=exc)
             return self._checkout()
+        except BaseException:
+            # Interrupted during the ping: its answer may be unread.
+            _give_back(connection, cursor, broken=True)
+            raise
         return connection, cursor
 
     def _checkout(self) -> tuple[Any, Any]:
@@ -113,7 +112,11 @@ class FastInsert:
             connection: Any = self.engine.raw_connection()
         except self.engine.dialect.loaded_dbapi.Error as exc:
             raise unavailable(self.engine, exc) from None
-        return connection, connection.driver_connection.cursor()
+        try:
+            return connection, connection.driver_connection.cursor()
+        except BaseException:
+            connection.close()
+            raise
 
     def _compile(self, values: dict[str, Any]) -> None:
         # After the first connection: only then does the dialect know the
@@ -131,6 +134,21 @@ class FastInsert:
         self.sql = compiled.string
 
 
+def _stale(engine: Engine, connection: Any) -> bool:
+    """True if the pool would not hand out this connection again: it belongs to
+    a pool since disposed, or one invalidated after it connected (because a
+    disconnect was seen on another of its connections, say).
+
+    SQLAlchemy's own checkout test, read from attributes it does not publish;
+    tests/test_lone_dispatch.py fails if they change.
+    """
+    pool = engine.pool
+    if connection._pool is not pool:
+        return True
+    record = connection._connection_record
+    return record is None or pool._invalidate_time > record.starttime
+
+
 def _give_back(connection: Any, cursor: Any, *, broken: bool = False,
                reason: BaseException | None = None) -> None:
     """Close the cursor and check the connection in; a broken one is invalidated
@@ -144,7 +162,9 @@ def _give_back(connection: Any, cursor: Any, *, broken: bool = False,
     connection.close()
 
 
-def _give_back_all(idle: list[tuple[Any, Any, float]]) -> None:
+def _give_back_all(idle: list[tuple[Any, Any, float]], owner: int) -> None:
+    if os.getpid() != owner:
+        return
     while idle:
         try:
             connection, cursor, _ = idle.pop()
