@@ -6,6 +6,10 @@ the database, exactly as on separate machines.
 
 import os
 import signal
+import sys
+from pathlib import Path
+
+import pytest
 
 from tests.conftest import count, rows, wait_until
 
@@ -42,6 +46,39 @@ def test_a_killed_hosts_job_is_finished_by_another_after_retry_after(jobs, worke
     assert events == ["start", "start", "end"]
     assert count(jobs.app, jobs.app.store.tables.jobs) == 0
     assert count(jobs.app, jobs.app.store.tables.failed_jobs) == 0
+
+
+def live_processes_in_group(pgid):
+    """The processes of process group ``pgid`` that still run (zombies excluded)."""
+    live = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        state, _parent, group = stat.rpartition(")")[2].split()[:3]
+        if int(group) == pgid and state != "Z":
+            live.append(int(entry))
+    return live
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
+def test_a_supervisor_killed_alone_takes_its_running_jobs_with_it(jobs, workers):
+    """The OOM killer kills one process, not a group: the jobs of a dead
+    supervisor must stop too, or they would run on while another host runs them again."""
+    jobs.hold.dispatch("orphan", 300)  # blocks on its first start only
+    doomed = workers.start("--retry-after", "2", *FAST)
+    wait_until(lambda: count(jobs.app, jobs.effects, jobs.effects.c.tag == "orphan"),
+               what="the job to start")
+    os.kill(doomed.pid, signal.SIGKILL)  # the supervisor alone
+    doomed.wait()
+    wait_until(lambda: not live_processes_in_group(doomed.pid), timeout=30,
+               what="the fork server and the child running the job to die with it")
+    rescuer = workers.start("--retry-after", "2", "--max-jobs", "1", *FAST)
+    output, _ = rescuer.communicate(timeout=120)
+    assert rescuer.returncode == 0, output
+    events = [r.event for r in rows(jobs.app, jobs.effects, jobs.effects.c.tag == "orphan")]
+    assert events == ["start", "start", "end"]
 
 
 def test_a_long_job_on_a_live_host_is_never_started_twice(jobs, workers):

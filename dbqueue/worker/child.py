@@ -104,8 +104,8 @@ def _rss_mb() -> float:
         return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def _die_with_parent() -> None:
-    """Linux: have the kernel kill this child when its parent dies, so a job never
+def die_with_parent() -> None:
+    """Linux: have the kernel kill this process when its parent dies, so a job never
     goes on running after its worker was killed (its lease will be taken over)."""
     if sys.platform.startswith("linux"):
         try:
@@ -229,7 +229,7 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
     # ignore them, and the supervisor decides when a running job must die.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _die_with_parent()
+    die_with_parent()
     from ..loader import load_app
 
     app = load_app(app_reference)

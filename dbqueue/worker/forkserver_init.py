@@ -3,10 +3,22 @@
 systemd's default stop (KillMode=control-group) sends SIGTERM to every process
 of the worker, the fork server included. If the fork server died, the kernel
 would kill the children whose jobs are still finishing (they ask for SIGKILL
-when their parent dies). So it ignores SIGTERM, as the children do; it still
-exits when the supervisor goes, because its control pipe closes then.
+when their parent, the fork server, dies). So it ignores SIGTERM, as the
+children do.
+
+It cannot count on noticing the supervisor's death by itself: it exits when
+its control pipe closes, but multiprocessing gives every child that pipe's
+write end, so while a job runs the pipe stays open. A supervisor killed alone
+(SIGKILL, the OOM killer) would leave the fork server and its running jobs
+behind, and another host would start those jobs again while they still ran.
+So the fork server too asks the kernel to kill it when its parent, the
+supervisor, dies; the children follow it. (Had the supervisor died before
+this line, there would be no children yet, and the pipe would close.)
 """
 
 import signal
 
+from dbqueue.worker.child import die_with_parent
+
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
+die_with_parent()
