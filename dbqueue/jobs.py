@@ -297,8 +297,20 @@ class Job(Generic[P, R]):
         try:
             self._signature.bind(*args, **kwargs)
         except TypeError as exc:
+            # bind names only the first problem; a misspelt keyword explains
+            # the missing argument it also causes, so it comes first.
+            unknown = self._unknown_keywords(kwargs)
+            reason = (f"unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+                      f"it takes {self._signature}" if unknown else str(exc))
             raise InvalidArguments(
-                f"job {self.name!r} cannot take these arguments: {exc}") from None
+                f"job {self.name!r} cannot take these arguments: {reason}") from None
+
+    def _unknown_keywords(self, kwargs: dict[str, Any]) -> list[str]:
+        parameters = self._signature.parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return []
+        return [name for name in kwargs if name not in parameters
+                or parameters[name].kind is inspect.Parameter.POSITIONAL_ONLY]
 
 
 @dataclass(frozen=True, slots=True)

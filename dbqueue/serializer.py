@@ -24,6 +24,24 @@ class Payload:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _check_keys(value: Any) -> None:
+    """Raise TypeError for a dict key that JSON would quietly turn into a string
+    (the job would receive ``{"1": ...}`` for ``{1: ...}``)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"dict keys must be strings, not {key!r}")
+            if not isinstance(item, _PLAIN):
+                _check_keys(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            if not isinstance(item, _PLAIN):
+                _check_keys(item)
+
+
 def encode(job_name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
            options: dict[str, Any] | None = None) -> str:
     """Encode the arguments of a dispatch, or raise SerializationError naming the culprit."""
@@ -31,6 +49,9 @@ def encode(job_name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
     if options:
         document["options"] = options
     try:
+        _check_keys(args)
+        if kwargs:
+            _check_keys(kwargs)
         return _encoder.encode(document)
     except (TypeError, ValueError) as exc:
         raise SerializationError(

@@ -283,9 +283,7 @@ def main() -> None:
             dialect = app.engine.dialect
             backend = "mariadb" if getattr(dialect, "is_mariadb", False) else dialect.name
         finally:
-            app.downgrade("base")  # keeps Alembic's (empty) version table: drop it too
-            version = f"{args.table_prefix}dbqueue_alembic_version"
-            sa.Table(version, sa.MetaData()).drop(app.engine, checkfirst=True)
+            app.downgrade("base")
             app.dispose()
     print(json.dumps({"backend": backend, "jobs": args.jobs,
                       "concurrency": args.concurrency, **results}))

@@ -36,6 +36,12 @@ def test_arguments_that_are_not_json_fail_at_dispatch_not_in_the_worker(tmp_path
         send.dispatch(object())
     with pytest.raises(dbqueue.SerializationError):
         send.dispatch(float("nan"))
+    # JSON would turn these keys into strings: the job would get {"1": ...}.
+    with pytest.raises(dbqueue.SerializationError, match="dict keys must be strings, not 1"):
+        send.dispatch({1: "a"})
+    with pytest.raises(dbqueue.SerializationError, match=r"not \(2, 3\)"):
+        send.prepare(when=[{"ok": {(2, 3): "b"}}])
+    send.prepare([{"ok": {"nested": [1, 2.5, None, True]}}])
 
 
 def test_arguments_that_do_not_fit_the_signature_fail_at_dispatch(tmp_path):
@@ -47,7 +53,8 @@ def test_arguments_that_do_not_fit_the_signature_fail_at_dispatch(tmp_path):
 
     with pytest.raises(dbqueue.InvalidArguments, match="'send' cannot take these arguments"):
         send.dispatch(1, 2)
-    with pytest.raises(dbqueue.InvalidArguments):
+    with pytest.raises(dbqueue.InvalidArguments,
+                       match=r"unexpected keyword argument\(s\) 'invoice'; it takes \(invoice_id"):
         send.prepare(invoice=3)
     with pytest.raises(dbqueue.InvalidArguments):
         send.prepare()

@@ -300,6 +300,7 @@ def test_unknown_failed_jobs_are_one_clear_error(app, schema):
         line = assert_clean_error(dbqueue_cli(*args, env=env))
         assert line.startswith(f"Error: no failed job '{args[-1]}'"), line
         assert "dbqueue failed" in line
+    assert "(none of the others was retried either)" in line
     assert failed_ids(app) == [kept.id]  # the retry of a known and an unknown id did nothing
     assert count(app, app.store.tables.jobs) == 0
 
@@ -309,7 +310,8 @@ def test_tables_missing_under_the_prefix_are_one_clear_error(schema):
     for args in (["status"], ["retry", "--all"]):
         result = dbqueue_cli(*args, "--table-prefix", f"{PREFIX}absent_", env=env)
         line = assert_clean_error(result)
-        assert "the dbqueue tables are missing" in line and "dbqueue migrate" in line
+        assert f"the dbqueue tables with the prefix '{PREFIX}absent_' are missing" in line
+        assert line.endswith(f"create them with: dbqueue migrate --table-prefix {PREFIX}absent_")
 
 
 # --- errors without a database --------------------------------------------------------
@@ -349,9 +351,14 @@ def migrated_url(tmp_path: Path) -> str:
     (["work", "--url", "{fresh}", "--app", "tests.jobapp:app", "--concurrency", "0"],
      "--concurrency must be at least 1, not 0"),
     (["status", "--url", "{fresh}", "--table-prefix", "bad-prefix"], "table prefix 'bad-prefix'"),
+    (["migrate", "--url", "postgresql+psycopg2://x@127.0.0.1/db"],
+     "'psycopg2' is not installed; install it, or name no driver (postgresql://, mysql://)"),
+    (["migrate", "--url", "sqlite:////no-such-directory-of-dbqueue/q.db"],
+     "and that its directory exists and is writable"),
 ], ids=["malformed-url", "unsupported-url", "unreachable-server", "unmigrated-status",
         "unmigrated-failed", "app-module-missing", "app-not-an-app", "app-attribute-missing",
-        "app-module-broken", "app-without-module", "work-concurrency-zero", "bad-table-prefix"])
+        "app-module-broken", "app-without-module", "work-concurrency-zero", "bad-table-prefix",
+        "driver-not-installed", "sqlite-directory-missing"])
 def test_mistakes_print_one_error_line(args, expected, fresh_url):
     result = dbqueue_cli(*(a.format(fresh=fresh_url) for a in args), env=bare_env())
     line = assert_clean_error(result)
@@ -419,13 +426,16 @@ def test_migrate_downgrade_base_drops_the_tables(migrated_url):
     assert (result.returncode, result.stdout) == (0, "dbqueue tables downgraded to base\n")
     line = assert_clean_error(dbqueue_cli("status", env=env))
     assert "the dbqueue tables are missing" in line
+    engine = sa.create_engine(migrated_url)
+    assert sa.inspect(engine).get_table_names() == []  # Alembic's version table too
+    engine.dispose()
 
 
 def test_tables_at_an_older_revision_are_one_clear_error(migrated_url):
     env = bare_env(DBQUEUE_URL=migrated_url)
     assert dbqueue_cli("migrate", "--downgrade", "0002", env=env).returncode == 0
     line = assert_clean_error(dbqueue_cli("work", "--app", "tests.jobapp:app", "--once", env=env))
-    assert "are at revision 0002, but this dbqueue needs 0003" in line, line
+    assert "are at revision 0002, but this dbqueue needs 0003 or newer" in line, line
     assert "dbqueue migrate" in line
     status = dbqueue_cli("status", env=env)  # it only reads: it warns, and answers
     assert status.returncode == 0 and "Traceback" not in status.stderr
@@ -536,3 +546,12 @@ def test_options_before_a_subcommand_reach_it_and_beat_the_environment(migrated_
     missing = dbqueue_cli("outcomes", "--url", migrated_url, "show", "no-such-key",
                           env=elsewhere)
     assert "no outcome is recorded under 'no-such-key'" in assert_clean_error(missing)
+
+
+def test_urls_that_name_one_database_in_two_ways_are_the_same():
+    from dbqueue.cli.common import _same_url
+
+    assert _same_url("postgresql://u@db:5432/app", "postgresql+psycopg://u@db/app")
+    assert _same_url("mysql://u@db/app", "mysql+pymysql://u@db:3306/app")
+    assert not _same_url("postgresql://u@db/app", "postgresql://u@db:6432/app")
+    assert not _same_url("mysql://u@db/app", "mysql://u@db/other")

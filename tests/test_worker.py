@@ -180,6 +180,24 @@ def test_sigterm_lets_the_running_job_finish_and_exits_zero(jobs, workers):
     assert count(jobs.app, jobs.app.store.tables.queue_workers) == 0
 
 
+def test_a_second_ctrl_c_puts_the_running_job_back_at_once(jobs, workers):
+    jobs.hold.dispatch("impatient", 300)  # blocks on its first start only
+    process = workers.start("--grace", "600", *FAST)
+    wait_until(lambda: count(jobs.app, jobs.effects, jobs.effects.c.tag == "impatient"),
+               what="the job to start")
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
+    assert process.stdout is not None
+    for line in process.stdout:  # the worker's log: wait until it has begun to stop
+        if "stopping (received SIGINT)" in line:
+            break
+    os.killpg(process.pid, signal.SIGINT)
+    output, _ = process.communicate(timeout=60)  # well before the 600 s of grace
+    assert process.returncode == 0, output
+    assert "received SIGINT again: stopping now" in output
+    (row,) = job_rows(jobs)  # back in the queue, its attempt not counted
+    assert (row.reserved_by, row.attempts) == (None, 0)
+
+
 def test_restart_reaches_running_workers_through_the_database(jobs, workers):
     first = workers.start("--retry-after", "1.5", *FAST)
     second = workers.start("--retry-after", "1.5", *FAST)

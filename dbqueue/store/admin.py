@@ -98,7 +98,9 @@ class Admin:
             rows = c.execute(query).all()
             missing = [ref for ref in refs if not any(_is(row, ref) for row in rows)]
             if missing:
-                raise NotFound(f"no failed job {', '.join(map(repr, missing))}; "
+                others = " (none of the others was retried either)" if len(refs) > len(
+                    missing) else ""
+                raise NotFound(f"no failed job {', '.join(map(repr, missing))}{others}; "
                                "list them with: dbqueue failed")
             for row in rows:
                 c.execute(jobs.insert().values(

@@ -57,11 +57,12 @@ def create_engine(url: str, *, autocommit: bool = False) -> Engine:
     try:
         engine = sa.create_engine(parsed, **options)
     except ModuleNotFoundError as exc:
-        extra = _EXTRAS.get(exc.name or "", "postgres or mysql")
+        extra = _EXTRAS.get(exc.name or "")
+        fix = (f"install it with: pip install 'dbqueue[{extra}]'" if extra else
+               "install it, or name no driver (postgresql://, mysql://) to use dbqueue's "
+               "own: pip install 'dbqueue[postgres]' or 'dbqueue[mysql]'")
         raise ConfigurationError(
-            f"the database driver {exc.name!r} is not installed; "
-            f"install it with: pip install 'dbqueue[{extra}]'"
-        ) from None
+            f"the database driver {exc.name!r} is not installed; {fix}") from None
     dialect.prepare_engine(engine)
     if parsed.get_backend_name() != "sqlite":
         _ping_when_idle(engine)
@@ -132,23 +133,28 @@ def checkout(engine: Engine) -> Connection:
 def unavailable(engine: Engine, error: BaseException) -> DatabaseUnavailable:
     """The error for a failure to connect to ``engine``'s database."""
     reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    check = ("that its directory exists and is writable" if engine.dialect.name == "sqlite"
+             else "that the server is running")
     return DatabaseUnavailable(
-        f"cannot connect to {describe(engine)}: {reason}; "
-        "check DBQUEUE_URL (or --url) and that the server is running"
+        f"cannot connect to {describe(engine)}: {reason}; check DBQUEUE_URL (or --url) "
+        f"and {check}"
     )
 
 
-def tables_missing(engine: Engine) -> NotMigrated:
+def tables_missing(engine: Engine, table_prefix: str = "") -> NotMigrated:
+    named = f" with the prefix {table_prefix!r}" if table_prefix else ""
+    option = f" --table-prefix {table_prefix}" if table_prefix else ""
     return NotMigrated(
-        f"the dbqueue tables are missing in {describe(engine)}; create them with: dbqueue migrate"
+        f"the dbqueue tables{named} are missing in {describe(engine)}; "
+        f"create them with: dbqueue migrate{option}"
     )
 
 
-def translate(engine: Engine, error: sa.exc.DBAPIError) -> Exception:
+def translate(engine: Engine, error: sa.exc.DBAPIError, table_prefix: str = "") -> Exception:
     """The dbqueue error a database error means, or the error itself."""
     dialect = dialect_for(engine.dialect)
     if dialect.is_missing_table(error):
-        return tables_missing(engine)
+        return tables_missing(engine, table_prefix)
     if dialect.is_missing_column(error):
         return NotMigrated(
             f"the dbqueue tables in {describe(engine)} are older than this dbqueue "

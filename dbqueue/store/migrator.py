@@ -6,10 +6,12 @@ import io
 from collections.abc import Callable
 from importlib import resources
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.util import CommandError
+from sqlalchemy.engine import Connection
 
 from ..errors import ConfigurationError
 from .engine import connect
@@ -63,9 +65,13 @@ def downgrade(store: Store, table_prefix: str, revision: str) -> None:
     """Take the tables back to ``revision`` (``base`` drops them all)."""
     config = _config(table_prefix)
 
-    def work(connection: object) -> None:
+    def work(connection: Connection) -> None:
         config.attributes["connection"] = connection
         _run("downgrade", revision, lambda: command.downgrade(config, revision))
+        if revision == "base":
+            # Alembic leaves its version table behind, empty; base means no
+            # dbqueue table at all (its offline --sql output drops it too).
+            sa.Table(version_table(table_prefix), sa.MetaData()).drop(connection, checkfirst=True)
 
     store.transaction(work)
 

@@ -151,7 +151,7 @@ class Store:
                     # that collided do not collide again in lock-step.
                     time.sleep(random.uniform(0, 0.005 * 2**number))
                     continue
-                raise translate(self.engine, exc) from exc
+                raise translate(self.engine, exc, self.prefix) from exc
         raise AssertionError("unreachable")
 
     def read(self, work: Callable[[Connection], T]) -> T:
@@ -167,7 +167,7 @@ class Store:
         try:
             return work(connection)
         except sa.exc.DBAPIError as exc:
-            raise translate(self.engine, exc) from exc
+            raise translate(self.engine, exc, self.prefix) from exc
 
     def check_server(self) -> None:
         """Raise UnsupportedDatabase if the server cannot give dbqueue's guarantees."""
@@ -185,11 +185,11 @@ class Store:
         found = self.read(lambda c: c.execute(sa.select(version.c.version_num)).scalars().all())
         current = max(found, default=None)
         if current is None:
-            raise tables_missing(self.engine)
+            raise tables_missing(self.engine, self.prefix)
         if current < REVISION:
             raise SchemaOutdated(
                 f"the dbqueue tables in {describe(self.engine)} are at revision {current}, "
-                f"but this dbqueue needs {REVISION}; upgrade them with: dbqueue migrate")
+                f"but this dbqueue needs {REVISION} or newer; upgrade them with: dbqueue migrate")
 
     def now(self) -> datetime:
         """The database server's current time (UTC)."""

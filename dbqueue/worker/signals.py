@@ -12,6 +12,7 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.received: str | None = None
+        self.count = 0  # a second one means: stop now, do not wait for running jobs
         self._read, self._write = os.pipe()
         os.set_blocking(self._read, False)
         os.set_blocking(self._write, False)
@@ -28,6 +29,7 @@ class StopSignals:
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         self.received = signal.Signals(signum).name
+        self.count += 1
 
     def drain(self) -> None:
         try:
