@@ -224,10 +224,7 @@ class OutcomeBatch:
             except sa.exc.DBAPIError as exc:
                 if self.transient(exc):  # it may have committed: the key makes a rerun safe
                     raise Release(0.0) from exc
-                # The job's own doing (a deferred constraint): its attempt fails,
-                # recorded as the driver's error, as when a shared COMMIT fails
-                # for it alone (worker.child.end_batch).
-                raise (exc.orig or exc) from exc
+                raise  # the job's own doing (a deferred constraint): its attempt fails
         return result
 
     def _keep(self, running: _JobTransaction, key: str, encoded: str | None,

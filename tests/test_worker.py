@@ -4,9 +4,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import sqlalchemy as sa
 
+from dbqueue.worker.signals import REPEAT_AFTER
 from tests.conftest import ROOT, count, rows, wait_until, worker_env
 
 FAST = ("--sleep", "0.1")
@@ -190,12 +192,27 @@ def test_a_second_ctrl_c_puts_the_running_job_back_at_once(jobs, workers):
     for line in process.stdout:  # the worker's log: wait until it has begun to stop
         if "stopping (received SIGINT)" in line:
             break
+    time.sleep(REPEAT_AFTER)  # the rule is about time: two signals at once are one request
     os.killpg(process.pid, signal.SIGINT)
     output, _ = process.communicate(timeout=60)  # well before the 600 s of grace
     assert process.returncode == 0, output
     assert "received SIGINT again: stopping now" in output
     (row,) = job_rows(jobs)  # back in the queue, its attempt not counted
     assert (row.reserved_by, row.attempts) == (None, 0)
+
+
+def test_two_signals_at_once_are_one_request_to_stop(jobs, workers):
+    """A process manager forwarding Ctrl-C to a worker that got it too sends two."""
+    jobs.overlap.dispatch("twice", 1)
+    process = workers.start("--grace", "600", *FAST)
+    wait_until(lambda: count(jobs.app, jobs.effects, jobs.effects.c.tag == "twice"),
+               what="the job to start")
+    os.killpg(process.pid, signal.SIGINT)
+    os.killpg(process.pid, signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert [r.event for r in rows(jobs.app, jobs.effects, jobs.effects.c.tag == "twice")] == [
+        "start", "end"]  # it was let finish
 
 
 def test_restart_reaches_running_workers_through_the_database(jobs, workers):

@@ -104,6 +104,10 @@ def _rss_mb() -> float:
         return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
+# Where the supervisor leaves its pid for the fork server to check (forkserver_init).
+SUPERVISOR_PID = "DBQUEUE_SUPERVISOR_PID"
+
+
 def die_with_parent() -> None:
     """Linux: have the kernel kill this process when its parent dies, so a job never
     goes on running after its worker was killed (its lease will be taken over)."""
@@ -179,9 +183,11 @@ def end_batch(batch: OutcomeBatch) -> list[Committed]:
             alone = len(ids) == 1
             if not (transient or alone):
                 batch.alone_for_a_while()
+            # Named as the same failure is when the job commits by itself (the
+            # SQLAlchemy error run_job records), whichever path found it.
             failure = Finished("release" if transient or not alone else "error",
-                               exception_class=class_name(exc.orig or exc),
-                               message=str(exc.orig or exc), traceback=traceback.format_exc())
+                               exception_class=class_name(exc), message=str(exc),
+                               traceback=traceback.format_exc())
         batch.pending = []
         if ids:
             messages.append(Committed(ids, failure))
@@ -230,6 +236,9 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     die_with_parent()
+    server = sys.modules.get("dbqueue.worker.forkserver_init")
+    if server is not None and os.getppid() != server.PID:
+        return  # the fork server died before the line above: so did the supervisor
     from ..loader import load_app
 
     app = load_app(app_reference)

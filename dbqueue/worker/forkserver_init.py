@@ -12,13 +12,19 @@ write end, so while a job runs the pipe stays open. A supervisor killed alone
 (SIGKILL, the OOM killer) would leave the fork server and its running jobs
 behind, and another host would start those jobs again while they still ran.
 So the fork server too asks the kernel to kill it when its parent, the
-supervisor, dies; the children follow it. (Had the supervisor died before
-this line, there would be no children yet, and the pipe would close.)
+supervisor, dies; the children follow it. A death before that request is
+caught by comparing the parent with the supervisor's pid, which the
+supervisor leaves in the environment; each child makes the same check
+against the fork server's pid.
 """
 
+import os
 import signal
 
-from dbqueue.worker.child import die_with_parent
+from dbqueue.worker.child import SUPERVISOR_PID, die_with_parent
 
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 die_with_parent()
+if os.environ.get(SUPERVISOR_PID, str(os.getppid())) != str(os.getppid()):
+    os._exit(0)  # the supervisor is gone already: nobody to fork children for
+PID = os.getpid()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import signal
 import time
 from collections import deque
@@ -20,7 +21,7 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from .child import Committed, Finished, RunHook, RunJob, child_main
+from .child import SUPERVISOR_PID, Committed, Finished, RunHook, RunJob, child_main
 
 Task = RunJob | RunHook
 
@@ -65,6 +66,8 @@ def _context(app_module: str) -> BaseContext:
     # the application once, so a replacement starts in milliseconds and never
     # inherits the supervisor's database connections.
     if "forkserver" in multiprocessing.get_all_start_methods():
+        # The fork server checks it was started by this process (forkserver_init).
+        os.environ[SUPERVISOR_PID] = str(os.getpid())
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["dbqueue.worker.forkserver_init", app_module])
         return context

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from types import FrameType
+
+# A second signal counts only this many seconds after the first: a process
+# manager that forwards Ctrl-C to a worker that also got it from the terminal
+# delivers two at once, and that is one request.
+REPEAT_AFTER = 1.0
 
 
 class StopSignals:
@@ -12,7 +18,8 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.received: str | None = None
-        self.count = 0  # a second one means: stop now, do not wait for running jobs
+        self.first_at: float | None = None
+        self.again = False  # a second request: stop now, do not wait for running jobs
         self._read, self._write = os.pipe()
         os.set_blocking(self._read, False)
         os.set_blocking(self._write, False)
@@ -29,7 +36,11 @@ class StopSignals:
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         self.received = signal.Signals(signum).name
-        self.count += 1
+        now = time.monotonic()
+        if self.first_at is None:
+            self.first_at = now
+        elif now - self.first_at >= REPEAT_AFTER:
+            self.again = True
 
     def drain(self) -> None:
         try:

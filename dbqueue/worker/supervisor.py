@@ -102,7 +102,7 @@ class Supervisor:
     def _turn(self) -> None:
         if self.signals.received and not self.stopping:
             self._stop(f"received {self.signals.received}")
-        elif self.signals.count > 1 and self.stopping and self.stop_deadline > time.monotonic():
+        elif self.signals.again and self.stopping and self.stop_deadline > time.monotonic():
             # A second Ctrl-C: the person at the terminal will not wait.
             log.warning("received %s again: stopping now; running jobs are put back",
                         self.signals.received)
