@@ -300,10 +300,18 @@ class Job(Generic[P, R]):
             # bind names only the first problem; a misspelt keyword explains
             # the missing argument it also causes, so it comes first.
             unknown = self._unknown_keywords(kwargs)
-            reason = (f"unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
-                      f"it takes {self._signature}" if unknown else str(exc))
+            reason = (f"unexpected keyword argument{'s' if len(unknown) > 1 else ''} "
+                      f"{', '.join(map(repr, unknown))}; it takes {self._parameters()}"
+                      if unknown else str(exc))
             raise InvalidArguments(
                 f"job {self.name!r} cannot take these arguments: {reason}") from None
+
+    def _parameters(self) -> str:
+        """The signature as a caller needs it: names and defaults, no annotations."""
+        empty = inspect.Parameter.empty
+        return str(self._signature.replace(
+            parameters=[p.replace(annotation=empty) for p in self._signature.parameters.values()],
+            return_annotation=empty))
 
     def _unknown_keywords(self, kwargs: dict[str, Any]) -> list[str]:
         parameters = self._signature.parameters

@@ -49,10 +49,11 @@ def encode(job_name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
     if options:
         document["options"] = options
     try:
+        text = _encoder.encode(document)  # first: it also refuses circular structures
         _check_keys(args)
         if kwargs:
             _check_keys(kwargs)
-        return _encoder.encode(document)
+        return text
     except (TypeError, ValueError) as exc:
         raise SerializationError(
             f"the arguments of job {job_name!r} must be JSON-serialisable ({exc}); "

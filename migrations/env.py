@@ -1,6 +1,7 @@
 """Runs dbqueue's migrations, online on a connection dbqueue hands over, or
 offline (``dbqueue migrate --sql``) as SQL text for a DBA."""
 
+import sqlalchemy as sa
 from alembic import context
 
 config = context.config
@@ -9,6 +10,16 @@ prefix = config.attributes.get("table_prefix", "")
 # own Alembic history in the same database.
 version_table = f"{prefix}dbqueue_alembic_version"
 
+
+def run_migrations() -> None:
+    with context.begin_transaction():
+        context.run_migrations()
+        if context.get_context().opts.get("destination_rev") == "base":
+            # Alembic empties its version table but leaves it: "base" means
+            # that no dbqueue table is left at all.
+            context.execute(sa.schema.DropTable(sa.table(version_table), if_exists=True))
+
+
 if context.is_offline_mode():
     context.configure(
         url=config.get_main_option("sqlalchemy.url"),
@@ -16,9 +27,6 @@ if context.is_offline_mode():
         version_table=version_table,
         output_buffer=config.output_buffer,
     )
-    with context.begin_transaction():
-        context.run_migrations()
 else:
     context.configure(connection=config.attributes["connection"], version_table=version_table)
-    with context.begin_transaction():
-        context.run_migrations()
+run_migrations()

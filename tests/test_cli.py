@@ -415,6 +415,13 @@ def test_migrate_sql_prints_a_downgrade_or_the_steps_from_a_revision():
     down = dbqueue_cli("migrate", "--sql", "--downgrade", "0001", "--url", url, env=env)
     assert down.returncode == 0, down.stderr
     assert "DROP TABLE job_circuits;" in down.stdout and "CREATE TABLE" not in down.stdout
+    assert "dbqueue_alembic_version;" not in down.stdout  # still needed at 0001
+    base = dbqueue_cli("migrate", "--sql", "--downgrade", "base", "--url", url, env=env)
+    assert base.returncode == 0, base.stderr
+    assert base.stdout.rstrip().endswith(
+        "DROP TABLE jobs;\n\n"
+        "DELETE FROM dbqueue_alembic_version WHERE dbqueue_alembic_version.version_num = '0001';"
+        "\n\nDROP TABLE IF EXISTS dbqueue_alembic_version;\n\nCOMMIT;")
     up = dbqueue_cli("migrate", "--sql", "--revision", "0002:head", "--url", url, env=env)
     assert up.returncode == 0, up.stderr
     assert "CREATE TABLE job_circuits" in up.stdout and "CREATE TABLE jobs" not in up.stdout
@@ -553,5 +560,6 @@ def test_urls_that_name_one_database_in_two_ways_are_the_same():
 
     assert _same_url("postgresql://u@db:5432/app", "postgresql+psycopg://u@db/app")
     assert _same_url("mysql://u@db/app", "mysql+pymysql://u@db:3306/app")
+    assert _same_url("mariadb://u@db/app", "mysql://u@db/app")
     assert not _same_url("postgresql://u@db/app", "postgresql://u@db:6432/app")
     assert not _same_url("mysql://u@db/app", "mysql://u@db/other")

@@ -104,16 +104,17 @@ def _given_on_command_line(name: str) -> bool:
     return False
 
 
-_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
 
 
 def _same_url(a: str, b: str) -> bool:
-    """Whether two URLs name the same database, whichever driver they name and
-    whether or not they spell out the server's default port."""
+    """Whether two URLs name the same database, whichever driver they name
+    (mariadb:// and mysql:// alike) and whether or not they spell out the
+    server's default port."""
 
     def database(url: str) -> sa.engine.URL:
         parsed = sa.engine.make_url(url)
-        backend = parsed.get_backend_name()
+        backend = {"mariadb": "mysql"}.get(parsed.get_backend_name(), parsed.get_backend_name())
         return parsed.set(drivername=backend, port=parsed.port or _DEFAULT_PORTS.get(backend))
 
     try:

@@ -6,12 +6,10 @@ import io
 from collections.abc import Callable
 from importlib import resources
 
-import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.util import CommandError
-from sqlalchemy.engine import Connection
 
 from ..errors import ConfigurationError
 from .engine import connect
@@ -65,13 +63,9 @@ def downgrade(store: Store, table_prefix: str, revision: str) -> None:
     """Take the tables back to ``revision`` (``base`` drops them all)."""
     config = _config(table_prefix)
 
-    def work(connection: Connection) -> None:
+    def work(connection: object) -> None:
         config.attributes["connection"] = connection
         _run("downgrade", revision, lambda: command.downgrade(config, revision))
-        if revision == "base":
-            # Alembic leaves its version table behind, empty; base means no
-            # dbqueue table at all (its offline --sql output drops it too).
-            sa.Table(version_table(table_prefix), sa.MetaData()).drop(connection, checkfirst=True)
 
     store.transaction(work)
 
