@@ -101,6 +101,23 @@ def test_push_many_inserts_every_row_with_its_own_options(app):
     assert len(ready) == 1250 and {row.priority for row in ready} == {0, 1, 2}
 
 
+def test_push_many_keeps_every_character_and_every_row_of_a_large_batch(app, jobs):
+    """Bulk INSERTs are built as text on MySQL: quotes, backslashes, percent
+    signs and non-ASCII text must arrive as sent, in statements of bounded size."""
+    awkward = ["it's", 'say "hi"', "C:\\temp\\new", "50% off %s %(x)s %%", "Zoë ☕ 😀",
+               "line\nbreak\ttab", "", "--", "'); DROP TABLE jobs; --"]
+    prepared = [jobs.record.prepare(n, tag=tag) for n, tag in enumerate(awkward)]
+    big = "x" * 5000  # 300 of these: more than one statement's worth of text
+    prepared += [jobs.record.options(queue=f"q{n % 3}", priority=n % 4, delay=n % 2 * 60)
+                 .prepare(1000 + n, tag=big) for n in range(300)]
+    assert app.dispatch_many(prepared) == len(prepared)
+    stored = {(row.queue, row.payload, row.priority, row.available_at > row.created_at)
+              for row in rows(app, app.store.tables.jobs)}
+    sent = {(p.new_job.queue, p.new_job.payload, p.new_job.priority, p.new_job.delay > 0)
+            for p in prepared}
+    assert stored == sent and len(sent) == len(prepared)
+
+
 def test_retry_forget_and_flush_failed_jobs(app):
     store, admin = app.store, Admin(app.store)
     for queue in ("a", "a", "b"):

@@ -281,8 +281,7 @@ class Store:
                  "available_at": now + timedelta(seconds=j.delay) if j.delay else now}
                 for j in jobs
             ]
-            for chunk in _chunks(rows, 1000):
-                c.execute(table.insert(), list(chunk))
+            self.dialect.insert_many(c, table, rows)
             return pushed + len(rows)
 
         return self.within(connection, work)

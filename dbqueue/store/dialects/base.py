@@ -32,6 +32,8 @@ class ReservedRow(NamedTuple):
 
 RESERVED_COLUMNS = ReservedRow._fields
 
+BULK_ROWS = 1000  # rows per INSERT of a bulk enqueue
+
 READ_ONLY = "dbqueue_read_only"
 """Execution option marking a transaction that only reads (see Store.read)."""
 
@@ -157,6 +159,14 @@ class Dialect:
             .order_by(jobs.c.priority, jobs.c.id)
             .limit(limit)
         )
+
+    # --- bulk enqueue -------------------------------------------------------------
+
+    def insert_many(self, connection: Connection, table: sa.Table,
+                    rows: Sequence[dict[str, Any]]) -> None:
+        """Insert ``rows`` (dicts with the same keys) in multi-row INSERTs."""
+        for start in range(0, len(rows), BULK_ROWS):
+            connection.execute(table.insert(), list(rows[start:start + BULK_ROWS]))
 
     # --- unique jobs --------------------------------------------------------------
 

@@ -4,7 +4,7 @@ UPDATE SKIP LOCKED followed by an UPDATE of the locked ids, in one short transac
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
@@ -13,6 +13,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection
 
 from .base import (
+    BULK_ROWS,
     RESERVED_COLUMNS,
     Dialect,
     ReservedRow,
@@ -38,6 +39,42 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     text = text.removeprefix("5.5.5-")
     match = re.match(r"(\d+)\.(\d+)\.(\d+)", text)
     return tuple(int(part) for part in match.groups()) if match else (0, 0, 0)
+
+
+# A bulk INSERT's text stays under this many characters (at most 4 MB of
+# UTF-8, well under max_allowed_packet), as PyMySQL's executemany keeps its own.
+_BULK_CHARS = 1_000_000
+
+
+def _literal_maker(connection: Connection, column_type: sa.types.TypeEngine[Any],
+                   ) -> Callable[[Any], str]:
+    """A function from a value of a column to its SQL literal, escaped by the
+    driver; it converts and escapes each distinct value once."""
+    process = column_type.bind_processor(connection.dialect)
+    escape = connection.connection.driver_connection.escape  # type: ignore[union-attr]
+    seen: dict[tuple[type, Any], str] = {}
+
+    def convert(value: Any) -> str:
+        return escape(process(value) if process else value)  # type: ignore[no-any-return]
+
+    def literal(value: Any) -> str:
+        key = (type(value), value)  # 1, True and 1.0 are equal keys, not equal literals
+        try:
+            text = seen.get(key)
+        except TypeError:  # unhashable: nothing to share
+            return convert(value)
+        if text is None:
+            text = seen[key] = convert(value)
+        return text
+
+    return literal
+
+
+def _run_literal(connection: Connection, head: str, values: list[str]) -> None:
+    # no_parameters: the driver must not read the text for %s placeholders
+    # (a payload may well contain "%s").
+    connection.exec_driver_sql(head + ",".join(values),
+                               execution_options={"no_parameters": True})
 
 
 class MySQL(Dialect):
@@ -160,6 +197,34 @@ class MySQL(Dialect):
         holders = connection.execute(
             sa.select(locks.c.key, locks.c.owner).where(locks.c.key.in_(owners))).all()
         return {key for key, holder in holders if owners.get(key) == holder}
+
+    def insert_many(self, connection: Connection, table: sa.Table,
+                    rows: Sequence[dict[str, Any]]) -> None:
+        # PyMySQL escapes and formats every value of an executemany in Python,
+        # after SQLAlchemy has processed each row's parameters: the client, not
+        # the server, set the pace (about 30,000 rows/s here). Built here, each
+        # distinct value of a column is converted and escaped once, by the
+        # driver's own escaping (the very one its executemany uses, which
+        # follows the server's NO_BACKSLASH_ESCAPES mode): over twice the rows.
+        if connection.dialect.driver != "pymysql" or not rows:
+            super().insert_many(connection, table, rows)
+            return
+        columns = list(rows[0])
+        to_sql = [_literal_maker(connection, table.c[name].type) for name in columns]
+        preparer = connection.dialect.identifier_preparer
+        head = (f"INSERT INTO {preparer.format_table(table)} "
+                f"({', '.join(preparer.quote(name) for name in columns)}) VALUES ")
+        values: list[str] = []
+        size = 0
+        for row in rows:
+            text = "(" + ",".join(literal(row[name]) for name, literal in zip(
+                columns, to_sql, strict=True)) + ")"
+            if values and (len(values) >= BULK_ROWS or size + len(text) > _BULK_CHARS):
+                _run_literal(connection, head, values)
+                values, size = [], 0
+            values.append(text)
+            size += len(text) + 1
+        _run_literal(connection, head, values)
 
     def is_retryable(self, error: BaseException) -> bool:
         return _errno(error) in (_DEADLOCK, _LOCK_WAIT_TIMEOUT)
