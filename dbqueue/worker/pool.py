@@ -105,8 +105,9 @@ class Pool:
     def prepare(self) -> None:
         """Start the fork server, which imports the application in the background.
 
-        Called first thing, so that its imports overlap the supervisor's own
-        start-up instead of delaying the first child.
+        Called first thing (before the supervisor connects), so that its
+        imports overlap the supervisor's own start-up instead of delaying the
+        first child.
         """
         if self.context.get_start_method() == "forkserver":
             from multiprocessing import forkserver

@@ -47,13 +47,17 @@ _COMMIT_TIMEOUT = 60.0  # seconds an idle child may take to commit its idempoten
 
 class Supervisor:
     def __init__(self, app: Any, app_reference: str, options: WorkerOptions) -> None:
+        self.pool = Pool(app_reference, options.concurrency,
+                         measure_memory=options.memory_mb is not None)
+        # Before the store: creating its engines imports the database driver
+        # (psycopg takes a quarter of a second), which the fork server's own
+        # imports now overlap instead of following.
+        self.pool.prepare()
         self.app, self.store, self.options = app, app.store, options
         self.registry = WorkerRegistry(self.store)
         self.locks = Locks(self.store)
         self.id = secrets.token_hex(8)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.pool = Pool(app_reference, options.concurrency,
-                         measure_memory=options.memory_mb is not None)
         self.signals = StopSignals()
         self.buffer: deque[Held] = deque()
         self.running: dict[int, Held] = {}  # by job id: handed to a child, not yet answered
@@ -77,7 +81,6 @@ class Supervisor:
 
     def run(self) -> int:
         """Work until told to stop; return the process exit code (0)."""
-        self.pool.prepare()
         self.store.check_server()
         self.store.check_schema()
         self.registry.prune(silent_for=_DEAD_AFTER)
