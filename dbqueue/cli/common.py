@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from ..app import App
 from ..errors import ConfigurationError, DBQueueError, NotMigrated
 from ..loader import load_app
-from ..store.engine import missing_database_file
+from ..store.engine import first_line, missing_database_file
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -114,7 +114,8 @@ def _same_url(a: str, b: str) -> bool:
 
     def database(url: str) -> sa.engine.URL:
         parsed = sa.engine.make_url(url)
-        backend = {"mariadb": "mysql"}.get(parsed.get_backend_name(), parsed.get_backend_name())
+        backend = parsed.get_backend_name()
+        backend = "mysql" if backend == "mariadb" else backend
         return parsed.set(drivername=backend, port=parsed.port or _DEFAULT_PORTS.get(backend))
 
     try:
@@ -151,8 +152,8 @@ def friendly_errors(func: F) -> F:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(1)
         except sa.exc.DBAPIError as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            click.echo(f"Error: the database refused the request: {reason}", err=True)
+            click.echo(f"Error: the database refused the request: {first_line(exc.orig or exc)}",
+                       err=True)
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]

@@ -130,9 +130,14 @@ def checkout(engine: Engine) -> Connection:
         raise unavailable(engine, exc.orig or exc) from None
 
 
+def first_line(error: BaseException) -> str:
+    """What a driver's error says, on one line (its class when it says nothing)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def unavailable(engine: Engine, error: BaseException) -> DatabaseUnavailable:
     """The error for a failure to connect to ``engine``'s database."""
-    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    reason = first_line(error)
     check = ("that its directory exists and is writable" if engine.dialect.name == "sqlite"
              else "that the server is running")
     return DatabaseUnavailable(
