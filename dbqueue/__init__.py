@@ -13,40 +13,96 @@
 Run the jobs with ``dbqueue work --app yourmodule:app`` on every host.
 """
 
-from .app import App
-from .errors import (
-    ConfigurationError,
-    DatabaseUnavailable,
-    DBQueueError,
-    Fail,
-    InvalidArguments,
-    JobSignal,
-    JobTimeout,
-    LockNotAcquired,
-    MaxAttemptsExceeded,
-    NotFound,
-    NotMigrated,
-    Release,
-    SerializationError,
-    TransactionSpoiled,
-    UnknownJob,
-    UnsupportedDatabase,
-    WorkerCrashed,
-)
-from .idempotency import transaction
-from .jobs import BoundJob, Job, JobFailure, PreparedJob
-from .locks import Lock
-from .middleware import (
-    JobContext,
-    Middleware,
-    RateLimited,
-    ThrottlesExceptions,
-    WithoutOverlapping,
-)
-from .policy import Exponential
-from .settings import Settings
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# Each public name, and the module that defines it. They are imported on first
+# use (PEP 562): `dbqueue work` must start its fork server before SQLAlchemy is
+# imported, so that both imports run at once; and a command line that only
+# asks for --version or --help imports nothing heavy.
+_EXPORTS = {
+    "App": "app",
+    "ConfigurationError": "errors",
+    "DatabaseUnavailable": "errors",
+    "DBQueueError": "errors",
+    "Fail": "errors",
+    "InvalidArguments": "errors",
+    "JobSignal": "errors",
+    "JobTimeout": "errors",
+    "LockNotAcquired": "errors",
+    "MaxAttemptsExceeded": "errors",
+    "NotFound": "errors",
+    "NotMigrated": "errors",
+    "Release": "errors",
+    "SerializationError": "errors",
+    "TransactionSpoiled": "errors",
+    "UnknownJob": "errors",
+    "UnsupportedDatabase": "errors",
+    "WorkerCrashed": "errors",
+    "transaction": "idempotency",
+    "BoundJob": "jobs",
+    "Job": "jobs",
+    "JobFailure": "jobs",
+    "PreparedJob": "jobs",
+    "Lock": "locks",
+    "JobContext": "middleware",
+    "Middleware": "middleware",
+    "RateLimited": "middleware",
+    "ThrottlesExceptions": "middleware",
+    "WithoutOverlapping": "middleware",
+    "Exponential": "policy",
+    "Settings": "settings",
+}
+
+if TYPE_CHECKING:
+    from .app import App
+    from .errors import (
+        ConfigurationError,
+        DatabaseUnavailable,
+        DBQueueError,
+        Fail,
+        InvalidArguments,
+        JobSignal,
+        JobTimeout,
+        LockNotAcquired,
+        MaxAttemptsExceeded,
+        NotFound,
+        NotMigrated,
+        Release,
+        SerializationError,
+        TransactionSpoiled,
+        UnknownJob,
+        UnsupportedDatabase,
+        WorkerCrashed,
+    )
+    from .idempotency import transaction
+    from .jobs import BoundJob, Job, JobFailure, PreparedJob
+    from .locks import Lock
+    from .middleware import (
+        JobContext,
+        Middleware,
+        RateLimited,
+        ThrottlesExceptions,
+        WithoutOverlapping,
+    )
+    from .policy import Exponential
+    from .settings import Settings
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dbqueue' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # the next lookup finds it without coming here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __all__ = [
     "App",

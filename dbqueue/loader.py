@@ -6,17 +6,21 @@ import importlib
 import os
 import sys
 import traceback
+from typing import TYPE_CHECKING
 
-from .app import App
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .app import App
 
 
 def load_app(reference: str) -> App:
     """Import ``module:attribute`` (the attribute defaults to ``app``) and return the App.
 
-    The working directory is put on ``sys.path`` first, as ``python -m`` would,
-    so ``--app myproject.tasks:app`` works from the project's root.
+    The working directory is put on ``sys.path`` first (see ``search_cwd``).
     """
+    from .app import App  # here: `dbqueue work` imports this module before SQLAlchemy
+
     module_name, _, attribute = reference.partition(":")
     attribute = attribute or "app"
     if not module_name:
@@ -24,8 +28,7 @@ def load_app(reference: str) -> App:
             f"--app {reference!r} names no module; write it as module:attribute, "
             "for example --app myproject.tasks:app"
         )
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    search_cwd()
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
@@ -48,6 +51,13 @@ def load_app(reference: str) -> App:
             "not a dbqueue.App"
         )
     return app
+
+
+def search_cwd() -> None:
+    """Put the working directory on ``sys.path``, as ``python -m`` would, so that
+    ``--app myproject.tasks:app`` works from the project's root."""
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 def _import_failed(reference: str, module_name: str, error: Exception) -> str:

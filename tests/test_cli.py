@@ -348,6 +348,16 @@ def migrated_url(tmp_path: Path) -> str:
     (["status", "--url", "{fresh}", "--app", "tests.broken_app:app"],
      "importing tests.broken_app failed at "),
     (["status", "--url", "{fresh}", "--app", ":app"], "names no module"),
+    # `dbqueue work` starts its fork server before it loads the App itself: the
+    # fork server's own import of a broken module must add nothing to the line.
+    (["work", "--url", "{fresh}", "--app", "no_such_module:app"],
+     "cannot import module 'no_such_module'"),
+    (["work", "--url", "{fresh}", "--app", "tests.broken_app:app"],
+     "importing tests.broken_app failed at "),
+    (["work", "--url", "{fresh}", "--app", "tests.raising_app:app"],
+     "RuntimeError: the settings file is missing"),
+    (["work", "--url", "{fresh}", "--app", "tests.jobapp:build"],
+     "tests.jobapp.build is a function, not a dbqueue.App"),
     (["work", "--url", "{fresh}", "--app", "tests.jobapp:app", "--concurrency", "0"],
      "--concurrency must be at least 1, not 0"),
     (["status", "--url", "{fresh}", "--table-prefix", "bad-prefix"], "table prefix 'bad-prefix'"),
@@ -357,7 +367,9 @@ def migrated_url(tmp_path: Path) -> str:
      "and that its directory exists and is writable"),
 ], ids=["malformed-url", "unsupported-url", "unreachable-server", "unmigrated-status",
         "unmigrated-failed", "app-module-missing", "app-not-an-app", "app-attribute-missing",
-        "app-module-broken", "app-without-module", "work-concurrency-zero", "bad-table-prefix",
+        "app-module-broken", "app-without-module", "work-app-module-missing",
+        "work-app-module-broken", "work-app-module-raises", "work-app-not-an-app",
+        "work-concurrency-zero", "bad-table-prefix",
         "driver-not-installed", "sqlite-directory-missing"])
 def test_mistakes_print_one_error_line(args, expected, fresh_url):
     result = dbqueue_cli(*(a.format(fresh=fresh_url) for a in args), env=bare_env())
@@ -492,6 +504,23 @@ def test_version_and_help_name_every_command():
     for command in ("work", "migrate", "status", "restart", "failed", "retry", "forget", "flush",
                     "locks", "outcomes"):
         assert re.search(rf"^  {command} ", usage.stdout, re.MULTILINE), command
+
+
+def test_work_reaches_its_fork_server_before_importing_sqlalchemy():
+    # `dbqueue work` starts the fork server first, so that its import of the
+    # application runs beside the supervisor's own: the modules on that path
+    # must leave SQLAlchemy (and the public names of dbqueue) unimported.
+    probe = ("import sys, dbqueue, dbqueue.cli, dbqueue.cli.work, dbqueue.loader, "
+             "dbqueue.worker.forkserver; "
+             "print(sorted(m for m in ('sqlalchemy', 'dbqueue.app') if m in sys.modules))")
+    lazy = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True, cwd=ROOT)
+    assert lazy.stdout.strip() == "[]"
+    # ...and every public name is still there when asked for.
+    names = subprocess.run([sys.executable, "-c", "import dbqueue; print(sorted("
+                            "n for n in dbqueue.__all__ if getattr(dbqueue, n, None) is None))"],
+                           capture_output=True, text=True, check=True, cwd=ROOT)
+    assert names.stdout.strip() == "[]"
 
 
 # --- odd input ------------------------------------------------------------------------

@@ -2,28 +2,50 @@
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
 from .. import __version__
-from .failed import failed, flush, forget, retry
-from .locks import locks
-from .outcomes import outcomes
-from .status import migrate, restart, status
-from .work import work
+
+# Each command, and the module that defines it: imported only when it runs (or
+# when --help lists them all), so that `dbqueue work` reaches its fork server
+# before anything imports SQLAlchemy.
+_COMMANDS = {
+    "work": "work",
+    "migrate": "status",
+    "status": "status",
+    "restart": "status",
+    "failed": "failed",
+    "retry": "failed",
+    "forget": "failed",
+    "flush": "failed",
+    "locks": "locks",
+    "outcomes": "outcomes",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Commands(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = _COMMANDS.get(cmd_name)
+        if module is None:
+            return None
+        command: click.Command = getattr(importlib.import_module(f".{module}", __name__),
+                                         cmd_name)
+        return command
+
+
+@click.group(cls=_Commands,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="dbqueue")
 def cli() -> None:
     """dbqueue: background jobs in the SQL database you already run.
 
     Every command takes --url (or DBQUEUE_URL) and --app (or DBQUEUE_APP).
     """
-
-
-for command in (work, migrate, status, restart, failed, retry, forget, flush, locks,
-                outcomes):
-    cli.add_command(command)
 
 
 def main() -> None:

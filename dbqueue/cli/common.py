@@ -1,42 +1,25 @@
-"""What every dbqueue command shares: finding the App, printing, and clean errors."""
+"""What the dbqueue commands share: finding the App, and printing."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import os
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 import sqlalchemy as sa
 
 from ..app import App
-from ..errors import ConfigurationError, DBQueueError, NotMigrated
+from ..errors import ConfigurationError, NotMigrated
 from ..loader import load_app
-from ..store.engine import first_line, missing_database_file
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def connection_options(func: F) -> F:
-    """--url, --app and --table-prefix, each also read from its DBQUEUE_* variable."""
-    func = click.option("--table-prefix", envvar="DBQUEUE_TABLE_PREFIX", default=None,
-                        help="Prefix of dbqueue's table names. [env: DBQUEUE_TABLE_PREFIX]")(func)
-    func = click.option("--app", "app_reference", envvar="DBQUEUE_APP", default=None,
-                        metavar="MODULE:ATTR",
-                        help="Your dbqueue.App, e.g. myproject.tasks:app. [env: DBQUEUE_APP]")(func)
-    func = click.option("--url", envvar="DBQUEUE_URL", default=None,
-                        help="Database URL; default: sqlite:///dbqueue.db. "
-                             "[env: DBQUEUE_URL]")(func)
-    return func
+from ..store.engine import missing_database_file
+from .options import export_settings, given_on_command_line
 
 
 def open_app(url: str | None, app_reference: str | None, table_prefix: str | None,
-             *, need_app: bool = False, creates: bool = False) -> App:
+             *, creates: bool = False) -> App:
     """The App named by --app (with --url/--table-prefix passed on through the
     environment, so child processes see the same), or a bare App for the URL.
 
@@ -44,7 +27,7 @@ def open_app(url: str | None, app_reference: str | None, table_prefix: str | Non
     not exist yet (SQLite would create an empty one: a typo in the path would
     leave a stray file and a confusing error).
     """
-    app = _open_app(url, app_reference, table_prefix, need_app)
+    app = _open_app(url, app_reference, table_prefix)
     if not creates:
         path = missing_database_file(app.settings.url)
         if path is not None:
@@ -53,55 +36,13 @@ def open_app(url: str | None, app_reference: str | None, table_prefix: str | Non
     return app
 
 
-def _open_app(url: str | None, app_reference: str | None, table_prefix: str | None,
-              need_app: bool) -> App:
-    if url:
-        os.environ["DBQUEUE_URL"] = url
-    if table_prefix is not None:
-        os.environ["DBQUEUE_TABLE_PREFIX"] = table_prefix
+def _open_app(url: str | None, app_reference: str | None, table_prefix: str | None) -> App:
+    export_settings(url, app_reference, table_prefix)
     if app_reference:
-        os.environ["DBQUEUE_APP"] = app_reference
         app = load_app(app_reference)
         _check_not_overridden(app, app_reference, url, table_prefix)
         return app
-    if need_app:
-        raise click.UsageError("name your application with --app module:attr (or DBQUEUE_APP)")
     return App(url, table_prefix=table_prefix)
-
-
-_COMMAND_LINE = click.core.ParameterSource.COMMANDLINE
-
-
-def group_options(func: F) -> F:
-    """Let a subcommand take the options its group was given on the command line
-    (``dbqueue failed --url U --json show 3``) unless it is given them itself.
-
-    Both read the same DBQUEUE_* variables, so a value the subcommand has from
-    the environment must not win over one typed before its name.
-    """
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        context = click.get_current_context()
-        group = context.parent
-        if group is not None:
-            for name, value in group.params.items():
-                if (name in kwargs and group.get_parameter_source(name) is _COMMAND_LINE
-                        and context.get_parameter_source(name) is not _COMMAND_LINE):
-                    kwargs[name] = value
-        return func(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _given_on_command_line(name: str) -> bool:
-    """True if ``name`` was typed for this command, or for its group."""
-    context = click.get_current_context(silent=True)
-    while context is not None:
-        if context.get_parameter_source(name) is _COMMAND_LINE:
-            return True
-        context = context.parent
-    return False
 
 
 _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
@@ -128,35 +69,17 @@ def _check_not_overridden(app: App, reference: str, url: str | None,
                           table_prefix: str | None) -> None:
     """An App built with its own URL or prefix ignores the environment; an
     explicit --url or --table-prefix that it would silently ignore is an error."""
-    if url and _given_on_command_line("url") and not _same_url(url, app.settings.url):
+    if url and given_on_command_line("url") and not _same_url(url, app.settings.url):
         shown = sa.engine.make_url(app.settings.url).render_as_string(hide_password=True)
         raise ConfigurationError(
             f"--url differs from the database {reference} is built on ({shown}); drop "
             "--url, or create the App without a URL so that --url and DBQUEUE_URL choose")
-    if (table_prefix is not None and _given_on_command_line("table_prefix")
+    if (table_prefix is not None and given_on_command_line("table_prefix")
             and table_prefix != app.settings.table_prefix):
         raise ConfigurationError(
             f"--table-prefix {table_prefix!r} differs from the prefix {reference} is built "
             f"with ({app.settings.table_prefix!r}); drop --table-prefix, or create the App "
             "without table_prefix= so that --table-prefix and DBQUEUE_TABLE_PREFIX choose")
-
-
-def friendly_errors(func: F) -> F:
-    """Turn user mistakes and unreachable databases into one line and exit code 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except DBQueueError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(1)
-        except sa.exc.DBAPIError as exc:
-            click.echo(f"Error: the database refused the request: {first_line(exc.orig or exc)}",
-                       err=True)
-            sys.exit(1)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def to_jsonable(value: Any) -> Any:

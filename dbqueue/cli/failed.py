@@ -7,16 +7,8 @@ import math
 
 import click
 
-from .common import (
-    connection_options,
-    friendly_errors,
-    group_options,
-    one_line,
-    open_app,
-    print_json,
-    print_table,
-    short_time,
-)
+from .common import one_line, open_app, print_json, print_table, short_time
+from .options import connection_options, friendly_errors, group_options
 
 
 @click.group(invoke_without_command=True)

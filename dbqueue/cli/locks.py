@@ -5,15 +5,8 @@ from __future__ import annotations
 import click
 
 from ..store.locks import Locks
-from .common import (
-    connection_options,
-    friendly_errors,
-    group_options,
-    open_app,
-    print_json,
-    print_table,
-    short_time,
-)
+from .common import open_app, print_json, print_table, short_time
+from .options import connection_options, friendly_errors, group_options
 
 
 @click.group(invoke_without_command=True)

@@ -7,14 +7,8 @@ import json
 import click
 
 from ..store.outcomes import Outcomes
-from .common import (
-    connection_options,
-    friendly_errors,
-    group_options,
-    open_app,
-    print_json,
-    to_jsonable,
-)
+from .common import open_app, print_json, to_jsonable
+from .options import connection_options, friendly_errors, group_options
 
 
 @click.group()

@@ -5,14 +5,8 @@ from __future__ import annotations
 import click
 
 from ..errors import SchemaOutdated
-from .common import (
-    connection_options,
-    friendly_errors,
-    open_app,
-    print_json,
-    print_table,
-    short_time,
-)
+from .common import open_app, print_json, print_table, short_time
+from .options import connection_options, friendly_errors
 
 LIVE_WITHIN = 30.0  # seconds: workers beat at least every 10 s; one silent longer is gone
 

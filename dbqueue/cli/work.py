@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 
 import click
 
-from ..worker import Supervisor, WorkerOptions
-from .common import connection_options, friendly_errors, open_app
+from ..loader import search_cwd
+from ..worker import forkserver
+from .options import connection_options, export_settings, friendly_errors
 
 
 @click.command()
@@ -44,7 +46,19 @@ def work(url: str | None, app_reference: str | None, table_prefix: str | None, q
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = open_app(url, app_reference, table_prefix, need_app=True)
+    if not app_reference:
+        raise click.UsageError("name your application with --app module:attr (or DBQUEUE_APP)")
+    # The fork server imports the application while this process does the
+    # same: both need the settings and the working directory's modules first.
+    export_settings(url, app_reference, table_prefix)
+    search_cwd()
+    forkserver.start(app_reference)
+
+    from ..worker.options import WorkerOptions
+    from ..worker.supervisor import Supervisor
+    from .common import open_app
+
+    app = open_app(url, app_reference, table_prefix)
     options = WorkerOptions(
         queues=tuple(q.strip() for q in queues.split(",") if q.strip()),
         concurrency=concurrency, sleep=sleep,
@@ -52,5 +66,10 @@ def work(url: str | None, app_reference: str | None, table_prefix: str | None, q
         max_jobs=1 if once else max_jobs, max_time=max_time, memory_mb=memory,
         stop_when_empty=stop_when_empty, once=once, grace=grace, prefetch=prefetch,
     )
-    reference = app_reference or ""
-    sys.exit(Supervisor(app, reference, options).run())
+    code = Supervisor(app, app_reference, options).run()
+    app.dispose()  # say goodbye to the server rather than vanish at exit
+    # The interpreter's last garbage collections would walk every object
+    # SQLAlchemy and the application made, a tenth of a second or more spent
+    # on memory about to be given back whole.
+    gc.freeze()
+    sys.exit(code)

@@ -1,6 +1,6 @@
-"""The worker: a supervisor process per host and the child processes it runs jobs in."""
+"""The worker: a supervisor process per host and the child processes it runs jobs in.
 
-from .options import WorkerOptions
-from .supervisor import Supervisor
-
-__all__ = ["Supervisor", "WorkerOptions"]
+Import its parts from their modules (``dbqueue.worker.supervisor`` and so on):
+this package imports nothing by itself, so that ``dbqueue work`` can start its
+fork server (``dbqueue.worker.forkserver``) before the heavy imports.
+"""

@@ -104,10 +104,6 @@ def _rss_mb() -> float:
         return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-# Where the supervisor leaves its pid for the fork server to check (forkserver_init).
-SUPERVISOR_PID = "DBQUEUE_SUPERVISOR_PID"
-
-
 def die_with_parent() -> None:
     """Linux: have the kernel kill this process when its parent dies, so a job never
     goes on running after its worker was killed (its lease will be taken over)."""

@@ -1,4 +1,4 @@
-"""Imported only inside multiprocessing's fork server (as a preload module).
+"""Imported only inside multiprocessing's fork server (its preload module).
 
 systemd's default stop (KillMode=control-group) sends SIGTERM to every process
 of the worker, the fork server included. If the fork server died, the kernel
@@ -16,15 +16,32 @@ supervisor, dies; the children follow it. A death before that request is
 caught by comparing the parent with the supervisor's pid, which the
 supervisor leaves in the environment; each child makes the same check
 against the fork server's pid.
+
+Then it imports the application, once for every child it will fork, and
+builds the App's store: the first store built in a process imports the
+database driver and SQLAlchemy's dialect (a quarter of a second with
+psycopg), which each child would otherwise pay again. The store holds no
+connection yet; each child forgets it at fork (App does) and builds its own.
 """
 
+import contextlib
 import os
 import signal
 
-from dbqueue.worker.child import SUPERVISOR_PID, die_with_parent
+from dbqueue.worker.child import die_with_parent
+from dbqueue.worker.forkserver import APP, SUPERVISOR_PID
 
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 die_with_parent()
 if os.environ.get(SUPERVISOR_PID, str(os.getppid())) != str(os.getppid()):
     os._exit(0)  # the supervisor is gone already: nobody to fork children for
 PID = os.getpid()
+
+# Errors are the supervisor's to report: it loads the same App and builds the
+# same store itself, and says what is wrong in one line. Here they would only
+# print a second, longer account (or, for any error but ImportError, take the
+# fork server down: multiprocessing catches nothing else around a preload).
+with contextlib.suppress(Exception):
+    from dbqueue.loader import load_app
+
+    load_app(os.environ.get(APP, "")).store  # noqa: B018 (built for its side effect)

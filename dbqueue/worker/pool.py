@@ -10,18 +10,16 @@ task before it finished.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
-import os
 import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from .child import SUPERVISOR_PID, Committed, Finished, RunHook, RunJob, child_main
+from . import forkserver
+from .child import Committed, Finished, RunHook, RunJob, child_main
 
 Task = RunJob | RunHook
 
@@ -61,19 +59,6 @@ class Ended:
     """Transactions of idempotent jobs that ended (see child.Committed)."""
 
 
-def _context(app_module: str) -> BaseContext:
-    # forkserver: children fork from a small clean process that has imported
-    # the application once, so a replacement starts in milliseconds and never
-    # inherits the supervisor's database connections.
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        # The fork server checks it was started by this process (forkserver_init).
-        os.environ[SUPERVISOR_PID] = str(os.getpid())
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["dbqueue.worker.forkserver_init", app_module])
-        return context
-    return multiprocessing.get_context("spawn")
-
-
 def describe_exit(code: int | None) -> str:
     if code is None:
         return "it did not exit"
@@ -99,20 +84,13 @@ class Pool:
         self.app_reference = app_reference
         self.size = size
         self.measure_memory = measure_memory
-        self.context = _context(app_reference.partition(":")[0])
+        self.context = forkserver.context(app_reference)
         self.children: list[Child] = []
 
     def prepare(self) -> None:
-        """Start the fork server, which imports the application in the background.
-
-        Called first thing (before the supervisor connects), so that its
-        imports overlap the supervisor's own start-up instead of delaying the
-        first child.
-        """
-        if self.context.get_start_method() == "forkserver":
-            from multiprocessing import forkserver
-
-            forkserver.ensure_running()
+        """Start the fork server, which imports the application in the background
+        (``dbqueue work`` has done so already, before its own imports)."""
+        forkserver.start(self.app_reference)
 
     def start(self) -> None:
         while len(self.children) < self.size:

@@ -432,6 +432,8 @@ class Supervisor:
             self._stop("queue empty")
 
     def _wait_timeout(self) -> float:
+        if self._finished():
+            return 0.0  # nothing left to wait for: the loop ends after this turn
         now = time.monotonic()
         wake = [self.next_beat, now + self.options.sleep]
         if len(self.running) < self.options.concurrency and not self.stopping:

@@ -1,0 +1,105 @@
+"""The options every dbqueue command takes, and its clean errors.
+
+Only click is imported here: `dbqueue work` applies these before it starts its
+fork server, and SQLAlchemy must not be loaded by then (see worker.forkserver).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from ..errors import DBQueueError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def connection_options(func: F) -> F:
+    """--url, --app and --table-prefix, each also read from its DBQUEUE_* variable."""
+    func = click.option("--table-prefix", envvar="DBQUEUE_TABLE_PREFIX", default=None,
+                        help="Prefix of dbqueue's table names. [env: DBQUEUE_TABLE_PREFIX]")(func)
+    func = click.option("--app", "app_reference", envvar="DBQUEUE_APP", default=None,
+                        metavar="MODULE:ATTR",
+                        help="Your dbqueue.App, e.g. myproject.tasks:app. [env: DBQUEUE_APP]")(func)
+    func = click.option("--url", envvar="DBQUEUE_URL", default=None,
+                        help="Database URL; default: sqlite:///dbqueue.db. "
+                             "[env: DBQUEUE_URL]")(func)
+    return func
+
+
+def export_settings(url: str | None, app_reference: str | None,
+                    table_prefix: str | None) -> None:
+    """Pass the command's --url, --app and --table-prefix on through the
+    environment, so that the App (built from DBQUEUE_* when it names no URL)
+    and every process started from here see the same."""
+    if url:
+        os.environ["DBQUEUE_URL"] = url
+    if table_prefix is not None:
+        os.environ["DBQUEUE_TABLE_PREFIX"] = table_prefix
+    if app_reference:
+        os.environ["DBQUEUE_APP"] = app_reference
+
+
+_COMMAND_LINE = click.core.ParameterSource.COMMANDLINE
+
+
+def group_options(func: F) -> F:
+    """Let a subcommand take the options its group was given on the command line
+    (``dbqueue failed --url U --json show 3``) unless it is given them itself.
+
+    Both read the same DBQUEUE_* variables, so a value the subcommand has from
+    the environment must not win over one typed before its name.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        context = click.get_current_context()
+        group = context.parent
+        if group is not None:
+            for name, value in group.params.items():
+                if (name in kwargs and group.get_parameter_source(name) is _COMMAND_LINE
+                        and context.get_parameter_source(name) is not _COMMAND_LINE):
+                    kwargs[name] = value
+        return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def given_on_command_line(name: str) -> bool:
+    """True if ``name`` was typed for this command, or for its group."""
+    context = click.get_current_context(silent=True)
+    while context is not None:
+        if context.get_parameter_source(name) is _COMMAND_LINE:
+            return True
+        context = context.parent
+    return False
+
+
+def friendly_errors(func: F) -> F:
+    """Turn user mistakes and unreachable databases into one line and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except DBQueueError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
+        except Exception as exc:
+            # Imported here: `dbqueue work` gets this far before SQLAlchemy is loaded.
+            import sqlalchemy as sa
+
+            from ..store.engine import first_line
+
+            if not isinstance(exc, sa.exc.DBAPIError):
+                raise
+            click.echo(f"Error: the database refused the request: {first_line(exc.orig or exc)}",
+                       err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
