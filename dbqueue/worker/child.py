@@ -225,6 +225,15 @@ def run_hook(app: Any, task: RunHook) -> Finished:
     return Finished("done")
 
 
+def _receive(conn: Connection, inbox: deque[Any]) -> None:
+    """Read one message: a task, None (exit), or a list of tasks sent together."""
+    message = conn.recv()
+    if isinstance(message, list):
+        inbox.extend(message)
+    else:
+        inbox.append(message)
+
+
 def child_main(conn: Connection, app_reference: str, measure_memory: bool = False) -> None:
     """Entry point of a child process."""
     # Ctrl-C and systemd's SIGTERM reach the whole process group: the children
@@ -249,14 +258,14 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
                     conn.send(message)
             if not inbox:
                 try:
-                    inbox.append(conn.recv())
+                    _receive(conn, inbox)
                 except (EOFError, OSError):
                     return  # the supervisor is gone: the batch rolls back
                 # What arrived before the pipe closed (a final None, say) still
                 # counts: the closed pipe shows up at the next recv().
                 with contextlib.suppress(EOFError, OSError):
                     while conn.poll():
-                        inbox.append(conn.recv())
+                        _receive(conn, inbox)
             task = inbox.popleft()
             idempotent = runtimes.idempotent(task)
             # One that turned out slow ends the batch (its claims are given back).

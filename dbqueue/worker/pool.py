@@ -34,6 +34,8 @@ class Child:
     deadline: float = 0.0
     answered: float = 0.0
     """When it last answered (monotonic clock)."""
+    unsent: list[Task] = field(default_factory=list)
+    """Tasks given since the last wait: sent together, in one message."""
 
     @property
     def task(self) -> Task | None:
@@ -112,15 +114,26 @@ class Pool:
         return sum(len(child.tasks) for child in self.children)
 
     def give(self, child: Child, task: Task, timeout: float) -> None:
+        """Queue ``task`` in ``child``; it is sent with the others at the next ``wait``."""
         child.tasks.append((task, timeout))
         if len(child.tasks) == 1:
             child._start_next(time.monotonic())
-        # If it died, the next wait() reports it, with this task.
-        with contextlib.suppress(OSError):
-            child.conn.send(task)
+        child.unsent.append(task)
+
+    def _send(self) -> None:
+        # One message per child, however many tasks: short jobs are queued a
+        # dozen at a time, and each message costs a pickling and a system call.
+        for child in self.children:
+            if child.unsent:
+                tasks, child.unsent = child.unsent, []
+                # If it died, the next wait reports it, with these tasks.
+                with contextlib.suppress(OSError):
+                    child.conn.send(tasks[0] if len(tasks) == 1 else tasks)
 
     def wait(self, timeout: float, wake_fd: int) -> Ended:
-        """Wait for answers, deaths, or ``wake_fd``; at most ``timeout`` seconds."""
+        """Send what was given, then wait for answers, deaths, or ``wake_fd``;
+        at most ``timeout`` seconds."""
+        self._send()
         by_conn: dict[Any, Child] = {child.conn: child for child in self.children}
         ended = Ended()
         for conn in wait([*by_conn, wake_fd], timeout=max(timeout, 0)):

@@ -188,8 +188,9 @@ class Supervisor:
         self.drained = len(rows) < want
         self.next_poll = now + self.options.sleep if self.drained else 0.0
         admitted: list[Held] = []
+        held_here = self._held_ids() if rows else set()
         for row in rows:
-            if self._adopt(Lease(row.id, token)):
+            if row.id in held_here and self._adopt(Lease(row.id, token)):
                 continue
             held, failure = admit(self.app, row, token)
             if failure is None:
@@ -277,6 +278,13 @@ class Supervisor:
                 self._unlock(held)
             self._quietly(partial(self.store.release_all, [held.lease for held in helds]),
                           "release reserved jobs")
+
+    def _held_ids(self) -> set[int]:
+        """Every job this worker holds a lease on: buffered, running, done but
+        not yet written. Gathered once per reservation, so that looking each
+        new row up costs nothing (the buffer alone holds hundreds)."""
+        return {*self.running, *self.uncommitted, *(held.row.id for held in self.buffer),
+                *(lease.id for lease in self.outbox.leases())}
 
     def _adopt(self, lease: Lease) -> bool:
         """Take a new lease on a job this worker still holds under an old one.
