@@ -345,7 +345,8 @@ class Store:
             touched = 0
             for token, ids in grouped.items():
                 for chunk in _chunks(ids):
-                    held = sa.and_(jobs.c.reserved_by == token, jobs.c.id.in_(chunk))
+                    held = sa.and_(jobs.c.reserved_by == token,
+                                   self.dialect.one_of(jobs.c.id, chunk))
                     touched += c.execute(statement(held)).rowcount  # type: ignore[attr-defined]
             return touched
 

@@ -10,6 +10,7 @@ task before it finished.
 from __future__ import annotations
 
 import contextlib
+import select
 import signal
 import time
 from collections import deque
@@ -36,6 +37,22 @@ class Child:
     """When it last answered (monotonic clock)."""
     unsent: list[Task] = field(default_factory=list)
     """Tasks given since the last wait: sent together, in one message."""
+    _poller: select.poll | None = None
+
+    def has_answer(self) -> bool:
+        """Whether something can be read from the child (an answer, or the EOF
+        of its death) without waiting.
+
+        ``Connection.poll`` builds a selector for every call; the supervisor
+        asks once per answer, thousands of times a second with short jobs.
+        """
+        try:
+            if self._poller is None:
+                self._poller = select.poll()
+                self._poller.register(self.conn.fileno(), select.POLLIN)
+            return bool(self._poller.poll(0))
+        except (OSError, ValueError):  # the pipe was closed: reading says how
+            return True
 
     @property
     def task(self) -> Task | None:
@@ -70,13 +87,6 @@ def describe_exit(code: int | None) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit code {code}"
-
-
-def _has_answer(child: Child) -> bool:
-    try:
-        return child.conn.poll()
-    except OSError:  # the pipe broke: the child died, and the next wait says so
-        return True
 
 
 class Pool:
@@ -146,7 +156,7 @@ class Pool:
         # Read every answer already waiting: one wake-up serves many short jobs.
         # (A child that died while idle shows up here too: its pipe reads EOF.)
         try:
-            while child.conn.poll():
+            while child.has_answer():
                 answer = child.conn.recv()
                 if isinstance(answer, Committed):
                     ended.committed.append(answer)
@@ -171,7 +181,7 @@ class Pool:
         """
         now = time.monotonic()
         return [child for child in self.children
-                if child.tasks and child.deadline <= now and not _has_answer(child)]
+                if child.tasks and child.deadline <= now and not child.has_answer()]
 
     def next_deadline(self) -> float | None:
         deadlines = [child.deadline for child in self.children if child.tasks]

@@ -120,6 +120,11 @@ class Dialect:
         """A server default for timestamp columns: the UTC time at insert."""
         raise NotImplementedError
 
+    def one_of(self, column: sa.ColumnElement[Any],
+               values: Sequence[Any]) -> sa.ColumnElement[bool]:
+        """``column IN (values)``: one bound parameter per value."""
+        return column.in_(values)
+
     # --- reservation ----------------------------------------------------------
 
     def reserve(self, connection: Connection, jobs: sa.Table, queue: str, limit: int,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from .base import Dialect, seconds_expression, server_too_old
@@ -45,6 +47,14 @@ class PostgreSQL(Dialect):
 
     def now_default(self) -> sa.TextClause:
         return sa.text("now()")
+
+    def one_of(self, column: sa.ColumnElement[Any],
+               values: Sequence[Any]) -> sa.ColumnElement[bool]:
+        # One array parameter instead of one per value: the statement's text is
+        # then the same for any number of ids, so neither SQLAlchemy nor psycopg
+        # builds and parses a new one for every batch of completions.
+        array = sa.literal(list(values), postgresql.ARRAY(column.type))
+        return column == sa.any_(array)
 
     def is_retryable(self, error: BaseException) -> bool:
         return getattr(getattr(error, "orig", None), "sqlstate", None) in _RETRYABLE
