@@ -22,28 +22,22 @@ APP = "DBQUEUE_FORKSERVER_APP"
 """Where the supervisor leaves the ``module:attr`` of the App the fork server imports."""
 
 
-def context(app_reference: str) -> BaseContext:
-    """The multiprocessing context the worker's children start in."""
+def start(app_reference: str) -> BaseContext:
+    """The multiprocessing context the worker's children start in, with its fork
+    server (if there is one) started now, importing the application in the
+    background. Calling it again changes nothing.
+
+    The fork server takes ``sys.path`` and the environment as they are now: the
+    supervisor's settings (DBQUEUE_URL...) must be in the environment already.
+    """
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     # Read by the fork server when it starts (it inherits this environment).
     os.environ[SUPERVISOR_PID] = str(os.getpid())
     os.environ[APP] = app_reference
-    forkserver = multiprocessing.get_context("forkserver")
-    forkserver.set_forkserver_preload(["dbqueue.worker.forkserver_init"])
-    return forkserver
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["dbqueue.worker.forkserver_init"])
+    from multiprocessing import forkserver
 
-
-def start(app_reference: str) -> BaseContext:
-    """Start the fork server now (if there is one), importing the application in
-    the background; return the context. Calling it again changes nothing.
-
-    The fork server takes ``sys.path`` and the environment as they are now: the
-    supervisor's settings (DBQUEUE_URL...) must be in the environment already.
-    """
-    started = context(app_reference)
-    if started.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
-    return started
+    forkserver.ensure_running()
+    return context

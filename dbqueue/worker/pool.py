@@ -37,7 +37,7 @@ class Child:
     """When it last answered (monotonic clock)."""
     unsent: list[Task] = field(default_factory=list)
     """Tasks given since the last wait: sent together, in one message."""
-    _poller: select.poll | None = None
+    _poller: select.poll | None = field(default=None, init=False, repr=False)
 
     def has_answer(self) -> bool:
         """Whether something can be read from the child (an answer, or the EOF
@@ -96,13 +96,10 @@ class Pool:
         self.app_reference = app_reference
         self.size = size
         self.measure_memory = measure_memory
-        self.context = forkserver.context(app_reference)
+        # Starts the fork server, which imports the application in the
+        # background (`dbqueue work` has started it already, before its own imports).
+        self.context = forkserver.start(app_reference)
         self.children: list[Child] = []
-
-    def prepare(self) -> None:
-        """Start the fork server, which imports the application in the background
-        (``dbqueue work`` has done so already, before its own imports)."""
-        forkserver.start(self.app_reference)
 
     def start(self) -> None:
         while len(self.children) < self.size:

@@ -47,12 +47,11 @@ _COMMIT_TIMEOUT = 60.0  # seconds an idle child may take to commit its idempoten
 
 class Supervisor:
     def __init__(self, app: Any, app_reference: str, options: WorkerOptions) -> None:
+        # The pool starts the fork server (if `dbqueue work` has not already):
+        # before the store, whose engines import the database driver, so that
+        # the fork server's imports overlap that instead of following it.
         self.pool = Pool(app_reference, options.concurrency,
                          measure_memory=options.memory_mb is not None)
-        # Before the store: creating its engines imports the database driver
-        # (psycopg takes a quarter of a second), which the fork server's own
-        # imports now overlap instead of following.
-        self.pool.prepare()
         self.app, self.store, self.options = app, app.store, options
         self.registry = WorkerRegistry(self.store)
         self.locks = Locks(self.store)
