@@ -15,6 +15,8 @@ branch_labels = ${repr(branch_labels)}
 depends_on = ${repr(depends_on)}
 
 PREFIX = context.config.attributes.get("table_prefix", "")
+# A new table takes **TABLE_OPTIONS (from dbqueue.migrations.charset): utf8mb4
+# with a binary collation on MySQL/MariaDB, whatever the database's default.
 
 
 def upgrade() -> None:

@@ -28,7 +28,8 @@ def test_the_wheel_installs_the_dbqueue_package_and_command_and_migrates_anywher
         names = set(archive.namelist())
         assert "Name: dbqueue-sql\n" in archive.read(f"{info}/METADATA").decode()
         assert "dbqueue = dbqueue.cli:main" in archive.read(f"{info}/entry_points.txt").decode()
-        assert {"dbqueue/migrations/env.py", "dbqueue/py.typed"} <= names
+        assert {"dbqueue/migrations/env.py", "dbqueue/migrations/charset.py",
+                "dbqueue/py.typed"} <= names
         shipped = {n.rsplit("/", 1)[1] for n in names if n.startswith(VERSIONS)}
         assert shipped == {p.name for p in (ROOT / "migrations/versions").glob("0*.py")}
 
