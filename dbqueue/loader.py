@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import site
 import sys
+import sysconfig
 import traceback
 from typing import TYPE_CHECKING
 
@@ -39,7 +41,8 @@ def load_app(reference: str) -> App:
                 "run from your project's root directory or fix the module path"
             ) from None
         # The application's module is there but broken (or needs a missing package).
-        raise ConfigurationError(_import_failed(reference, module_name, exc)) from None
+        # Chained (not hidden) so that -v can show the whole traceback.
+        raise ConfigurationError(_import_failed(reference, module_name, exc)) from exc
     if not hasattr(module, attribute):
         raise ConfigurationError(
             f"--app {reference!r}: module {module_name} has no attribute {attribute!r}"
@@ -65,7 +68,38 @@ def _import_failed(reference: str, module_name: str, error: Exception) -> str:
     if isinstance(error, SyntaxError) and error.filename:
         where = f"{error.filename}:{error.lineno}"
     else:
-        frames = traceback.extract_tb(error.__traceback__)
-        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else module_name
+        frame = _users_frame(traceback.extract_tb(error.__traceback__))
+        where = f"{frame.filename}:{frame.lineno}" if frame else module_name
     return (f"--app {reference!r}: importing {module_name} failed at {where}: "
-            f"{type(error).__name__}: {error}")
+            f"{type(error).__name__}: {error}; -v shows the whole traceback")
+
+
+def _users_frame(frames: list[traceback.FrameSummary]) -> traceback.FrameSummary | None:
+    """The deepest frame in the user's own code, else the deepest of all.
+
+    The innermost frame is where the exception was raised, often deep in a
+    library (``json.loads("{")`` fails in json/decoder.py); the line to fix is
+    the user's call of it.
+    """
+    for frame in reversed(frames):
+        if not _in_library(frame.filename):
+            return frame
+    return frames[-1] if frames else None
+
+
+def _library_dirs() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    found = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
+    found.update(site.getsitepackages())
+    found.add(site.getusersitepackages())
+    # dbqueue itself: installed it is in site-packages anyway; from a checkout,
+    # an error it raises during the import (App(table_prefix="bad-")) is still
+    # the user's line to fix.
+    found.add(os.path.dirname(__file__))
+    return tuple(os.path.join(os.path.realpath(path), "") for path in found)
+
+
+def _in_library(filename: str) -> bool:
+    if filename.startswith("<frozen "):  # importlib's bootstrap, frozen into the interpreter
+        return True
+    return os.path.realpath(filename).startswith(_library_dirs())

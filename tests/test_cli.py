@@ -117,7 +117,9 @@ def test_migrate_runs_again_and_says_the_revision(app, schema):
     app.store.push(NewJob("default", "noop", "{}"))
     revision = current_revision(app.store, PREFIX)
     assert revision  # the fixture migrated: this is the second run
-    assert ok(schema, "migrate") == f"dbqueue tables are at revision {revision}\n"
+    shown = sa.engine.make_url(schema).database if schema.startswith("sqlite") else schema
+    assert ok(schema, "migrate") == (
+        f"dbqueue tables (prefix {PREFIX}) in {shown} are at revision {revision}\n")
     assert count(app, app.store.tables.jobs) == 1  # nothing was dropped or recreated
 
 
@@ -358,6 +360,8 @@ def migrated_url(tmp_path: Path) -> str:
      "RuntimeError: the settings file is missing"),
     (["work", "--url", "{fresh}", "--app", "tests.jobapp:build"],
      "tests.jobapp.build is a function, not a dbqueue.App"),
+    (["work", "--url", "mysql://root:s3cret@127.0.0.1:abc/x", "--app", "tests.jobapp:app"],
+     "the port 'abc' in 'mysql://root:***@127.0.0.1:abc/x' is not a number"),
     (["work", "--url", "{fresh}", "--app", "tests.jobapp:app", "--concurrency", "0"],
      "--concurrency must be at least 1, not 0"),
     (["status", "--url", "{fresh}", "--table-prefix", "bad-prefix"], "table prefix 'bad-prefix'"),
@@ -369,7 +373,7 @@ def migrated_url(tmp_path: Path) -> str:
         "unmigrated-failed", "app-module-missing", "app-not-an-app", "app-attribute-missing",
         "app-module-broken", "app-without-module", "work-app-module-missing",
         "work-app-module-broken", "work-app-module-raises", "work-app-not-an-app",
-        "work-concurrency-zero", "bad-table-prefix",
+        "work-url-bad-port", "work-concurrency-zero", "bad-table-prefix",
         "driver-not-installed", "sqlite-directory-missing"])
 def test_mistakes_print_one_error_line(args, expected, fresh_url):
     result = dbqueue_cli(*(a.format(fresh=fresh_url) for a in args), env=bare_env())
@@ -441,8 +445,10 @@ def test_migrate_sql_prints_a_downgrade_or_the_steps_from_a_revision():
 
 def test_migrate_downgrade_base_drops_the_tables(migrated_url):
     env = bare_env(DBQUEUE_URL=migrated_url)
-    result = dbqueue_cli("migrate", "--downgrade", "base", env=env)
-    assert (result.returncode, result.stdout) == (0, "dbqueue tables downgraded to base\n")
+    result = dbqueue_cli("migrate", "--downgrade", "base", "--yes", env=env)
+    path = sa.engine.make_url(migrated_url).database
+    assert (result.returncode, result.stdout) == (
+        0, f"dbqueue tables in {path} downgraded to base\n")
     line = assert_clean_error(dbqueue_cli("status", env=env))
     assert "the dbqueue tables are missing" in line
     engine = sa.create_engine(migrated_url)
@@ -452,7 +458,7 @@ def test_migrate_downgrade_base_drops_the_tables(migrated_url):
 
 def test_tables_at_an_older_revision_are_one_clear_error(migrated_url):
     env = bare_env(DBQUEUE_URL=migrated_url)
-    assert dbqueue_cli("migrate", "--downgrade", "0002", env=env).returncode == 0
+    assert dbqueue_cli("migrate", "--downgrade", "0002", "--yes", env=env).returncode == 0
     line = assert_clean_error(dbqueue_cli("work", "--app", "tests.jobapp:app", "--once", env=env))
     assert "are at revision 0002, but this dbqueue needs 0003 or newer" in line, line
     assert "dbqueue migrate" in line

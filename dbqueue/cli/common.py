@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +16,8 @@ import sqlalchemy as sa
 from ..app import App
 from ..errors import ConfigurationError, NotMigrated
 from ..loader import load_app
-from ..store.engine import missing_database_file
+from ..store.admin import Progress
+from ..store.engine import DEFAULT_PORTS, missing_database_file, parse_url, where
 from .options import export_settings, given_on_command_line
 
 
@@ -28,6 +31,7 @@ def open_app(url: str | None, app_reference: str | None, table_prefix: str | Non
     leave a stray file and a confusing error).
     """
     app = _open_app(url, app_reference, table_prefix)
+    parse_url(app.settings.url)  # a typo in it is one clear line, whatever the command does
     if not creates:
         path = missing_database_file(app.settings.url)
         if path is not None:
@@ -45,24 +49,18 @@ def _open_app(url: str | None, app_reference: str | None, table_prefix: str | No
     return App(url, table_prefix=table_prefix)
 
 
-_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
-
-
 def _same_url(a: str, b: str) -> bool:
     """Whether two URLs name the same database, whichever driver they name
     (mariadb:// and mysql:// alike) and whether or not they spell out the
     server's default port."""
 
     def database(url: str) -> sa.engine.URL:
-        parsed = sa.engine.make_url(url)
+        parsed = parse_url(url)
         backend = parsed.get_backend_name()
         backend = "mysql" if backend == "mariadb" else backend
-        return parsed.set(drivername=backend, port=parsed.port or _DEFAULT_PORTS.get(backend))
+        return parsed.set(drivername=backend, port=parsed.port or DEFAULT_PORTS.get(backend))
 
-    try:
-        return database(a) == database(b)
-    except sa.exc.ArgumentError:
-        return a == b
+    return database(a) == database(b)
 
 
 def _check_not_overridden(app: App, reference: str, url: str | None,
@@ -70,7 +68,7 @@ def _check_not_overridden(app: App, reference: str, url: str | None,
     """An App built with its own URL or prefix ignores the environment; an
     explicit --url or --table-prefix that it would silently ignore is an error."""
     if url and given_on_command_line("url") and not _same_url(url, app.settings.url):
-        shown = sa.engine.make_url(app.settings.url).render_as_string(hide_password=True)
+        shown = where(app.settings.url)
         raise ConfigurationError(
             f"--url differs from the database {reference} is built on ({shown}); drop "
             "--url, or create the App without a URL so that --url and DBQUEUE_URL choose")
@@ -80,6 +78,38 @@ def _check_not_overridden(app: App, reference: str, url: str | None,
             f"--table-prefix {table_prefix!r} differs from the prefix {reference} is built "
             f"with ({app.settings.table_prefix!r}); drop --table-prefix, or create the App "
             "without table_prefix= so that --table-prefix and DBQUEUE_TABLE_PREFIX choose")
+
+
+@contextmanager
+def progress(label: str, done_verb: str) -> Iterator[Progress]:
+    """A ``(done, total)`` callback that shows a long operation's progress on
+    stderr: a bar on a terminal, else a line at about every tenth of the way
+    (``retried 5,000 of 20,000``). Nothing for a run done in one step."""
+    stream = sys.stderr
+    bar: Any = None
+    shown = next_line = 0
+
+    def report(done: int, total: int) -> None:
+        nonlocal bar, shown, next_line
+        if bar is None and next_line == 0 and done >= total:
+            return  # done in one step: nothing to show
+        if stream.isatty():
+            if bar is None:
+                bar = click.progressbar(length=total, label=label, file=stream)
+                bar.__enter__()
+            bar.length = total
+            bar.update(done - shown)
+            shown = done
+        elif next_line <= done < total:
+            click.echo(f"{done_verb} {done:,} of {total:,}", err=True)
+            step = max(1, total // 10)
+            next_line = (done // step + 1) * step
+
+    try:
+        yield report
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
 
 
 def to_jsonable(value: Any) -> Any:

@@ -7,7 +7,7 @@ import math
 
 import click
 
-from .common import one_line, open_app, print_json, print_table, short_time
+from .common import one_line, open_app, print_json, print_table, progress, short_time
 from .options import connection_options, friendly_errors, group_options
 
 
@@ -22,15 +22,22 @@ from .options import connection_options, friendly_errors, group_options
 @click.pass_context
 @friendly_errors
 def failed(ctx: click.Context, url: str | None, app_reference: str | None,
-           table_prefix: str | None, queue: str | None, job: str | None,
+           table_prefix: str | None, verbose: bool, queue: str | None, job: str | None,
            exception: str | None, limit: int, as_json: bool) -> None:
     """List failed jobs, newest first. `dbqueue failed show ID` shows one in full."""
     if ctx.invoked_subcommand is not None:
         return
     app = open_app(url, app_reference, table_prefix)
     rows = app.admin.list_failed(queue=queue, job=job, exception=exception, limit=limit)
+    # Only a full page may hide more: count them then, with the same filters.
+    total = app.admin.count_failed(queue=queue, job=job, exception=exception) if (
+        len(rows) == limit) else len(rows)
+    more = (f"{len(rows):,} of {total:,} failed jobs shown (newest first); --limit N shows more"
+            if total > len(rows) else None)
     if as_json:
         print_json(rows)
+        if more:
+            click.echo(more, err=True)  # stdout stays JSON
         return
     if not rows:
         filtered = queue is not None or job is not None or exception is not None
@@ -40,6 +47,8 @@ def failed(ctx: click.Context, url: str | None, app_reference: str | None,
                 [[r.id, r.queue, r.job, r.attempts, r.exception_class,
                   one_line(r.exception_message), short_time(r.failed_at), r.worker]
                  for r in rows])
+    if more:
+        click.echo(more)
 
 
 @failed.command("show")
@@ -48,8 +57,8 @@ def failed(ctx: click.Context, url: str | None, app_reference: str | None,
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @friendly_errors
 @group_options
-def show(url: str | None, app_reference: str | None, table_prefix: str | None, ref: str,
-         as_json: bool) -> None:
+def show(url: str | None, app_reference: str | None, table_prefix: str | None,
+         verbose: bool, ref: str, as_json: bool) -> None:
     """Show one failed job (by id or uuid): payload and full traceback."""
     record = open_app(url, app_reference, table_prefix).admin.get_failed(ref)
     if as_json:
@@ -76,13 +85,18 @@ def show(url: str | None, app_reference: str | None, table_prefix: str | None, r
 @click.option("--queue", default=None, help="Retry the failed jobs of this queue.")
 @friendly_errors
 def retry(url: str | None, app_reference: str | None, table_prefix: str | None,
-          refs: tuple[str, ...], everything: bool, queue: str | None) -> None:
-    """Put failed jobs back on their queues, with their attempts reset."""
+          verbose: bool, refs: tuple[str, ...], everything: bool, queue: str | None) -> None:
+    """Put failed jobs back on their queues, with their attempts reset.
+
+    --all and --queue move them in chunks, each its own transaction, and show
+    their progress on long runs.
+    """
     if sum(map(bool, (refs, everything, queue))) != 1:
         raise click.UsageError("give failed job IDs, or --all, or --queue NAME (one of them)")
-    count = open_app(url, app_reference, table_prefix).admin.retry(
-        refs, queue=queue, everything=everything)
-    click.echo(f"Queued {count} failed job(s) again.")
+    app = open_app(url, app_reference, table_prefix)
+    with progress("Retrying", "retried") as report:
+        count = app.admin.retry(refs, queue=queue, everything=everything, progress=report)
+    click.echo(f"Queued {count:,} failed job(s) again.")
 
 
 @click.command()
@@ -90,7 +104,7 @@ def retry(url: str | None, app_reference: str | None, table_prefix: str | None,
 @click.argument("ref", metavar="ID")
 @friendly_errors
 def forget(url: str | None, app_reference: str | None, table_prefix: str | None,
-           ref: str) -> None:
+           verbose: bool, ref: str) -> None:
     """Delete one failed job (by id or uuid)."""
     open_app(url, app_reference, table_prefix).admin.forget(ref)
     click.echo(f"Forgot failed job {ref}.")
@@ -102,7 +116,7 @@ def forget(url: str | None, app_reference: str | None, table_prefix: str | None,
               help="Only failures older than this many hours.")
 @friendly_errors
 def flush(url: str | None, app_reference: str | None, table_prefix: str | None,
-          hours: float | None) -> None:
+          verbose: bool, hours: float | None) -> None:
     """Delete failed jobs: all of them, or those older than --hours."""
     if hours is not None and not math.isfinite(hours):
         raise click.BadParameter("must be a finite number of hours", param_hint="--hours")

@@ -15,7 +15,7 @@ from .options import connection_options, friendly_errors, group_options
 @click.pass_context
 @friendly_errors
 def locks(ctx: click.Context, url: str | None, app_reference: str | None,
-          table_prefix: str | None, as_json: bool) -> None:
+          table_prefix: str | None, verbose: bool, as_json: bool) -> None:
     """List held locks (key, owner, expiry). `dbqueue locks release KEY` frees one."""
     if ctx.invoked_subcommand is not None:
         return
@@ -34,7 +34,7 @@ def locks(ctx: click.Context, url: str | None, app_reference: str | None,
 @click.argument("key")
 @friendly_errors
 @group_options
-def release(url: str | None, app_reference: str | None, table_prefix: str | None,
+def release(url: str | None, app_reference: str | None, table_prefix: str | None, verbose: bool,
             key: str) -> None:
     """Free the lock KEY whoever holds it (for a holder that will not come back)."""
     if Locks(open_app(url, app_reference, table_prefix).store).force_release(key):

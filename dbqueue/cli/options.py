@@ -9,8 +9,9 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import traceback
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -20,7 +21,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def connection_options(func: F) -> F:
-    """--url, --app and --table-prefix, each also read from its DBQUEUE_* variable."""
+    """--url, --app and --table-prefix, each also read from its DBQUEUE_* variable,
+    and --verbose (parameter ``verbose``)."""
+    func = click.option("--verbose", "-v", is_flag=True,
+                        help="Print the full traceback of an error; `dbqueue work` also "
+                             "logs every job, not only failures.")(func)
     func = click.option("--table-prefix", envvar="DBQUEUE_TABLE_PREFIX", default=None,
                         help="Prefix of dbqueue's table names. [env: DBQUEUE_TABLE_PREFIX]")(func)
     func = click.option("--app", "app_reference", envvar="DBQUEUE_APP", default=None,
@@ -81,15 +86,15 @@ def given_on_command_line(name: str) -> bool:
 
 
 def friendly_errors(func: F) -> F:
-    """Turn user mistakes and unreachable databases into one line and exit code 1."""
+    """Turn user mistakes and unreachable databases into one line and exit code 1
+    (after the full traceback, with --verbose)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except DBQueueError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(1)
+            _fail(exc, str(exc))
         except Exception as exc:
             # Imported here: `dbqueue work` gets this far before SQLAlchemy is loaded.
             import sqlalchemy as sa
@@ -98,8 +103,23 @@ def friendly_errors(func: F) -> F:
 
             if not isinstance(exc, sa.exc.DBAPIError):
                 raise
-            click.echo(f"Error: the database refused the request: {first_line(exc.orig or exc)}",
-                       err=True)
-            sys.exit(1)
+            _fail(exc, f"the database refused the request: {first_line(exc.orig or exc)}")
 
     return wrapper  # type: ignore[return-value]
+
+
+def _fail(error: Exception, message: str) -> NoReturn:
+    if _verbose():
+        click.echo("".join(traceback.format_exception(error)).rstrip(), err=True)
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(1)
+
+
+def _verbose() -> bool:
+    """True if --verbose was given to this command or to its group."""
+    context = click.get_current_context(silent=True)
+    while context is not None:
+        if context.params.get("verbose"):
+            return True
+        context = context.parent
+    return False

@@ -14,7 +14,7 @@ from .options import connection_options, friendly_errors, group_options
 @click.group()
 @connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (for show).")
-def outcomes(url: str | None, app_reference: str | None, table_prefix: str | None,
+def outcomes(url: str | None, app_reference: str | None, table_prefix: str | None, verbose: bool,
              as_json: bool) -> None:
     """Outcomes of idempotent jobs (job_outcomes): show one, prune old ones."""
 
@@ -25,8 +25,8 @@ def outcomes(url: str | None, app_reference: str | None, table_prefix: str | Non
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @friendly_errors
 @group_options
-def show(url: str | None, app_reference: str | None, table_prefix: str | None, key: str,
-         as_json: bool) -> None:
+def show(url: str | None, app_reference: str | None, table_prefix: str | None, verbose: bool,
+         key: str, as_json: bool) -> None:
     """Show the outcome recorded under the idempotency KEY."""
     outcome = Outcomes(open_app(url, app_reference, table_prefix).store).get(key)
     if outcome is None:
@@ -52,7 +52,7 @@ def show(url: str | None, app_reference: str | None, table_prefix: str | None, k
               metavar="DAYS", help="Delete outcomes recorded more than DAYS days ago.")
 @friendly_errors
 @group_options
-def prune(url: str | None, app_reference: str | None, table_prefix: str | None,
+def prune(url: str | None, app_reference: str | None, table_prefix: str | None, verbose: bool,
           days: float) -> None:
     """Delete old outcomes (after that, a job with such a key would run again)."""
     deleted = Outcomes(open_app(url, app_reference, table_prefix).store).prune(days)

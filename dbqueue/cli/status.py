@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
-from ..errors import SchemaOutdated
+from ..app import App
+from ..errors import ConfigurationError, SchemaOutdated
+from ..settings import DEFAULT_URL
+from ..store.engine import missing_database_file, where
 from .common import open_app, print_json, print_table, short_time
 from .options import connection_options, friendly_errors
 
@@ -18,14 +24,18 @@ LIVE_WITHIN = 30.0  # seconds: workers beat at least every 10 s; one silent long
               help="Revision to upgrade to; with --sql, FROM:TO (e.g. 0001:head) prints "
                    "only the steps a database at FROM needs.")
 @click.option("--downgrade", "downgrade_to", metavar="REVISION", default=None,
-              help="Downgrade to this revision instead ('base' drops every dbqueue table).")
+              help="Downgrade to this revision instead ('base' drops every dbqueue table); "
+                   "asks first.")
+@click.option("--yes", "-y", is_flag=True, help="Downgrade without asking.")
 @friendly_errors
-def migrate(url: str | None, app_reference: str | None, table_prefix: str | None, sql: bool,
-            revision: str, downgrade_to: str | None) -> None:
+def migrate(url: str | None, app_reference: str | None, table_prefix: str | None,
+            verbose: bool, sql: bool, revision: str, downgrade_to: str | None,
+            yes: bool) -> None:
     """Create or upgrade dbqueue's tables (safe to run again)."""
     from ..store import migrator  # Alembic: kept out of every other command's start-up
 
-    app = open_app(url, app_reference, table_prefix, creates=True)
+    # A downgrade of a SQLite file that is not there would create it empty.
+    app = open_app(url, app_reference, table_prefix, creates=sql or downgrade_to is None)
     prefix = app.settings.table_prefix
     if sql:
         if downgrade_to is not None:
@@ -34,13 +44,42 @@ def migrate(url: str | None, app_reference: str | None, table_prefix: str | None
             text = migrator.upgrade_sql(app.settings.url, prefix, revision)
         click.echo(text, nl=False)
         return
+    tables = f"dbqueue tables{f' (prefix {prefix})' if prefix else ''} in {where(app.settings.url)}"
     if downgrade_to is not None:
-        app.downgrade(downgrade_to)
-        click.echo(f"dbqueue tables downgraded to {downgrade_to}")
+        _downgrade(app, tables, downgrade_to, yes)
         return
+    new_file = missing_database_file(app.settings.url)
     app.migrate(revision)
+    if new_file is not None:
+        default = app.settings.url == DEFAULT_URL and not os.environ.get("DBQUEUE_URL")
+        click.echo(f"Created {new_file}" + (" (the default database: choose another with "
+                                            "--url or DBQUEUE_URL)" if default else ""))
     current = migrator.current_revision(app.store, prefix)
-    click.echo(f"dbqueue tables are at revision {current}")
+    click.echo(f"{tables} are at revision {current}")
+
+
+def _downgrade(app: App, tables: str, revision: str, yes: bool) -> None:
+    """Downgrade after the user's confirmation (or --yes)."""
+    from ..store import migrator
+
+    current = migrator.current_revision(app.store, app.settings.table_prefix)
+    if current is None:
+        click.echo(f"There are no {tables}: nothing to downgrade.")
+        return
+    if not yes:
+        queued, failed = app.admin.totals()
+        lost = f"{queued:,} queued job(s) and {failed:,} failed job(s)"
+        if revision == "base":
+            what = f"dropping the {tables} deletes {lost}"
+        else:
+            what = (f"downgrading the {tables} from revision {current} to {revision} drops "
+                    f"what the later revisions added (the {lost} stay)")
+        if not sys.stdin.isatty():
+            raise ConfigurationError(f"{what}; with no terminal to confirm it on, run it "
+                                     "again with --yes")
+        click.confirm(f"{what[0].upper()}{what[1:]}. Go on?", abort=True)
+    app.downgrade(revision)
+    click.echo(f"{tables} downgraded to {revision}")
 
 
 @click.command()
@@ -48,8 +87,9 @@ def migrate(url: str | None, app_reference: str | None, table_prefix: str | None
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @friendly_errors
 def status(url: str | None, app_reference: str | None, table_prefix: str | None,
-           as_json: bool) -> None:
-    """Jobs per queue (ready, delayed, reserved, failed, oldest wait) and live workers."""
+           verbose: bool, as_json: bool) -> None:
+    """Jobs per queue (ready, delayed, reserved, failed, oldest wait) and live workers,
+    and the queues with ready jobs that no live worker serves."""
     app = open_app(url, app_reference, table_prefix)
     try:
         app.store.check_schema()
@@ -57,8 +97,9 @@ def status(url: str | None, app_reference: str | None, table_prefix: str | None,
         click.echo(f"Warning: {exc}", err=True)
     queues = app.admin.status()
     workers = app.workers.live(seen_within=LIVE_WITHIN)
+    unserved = app.admin.unserved(seen_within=LIVE_WITHIN)
     if as_json:
-        print_json({"queues": queues, "workers": workers})
+        print_json({"queues": queues, "workers": workers, "unserved": unserved})
         return
     if queues:
         print_table(
@@ -75,12 +116,21 @@ def status(url: str | None, app_reference: str | None, table_prefix: str | None,
                       short_time(w.last_seen_at)] for w in workers])
     else:
         click.echo("No live workers.")
+    if unserved:
+        click.echo("")
+    for queue in unserved:
+        fix = ("add it to a worker's --queue (or --queue '*')" if workers else
+               f"start one with: dbqueue work --app {app_reference or 'MODULE:ATTR'} "
+               f"--queue {queue.queue}")
+        click.echo(f"Queue {queue.queue} has {queue.ready:,} ready job(s) and no worker "
+                   f"serves it: {fix}")
 
 
 @click.command()
 @connection_options
 @friendly_errors
-def restart(url: str | None, app_reference: str | None, table_prefix: str | None) -> None:
+def restart(url: str | None, app_reference: str | None, table_prefix: str | None,
+            verbose: bool) -> None:
     """Ask every worker on every host to finish its current jobs and exit.
 
     Run it after a deploy: systemd (Restart=always) or supervisor starts the

@@ -34,7 +34,6 @@ from .options import connection_options, export_settings, friendly_errors
               help="Most jobs reserved ahead of free children (only when jobs are short).")
 @click.option("--stop-when-empty", is_flag=True, help="Exit once no job is ready or running.")
 @click.option("--once", is_flag=True, help="Run a single job, then exit.")
-@click.option("--verbose", "-v", is_flag=True, help="Log every job, not only failures.")
 @friendly_errors
 def work(url: str | None, app_reference: str | None, table_prefix: str | None, queues: str,
          concurrency: int, sleep: float, retry_after: float | None, max_jobs: int | None,

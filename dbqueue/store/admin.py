@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -44,6 +44,27 @@ class QueueStatus:
     """Seconds the longest-waiting ready job has been ready, None when none is."""
 
 
+@dataclass(frozen=True, slots=True)
+class Unserved:
+    """A queue with ready jobs that no live worker works."""
+
+    queue: str
+    ready: int
+
+
+RETRY_CHUNK = 500
+"""Failed jobs moved back per transaction: a multi-row INSERT and one DELETE,
+short enough not to hold the tables' locks for long."""
+
+Progress: TypeAlias = Callable[[int, int], None]
+"""Called with (done, total) as a long operation goes."""
+
+
+def _retried_columns(table: sa.Table) -> list[sa.Column[Any]]:
+    return [table.c.id, table.c.uuid, table.c.queue, table.c.job, table.c.payload,
+            table.c.priority]
+
+
 class Admin:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -54,19 +75,43 @@ class Admin:
         number = _as_id(ref)
         return self.failed.c.id == number if number is not None else self.failed.c.uuid == ref
 
+    def _failed_where(self, queue: str | None, job: str | None,
+                      exception: str | None) -> list[sa.ColumnElement[bool]]:
+        table = self.failed
+        where = []
+        if queue:
+            where.append(table.c.queue == queue)
+        if job:
+            where.append(table.c.job == job)
+        if exception:
+            where.append(table.c.exception_class.contains(exception, autoescape=True))
+        return where
+
     def list_failed(self, queue: str | None = None, job: str | None = None,
                     exception: str | None = None, limit: int = 50) -> list[FailedJob]:
         """The most recent failures first, filtered by queue, job name or exception class."""
         table = self.failed
-        query = sa.select(table).order_by(table.c.failed_at.desc(), table.c.id.desc()).limit(limit)
-        if queue:
-            query = query.where(table.c.queue == queue)
-        if job:
-            query = query.where(table.c.job == job)
-        if exception:
-            query = query.where(table.c.exception_class.contains(exception, autoescape=True))
+        query = (sa.select(table).where(*self._failed_where(queue, job, exception))
+                 .order_by(table.c.failed_at.desc(), table.c.id.desc()).limit(limit))
         rows = self.store.read(lambda c: c.execute(query).all())
         return [FailedJob(**row._mapping) for row in rows]
+
+    def count_failed(self, queue: str | None = None, job: str | None = None,
+                     exception: str | None = None) -> int:
+        """How many failed jobs ``list_failed`` would list without its limit."""
+        query = (sa.select(sa.func.count()).select_from(self.failed)
+                 .where(*self._failed_where(queue, job, exception)))
+        return int(self.store.read(lambda c: c.execute(query).scalar_one()))
+
+    def totals(self) -> tuple[int, int]:
+        """How many jobs are queued (running ones included) and how many have failed."""
+        jobs, failed = self.store.tables.jobs, self.failed
+
+        def work(c: Connection) -> tuple[int, int]:
+            return (c.execute(sa.select(sa.func.count()).select_from(jobs)).scalar_one(),
+                    c.execute(sa.select(sa.func.count()).select_from(failed)).scalar_one())
+
+        return self.store.read(work)
 
     def get_failed(self, ref: str) -> FailedJob:
         row = self.store.read(
@@ -77,42 +122,75 @@ class Admin:
         return FailedJob(**row._mapping)
 
     def retry(self, refs: Sequence[str] = (), *, queue: str | None = None,
-              everything: bool = False) -> int:
-        """Put failed jobs back on their original queues with fresh attempts; return how many.
+              everything: bool = False, progress: Progress | None = None) -> int:
+        """Put failed jobs back on their original queues (queue, job, payload and
+        priority kept, attempts reset to 0); return how many.
 
-        Each is inserted into jobs and deleted from failed_jobs in one
-        transaction, so a job is never in both tables, nor in neither.
+        Named ``refs`` go back in one transaction, all or none. ``queue`` and
+        ``everything`` go in chunks of RETRY_CHUNK, each its own transaction,
+        with ``progress(done, total)`` called after each. Either way a job is
+        inserted into jobs and deleted from failed_jobs in one transaction, so
+        it is never in both tables, nor in neither.
         """
-        table, jobs = self.failed, self.store.tables.jobs
-        query = sa.select(table.c.id, table.c.uuid, table.c.queue, table.c.job,
-                          table.c.payload, table.c.priority)
         if refs:
-            query = query.where(sa.or_(*(self._match(ref) for ref in refs)))
-        elif queue:
-            query = query.where(table.c.queue == queue)
-        elif not everything:
+            return self.store.transaction(lambda c: self._retry_named(c, refs))
+        if not (queue or everything):
             return 0
-        query = query.with_for_update()  # two operators retrying at once re-queue each job once
+        table = self.failed
+        where = [table.c.queue == queue] if queue else []
 
-        def work(c: Connection) -> int:
-            rows = c.execute(query).all()
-            missing = [ref for ref in refs if not any(_is(row, ref) for row in rows)]
-            if missing:
-                others = " (none of the others was retried either)" if len(refs) > len(
-                    missing) else ""
-                raise NotFound(f"no failed job {', '.join(map(repr, missing))}{others}; "
-                               "list them with: dbqueue failed")
-            for row in rows:
-                c.execute(jobs.insert().values(
-                    queue=row.queue, job=row.job, payload=row.payload, priority=row.priority,
-                    attempts=0, available_at=self.store.dialect.now(),
-                    created_at=self.store.dialect.now(),
-                ))
-            if rows:
-                c.execute(sa.delete(table).where(table.c.id.in_([row.id for row in rows])))
-            return len(rows)
+        def extent(c: Connection) -> tuple[int, int | None]:
+            count, last = c.execute(sa.select(sa.func.count(), sa.func.max(table.c.id))
+                                    .where(*where)).one()
+            return int(count), last
 
-        return self.store.transaction(work)
+        total, last_id = self.store.read(extent)
+        if last_id is None:
+            return 0
+        # Only the failures there when the retry began: a job that fails again
+        # while the retry runs stays failed, rather than being retried in a loop.
+        where.append(table.c.id <= last_id)
+        now = self.store.now()
+        done, after = 0, 0
+        while True:
+            chunk = (sa.select(*_retried_columns(table)).where(table.c.id > after, *where)
+                     .order_by(table.c.id).limit(RETRY_CHUNK).with_for_update())
+
+            def move(c: Connection, chunk: sa.Select[Any] = chunk) -> list[int]:
+                return self._move(c, c.execute(chunk).all(), now)
+
+            moved = self.store.transaction(move)
+            if not moved:
+                return done
+            done, after = done + len(moved), moved[-1]
+            if progress is not None:
+                progress(done, max(total, done))
+
+    def _retry_named(self, c: Connection, refs: Sequence[str]) -> int:
+        query = (sa.select(*_retried_columns(self.failed))
+                 .where(sa.or_(*(self._match(ref) for ref in refs))))
+        rows = c.execute(query.with_for_update()).all()
+        missing = [ref for ref in refs if not any(_is(row, ref) for row in rows)]
+        if missing:
+            others = " (none of the others was retried either)" if len(refs) > len(
+                missing) else ""
+            raise NotFound(f"no failed job {', '.join(map(repr, missing))}{others}; "
+                           "list them with: dbqueue failed")
+        return len(self._move(c, rows, c.execute(sa.select(self.store._now())).scalar_one()))
+
+    def _move(self, c: Connection, rows: Sequence[Any], now: datetime) -> list[int]:
+        """Insert ``rows`` of failed_jobs into jobs, delete them from failed_jobs,
+        and return their ids. The rows are locked (FOR UPDATE): two operators
+        retrying at once queue each job once."""
+        if not rows:
+            return []
+        self.store.dialect.insert_many(c, self.store.tables.jobs, [
+            {"queue": row.queue, "job": row.job, "payload": row.payload,
+             "priority": row.priority, "attempts": 0, "available_at": now, "created_at": now}
+            for row in rows])
+        ids = [row.id for row in rows]
+        c.execute(sa.delete(self.failed).where(self.store.dialect.one_of(self.failed.c.id, ids)))
+        return ids
 
     def forget(self, ref: str) -> None:
         deleted = self.store.transaction(
@@ -157,6 +235,25 @@ class Admin:
             for queue, failures in c.execute(failed_counts):
                 per_queue.setdefault(queue, [0, 0, 0, 0, None])[3] = int(failures)
             return [QueueStatus(q, *values) for q, values in sorted(per_queue.items())]
+
+        return self.store.read(work)
+
+    def unserved(self, seen_within: float) -> list[Unserved]:
+        """Queues with ready jobs that no live worker works, by name or with ``*``
+        (workers seen within ``seen_within`` seconds count as live)."""
+        jobs, workers = self.store.tables.jobs, self.store.tables.queue_workers
+        ready = (sa.select(jobs.c.queue, sa.func.count())
+                 .where(jobs.c.available_at <= self.store._now()).group_by(jobs.c.queue))
+        served = sa.select(workers.c.queues).where(
+            workers.c.last_seen_at >= self.store.dialect.now_plus(-seen_within))
+
+        def work(c: Connection) -> list[Unserved]:
+            names = {name.strip() for listed in c.execute(served).scalars()
+                     for name in listed.split(",")}
+            if "*" in names:
+                return []
+            return [Unserved(queue, int(count))
+                    for queue, count in sorted(c.execute(ready).all()) if queue not in names]
 
         return self.store.read(work)
 

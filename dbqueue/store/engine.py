@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,7 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from ..errors import ConfigurationError, DatabaseUnavailable, NotMigrated
 from .dialects import dialect_for
@@ -20,9 +21,70 @@ from .dialects import dialect_for
 _DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg",
                     "mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql"}
 _EXTRAS = {"psycopg": "postgres", "pymysql": "mysql"}
+DEFAULT_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mariadb": 3306}
 
 
 IDLE_PING_AFTER = 10.0  # seconds a connection may rest before it is checked
+
+
+_FORMS = ("write it like postgresql://user:pass@host:5432/db, mysql://user:pass@host:3306/db "
+          "or sqlite:///path/to/file.db")
+
+
+def parse_url(url: str) -> URL:
+    """``url`` parsed, or a ConfigurationError that says what is wrong with it.
+
+    SQLAlchemy raises ArgumentError for text that is no URL at all, but a bare
+    ValueError for a port that is not a number (``host:abc``, or an IPv6
+    address without its brackets): both are the user's typo, not a crash.
+    """
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError:
+        raise ConfigurationError(f"{mask_password(url)!r} is not a database URL; {_FORMS}; "
+                                 "check DBQUEUE_URL (or --url)") from None
+    except ValueError:
+        raise ConfigurationError(_bad_port(url)) from None
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise ConfigurationError(
+            f"the port of {mask_password(url)!r} is {parsed.port}, outside 1-65535; "
+            "fix it in DBQUEUE_URL (or --url), or leave it out for the server's default")
+    return parsed
+
+
+def _bad_port(url: str) -> str:
+    shown = mask_password(url)
+    host_port = _AUTHORITY.sub("", url).split("/", 1)[0].split("?", 1)[0]
+    if host_port.startswith("[") or host_port.count(":") > 1:
+        # make_url took what follows the first colon of an IPv6 address for a port.
+        return (f"{shown!r} is not a database URL: an IPv6 address needs brackets closed "
+                "before the port, as in postgresql://user@[::1]:5432/db; check DBQUEUE_URL "
+                "(or --url)")
+    port = host_port.rpartition(":")[2]
+    example = DEFAULT_PORTS.get(url.partition(":")[0].partition("+")[0], 5432)
+    return (f"the port {port!r} in {shown!r} is not a number; write host:{example} (a "
+            "number from 1 to 65535), or leave the port out for the server's default; "
+            "check DBQUEUE_URL (or --url)")
+
+
+# Read the way SQLAlchemy reads a URL: the user name stops at a colon, the
+# password at the first @.
+_AUTHORITY = re.compile(r"^[\w+]+://(?:[^:/]*(?::[^@]*)?@)?")
+_PASSWORD = re.compile(r"^([\w+]+://[^:/]*:)[^@]*@")
+
+
+def mask_password(url: str) -> str:
+    """``url`` with its password shown as ``***``, even when it does not parse."""
+    return _PASSWORD.sub(r"\1***@", url)
+
+
+def where(url: str | URL) -> str:
+    """The database ``url`` names, for messages: a SQLite file's absolute path,
+    any other URL with its password masked."""
+    parsed = parse_url(url) if isinstance(url, str) else url
+    if _sqlite_file(parsed):
+        return os.path.abspath(parsed.database or "")
+    return parsed.render_as_string(hide_password=True)
 
 
 def create_engine(url: str, *, autocommit: bool = False) -> Engine:
@@ -31,13 +93,7 @@ def create_engine(url: str, *, autocommit: bool = False) -> Engine:
     With ``autocommit`` every statement commits by itself: one round trip for
     a single INSERT instead of three (BEGIN, INSERT, COMMIT).
     """
-    try:
-        parsed = make_url(url)
-    except sa.exc.ArgumentError:
-        raise ConfigurationError(
-            f"{url!r} is not a database URL; write it like postgresql://user:pass@host/db, "
-            "mysql://user:pass@host/db or sqlite:///path/to/file.db"
-        ) from None
+    parsed = parse_url(url)
     if parsed.drivername in _DEFAULT_DRIVERS:
         parsed = parsed.set(drivername=_DEFAULT_DRIVERS[parsed.drivername])
     try:
@@ -72,15 +128,17 @@ def create_engine(url: str, *, autocommit: bool = False) -> Engine:
 def missing_database_file(url: str) -> str | None:
     """The absolute path of the SQLite file ``url`` names if it does not exist
     (connecting would create it empty); None for every other URL."""
-    try:
-        parsed = make_url(url)
-    except sa.exc.ArgumentError:
-        return None  # not a URL at all: create_engine says so
-    database = parsed.database
-    if (parsed.get_backend_name() != "sqlite" or not database or database == ":memory:"
-            or parsed.query.get("uri") or database.startswith("file:")):
+    parsed = parse_url(url)
+    if not _sqlite_file(parsed) or os.path.exists(parsed.database or ""):
         return None
-    return None if os.path.exists(database) else os.path.abspath(database)
+    return os.path.abspath(parsed.database or "")
+
+
+def _sqlite_file(parsed: URL) -> bool:
+    """Whether ``parsed`` names a SQLite file by its path (not memory, not a file: URI)."""
+    database = parsed.database
+    return bool(parsed.get_backend_name() == "sqlite" and database and database != ":memory:"
+                and not parsed.query.get("uri") and not database.startswith("file:"))
 
 
 def _ping_when_idle(engine: Engine) -> None:

@@ -6,14 +6,16 @@ import io
 from collections.abc import Callable
 from importlib import resources
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.util import CommandError
+from sqlalchemy.engine import Connection
 
 from ..errors import ConfigurationError
-from .engine import connect
-from .schema import version_table
+from .engine import connect, where
+from .schema import build_tables, version_table
 from .store import Store
 
 _HINTS = {
@@ -51,12 +53,50 @@ def upgrade(store: Store, table_prefix: str, revision: str = "head") -> None:
     """Bring the tables up to ``revision`` (the newest by default)."""
     config = _config(table_prefix)
 
-    def work(connection: object) -> None:
+    def work(connection: Connection) -> None:
+        _check_names_free(store, connection, table_prefix)
         config.attributes["connection"] = connection
         _run("upgrade", revision, lambda: command.upgrade(config, revision))
 
     store.check_server()
     store.transaction(work)
+
+
+_PREFIXES = ("dbq_", "dbqueue_", "dbq2_", "dbq3_")  # to suggest, when the names are taken
+
+
+def _check_names_free(store: Store, connection: Connection, table_prefix: str) -> None:
+    """Refuse to migrate where the application already has a table of the name
+    one of dbqueue's would take.
+
+    With no revision recorded, the first migration would create every table,
+    and fail on the first name taken with the server's own words ("table jobs
+    already exists"), on MySQL after creating the tables before it; the fix
+    is a table prefix.
+    """
+    inspector = sa.inspect(connection)
+    existing = {name.lower() for name in inspector.get_table_names() + inspector.get_view_names()}
+    versions = version_table(table_prefix)
+    if versions.lower() in existing and _revision(connection, versions) is not None:
+        return  # dbqueue's own tables, to upgrade
+    taken = [table.name for table in store.tables.metadata.sorted_tables
+             if table.name.lower() in existing]
+    if not taken:
+        return
+    free = next((p for p in _PREFIXES if p != table_prefix and not any(
+        table.name.lower() in existing for table in build_tables(p).metadata.sorted_tables)),
+        "myapp_dbq_")
+    named = f"a table named {taken[0]}" if len(taken) == 1 else f"tables named {', '.join(taken)}"
+    raise ConfigurationError(
+        f"{where(store.engine.url)} already has {named}, not dbqueue's (no dbqueue revision "
+        f"is recorded in {versions}); give dbqueue's tables a prefix: "
+        f"dbqueue migrate --table-prefix {free}, and the same prefix wherever the app runs: "
+        f"App(table_prefix={free!r}) or DBQUEUE_TABLE_PREFIX={free}")
+
+
+def _revision(connection: Connection, versions: str) -> str | None:
+    context = MigrationContext.configure(connection, opts={"version_table": versions})
+    return context.get_current_revision()
 
 
 def downgrade(store: Store, table_prefix: str, revision: str) -> None:
@@ -92,7 +132,4 @@ def downgrade_sql(url: str, table_prefix: str, revision: str, start: str = "head
 
 def current_revision(store: Store, table_prefix: str) -> str | None:
     with connect(store.engine) as connection:
-        context = MigrationContext.configure(
-            connection, opts={"version_table": version_table(table_prefix)}
-        )
-        return context.get_current_revision()
+        return _revision(connection, version_table(table_prefix))

@@ -1,0 +1,447 @@
+"""What a new user meets first on the command line: typos in the URL, which
+database ``migrate`` touched, names already taken, downgrades that delete
+jobs, a broken ``--app``, long lists of failures and queues nobody works.
+
+Through click's CliRunner where no real process is needed; a real terminal
+(a pseudo-terminal) where the behaviour depends on having one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner, Result
+
+import dbqueue
+from dbqueue.cli import cli
+from dbqueue.errors import ConfigurationError
+from dbqueue.store import NewJob
+from dbqueue.store.admin import RETRY_CHUNK
+from dbqueue.store.engine import where
+from dbqueue.store.workers import WorkerInfo
+from tests.conftest import PREFIX, ROOT, count, rows
+from tests.test_cli import bare_env, fail_jobs
+
+BAD_PORT = "mysql://root:s3cret@127.0.0.1:abc/x"
+IPV6_UNCLOSED = "postgresql://postgres@[::1:5433/x"
+
+
+def run(*args: str, **env: str) -> Result:
+    """``dbqueue ARGS`` in this process; DBQUEUE_* variables are only those in
+    ``env``, and whatever the command sets in the environment is undone."""
+    variables: dict[str, str | None] = {name: None for name in os.environ
+                                        if name.startswith("DBQUEUE_")}
+    variables.update(DBQUEUE_URL=None, DBQUEUE_APP=None, DBQUEUE_TABLE_PREFIX=None)
+    variables.update(env)
+    return CliRunner().invoke(cli, list(args), env=variables)
+
+
+def error_line(result: Result) -> str:
+    """The one ``Error:`` line of a failed command (exit code 1, nothing else printed)."""
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert result.stdout == "", result.stdout
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
+
+
+def succeeded(result: Result) -> str:
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.stdout
+
+
+def in_terminal(*args: str, env: dict[str, str], typed: str = "") -> tuple[int, str]:
+    """Run ``dbqueue ARGS`` on a pseudo-terminal, ``typed`` already typed ahead;
+    return its exit code and everything it wrote to the terminal."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "dbqueue", *args], cwd=ROOT, env=env,
+                               stdin=terminal, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    os.write(controller, typed.encode())
+    output = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the process has exited and closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(controller)
+    return process.wait(timeout=60), output.decode("utf-8", "replace")
+
+
+@pytest.fixture
+def migrated_url(tmp_path: Path) -> Iterator[str]:
+    url = f"sqlite:///{tmp_path / 'migrated.db'}"
+    app = dbqueue.App(url)
+    app.migrate()
+    app.dispose()
+    yield url
+
+
+@pytest.fixture
+def own_prefix(backend_url: str) -> Iterator[tuple[dbqueue.App, str]]:
+    """dbqueue's tables under a prefix of this test's own, on every backend, so
+    that the test may drop them without disturbing the session's."""
+    prefix = f"{PREFIX}own_"
+    app = dbqueue.App(backend_url, table_prefix=prefix)
+    app.downgrade("base")  # whatever an interrupted run left behind
+    app.migrate()
+    yield app, prefix
+    app.downgrade("base")
+    app.dispose()
+
+
+def table_names(url: str) -> set[str]:
+    engine = dbqueue.store.create_engine(url)
+    try:
+        return set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+# --- 1. URLs that do not parse --------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [
+    ["status"], ["failed"], ["locks"], ["migrate"], ["migrate", "--sql"],
+    ["migrate", "--downgrade", "base", "--yes"], ["retry", "--all"],
+], ids=lambda args: "-".join(a.strip("-") for a in args))
+@pytest.mark.parametrize(("url", "expected"), [
+    (BAD_PORT, "the port 'abc' in 'mysql://root:***@127.0.0.1:abc/x' is not a number; "
+               "write host:3306"),
+    (IPV6_UNCLOSED, "an IPv6 address needs brackets closed before the port, as in "
+                    "postgresql://user@[::1]:5432/db"),
+    ("postgresql://postgres@127.0.0.1:70000/x", "is 70000, outside 1-65535"),
+], ids=["port-not-a-number", "ipv6-unclosed", "port-out-of-range"])
+def test_a_url_with_a_bad_port_is_one_error_line(args, url, expected):
+    for result in (run(*args, "--url", url), run(*args, DBQUEUE_URL=url)):
+        line = error_line(result)
+        assert expected in line, line
+        assert "DBQUEUE_URL (or --url)" in line
+        assert "s3cret" not in line
+
+
+def test_a_url_with_a_bad_port_beside_an_app_is_one_error_line(migrated_url, tmp_path,
+                                                              monkeypatch):
+    (tmp_path / "dbqb_fixed_app.py").write_text(
+        f"import dbqueue\napp = dbqueue.App({migrated_url!r})\n")
+    (tmp_path / "dbqb_bad_port_app.py").write_text(
+        f"import dbqueue\napp = dbqueue.App({BAD_PORT!r})\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    line = error_line(run("status", "--app", "dbqb_fixed_app:app", "--url", BAD_PORT))
+    assert "the port 'abc' in 'mysql://root:***@127.0.0.1:abc/x'" in line
+    line = error_line(run("status", "--app", "dbqb_bad_port_app:app"))
+    assert "the port 'abc' in 'mysql://root:***@127.0.0.1:abc/x'" in line
+
+
+def test_the_url_helpers_name_the_database_without_its_password(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert where("postgresql://app:s3cret@db/app") == "postgresql://app:***@db/app"
+    assert where("sqlite:///queue.db") == str(tmp_path / "queue.db")
+    from dbqueue.cli.common import _same_url
+
+    with pytest.raises(ConfigurationError, match="the port 'abc'"):
+        _same_url(BAD_PORT, "mysql://root@127.0.0.1/x")
+
+
+# --- 2. which database migrate touched ------------------------------------------------
+
+
+def test_migrate_names_the_sqlite_file_and_says_when_it_created_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    created = tmp_path / "dbqueue.db"
+    first = succeeded(run("migrate")).splitlines()
+    assert first[0] == (f"Created {created} (the default database: choose another with "
+                        "--url or DBQUEUE_URL)")
+    assert first[1].startswith(f"dbqueue tables in {created} are at revision ")
+    again = succeeded(run("migrate", "--url", "sqlite:///dbqueue.db"))
+    assert again == f"{first[1]}\n"  # no longer new
+    other = tmp_path / "other.db"
+    lines = succeeded(run("migrate", "--table-prefix", "q_", DBQUEUE_URL="sqlite:///other.db"))
+    assert lines.splitlines()[0] == f"Created {other}"  # chosen: not the default
+    assert lines.splitlines()[1].startswith(f"dbqueue tables (prefix q_) in {other} are at")
+
+
+def test_migrate_names_the_server_database(own_prefix, backend_url):
+    _, prefix = own_prefix
+    output = succeeded(run("migrate", "--url", backend_url, "--table-prefix", prefix))
+    assert output.startswith(f"dbqueue tables (prefix {prefix}) in {where(backend_url)} are at "
+                             "revision ")
+    assert "Created" not in output
+
+
+# --- 3. table names the application already uses --------------------------------------
+
+
+def test_migrate_refuses_names_the_application_already_uses(backend_url):
+    prefix = f"{PREFIX}taken_"
+    engine = dbqueue.store.create_engine(backend_url)
+    drop_prefixed(engine, prefix)  # whatever an interrupted run left behind
+    theirs = sa.Table(f"{prefix}failed_jobs", sa.MetaData(), sa.Column("id", sa.Integer))
+    theirs.create(engine)
+    try:
+        line = error_line(run("migrate", "--url", backend_url, "--table-prefix", prefix))
+        assert f"already has a table named {prefix}failed_jobs, not dbqueue's" in line, line
+        assert f"no dbqueue revision is recorded in {prefix}dbqueue_alembic_version" in line
+        assert "dbqueue migrate --table-prefix " in line
+        assert "App(table_prefix=" in line and "DBQUEUE_TABLE_PREFIX=" in line
+        # Nothing was created beside it (MySQL cannot roll back a CREATE TABLE).
+        names = table_names(backend_url)
+        assert f"{prefix}failed_jobs" in names
+        assert not {f"{prefix}jobs", f"{prefix}dbqueue_alembic_version"} & names
+    finally:
+        drop_prefixed(engine, prefix)
+        engine.dispose()
+
+
+def drop_prefixed(engine: sa.Engine, prefix: str) -> None:
+    with engine.begin() as connection:
+        for name in sa.inspect(connection).get_table_names():
+            if name.startswith(prefix):
+                connection.execute(sa.text(f"DROP TABLE {name}"))
+
+
+def test_migrate_suggests_a_prefix_that_is_free(tmp_path):
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        for name in ("jobs", "dbq_cache_locks"):
+            connection.execute(sa.text(f"CREATE TABLE {name} (id INTEGER)"))
+        # Left empty by a first migration that failed half-way on an older dbqueue.
+        connection.execute(sa.text("CREATE TABLE dbqueue_alembic_version (version_num TEXT)"))
+    engine.dispose()
+    line = error_line(run("migrate", "--url", url))
+    assert f"{tmp_path / 'app.db'} already has a table named jobs, not dbqueue's" in line
+    assert "dbqueue migrate --table-prefix dbqueue_," in line  # dbq_ is taken too
+    assert "App(table_prefix='dbqueue_') or DBQUEUE_TABLE_PREFIX=dbqueue_" in line
+    succeeded(run("migrate", "--url", url, "--table-prefix", "dbqueue_"))
+
+
+# --- 4. downgrades ask first ----------------------------------------------------------
+
+
+def test_a_downgrade_to_base_without_a_terminal_needs_yes(own_prefix, backend_url):
+    app, prefix = own_prefix
+    fail_jobs(app, ("mail", "send", "KeyError", "{}"))
+    app.store.push_many([NewJob("mail", "send", "{}")] * 2)
+    options = ("--url", backend_url, "--table-prefix", prefix)
+    line = error_line(run("migrate", "--downgrade", "base", *options))
+    assert "deletes 2 queued job(s) and 1 failed job(s)" in line, line
+    assert line.endswith("with no terminal to confirm it on, run it again with --yes")
+    assert count(app, app.store.tables.jobs) == 2  # nothing was dropped
+
+    line = error_line(run("migrate", "--downgrade", "0003", *options))
+    assert "to 0003 drops what the later revisions added" in line, line
+    assert "(the 2 queued job(s) and 1 failed job(s) stay)" in line
+
+    output = succeeded(run("migrate", "--downgrade", "base", "--yes", *options))
+    assert output == (f"dbqueue tables (prefix {prefix}) in {where(backend_url)} "
+                      "downgraded to base\n")
+    assert not {name for name in table_names(backend_url) if name.startswith(prefix)}
+    again = succeeded(run("migrate", "--downgrade", "base", *options))
+    assert again.endswith("nothing to downgrade.\n")
+
+
+def test_a_downgrade_on_a_terminal_asks_and_obeys_the_answer(migrated_url):
+    app = dbqueue.App(migrated_url)
+    app.store.push(NewJob("mail", "send", "{}"))
+    env = bare_env(DBQUEUE_URL=migrated_url)
+    code, output = in_terminal("migrate", "--downgrade", "base", env=env, typed="n\n")
+    assert code == 1 and "Aborted" in output, output
+    path = sa.engine.make_url(migrated_url).database
+    assert (f"Dropping the dbqueue tables in {path} deletes 1 queued job(s) and 0 failed "
+            "job(s). Go on? [y/N]") in output
+    assert count(app, app.store.tables.jobs) == 1
+    app.dispose()
+    code, output = in_terminal("migrate", "--downgrade", "base", env=env, typed="y\n")
+    assert code == 0, output
+    assert f"dbqueue tables in {path} downgraded to base" in output
+    assert table_names(migrated_url) == set()
+
+
+# --- 5. a broken --app, and --verbose -------------------------------------------------
+
+
+@pytest.fixture
+def broken_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An application module whose import fails inside the standard library."""
+    module = tmp_path / "dbqb_json_app.py"
+    module.write_text('import json\n\nimport dbqueue\n\napp = dbqueue.App()\njson.loads("{")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return module
+
+
+def test_a_broken_app_points_at_the_users_line(broken_module):
+    line = error_line(run("status", "--app", "dbqb_json_app:app"))
+    assert f"importing dbqb_json_app failed at {broken_module}:6: JSONDecodeError" in line, line
+
+
+def test_verbose_prints_the_whole_traceback_before_the_error_line(broken_module):
+    result = run("status", "--app", "dbqb_json_app:app", "-v")
+    assert result.exit_code == 1 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert f'File "{broken_module}", line 6' in result.stderr
+    assert f"json{os.sep}decoder.py" in result.stderr  # where it was raised, too
+    assert lines[-1].startswith("Error: --app 'dbqb_json_app:app': importing dbqb_json_app")
+
+
+@pytest.mark.parametrize("args", [
+    ["status"], ["restart"], ["migrate", "--downgrade", "base"], ["failed"],
+    ["failed", "show", "1"], ["retry", "--all"], ["forget", "1"], ["flush"], ["locks"],
+    ["locks", "release", "k"], ["outcomes", "show", "k"],
+    ["outcomes", "prune", "--older-than", "1"],
+], ids=lambda args: "-".join(a.strip("-") for a in args))
+def test_every_command_takes_verbose(args, tmp_path):
+    missing = tmp_path / "missing.db"
+    for verbose in ("-v", "--verbose"):
+        result = run(*args, verbose, "--url", f"sqlite:///{missing}")
+        assert result.exit_code == 1, (result.output, result.exception)
+        lines = result.stderr.splitlines()
+        assert lines[0] == "Traceback (most recent call last):", result.stderr
+        assert lines[-1] == (f"Error: there is no SQLite database at {missing}; check the URL, "
+                             "or create it and dbqueue's tables with: dbqueue migrate")
+    error_line(run(*args, "--url", f"sqlite:///{missing}"))  # without it, the line alone
+    assert not missing.exists()
+
+
+def test_work_help_shows_one_verbose_option_for_both_meanings():
+    help_text = " ".join(succeeded(run("work", "--help")).split())
+    assert help_text.count("--verbose") == 1
+    assert "traceback" in help_text and "logs every job" in help_text
+
+
+# --- 6. long lists of failures --------------------------------------------------------
+
+
+def test_failed_says_how_many_match_when_the_limit_cuts_the_list(app, schema):
+    fail_jobs(app, ("mail", "a", "KeyError", "{}"), ("mail", "b", "KeyError", "{}"),
+              ("other", "c", "ValueError", "{}"))
+    options = ("--url", schema, "--table-prefix", PREFIX)
+    note = "{} of {} failed jobs shown (newest first); --limit N shows more"
+    assert succeeded(run("failed", "--limit", "2", *options)).splitlines()[-1] == note.format(2, 3)
+    listed = succeeded(run("failed", "--queue", "mail", "--limit", "1", *options)).splitlines()
+    assert listed[-1] == note.format(1, 2)  # counted with the same filters
+    assert "shows more" not in succeeded(run("failed", "--limit", "3", *options))
+    assert "shows more" not in succeeded(run("failed", "--queue", "mail", *options))
+    as_json = run("failed", "--limit", "2", "--json", *options)
+    assert len(json.loads(succeeded(as_json))) == 2  # stdout stays JSON
+    assert as_json.stderr == note.format(2, 3) + "\n"
+
+
+def many_failures(app: dbqueue.App, number: int, queue: str = "bulk") -> list[dict[str, Any]]:
+    """``number`` failed jobs written straight into failed_jobs (the quick way)."""
+    now = app.store.now()
+    made = [{"uuid": f"00000000-0000-4000-8000-{queue[:4]}{i:08d}", "job_id": i, "queue": queue,
+             "job": f"tasks.job{i % 3}", "priority": i % 5 - 2,
+             "payload": f'{{"args":[{i}],"kwargs":{{}}}}', "attempts": 3,
+             "exception_class": "KeyError", "exception_message": "boom",
+             "exception": "Traceback", "failed_at": now, "worker": "host:1"}
+            for i in range(number)]
+    app.store.transaction(
+        lambda c: app.store.dialect.insert_many(c, app.store.tables.failed_jobs, made))
+    return made
+
+
+def test_retry_all_moves_many_in_chunks_and_reports_progress(app, schema):
+    number = 2 * RETRY_CHUNK + RETRY_CHUNK // 2
+    made = many_failures(app, number)
+    result = run("retry", "--all", "--url", schema, "--table-prefix", PREFIX)
+    assert succeeded(result) == f"Queued {number:,} failed job(s) again.\n"
+    assert result.stderr.splitlines() == [f"retried {RETRY_CHUNK * n:,} of {number:,}"
+                                          for n in (1, 2)]
+    assert count(app, app.store.tables.failed_jobs) == 0
+    queued = rows(app, app.store.tables.jobs)
+    assert sorted((j.queue, j.job, j.payload, j.priority, j.attempts) for j in queued) == sorted(
+        (f["queue"], f["job"], f["payload"], f["priority"], 0) for f in made)
+    assert all(j.reserved_by is None and j.unique_key is None for j in queued)
+
+
+def test_retry_of_a_queue_leaves_the_others_and_says_nothing_more_when_short(app, schema):
+    many_failures(app, 3, queue="mail")
+    many_failures(app, 2, queue="other")
+    result = run("retry", "--queue", "mail", "--url", schema, "--table-prefix", PREFIX)
+    assert succeeded(result) == "Queued 3 failed job(s) again.\n"
+    assert result.stderr == ""  # one chunk: no progress to show
+    assert [f.queue for f in rows(app, app.store.tables.failed_jobs)] == ["other", "other"]
+    assert {j.queue for j in rows(app, app.store.tables.jobs)} == {"mail"}
+
+
+def test_a_job_failing_again_during_a_retry_stays_failed(app):
+    many_failures(app, RETRY_CHUNK + 1)
+    failed = app.store.tables.failed_jobs
+    arrived: list[int] = []
+
+    def fail_one_more(done: int, total: int) -> None:
+        if not arrived:  # after the first chunk: a job fails while the retry runs
+            (late,) = fail_jobs(app, ("late", "send", "KeyError", "{}"))[-1:]
+            arrived.append(late.id)
+
+    assert app.admin.retry(everything=True, progress=fail_one_more) == RETRY_CHUNK + 1
+    assert [f.id for f in rows(app, failed)] == arrived
+    assert count(app, app.store.tables.jobs) == RETRY_CHUNK + 1
+
+
+def test_retry_shows_a_progress_bar_on_a_terminal(migrated_url):
+    app = dbqueue.App(migrated_url)
+    many_failures(app, 2 * RETRY_CHUNK)
+    app.dispose()
+    code, output = in_terminal("retry", "--all", env=bare_env(DBQUEUE_URL=migrated_url))
+    assert code == 0, output
+    assert "Retrying" in output and "100%" in output, output
+    assert f"Queued {2 * RETRY_CHUNK:,} failed job(s) again." in output
+
+
+# --- 7. queues that no worker serves --------------------------------------------------
+
+
+def register(app: dbqueue.App, worker_id: str, queues: str) -> None:
+    app.workers.register(WorkerInfo(id=worker_id, host="h", pid=1, queues=queues,
+                                    concurrency=1))
+
+
+def test_status_flags_ready_queues_that_no_live_worker_serves(app, schema):
+    options = ("--url", schema, "--table-prefix", PREFIX)
+    app.store.push_many([NewJob("mail", "send", "{}")] * 2 + [NewJob("default", "x", "{}")]
+                        + [NewJob("later", "x", "{}", delay=600)])
+    text = succeeded(run("status", *options))
+    assert text.endswith(
+        "\nQueue default has 1 ready job(s) and no worker serves it: start one with: "
+        "dbqueue work --app MODULE:ATTR --queue default\n"
+        "Queue mail has 2 ready job(s) and no worker serves it: start one with: "
+        "dbqueue work --app MODULE:ATTR --queue mail\n"), text
+
+    register(app, "w-default", "default,reports")
+    text = succeeded(run("status", *options))
+    assert text.endswith("\n\nQueue mail has 2 ready job(s) and no worker serves it: add it to "
+                         "a worker's --queue (or --queue '*')\n"), text
+    assert "Queue default" not in text and "Queue later" not in text  # served; not ready
+    report = json.loads(succeeded(run("status", "--json", *options)))
+    assert report["unserved"] == [{"queue": "mail", "ready": 2}]
+
+    register(app, "w-every", "*")
+    assert "no worker serves" not in succeeded(run("status", *options))
+    report = json.loads(succeeded(run("status", "--json", *options)))
+    assert report["unserved"] == []
+
+
+def test_status_ignores_workers_that_are_no_longer_live(app, schema):
+    app.store.push(NewJob("mail", "send", "{}"))
+    register(app, "w-gone", "mail")
+    workers = app.store.tables.queue_workers
+    app.store.transaction(lambda c: c.execute(
+        workers.update().values(last_seen_at=app.store.dialect.now_plus(-3600))))
+    unserved = app.admin.unserved(seen_within=30)
+    assert [(u.queue, u.ready) for u in unserved] == [("mail", 1)]
