@@ -27,6 +27,7 @@ from dbqueue.errors import ConfigurationError
 from dbqueue.store import NewJob
 from dbqueue.store.admin import RETRY_CHUNK
 from dbqueue.store.engine import where
+from dbqueue.store.migrator import current_revision
 from dbqueue.store.workers import WorkerInfo
 from tests.conftest import PREFIX, ROOT, count, rows
 from tests.test_cli import bare_env, fail_jobs
@@ -244,6 +245,9 @@ def test_a_downgrade_to_base_without_a_terminal_needs_yes(own_prefix, backend_ur
     line = error_line(run("migrate", "--downgrade", "0003", *options))
     assert "to 0003 drops what the later revisions added" in line, line
     assert "(the 2 queued job(s) and 1 failed job(s) stay)" in line
+    current = current_revision(app.store, prefix)
+    assert succeeded(run("migrate", "--downgrade", current, *options)).endswith(
+        f"are at revision {current} already: nothing to downgrade.\n")
 
     output = succeeded(run("migrate", "--downgrade", "base", "--yes", *options))
     assert output == (f"dbqueue tables (prefix {prefix}) in {where(backend_url)} "

@@ -66,6 +66,9 @@ def _downgrade(app: App, tables: str, revision: str, yes: bool) -> None:
     if current is None:
         click.echo(f"There are no {tables}: nothing to downgrade.")
         return
+    if revision == current:
+        click.echo(f"The {tables} are at revision {current} already: nothing to downgrade.")
+        return
     if not yes:
         queued, failed = app.admin.totals()
         lost = f"{queued:,} queued job(s) and {failed:,} failed job(s)"
