@@ -8,6 +8,7 @@ queued without ever mixing those settings with the function's own arguments.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,10 @@ R = TypeVar("R")
 
 Seconds = float | int | timedelta
 
+MAX_SECONDS = 100 * 365 * 86400
+"""The longest duration a job option may give (a hundred years): every time
+computed from one, on any server's clock, stays representable."""
+
 
 def seconds(name: str, value: Seconds | None, *, allow_zero: bool = True) -> float | None:
     """Validate a duration given as seconds or a timedelta."""
@@ -37,8 +42,13 @@ def seconds(name: str, value: Seconds | None, *, allow_zero: bool = True) -> flo
         value = value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigurationError(f"{name} must be seconds (a number) or a timedelta, not {value!r}")
+    if not math.isfinite(value):
+        raise ConfigurationError(f"{name} must be a finite number of seconds, not {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigurationError(f"{name} must be {'>=' if allow_zero else '>'} 0, not {value!r}")
+    if value > MAX_SECONDS:
+        raise ConfigurationError(
+            f"{name} must be at most {MAX_SECONDS:,} seconds (a hundred years), not {value!r}")
     return float(value)
 
 
@@ -265,7 +275,10 @@ class Job(Generic[P, R]):
         else:
             retry_for = seconds("retry_for", options.get("retry_for", self.retry_until))
             if retry_for is not None:
-                deadline = created_at + timedelta(seconds=retry_for)
+                try:
+                    deadline = created_at + timedelta(seconds=retry_for)
+                except OverflowError:  # near year 9999: no deadline worth keeping
+                    deadline = None
         tries = options.get("tries", self.tries)
         _check_tries(tries)
         return Rules(tries=tries, backoff=self.backoff, deadline=deadline)

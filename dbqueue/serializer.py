@@ -14,6 +14,18 @@ from .errors import SerializationError
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
+MAX_DEPTH = 100
+"""How deeply lists and dicts may nest in a payload. Far more than any job's
+arguments need, and far from Python's recursion limit, which the worker's
+decoding and the pipe to its child processes would otherwise hit."""
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+_decoder = json.JSONDecoder(parse_constant=_not_json)
+
 
 @dataclass(frozen=True, slots=True)
 class Payload:
@@ -27,19 +39,34 @@ class Payload:
 _PLAIN = (str, int, float, bool, type(None))
 
 
-def _check_keys(value: Any) -> None:
+def _check_keys(value: Any, depth: int = 1) -> None:
     """Raise TypeError for a dict key that JSON would quietly turn into a string
-    (the job would receive ``{"1": ...}`` for ``{1: ...}``)."""
+    (the job would receive ``{"1": ...}`` for ``{1: ...}``), or for nesting
+    deeper than MAX_DEPTH."""
+    if depth > MAX_DEPTH:
+        raise TypeError(f"lists and dicts nest more than {MAX_DEPTH} levels deep")
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(f"dict keys must be strings, not {key!r}")
             if not isinstance(item, _PLAIN):
-                _check_keys(item)
+                _check_keys(item, depth + 1)
     elif isinstance(value, list | tuple):
         for item in value:
             if not isinstance(item, _PLAIN):
-                _check_keys(item)
+                _check_keys(item, depth + 1)
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether ``value`` nests lists and dicts more than MAX_DEPTH levels deep."""
+    level: list[Any] = [value]
+    for _ in range(MAX_DEPTH):
+        level = [item for container in level
+                 for item in (container.values() if isinstance(container, dict) else container)
+                 if isinstance(item, list | dict)]
+        if not level:
+            return False
+    return True
 
 
 def encode(job_name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -54,6 +81,10 @@ def encode(job_name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
         if kwargs:
             _check_keys(kwargs)
         return text
+    except RecursionError:
+        raise SerializationError(
+            f"the arguments of job {job_name!r} nest lists or dicts more than {MAX_DEPTH} "
+            "levels deep (or refer to themselves); pass a flatter structure") from None
     except (TypeError, ValueError) as exc:
         raise SerializationError(
             f"the arguments of job {job_name!r} must be JSON-serialisable ({exc}); "
@@ -71,11 +102,22 @@ def encode_value(what: str, value: Any) -> str:
 
 
 def decode(text: str) -> Payload:
-    """Decode a payload column; raise ValueError with a readable reason when it is malformed."""
+    """Decode a payload column; raise ValueError with a readable reason when it is malformed.
+
+    Anyone with SQL access can write a payload: whatever it holds, this raises
+    ValueError and nothing else, so the worker fails that one job and goes on.
+    """
     try:
-        document = json.loads(text)
+        document = _decoder.decode(text)
+    except RecursionError:
+        raise ValueError(f"payload nests lists or dicts more than {MAX_DEPTH} levels deep"
+                         ) from None
     except (TypeError, ValueError) as exc:
         raise ValueError(f"payload is not valid JSON: {exc}") from None
+    # Counting brackets is cheap and bounds the depth from above: only a payload
+    # with many of them is walked.
+    if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(document):
+        raise ValueError(f"payload nests lists or dicts more than {MAX_DEPTH} levels deep")
     if not isinstance(document, dict):
         raise ValueError(f"payload must be a JSON object, not {type(document).__name__}")
     args = document.get("args", [])

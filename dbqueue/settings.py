@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -37,9 +38,10 @@ class Settings:
                 f"table prefix {self.table_prefix!r} is not valid: use up to 21 letters, "
                 "digits and underscores, starting with a letter (for example 'dbq_')"
             )
-        if not self.retry_after > 0:
+        if not (self.retry_after > 0 and math.isfinite(self.retry_after)):
             raise ConfigurationError(
-                f"retry_after must be a positive number of seconds, not {self.retry_after!r}"
+                f"retry_after must be a positive, finite number of seconds, "
+                f"not {self.retry_after!r}"
             )
 
     @classmethod
@@ -65,6 +67,9 @@ class Settings:
 
 def parse_seconds(name: str, text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise ConfigurationError(f"{name} must be a number of seconds, not {text!r}") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise ConfigurationError(f"{name} must be a finite number of seconds, not {text!r}")
+    return value

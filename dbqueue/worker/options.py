@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..errors import ConfigurationError
@@ -24,6 +25,9 @@ class WorkerOptions:
     memory_mb: float | None = None
     """Replace a child whose memory grows past this after its job."""
     stop_when_empty: bool = False
+    """Exit once no job is ready and none runs."""
+    stop_when_drained: bool = False
+    """Exit once the queues hold no job at all: none ready, delayed, in backoff or running."""
     once: bool = False
     grace: float = 30.0
     """Seconds running jobs get to finish after SIGTERM or ``dbqueue restart``."""
@@ -33,7 +37,10 @@ class WorkerOptions:
     def __post_init__(self) -> None:
         if not self.queues or not all(q.strip() for q in self.queues):
             raise ConfigurationError(
-                "--queue needs at least one queue name, e.g. --queue high,default")
+                "--queue needs at least one queue name, e.g. --queue high,default "
+                "(or '*' for every queue)")
+        if len(set(self.queues)) < len(self.queues):
+            raise ConfigurationError(f"--queue names a queue twice: {','.join(self.queues)}")
         checks = [
             ("--concurrency", self.concurrency, self.concurrency >= 1, "at least 1"),
             ("--sleep", self.sleep, self.sleep > 0, "more than 0 seconds"),
@@ -48,6 +55,10 @@ class WorkerOptions:
             ("--prefetch", self.prefetch, self.prefetch >= 0, "0 or more"),
         ]
         for name, value, ok, allowed in checks:
+            # inf would pass most checks, and then overflow a date or an interval
+            # in the database (--retry-after inf): every figure must be finite.
+            if value is not None and not math.isfinite(value):
+                raise ConfigurationError(f"{name} must be a finite number, {allowed}, not {value}")
             if not ok:
                 raise ConfigurationError(f"{name} must be {allowed}, not {value}")
 
