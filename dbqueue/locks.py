@@ -8,7 +8,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from .errors import ConfigurationError, LockNotAcquired
-from .keys import KEY_LENGTH
 
 if TYPE_CHECKING:
     from .store.locks import Locks
@@ -17,7 +16,9 @@ if TYPE_CHECKING:
 class Lock:
     """A named lock held in ``cache_locks``, with an owner token and an expiry.
 
-    Only the owner can release or extend it; when ``ttl`` seconds pass without
+    Any key works: one longer than the key column (191 characters) is
+    stored as its first 100 characters and a SHA-256 digest. Only the owner
+    can release or extend it; when ``ttl`` seconds pass without
     an ``extend``, it expires (by the database clock) and anyone may take it.
     Each call runs in a short transaction of its own: a lock taken while your
     own transaction is open stays taken if that transaction rolls back, and is
@@ -33,9 +34,8 @@ class Lock:
 
     def __init__(self, locks: Locks, key: str, ttl: float, owner: str | None = None,
                  wait: float = 0.0) -> None:
-        if not key or len(key) > KEY_LENGTH:
-            raise ConfigurationError(
-                f"lock keys must be 1 to {KEY_LENGTH} characters, not {key!r}")
+        if not isinstance(key, str) or not key:
+            raise ConfigurationError(f"a lock's key must be a non-empty string, not {key!r}")
         if not ttl > 0:
             raise ConfigurationError(f"a lock's ttl must be > 0 seconds, not {ttl!r}")
         self._locks = locks

@@ -14,7 +14,14 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from .. import keys
 from .store import Store, held_locks
+
+
+def stored_key(key: str) -> str:
+    """The key as cache_locks holds it: itself, or when too long for the column,
+    its first characters and a digest (still one lock per distinct key)."""
+    return keys.fit(key, key[:100] + ":")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +38,7 @@ class Locks:
 
     def acquire(self, key: str, owner: str, ttl: float) -> bool:
         """Take ``key`` for ``owner`` for ``ttl`` seconds if it is free or expired."""
+        key = stored_key(key)
         return key in self.acquire_many([(key, owner, ttl)])
 
     def acquire_many(self, wanted: Sequence[tuple[str, str, float]]) -> set[str]:
@@ -63,7 +71,7 @@ class Locks:
 
     def release(self, key: str, owner: str) -> bool:
         """Free ``key`` if ``owner`` holds it; return whether it did."""
-        table = self.table
+        table, key = self.table, stored_key(key)
         return self.store.transaction(lambda c: c.execute(
             sa.delete(table).where(table.c.key == key, table.c.owner == owner)).rowcount == 1,
             single_statement=True)
@@ -71,7 +79,7 @@ class Locks:
     def force_release(self, key: str) -> bool:
         """Free ``key`` whoever holds it; return whether it was held (an expired
         row, also deleted, was not)."""
-        table = self.table
+        table, key = self.table, stored_key(key)
 
         def work(c: Connection) -> bool:
             held = c.execute(sa.delete(table).where(
@@ -86,26 +94,27 @@ class Locks:
 
         False if ``owner`` no longer holds it (another process took it over).
         """
-        table = self.table
+        table, key = self.table, stored_key(key)
         return self.store.transaction(lambda c: c.execute(
             sa.update(table).where(table.c.key == key, table.c.owner == owner)
             .values(expires_at=self.store.dialect.now_plus(ttl))).rowcount == 1,
             single_statement=True)
 
-    def free_in(self, keys: list[str]) -> float:
-        """Seconds until the first of ``keys`` expires (0 if one is free already)."""
+    def free_in(self, lock_keys: list[str]) -> float:
+        """Seconds until the first of ``lock_keys`` expires (0 if one is free already)."""
         table, now = self.table, self.store._now()
+        stored = [stored_key(key) for key in lock_keys]
         row = self.store.read(lambda c: c.execute(
             sa.select(sa.func.min(table.c.expires_at), sa.func.count(), now)
-            .where(table.c.key.in_(keys), table.c.expires_at > now)).first())
+            .where(table.c.key.in_(stored), table.c.expires_at > now)).first())
         soonest, held, db_now = row  # type: ignore[misc]
-        if held < len(keys) or soonest is None:
+        if held < len(stored) or soonest is None:
             return 0.0
         return max(0.0, (soonest - db_now).total_seconds())
 
     def holder(self, key: str) -> LockInfo | None:
         """Who holds ``key`` now (an expired row holds nothing)."""
-        table = self.table
+        table, key = self.table, stored_key(key)
         row = self.store.read(lambda c: c.execute(
             sa.select(table).where(table.c.key == key,
                                    table.c.expires_at > self.store._now())).first())

@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from .. import keys
 from .store import Store
 
 COMPLETED = "completed"
@@ -102,9 +103,11 @@ class Outcomes:
                                   .values(result=result_json)).rowcount == 1
 
     def get(self, key: str) -> Outcome | None:
-        table = self.table
+        """The outcome recorded under ``key``: the key as the job's function gave
+        it, or as stored (a long key is stored as its digest, see keys.fit)."""
+        table, stored = self.table, keys.fit(key)
         row = self.store.read(lambda c: c.execute(
-            sa.select(table).where(table.c.idempotency_key == key)).first())
+            sa.select(table).where(table.c.idempotency_key == stored)).first())
         if row is None:
             return None
         fields = dict(row._mapping)
