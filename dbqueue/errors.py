@@ -96,11 +96,17 @@ class Release(JobSignal):
     failure: it does not use up one of the job's ``tries``.
     """
 
-    def __init__(self, delay: float = 0) -> None:
-        if delay < 0:
-            raise ValueError(f"Release delay must be >= 0 seconds, not {delay!r}")
-        super().__init__(f"released for {delay:g} s")
+    def __init__(self, delay: float = 0, *, reason: str = "") -> None:
+        if not 0 <= delay <= _LONGEST_RELEASE:  # NaN fails too
+            raise ValueError(
+                f"Release delay must be 0 to {_LONGEST_RELEASE:,} seconds, not {delay!r}")
+        super().__init__(f"released for {delay:g} s" + (f": {reason}" if reason else ""))
         self.delay = float(delay)
+        self.reason = reason
+        """Why, for the worker's log (a middleware says which limit held the job back)."""
+
+
+_LONGEST_RELEASE = 100 * 365 * 86400
 
 
 class Fail(JobSignal):

@@ -120,7 +120,7 @@ class WithoutOverlapping:
         if not lock.acquire():
             if self.dont_release:
                 return None
-            raise Release(self.release_after)
+            raise Release(self.release_after, reason=f"lock {request.key!r} is held")
         try:
             return call_next()
         finally:
@@ -157,7 +157,7 @@ class ThrottlesExceptions:
         circuit = f"dbqueue:circuit:{self.key or context.job.name}"
         remaining = circuits.open_for(circuit)
         if remaining:
-            raise Release(remaining)
+            raise Release(remaining, reason=f"circuit {circuit!r} is open")
         try:
             result = call_next()
         except Release:
@@ -176,7 +176,9 @@ class RateLimited:
 
     ``name`` names the limit (jobs of several kinds may share one); ``key``, a
     function of the job's arguments, splits it (one limit per customer, say).
-    A job over the limit is released, without using a try, until a slot frees.
+    A job over the limit is released, without using a try, until a slot may
+    have freed: at most ``per`` seconds, since a slot frees ``per`` seconds
+    after its job ends.
 
     The limit is kept with ``limit`` slots in ``cache_locks``. A job takes a free
     slot before it runs and gives it back ``per`` seconds after it *ends*, so
@@ -211,7 +213,13 @@ class RateLimited:
             if lock.acquire():
                 break
         else:
-            raise Release(max(locks.free_in(slots), 0.01))
+            # A slot held by a running job expires at the end of its hold, long
+            # after the job will most likely have ended: it frees `per` seconds
+            # after the end. So look again within `per`, or sooner when a slot
+            # of a job that has ended frees sooner.
+            wait = min(max(locks.free_in(slots), 0.01), self.per)
+            raise Release(wait, reason=f"rate limit {self.name!r} reached "
+                                       f"({self.limit} per {self.per:g} s)")
         try:
             return call_next()
         finally:
