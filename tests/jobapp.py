@@ -291,6 +291,45 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
     def limited(n: int) -> None:
         note("limited", "start", n=n)
 
+    @app.job(name="rate_one", tries=1, timeout=300,
+             middleware=[dbqueue.RateLimited("one", limit=1, per=2)])
+    def rate_one(key: str) -> None:
+        """One start per 2 s; each runs until the test notes (key, "go")."""
+        note(key, "start")
+        while not count(key, "go"):
+            time.sleep(0.05)
+
+    @app.job(name="async_record", tries=2)
+    async def async_record(n: int) -> int:
+        import asyncio
+
+        await asyncio.sleep(0.01)
+        note("async", "done", n=n)
+        return n
+
+    @app.job(name="async_flaky", tries=2)
+    async def async_flaky(key: str) -> None:
+        note(key, "start")
+        if count(key, "start") < 2:
+            raise RuntimeError("the first await failed")
+
+    @app.job(name="async_sleep", timeout=1)
+    async def async_sleep() -> None:
+        import asyncio
+
+        await asyncio.sleep(60)
+
+    @app.job(name="async_charge", idempotency_key=lambda order: f"async:{order}")
+    async def async_charge(order: int) -> dict[str, int]:
+        charge_once(order)
+        return {"order": order}
+
+    @app.job(name="long_key_charge",
+             idempotency_key=lambda order: "charge-with-a-long-key:" + "x" * 300 + str(order))
+    def long_key_charge(order: int) -> int:
+        charge_once(order)
+        return order
+
     return JobApp(app, effects, dict(app.jobs), note)
 
 

@@ -32,7 +32,35 @@ def test_a_reservation_is_leased_until_it_expires_and_then_taken_again(app):
     with app.engine.begin() as c:  # the holder died: its lease runs out
         c.execute(sa.update(jobs).values(available_at=store.dialect.now_plus(-1)))
     again = store.reserve(["default"], 1, "b", 90)
-    assert [(row.id, row.attempts) for row in again] == [(job_id, 2)]
+    # A reservation counts no attempt: the first holder never started the job
+    # (had it, its worker would have counted the attempt, see the next test).
+    assert [(row.id, row.attempts) for row in again] == [(job_id, 1)]
+
+
+def test_only_a_started_attempt_counts_when_a_lease_runs_out(app):
+    store, jobs = app.store, app.store.tables.jobs
+    started, waiting = (store.push(NewJob("default", "noop", "{}")) for _ in range(2))
+    first = store.reserve(["default"], 2, "a", 90)
+    assert [row.attempts for row in first] == [1, 1]
+    assert store.complete([], started=[(Lease(started, "a"), 1)]) == 0  # it ran a while
+    with app.engine.begin() as c:  # then its worker died with both leases
+        c.execute(sa.update(jobs).values(available_at=store.dialect.now_plus(-1)))
+    again = store.reserve(["default"], 2, "b", 90)
+    assert {row.id: row.attempts for row in again} == {started: 2, waiting: 1}
+
+
+def test_an_attempt_count_at_the_integer_limit_never_blocks_a_reservation(app):
+    store, jobs = app.store, app.store.tables.jobs
+    poisoned = store.push(NewJob("default", "noop", "{}"))
+    good = store.push(NewJob("default", "noop", "{}"))
+    with app.engine.begin() as c:
+        c.execute(sa.update(jobs).where(jobs.c.id == poisoned).values(attempts=2**31 - 1))
+    taken = {row.id: row for row in store.reserve(["default"], 2, "t", 90)}
+    assert set(taken) == {poisoned, good} and taken[poisoned].attempts == 2**31
+    assert store.release(Lease(poisoned, "t"), 0, taken[poisoned].attempts)  # kept in range
+    assert store.fail(taken[good], "t", Failure("E", "m", "tb"), "h:1", attempts=2**40)
+    assert [row.attempts for row in rows(app, jobs)] == [2**31 - 1]
+    assert [row.attempts for row in rows(app, store.tables.failed_jobs)] == [2**31 - 1]
 
 
 def test_fenced_leases_a_stale_holder_changes_nothing(app):
@@ -44,12 +72,13 @@ def test_fenced_leases_a_stale_holder_changes_nothing(app):
     (_current,) = store.reserve(["default"], 1, "new", 90)
     old = Lease(job_id, "old")
     assert store.complete([old]) == 0
-    assert store.release(old, 0) is False
+    assert store.release(old, 0, 1) is False
     assert store.fail(stale, "old", Failure("X", "m", "tb"), "h:1") is False
-    assert store.heartbeat([old], 90) == 0
+    assert store.heartbeat([old], 90) == set()
     assert store.release_all([old]) == 0
+    assert store.complete([], started=[(old, 1)]) == 0
     (row,) = rows(app, jobs)
-    assert (row.reserved_by, row.attempts) == ("new", 2)
+    assert (row.reserved_by, row.attempts) == ("new", 0)
     assert count(app, store.tables.failed_jobs) == 0
     assert store.complete([Lease(job_id, "new")]) == 1
     assert count(app, jobs) == 0
@@ -60,19 +89,19 @@ def test_heartbeat_moves_the_lease_forward(app):
     job_id = store.push(NewJob("default", "noop", "{}"))
     store.reserve(["default"], 1, "t", 5)
     (before,) = rows(app, jobs)
-    assert store.heartbeat([Lease(job_id, "t")], 600) == 1
+    assert store.heartbeat([Lease(job_id, "t"), Lease(job_id + 1, "t")], 600) == {job_id}
     (after,) = rows(app, jobs)
     assert after.available_at - after.reserved_at == timedelta(seconds=600)
     assert after.available_at > before.available_at
 
 
-def test_release_counts_or_gives_back_the_attempt_and_delays_by_the_db_clock(app):
+def test_release_records_the_attempts_and_delays_by_the_db_clock(app):
     store, jobs = app.store, app.store.tables.jobs
     job_id = store.push(NewJob("default", "noop", "{}"))
     (row,) = store.reserve(["default"], 1, "t", 90)
-    assert store.release(Lease(job_id, "t"), 120, counts=False)
+    assert store.release(Lease(job_id, "t"), 120, row.attempts)
     (stored,) = rows(app, jobs)
-    assert stored.attempts == 0 and stored.reserved_by is None and stored.reserved_at is None
+    assert stored.attempts == 1 and stored.reserved_by is None and stored.reserved_at is None
     delay = (stored.available_at - row.reserved_at).total_seconds()
     assert 120 <= delay < 130
 

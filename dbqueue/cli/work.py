@@ -16,7 +16,8 @@ from .options import connection_options, export_settings, friendly_errors
 @click.command()
 @connection_options
 @click.option("--queue", "-q", "queues", default="default", show_default=True,
-              help="Queues to work, comma-separated, highest priority first.")
+              help="Queues to work, comma-separated, highest priority first; '*' stands "
+                   "for every other queue that holds jobs.")
 @click.option("--concurrency", "-c", default=1, show_default=True, type=int,
               help="Child processes running jobs at once.")
 @click.option("--sleep", default=1.0, show_default=True, type=float,
@@ -33,12 +34,17 @@ from .options import connection_options, export_settings, friendly_errors
 @click.option("--prefetch", type=int, default=500, show_default=True,
               help="Most jobs reserved ahead of free children (only when jobs are short).")
 @click.option("--stop-when-empty", is_flag=True, help="Exit once no job is ready or running.")
-@click.option("--once", is_flag=True, help="Run a single job, then exit.")
+@click.option("--stop-when-drained", is_flag=True,
+              help="Exit once the queues hold no job at all: waits for delayed jobs and "
+                   "retries in backoff too.")
+@click.option("--once", is_flag=True,
+              help="Run the next job, then exit (waits for one if none is ready; with "
+                   "--stop-when-empty, exits instead).")
 @friendly_errors
 def work(url: str | None, app_reference: str | None, table_prefix: str | None, queues: str,
          concurrency: int, sleep: float, retry_after: float | None, max_jobs: int | None,
          max_time: float | None, memory: float | None, grace: float, prefetch: int,
-         stop_when_empty: bool, once: bool, verbose: bool) -> None:
+         stop_when_empty: bool, stop_when_drained: bool, once: bool, verbose: bool) -> None:
     """Run jobs from the queues until stopped (SIGTERM, Ctrl-C or `dbqueue restart`).
 
     Start one on every host; they share the work through the database.
@@ -63,7 +69,8 @@ def work(url: str | None, app_reference: str | None, table_prefix: str | None, q
         concurrency=concurrency, sleep=sleep,
         retry_after=retry_after if retry_after is not None else app.settings.retry_after,
         max_jobs=1 if once else max_jobs, max_time=max_time, memory_mb=memory,
-        stop_when_empty=stop_when_empty, once=once, grace=grace, prefetch=prefetch,
+        stop_when_empty=stop_when_empty, stop_when_drained=stop_when_drained, once=once,
+        grace=grace, prefetch=prefetch,
     )
     code = Supervisor(app, app_reference, options).run()
     app.dispose()  # say goodbye to the server rather than vanish at exit

@@ -292,8 +292,9 @@ class Store:
                 lease: float) -> list[ReservedRow]:
         """Reserve up to ``limit`` jobs, taking the queues in the order given.
 
-        Each job gets one more attempt and a lease of ``lease`` seconds under
-        ``token``; until the lease expires no other worker can reserve it.
+        Each job gets a lease of ``lease`` seconds under ``token``; until the
+        lease expires no other worker can reserve it. No attempt is counted:
+        a job that never starts (the worker died first) comes back as it was.
         """
 
         def work(c: Connection) -> list[ReservedRow]:
@@ -307,26 +308,61 @@ class Store:
 
         return self.transaction(work)
 
-    def heartbeat(self, leases: Iterable[Lease], lease: float) -> int:
-        """Renew the leases still held; return how many were."""
-        return self._for_leases(leases, lambda held: sa.update(self.tables.jobs).where(held).values(
-            reserved_at=self.dialect.now(), available_at=self.dialect.now_plus(lease)))
+    def heartbeat(self, leases: Iterable[Lease], lease: float) -> set[int]:
+        """Renew the leases still held; return the ids of their jobs.
 
-    def complete(self, leases: Iterable[Lease],
-                 unlock: Sequence[tuple[str, str]] = ()) -> int:
+        A job missing from the answer was taken by another worker after its
+        lease ran out (this worker stalled): it must not be started here.
+        """
+        jobs = self.tables.jobs
+        statement = sa.update(jobs).values(reserved_at=self.dialect.now(),
+                                           available_at=self.dialect.now_plus(lease))
+        renewed: set[int] = set()
+
+        def work(c: Connection) -> None:
+            for token, ids in _by_token(leases).items():
+                for chunk in _chunks(ids):
+                    held = sa.and_(jobs.c.reserved_by == token,
+                                   self.dialect.one_of(jobs.c.id, chunk))
+                    if c.execute(statement.where(held)).rowcount == len(chunk):
+                        renewed.update(chunk)
+                    else:  # rare: ask which are still ours (the rows locked just now)
+                        renewed.update(c.execute(sa.select(jobs.c.id).where(held)).scalars())
+
+        self.transaction(work)
+        return renewed
+
+    def complete(self, leases: Iterable[Lease], unlock: Sequence[tuple[str, str]] = (),
+                 started: Sequence[tuple[Lease, int]] = ()) -> int:
         """Delete completed jobs still held under their leases; return how many.
 
-        In the same transaction, free the ``(key, owner)`` locks in ``unlock``:
-        the locks the worker took for these jobs and for others that ended.
+        In the same transaction, free the ``(key, owner)`` locks in ``unlock``
+        (the locks the worker took for these jobs and for others that ended),
+        and count the attempt of each ``(lease, attempt)`` in ``started``: jobs
+        that have run a while, so that a crash of the worker from now on costs
+        them that attempt (a job only reserved costs none).
         """
         locks = self.tables.cache_locks
 
-        def free(c: Connection) -> None:
+        def also(c: Connection) -> None:
             for chunk in _chunks(unlock):
                 c.execute(sa.delete(locks).where(held_locks(locks, chunk)))
+            self._count_attempts(c, started)
 
         return self._for_leases(leases, lambda held: sa.delete(self.tables.jobs).where(held),
-                                also=free if unlock else None)
+                                also=also if unlock or started else None)
+
+    def _count_attempts(self, c: Connection, started: Sequence[tuple[Lease, int]]) -> None:
+        jobs = self.tables.jobs
+        by_attempt: dict[int, list[Lease]] = defaultdict(list)
+        for lease, attempt in started:
+            by_attempt[attempt].append(lease)
+        for attempt, leases in by_attempt.items():
+            for token, ids in _by_token(leases).items():
+                for chunk in _chunks(ids):
+                    c.execute(sa.update(jobs).where(
+                        jobs.c.reserved_by == token, self.dialect.one_of(jobs.c.id, chunk))
+                        .values(attempts=_attempts(attempt)))
 
     def _for_leases(self, leases: Iterable[Lease],
                     statement: Callable[[sa.ColumnElement[bool]], sa.Executable],
@@ -352,10 +388,11 @@ class Store:
 
         return self.transaction(work)
 
-    def release(self, lease: Lease, delay: float, *, counts: bool = True) -> bool:
-        """Put a reserved job back, available after ``delay`` seconds.
+    def release(self, lease: Lease, delay: float, attempts: int) -> bool:
+        """Put a reserved job back, available after ``delay`` seconds, with
+        ``attempts`` attempts counted (its attempt's number if that attempt
+        counts, one less if not: a release by the job, a job put back unrun).
 
-        With ``counts=False`` the attempt it was reserved for is given back.
         Returns False when the lease was lost (the job is someone else's now).
         """
         jobs = self.tables.jobs
@@ -363,8 +400,7 @@ class Store:
             sa.update(jobs)
             .where(jobs.c.id == lease.id, jobs.c.reserved_by == lease.token)
             .values(reserved_by=None, reserved_at=None,
-                    available_at=self.dialect.now_plus(delay),
-                    attempts=jobs.c.attempts - (0 if counts else 1))
+                    available_at=self.dialect.now_plus(delay), attempts=_attempts(attempts))
         )
         return self.transaction(lambda c: c.execute(statement).rowcount == 1)
 
@@ -374,22 +410,16 @@ class Store:
                                 .values(unique_key=None, unique_expires_at=None))
 
     def release_all(self, leases: Iterable[Lease]) -> int:
-        """Give back jobs reserved but not run (a worker stopping): available now,
-        their attempt not counted."""
+        """Give back jobs reserved but never started (a worker stopping): available
+        now, as they were."""
         jobs = self.tables.jobs
         return self._for_leases(leases, lambda held: sa.update(jobs).where(held).values(
-            reserved_by=None, reserved_at=None, available_at=self.dialect.now(),
-            attempts=jobs.c.attempts - 1))
+            reserved_by=None, reserved_at=None, available_at=self.dialect.now()))
 
-    def uncount(self, lease: Lease) -> bool:
-        """Take back the attempt a reservation counted, keeping the lease (the
-        job was reserved again by the worker already running it)."""
-        jobs = self.tables.jobs
-        return self._for_leases([lease], lambda held: sa.update(jobs).where(held).values(
-            attempts=jobs.c.attempts - 1)) == 1
-
-    def fail(self, job: ReservedRow, token: str, failure: Failure, worker: str) -> bool:
-        """Move a reserved job to failed_jobs, in one transaction.
+    def fail(self, job: ReservedRow, token: str, failure: Failure, worker: str,
+             attempts: int | None = None) -> bool:
+        """Move a reserved job to failed_jobs, in one transaction, with ``attempts``
+        (default: the number of the attempt it was reserved for).
 
         Returns False, and writes nothing, when the lease was lost.
         """
@@ -403,7 +433,8 @@ class Store:
                 return False
             c.execute(failed.insert().values(
                 uuid=str(uuid.uuid4()), job_id=job.id, queue=job.queue, job=job.job,
-                priority=job.priority, payload=job.payload, attempts=job.attempts,
+                priority=job.priority, payload=job.payload,
+                attempts=_attempts(job.attempts if attempts is None else attempts),
                 exception_class=_text(failure.exception_class)[:255],
                 exception_message=_text(failure.message), exception=_text(failure.traceback),
                 failed_at=self.dialect.now(), worker=worker[:255],
@@ -411,3 +442,12 @@ class Store:
             return True
 
         return self.transaction(work)
+
+
+_MAX_ATTEMPTS = 2**31 - 1  # an INTEGER column
+
+
+def _attempts(value: int) -> int:
+    """An attempt count the column can hold: a row someone set to the largest
+    INTEGER runs (with tries=None) without its count overflowing."""
+    return max(0, min(value, _MAX_ATTEMPTS))

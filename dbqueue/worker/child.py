@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import inspect
 import itertools
 import logging
 import math
@@ -51,6 +52,11 @@ class RunJob(NamedTuple):
     timeout: float
     locks: frozenset[str] = frozenset()
     """Lock keys the supervisor took for the job (see WithoutOverlapping)."""
+    start_by: float = math.inf
+    """Do not start the job after this (monotonic clock, shared by the
+    processes of a host): its lease may have run out by then, and another
+    worker may be running it. A task queued here while the whole worker was
+    stopped (SIGSTOP, a paused VM) is answered "expired" instead."""
 
 
 class RunHook(NamedTuple):
@@ -61,7 +67,8 @@ class RunHook(NamedTuple):
 
 
 class Finished(NamedTuple):
-    """The task ended. ``kind`` is "done", or how the job failed (see policy.EndKind)."""
+    """The task ended. ``kind`` is "done", how the job failed (see policy.EndKind),
+    or "expired": not started, its ``start_by`` had passed."""
 
     kind: str
     rss_mb: float = 0.0
@@ -115,15 +122,26 @@ def die_with_parent() -> None:
             pass
 
 
+EXPIRED = Finished("expired")
+
+
 def run_job(app: Any, task: RunJob, batch: OutcomeBatch) -> Finished:
+    if time.monotonic() > task.start_by:
+        return EXPIRED
     try:
         job = app.lookup(task.name)
         job.check_arguments(task.args, task.kwargs)
     except Exception as exc:  # an unknown job or bad arguments: retrying cannot help
         return Finished("permanent", exception_class=class_name(exc),
                         message=str(exc), traceback=traceback.format_exc())
+
     def body() -> Any:
-        return job.func(*task.args, **task.kwargs)
+        result = job.func(*task.args, **task.kwargs)
+        if inspect.iscoroutine(result):  # an `async def` job: on an event loop of its own
+            import asyncio
+
+            result = asyncio.run(result)
+        return result
 
     if job.idempotency_key is not None:  # innermost: its transaction spans only the body
         body = partial(batch.run, job, task.job_id, task.args, task.kwargs, body)
@@ -142,7 +160,7 @@ def run_job(app: Any, task: RunJob, batch: OutcomeBatch) -> Finished:
                         task.job_id, task.name, class_name(exc), exc)
             return Finished("done", uncommitted=True)
         if isinstance(exc, Release):
-            return Finished("release", delay=exc.delay)
+            return Finished("release", delay=exc.delay, message=exc.reason)
         if isinstance(exc, Fail):
             return Finished("fail", exception_class=class_name(exc),
                             message=exc.reason, traceback=traceback.format_exc())

@@ -7,6 +7,7 @@ is failed here, before any child sees it (DESIGN §2.7: bad input is contained).
 from __future__ import annotations
 
 import time
+import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,10 +30,18 @@ class Held:
     job: Any  # dbqueue.Job, or None when the row could not be resolved
     payload: Payload
     reserved_mono: float
+    lease_until: float
+    """Until when the lease certainly holds (monotonic clock): it was taken or
+    last renewed for ``retry_after`` seconds by a statement sent after the
+    instant this counts from. Moved forward by each heartbeat."""
     rules: Rules = field(default_factory=lambda: Rules(tries=1))
     timeout: float = 0.0
     locks: list[tuple[str, str, float]] = field(default_factory=list)
     """(key, owner, ttl) of the locks taken for this job (see WithoutOverlapping)."""
+    counted: bool = False
+    """Whether its attempt is counted in the table (see Store.complete's ``started``)."""
+    runtime: float | None = None
+    """Seconds its attempt ran, once it has ended (for the log)."""
 
     def lock_requests(self, app: Any) -> list[LockRequest]:
         """The locks its middleware wants taken before it runs."""
@@ -54,26 +63,42 @@ class Held:
         return self.row.reserved_at + timedelta(seconds=time.monotonic() - self.reserved_mono)
 
 
-def admit(app: Any, row: ReservedRow, token: str) -> tuple[Held, Failure | None]:
-    """A Held job for ``row``, and the Failure to record instead of running it, if any."""
-    held = Held(row, Lease(row.id, token), None, Payload(), time.monotonic())
+def admit(app: Any, row: ReservedRow, token: str, lease_until: float,
+          ) -> tuple[Held, Failure | None]:
+    """A Held job for ``row``, and the Failure to record instead of running it, if any.
+
+    Whatever the row holds (anyone with SQL access can write one), this
+    returns: a row that cannot run becomes a Failure, never an exception
+    that would stop the worker (DESIGN §2.7).
+    """
+    held = Held(row, Lease(row.id, token), None, Payload(), time.monotonic(), lease_until)
+    try:
+        return held, _resolve(app, held)
+    except Exception as exc:  # a case the checks below did not foresee: still contained
+        return held, Failure(class_name(exc),
+                             f"job {row.id} ({row.job!r}) cannot run: {exc}",
+                             traceback.format_exc())
+
+
+def _resolve(app: Any, held: Held) -> Failure | None:
+    row = held.row
     try:
         held.payload = serializer.decode(row.payload)
     except ValueError as exc:
-        return held, Failure("dbqueue.SerializationError",
-                             f"job {row.id} ({row.job!r}) cannot be decoded: {exc}", "")
+        return Failure("dbqueue.SerializationError",
+                       f"job {row.id} ({row.job!r}) cannot be decoded: {exc}", "")
     try:
         job = app.lookup(row.job)
     except UnknownJob as exc:
-        return held, Failure(class_name(exc), str(exc), "")
+        return Failure(class_name(exc), str(exc), "")
     held.job = job
     try:
         held.rules = job.rules(held.payload.options, row.created_at)
         held.timeout = job.timeout_for(held.payload.options)
     except ConfigurationError as exc:
-        return held, Failure(class_name(exc),
-                             f"job {row.id} ({row.job!r}) has invalid options: {exc}", "")
+        return Failure(class_name(exc), f"job {row.id} ({row.job!r}) has invalid options: {exc}",
+                       "")
     why = refuse_attempt(row.attempts, held.rules, row.reserved_at)
     if why is not None:
-        return held, Failure(class_name(MaxAttemptsExceeded), why, "")
-    return held, None
+        return Failure(class_name(MaxAttemptsExceeded), why, "")
+    return None

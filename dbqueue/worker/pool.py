@@ -117,8 +117,9 @@ class Pool:
     def idle(self) -> list[Child]:
         return [child for child in self.children if not child.tasks]
 
-    def running(self) -> int:
-        return sum(len(child.tasks) for child in self.children)
+    def started(self) -> list[tuple[Task, float]]:
+        """The task each busy child is running, with when it began (monotonic)."""
+        return [(child.tasks[0][0], child.started) for child in self.children if child.tasks]
 
     def give(self, child: Child, task: Task, timeout: float) -> None:
         """Queue ``task`` in ``child``; it is sent with the others at the next ``wait``."""

@@ -20,6 +20,7 @@ class StopSignals:
         self.received: str | None = None
         self.first_at: float | None = None
         self.again = False  # a second request: stop now, do not wait for running jobs
+        self.repeats_ignored = 0  # signals within REPEAT_AFTER of the first: the same request
         self._read, self._write = os.pipe()
         os.set_blocking(self._read, False)
         os.set_blocking(self._write, False)
@@ -41,6 +42,8 @@ class StopSignals:
             self.first_at = now
         elif now - self.first_at >= REPEAT_AFTER:
             self.again = True
+        else:
+            self.repeats_ignored += 1
 
     def drain(self) -> None:
         try:

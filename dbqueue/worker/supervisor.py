@@ -21,15 +21,17 @@ from typing import Any
 from ..errors import JobTimeout, WorkerCrashed
 from ..middleware import LOCK_MARGIN, LockRequest
 from ..policy import Ended, GiveUp, decide
-from ..store import Failure, Lease, ReservedRow, WorkerInfo, WorkerRegistry
+from ..store import Failure, Lease, WorkerInfo, WorkerRegistry
 from ..store.locks import Locks
+from ..store.queues import Queues
 from .child import Committed, Finished, JobFailure, RunHook, RunJob, class_name
+from .health import DB_ERRORS, Health
 from .intake import Held, admit
 from .options import WorkerOptions
-from .outbox import DB_ERRORS as _DB_ERRORS
-from .outbox import Outbox
+from .outbox import Completion, Outbox, duration
 from .pool import Child, Pool
-from .signals import StopSignals
+from .queues import QueueChoice, serves
+from .signals import REPEAT_AFTER, StopSignals
 
 log = logging.getLogger("dbqueue.worker")
 
@@ -43,6 +45,7 @@ _HOOK_TIMEOUT = 60.0
 _HOUSEKEEPING_EVERY = 60.0
 _DEAD_AFTER = 120.0  # seconds without a heartbeat after which a worker is forgotten
 _COMMIT_TIMEOUT = 60.0  # seconds an idle child may take to commit its idempotent jobs
+_LIVE_WITHIN = 30.0  # seconds since a worker's last heartbeat for it to count as serving
 
 
 class Supervisor:
@@ -55,6 +58,8 @@ class Supervisor:
         self.app, self.store, self.options = app, app.store, options
         self.registry = WorkerRegistry(self.store)
         self.locks = Locks(self.store)
+        self.queues = QueueChoice(options.queues, Queues(self.store))
+        self.health = Health()
         self.id = secrets.token_hex(8)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.signals = StopSignals()
@@ -71,8 +76,11 @@ class Supervisor:
         self.next_poll = 0.0
         self.next_beat = 0.0
         self.next_housekeeping = 0.0
+        self.next_flush = 0.0  # after a failed write, when to try again
         self.first_unflushed = 0.0
         self.drained = False
+        self.queues_empty = False  # --stop-when-drained: no job at all is left in them
+        self.said_waiting = False
         self.avg_runtime: float | None = None
         self.sequence = 0
 
@@ -87,6 +95,7 @@ class Supervisor:
                                           ",".join(self.options.queues), self.options.concurrency))
         log.info("worker %s (%s) started: queues %s, concurrency %d", self.id, self.name,
                  ",".join(self.options.queues), self.options.concurrency)
+        self._hint_unserved_queues()
         self.pool.start()
         self.signals.install()
         try:
@@ -101,14 +110,22 @@ class Supervisor:
         return self.stopping is not None and not self.running and not self.uncommitted and (
             not self.hooks or time.monotonic() >= self.stop_deadline)
 
+    def _hint_unserved_queues(self) -> None:
+        """Say which queues have ready jobs that no worker serves: a new user's
+        worker serves only "default" and would wait there in silence."""
+        try:
+            ready = Queues(self.store).with_ready_jobs()
+            workers = self.registry.live(seen_within=_LIVE_WITHIN)
+        except DB_ERRORS:
+            return  # only a hint: the worker's own statements report an outage
+        unserved = [queue for queue in ready
+                    if not any(serves(worker.queues, queue) for worker in workers)]
+        if unserved:
+            log.warning("queue(s) %s have ready jobs that no worker serves; add them to "
+                        "--queue (or use --queue '*' for every queue)", ", ".join(unserved))
+
     def _turn(self) -> None:
-        if self.signals.received and not self.stopping:
-            self._stop(f"received {self.signals.received}")
-        elif self.signals.again and self.stopping and self.stop_deadline > time.monotonic():
-            # A second Ctrl-C: the person at the terminal will not wait.
-            log.warning("received %s again: stopping now; running jobs are put back",
-                        self.signals.received)
-            self.stop_deadline = time.monotonic()
+        self._heed_signals()
         # Outcomes first: a job released for an immediate retry must be back in
         # the table before the next reservation looks for work.
         self._flush()
@@ -137,6 +154,23 @@ class Supervisor:
                 and time.monotonic() >= self.stop_deadline):
             self._abandon_running()
 
+    def _heed_signals(self) -> None:
+        signals = self.signals
+        if signals.received and not self.stopping:
+            self._stop(f"received {signals.received}")
+            log.info("%s again stops at once: running jobs are then killed and put back",
+                     "Ctrl-C" if signals.received == "SIGINT" else signals.received)
+        elif signals.again and self.stopping and self.stop_deadline > time.monotonic():
+            # A second Ctrl-C: the person at the terminal will not wait.
+            log.warning("received %s again: stopping now; running jobs are put back",
+                        signals.received)
+            self.stop_deadline = time.monotonic()
+        elif signals.repeats_ignored:
+            signals.repeats_ignored = 0
+            log.info("received %s again within %g s of the first: taken as the same request "
+                     "(a process manager may have sent both); once more to stop at once",
+                     signals.received, REPEAT_AFTER)
+
     def _stop(self, reason: str) -> None:
         self.stopping = reason
         self.stop_deadline = time.monotonic() + self.options.grace
@@ -149,10 +183,16 @@ class Supervisor:
         self._give_back(list(self.buffer))  # tasks a dead child never started, put back
         self.buffer.clear()
         for _ in range(3):
-            if not self.outbox or self.outbox.flush(self.store.complete):
+            if not self.outbox:
                 break
-            time.sleep(1)
-        self._quietly(partial(self.registry.unregister, self.id), "unregister")
+            try:
+                self.outbox.flush(self.store.complete)
+            except DB_ERRORS as exc:
+                time.sleep(min(1.0, self.health.failed("record job outcomes", exc)))
+        try:
+            self.registry.unregister(self.id)
+        except DB_ERRORS as exc:  # the row is pruned as a dead worker's in two minutes
+            self.health.failed("unregister", exc)
         self.pool.stop()
         self.signals.uninstall()
 
@@ -179,25 +219,45 @@ class Supervisor:
         self.sequence += 1
         token = f"{self.id}.{self.sequence}"
         try:
-            rows = self.store.reserve(self.options.queues, want, token, self.options.retry_after)
-        except _DB_ERRORS as exc:
-            log.error("cannot reserve jobs, retrying in %.1f s: %s", self.options.sleep, exc)
-            self.next_poll = now + self.options.sleep
+            rows = self.store.reserve(self.queues.current(), want, token, self.options.retry_after)
+            if not rows and self._in_hand() == 0:
+                self._look_for_any_job()
+        except DB_ERRORS as exc:
+            self.next_poll = now + max(self.options.sleep, self.health.failed("reserve jobs", exc))
             return
+        self.health.succeeded()
+        # `now` was read before the statement went out: the lease, counted by the
+        # server's clock from when it ran, lasts at least until this.
+        lease_until = now + self.options.retry_after
         self.drained = len(rows) < want
         self.next_poll = now + self.options.sleep if self.drained else 0.0
         admitted: list[Held] = []
         held_here = self._held_ids() if rows else set()
         for row in rows:
-            if row.id in held_here and self._adopt(Lease(row.id, token)):
+            if row.id in held_here and self._adopt(Lease(row.id, token), lease_until):
                 continue
-            held, failure = admit(self.app, row, token)
+            held, failure = admit(self.app, row, token, lease_until)
             if failure is None:
                 admitted.append(held)
             else:
-                log.warning("job %d (%s) cannot run: %s", row.id, row.job, failure.message)
-                self._record_failure(held, failure)
+                self._record_failure(held, failure, ran=False)
         self.buffer.extend(self._take_locks(admitted))
+
+    def _in_hand(self) -> int:
+        """Jobs and hooks this worker holds, in any state."""
+        return (len(self.buffer) + len(self.running) + len(self.uncommitted) + len(self.hooks)
+                + len(self.outbox))
+
+    def _look_for_any_job(self) -> None:
+        """Nothing was ready and nothing is in hand: say so once to a --once
+        worker's user, and see whether --stop-when-drained may stop."""
+        if self.options.stop_when_drained:
+            self.queues_empty = not self.queues.hold_jobs()
+        if self.options.once and not self.said_waiting:
+            self.said_waiting = True
+            log.info("no job is ready on queue(s) %s; waiting for one (--once runs the next "
+                     "job to arrive; add --stop-when-empty to exit instead)",
+                     ",".join(self.options.queues))
 
     def _take_locks(self, admitted: list[Held]) -> list[Held]:
         """Take the locks the jobs' middleware asks for (WithoutOverlapping), for
@@ -217,7 +277,7 @@ class Supervisor:
             except BaseException as exc:
                 self._record_failure(held, Failure(
                     class_name(exc), f"the lock key of job {held.row.id} could not be "
-                    f"computed: {exc}", traceback.format_exc()))
+                    f"computed: {exc}", traceback.format_exc()), ran=False)
                 continue
             if not requests:
                 ready.append(held)
@@ -233,8 +293,8 @@ class Supervisor:
             return ready
         try:
             taken = self.locks.acquire_many([lock for held, _ in asking for lock in held.locks])
-        except _DB_ERRORS as exc:
-            log.error("cannot take job locks, putting %d job(s) back: %s", len(asking), exc)
+        except DB_ERRORS as exc:
+            self.health.failed("take job locks", exc)
             self._give_back([held for held, _ in asking])
             return ready
         for held, requests in asking:
@@ -256,11 +316,14 @@ class Supervisor:
         self._note_write()
         self._unlock(held)
         if request.dont_release:
-            self.outbox.completions.append(held.lease)
+            log.debug("job %d (%s) dropped: another job holds %s (dont_release)",
+                      held.row.id, held.row.job, request.key)
+            self.outbox.completions.append(Completion(held.lease, held.row.job, None))
             self.processed += 1
         else:
-            self.outbox.writes.append(
-                (held.lease, partial(self._release, request.release_after, False)))
+            why = f"another job holds {request.key}"
+            self.outbox.writes.append((held.lease, partial(
+                self._release, held, request.release_after, False, why)))
             self.drained = False
 
     def _unlock(self, held: Held) -> None:
@@ -271,12 +334,14 @@ class Supervisor:
             held.locks = []
 
     def _give_back(self, helds: list[Held]) -> None:
-        """Put reserved jobs that did not run back in the queue, attempt not counted."""
+        """Put reserved jobs that did not start back in the queue, as they were."""
         if helds:
             for held in helds:
                 self._unlock(held)
-            self._quietly(partial(self.store.release_all, [held.lease for held in helds]),
-                          "release reserved jobs")
+            try:
+                self.store.release_all([held.lease for held in helds])
+            except DB_ERRORS as exc:  # their leases run out: they come back all the same
+                self.health.failed("give back reserved jobs", exc)
 
     def _held_ids(self) -> set[int]:
         """Every job this worker holds a lease on: buffered, running, done but
@@ -285,26 +350,22 @@ class Supervisor:
         return {*self.running, *self.uncommitted, *(held.row.id for held in self.buffer),
                 *(lease.id for lease in self.outbox.leases())}
 
-    def _adopt(self, lease: Lease) -> bool:
+    def _adopt(self, lease: Lease, lease_until: float) -> bool:
         """Take a new lease on a job this worker still holds under an old one.
 
         That happens only when this worker stalled past ``retry_after`` and no
         other worker took the job meanwhile: it goes on under the new token
-        instead of running a second time.
+        instead of running a second time (a reservation counts no attempt).
         """
         held = (self.running.get(lease.id) or self.uncommitted.get(lease.id, (None, None))[1]
                 or next((h for h in self.buffer if h.row.id == lease.id), None))
         if held is not None:
-            held.lease = lease
+            held.lease, held.lease_until = lease, lease_until
         elif lease.id in {old.id for old in self.outbox.leases()}:
             self.outbox.adopt(lease)
         else:
             return False
         log.warning("job %d was reserved again after this worker stalled; kept", lease.id)
-        # That reservation started no attempt: give it back, before any write
-        # that would end the lease.
-        self._note_write()
-        self.outbox.writes.insert(0, (lease, self.store.uncount))
         return True
 
     def _depth(self) -> int:
@@ -329,13 +390,22 @@ class Supervisor:
     def _give_job(self, child: Child, *, queued: bool = False) -> bool:
         if not self.buffer or self.stopping:
             return False
-        if queued and len(self.buffer[0].row.payload) > _PIPELINE_BYTES:
+        head = self.buffer[0]
+        if queued and len(head.row.payload) > _PIPELINE_BYTES:
+            return False
+        start_by = head.lease_until - self._lease_margin()
+        if time.monotonic() >= start_by:
+            # This worker was stopped a while (SIGSTOP, a paused VM, a stuck
+            # statement): the lease may be another worker's now. Renew first;
+            # the heartbeat drops the jobs whose leases were lost.
+            self.next_beat = 0.0
             return False
         held = self.buffer.popleft()
         payload = held.payload
         locks = frozenset(key for key, _, _ in held.locks) if held.locks else frozenset()
         self.pool.give(child, RunJob(held.row.id, held.row.job, payload.args, payload.kwargs,
-                                     held.row.attempts, held.timeout, locks), held.timeout)
+                                     held.row.attempts, held.timeout, locks, start_by),
+                       held.timeout)
         self.running[held.row.id] = held
         if held.job.unique and held.job.unique_until == "processing":
             self._note_write()
@@ -352,9 +422,14 @@ class Supervisor:
             else:
                 self.hooks.appendleft(task)
 
-    def _held_leases(self) -> list[Lease]:
-        return ([h.lease for h in self.buffer] + [h.lease for h in self.running.values()]
-                + [h.lease for _, h in self.uncommitted.values()] + self.outbox.leases())
+    def _lease_margin(self) -> float:
+        """How long before its lease runs out a job may no longer be started."""
+        return min(1.0, self.options.retry_after / 10)
+
+    def _holding(self) -> list[Held]:
+        """The jobs this worker holds and has not finished with."""
+        return [*self.buffer, *self.running.values(),
+                *(held for _, held in self.uncommitted.values())]
 
     def _beat(self) -> None:
         now = time.monotonic()
@@ -362,11 +437,7 @@ class Supervisor:
             return
         self.next_beat = now + self.options.heartbeat_every
         try:
-            leases = self._held_leases()
-            renewed = self.store.heartbeat(leases, self.options.retry_after)
-            if renewed < len(leases):
-                log.warning("%d job lease(s) were lost to other workers (this worker stalled "
-                            "longer than --retry-after)", len(leases) - renewed)
+            self._renew_leases(now)
             self._renew_locks()
             if self.registry.beat(self.id) and not self.stopping:
                 self._stop("restart requested")
@@ -374,14 +445,48 @@ class Supervisor:
             if now >= self.next_housekeeping:
                 self.next_housekeeping = now + _HOUSEKEEPING_EVERY
                 Locks(self.store).prune()  # expired rows hold nothing; keep the table small
-        except _DB_ERRORS as exc:
-            log.error("heartbeat failed, retrying: %s", exc)
-            self.next_beat = now + min(self.options.heartbeat_every, 1.0)
+        except DB_ERRORS as exc:
+            wait = self.health.failed("renew leases", exc)
+            self.next_beat = now + min(self.options.heartbeat_every, wait)
+            return
+        self.health.succeeded()
+
+    def _renew_leases(self, now: float) -> None:
+        """Renew every lease held; drop the jobs not started whose lease was lost."""
+        holding = self._holding()
+        leases = [held.lease for held in holding] + self.outbox.leases()
+        renewed = self.store.heartbeat(leases, self.options.retry_after)
+        until = now + self.options.retry_after  # `now` was read before the statement
+        lost = []
+        for held in holding:
+            if held.row.id in renewed:
+                held.lease_until = until
+            else:
+                lost.append(held)
+        if len(renewed) < len(leases):
+            self._drop_lost(lost, len(leases) - len(renewed))
+
+    def _drop_lost(self, lost: list[Held], count: int) -> None:
+        """Another worker took these jobs after this one stalled past --retry-after.
+
+        One not started yet is dropped: it is the other worker's to run. One
+        running cannot be recalled: it goes on, and may run beside the other's
+        run; writing its outcome changes nothing (the lease is fenced).
+        """
+        gone = {held.row.id for held in lost}
+        waiting = [held for held in self.buffer if held.row.id in gone]
+        if waiting:
+            self.buffer = deque(held for held in self.buffer if held.row.id not in gone)
+            for held in waiting:
+                self._unlock(held)
+        log.warning("%d job lease(s) were lost to other workers: this worker stalled longer "
+                    "than --retry-after; %d job(s) not yet started were dropped, %d running "
+                    "one(s) may also run elsewhere", count, len(waiting),
+                    sum(held.row.id in gone for held in self.running.values()))
 
     def _renew_locks(self) -> None:
         by_ttl: dict[float, list[tuple[str, str]]] = {}
-        holding = [*self.buffer, *self.running.values(),
-                   *(held for _, held in self.uncommitted.values())]
+        holding = self._holding()
         for held in holding:
             for key, owner, ttl in held.locks:
                 by_ttl.setdefault(ttl, []).append((key, owner))
@@ -413,16 +518,46 @@ class Supervisor:
                             held.row.id, held.row.job, lost[0])
 
     def _flush(self) -> None:
-        if not self.outbox:
+        now = time.monotonic()
+        started = self._uncounted(now)
+        if (not self.outbox and not started) or now < self.next_flush:
             return
         # Completions wait a little to share one DELETE; failures and retries
         # go at once (a retry may be due now), and so does everything when no
-        # other work is in hand.
-        due = (self.outbox.writes or len(self.outbox) >= _FLUSH_BATCH or self.stopping
-               or (not self.running and not self.buffer)
-               or time.monotonic() - self.first_unflushed >= _FLUSH_DELAY)
-        if due:
-            self.outbox.flush(self.store.complete)
+        # other work is in hand. A job that has run a while gets its attempt
+        # counted (see Store.complete).
+        due = (started or self.outbox.writes or len(self.outbox) >= _FLUSH_BATCH
+               or self.stopping or (not self.running and not self.buffer)
+               or now - self.first_unflushed >= _FLUSH_DELAY)
+        if not due:
+            return
+        try:
+            self.outbox.flush(self.store.complete, [(h.lease, h.row.attempts) for h in started])
+        except DB_ERRORS as exc:
+            self.next_flush = now + self.health.failed("record job outcomes", exc)
+            return
+        for held in started:
+            held.counted = True
+        self.health.succeeded()
+
+    def _next_count_due(self) -> float | None:
+        """When the attempt of a running job is next due to be counted."""
+        due = [began + _FLUSH_DELAY for task, began in self.pool.started()
+               if isinstance(task, RunJob) and not getattr(
+                   self.running.get(task.job_id), "counted", True)]
+        return min(due, default=None)
+
+    def _uncounted(self, now: float) -> list[Held]:
+        """Running jobs whose attempt the table does not count yet, started at
+        least _FLUSH_DELAY ago. Those started since then are not counted yet:
+        most end before that, and their outcome says all."""
+        started = []
+        for task, began in self.pool.started():
+            if isinstance(task, RunJob) and now - began >= _FLUSH_DELAY:
+                held = self.running.get(task.job_id)
+                if held is not None and not held.counted:
+                    started.append(held)
+        return started
 
     def _check_limits(self) -> None:
         if self.stopping:
@@ -437,6 +572,8 @@ class Supervisor:
         elif (options.stop_when_empty and self.drained and not self.buffer and not self.running
               and not self.uncommitted and not self.hooks):
             self._stop("queue empty")
+        elif options.stop_when_drained and self.queues_empty and not self._in_hand():
+            self._stop("queues drained")
 
     def _wait_timeout(self) -> float:
         if self._finished():
@@ -446,7 +583,10 @@ class Supervisor:
         if len(self.running) < self.options.concurrency and not self.stopping:
             wake.append(self.next_poll)
         if self.outbox and self.running:
-            wake.append(self.first_unflushed + _FLUSH_DELAY)
+            wake.append(max(self.first_unflushed + _FLUSH_DELAY, self.next_flush))
+        count_due = self._next_count_due()
+        if count_due is not None:  # count a long job's attempt in time
+            wake.append(max(count_due, self.next_flush))
         if self.stopping:
             wake.append(self.stop_deadline)
         deadline = self.pool.next_deadline()
@@ -465,9 +605,15 @@ class Supervisor:
             held = self.running.pop(task.job_id, None)
             if held is None:
                 return
+            if answer.kind == "expired":
+                log.debug("job %d (%s) was not started: its lease may have run out while "
+                          "it waited; put back", held.row.id, held.row.job)
+                self._give_back([held])
+                return
             self.avg_runtime = runtime if self.avg_runtime is None else (
                 0.9 * self.avg_runtime + 0.1 * runtime)
             self.processed += 1
+            held.runtime = runtime
             if answer.uncommitted:
                 self.uncommitted[held.row.id] = (child, held)
             elif answer.kind == "done":
@@ -481,10 +627,9 @@ class Supervisor:
             self.pool.retire(child)
 
     def _completed(self, held: Held) -> None:
-        log.debug("job %d (%s) completed", held.row.id, held.row.job)
         self._note_write()
         self._unlock(held)
-        self.outbox.completions.append(held.lease)
+        self.outbox.completions.append(Completion(held.lease, held.row.job, held.runtime))
 
     def _on_committed(self, committed: Committed) -> None:
         for job_id in committed.job_ids:
@@ -559,7 +704,7 @@ class Supervisor:
             log.warning("job %d (%s) did not finish within the grace period; put back",
                         held.row.id, held.row.job)
             self._unlock(held)
-            self.outbox.writes.append((held.lease, partial(self._release, 0.0, False)))
+            self.outbox.writes.append((held.lease, partial(self._release, held, 0.0, False, "")))
         self.running.clear()
 
     def _ended(self, held: Held, answer: Finished) -> None:
@@ -573,36 +718,50 @@ class Supervisor:
             if decision.why:
                 failure = Failure(failure.exception_class,
                                   f"{failure.message} ({decision.why})", failure.traceback)
-            log.warning("job %d (%s) failed after %d attempt(s): %s: %s", held.row.id,
-                        held.row.job, held.row.attempts, failure.exception_class, failure.message)
-            self._record_failure(held, failure)
+            self._record_failure(held, failure, ran=True)
             return
-        if ended.kind == "release":
-            log.debug("job %d (%s) released for %.1f s", held.row.id, held.row.job,
-                      decision.delay)
-        else:
-            log.info("job %d (%s) attempt %d failed (%s: %s); retrying in %.1f s", held.row.id,
-                     held.row.job, held.row.attempts, failure.exception_class, failure.message,
-                     decision.delay)
-        self.outbox.writes.append(
-            (held.lease, partial(self._release, decision.delay, decision.counts)))
+        why = answer.message if ended.kind == "release" else (
+            f"attempt {held.row.attempts} failed ({failure.exception_class}: {failure.message})")
+        self.outbox.writes.append((held.lease, partial(
+            self._release, held, decision.delay, decision.counts, why)))
         self.drained = False  # it may be ready again at once: look before stopping when empty
 
-    def _record_failure(self, held: Held, failure: Failure) -> None:
+    def _record_failure(self, held: Held, failure: Failure, *, ran: bool) -> None:
+        """Fail the job for good; ``ran`` says whether this attempt started (and counts)."""
         self._note_write()
-        self.outbox.writes.append((held.lease, partial(self._fail, held.row, failure)))
+        self.outbox.writes.append((held.lease, partial(self._fail, held, failure, ran)))
         if held.job is not None and held.job.on_failure is not None:
             self.hooks.append(RunHook(JobFailure(
                 held.row.id, held.row.job, held.payload.args, held.payload.kwargs,
-                held.row.attempts, failure.exception_class, failure.message)))
+                held.row.attempts if ran else held.row.attempts - 1,
+                failure.exception_class, failure.message)))
 
-    # The outbox's writes: each is handed the lease its job is held by when it runs.
+    # The outbox's writes: each is handed the lease its job is held by when it
+    # runs, and logs what it recorded once it is recorded.
 
-    def _release(self, delay: float, counts: bool, lease: Lease) -> None:
-        self.store.release(lease, delay, counts=counts)
+    def _release(self, held: Held, delay: float, counts: bool, why: str, lease: Lease) -> None:
+        # The attempt's number if it counts; one less if not (a release, a job
+        # put back unfinished), whatever the heartbeat counted meanwhile.
+        attempts = held.row.attempts if counts else held.row.attempts - 1
+        if not self.store.release(lease, delay, attempts):
+            return  # another worker holds it now: nothing of ours to record
+        if counts:
+            log.info("job %d (%s) %s; retrying in %.1f s", held.row.id, held.row.job, why, delay)
+        else:
+            log.debug("job %d (%s) released for %.1f s%s", held.row.id, held.row.job, delay,
+                      f": {why}" if why else "")
 
-    def _fail(self, row: ReservedRow, failure: Failure, lease: Lease) -> None:
-        self.store.fail(row, lease.token, failure, self.name)
+    def _fail(self, held: Held, failure: Failure, ran: bool, lease: Lease) -> None:
+        row = held.row
+        attempts = row.attempts if ran else row.attempts - 1
+        if not self.store.fail(row, lease.token, failure, self.name, attempts):
+            return
+        if ran:
+            log.warning("job %d (%s) failed after %d attempt(s)%s: %s: %s", row.id, row.job,
+                        attempts, f" in {duration(held.runtime)}" if held.runtime else "",
+                        failure.exception_class, failure.message)
+        else:
+            log.warning("job %d (%s) cannot run: %s", row.id, row.job, failure.message)
 
     def _drop_unique_key(self, lease: Lease) -> None:
         self.store.drop_unique_keys([lease])
@@ -611,8 +770,4 @@ class Supervisor:
         if not self.outbox:
             self.first_unflushed = time.monotonic()
 
-    def _quietly(self, action: Any, what: str) -> None:
-        try:
-            action()
-        except _DB_ERRORS as exc:
-            log.error("could not %s: %s", what, exc)
+

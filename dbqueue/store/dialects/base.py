@@ -26,6 +26,9 @@ class ReservedRow(NamedTuple):
     payload: str
     priority: int
     attempts: int
+    """The number of the attempt this reservation is for: the attempts that
+    started before it, plus one. A reservation writes no attempt: only a job
+    that starts counts one (see Store.complete's ``started``)."""
     created_at: datetime
     reserved_at: datetime
 
@@ -131,10 +134,10 @@ class Dialect:
                 token: str, lease: float) -> list[ReservedRow]:
         """Claim up to ``limit`` available jobs of ``queue``, first by (priority, id).
 
-        Each claimed row gets ``reserved_by = token``, ``reserved_at = now``, a
-        lease until ``now + lease`` (kept in available_at) and one more attempt.
-        The default is one statement: UPDATE ... WHERE id IN (SELECT ... FOR
-        UPDATE SKIP LOCKED) RETURNING.
+        Each claimed row gets ``reserved_by = token``, ``reserved_at = now`` and
+        a lease until ``now + lease`` (kept in available_at); its attempts are
+        left alone (see ReservedRow.attempts). The default is one statement:
+        UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING.
         """
         candidates = self.claimable(jobs, queue, limit)
         if self.skip_locked:
@@ -146,11 +149,13 @@ class Dialect:
                 reserved_by=token,
                 reserved_at=self.now(),
                 available_at=self.now_plus(lease),
-                attempts=jobs.c.attempts + 1,
             )
             .returning(*(jobs.c[name] for name in RESERVED_COLUMNS))
         )
-        rows = [ReservedRow(*row) for row in connection.execute(statement)]
+        # The attempt's number is counted here, in Python: a row someone set to
+        # the largest INTEGER must not make the whole reservation overflow.
+        rows = [ReservedRow(*row)._replace(attempts=row.attempts + 1)
+                for row in connection.execute(statement)]
         rows.sort(key=lambda row: (row.priority, row.id))  # RETURNING order is unspecified
         return rows
 
@@ -164,6 +169,10 @@ class Dialect:
             .order_by(jobs.c.priority, jobs.c.id)
             .limit(limit)
         )
+
+    def distinct_values(self, connection: Connection, column: sa.Column[Any]) -> list[Any]:
+        """The distinct values of an indexed ``column``, in order."""
+        return list(connection.execute(sa.select(column).distinct().order_by(column)).scalars())
 
     # --- bulk enqueue -------------------------------------------------------------
 

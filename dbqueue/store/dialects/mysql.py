@@ -138,7 +138,6 @@ class MySQL(Dialect):
                 reserved_by=token,
                 reserved_at=now,
                 available_at=now + timedelta(seconds=lease),
-                attempts=jobs.c.attempts + 1,
             )
         )
         return [
@@ -146,6 +145,12 @@ class MySQL(Dialect):
                         row.attempts + 1, row.created_at, now)
             for row in locked
         ]
+
+    def distinct_values(self, connection: Connection, column: sa.Column[Any]) -> list[Any]:
+        # GROUP BY on an index's first column is a loose index scan here: one
+        # probe per distinct value, however many rows share it.
+        return list(connection.execute(sa.select(column).group_by(column).order_by(column))
+                    .scalars())
 
     def insert_if_absent_statement(self, table: sa.Table, values: dict[str, Any],
                                    key: sa.Column[Any], returning: sa.Column[Any]) -> Any:

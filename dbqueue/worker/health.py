@@ -1,0 +1,65 @@
+"""Whether the database answers: one log line when it stops, one when it is back.
+
+Every part of the worker that talks to the database reports here. While the
+database is unreachable, each part waits longer between its tries (doubling,
+capped), so that an outage costs the server nothing when it returns and the
+log a single line, not two a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import sqlalchemy as sa
+
+from ..errors import DatabaseUnavailable
+from ..store.engine import first_line
+
+log = logging.getLogger("dbqueue.worker")
+
+TRANSIENT = (DatabaseUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError,
+             sa.exc.TimeoutError)
+"""Errors that say the database cannot be reached now, not that it refused."""
+DB_ERRORS = (DatabaseUnavailable, sa.exc.DBAPIError, sa.exc.TimeoutError)
+
+FIRST_RETRY = 0.5
+LONGEST_WAIT = 15.0
+
+
+def describe(error: BaseException) -> str:
+    """A database error on one line, without SQLAlchemy's statement and parameters."""
+    return first_line(getattr(error, "orig", None) or error)
+
+
+class Health:
+    def __init__(self) -> None:
+        self.down_since: float | None = None
+        self.failures = 0
+        self._last_refusal = ""
+
+    def failed(self, what: str, error: BaseException) -> float:
+        """Report an error of ``what`` (e.g. "reserve jobs"); return the seconds to
+        wait before trying that again."""
+        self.failures += 1
+        reason = describe(error)
+        if isinstance(error, TRANSIENT):
+            if self.down_since is None:
+                self.down_since = time.monotonic()
+                log.error("the database is unreachable (%s: %s); retrying with backoff, "
+                          "nothing is lost meanwhile", what, reason)
+            else:
+                log.debug("still unreachable (%s: %s)", what, reason)
+        elif reason != self._last_refusal:  # the same refusal again says nothing new
+            self._last_refusal = reason
+            log.error("the database refused to %s: %s", what, reason)
+        return min(LONGEST_WAIT, FIRST_RETRY * 2 ** min(self.failures - 1, 10))
+
+    def succeeded(self) -> None:
+        """A statement went through: the database is back, if it was away."""
+        if self.down_since is not None:
+            log.warning("the database is reachable again, after %.1f s",
+                        time.monotonic() - self.down_since)
+        self.down_since = None
+        self.failures = 0
+        self._last_refusal = ""

@@ -1,0 +1,75 @@
+"""Rows nobody should have written: each fails alone, with its reason, and
+every worker goes on with every other queue (README guarantee 7)."""
+
+from tests.conftest import count, rows
+
+FAST = ("--sleep", "0.1")
+NESTED = '{"args": [' + "[" * 100_000 + "]" * 100_000 + "]}"
+
+
+def insert(jobs, job, payload, *, queue="poison", attempts=0):
+    store, table = jobs.app.store, jobs.app.store.tables.jobs
+    with jobs.app.engine.begin() as c:
+        c.execute(table.insert().values(queue=queue, job=job, payload=payload,
+                                        attempts=attempts, available_at=store.dialect.now(),
+                                        created_at=store.dialect.now()))
+
+
+def test_poison_rows_fail_alone_and_every_queue_goes_on(jobs, workers):
+    insert(jobs, "record", NESTED)
+    for options in ('{"retry_for": 1e12}', '{"retry_for": 1e300}', '{"timeout": NaN}',
+                    '{"timeout": Infinity}', '{"timeout": 1e999}'):
+        insert(jobs, "noop", f'{{"args": [], "options": {options}}}')
+    insert(jobs, "noop", '{"args": []}', attempts=2**31 - 1)  # tries=1: used up long ago
+    insert(jobs, "deadline", '{"args": []}', attempts=2**31 - 1)  # tries=None: it runs
+    jobs.app.dispatch_many([jobs.record.prepare(n) for n in range(50)])
+    result = workers.run("--queue", "poison,default", "--stop-when-empty", *FAST)
+    assert result.returncode == 0, result.stdout
+    assert "Traceback" not in result.stdout and "[SQL:" not in result.stdout
+    assert count(jobs.app, jobs.effects) == 50  # every good job ran
+    assert count(jobs.app, jobs.app.store.tables.jobs) == 0
+    failed = rows(jobs.app, jobs.app.store.tables.failed_jobs)
+    reasons = sorted((row.exception_class, row.exception_message.split(": ", 1)[-1])
+                     for row in failed)
+    assert reasons == sorted([
+        ("dbqueue.SerializationError", "payload nests lists or dicts more than 100 levels deep"),
+        ("dbqueue.ConfigurationError",
+         "retry_for must be at most 3,153,600,000 seconds (a hundred years), not 1000000000000.0"),
+        ("dbqueue.ConfigurationError",
+         "retry_for must be at most 3,153,600,000 seconds (a hundred years), not 1e+300"),
+        ("dbqueue.SerializationError", "payload is not valid JSON: NaN is not a JSON value"),
+        ("dbqueue.SerializationError", "payload is not valid JSON: Infinity is not a JSON value"),
+        ("dbqueue.ConfigurationError", "timeout must be a finite number of seconds, not inf"),
+        ("dbqueue.MaxAttemptsExceeded", reasons_of(failed, "dbqueue.MaxAttemptsExceeded")),
+        ("RuntimeError", reasons_of(failed, "RuntimeError")),
+    ])
+    assert "the most its tries=1 allow" in reasons_of(failed, "dbqueue.MaxAttemptsExceeded")
+    assert "still down (no retry after retry_until" in reasons_of(failed, "RuntimeError")
+    # Counts at the integer's limit stay there instead of overflowing the column.
+    by_class = {row.exception_class: row.attempts for row in failed}
+    assert by_class["RuntimeError"] == by_class["dbqueue.MaxAttemptsExceeded"] == 2**31 - 1
+
+
+def reasons_of(failed, exception_class):
+    (message,) = [row.exception_message.split(": ", 1)[-1] for row in failed
+                  if row.exception_class == exception_class]
+    return message
+
+
+def test_a_dispatch_refuses_what_a_worker_could_not_run(app, jobs):
+    nested: list = []
+    for _ in range(150):
+        nested = [nested]
+    for call, message in [
+        (lambda: jobs.record.dispatch(nested), "more than 100 levels deep"),
+        (lambda: jobs.noop.options(timeout=float("nan")).dispatch(), "finite number"),
+        (lambda: jobs.noop.options(retry_until=1e12).dispatch(), "at most"),
+        (lambda: jobs.noop.options(delay=float("inf")).dispatch(), "finite number"),
+    ]:
+        try:
+            call()
+        except Exception as exc:
+            assert message in str(exc), exc
+        else:
+            raise AssertionError(f"dispatch accepted what it should refuse ({message})")
+    assert count(app, app.store.tables.jobs) == 0
