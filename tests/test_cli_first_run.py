@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import pty
+import select
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -69,7 +71,13 @@ def in_terminal(*args: str, env: dict[str, str], typed: str = "") -> tuple[int, 
     os.close(terminal)
     os.write(controller, typed.encode())
     output = b""
+    deadline = time.monotonic() + 60
     while True:
+        ready, _, _ = select.select([controller], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:  # it waits for more than was typed: a failure, not a hang
+            process.kill()
+            process.wait()
+            raise AssertionError(f"dbqueue {' '.join(args)} still runs after 60 s:\n{output!r}")
         try:
             chunk = os.read(controller, 65536)
         except OSError:  # EIO: the process has exited and closed the terminal
