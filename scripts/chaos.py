@@ -1,0 +1,183 @@
+"""Run fault scenarios against real database servers; run it through ./scripts/chaos.
+
+    ./scripts/chaos [--quick] [--only SCENARIO,...] [--backends postgresql,mariadb,sqlite]
+                    [--jobs N] [--keep]
+
+Scenarios (scripts/chaos_scenarios.py), each with three ``dbqueue work -c 2``:
+
+kill        SIGKILL of a random worker's process group every 1-3 s, and a
+            replacement worker, until the queue is empty
+db-restart  immediate restarts of the database server (not on SQLite)
+outage      the database server stops for 30 s (--quick: 5 s), then starts
+stall       SIGSTOP of one worker's supervisor and of another worker's whole
+            group for longer than their lease, then SIGCONT
+poison      hand-inserted rows that no worker can run, among good jobs: each
+            must end in failed_jobs with a reason (or run harmlessly), every
+            good job must complete, and no worker may exit
+idempotent  kill, with idempotent jobs that write one row per run to an effects
+            table without a unique constraint: exactly one effect per key
+
+The script starts PostgreSQL and MariaDB servers of its own on spare ports of
+127.0.0.1, with data under a temporary directory that it removes at the end
+(unless --keep), also after Ctrl-C or an error. Backends run in parallel (one
+thread each: their faults hit only their own server); scenarios on one backend
+run one after another.
+
+Prints one JSON line per scenario on stdout as it ends, then a table, with why
+each failing scenario fails; progress goes to stderr. A scenario passes when
+nothing is lost, no duplicate run is unexplained by a fault, no job is left
+queued, and, for idempotent, every key has exactly one effect (poison: see
+above). Definitions: scripts/chaos_report.py. Exit status 1 when any fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import chaos_fleet
+from chaos_report import json_line, table
+from chaos_scenarios import BY_NAME, SCENARIOS, Scale, run_scenario
+from chaos_servers import SERVERS
+
+FIRST_FIELDS = ["scenario", "backend", "jobs", "faults", "lost", "duplicates",
+                "unexplained_duplicates", "failed_poison", "failed_good", "recover_s",
+                "seconds", "passed"]
+_output = threading.Lock()
+
+
+def say(message: str) -> None:
+    with _output:
+        print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
+def choices(allowed: list[str]):
+    def parse(text: str) -> list[str]:
+        chosen = [name.strip() for name in text.split(",") if name.strip()]
+        if not chosen or set(chosen) - set(allowed):
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list among {','.join(allowed)}, not {text!r}")
+        return [name for name in allowed if name in chosen]
+    return parse
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    names = [s.name for s in SCENARIOS]
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer jobs and shorter faults: the whole run in about 2 minutes")
+    parser.add_argument("--only", type=choices(names), default=names, metavar="SCENARIOS",
+                        help=f"run only these [default: {','.join(names)}]")
+    parser.add_argument("--backends", type=choices(list(SERVERS)), default=list(SERVERS),
+                        metavar="BACKENDS", help=f"[default: {','.join(SERVERS)}]")
+    parser.add_argument("--jobs", type=int, help="good jobs per scenario "
+                        "[default: 10000, --quick: 1500]")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary directory (records, worker and server logs)")
+    args = parser.parse_args()
+    if args.jobs is not None and args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    return args
+
+
+def failed_to_run(name: str, backend: str, scale: Scale, error: BaseException) -> dict:
+    """The result of a scenario that could not run to its end."""
+    say(f"[{backend} {name}] error: {''.join(traceback.format_exception(error)).rstrip()}")
+    return {**dict.fromkeys(FIRST_FIELDS), "scenario": name, "backend": backend,
+            "jobs": scale.jobs, "passed": False,
+            "problems": [f"error: {type(error).__name__}: {error}"]}
+
+
+def run_backend(backend: str, names: list[str], scale: Scale, root: Path,
+                servers: dict, results: list[dict]) -> None:
+    """Start ``backend``'s server and run the scenarios there, one after another.
+    An error fails its scenario (or, starting the server, all of them), not the run."""
+    say(f"[{backend}] starting the server")
+    try:
+        server = servers[backend] = SERVERS[backend](root / backend)
+    except Exception as error:
+        server, setup_error = None, error
+    for name in names:
+        scenario = BY_NAME[name]
+        if scenario.server_faults and not SERVERS[backend].has_server:
+            continue
+        say(f"[{backend} {name}] {scale.jobs} jobs")
+        try:
+            if server is None:
+                raise RuntimeError(f"the {backend} server did not start") from setup_error
+            result = run_scenario(scenario, server, scale, root / f"{backend}-{name}",
+                                  lambda message, n=name: say(f"[{backend} {n}] {message}"))
+        except chaos_fleet.Aborted:
+            raise
+        except Exception as error:
+            result = failed_to_run(name, backend, scale, error)
+        result = {**{k: result[k] for k in FIRST_FIELDS}, **result}
+        with _output:
+            print(json_line(result), flush=True)
+            results.append(result)
+        say(f"[{backend} {name}] {'passed' if result['passed'] else 'FAILED'}")
+
+
+def run_all(args: argparse.Namespace, root: Path) -> list[dict]:
+    scale = Scale(args.quick, args.jobs or (1500 if args.quick else 10000))
+    results: list[dict] = []
+    servers: dict = {}
+    pool = ThreadPoolExecutor(len(args.backends))
+    try:
+        futures = [pool.submit(run_backend, backend, args.only, scale, root, servers, results)
+                   for backend in args.backends]
+        for future in futures:
+            while not future.done():  # waits in slices: Ctrl-C must reach this thread
+                time.sleep(0.2)
+            future.result()
+    finally:
+        chaos_fleet.STOP.set()  # other backends leave their scenarios at once
+        pool.shutdown(wait=True)
+        chaos_fleet.kill_everything()
+        for server in servers.values():
+            server.close()
+    order = {(s.name, b): i for i, (s, b) in enumerate(
+        (s, b) for s in SCENARIOS for b in SERVERS)}
+    return sorted(results, key=lambda r: order[(r["scenario"], r["backend"])])
+
+
+def on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # the same clean-up as Ctrl-C
+
+
+def main() -> int:
+    args = parse_args()
+    signal.signal(signal.SIGTERM, on_sigterm)
+    root = Path(tempfile.mkdtemp(prefix="dbqueue-chaos-"))
+    if os.geteuid() == 0 and "postgresql" in args.backends:
+        shutil.chown(root, "postgres")  # PostgreSQL, run as postgres, must reach its data
+    started = time.monotonic()
+    try:
+        results = run_all(args, root)
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    except Exception:
+        traceback.print_exc()
+        return 2
+    finally:
+        if args.keep:
+            say(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    print(table(results))
+    say(f"chaos: {len(results)} scenario run(s) in {time.monotonic() - started:.0f} s")
+    return 0 if all(r["passed"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
