@@ -249,3 +249,15 @@ def test_a_child_commits_idempotent_jobs_before_they_count_as_done(jobs, schema,
     # Whatever committed before the death is named; nothing else is in the database.
     assert charges(jobs, 11) == (111 in committed_ids(messages) or not shared)
     assert charges(jobs, 12) == 0 and jobs.app.outcome("die:12") is None
+
+
+def test_an_outcome_is_found_by_a_key_longer_than_the_column(jobs, workers, schema):
+    jobs.long_key_charge.dispatch(5)
+    assert workers.run("--stop-when-empty", *FAST).returncode == 0
+    key = "charge-with-a-long-key:" + "x" * 300 + "5"
+    outcome = jobs.app.outcome(key)
+    assert outcome is not None and outcome.result == 5
+    assert len(outcome.idempotency_key) <= 191  # stored as a digest
+    assert jobs.app.outcome(outcome.idempotency_key) == outcome  # and by its stored form
+    shown = cli(schema, "outcomes", "show", key, "--json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["result"] == 5

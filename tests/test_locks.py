@@ -152,3 +152,14 @@ def test_workers_prune_expired_locks(app, workers):
     keys = app.store.read(lambda c: c.execute(
         sa.select(app.store.tables.cache_locks.c.key)).scalars().all())
     assert keys == ["still:held"]
+
+
+def test_a_lock_key_of_any_length_is_one_lock(app):
+    long_key = "export:" + "k" * 400
+    first, second = app.lock(long_key, ttl=60), app.lock(long_key, ttl=60)
+    assert first.acquire() and not second.acquire()
+    assert app.lock(long_key + "!", ttl=60).acquire()  # another key, another lock
+    assert first.locked() and first.owned() and first.extend()
+    assert first.release() and second.acquire()
+    with pytest.raises(dbqueue.ConfigurationError, match="non-empty string"):
+        app.lock("", ttl=60)

@@ -178,3 +178,29 @@ def test_without_overlapping_run_outside_a_worker_takes_its_own_lock(jobs):
     held = dbqueue.JobContext(jobs.app, jobs.divide, 1, (5,),
                               held_locks=frozenset({guard.lock_key(context)}))
     assert run_with((guard,), held, lambda: "ran") == "ran"
+
+
+def test_a_job_over_the_rate_limit_looks_again_within_per_seconds(jobs, workers):
+    """The slot of a running job is held for its whole timeout (300 s here), but
+    frees ``per`` (2) seconds after the job ends: a job over the limit must not
+    wait for the hold to run out."""
+    ids = {key: jobs.rate_one.dispatch(key) for key in ("first", "second")}
+    host = workers.start("--concurrency", "2", *FAST)
+    (started,) = wait_until(lambda: [r.tag for r in rows(jobs.app, jobs.effects)],
+                            what="one job to start")
+    (other,) = set(ids) - {started}
+    table, store = jobs.app.store.tables.jobs, jobs.app.store
+
+    def released_for() -> float | None:
+        (row,) = rows(jobs.app, table, table.c.id == ids[other])
+        if row.reserved_by is not None or row.available_at <= store.now():
+            return None  # not (yet) released, or due again already
+        return (row.available_at - store.now()).total_seconds()
+
+    assert 0 < wait_until(released_for, what="the job over the limit to be released") <= 2
+    for key in ids:
+        jobs.note(key, "go")
+    wait_until(lambda: count(jobs.app, table) == 0, what="both jobs to run")
+    os.killpg(host.pid, signal.SIGTERM)
+    output, _ = host.communicate(timeout=60)
+    assert host.returncode == 0, output
