@@ -19,7 +19,7 @@ in flight at a fault (an explained duplicate)
     * ran in a process that F hit: F is a database fault (restart, outage:
       every worker is hit, as none can record an outcome), or P's process
       group is the worker group F killed or stopped;
-    * started no later than F ended (for a kill, the moment of SIGKILL);
+    * started no later than F ended (for a kill, when killpg had returned);
     * had not ended, or ended at most GRACE seconds before F started (a
       completion waits a moment in the worker before it is written);
     * and R started after F started (a fault cannot cause an earlier run).
@@ -173,8 +173,8 @@ def judge(scenario: str, backend: str, keys: int, poison: dict[int, str],
         "recover_s": recovery(runs, faults), "left": len(state.left),
         "failed_good_reasons": dict(Counter(row["exception_class"] for row in failed_good)),
         "lost_keys": lost[:SHOWN_KEYS], "unexplained_keys": unexplained[:SHOWN_KEYS],
-        "left_rows": [f"{r['id']} {r['job']} attempts={r['attempts']}" for r in state.left][
-            :SHOWN_KEYS],
+        "left_rows": [f"{r['id']} {r['job']} attempts={r['attempts']}"
+                      + (" (leased)" if r["reserved_by"] else "") for r in state.left][:SHOWN_KEYS],
         "poison": outcomes,
         "effects_wrong_keys": effects_wrong(keys, state, failed_keys | left_keys)[:SHOWN_KEYS],
     }

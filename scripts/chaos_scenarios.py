@@ -142,7 +142,9 @@ def kill_workers(run: Run) -> None:
         worker = run.fleet.pick()[0]
         at = time.time()
         run.fleet.kill(worker)
-        run.fault("kill", at, at, worker.pgid)
+        # It ends when killpg has returned (no process of the group runs a line
+        # after that), not at ``at``: a job may start between the two.
+        run.fault("kill", at, time.time(), worker.pgid)
         run.fleet.fill()
 
 
@@ -317,6 +319,8 @@ def run_scenario(scenario: Scenario, server: Any, scale: Scale, directory: Path,
         finally:
             fleet.close()
         seconds = round(time.monotonic() - started, 1)
+        # Beside the records, for whoever keeps the directory to debug (--keep).
+        (directory / "faults.json").write_text(json.dumps([vars(f) for f in run.faults]))
         state = end_state(app, poison, scenario.job == "effect")
     finally:
         app.dispose()
