@@ -60,9 +60,17 @@ class Postgres:
     backend = "postgresql"
     has_server = True
 
+    @staticmethod
+    def _versions() -> list[Path]:
+        return sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
+                      key=lambda p: [int(n) for n in p.parent.parent.name.split(".")])
+
+    @classmethod
+    def installed(cls) -> bool:
+        return bool(cls._versions())
+
     def __init__(self, root: Path) -> None:
-        versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
-                          key=lambda p: [int(n) for n in p.parent.parent.name.split(".")])
+        versions = self._versions()
         if not versions:
             raise RuntimeError("PostgreSQL not found under /usr/lib/postgresql")
         self.bin = versions[-1].parent

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -162,3 +163,30 @@ def count(app: Any, table: sa.Table, *where: Any) -> int:
 def rows(app: Any, table: sa.Table, *where: Any) -> list[Any]:
     return app.store.read(
         lambda c: c.execute(sa.select(table).where(*where).order_by(table.c.id)).all())
+
+
+def read_until(process: subprocess.Popen[str], text: str, timeout: float = 60) -> str:
+    """A running worker's output up to the first line holding ``text``; the rest
+    stays in the pipe (for ``communicate``). Fails after ``timeout`` seconds,
+    killing the worker, rather than wait for ever."""
+    seen: list[str] = []
+    found = threading.Event()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            seen.append(line)
+            if text in line:
+                found.set()
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not found.is_set():
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        reader.join(10)
+        raise AssertionError(f"the worker did not log {text!r} within {timeout} s:\n"
+                             + "".join(seen))
+    return "".join(seen)

@@ -99,6 +99,11 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
             time.sleep(0.05)
         note(key, "end")
 
+    @app.job(name="nap")
+    def nap(seconds: float) -> None:
+        """Takes a while, and needs no database (it runs through outages)."""
+        time.sleep(seconds)
+
     @app.job(name="spin", timeout=1)
     def spin() -> None:
         while True:

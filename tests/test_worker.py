@@ -1,6 +1,7 @@
 """The worker, as real `dbqueue work` processes: outcomes, limits and signals."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -8,8 +9,8 @@ import time
 
 import sqlalchemy as sa
 
-from dbqueue.worker.signals import REPEAT_AFTER
-from tests.conftest import ROOT, count, rows, wait_until, worker_env
+from dbqueue.worker.signals import REPEAT_AFTER, StopSignals
+from tests.conftest import ROOT, count, read_until, rows, wait_until, worker_env
 
 FAST = ("--sleep", "0.1")
 
@@ -188,10 +189,7 @@ def test_a_second_ctrl_c_puts_the_running_job_back_at_once(jobs, workers):
     wait_until(lambda: count(jobs.app, jobs.effects, jobs.effects.c.tag == "impatient"),
                what="the job to start")
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
-    assert process.stdout is not None
-    for line in process.stdout:  # the worker's log: wait until it has begun to stop
-        if "stopping (received SIGINT)" in line:
-            break
+    read_until(process, "stopping (received SIGINT)")  # the worker's log: it has begun to stop
     time.sleep(REPEAT_AFTER)  # the rule is about time: two signals at once are one request
     os.killpg(process.pid, signal.SIGINT)
     output, _ = process.communicate(timeout=60)  # well before the 600 s of grace
@@ -211,8 +209,22 @@ def test_two_signals_at_once_are_one_request_to_stop(jobs, workers):
     os.killpg(process.pid, signal.SIGINT)
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output
+    assert "Ctrl-C again stops at once" in output
     assert [r.event for r in rows(jobs.app, jobs.effects, jobs.effects.c.tag == "twice")] == [
         "start", "end"]  # it was let finish
+
+
+def test_a_repeat_within_a_second_is_counted_apart_from_a_second_request():
+    """What the supervisor logs as "taken as the same request" (in this process:
+    two signals sent to a worker at once may reach Python as one)."""
+    signals = StopSignals()
+    signals.install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # each is handled before the next is sent
+        assert (signals.received, signals.repeats_ignored, signals.again) == ("SIGINT", 1, False)
+    finally:
+        signals.uninstall()
 
 
 def test_restart_reaches_running_workers_through_the_database(jobs, workers):
@@ -227,3 +239,70 @@ def test_restart_reaches_running_workers_through_the_database(jobs, workers):
     for process in (first, second):
         output, _ = process.communicate(timeout=60)
         assert process.returncode == 0 and "restart requested" in output
+
+
+def test_once_says_it_waits_for_a_job_and_runs_the_next_one(jobs, workers):
+    process = workers.start("--once", *FAST)
+    read_until(process, "no job is ready on queue(s) default; waiting for one")
+    jobs.record.dispatch(6)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert count(jobs.app, jobs.effects, jobs.effects.c.n == 6) == 1
+    # With --stop-when-empty it does not wait.
+    assert workers.run("--once", "--stop-when-empty", *FAST).returncode == 0
+
+
+def test_a_star_serves_every_queue_and_unserved_queues_are_named(jobs, workers):
+    for n, queue in enumerate(["mail", "reports", "default", "mail"]):
+        jobs.record.options(queue=queue).dispatch(n)
+    only_default = workers.run("--stop-when-empty", *FAST)
+    assert only_default.returncode == 0, only_default.stdout
+    assert ("queue(s) mail, reports have ready jobs that no worker serves; add them to "
+            "--queue (or use --queue '*' for every queue)") in only_default.stdout
+    every = workers.run("--queue", "*", "--stop-when-empty", *FAST)
+    assert every.returncode == 0, every.stdout
+    assert "no worker serves" not in every.stdout
+    assert {row.n for row in rows(jobs.app, jobs.effects)} == {0, 1, 2, 3}
+    assert count(jobs.app, jobs.app.store.tables.jobs) == 0
+
+
+def test_stop_when_drained_waits_for_delayed_jobs_and_retries(jobs, workers):
+    jobs.record.options(delay=1.5).dispatch(7)
+    jobs.third_time_lucky.dispatch("drained")  # fails twice, retried at once
+    result = workers.run("--stop-when-drained", *FAST)
+    assert result.returncode == 0 and "queues drained" in result.stdout
+    assert count(jobs.app, jobs.effects, jobs.effects.c.n == 7) == 1
+    assert count(jobs.app, jobs.effects, jobs.effects.c.tag == "drained") == 3
+    assert count(jobs.app, jobs.app.store.tables.jobs) == 0
+
+
+def test_verbose_logs_each_outcome_once_written_with_its_runtime_and_reasons(jobs, workers):
+    job_id = jobs.record.dispatch(8)
+    jobs.app.dispatch_many([jobs.one_at_a_time.prepare(n) for n in range(3)]
+                           + [jobs.limited.prepare(n) for n in range(10, 20)])
+    result = workers.run("-v", "--concurrency", "2", "--stop-when-empty", *FAST)
+    assert result.returncode == 0, result.stdout
+    assert re.search(rf"job {job_id} \(record\) completed in \d+\.\d ms", result.stdout)
+    assert re.search(r"\(one_at_a_time\) released for 0\.1 s: another job holds "
+                     r"dbqueue:overlap:one_at_a_time:shared", result.stdout)
+    assert re.search(r"\(limited\) released for \d\.\d s: rate limit 'api' reached "
+                     r"\(5 per 1 s\)", result.stdout)
+
+
+def test_ctrl_c_while_the_worker_starts_prints_one_line(jobs, tmp_path, schema):
+    """Ctrl-C reaches the supervisor and its fork server while both import the
+    application: one line, no traceback from either."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dbqueue", "work", "--app", "tests.slow_import_app:app"],
+        cwd=ROOT, env=worker_env(schema, DBQUEUE_TEST_MARKERS=str(tmp_path)), text=True,
+        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: len(list(tmp_path.iterdir())) == 2,
+                   what="the supervisor and its fork server to import the application")
+        os.killpg(process.pid, signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 1
+    assert output.strip() == "Aborted!"

@@ -1,10 +1,10 @@
 """Imported only inside multiprocessing's fork server (its preload module).
 
 systemd's default stop (KillMode=control-group) sends SIGTERM to every process
-of the worker, the fork server included. If the fork server died, the kernel
-would kill the children whose jobs are still finishing (they ask for SIGKILL
-when their parent, the fork server, dies). So it ignores SIGTERM, as the
-children do.
+of the worker, the fork server included, and Ctrl-C sends SIGINT to them all.
+If the fork server died, the kernel would kill the children whose jobs are
+still finishing (they ask for SIGKILL when their parent, the fork server,
+dies). So it ignores both, as the children do.
 
 It cannot count on noticing the supervisor's death by itself: it exits when
 its control pipe closes, but multiprocessing gives every child that pipe's
@@ -24,14 +24,20 @@ psycopg), which each child would otherwise pay again. The store holds no
 connection yet; each child forgets it at fork (App does) and builds its own.
 """
 
-import contextlib
-import os
 import signal
 
-from dbqueue.worker.child import die_with_parent
-from dbqueue.worker.forkserver import APP, SUPERVISOR_PID
-
+# First of all: Ctrl-C reaches the whole process group, and a fork server
+# interrupted while it imports the application would print a traceback beside
+# the supervisor's one line (the supervisor decides what a signal means).
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+import contextlib  # noqa: E402
+import os  # noqa: E402
+
+from dbqueue.worker.child import die_with_parent  # noqa: E402
+from dbqueue.worker.forkserver import APP, SUPERVISOR_PID  # noqa: E402
+
 die_with_parent()
 if os.environ.get(SUPERVISOR_PID, str(os.getppid())) != str(os.getppid()):
     os._exit(0)  # the supervisor is gone already: nobody to fork children for

@@ -24,7 +24,9 @@ TRANSIENT = (DatabaseUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError
 DB_ERRORS = (DatabaseUnavailable, sa.exc.DBAPIError, sa.exc.TimeoutError)
 
 FIRST_RETRY = 0.5
-LONGEST_WAIT = 15.0
+LONGEST_WAIT = 4.0
+"""The longest pause between tries: once the database is back, work resumes
+within this, and meanwhile each worker sends it a few statements a second."""
 
 
 def describe(error: BaseException) -> str:
@@ -46,8 +48,8 @@ class Health:
         if isinstance(error, TRANSIENT):
             if self.down_since is None:
                 self.down_since = time.monotonic()
-                log.error("the database is unreachable (%s: %s); retrying with backoff, "
-                          "nothing is lost meanwhile", what, reason)
+                log.error("the database is unreachable (%s: %s); retrying until it is back "
+                          "(nothing is lost meanwhile)", what, reason)
             else:
                 log.debug("still unreachable (%s: %s)", what, reason)
         elif reason != self._last_refusal:  # the same refusal again says nothing new

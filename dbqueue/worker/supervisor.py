@@ -25,7 +25,7 @@ from ..store import Failure, Lease, WorkerInfo, WorkerRegistry
 from ..store.locks import Locks
 from ..store.queues import Queues
 from .child import Committed, Finished, JobFailure, RunHook, RunJob, class_name
-from .health import DB_ERRORS, Health
+from .health import DB_ERRORS, TRANSIENT, Health
 from .intake import Held, admit
 from .options import WorkerOptions
 from .outbox import Completion, Outbox, duration
@@ -88,11 +88,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Work until told to stop; return the process exit code (0)."""
-        self.store.check_server()
-        self.store.check_schema()
-        self.registry.prune(silent_for=_DEAD_AFTER)
-        self.registry.register(WorkerInfo(self.id, socket.gethostname(), os.getpid(),
-                                          ",".join(self.options.queues), self.options.concurrency))
+        self._register()
         log.info("worker %s (%s) started: queues %s, concurrency %d", self.id, self.name,
                  ",".join(self.options.queues), self.options.concurrency)
         self._hint_unserved_queues()
@@ -109,6 +105,29 @@ class Supervisor:
     def _finished(self) -> bool:
         return self.stopping is not None and not self.running and not self.uncommitted and (
             not self.hooks or time.monotonic() >= self.stop_deadline)
+
+    def _register(self) -> None:
+        """Check the server and the tables, and join the workers' registry.
+
+        A worker that starts while the database cannot be reached (a restart, a
+        failover, the whole fleet booting) waits for it, saying so once, as a
+        running worker would: exiting would make a process manager restart it
+        in a tight loop until it gives up for good. Anything else (tables
+        missing, a server too old) is an error to fix, not to wait for.
+        """
+        while True:
+            try:
+                self.store.check_server()
+                self.store.check_schema()
+                self.registry.prune(silent_for=_DEAD_AFTER)
+                self.registry.register(WorkerInfo(
+                    self.id, socket.gethostname(), os.getpid(), ",".join(self.options.queues),
+                    self.options.concurrency))
+            except TRANSIENT as exc:
+                time.sleep(self.health.failed("start", exc))
+                continue
+            self.health.succeeded()
+            return
 
     def _hint_unserved_queues(self) -> None:
         """Say which queues have ready jobs that no worker serves: a new user's
