@@ -13,30 +13,25 @@ import os
 import secrets
 import socket
 import time
-import traceback
 from collections import deque
-from functools import partial
 from typing import Any
 
 from ..errors import JobTimeout, WorkerCrashed
-from ..middleware import LOCK_MARGIN, LockRequest
-from ..policy import Ended, GiveUp, decide
-from ..store import Failure, Lease, WorkerInfo, WorkerRegistry
+from ..store import Lease, WorkerInfo, WorkerRegistry
 from ..store.locks import Locks
 from ..store.queues import Queues
-from .child import Committed, Finished, JobFailure, RunHook, RunJob, class_name
+from .child import Committed, Finished, RunHook, RunJob
 from .health import DB_ERRORS, TRANSIENT, Health
 from .intake import Held, admit
+from .joblocks import JobLocks
 from .options import WorkerOptions
-from .outbox import Completion, Outbox, duration
 from .pool import Child, Pool
 from .queues import QueueChoice, serves
+from .recorder import FLUSH_DELAY, Recorder
 from .signals import REPEAT_AFTER, StopSignals
 
 log = logging.getLogger("dbqueue.worker")
 
-_FLUSH_BATCH = 256
-_FLUSH_DELAY = 0.05  # seconds a completion may wait to share a transaction with others
 _BUFFER_SECONDS = 0.2  # prefetch about this much work when jobs are short
 _PIPELINE_SECONDS = 0.02  # queue about this much work in each child when jobs are short
 _MAX_DEPTH = 16
@@ -57,7 +52,6 @@ class Supervisor:
                          measure_memory=options.memory_mb is not None)
         self.app, self.store, self.options = app, app.store, options
         self.registry = WorkerRegistry(self.store)
-        self.locks = Locks(self.store)
         self.queues = QueueChoice(options.queues, Queues(self.store))
         self.health = Health()
         self.id = secrets.token_hex(8)
@@ -68,7 +62,9 @@ class Supervisor:
         # Idempotent jobs that are done, in a child's transaction not yet committed.
         self.uncommitted: dict[int, tuple[Child, Held]] = {}
         self.hooks: deque[RunHook] = deque()
-        self.outbox = Outbox()
+        self.recorder = Recorder(self.store, self.health, self.name, self.hooks)
+        self.job_locks = JobLocks(app, Locks(self.store), self.recorder, self.health, self.id,
+                                  options.heartbeat_every)
         self.processed = 0
         self.stopping: str | None = None
         self.stop_deadline = 0.0
@@ -76,8 +72,6 @@ class Supervisor:
         self.next_poll = 0.0
         self.next_beat = 0.0
         self.next_housekeeping = 0.0
-        self.next_flush = 0.0  # after a failed write, when to try again
-        self.first_unflushed = 0.0
         self.drained = False
         self.queues_empty = False  # --stop-when-drained: no job at all is left in them
         self.said_waiting = False
@@ -195,19 +189,13 @@ class Supervisor:
         self.stop_deadline = time.monotonic() + self.options.grace
         log.info("stopping (%s): %d running job(s) get up to %.0f s to finish", reason,
                  len(self.running), self.options.grace)
-        self._give_back(list(self.buffer))
+        self.recorder.give_back(list(self.buffer))
         self.buffer.clear()
 
     def _shutdown(self) -> None:
-        self._give_back(list(self.buffer))  # tasks a dead child never started, put back
+        self.recorder.give_back(list(self.buffer))  # tasks a dead child never started
         self.buffer.clear()
-        for _ in range(3):
-            if not self.outbox:
-                break
-            try:
-                self.outbox.flush(self.store.complete)
-            except DB_ERRORS as exc:
-                time.sleep(min(1.0, self.health.failed("record job outcomes", exc)))
+        self.recorder.drain()
         try:
             self.registry.unregister(self.id)
         except DB_ERRORS as exc:  # the row is pruned as a dead worker's in two minutes
@@ -259,13 +247,17 @@ class Supervisor:
             if failure is None:
                 admitted.append(held)
             else:
-                self._record_failure(held, failure, ran=False)
-        self.buffer.extend(self._take_locks(admitted))
+                self.recorder.failed(held, failure, ran=False)
+        self.buffer.extend(self.job_locks.take(admitted))
+        if self.job_locks.released:  # back in the queue, maybe ready at once
+            self.drained = False
+        self.processed += self.job_locks.dropped  # they complete without running
+        self.job_locks.released = self.job_locks.dropped = 0
 
     def _in_hand(self) -> int:
         """Jobs and hooks this worker holds, in any state."""
         return (len(self.buffer) + len(self.running) + len(self.uncommitted) + len(self.hooks)
-                + len(self.outbox))
+                + len(self.recorder))
 
     def _look_for_any_job(self) -> None:
         """Nothing was ready and nothing is in hand: say so once to a --once
@@ -278,96 +270,12 @@ class Supervisor:
                      "job to arrive; add --stop-when-empty to exit instead)",
                      ",".join(self.options.queues))
 
-    def _take_locks(self, admitted: list[Held]) -> list[Held]:
-        """Take the locks the jobs' middleware asks for (WithoutOverlapping), for
-        the whole batch in one statement; return the jobs that may run.
-
-        A job whose key another job holds, here or on any host, is released
-        back or dropped, as its middleware says, without reaching a child.
-        """
-        ready: list[Held] = []
-        asking: list[tuple[Held, list[LockRequest]]] = []
-        keys: set[str] = set()
-        for held in admitted:
-            try:
-                requests = held.lock_requests(self.app)
-            # The application's key function raised: its job fails, the worker
-            # goes on (SystemExit included; signals never raise here).
-            except BaseException as exc:
-                self._record_failure(held, Failure(
-                    class_name(exc), f"the lock key of job {held.row.id} could not be "
-                    f"computed: {exc}", traceback.format_exc()), ran=False)
-                continue
-            if not requests:
-                ready.append(held)
-            elif keys.isdisjoint(request.key for request in requests):
-                keys.update(request.key for request in requests)
-                owner = f"{self.id}:{held.row.id}"
-                held.locks = [(request.key, owner, max(request.ttl, self._lock_floor()))
-                              for request in requests]
-                asking.append((held, requests))
-            else:  # a job of this same batch has the key
-                self._busy(held, requests[0])
-        if not asking:
-            return ready
-        try:
-            taken = self.locks.acquire_many([lock for held, _ in asking for lock in held.locks])
-        except DB_ERRORS as exc:
-            self.health.failed("take job locks", exc)
-            self._give_back([held for held, _ in asking])
-            return ready
-        for held, requests in asking:
-            refused = [request for request in requests if request.key not in taken]
-            if refused:
-                held.locks = [lock for lock in held.locks if lock[0] in taken]
-                self._busy(held, refused[0])
-            else:
-                ready.append(held)
-        return ready
-
-    def _lock_floor(self) -> float:
-        """The least a job's lock is taken for: it is renewed with the leases, so
-        it must outlast two heartbeats, whatever ``expire_after`` says."""
-        return 2 * self.options.heartbeat_every + LOCK_MARGIN
-
-    def _busy(self, held: Held, request: LockRequest) -> None:
-        """Another job holds ``request.key``: release this one or drop it."""
-        self._note_write()
-        self._unlock(held)
-        if request.dont_release:
-            log.debug("job %d (%s) dropped: another job holds %s (dont_release)",
-                      held.row.id, held.row.job, request.key)
-            self.outbox.completions.append(Completion(held.lease, held.row.job, None))
-            self.processed += 1
-        else:
-            why = f"another job holds {request.key}"
-            self.outbox.writes.append((held.lease, partial(
-                self._release, held, request.release_after, False, why)))
-            self.drained = False
-
-    def _unlock(self, held: Held) -> None:
-        """The job is leaving this worker: free its locks with the next completions."""
-        if held.locks:
-            self._note_write()
-            self.outbox.unlock += [(key, owner) for key, owner, _ in held.locks]
-            held.locks = []
-
-    def _give_back(self, helds: list[Held]) -> None:
-        """Put reserved jobs that did not start back in the queue, as they were."""
-        if helds:
-            for held in helds:
-                self._unlock(held)
-            try:
-                self.store.release_all([held.lease for held in helds])
-            except DB_ERRORS as exc:  # their leases run out: they come back all the same
-                self.health.failed("give back reserved jobs", exc)
-
     def _held_ids(self) -> set[int]:
         """Every job this worker holds a lease on: buffered, running, done but
         not yet written. Gathered once per reservation, so that looking each
         new row up costs nothing (the buffer alone holds hundreds)."""
         return {*self.running, *self.uncommitted, *(held.row.id for held in self.buffer),
-                *(lease.id for lease in self.outbox.leases())}
+                *(lease.id for lease in self.recorder.outbox.leases())}
 
     def _adopt(self, lease: Lease, lease_until: float) -> bool:
         """Take a new lease on a job this worker still holds under an old one.
@@ -380,8 +288,8 @@ class Supervisor:
                 or next((h for h in self.buffer if h.row.id == lease.id), None))
         if held is not None:
             held.lease, held.lease_until = lease, lease_until
-        elif lease.id in {old.id for old in self.outbox.leases()}:
-            self.outbox.adopt(lease)
+        elif lease.id in {old.id for old in self.recorder.outbox.leases()}:
+            self.recorder.outbox.adopt(lease)
         else:
             return False
         log.warning("job %d was reserved again after this worker stalled; kept", lease.id)
@@ -426,9 +334,7 @@ class Supervisor:
                                      held.row.attempts, held.timeout, locks, start_by),
                        held.timeout)
         self.running[held.row.id] = held
-        if held.job.unique and held.job.unique_until == "processing":
-            self._note_write()
-            self.outbox.writes.append((held.lease, self._drop_unique_key))
+        self.recorder.started(held)
         return True
 
     def _requeue(self, tasks: list[Any]) -> None:
@@ -457,7 +363,7 @@ class Supervisor:
         self.next_beat = now + self.options.heartbeat_every
         try:
             self._renew_leases(now)
-            self._renew_locks()
+            self._lost_locks(self.job_locks.renew(self._holding()))
             if self.registry.beat(self.id) and not self.stopping:
                 self._stop("restart requested")
             self.registry.prune(silent_for=_DEAD_AFTER)
@@ -473,7 +379,7 @@ class Supervisor:
     def _renew_leases(self, now: float) -> None:
         """Renew every lease held; drop the jobs not started whose lease was lost."""
         holding = self._holding()
-        leases = [held.lease for held in holding] + self.outbox.leases()
+        leases = [held.lease for held in holding] + self.recorder.outbox.leases()
         renewed = self.store.heartbeat(leases, self.options.retry_after)
         until = now + self.options.retry_after  # `now` was read before the statement
         lost = []
@@ -497,82 +403,51 @@ class Supervisor:
         if waiting:
             self.buffer = deque(held for held in self.buffer if held.row.id not in gone)
             for held in waiting:
-                self._unlock(held)
+                self.recorder.unlock(held)
         log.warning("%d job lease(s) were lost to other workers: this worker stalled longer "
                     "than --retry-after; %d job(s) not yet started were dropped, %d running "
                     "one(s) may also run elsewhere", count, len(waiting),
                     sum(held.row.id in gone for held in self.running.values()))
 
-    def _renew_locks(self) -> None:
-        by_ttl: dict[float, list[tuple[str, str]]] = {}
-        holding = self._holding()
-        for held in holding:
-            for key, owner, ttl in held.locks:
-                by_ttl.setdefault(ttl, []).append((key, owner))
-        renewed = sum(self.locks.renew(locks, ttl) for ttl, locks in by_ttl.items())
-        if renewed < sum(len(locks) for locks in by_ttl.values()):
-            self._lost_locks(holding)
-
-    def _lost_locks(self, holding: list[Held]) -> None:
+    def _lost_locks(self, lost: list[tuple[Held, str]]) -> None:
         """Some locks expired while this worker stalled, and may be another's now.
 
         A job that has not started yet goes back to the queue (its attempt not
         counted); one already running cannot be stopped safely and goes on.
         """
-        kept = self.locks.still_held(
-            [(key, owner) for held in holding for key, owner, _ in held.locks])
-        for held in holding:
-            lost = [key for key, owner, _ in held.locks if (key, owner) not in kept]
-            if not lost:
-                continue
-            held.locks = [lock for lock in held.locks if lock[0] not in lost]
+        for held, key in lost:
             if held in self.buffer:
                 log.warning("job %d (%s) lost its lock %s while it waited; put back",
-                            held.row.id, held.row.job, lost[0])
+                            held.row.id, held.row.job, key)
                 self.buffer.remove(held)
-                self._give_back([held])
+                self.recorder.give_back([held])
             else:
                 log.warning("job %d (%s) lost its lock %s while it ran (this worker "
                             "stalled): another job with that key may run beside it",
-                            held.row.id, held.row.job, lost[0])
+                            held.row.id, held.row.job, key)
 
     def _flush(self) -> None:
         now = time.monotonic()
+        # A job that has run a while gets its attempt counted (see Store.complete).
         started = self._uncounted(now)
-        if (not self.outbox and not started) or now < self.next_flush:
-            return
-        # Completions wait a little to share one DELETE; failures and retries
-        # go at once (a retry may be due now), and so does everything when no
-        # other work is in hand. A job that has run a while gets its attempt
-        # counted (see Store.complete).
-        due = (started or self.outbox.writes or len(self.outbox) >= _FLUSH_BATCH
-               or self.stopping or (not self.running and not self.buffer)
-               or now - self.first_unflushed >= _FLUSH_DELAY)
-        if not due:
-            return
-        try:
-            self.outbox.flush(self.store.complete, [(h.lease, h.row.attempts) for h in started])
-        except DB_ERRORS as exc:
-            self.next_flush = now + self.health.failed("record job outcomes", exc)
-            return
-        for held in started:
-            held.counted = True
-        self.health.succeeded()
+        busy = bool(self.running or self.buffer)
+        if started or self.recorder.due(now, busy=busy, stopping=bool(self.stopping)):
+            self.recorder.flush(now, started)
 
     def _next_count_due(self) -> float | None:
         """When the attempt of a running job is next due to be counted."""
-        due = [began + _FLUSH_DELAY for task, began in self.pool.started()
+        due = [began + FLUSH_DELAY for task, began in self.pool.started()
                if isinstance(task, RunJob) and not getattr(
                    self.running.get(task.job_id), "counted", True)]
         return min(due, default=None)
 
     def _uncounted(self, now: float) -> list[Held]:
         """Running jobs whose attempt the table does not count yet, started at
-        least _FLUSH_DELAY ago. Those started since then are not counted yet:
+        least FLUSH_DELAY ago. Those started since then are not counted yet:
         most end before that, and their outcome says all."""
         started = []
         for task, began in self.pool.started():
-            if isinstance(task, RunJob) and now - began >= _FLUSH_DELAY:
+            if isinstance(task, RunJob) and now - began >= FLUSH_DELAY:
                 held = self.running.get(task.job_id)
                 if held is not None and not held.counted:
                     started.append(held)
@@ -601,11 +476,11 @@ class Supervisor:
         wake = [self.next_beat, now + self.options.sleep]
         if len(self.running) < self.options.concurrency and not self.stopping:
             wake.append(self.next_poll)
-        if self.outbox and self.running:
-            wake.append(max(self.first_unflushed + _FLUSH_DELAY, self.next_flush))
+        if self.recorder and self.running:
+            wake.append(self.recorder.next_wake())
         count_due = self._next_count_due()
         if count_due is not None:  # count a long job's attempt in time
-            wake.append(max(count_due, self.next_flush))
+            wake.append(max(count_due, self.recorder.next_flush))
         if self.stopping:
             wake.append(self.stop_deadline)
         deadline = self.pool.next_deadline()
@@ -625,9 +500,10 @@ class Supervisor:
             if held is None:
                 return
             if answer.kind == "expired":
-                log.debug("job %d (%s) was not started: its lease may have run out while "
-                          "it waited; put back", held.row.id, held.row.job)
-                self._give_back([held])
+                # Put back as it was (had the heartbeat counted it meanwhile,
+                # the count is taken back): it never started.
+                self.recorder.released(held, 0.0, False, "not started: its lease may have run "
+                                       "out while it waited")
                 return
             self.avg_runtime = runtime if self.avg_runtime is None else (
                 0.9 * self.avg_runtime + 0.1 * runtime)
@@ -636,7 +512,7 @@ class Supervisor:
             if answer.uncommitted:
                 self.uncommitted[held.row.id] = (child, held)
             elif answer.kind == "done":
-                self._completed(held)
+                self.recorder.completed(held)
             else:
                 self._ended(held, answer)
         limit = self.options.memory_mb
@@ -645,18 +521,13 @@ class Supervisor:
             log.info("child using %.0f MB (over --memory %g): replacing it", answer.rss_mb, limit)
             self.pool.retire(child)
 
-    def _completed(self, held: Held) -> None:
-        self._note_write()
-        self._unlock(held)
-        self.outbox.completions.append(Completion(held.lease, held.row.job, held.runtime))
-
     def _on_committed(self, committed: Committed) -> None:
         for job_id in committed.job_ids:
             _, held = self.uncommitted.pop(job_id, (None, None))
             if held is None:
                 continue
             if committed.failure is None:
-                self._completed(held)
+                self.recorder.completed(held)
             else:
                 self._ended(held, committed.failure)
 
@@ -722,71 +593,10 @@ class Supervisor:
         for held in self.running.values():
             log.warning("job %d (%s) did not finish within the grace period; put back",
                         held.row.id, held.row.job)
-            self._unlock(held)
-            self.outbox.writes.append((held.lease, partial(self._release, held, 0.0, False, "")))
+            self.recorder.released(held, 0.0, False, "")
         self.running.clear()
 
     def _ended(self, held: Held, answer: Finished) -> None:
         """The attempt ended without completing the job: retry, release or fail it."""
-        self._note_write()
-        self._unlock(held)
-        ended = Ended(answer.kind, held.row.attempts, answer.delay)  # type: ignore[arg-type]
-        failure = Failure(answer.exception_class, answer.message, answer.traceback)
-        decision = decide(ended, held.rules, held.db_now())
-        if isinstance(decision, GiveUp):
-            if decision.why:
-                failure = Failure(failure.exception_class,
-                                  f"{failure.message} ({decision.why})", failure.traceback)
-            self._record_failure(held, failure, ran=True)
-            return
-        why = answer.message if ended.kind == "release" else (
-            f"attempt {held.row.attempts} failed ({failure.exception_class}: {failure.message})")
-        self.outbox.writes.append((held.lease, partial(
-            self._release, held, decision.delay, decision.counts, why)))
-        self.drained = False  # it may be ready again at once: look before stopping when empty
-
-    def _record_failure(self, held: Held, failure: Failure, *, ran: bool) -> None:
-        """Fail the job for good; ``ran`` says whether this attempt started (and counts)."""
-        self._note_write()
-        self.outbox.writes.append((held.lease, partial(self._fail, held, failure, ran)))
-        if held.job is not None and held.job.on_failure is not None:
-            self.hooks.append(RunHook(JobFailure(
-                held.row.id, held.row.job, held.payload.args, held.payload.kwargs,
-                held.row.attempts if ran else held.row.attempts - 1,
-                failure.exception_class, failure.message)))
-
-    # The outbox's writes: each is handed the lease its job is held by when it
-    # runs, and logs what it recorded once it is recorded.
-
-    def _release(self, held: Held, delay: float, counts: bool, why: str, lease: Lease) -> None:
-        # The attempt's number if it counts; one less if not (a release, a job
-        # put back unfinished), whatever the heartbeat counted meanwhile.
-        attempts = held.row.attempts if counts else held.row.attempts - 1
-        if not self.store.release(lease, delay, attempts):
-            return  # another worker holds it now: nothing of ours to record
-        if counts:
-            log.info("job %d (%s) %s; retrying in %.1f s", held.row.id, held.row.job, why, delay)
-        else:
-            log.debug("job %d (%s) released for %.1f s%s", held.row.id, held.row.job, delay,
-                      f": {why}" if why else "")
-
-    def _fail(self, held: Held, failure: Failure, ran: bool, lease: Lease) -> None:
-        row = held.row
-        attempts = row.attempts if ran else row.attempts - 1
-        if not self.store.fail(row, lease.token, failure, self.name, attempts):
-            return
-        if ran:
-            log.warning("job %d (%s) failed after %d attempt(s)%s: %s: %s", row.id, row.job,
-                        attempts, f" in {duration(held.runtime)}" if held.runtime else "",
-                        failure.exception_class, failure.message)
-        else:
-            log.warning("job %d (%s) cannot run: %s", row.id, row.job, failure.message)
-
-    def _drop_unique_key(self, lease: Lease) -> None:
-        self.store.drop_unique_keys([lease])
-
-    def _note_write(self) -> None:
-        if not self.outbox:
-            self.first_unflushed = time.monotonic()
-
-
+        if self.recorder.ended(held, answer):
+            self.drained = False  # it may be ready again at once: look before stopping
