@@ -27,7 +27,10 @@ from dbqueue.store.dialects import dialect_for
 from tests import jobapp
 
 ROOT = Path(__file__).resolve().parent.parent
-PREFIX = os.environ.get("DBQUEUE_TEST_PREFIX", "dbqt_")  # lets two runs share a server
+# Lets two runs share a server; each of pytest-xdist's workers (-n 2) gets
+# tables of its own too.
+PREFIX = os.environ.get("DBQUEUE_TEST_PREFIX", "dbqt_") + (
+    f"{os.environ['PYTEST_XDIST_WORKER']}_" if os.environ.get("PYTEST_XDIST_WORKER") else "")
 URLS = {
     "postgresql": os.environ.get("DBQUEUE_TEST_POSTGRES_URL",
                                  "postgresql://postgres@127.0.0.1:5432/test"),
@@ -36,6 +39,13 @@ URLS = {
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 _reachable: dict[str, str | None] = {}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that starts real workers is slow: ``-m "not slow"`` is the fast subset."""
+    for item in items:
+        if "workers" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 def _unreachable_reason(backend: str) -> str | None:

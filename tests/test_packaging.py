@@ -9,8 +9,12 @@ import sys
 import sysconfig
 import zipfile
 
+import pytest
+
 import dbqueue
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow  # builds a wheel and a virtualenv
 
 VERSIONS = "dbqueue/migrations/versions/0"
 

@@ -114,9 +114,9 @@ def create_engine(url: str, *, autocommit: bool = False) -> Engine:
         engine = sa.create_engine(parsed, **options)
     except ModuleNotFoundError as exc:
         extra = _EXTRAS.get(exc.name or "")
-        fix = (f"install it with: pip install 'dbqueue[{extra}]'" if extra else
+        fix = (f"install it with: pip install 'dbqueue-sql[{extra}]'" if extra else
                "install it, or name no driver (postgresql://, mysql://) to use dbqueue's "
-               "own: pip install 'dbqueue[postgres]' or 'dbqueue[mysql]'")
+               "own: pip install 'dbqueue-sql[postgres]' or 'dbqueue-sql[mysql]'")
         raise ConfigurationError(
             f"the database driver {exc.name!r} is not installed; {fix}") from None
     dialect.prepare_engine(engine)
