@@ -130,6 +130,11 @@ def test_settings_come_from_the_environment_and_are_checked():
     assert Settings.from_env({}).url == "sqlite:///dbqueue.db"
     with pytest.raises(dbqueue.ConfigurationError, match="DBQUEUE_RETRY_AFTER"):
         Settings.from_env({"DBQUEUE_RETRY_AFTER": "soon"})
+    for endless in ("inf", "nan"):
+        with pytest.raises(dbqueue.ConfigurationError, match="finite number of seconds"):
+            Settings.from_env({"DBQUEUE_RETRY_AFTER": endless})
+    with pytest.raises(dbqueue.ConfigurationError, match="finite number of seconds"):
+        dbqueue.App("sqlite://", retry_after=float("inf"))
     with pytest.raises(dbqueue.ConfigurationError, match="table prefix"):
         Settings(table_prefix="drop table;")
 

@@ -364,6 +364,10 @@ def migrated_url(tmp_path: Path) -> str:
      "the port 'abc' in 'mysql://root:***@127.0.0.1:abc/x' is not a number"),
     (["work", "--url", "{fresh}", "--app", "tests.jobapp:app", "--concurrency", "0"],
      "--concurrency must be at least 1, not 0"),
+    (["work", "--url", "{fresh}", "--app", "tests.jobapp:app", "--retry-after", "inf"],
+     "--retry-after must be a finite number, at least 1 second, not inf"),
+    (["work", "--url", "{fresh}", "--app", "tests.jobapp:app", "--grace", "nan"],
+     "--grace must be a finite number, 0 seconds or more, not nan"),
     (["status", "--url", "{fresh}", "--table-prefix", "bad-prefix"], "table prefix 'bad-prefix'"),
     (["migrate", "--url", "postgresql+psycopg2://x@127.0.0.1/db"],
      "'psycopg2' is not installed; install it, or name no driver (postgresql://, mysql://)"),
@@ -373,7 +377,8 @@ def migrated_url(tmp_path: Path) -> str:
         "unmigrated-failed", "app-module-missing", "app-not-an-app", "app-attribute-missing",
         "app-module-broken", "app-without-module", "work-app-module-missing",
         "work-app-module-broken", "work-app-module-raises", "work-app-not-an-app",
-        "work-url-bad-port", "work-concurrency-zero", "bad-table-prefix",
+        "work-url-bad-port", "work-concurrency-zero", "work-retry-after-inf", "work-grace-nan",
+        "bad-table-prefix",
         "driver-not-installed", "sqlite-directory-missing"])
 def test_mistakes_print_one_error_line(args, expected, fresh_url):
     result = dbqueue_cli(*(a.format(fresh=fresh_url) for a in args), env=bare_env())
