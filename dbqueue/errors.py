@@ -42,7 +42,15 @@ class UnsupportedDatabase(ConfigurationError):
 
 
 class DatabaseUnavailable(DBQueueError):
-    """dbqueue could not connect to the database."""
+    """dbqueue could not connect to the database.
+
+    ``lasting`` is True when trying again cannot help by itself: the server
+    answered, and refused the login or does not have the database.
+    """
+
+    def __init__(self, message: str, *, lasting: bool = False) -> None:
+        super().__init__(message)
+        self.lasting = lasting
 
 
 class NotMigrated(DBQueueError):

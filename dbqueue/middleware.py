@@ -177,8 +177,8 @@ class RateLimited:
     ``name`` names the limit (jobs of several kinds may share one); ``key``, a
     function of the job's arguments, splits it (one limit per customer, say).
     A job over the limit is released, without using a try, until a slot may
-    have freed: at most ``per`` seconds, since a slot frees ``per`` seconds
-    after its job ends.
+    have freed: about ``per`` seconds at most, since a slot frees ``per``
+    seconds after its job ends.
 
     The limit is kept with ``limit`` slots in ``cache_locks``. A job takes a free
     slot before it runs and gives it back ``per`` seconds after it *ends*, so
@@ -216,8 +216,10 @@ class RateLimited:
             # A slot held by a running job expires at the end of its hold, long
             # after the job will most likely have ended: it frees `per` seconds
             # after the end. So look again within `per`, or sooner when a slot
-            # of a job that has ended frees sooner.
+            # of a job that has ended frees sooner; a little later at random,
+            # so that the jobs waiting do not all come back at the same instant.
             wait = min(max(locks.free_in(slots), 0.01), self.per)
+            wait += random.uniform(0, min(wait, self.per) / 4)
             raise Release(wait, reason=f"rate limit {self.name!r} reached "
                                        f"({self.limit} per {self.per:g} s)")
         try:

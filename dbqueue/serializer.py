@@ -7,6 +7,7 @@ overrides the job's defaults, ``"options": {...}``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,14 @@ def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not a JSON value")
 
 
-_decoder = json.JSONDecoder(parse_constant=_not_json)
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e400: too large for a float, read as infinity
+        raise ValueError(f"{text} is too large a number")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +47,10 @@ class Payload:
 _PLAIN = (str, int, float, bool, type(None))
 
 
-def _check_keys(value: Any, depth: int = 1) -> None:
+def _check_keys(value: Any, depth: int = 2) -> None:
     """Raise TypeError for a dict key that JSON would quietly turn into a string
     (the job would receive ``{"1": ...}`` for ``{1: ...}``), or for nesting
-    deeper than MAX_DEPTH."""
+    deeper than MAX_DEPTH (counted from the payload: its args are at depth 2)."""
     if depth > MAX_DEPTH:
         raise TypeError(f"lists and dicts nest more than {MAX_DEPTH} levels deep")
     if isinstance(value, dict):
@@ -118,6 +126,12 @@ def decode(text: str) -> Payload:
     # with many of them is walked.
     if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(document):
         raise ValueError(f"payload nests lists or dicts more than {MAX_DEPTH} levels deep")
+    if "\\u" in text:
+        try:  # no database can store a lone surrogate, and a "\ud800" escape makes one
+            _encoder.encode(document).encode()
+        except UnicodeEncodeError:
+            raise ValueError("payload holds a lone surrogate (\\ud800-\\udfff), which is "
+                             "not a Unicode character") from None
     if not isinstance(document, dict):
         raise ValueError(f"payload must be a JSON object, not {type(document).__name__}")
     args = document.get("args", [])

@@ -99,6 +99,15 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
             time.sleep(0.05)
         note(key, "end")
 
+    @app.job(name="retried_for_ever", tries=None,
+             backoff=dbqueue.Exponential(base=1, factor=2, cap=60))
+    def retried_for_ever() -> None:
+        raise RuntimeError("still down")
+
+    @app.job(name="surrogate_error")
+    def surrogate_error() -> None:
+        raise ValueError("no customer named \ud800")  # no driver can send a lone surrogate
+
     @app.job(name="nap")
     def nap(seconds: float) -> None:
         """Takes a while, and needs no database (it runs through outages)."""

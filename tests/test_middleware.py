@@ -197,7 +197,8 @@ def test_a_job_over_the_rate_limit_looks_again_within_per_seconds(jobs, workers)
             return None  # not (yet) released, or due again already
         return (row.available_at - store.now()).total_seconds()
 
-    assert 0 < wait_until(released_for, what="the job over the limit to be released") <= 2
+    # per (2 s), plus at most a quarter of it at random; not the neighbour's 300 s hold.
+    assert 0 < wait_until(released_for, what="the job over the limit to be released") <= 2.5
     for key in ids:
         jobs.note(key, "go")
     wait_until(lambda: count(jobs.app, table) == 0, what="both jobs to run")

@@ -1,6 +1,7 @@
 """Rows nobody should have written: each fails alone, with its reason, and
 every worker goes on with every other queue (README guarantee 7)."""
 
+from dbqueue.serializer import decode
 from tests.conftest import count, rows
 
 FAST = ("--sleep", "0.1")
@@ -22,12 +23,18 @@ def test_poison_rows_fail_alone_and_every_queue_goes_on(jobs, workers):
         insert(jobs, "noop", f'{{"args": [], "options": {options}}}')
     insert(jobs, "noop", '{"args": []}', attempts=2**31 - 1)  # tries=1: used up long ago
     insert(jobs, "deadline", '{"args": []}', attempts=2**31 - 1)  # tries=None: it runs
+    insert(jobs, "retried_for_ever", '{"args": []}', attempts=2**31 - 1)  # backoff 2**(2**31)
+    insert(jobs, "record", '{"args": ["\\ud800"]}')  # a lone surrogate: no database takes one
+    insert(jobs, "record", '{"args": [1e400]}')  # no float is that large
+    jobs.surrogate_error.dispatch()
     jobs.app.dispatch_many([jobs.record.prepare(n) for n in range(50)])
     result = workers.run("--queue", "poison,default", "--stop-when-empty", *FAST)
     assert result.returncode == 0, result.stdout
     assert "Traceback" not in result.stdout and "[SQL:" not in result.stdout
     assert count(jobs.app, jobs.effects) == 50  # every good job ran
-    assert count(jobs.app, jobs.app.store.tables.jobs) == 0
+    # The one retried for ever waits out its backoff, its count kept in range.
+    (left,) = rows(jobs.app, jobs.app.store.tables.jobs)
+    assert (left.job, left.attempts, left.reserved_by) == ("retried_for_ever", 2**31 - 1, None)
     failed = rows(jobs.app, jobs.app.store.tables.failed_jobs)
     reasons = sorted((row.exception_class, row.exception_message.split(": ", 1)[-1])
                      for row in failed)
@@ -39,7 +46,11 @@ def test_poison_rows_fail_alone_and_every_queue_goes_on(jobs, workers):
          "retry_for must be at most 3,153,600,000 seconds (a hundred years), not 1e+300"),
         ("dbqueue.SerializationError", "payload is not valid JSON: NaN is not a JSON value"),
         ("dbqueue.SerializationError", "payload is not valid JSON: Infinity is not a JSON value"),
-        ("dbqueue.ConfigurationError", "timeout must be a finite number of seconds, not inf"),
+        ("dbqueue.SerializationError", "payload is not valid JSON: 1e999 is too large a number"),
+        ("dbqueue.SerializationError", "payload holds a lone surrogate (\\ud800-\\udfff), "
+                                       "which is not a Unicode character"),
+        ("dbqueue.SerializationError", "payload is not valid JSON: 1e400 is too large a number"),
+        ("ValueError", "no customer named \\ud800"),
         ("dbqueue.MaxAttemptsExceeded", reasons_of(failed, "dbqueue.MaxAttemptsExceeded")),
         ("RuntimeError", reasons_of(failed, "RuntimeError")),
     ])
@@ -60,6 +71,14 @@ def test_a_dispatch_refuses_what_a_worker_could_not_run(app, jobs):
     nested: list = []
     for _ in range(150):
         nested = [nested]
+    deepest: list = []
+    for _ in range(97):  # with the payload's object and its args list: 100 levels
+        deepest = [deepest]
+    job_id = jobs.record.dispatch(deepest)  # a worker can decode all that a dispatch takes
+    (row,) = rows(app, app.store.tables.jobs)
+    assert decode(row.payload).args == (deepest,) and row.id == job_id
+    with app.engine.begin() as connection:
+        connection.execute(app.store.tables.jobs.delete())
     for call, message in [
         (lambda: jobs.record.dispatch(nested), "more than 100 levels deep"),
         (lambda: jobs.noop.options(timeout=float("nan")).dispatch(), "finite number"),

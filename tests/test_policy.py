@@ -33,12 +33,18 @@ def test_exponential_backoff_grows_is_capped_and_jitters_within_half():
     rng = random.Random(7)
     delays = [backoff_delay(jittered, 3, rng) for _ in range(200)]
     assert all(20 <= d <= 40 for d in delays) and len(set(delays)) > 100
+    # A job retried for ever, or a count set by hand, reaches the cap, not an overflow.
+    assert backoff_delay(plain, 2**31) == 100
+    assert backoff_delay(Exponential(base=1, factor=10, cap=7, jitter=False), 1200) == 7
 
 
-@pytest.mark.parametrize("bad", [-1, [], [1, -2], "10", True, {"a": 1}])
+@pytest.mark.parametrize("bad", [-1, [], [1, -2], "10", True, {"a": 1}, float("nan"),
+                                 float("inf"), [1, float("inf")]])
 def test_bad_backoff_is_refused_with_a_clear_message(bad):
     with pytest.raises(ConfigurationError, match="backoff"):
         validate_backoff(bad)
+    with pytest.raises(ConfigurationError, match="finite numbers"):
+        Exponential(cap=float("inf"))
 
 
 def test_errors_retry_while_tries_remain_then_give_up():

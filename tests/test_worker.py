@@ -7,8 +7,10 @@ import subprocess
 import sys
 import time
 
+import pytest
 import sqlalchemy as sa
 
+from dbqueue.worker.clock import Deadline
 from dbqueue.worker.signals import REPEAT_AFTER, StopSignals
 from tests.conftest import ROOT, count, read_until, rows, wait_until, worker_env
 
@@ -212,6 +214,31 @@ def test_two_signals_at_once_are_one_request_to_stop(jobs, workers):
     assert "Ctrl-C again stops at once" in output
     assert [r.event for r in rows(jobs.app, jobs.effects, jobs.effects.c.tag == "twice")] == [
         "start", "end"]  # it was let finish
+
+
+def test_a_deadline_has_passed_when_either_clock_says_so():
+    """A paused VM's monotonic clock does not count the pause; its wall clock is
+    put right: a lease deadline must pass by either."""
+    assert not Deadline.after(60).passed()
+    assert Deadline.after(60)._replace(wall=time.time() - 1).passed()  # a paused VM woke up
+    assert Deadline.after(60)._replace(mono=time.monotonic() - 1).passed()
+    assert Deadline.after(60).earlier(61).passed()
+
+
+def test_a_wrong_password_or_database_name_stops_the_worker_at_once(schema):
+    """Unlike a server that does not answer (the worker waits for it), a server
+    that refuses the login will refuse it again: one Error line at once."""
+    if schema.startswith("sqlite"):
+        pytest.skip("SQLite has no login")
+    wrong = sa.engine.make_url(schema).set(database="dbqueue_no_such_database")
+    result = subprocess.run(
+        [sys.executable, "-m", "dbqueue", "work", "--app", "tests.jobapp:app"], cwd=ROOT,
+        env=worker_env(wrong.render_as_string(hide_password=False)), capture_output=True,
+        text=True, timeout=60)
+    assert result.returncode == 1, result
+    assert result.stderr.startswith("Error: cannot connect to "), result.stderr
+    assert "check DBQUEUE_URL (or --url) and the user, password and database name" in (
+        result.stderr)
 
 
 def test_a_repeat_within_a_second_is_counted_apart_from_a_second_request():

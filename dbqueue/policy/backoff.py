@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,14 +26,17 @@ class Exponential:
     jitter: bool = True
 
     def __post_init__(self) -> None:
-        if self.base < 0 or self.factor < 1 or self.cap < 0:
+        finite = all(math.isfinite(x) for x in (self.base, self.factor, self.cap))
+        if not finite or self.base < 0 or self.factor < 1 or self.cap < 0:
             raise ConfigurationError(
-                "Exponential backoff needs base >= 0, factor >= 1 and cap >= 0 "
+                "Exponential backoff needs finite numbers, base >= 0, factor >= 1 and cap >= 0 "
                 f"(got base={self.base}, factor={self.factor}, cap={self.cap})"
             )
 
 
 Backoff = float | Sequence[float] | Exponential
+
+_MAX_EXPONENT = 1000
 
 
 def validate_backoff(backoff: Any) -> Backoff:
@@ -42,11 +46,12 @@ def validate_backoff(backoff: Any) -> Backoff:
     if isinstance(backoff, bool):
         raise ConfigurationError(f"backoff must be seconds, a list or Exponential, not {backoff!r}")
     if isinstance(backoff, int | float):
-        if backoff < 0:
-            raise ConfigurationError(f"backoff must be >= 0 seconds, not {backoff}")
+        if not 0 <= backoff < math.inf:  # NaN fails too
+            raise ConfigurationError(f"backoff must be a finite number >= 0 seconds, not {backoff}")
         return float(backoff)
     if isinstance(backoff, list | tuple) and backoff and all(
-        isinstance(x, int | float) and not isinstance(x, bool) and x >= 0 for x in backoff
+        isinstance(x, int | float) and not isinstance(x, bool) and 0 <= x < math.inf
+        for x in backoff
     ):
         return tuple(float(x) for x in backoff)
     raise ConfigurationError(
@@ -61,7 +66,13 @@ def backoff_delay(backoff: Backoff, attempt: int, rng: random.Random | None = No
     A list gives the delay per attempt and its last value repeats.
     """
     if isinstance(backoff, Exponential):
-        delay = min(backoff.cap, backoff.base * backoff.factor ** max(attempt - 1, 0))
+        # A huge attempt number (a job retried for ever, a row set by hand) must
+        # not overflow: past the cap, the exact power does not matter.
+        exponent = min(max(attempt - 1, 0), _MAX_EXPONENT)
+        try:
+            delay = min(backoff.cap, backoff.base * backoff.factor ** exponent)
+        except OverflowError:
+            delay = backoff.cap
         if backoff.jitter:
             delay = (rng or random).uniform(delay / 2, delay)
         return delay

@@ -196,12 +196,13 @@ def first_line(error: BaseException) -> str:
 def unavailable(engine: Engine, error: BaseException) -> DatabaseUnavailable:
     """The error for a failure to connect to ``engine``'s database."""
     reason = first_line(error)
+    lasting = dialect_for(engine.dialect).refuses_login(error)
     check = ("that its directory exists and is writable" if engine.dialect.name == "sqlite"
+             else "the user, password and database name" if lasting
              else "that the server is running")
     return DatabaseUnavailable(
         f"cannot connect to {describe(engine)}: {reason}; check DBQUEUE_URL (or --url) "
-        f"and {check}"
-    )
+        f"and {check}", lasting=lasting)
 
 
 def tables_missing(engine: Engine, table_prefix: str = "") -> NotMigrated:

@@ -84,8 +84,14 @@ def _by_token(leases: Iterable[Lease]) -> Mapping[str, list[int]]:
 
 
 def _text(value: str) -> str:
-    # PostgreSQL text cannot hold NUL characters, and an exception message may.
-    return value.replace("\x00", "\\x00")
+    # PostgreSQL text cannot hold NUL characters, and an exception message may;
+    # no driver can send a lone surrogate (from a job's "\ud800", say).
+    value = value.replace("\x00", "\\x00")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        value = value.encode(errors="backslashreplace").decode()
+    return value
 
 
 def held_locks(locks: sa.Table, held: Sequence[tuple[str, str]]) -> sa.ColumnElement[bool]:
@@ -317,10 +323,11 @@ class Store:
         jobs = self.tables.jobs
         statement = sa.update(jobs).values(reserved_at=self.dialect.now(),
                                            available_at=self.dialect.now_plus(lease))
-        renewed: set[int] = set()
+        grouped = _by_token(leases)
 
-        def work(c: Connection) -> None:
-            for token, ids in _by_token(leases).items():
+        def work(c: Connection) -> set[int]:
+            renewed: set[int] = set()  # afresh on each try: a retried transaction starts over
+            for token, ids in grouped.items():
                 for chunk in _chunks(ids):
                     held = sa.and_(jobs.c.reserved_by == token,
                                    self.dialect.one_of(jobs.c.id, chunk))
@@ -328,9 +335,9 @@ class Store:
                         renewed.update(chunk)
                     else:  # rare: ask which are still ours (the rows locked just now)
                         renewed.update(c.execute(sa.select(jobs.c.id).where(held)).scalars())
+            return renewed
 
-        self.transaction(work)
-        return renewed
+        return self.transaction(work)
 
     def complete(self, leases: Iterable[Lease], unlock: Sequence[tuple[str, str]] = (),
                  started: Sequence[tuple[Lease, int]] = ()) -> int:

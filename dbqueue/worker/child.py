@@ -34,6 +34,7 @@ from ..errors import Fail, Release
 from ..idempotency import OutcomeBatch
 from ..jobs import JobFailure
 from ..middleware import JobContext, run_with
+from .clock import passed
 
 log = logging.getLogger("dbqueue.worker")
 
@@ -53,10 +54,12 @@ class RunJob(NamedTuple):
     locks: frozenset[str] = frozenset()
     """Lock keys the supervisor took for the job (see WithoutOverlapping)."""
     start_by: float = math.inf
-    """Do not start the job after this (monotonic clock, shared by the
-    processes of a host): its lease may have run out by then, and another
-    worker may be running it. A task queued here while the whole worker was
-    stopped (SIGSTOP, a paused VM) is answered "expired" instead."""
+    start_by_wall: float = math.inf
+    """Do not start the job after this instant (by the monotonic clock, shared
+    by a host's processes, or by the wall clock; see worker.clock): its lease
+    may have run out by then, and another worker may be running it. A task
+    queued here while the whole worker was stopped (SIGSTOP, a paused VM) is
+    answered "expired" instead."""
 
 
 class RunHook(NamedTuple):
@@ -126,7 +129,7 @@ EXPIRED = Finished("expired")
 
 
 def run_job(app: Any, task: RunJob, batch: OutcomeBatch) -> Finished:
-    if time.monotonic() > task.start_by:
+    if passed(task.start_by, task.start_by_wall):
         return EXPIRED
     try:
         job = app.lookup(task.name)

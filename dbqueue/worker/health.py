@@ -54,8 +54,16 @@ class Health:
                 log.debug("still unreachable (%s: %s)", what, reason)
         elif reason != self._last_refusal:  # the same refusal again says nothing new
             self._last_refusal = reason
-            log.error("the database refused to %s: %s", what, reason)
+            if isinstance(error, DB_ERRORS):
+                log.error("the database refused to %s: %s", what, reason)
+            else:
+                log.error("could not %s: %s: %s", what, type(error).__name__, reason)
         return min(LONGEST_WAIT, FIRST_RETRY * 2 ** min(self.failures - 1, 10))
+
+    @property
+    def failing(self) -> bool:
+        """Whether the last statement failed (the database may be away)."""
+        return self.failures > 0
 
     def succeeded(self) -> None:
         """A statement went through: the database is back, if it was away."""

@@ -19,6 +19,7 @@ from ..policy import Rules, refuse_attempt
 from ..serializer import Payload
 from ..store import Failure, Lease, ReservedRow
 from .child import class_name
+from .clock import Deadline
 
 
 @dataclass(eq=False)
@@ -30,16 +31,18 @@ class Held:
     job: Any  # dbqueue.Job, or None when the row could not be resolved
     payload: Payload
     reserved_mono: float
-    lease_until: float
-    """Until when the lease certainly holds (monotonic clock): it was taken or
-    last renewed for ``retry_after`` seconds by a statement sent after the
-    instant this counts from. Moved forward by each heartbeat."""
+    lease_until: Deadline
+    """Until when the lease certainly holds: it was taken or last renewed for
+    ``retry_after`` seconds by a statement sent after the instant this counts
+    from. Moved forward by each heartbeat."""
     rules: Rules = field(default_factory=lambda: Rules(tries=1))
     timeout: float = 0.0
     locks: list[tuple[str, str, float]] = field(default_factory=list)
     """(key, owner, ttl) of the locks taken for this job (see WithoutOverlapping)."""
     counted: bool = False
     """Whether its attempt is counted in the table (see Store.complete's ``started``)."""
+    lease_lost: bool = False
+    """Another worker took the job (this one stalled) while it ran here."""
     runtime: float | None = None
     """Seconds its attempt ran, once it has ended (for the log)."""
 
@@ -63,7 +66,7 @@ class Held:
         return self.row.reserved_at + timedelta(seconds=time.monotonic() - self.reserved_mono)
 
 
-def admit(app: Any, row: ReservedRow, token: str, lease_until: float,
+def admit(app: Any, row: ReservedRow, token: str, lease_until: Deadline,
           ) -> tuple[Held, Failure | None]:
     """A Held job for ``row``, and the Failure to record instead of running it, if any.
 

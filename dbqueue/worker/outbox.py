@@ -20,8 +20,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-import sqlalchemy as sa
-
 from ..store import Lease
 from .health import TRANSIENT, describe
 
@@ -90,7 +88,9 @@ class Outbox:
             write(lease)
         except TRANSIENT:
             raise
-        except sa.exc.DBAPIError as exc:
+        # Whatever else stops one job's write (a refusal, text no driver can
+        # send) must not stop the worker from recording every other outcome.
+        except Exception as exc:
             self.refused += 1
             if self.refused < _REFUSALS_BEFORE_GIVING_UP:
                 raise

@@ -18,7 +18,7 @@ from functools import partial
 
 from ..policy import Ended, GiveUp, decide
 from ..store import Failure, Lease, Store
-from .child import Finished, JobFailure, RunHook
+from .child import Finished, JobFailure, RunHook, class_name
 from .health import DB_ERRORS, Health
 from .intake import Held
 from .outbox import Completion, Outbox, duration
@@ -67,7 +67,12 @@ class Recorder:
         self.unlock(held)
         ended = Ended(answer.kind, held.row.attempts, answer.delay)  # type: ignore[arg-type]
         failure = Failure(answer.exception_class, answer.message, answer.traceback)
-        decision = decide(ended, held.rules, held.db_now())
+        try:
+            decision = decide(ended, held.rules, held.db_now())
+        except Exception as exc:  # rules no check foresaw (a row set by hand): this job only
+            self.failed(held, Failure(class_name(exc), f"{failure.message} (and then no "
+                        f"retry could be decided: {exc})", failure.traceback), ran=True)
+            return False
         if isinstance(decision, GiveUp):
             if decision.why:
                 failure = Failure(failure.exception_class,
@@ -141,7 +146,8 @@ class Recorder:
             return
         try:
             self.outbox.flush(self.store.complete, [(h.lease, h.row.attempts) for h in started])
-        except DB_ERRORS as exc:
+        # Not only the database's errors: nothing here may stop the worker.
+        except Exception as exc:
             self.next_flush = now + self.health.failed("record job outcomes", exc)
             return
         for held in started:
@@ -155,7 +161,7 @@ class Recorder:
                 return
             try:
                 self.outbox.flush(self.store.complete)
-            except DB_ERRORS as exc:
+            except Exception as exc:
                 time.sleep(min(1.0, self.health.failed("record job outcomes", exc)))
 
     def next_wake(self) -> float:

@@ -17,11 +17,12 @@ from collections import deque
 from typing import Any
 
 from ..errors import JobTimeout, WorkerCrashed
-from ..store import Lease, WorkerInfo, WorkerRegistry
+from ..store import Lease, ReservedRow, WorkerInfo, WorkerRegistry
 from ..store.locks import Locks
 from ..store.queues import Queues
 from .child import Committed, Finished, RunHook, RunJob
-from .health import DB_ERRORS, TRANSIENT, Health
+from .clock import Deadline
+from .health import DB_ERRORS, LONGEST_WAIT, TRANSIENT, Health
 from .intake import Held, admit
 from .joblocks import JobLocks
 from .options import WorkerOptions
@@ -118,6 +119,8 @@ class Supervisor:
                     self.id, socket.gethostname(), os.getpid(), ",".join(self.options.queues),
                     self.options.concurrency))
             except TRANSIENT as exc:
+                if getattr(exc, "lasting", False):
+                    raise  # a wrong password or database name: waiting will not help
                 time.sleep(self.health.failed("start", exc))
                 continue
             self.health.succeeded()
@@ -225,6 +228,9 @@ class Supervisor:
             return
         self.sequence += 1
         token = f"{self.id}.{self.sequence}"
+        # Read before the statement goes out: the lease, counted by the server's
+        # clock from when it ran, lasts at least until this.
+        lease_until = Deadline.after(self.options.retry_after)
         try:
             rows = self.store.reserve(self.queues.current(), want, token, self.options.retry_after)
             if not rows and self._in_hand() == 0:
@@ -233,15 +239,12 @@ class Supervisor:
             self.next_poll = now + max(self.options.sleep, self.health.failed("reserve jobs", exc))
             return
         self.health.succeeded()
-        # `now` was read before the statement went out: the lease, counted by the
-        # server's clock from when it ran, lasts at least until this.
-        lease_until = now + self.options.retry_after
         self.drained = len(rows) < want
         self.next_poll = now + self.options.sleep if self.drained else 0.0
         admitted: list[Held] = []
         held_here = self._held_ids() if rows else set()
         for row in rows:
-            if row.id in held_here and self._adopt(Lease(row.id, token), lease_until):
+            if row.id in held_here and self._adopt(row, Lease(row.id, token), lease_until):
                 continue
             held, failure = admit(self.app, row, token, lease_until)
             if failure is None:
@@ -277,17 +280,20 @@ class Supervisor:
         return {*self.running, *self.uncommitted, *(held.row.id for held in self.buffer),
                 *(lease.id for lease in self.recorder.outbox.leases())}
 
-    def _adopt(self, lease: Lease, lease_until: float) -> bool:
+    def _adopt(self, row: ReservedRow, lease: Lease, lease_until: Deadline) -> bool:
         """Take a new lease on a job this worker still holds under an old one.
 
-        That happens only when this worker stalled past ``retry_after`` and no
-        other worker took the job meanwhile: it goes on under the new token
-        instead of running a second time (a reservation counts no attempt).
+        That happens only when this worker stalled past ``retry_after``: it
+        goes on under the new token instead of running a second time (a
+        reservation counts no attempt). Another worker may have run an attempt
+        of it meanwhile: then its run here is the next attempt, not the same.
         """
         held = (self.running.get(lease.id) or self.uncommitted.get(lease.id, (None, None))[1]
                 or next((h for h in self.buffer if h.row.id == lease.id), None))
         if held is not None:
-            held.lease, held.lease_until = lease, lease_until
+            held.lease, held.lease_until, held.lease_lost = lease, lease_until, False
+            if row.attempts > held.row.attempts:
+                held.row, held.counted = held.row._replace(attempts=row.attempts), False
         elif lease.id in {old.id for old in self.recorder.outbox.leases()}:
             self.recorder.outbox.adopt(lease)
         else:
@@ -320,18 +326,20 @@ class Supervisor:
         head = self.buffer[0]
         if queued and len(head.row.payload) > _PIPELINE_BYTES:
             return False
-        start_by = head.lease_until - self._lease_margin()
-        if time.monotonic() >= start_by:
+        start_by = head.lease_until.earlier(self._lease_margin())
+        if start_by.passed():
             # This worker was stopped a while (SIGSTOP, a paused VM, a stuck
-            # statement): the lease may be another worker's now. Renew first;
+            # statement): the lease may be another worker's now. Renew first
+            # (unless renewing has just failed: it is retried in its own time);
             # the heartbeat drops the jobs whose leases were lost.
-            self.next_beat = 0.0
+            if not self.health.failing:
+                self.next_beat = 0.0
             return False
         held = self.buffer.popleft()
         payload = held.payload
         locks = frozenset(key for key, _, _ in held.locks) if held.locks else frozenset()
         self.pool.give(child, RunJob(held.row.id, held.row.job, payload.args, payload.kwargs,
-                                     held.row.attempts, held.timeout, locks, start_by),
+                                     held.row.attempts, held.timeout, locks, *start_by),
                        held.timeout)
         self.running[held.row.id] = held
         self.recorder.started(held)
@@ -348,8 +356,13 @@ class Supervisor:
                 self.hooks.appendleft(task)
 
     def _lease_margin(self) -> float:
-        """How long before its lease runs out a job may no longer be started."""
-        return min(1.0, self.options.retry_after / 10)
+        """How long before its lease runs out a job may no longer be started:
+        a moment, or, while the database does not answer, long enough that
+        the lease outlives the heartbeat's next try or two."""
+        retry_after = self.options.retry_after
+        if self.health.failing:
+            return min(self.options.heartbeat_every + LONGEST_WAIT, retry_after / 2)
+        return min(1.0, retry_after / 10)
 
     def _holding(self) -> list[Held]:
         """The jobs this worker holds and has not finished with."""
@@ -362,7 +375,7 @@ class Supervisor:
             return
         self.next_beat = now + self.options.heartbeat_every
         try:
-            self._renew_leases(now)
+            self._renew_leases()
             self._lost_locks(self.job_locks.renew(self._holding()))
             if self.registry.beat(self.id) and not self.stopping:
                 self._stop("restart requested")
@@ -376,12 +389,14 @@ class Supervisor:
             return
         self.health.succeeded()
 
-    def _renew_leases(self, now: float) -> None:
+    def _renew_leases(self) -> None:
         """Renew every lease held; drop the jobs not started whose lease was lost."""
-        holding = self._holding()
-        leases = [held.lease for held in holding] + self.recorder.outbox.leases()
-        renewed = self.store.heartbeat(leases, self.options.retry_after)
-        until = now + self.options.retry_after  # `now` was read before the statement
+        holding = [held for held in self._holding() if not held.lease_lost]
+        leases = {held.lease.id: held.lease for held in holding}
+        for lease in self.recorder.outbox.leases():  # outcomes not written yet
+            leases.setdefault(lease.id, lease)
+        until = Deadline.after(self.options.retry_after)  # read before the statement
+        renewed = self.store.heartbeat(list(leases.values()), self.options.retry_after)
         lost = []
         for held in holding:
             if held.row.id in renewed:
@@ -396,7 +411,8 @@ class Supervisor:
 
         One not started yet is dropped: it is the other worker's to run. One
         running cannot be recalled: it goes on, and may run beside the other's
-        run; writing its outcome changes nothing (the lease is fenced).
+        run; writing its outcome changes nothing (the lease is fenced), and it
+        is reported once.
         """
         gone = {held.row.id for held in lost}
         waiting = [held for held in self.buffer if held.row.id in gone]
@@ -404,6 +420,8 @@ class Supervisor:
             self.buffer = deque(held for held in self.buffer if held.row.id not in gone)
             for held in waiting:
                 self.recorder.unlock(held)
+        for held in lost:
+            held.lease_lost = True
         log.warning("%d job lease(s) were lost to other workers: this worker stalled longer "
                     "than --retry-after; %d job(s) not yet started were dropped, %d running "
                     "one(s) may also run elsewhere", count, len(waiting),

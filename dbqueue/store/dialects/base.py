@@ -272,6 +272,11 @@ class Dialect:
     def is_missing_table(self, error: BaseException) -> bool:
         return False
 
+    def refuses_login(self, error: BaseException) -> bool:
+        """True for a driver's connect error that says the server answered and
+        refused: bad credentials, no such database (waiting will not help)."""
+        return False
+
     def is_missing_column(self, error: BaseException) -> bool:
         return False
 

@@ -26,6 +26,9 @@ _DEADLOCK, _LOCK_WAIT_TIMEOUT = 1213, 1205
 _NO_SUCH_TABLE = 1146
 _NO_SUCH_COLUMN = 1054
 _DUPLICATE_KEY = 1062
+# No access to the database (1044), wrong user or password (1045, and 1698
+# from MariaDB), no such database (1049).
+_LOGIN_REFUSED = (1044, 1045, 1049, 1698)
 
 
 def _errno(error: BaseException) -> int | None:
@@ -233,6 +236,10 @@ class MySQL(Dialect):
 
     def is_retryable(self, error: BaseException) -> bool:
         return _errno(error) in (_DEADLOCK, _LOCK_WAIT_TIMEOUT)
+
+    def refuses_login(self, error: BaseException) -> bool:
+        args: tuple[Any, ...] = getattr(error, "args", ())
+        return bool(args) and args[0] in _LOGIN_REFUSED
 
     def is_missing_table(self, error: BaseException) -> bool:
         return _errno(error) == _NO_SUCH_TABLE

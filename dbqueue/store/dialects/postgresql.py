@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, ClassVar
@@ -15,6 +16,12 @@ from .base import Dialect, seconds_expression, server_too_old
 # SQLSTATEs worth a fresh attempt of the whole transaction.
 _RETRYABLE = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
 _UNDEFINED_TABLE = "42P01"
+# invalid authorization (28000, 28P01: wrong password), invalid catalog name
+# (3D000: no such database).
+_LOGIN_REFUSED = ("28", "3D000")
+# psycopg gives no SQLSTATE for a failed connection: the server's own words.
+_REFUSED_WORDS = re.compile(r"FATAL:\s+(password authentication failed|role \".*\" does not "
+                            r"exist|database \".*\" does not exist|no pg_hba\.conf entry)")
 _UNDEFINED_COLUMN = "42703"
 
 
@@ -70,6 +77,10 @@ class PostgreSQL(Dialect):
 
     def is_retryable(self, error: BaseException) -> bool:
         return getattr(getattr(error, "orig", None), "sqlstate", None) in _RETRYABLE
+
+    def refuses_login(self, error: BaseException) -> bool:
+        sqlstate = getattr(error, "sqlstate", None) or ""
+        return sqlstate.startswith(_LOGIN_REFUSED) or bool(_REFUSED_WORDS.search(str(error)))
 
     def is_missing_table(self, error: BaseException) -> bool:
         return getattr(getattr(error, "orig", None), "sqlstate", None) == _UNDEFINED_TABLE
