@@ -44,7 +44,9 @@ class _Commands(click.Group):
 def cli() -> None:
     """dbqueue: background jobs in the SQL database you already run.
 
-    Every command takes --url (or DBQUEUE_URL) and --app (or DBQUEUE_APP).
+    \b
+    Every command takes --url (or DBQUEUE_URL), --app (or DBQUEUE_APP),
+    --table-prefix (or DBQUEUE_TABLE_PREFIX), and -v to show an error's traceback.
     """
 
 
