@@ -28,8 +28,9 @@ import sqlalchemy as sa
 import dbqueue
 
 TRIES = 5
-"""Good jobs may take this many attempts: a killed worker's jobs (and today the
-jobs it had only reserved) lose one each time. Failures are reported anyway."""
+"""Good jobs may take this many attempts: a job running in a killed worker
+loses one each time (one it had only reserved loses none). Failures are
+reported anyway."""
 
 effects = sa.Table(
     "chaos_effects", sa.MetaData(),
