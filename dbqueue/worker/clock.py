@@ -25,12 +25,6 @@ class Deadline(NamedTuple):
         """``seconds`` from now (read now: before the statement whose effect lasts that long)."""
         return cls(time.monotonic() + seconds, time.time() + seconds)
 
-    def earlier(self, seconds: float) -> Deadline:
-        return Deadline(self.mono - seconds, self.wall - seconds)
-
-    def passed(self) -> bool:
-        return passed(self.mono, self.wall)
-
 
 def passed(mono: float, wall: float) -> bool:
     """Whether the instant (``mono`` by the monotonic clock, ``wall`` by the wall

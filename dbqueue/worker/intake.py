@@ -22,7 +22,7 @@ from .child import class_name
 from .clock import Deadline
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Held:
     """A job this worker holds a lease on."""
 

@@ -55,6 +55,7 @@ class Supervisor:
         self.registry = WorkerRegistry(self.store)
         self.queues = QueueChoice(options.queues, Queues(self.store))
         self.health = Health()
+        self._margin = min(1.0, options.retry_after / 10)
         self.id = secrets.token_hex(8)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.signals = StopSignals()
@@ -326,8 +327,10 @@ class Supervisor:
         head = self.buffer[0]
         if queued and len(head.row.payload) > _PIPELINE_BYTES:
             return False
-        start_by = head.lease_until.earlier(self._lease_margin())
-        if start_by.passed():
+        # Inline, not Deadline methods: this runs for every job handed out.
+        margin = self._lease_margin()
+        start_by, start_by_wall = head.lease_until.mono - margin, head.lease_until.wall - margin
+        if time.monotonic() >= start_by or time.time() >= start_by_wall:
             # This worker was stopped a while (SIGSTOP, a paused VM, a stuck
             # statement): the lease may be another worker's now. Renew first
             # (unless renewing has just failed: it is retried in its own time);
@@ -339,7 +342,8 @@ class Supervisor:
         payload = held.payload
         locks = frozenset(key for key, _, _ in held.locks) if held.locks else frozenset()
         self.pool.give(child, RunJob(held.row.id, held.row.job, payload.args, payload.kwargs,
-                                     held.row.attempts, held.timeout, locks, *start_by),
+                                     held.row.attempts, held.timeout, locks, start_by,
+                                     start_by_wall),
                        held.timeout)
         self.running[held.row.id] = held
         self.recorder.started(held)
@@ -359,10 +363,9 @@ class Supervisor:
         """How long before its lease runs out a job may no longer be started:
         a moment, or, while the database does not answer, long enough that
         the lease outlives the heartbeat's next try or two."""
-        retry_after = self.options.retry_after
-        if self.health.failing:
-            return min(self.options.heartbeat_every + LONGEST_WAIT, retry_after / 2)
-        return min(1.0, retry_after / 10)
+        if self.health.failures:
+            return min(self.options.heartbeat_every + LONGEST_WAIT, self.options.retry_after / 2)
+        return self._margin
 
     def _holding(self) -> list[Held]:
         """The jobs this worker holds and has not finished with."""
