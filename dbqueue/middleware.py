@@ -219,7 +219,7 @@ class RateLimited:
             # of a job that has ended frees sooner; a little later at random,
             # so that the jobs waiting do not all come back at the same instant.
             wait = min(max(locks.free_in(slots), 0.01), self.per)
-            wait += random.uniform(0, min(wait, self.per) / 4)
+            wait += random.uniform(0, wait / 4)
             raise Release(wait, reason=f"rate limit {self.name!r} reached "
                                        f"({self.limit} per {self.per:g} s)")
         try:

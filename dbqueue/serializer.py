@@ -65,18 +65,6 @@ def _check_keys(value: Any, depth: int = 2) -> None:
                 _check_keys(item, depth + 1)
 
 
-def _too_deep(value: Any) -> bool:
-    """Whether ``value`` nests lists and dicts more than MAX_DEPTH levels deep."""
-    level: list[Any] = [value]
-    for _ in range(MAX_DEPTH):
-        level = [item for container in level
-                 for item in (container.values() if isinstance(container, dict) else container)
-                 if isinstance(item, list | dict)]
-        if not level:
-            return False
-    return True
-
-
 def encode(job_name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
            options: dict[str, Any] | None = None) -> str:
     """Encode the arguments of a dispatch, or raise SerializationError naming the culprit."""
@@ -123,9 +111,13 @@ def decode(text: str) -> Payload:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"payload is not valid JSON: {exc}") from None
     # Counting brackets is cheap and bounds the depth from above: only a payload
-    # with many of them is walked.
-    if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(document):
-        raise ValueError(f"payload nests lists or dicts more than {MAX_DEPTH} levels deep")
+    # with many of them is walked (by dispatch's own check, from the top).
+    if text.count("[") + text.count("{") > MAX_DEPTH:
+        try:
+            _check_keys(document, depth=1)  # keys from JSON are strings: only depth can fail
+        except TypeError:
+            raise ValueError(f"payload nests lists or dicts more than {MAX_DEPTH} levels deep"
+                             ) from None
     if "\\u" in text:
         try:  # no database can store a lone surrogate, and a "\ud800" escape makes one
             _encoder.encode(document).encode()

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import NotFound
 from .store import Store
+from .workers import WorkerRegistry
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,21 +242,13 @@ class Admin:
     def unserved(self, seen_within: float) -> list[Unserved]:
         """Queues with ready jobs that no live worker works, by name or with ``*``
         (workers seen within ``seen_within`` seconds count as live)."""
-        jobs, workers = self.store.tables.jobs, self.store.tables.queue_workers
+        jobs = self.store.tables.jobs
         ready = (sa.select(jobs.c.queue, sa.func.count())
                  .where(jobs.c.available_at <= self.store._now()).group_by(jobs.c.queue))
-        served = sa.select(workers.c.queues).where(
-            workers.c.last_seen_at >= self.store.dialect.now_plus(-seen_within))
-
-        def work(c: Connection) -> list[Unserved]:
-            names = {name.strip() for listed in c.execute(served).scalars()
-                     for name in listed.split(",")}
-            if "*" in names:
-                return []
-            return [Unserved(queue, int(count))
-                    for queue, count in sorted(c.execute(ready).all()) if queue not in names]
-
-        return self.store.read(work)
+        workers = WorkerRegistry(self.store).live(seen_within)
+        return [Unserved(queue, int(count))
+                for queue, count in sorted(self.store.read(lambda c: c.execute(ready).all()))
+                if not any(worker.serves(queue) for worker in workers)]
 
 
 _MAX_ID = 2**63 - 1  # BIGINT

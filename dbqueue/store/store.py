@@ -323,18 +323,15 @@ class Store:
         jobs = self.tables.jobs
         statement = sa.update(jobs).values(reserved_at=self.dialect.now(),
                                            available_at=self.dialect.now_plus(lease))
-        grouped = _by_token(leases)
+        held_chunks = self._held(leases)
 
         def work(c: Connection) -> set[int]:
             renewed: set[int] = set()  # afresh on each try: a retried transaction starts over
-            for token, ids in grouped.items():
-                for chunk in _chunks(ids):
-                    held = sa.and_(jobs.c.reserved_by == token,
-                                   self.dialect.one_of(jobs.c.id, chunk))
-                    if c.execute(statement.where(held)).rowcount == len(chunk):
-                        renewed.update(chunk)
-                    else:  # rare: ask which are still ours (the rows locked just now)
-                        renewed.update(c.execute(sa.select(jobs.c.id).where(held)).scalars())
+            for held, ids in held_chunks:
+                if c.execute(statement.where(held)).rowcount == len(ids):
+                    renewed.update(ids)
+                else:  # rare: ask which are still ours (the rows locked just now)
+                    renewed.update(c.execute(sa.select(jobs.c.id).where(held)).scalars())
             return renewed
 
         return self.transaction(work)
@@ -360,16 +357,21 @@ class Store:
                                 also=also if unlock or started else None)
 
     def _count_attempts(self, c: Connection, started: Sequence[tuple[Lease, int]]) -> None:
-        jobs = self.tables.jobs
         by_attempt: dict[int, list[Lease]] = defaultdict(list)
         for lease, attempt in started:
             by_attempt[attempt].append(lease)
         for attempt, leases in by_attempt.items():
-            for token, ids in _by_token(leases).items():
-                for chunk in _chunks(ids):
-                    c.execute(sa.update(jobs).where(
-                        jobs.c.reserved_by == token, self.dialect.one_of(jobs.c.id, chunk))
-                        .values(attempts=_attempts(attempt)))
+            for held, _ in self._held(leases):
+                c.execute(sa.update(self.tables.jobs).where(held)
+                          .values(attempts=_attempts(attempt)))
+
+    def _held(self, leases: Iterable[Lease]) -> list[tuple[sa.ColumnElement[bool], Sequence[int]]]:
+        """Conditions matching the jobs still held under ``leases`` (by token and
+        id), a chunk of ids each, with their ids."""
+        jobs = self.tables.jobs
+        return [(sa.and_(jobs.c.reserved_by == token, self.dialect.one_of(jobs.c.id, chunk)),
+                 chunk)
+                for token, ids in _by_token(leases).items() for chunk in _chunks(ids)]
 
     def _for_leases(self, leases: Iterable[Lease],
                     statement: Callable[[sa.ColumnElement[bool]], sa.Executable],
@@ -377,21 +379,15 @@ class Store:
         """Run ``statement(held)`` over the jobs still held under ``leases``, where
         ``held`` matches them by id and token, in one transaction, with ``also``;
         return the rows it touched."""
-        jobs = self.tables.jobs
-        grouped = _by_token(leases)
-        if not grouped and also is None:
+        held_chunks = self._held(leases)
+        if not held_chunks and also is None:
             return 0
 
         def work(c: Connection) -> int:
             if also is not None:
                 also(c)
-            touched = 0
-            for token, ids in grouped.items():
-                for chunk in _chunks(ids):
-                    held = sa.and_(jobs.c.reserved_by == token,
-                                   self.dialect.one_of(jobs.c.id, chunk))
-                    touched += c.execute(statement(held)).rowcount  # type: ignore[attr-defined]
-            return touched
+            return sum(c.execute(statement(held)).rowcount  # type: ignore[attr-defined]
+                       for held, _ in held_chunks)
 
         return self.transaction(work)
 

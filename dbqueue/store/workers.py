@@ -26,6 +26,11 @@ class WorkerInfo:
     last_seen_at: datetime | None = None
     stop_requested_at: datetime | None = None
 
+    def serves(self, queue: str) -> bool:
+        """Whether this worker works ``queue``: it names it in --queue, or ``*``."""
+        names = {name.strip() for name in self.queues.split(",")}
+        return queue in names or "*" in names
+
 
 class WorkerRegistry:
     def __init__(self, store: Store) -> None:

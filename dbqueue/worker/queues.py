@@ -46,8 +46,3 @@ class QueueChoice:
         """Whether a job of these queues is in the table, ready or not (may query)."""
         return self.queues.hold_jobs(None if self.every else self.names)
 
-
-def serves(worker_queues: str, queue: str) -> bool:
-    """Whether a worker registered with ``worker_queues`` (its --queue) serves ``queue``."""
-    names = worker_queues.split(",")
-    return EVERY in names or queue in names

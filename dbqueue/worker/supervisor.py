@@ -27,7 +27,7 @@ from .intake import Held, admit
 from .joblocks import JobLocks
 from .options import WorkerOptions
 from .pool import Child, Pool
-from .queues import QueueChoice, serves
+from .queues import QueueChoice
 from .recorder import FLUSH_DELAY, Recorder
 from .signals import REPEAT_AFTER, StopSignals
 
@@ -136,7 +136,7 @@ class Supervisor:
         except DB_ERRORS:
             return  # only a hint: the worker's own statements report an outage
         unserved = [queue for queue in ready
-                    if not any(serves(worker.queues, queue) for worker in workers)]
+                    if not any(worker.serves(queue) for worker in workers)]
         if unserved:
             log.warning("queue(s) %s have ready jobs that no worker serves; add them to "
                         "--queue (or use --queue '*' for every queue)", ", ".join(unserved))
@@ -363,7 +363,7 @@ class Supervisor:
         """How long before its lease runs out a job may no longer be started:
         a moment, or, while the database does not answer, long enough that
         the lease outlives the heartbeat's next try or two."""
-        if self.health.failures:
+        if self.health.failing:
             return min(self.options.heartbeat_every + LONGEST_WAIT, self.options.retry_after / 2)
         return self._margin
 
@@ -450,29 +450,21 @@ class Supervisor:
     def _flush(self) -> None:
         now = time.monotonic()
         # A job that has run a while gets its attempt counted (see Store.complete).
-        started = self._uncounted(now)
+        started = [held for held, began in self._uncounted() if now - began >= FLUSH_DELAY]
         busy = bool(self.running or self.buffer)
         if started or self.recorder.due(now, busy=busy, stopping=bool(self.stopping)):
             self.recorder.flush(now, started)
 
-    def _next_count_due(self) -> float | None:
-        """When the attempt of a running job is next due to be counted."""
-        due = [began + FLUSH_DELAY for task, began in self.pool.started()
-               if isinstance(task, RunJob) and not getattr(
-                   self.running.get(task.job_id), "counted", True)]
-        return min(due, default=None)
-
-    def _uncounted(self, now: float) -> list[Held]:
-        """Running jobs whose attempt the table does not count yet, started at
-        least FLUSH_DELAY ago. Those started since then are not counted yet:
-        most end before that, and their outcome says all."""
-        started = []
+    def _uncounted(self) -> list[tuple[Held, float]]:
+        """Running jobs whose attempt the table does not count yet, with when each
+        began. One is counted FLUSH_DELAY after it began: most end before that,
+        and their outcome says all."""
+        runs = []
         for task, began in self.pool.started():
-            if isinstance(task, RunJob) and now - began >= FLUSH_DELAY:
-                held = self.running.get(task.job_id)
-                if held is not None and not held.counted:
-                    started.append(held)
-        return started
+            held = self.running.get(task.job_id) if isinstance(task, RunJob) else None
+            if held is not None and not held.counted:
+                runs.append((held, began))
+        return runs
 
     def _check_limits(self) -> None:
         if self.stopping:
@@ -499,9 +491,9 @@ class Supervisor:
             wake.append(self.next_poll)
         if self.recorder and self.running:
             wake.append(self.recorder.next_wake())
-        count_due = self._next_count_due()
-        if count_due is not None:  # count a long job's attempt in time
-            wake.append(max(count_due, self.recorder.next_flush))
+        began = [began for _, began in self._uncounted()]
+        if began:  # count a long job's attempt in time
+            wake.append(max(min(began) + FLUSH_DELAY, self.recorder.next_flush))
         if self.stopping:
             wake.append(self.stop_deadline)
         deadline = self.pool.next_deadline()
