@@ -17,7 +17,9 @@ def run_migrations() -> None:
         if context.get_context().opts.get("destination_rev") == "base":
             # Alembic empties its version table but leaves it: "base" means
             # that no dbqueue table is left at all.
-            context.execute(sa.schema.DropTable(sa.table(version_table), if_exists=True))
+            context.execute(
+                sa.schema.DropTable(sa.Table(version_table, sa.MetaData()), if_exists=True)
+            )
 
 
 if context.is_offline_mode():
