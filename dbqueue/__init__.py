@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "App": "app",
     "ConfigurationError": "errors",
+    "DatabaseError": "errors",
     "DatabaseUnavailable": "errors",
     "DBQueueError": "errors",
     "Fail": "errors",
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
     from .app import App
     from .errors import (
         ConfigurationError,
+        DatabaseError,
         DatabaseUnavailable,
         DBQueueError,
         Fail,
@@ -109,6 +111,7 @@ __all__ = [
     "BoundJob",
     "ConfigurationError",
     "DBQueueError",
+    "DatabaseError",
     "DatabaseUnavailable",
     "Exponential",
     "Fail",

@@ -5,12 +5,18 @@
     DBQueueError
      ├── ConfigurationError        a setting, argument or --app value is wrong
      │    └── UnsupportedDatabase  the server cannot give dbqueue's guarantees
-     ├── DatabaseUnavailable       cannot connect to the database
+     ├── DatabaseError             the database refused a statement (the driver's
+     │    │                        error is its __cause__)
+     │    └── DatabaseUnavailable  the database cannot be reached now: down, a lost
+     │                             connection, a deadlock given up on (``lasting``:
+     │                             it answered, and refused the login)
      ├── NotMigrated               the dbqueue tables are missing
+     │    └── SchemaOutdated       or older than this dbqueue needs
      ├── SerializationError        job arguments are not JSON
      ├── InvalidArguments          arguments that do not fit the job's signature
      ├── UnknownJob                no job is registered under that name
      ├── LockNotAcquired           `with app.lock(...)` could not take the lock
+     ├── TransactionSpoiled        an idempotent job went on after a database error
      └── NotFound                  no such failed job, worker, ...
 
     JobSignal                      raised *by job code* to steer the worker
@@ -41,8 +47,21 @@ class UnsupportedDatabase(ConfigurationError):
     """The database server is too old (or of a kind) for dbqueue's guarantees."""
 
 
-class DatabaseUnavailable(DBQueueError):
-    """dbqueue could not connect to the database.
+class DatabaseError(DBQueueError):
+    """The database refused a statement, or could not run it.
+
+    Every failure of the database that dbqueue meets comes out as this error
+    or one of its subclasses, never as the driver's or SQLAlchemy's: the
+    original is its ``__cause__``. The message is one line, without the
+    statement and its parameters.
+    """
+
+
+class DatabaseUnavailable(DatabaseError):
+    """dbqueue could not reach the database now: it could not connect, the
+    connection was lost, or the server gave up on the statement for a reason
+    that passes (a deadlock, a lock wait, a pool with no free connection).
+    Trying again later may succeed.
 
     ``lasting`` is True when trying again cannot help by itself: the server
     answered, and refused the login or does not have the database.

@@ -8,7 +8,8 @@ from dbqueue.settings import Settings
 
 def test_public_names_are_pinned():
     assert sorted(dbqueue.__all__) == sorted([
-        "App", "BoundJob", "ConfigurationError", "DBQueueError", "DatabaseUnavailable",
+        "App", "BoundJob", "ConfigurationError", "DBQueueError", "DatabaseError",
+        "DatabaseUnavailable",
         "Exponential", "Fail", "InvalidArguments", "Job", "JobContext", "JobFailure", "JobSignal",
         "JobTimeout", "Lock", "LockNotAcquired", "MaxAttemptsExceeded", "Middleware", "NotFound",
         "NotMigrated", "PreparedJob", "RateLimited",
