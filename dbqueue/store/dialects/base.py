@@ -93,6 +93,9 @@ class Dialect:
     single_writer: ClassVar[bool] = False
     """One write transaction at a time for the whole database (SQLite): never
     keep one open while the same process may need another."""
+    embedded: ClassVar[bool] = False
+    """The database is a file this process opens, not a server over a network:
+    no idle connection can be cut, and a failure to connect is about the file."""
 
     # --- engine -----------------------------------------------------------
 

@@ -26,6 +26,7 @@ class SQLite(Dialect):
     # No network to save, and the BEGIN IMMEDIATE hook must own every write.
     autocommit_single_statements: ClassVar[bool] = False
     single_writer: ClassVar[bool] = True
+    embedded: ClassVar[bool] = True
 
     def engine_options(self) -> dict[str, Any]:
         return {"connect_args": {"timeout": _BUSY_TIMEOUT_SECONDS}}
