@@ -8,12 +8,24 @@ VENV_DIR=$PWD/.venv  # absolute: callers may cd elsewhere afterwards
 VENV_PYTHON=$VENV_DIR/bin/python
 # The editable install follows code changes by itself; only pyproject.toml
 # (dependencies, entry points, package list) or a new interpreter needs a
-# reinstall. The stamp records what the last successful install was made from.
+# reinstall. The stamp records what the last successful install was made from:
+# a tool added to the dev extra reaches every existing .venv at its next run.
 VENV_STAMP=$VENV_DIR/.dbqueue-install-stamp
+# The commands of the dev extra that scripts/test runs (keep the two in step).
+# One missing despite the stamp (uninstalled by hand, say) is a reason to
+# reinstall too, rather than a "command not found" halfway through the checks.
+VENV_COMMANDS=(pytest ruff mypy lint-imports)
 
 venv_stamp() {
     # What the install depends on: pyproject.toml and the interpreter's version.
     { cat pyproject.toml; "$VENV_PYTHON" -c 'import sys; print(sys.version)'; } | cksum
+}
+
+venv_has_commands() {
+    local command
+    for command in "${VENV_COMMANDS[@]}"; do
+        [[ -x $VENV_DIR/bin/$command ]] || return 1
+    done
 }
 
 ensure_venv() {
@@ -41,7 +53,8 @@ ensure_venv() {
         "$python" -m venv "$VENV_DIR"
     fi
 
-    if [[ ! -f $VENV_STAMP || "$(cat "$VENV_STAMP")" != "$(venv_stamp)" ]]; then
+    if [[ ! -f $VENV_STAMP || "$(cat "$VENV_STAMP")" != "$(venv_stamp)" ]] ||
+        ! venv_has_commands; then
         echo "Installing dbqueue and its dev dependencies into $VENV_DIR" >&2
         # The stamp is written only after pip succeeded, so a failed or
         # interrupted install is retried on the next run.
