@@ -9,6 +9,13 @@ middleware can still run its full number of attempts.
 
     @app.job(middleware=[WithoutOverlapping(lambda account_id: str(account_id))])
     def sync_account(account_id: int) -> None: ...
+
+A middleware that needs a lock held for the whole attempt may also declare
+it: a method ``lock_requests(context) -> list[LockRequest]`` (see
+:class:`LocksBeforeStart`). ``dbqueue work`` then takes those locks for a
+whole batch of reserved jobs in one statement before any of them starts, and
+frees them in the transaction that records the outcome; the middleware sees
+the keys in ``context.held_locks`` and does not take them again.
 """
 
 from __future__ import annotations
@@ -63,6 +70,12 @@ def run_with(middleware: tuple[Middleware, ...], context: JobContext,
     return call(0)
 
 
+class LocksBeforeStart(Protocol):
+    """A middleware whose locks the worker takes before the job starts."""
+
+    def lock_requests(self, context: JobContext) -> list[LockRequest]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class LockRequest:
     """A lock a worker takes for a job before running it, and what to do when
@@ -111,6 +124,10 @@ class WithoutOverlapping:
         return LockRequest(self.lock_key(context),
                            self.expire_after or context.timeout + LOCK_MARGIN,
                            self.release_after, self.dont_release)
+
+    def lock_requests(self, context: JobContext) -> list[LockRequest]:
+        """The worker takes the key before the job starts (see LocksBeforeStart)."""
+        return [self.request(context)]
 
     def __call__(self, context: JobContext, call_next: Callable[[], Any]) -> Any:
         request = self.request(context)
