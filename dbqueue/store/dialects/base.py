@@ -142,10 +142,22 @@ class Dialect:
         left alone (see ReservedRow.attempts). The default is one statement:
         UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING.
         """
+        statement = self.reserve_statement(jobs, queue, limit, token, lease)
+        # The attempt's number is counted here, in Python: a row someone set to
+        # the largest INTEGER must not make the whole reservation overflow.
+        rows = [ReservedRow(*row)._replace(attempts=row.attempts + 1)
+                for row in connection.execute(statement)]
+        rows.sort(key=lambda row: (row.priority, row.id))  # RETURNING order is unspecified
+        return rows
+
+    def reserve_statement(self, jobs: sa.Table, queue: str, limit: int, token: str,
+                          lease: float) -> sa.Executable:
+        """The statement of ``reserve`` that picks and locks the rows (here it
+        leases them too), as it is run: its plan is what a reservation costs."""
         candidates = self.claimable(jobs, queue, limit)
         if self.skip_locked:
             candidates = candidates.with_for_update(skip_locked=True)
-        statement = (
+        return (
             sa.update(jobs)
             .where(jobs.c.id.in_(candidates.scalar_subquery()))
             .values(
@@ -155,12 +167,6 @@ class Dialect:
             )
             .returning(*(jobs.c[name] for name in RESERVED_COLUMNS))
         )
-        # The attempt's number is counted here, in Python: a row someone set to
-        # the largest INTEGER must not make the whole reservation overflow.
-        rows = [ReservedRow(*row)._replace(attempts=row.attempts + 1)
-                for row in connection.execute(statement)]
-        rows.sort(key=lambda row: (row.priority, row.id))  # RETURNING order is unspecified
-        return rows
 
     def claimable(self, jobs: sa.Table, queue: str, limit: int) -> sa.Select[Any]:
         # A reserved job's lease expiry is its available_at, so "ready" and "lease

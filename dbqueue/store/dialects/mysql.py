@@ -125,12 +125,8 @@ class MySQL(Dialect):
         # The locking SELECT also reads the server clock, so the UPDATE can write
         # the lease as plain values and nothing needs reading back: two round
         # trips, and the row locks held until commit keep them exact.
-        columns = [jobs.c[name] for name in RESERVED_COLUMNS if name != "reserved_at"]
         locked = connection.execute(
-            self.claimable(jobs, queue, limit)
-            .with_only_columns(*columns, sa.type_coerce(self.now(), UtcDateTime).label("now"))
-            .with_for_update(skip_locked=True)
-        ).all()
+            self.reserve_statement(jobs, queue, limit, token, lease)).all()
         if not locked:
             return []
         now = locked[0].now
@@ -148,6 +144,16 @@ class MySQL(Dialect):
                         row.attempts + 1, row.created_at, now)
             for row in locked
         ]
+
+    def reserve_statement(self, jobs: sa.Table, queue: str, limit: int, token: str,
+                          lease: float) -> sa.Executable:
+        # Only the locking SELECT: the UPDATE that follows names the locked ids.
+        columns = [jobs.c[name] for name in RESERVED_COLUMNS if name != "reserved_at"]
+        return (
+            self.claimable(jobs, queue, limit)
+            .with_only_columns(*columns, sa.type_coerce(self.now(), UtcDateTime).label("now"))
+            .with_for_update(skip_locked=True)
+        )
 
     def distinct_values(self, connection: Connection, column: sa.Column[Any]) -> list[Any]:
         # GROUP BY on an index's first column is a loose index scan here: one
