@@ -4,7 +4,8 @@ from .admin import Admin, FailedJob, QueueStatus
 from .dialects import ReservedRow
 from .engine import create_engine, describe
 from .schema import Tables, build_tables
-from .store import Executor, Failure, Lease, NewJob, Store
+from .store import Store
+from .values import Executor, Failure, Lease, NewJob
 from .workers import WorkerInfo, WorkerRegistry
 
 __all__ = [

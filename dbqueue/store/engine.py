@@ -13,8 +13,14 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
-from ..errors import ConfigurationError, DatabaseUnavailable, NotMigrated
-from .dialects import dialect_for
+from ..errors import (
+    ConfigurationError,
+    DatabaseError,
+    DatabaseUnavailable,
+    DBQueueError,
+    NotMigrated,
+)
+from .dialects import Dialect, dialect_for
 
 # The drivers dbqueue is tested with, for URLs that name none. SQLAlchemy's
 # own defaults (psycopg2, mysqlclient) are not among dbqueue's dependencies.
@@ -82,7 +88,7 @@ def where(url: str | URL) -> str:
     """The database ``url`` names, for messages: a SQLite file's absolute path,
     any other URL with its password masked."""
     parsed = parse_url(url) if isinstance(url, str) else url
-    if _sqlite_file(parsed):
+    if _database_file(parsed):
         return os.path.abspath(parsed.database or "")
     return parsed.render_as_string(hide_password=True)
 
@@ -120,7 +126,7 @@ def create_engine(url: str, *, autocommit: bool = False) -> Engine:
         raise ConfigurationError(
             f"the database driver {exc.name!r} is not installed; {fix}") from None
     dialect.prepare_engine(engine)
-    if parsed.get_backend_name() != "sqlite":
+    if not dialect.embedded:
         _ping_when_idle(engine)
     return engine
 
@@ -129,16 +135,41 @@ def missing_database_file(url: str) -> str | None:
     """The absolute path of the SQLite file ``url`` names if it does not exist
     (connecting would create it empty); None for every other URL."""
     parsed = parse_url(url)
-    if not _sqlite_file(parsed) or os.path.exists(parsed.database or ""):
+    if not _database_file(parsed) or os.path.exists(parsed.database or ""):
         return None
     return os.path.abspath(parsed.database or "")
 
 
-def _sqlite_file(parsed: URL) -> bool:
-    """Whether ``parsed`` names a SQLite file by its path (not memory, not a file: URI)."""
+def same_database(a: str, b: str) -> bool:
+    """Whether two URLs name the same database, whichever driver they name
+    (mariadb:// and mysql:// alike: the server says which it is, not the URL)
+    and whether or not they spell out the server's default port."""
+
+    def database(url: str) -> URL:
+        parsed = parse_url(url)
+        port = parsed.port or DEFAULT_PORTS.get(parsed.get_backend_name())
+        return parsed.set(drivername="any", port=port)
+
+    return database(a) == database(b)
+
+
+def _dialect_of(parsed: URL) -> Dialect | None:
+    """The dialect of the database ``parsed`` names, without connecting; None
+    for a kind of URL dbqueue does not know."""
+    try:
+        return dialect_for(parsed.get_dialect()())
+    except (sa.exc.NoSuchModuleError, DBQueueError):
+        return None
+
+
+def _database_file(parsed: URL) -> bool:
+    """Whether ``parsed`` names an embedded database's file by its path (not
+    memory, not a file: URI)."""
     database = parsed.database
-    return bool(parsed.get_backend_name() == "sqlite" and database and database != ":memory:"
-                and not parsed.query.get("uri") and not database.startswith("file:"))
+    if not database or database == ":memory:" or parsed.query.get("uri"):
+        return False
+    dialect = _dialect_of(parsed)
+    return bool(dialect is not None and dialect.embedded and not database.startswith("file:"))
 
 
 def _ping_when_idle(engine: Engine) -> None:
@@ -186,6 +217,8 @@ def checkout(engine: Engine) -> Connection:
         return engine.connect()
     except sa.exc.DBAPIError as exc:
         raise unavailable(engine, exc.orig or exc) from None
+    except sa.exc.TimeoutError as exc:  # every pooled connection is in use
+        raise translate(engine, exc) from exc
 
 
 def first_line(error: BaseException) -> str:
@@ -196,8 +229,9 @@ def first_line(error: BaseException) -> str:
 def unavailable(engine: Engine, error: BaseException) -> DatabaseUnavailable:
     """The error for a failure to connect to ``engine``'s database."""
     reason = first_line(error)
-    lasting = dialect_for(engine.dialect).refuses_login(error)
-    check = ("that its directory exists and is writable" if engine.dialect.name == "sqlite"
+    dialect = dialect_for(engine.dialect)
+    lasting = dialect.refuses_login(error)
+    check = ("that its directory exists and is writable" if dialect.embedded
              else "the user, password and database name" if lasting
              else "that the server is running")
     return DatabaseUnavailable(
@@ -214,14 +248,40 @@ def tables_missing(engine: Engine, table_prefix: str = "") -> NotMigrated:
     )
 
 
-def translate(engine: Engine, error: sa.exc.DBAPIError, table_prefix: str = "") -> Exception:
-    """The dbqueue error a database error means, or the error itself."""
+DRIVER_ERRORS = (sa.exc.DBAPIError, sa.exc.TimeoutError)
+"""What SQLAlchemy raises for a failure of the database: a driver's error
+(DBAPIError), or no pooled connection free in time (TimeoutError)."""
+
+
+def translate(engine: Engine, error: sa.exc.DBAPIError | sa.exc.TimeoutError,
+              table_prefix: str = "") -> DBQueueError:
+    """The dbqueue error a database error means; raise it ``from error``.
+
+    Tables missing or too old are NotMigrated; an error that passes (a lost
+    connection, a deadlock or lock wait given up on, no pooled connection
+    free) is DatabaseUnavailable; any other refusal is DatabaseError. The
+    message is one line, without the statement and its parameters.
+    """
     dialect = dialect_for(engine.dialect)
+    reason = first_line(getattr(error, "orig", None) or error)
     if dialect.is_missing_table(error):
         return tables_missing(engine, table_prefix)
     if dialect.is_missing_column(error):
         return NotMigrated(
             f"the dbqueue tables in {describe(engine)} are older than this dbqueue "
-            f"({error.orig or error}); upgrade them with: dbqueue migrate"
+            f"({reason}); upgrade them with: dbqueue migrate"
         )
-    return error
+    if isinstance(error, sa.exc.TimeoutError | sa.exc.OperationalError | sa.exc.InterfaceError
+                  ) or dialect.is_retryable(error):
+        return DatabaseUnavailable(f"the database {describe(engine)} is unavailable now: "
+                                   f"{reason}; try again once it answers")
+    return DatabaseError(f"the database {describe(engine)} refused the statement: {reason}")
+
+
+@contextmanager
+def translating(engine: Engine, table_prefix: str = "") -> Iterator[None]:
+    """Raise the database errors of the block as dbqueue's errors (see translate)."""
+    try:
+        yield
+    except DRIVER_ERRORS as exc:
+        raise translate(engine, exc, table_prefix) from exc

@@ -110,7 +110,7 @@ class Locks:
         soonest, held, db_now = row  # type: ignore[misc]
         if held < len(stored) or soonest is None:
             return 0.0
-        return max(0.0, (soonest - db_now).total_seconds())
+        return max(0.0, float((soonest - db_now).total_seconds()))
 
     def holder(self, key: str) -> LockInfo | None:
         """Who holds ``key`` now (an expired row holds nothing)."""

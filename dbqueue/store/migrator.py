@@ -14,7 +14,7 @@ from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 
 from ..errors import ConfigurationError
-from .engine import connect, where
+from .engine import connect, translating, where
 from .schema import build_tables, version_table
 from .store import Store
 
@@ -131,5 +131,6 @@ def downgrade_sql(url: str, table_prefix: str, revision: str, start: str = "head
 
 
 def current_revision(store: Store, table_prefix: str) -> str | None:
-    with connect(store.engine) as connection:
+    """The revision the tables are at; None when there are none."""
+    with translating(store.engine, table_prefix), connect(store.engine) as connection:
         return _revision(connection, version_table(table_prefix))

@@ -11,17 +11,16 @@ from __future__ import annotations
 import logging
 import time
 
-import sqlalchemy as sa
-
-from ..errors import DatabaseUnavailable
+from ..errors import DatabaseError, DatabaseUnavailable
 from ..store.engine import first_line
 
 log = logging.getLogger("dbqueue.worker")
 
-TRANSIENT = (DatabaseUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError,
-             sa.exc.TimeoutError)
+TRANSIENT = (DatabaseUnavailable,)
 """Errors that say the database cannot be reached now, not that it refused."""
-DB_ERRORS = (DatabaseUnavailable, sa.exc.DBAPIError, sa.exc.TimeoutError)
+DB_ERRORS = (DatabaseError,)
+"""Every failure of the database (the store raises no other kind): refusals
+and the TRANSIENT ones."""
 
 FIRST_RETRY = 0.5
 LONGEST_WAIT = 4.0
@@ -30,8 +29,10 @@ within this, and meanwhile each worker sends it a few statements a second."""
 
 
 def describe(error: BaseException) -> str:
-    """A database error on one line, without SQLAlchemy's statement and parameters."""
-    return first_line(getattr(error, "orig", None) or error)
+    """A database error on one line, in the driver's words when it has them
+    (the store's errors carry the driver's as their cause)."""
+    cause = error.__cause__ if isinstance(error, DatabaseError) else None
+    return first_line(getattr(cause, "orig", None) or getattr(error, "orig", None) or error)
 
 
 class Health:
@@ -58,7 +59,7 @@ class Health:
                 log.error("the database refused to %s: %s", what, reason)
             else:
                 log.error("could not %s: %s: %s", what, type(error).__name__, reason)
-        return min(LONGEST_WAIT, FIRST_RETRY * 2 ** min(self.failures - 1, 10))
+        return min(LONGEST_WAIT, FIRST_RETRY * 2.0 ** min(self.failures - 1, 10))
 
     @property
     def failing(self) -> bool:

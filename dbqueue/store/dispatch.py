@@ -1,0 +1,122 @@
+"""Queueing jobs: one, or many in multi-row INSERTs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from .fastinsert import FastInsert
+from .transactions import Transactions
+from .values import Executor, NewJob
+
+
+class Dispatch(Transactions):
+    """The verbs that queue jobs, in the caller's transaction or their own."""
+
+    def __init__(self, engine: Engine, table_prefix: str = "",
+                 autocommit_engine: Engine | None = None) -> None:
+        super().__init__(engine, table_prefix, autocommit_engine)
+        self._insert_one = self._build_insert()
+        # Only an engine created in autocommit mode commits a raw connection's
+        # statements; a per-connection option would not reach one.
+        self._fast_push = FastInsert(autocommit_engine, self._insert_one) if (
+            autocommit_engine is not None) else None
+
+    def close(self) -> None:
+        """Give back to the pool the connections kept open for lone dispatches."""
+        if self._fast_push is not None:
+            self._fast_push.close()
+
+    def _build_insert(self) -> Callable[[], sa.Insert]:
+        # Built on first use: the dialect (MariaDB or MySQL?) is known only
+        # once the engine has connected.
+        built: list[sa.Insert] = []
+
+        def statement() -> sa.Insert:
+            if not built:
+                jobs = self.tables.jobs
+                built.append(jobs.insert().values(
+                    queue=sa.bindparam("queue"),
+                    job=sa.bindparam("job"),
+                    payload=sa.bindparam("payload"),
+                    priority=sa.bindparam("priority"),
+                    attempts=sa.literal_column("0"),
+                    available_at=self.dialect.now_plus(sa.bindparam("delay", type_=sa.Float)),
+                    created_at=self.dialect.now(),
+                ))
+            return built[0]
+
+        return statement
+
+    def push(self, job: NewJob, connection: Executor | None = None) -> int | None:
+        """Insert one job and return its id (None: a unique job whose key is taken).
+
+        In the caller's transaction with ``connection=``, else in one of its
+        own; DatabaseError (DatabaseUnavailable) if the database refuses (or
+        cannot be reached).
+        """
+        if job.unique_key is not None:
+            return self.within(connection, lambda c: self._push_unique(c, job))
+        params = {"queue": job.queue, "job": job.job, "payload": job.payload,
+                  "priority": job.priority, "delay": job.delay}
+
+        def work(c: Connection) -> int:
+            key = c.execute(self._insert_one(), params).inserted_primary_key
+            assert key is not None
+            return int(key[0])
+
+        if connection is None:
+            fast = self._fast_push
+            if fast is not None and self.dialect.autocommit_single_statements:
+                return self._retrying(lambda: fast(params))
+            return self.transaction(work, single_statement=True)
+        return self.within(connection, work)
+
+    def _push_unique(self, c: Connection, job: NewJob) -> int | None:
+        jobs, dialect = self.tables.jobs, self.dialect
+        # A holder whose unique_for has passed gives its key up (it stays queued).
+        c.execute(sa.update(jobs)
+                  .where(jobs.c.unique_key == job.unique_key,
+                         jobs.c.unique_expires_at <= dialect.now())
+                  .values(unique_key=None, unique_expires_at=None))
+        return dialect.insert_unique(c, jobs, {
+            "queue": job.queue, "job": job.job, "payload": job.payload,
+            "priority": job.priority, "attempts": 0,
+            "available_at": dialect.now_plus(job.delay), "created_at": dialect.now(),
+            "unique_key": job.unique_key,
+            "unique_expires_at": None if job.unique_for is None else dialect.now_plus(
+                job.unique_for),
+        })
+
+    def push_many(self, jobs: Sequence[NewJob], connection: Executor | None = None) -> int:
+        """Insert many jobs with multi-row INSERTs; return how many were inserted.
+
+        The server's clock is read once and every row's times are sent as plain
+        values: PyMySQL turns an executemany into one multi-row INSERT only when
+        every value is a placeholder. Unique jobs go one by one (one taken key
+        must not fail the others).
+        """
+        if not jobs:
+            return 0
+        table = self.tables.jobs
+        unique = [j for j in jobs if j.unique_key is not None]
+        jobs = [j for j in jobs if j.unique_key is None]
+
+        def work(c: Connection) -> int:
+            pushed = sum(self._push_unique(c, j) is not None for j in unique)
+            if not jobs:
+                return pushed
+            now = c.execute(sa.select(self._now())).scalar_one()
+            rows = [
+                {"queue": j.queue, "job": j.job, "payload": j.payload, "priority": j.priority,
+                 "attempts": 0, "created_at": now,
+                 "available_at": now + timedelta(seconds=j.delay) if j.delay else now}
+                for j in jobs
+            ]
+            self.dialect.insert_many(c, table, rows)
+            return pushed + len(rows)
+
+        return self.within(connection, work)

@@ -1,0 +1,99 @@
+"""How every store verb reaches the database: short transactions of its own,
+retried on deadlocks and lock-wait timeouts, or the caller's.
+
+This is where the database's errors become dbqueue's: a verb raises
+DatabaseUnavailable, DatabaseError or NotMigrated, never SQLAlchemy's errors
+(see engine.translate).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from .dialects import READ_ONLY, Dialect, dialect_for
+from .engine import DRIVER_ERRORS, connect, translate
+from .schema import Tables, build_tables
+from .values import Executor, T
+
+_MAX_TRIES = 8
+
+
+class Transactions:
+    """dbqueue's tables in one database, and the transactions verbs run in."""
+
+    def __init__(self, engine: Engine, table_prefix: str = "",
+                 autocommit_engine: Engine | None = None) -> None:
+        self.engine = engine
+        # Single INSERTs outside a caller's transaction commit by themselves.
+        self.autocommit_engine = autocommit_engine or engine.execution_options(
+            isolation_level="AUTOCOMMIT")
+        self.prefix = table_prefix
+        self.tables: Tables = build_tables(table_prefix)
+
+    @property
+    def dialect(self) -> Dialect:
+        return dialect_for(self.engine.dialect)
+
+    def transaction(self, work: Callable[[Connection], T], *, read_only: bool = False,
+                    single_statement: bool = False) -> T:
+        """Run ``work`` in a transaction of its own, retrying deadlocks and lock timeouts.
+
+        ``single_statement`` work runs on an autocommit connection: its one
+        statement is its own transaction, committed without extra round trips.
+        """
+
+        def attempt() -> T:
+            if single_statement and self.dialect.autocommit_single_statements:
+                with connect(self.autocommit_engine) as connection:
+                    return work(connection)
+            with connect(self.engine) as connection:
+                if read_only:
+                    connection = connection.execution_options(**{READ_ONLY: True})
+                with connection.begin():
+                    return work(connection)
+
+        return self._retrying(attempt)
+
+    def _retrying(self, attempt: Callable[[], T]) -> T:
+        for number in range(1, _MAX_TRIES + 1):
+            try:
+                return attempt()
+            except sa.exc.DBAPIError as exc:
+                if number < _MAX_TRIES and self.dialect.is_retryable(exc):
+                    # Short, growing, jittered pauses so that the transactions
+                    # that collided do not collide again in lock-step.
+                    time.sleep(random.uniform(0, 0.005 * 2**number))
+                    continue
+                raise translate(self.engine, exc, self.prefix) from exc
+            except sa.exc.TimeoutError as exc:
+                raise translate(self.engine, exc, self.prefix) from exc
+        raise AssertionError("unreachable")
+
+    def read(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work``, which only reads, in a transaction of its own."""
+        return self.transaction(work, read_only=True)
+
+    def within(self, connection: Executor | None, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in the caller's transaction if given, else in one of our own.
+
+        A failure in the caller's transaction is not retried (the caller's
+        earlier statements are gone with it on some servers): it is raised
+        as dbqueue's error, and the caller decides.
+        """
+        if connection is None:
+            return self.transaction(work)
+        try:
+            if not isinstance(connection, Connection):  # a Session: its transaction's
+                connection = connection.connection()
+            return work(connection)
+        except DRIVER_ERRORS as exc:
+            raise translate(self.engine, exc, self.prefix) from exc
+
+    def _now(self) -> sa.ColumnElement[datetime]:
+        return sa.type_coerce(self.dialect.now(), self.tables.jobs.c.created_at.type)
