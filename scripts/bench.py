@@ -1,7 +1,8 @@
 """Measure dbqueue's throughput on one database; run it through ./scripts/bench.
 
     ./scripts/bench [--url URL] [--jobs N] [--concurrency C] [--table-prefix P]
-                    [--only enqueue,process,locks,overlap,idempotent]
+                    [--only enqueue,process,locks,overlap,idempotent,latency]
+                    [--backlog TOTAL]
 
 Every table it uses carries its own prefix (default ``bench_``): they are
 dropped and created at the start and dropped at the end, so real data is never
@@ -18,31 +19,62 @@ enqueue
                               then the tables are reset)
   enqueue_bulk_per_s          ``app.dispatch_many`` of N jobs in chunks of 5,000
                               (only the calls are timed, not preparing the jobs)
-process, overlap, idempotent (any of them)
+process, overlap, idempotent, --backlog (any of them)
   startup_s                   ``dbqueue work --stop-when-empty`` on an empty queue:
                               the worker's start-up and shutdown
+process, overlap, idempotent (any of them)
+  baseline_per_s              N no-op jobs, bulk-dispatched, emptied by a bare
+  (+ _s, _retries)            SELECT ... FOR UPDATE SKIP LOCKED / DELETE loop of
+                              the raw driver in 2 processes, batches of 100, with
+                              dbqueue's own claim query: the server's ceiling
+                              (see scripts/bench_baseline.py; null on SQLite)
 process
   process_per_s               N no-op jobs, bulk-dispatched, / wall clock of
                               ``dbqueue work --concurrency C --stop-when-empty
                               --sleep 0.05`` from start to exit (process_s)
   process_per_s_excl_startup  the same without startup_s (null if that leaves no time)
+  process_ratio               process_per_s / baseline_per_s
+  (+ _excl_startup)           (null without a baseline)
 overlap
   process_overlap_per_s       the same for N jobs under ``WithoutOverlapping``,
-  (+ _excl_startup, _s)       each on a key of its own (so none waits)
+  (+ _excl_startup, _s,       each on a key of its own (so none waits)
+  _ratio...)
 idempotent
   process_idempotent_per_s    the same for N jobs with an ``idempotency_key``
-  (+ _excl_startup, _s)       that write nothing but their outcome
+  (+ _excl_startup, _s,       that write nothing but their outcome
+  _ratio...)
+--backlog TOTAL (TOTAL >= N; in addition to the groups)
+  backlog_per_s               N jobs / wall clock of ``dbqueue work --concurrency C
+  (+ _excl_startup, _s)       --max-jobs N --sleep 0.05`` on a table of TOTAL ready
+                              no-op jobs: the worker takes the first N by (priority,
+                              id) and leaves TOTAL - N. The table is filled with N
+                              jobs by ``dispatch_many``, then, to TOTAL, with
+                              copies of them made by INSERT ... SELECT in the
+                              database (a million rows in seconds): the same rows
+                              the worker would see, built without the client's cost
+  backlog_fill_s              the seconds that filling took
+  backlog_ratio               backlog_per_s / process_per_s of the same run: what a
+  (+ _excl_startup)           deep table costs (null unless process ran too)
 locks
   lock_pairs_per_s_1proc      ``app.lock(key, ttl=60)``: ``acquire()`` then
                               ``release()``, min(N, 2000) times, in one process
   lock_pairs_per_s_4proc      the same in each of 4 processes at once, on keys of
                               their own (throughput, not contention): total pairs
                               / wall clock from their common start to the last end
+latency (see scripts/bench_latency.py)
+  latency_p50_ms, _p99_ms,    one ``dbqueue work --concurrency C`` with default
+  _max_ms                     options, idle, gets 50 lone dispatches 50-300 ms
+                              apart: each job's start - its dispatch's return
+  idle_10_workers_qps         what 10 idle ``dbqueue work -c 1`` add to the server's
+                              statements per second (MySQL/MariaDB ``Questions``;
+                              PostgreSQL: transactions, ``xact_commit``), less the
+                              rate just before they started (null on SQLite)
 
 Every processing run starts on fresh tables. After it, the jobs and failed_jobs
-tables must be empty, cache_locks too after the overlap jobs, and job_outcomes
-must hold one outcome per idempotent job. Prints one JSON line on stdout;
-progress goes to stderr.
+tables must be empty (hold TOTAL - N jobs after the backlog run), cache_locks
+too after the overlap jobs, and job_outcomes must hold one outcome per
+idempotent job. Prints one JSON line on stdout; progress goes to stderr, and at
+the end a table of the throughputs beside the baseline.
 """
 
 from __future__ import annotations
@@ -60,10 +92,11 @@ from pathlib import Path
 import sqlalchemy as sa
 
 SCRIPTS = Path(__file__).resolve().parent
-GROUPS = ("enqueue", "process", "locks", "overlap", "idempotent")
+GROUPS = ("enqueue", "process", "locks", "overlap", "idempotent", "latency")
 SAMPLE = 2000  # single dispatches, and lock pairs per process
 TURN = 250  # single dispatches, then as many bare driver INSERTs, in turns
 CHUNK = 5000
+COPY_ROWS = 200_000  # rows per INSERT ... SELECT that fills a backlog
 LOCK_PROCESSES = 4
 LOCK_KEYS = 50  # per process
 
@@ -81,15 +114,24 @@ def reset(app) -> None:
     app.migrate()
 
 
-def run_worker(concurrency: int) -> float:
-    """Run a worker until the queue is empty; return its wall-clock seconds."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+def worker_env() -> dict[str, str]:
+    """The environment of a worker: this one, and bench_app importable."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
         filter(None, [str(SCRIPTS), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "dbqueue", "work", "--app", "bench_app:app",
-               "--concurrency", str(concurrency), "--stop-when-empty", "--sleep", "0.05"]
+
+
+def worker_command(concurrency: int, *options: str) -> list[str]:
+    return [sys.executable, "-m", "dbqueue", "work", "--app", "bench_app:app",
+            "--concurrency", str(concurrency), *options]
+
+
+def run_worker(concurrency: int, *options: str) -> float:
+    """Run a worker to its end (by default: until the queue is empty); return its
+    wall-clock seconds."""
+    command = worker_command(concurrency, *(options or ("--stop-when-empty", "--sleep", "0.05")))
     started = time.perf_counter()
     # The worker's stdout goes to stderr too: stdout carries only the result.
-    subprocess.run(command, env=env, check=True, stdout=sys.stderr)
+    subprocess.run(command, env=worker_env(), check=True, stdout=sys.stderr)
     return time.perf_counter() - started
 
 
@@ -181,10 +223,79 @@ def bench_processing(app, job, name: str, jobs: int, concurrency: int,
     if (outcomes, locks) != (expected, 0):
         raise SystemExit(f"error: after the worker, {outcomes} outcome(s) (expected "
                          f"{expected}) and {locks} lock(s) (expected 0)")
-    working_s = process_s - startup_s  # <= 0 when too few jobs to tell from start-up noise
-    return {f"{name}_per_s": round(jobs / process_s, 1),
+    return throughput(name, jobs, process_s, startup_s)
+
+
+def throughput(name: str, jobs: int, seconds: float,
+               startup_s: float) -> dict[str, float | None]:
+    """``name``_per_s, _per_s_excl_startup and _s of a worker run."""
+    working_s = seconds - startup_s  # <= 0 when too few jobs to tell from start-up noise
+    return {f"{name}_per_s": round(jobs / seconds, 1),
             f"{name}_per_s_excl_startup": round(jobs / working_s, 1) if working_s > 0 else None,
-            f"{name}_s": round(process_s, 3)}
+            f"{name}_s": round(seconds, 3)}
+
+
+def ratios(results: dict[str, float | None], name: str, reference: str) -> None:
+    """Add ``name``_ratio (+ _excl_startup): ``name``'s rates over ``reference``'s
+    (its _per_s, or _per_s_excl_startup if it has one)."""
+    for suffix in ("", "_excl_startup"):
+        rate = results.get(f"{name}_per_s{suffix}")
+        base = results.get(f"{reference}_per_s{suffix}", results.get(f"{reference}_per_s"))
+        results[f"{name}_ratio{suffix}"] = round(rate / base, 3) if rate and base else None
+
+
+def bench_baseline(app, noop, jobs: int) -> dict[str, float | None]:
+    """The bare SKIP LOCKED loop on N bulk-dispatched jobs (see bench_baseline.py)."""
+    from bench_baseline import BATCH, PROCESSES, baseline_seconds
+
+    reset(app)
+    dispatch_bulk(app, noop, jobs)
+    say(f"baseline: {jobs} jobs deleted by a bare SKIP LOCKED loop in {PROCESSES} "
+        f"processes, batches of {BATCH}")
+    measured = baseline_seconds(app, app.engine.url.render_as_string(hide_password=False), jobs)
+    if measured is None:
+        say("(no baseline: this database has no SKIP LOCKED)")
+        return {"baseline_per_s": None, "baseline_s": None, "baseline_retries": None}
+    if counts(app) != (0, 0):
+        raise SystemExit(f"error: after the baseline, {counts(app)} (jobs, failed) left")
+    seconds, retries = measured
+    return {"baseline_per_s": round(jobs / seconds, 1), "baseline_s": round(seconds, 3),
+            "baseline_retries": retries}
+
+
+def fill(app, job, total: int, head: int) -> None:
+    """Queue ``total`` ready ``job``s: ``head`` by dispatch_many, the others copied
+    from the first rows in the database (at most COPY_ROWS a statement)."""
+    dispatch_bulk(app, job, head)
+    jobs = app.store.tables.jobs
+    columns = [jobs.c[name] for name in (
+        "queue", "job", "payload", "attempts", "priority", "available_at", "created_at")]
+    have = head
+    while have < total:
+        count = min(have, total - have, COPY_ROWS)
+        copy = sa.insert(jobs).from_select(
+            columns, sa.select(*columns).order_by(jobs.c.id).limit(count))
+        app.store.transaction(lambda c, copy=copy: c.execute(copy))
+        have += count
+    if counts(app) != (total, 0):
+        raise SystemExit(f"error: expected {total} queued jobs, found {counts(app)} (jobs, failed)")
+
+
+def bench_backlog(app, noop, total: int, jobs: int, concurrency: int,
+                  startup_s: float) -> dict[str, float | None]:
+    """Process ``jobs`` of ``total`` queued jobs, the others left waiting."""
+    reset(app)
+    say(f"filling the table with {total} jobs")
+    started = time.perf_counter()
+    fill(app, noop, total, jobs)
+    fill_s = time.perf_counter() - started
+    say(f"processing {jobs} of {total} queued jobs with concurrency {concurrency}")
+    seconds = run_worker(concurrency, "--max-jobs", str(jobs), "--sleep", "0.05")
+    if counts(app) != (total - jobs, 0):
+        raise SystemExit(f"error: after the worker, {counts(app)} (jobs, failed) left, "
+                         f"expected ({total - jobs}, 0)")
+    return {**throughput("backlog", jobs, seconds, startup_s),
+            "backlog_fill_s": round(fill_s, 3)}
 
 
 _start = None  # in a lock process: the barrier that all of them leave together
@@ -223,8 +334,9 @@ def lock_rate(processes: int, pairs: int) -> float:
     return round(processes * pairs / (ended - started), 1)
 
 
-def bench(app, only: set[str], jobs: int, concurrency: int) -> dict[str, float | None]:
-    from bench_app import idempotent_noop, noop, overlap_noop
+def bench(app, only: set[str], jobs: int, concurrency: int,
+          backlog: int | None) -> dict[str, float | None]:
+    from bench_app import idempotent_noop, noop, overlap_noop, stamp
 
     results: dict[str, float | None] = {}
     if "enqueue" in only:
@@ -232,19 +344,61 @@ def bench(app, only: set[str], jobs: int, concurrency: int) -> dict[str, float |
     processed = [(group, job, name) for group, job, name in (
         ("process", noop, "process"), ("overlap", overlap_noop, "process_overlap"),
         ("idempotent", idempotent_noop, "process_idempotent")) if group in only]
-    if processed:
+    if processed or backlog:
         reset(app)
         say("worker start-up and shutdown on an empty queue")
         startup_s = run_worker(concurrency)
         results["startup_s"] = round(startup_s, 3)
+    if processed:
+        results.update(bench_baseline(app, noop, jobs))
         for _, job, name in processed:
             results.update(bench_processing(app, job, name, jobs, concurrency, startup_s))
+            ratios(results, name, "baseline")
+    if backlog:
+        results.update(bench_backlog(app, noop, backlog, jobs, concurrency, startup_s))
+        if "process" in only:
+            ratios(results, "backlog", "process")
     if "locks" in only:
         reset(app)
         pairs = min(jobs, SAMPLE)
         results["lock_pairs_per_s_1proc"] = lock_rate(1, pairs)
         results[f"lock_pairs_per_s_{LOCK_PROCESSES}proc"] = lock_rate(LOCK_PROCESSES, pairs)
+    if "latency" in only:
+        from bench_latency import idle_cost, pickup_latency
+
+        reset(app)
+        say(f"pickup latency of one idle worker with concurrency {concurrency}")
+        results.update(pickup_latency(stamp, worker_command(concurrency), worker_env()))
+        reset(app)
+        results["idle_10_workers_qps"] = idle_cost(app, worker_command(1), worker_env())
     return results
+
+
+def table(results: dict[str, float | None]) -> None:
+    """The throughputs beside the baseline's, and the latencies, for a reader (on stderr)."""
+    base = results.get("baseline_per_s")
+    lines = []
+    for label, key in (("bare SKIP LOCKED loop (baseline)", "baseline"),
+                       ("process", "process"),
+                       ("process, WithoutOverlapping", "process_overlap"),
+                       ("process, idempotency_key", "process_idempotent"),
+                       ("process, deep backlog", "backlog")):
+        for suffix, note in (("", ""), ("_excl_startup", " (excl. start-up)")):
+            rate = results.get(f"{key}_per_s{suffix}")
+            if rate is not None:
+                ratio = f"{rate / base:.2f}" if base else "-"
+                lines.append(f"{label + note:40}{rate:>10.0f}{ratio:>12}")
+    if lines:
+        lines.insert(0, f"{'':40}{'jobs/s':>10}{'/ baseline':>12}")
+    if "backlog_ratio" in results:
+        lines.append(f"deep backlog / process: {results['backlog_ratio']} "
+                     f"(excl. start-up: {results['backlog_ratio_excl_startup']})")
+    if "latency_p50_ms" in results:
+        lines.append(f"pickup latency: p50 {results['latency_p50_ms']} ms, "
+                     f"p99 {results['latency_p99_ms']} ms; 10 idle workers: "
+                     f"{results['idle_10_workers_qps']} queries/s")
+    if lines:
+        say("\n".join(lines))
 
 
 def groups(text: str) -> set[str]:
@@ -263,9 +417,13 @@ def main() -> None:
     parser.add_argument("--table-prefix", default="bench_")
     parser.add_argument("--only", type=groups, default=set(GROUPS), metavar="GROUPS",
                         help=f"run only these, comma-separated [default: {','.join(GROUPS)}]")
+    parser.add_argument("--backlog", type=int, default=None, metavar="TOTAL",
+                        help="also process --jobs of TOTAL queued jobs [default: no]")
     args = parser.parse_args()
     if args.jobs < 1 or args.concurrency < 1:
         parser.error("--jobs and --concurrency must be at least 1")
+    if args.backlog is not None and args.backlog < args.jobs:
+        parser.error("--backlog counts every queued job: it must be at least --jobs")
     if not args.table_prefix:
         parser.error("--table-prefix must not be empty: the bench drops its tables")
 
@@ -279,13 +437,14 @@ def main() -> None:
         from bench_app import app
 
         try:
-            results = bench(app, args.only, args.jobs, args.concurrency)
+            results = bench(app, args.only, args.jobs, args.concurrency, args.backlog)
             dialect = app.engine.dialect
             backend = "mariadb" if getattr(dialect, "is_mariadb", False) else dialect.name
         finally:
             app.downgrade("base")
             app.dispose()
-    print(json.dumps({"backend": backend, "jobs": args.jobs,
+    table(results)
+    print(json.dumps({"backend": backend, "jobs": args.jobs, "backlog": args.backlog,
                       "concurrency": args.concurrency, **results}))
 
 
