@@ -1,4 +1,7 @@
-"""The locks jobs' middleware asks the worker to hold for them (WithoutOverlapping).
+"""The locks jobs' middleware asks the worker to hold for them.
+
+A middleware declares the locks a job needs by having a ``lock_requests(context)``
+method (WithoutOverlapping does); the worker knows no middleware class.
 
 The worker takes the keys of a whole batch of reserved jobs in one statement
 before any of them reaches a child, renews them with its leases, and frees
@@ -13,12 +16,12 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from ..middleware import LOCK_MARGIN, LockRequest
+from ..middleware import LOCK_MARGIN, JobContext, LockRequest
 from ..store import Failure
 from ..store.locks import Locks
 from .child import class_name
 from .health import DB_ERRORS, Health
-from .intake import Held
+from .ledger import Entry
 from .recorder import Recorder
 
 
@@ -33,16 +36,14 @@ class JobLocks:
         # The least a job's lock is taken for: it is renewed with the leases,
         # so it must outlast two heartbeats, whatever ``expire_after`` says.
         self.floor = 2 * heartbeat_every + LOCK_MARGIN
-        self.released = 0
-        self.dropped = 0
-        """Jobs released or dropped because another held their key, since the
-        caller last reset these."""
 
-    def take(self, admitted: Sequence[Held]) -> list[Held]:
+    def take(self, admitted: Sequence[Entry]) -> tuple[list[Entry], int]:
         """Take the locks the jobs ask for, for the whole batch in one statement;
-        return the jobs that may run (every one that asks for none)."""
-        ready: list[Held] = []
-        asking: list[tuple[Held, list[LockRequest]]] = []
+        return the jobs that may run (every one that asks for none), and how
+        many went back to the queue because another job holds their key."""
+        ready: list[Entry] = []
+        released = 0
+        asking: list[tuple[Entry, list[LockRequest]]] = []
         keys: set[str] = set()
         for held in admitted:
             requests = self._requests(held)
@@ -57,29 +58,42 @@ class JobLocks:
                               for request in requests]
                 asking.append((held, requests))
             else:  # a job of this same batch has the key
-                self._refused(held, requests[0])
+                released += self._refused(held, requests[0])
         if not asking:
-            return ready
+            return ready, released
         try:
             taken = self.locks.acquire_many([lock for held, _ in asking for lock in held.locks])
         except DB_ERRORS as exc:
             self.health.failed("take job locks", exc)
             self.recorder.give_back([held for held, _ in asking])
-            return ready
+            return ready, released
         for held, requests in asking:
             refused = [request for request in requests if request.key not in taken]
             if refused:
                 held.locks = [lock for lock in held.locks if lock[0] in taken]
-                self._refused(held, refused[0])
+                released += self._refused(held, refused[0])
             else:
                 ready.append(held)
-        return ready
+        return ready, released
 
-    def _requests(self, held: Held) -> list[LockRequest] | None:
-        """The locks the job asks for; None when its key function raised (the
-        job then fails, the worker goes on)."""
+    def _requests(self, held: Entry) -> list[LockRequest] | None:
+        """The locks the job's middleware asks for (the first request of a key
+        wins); None when one raised (the job then fails, the worker goes on)."""
+        if held.job is None or not held.job.middleware:
+            return []
         try:
-            return held.lock_requests(self.app)
+            by_key: dict[str, LockRequest] = {}
+            context: JobContext | None = None
+            for middleware in held.job.middleware:
+                declare = getattr(middleware, "lock_requests", None)
+                if declare is None:
+                    continue
+                context = context or JobContext(self.app, held.job, held.id, held.payload.args,
+                                                held.payload.kwargs, held.row.attempts,
+                                                held.timeout)
+                for request in declare(context):
+                    by_key.setdefault(request.key, request)
+            return list(by_key.values())
         # SystemExit included: signals never raise here.
         except BaseException as exc:
             self.recorder.failed(held, Failure(
@@ -87,17 +101,16 @@ class JobLocks:
                 f"{exc}", traceback.format_exc()), ran=False)
             return None
 
-    def _refused(self, held: Held, request: LockRequest) -> None:
-        """Another job holds ``request.key``: release this one or drop it."""
+    def _refused(self, held: Entry, request: LockRequest) -> int:
+        """Another job holds ``request.key``: release this one (1) or drop it (0)."""
         why = f"another job holds {request.key}"
         if request.dont_release:
-            self.dropped += 1
             self.recorder.dropped(held, f"{why} (dont_release)")
-        else:
-            self.released += 1
-            self.recorder.released(held, request.release_after, False, why)
+            return 0
+        self.recorder.released(held, request.release_after, False, why)
+        return 1
 
-    def renew(self, holding: Sequence[Held]) -> list[tuple[Held, str]]:
+    def renew(self, holding: Sequence[Entry]) -> list[tuple[Entry, str]]:
         """Renew the locks of the jobs held; return those that lost one, with
         its key (this worker stalled past its expiry, and another may have it)."""
         by_ttl: dict[float, list[tuple[str, str]]] = {}

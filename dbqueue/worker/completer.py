@@ -1,0 +1,317 @@
+"""The completer: how a worker writes down what became of its jobs.
+
+Outcomes arrive as typed records (:data:`Record`). Two completers write
+them, behind one interface:
+
+- :class:`BatchCompleter` (the worker's): records wait a moment (at most
+  ``max_wait`` seconds, or until ``max_batch`` are waiting) and go together
+  in one transaction, so a thousand short jobs cost a few round trips, not a
+  thousand. Retries and failures do not wait: one may be due at once.
+- :class:`InlineCompleter`: each job's records in a transaction of their own,
+  as soon as the worker asks.
+
+Either way nothing is lost when a write fails: while the database cannot be
+reached, the records stay and are tried again (the jobs stay leased, and
+the heartbeat renews them). A write the server *refuses* (bad data, a
+read-only server) sends the completer to writing one job at a time, so that
+one job's record cannot block everyone else's; a job refused three times is
+set aside with an error in the log (its lease runs out and it runs again).
+
+A job's outcome is logged once written, never before: the log never says a
+job completed while its row is still in the table. ``flush`` returns the
+jobs that are finished with (written, lost to another worker, or set aside):
+the caller takes them out of its ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
+
+from ..store import Failure, Store
+from ..store.completion import Completion, CompletionHook, FailedRun, Requeue, write_completion
+from .health import TRANSIENT, Health, describe
+from .ledger import Entry
+
+log = logging.getLogger("dbqueue.worker")
+
+FLUSH_DELAY = 0.05  # seconds a completion may wait to share a transaction with others
+_MAX_BATCH = 256
+_REFUSALS_BEFORE_GIVING_UP = 3
+
+
+# --- the records ---------------------------------------------------------------
+
+
+class Completed(NamedTuple):
+    """The job succeeded (or, with ``entry.runtime`` None, was dropped unrun)."""
+
+    entry: Entry
+
+
+class Released(NamedTuple):
+    """Back to the queue for ``delay`` seconds with ``attempts`` counted."""
+
+    entry: Entry
+    delay: float
+    attempts: int
+    why: str
+    retry: bool
+    """A failed attempt to be retried (logged at INFO), not a plain release."""
+
+
+class Failed(NamedTuple):
+    """Failed for good, with ``attempts`` counted."""
+
+    entry: Entry
+    failure: Failure
+    attempts: int
+    ran: bool
+    """Whether the attempt started (else the job could not even start)."""
+
+
+class Counted(NamedTuple):
+    """The job has run a while: count its attempt now."""
+
+    entry: Entry
+    attempt: int
+
+
+class KeyFreed(NamedTuple):
+    """The job started and was unique until processing: free its key."""
+
+    entry: Entry
+
+
+class Unlocked(NamedTuple):
+    """A lock taken for a job that has ended."""
+
+    key: str
+    owner: str
+
+
+Record = Completed | Released | Failed | Counted | KeyFreed | Unlocked
+_ENDINGS = (Completed, Released, Failed)
+
+
+class Completer(Protocol):
+    """Where a worker's records go (BatchCompleter and InlineCompleter are two)."""
+
+    def __len__(self) -> int: ...
+
+    def add(self, record: Record) -> None: ...
+
+    def due(self, now: float, *, busy: bool = False) -> bool: ...
+
+    def next_wake(self) -> float | None: ...
+
+    def flush(self, now: float | None = None) -> list[Entry]: ...
+
+    def drain(self, tries: int = 3) -> list[Entry]: ...
+
+
+def _completion(records: Sequence[Record], worker: str) -> Completion:
+    """The store's form of ``records``, with each job's current lease (a lease
+    taken again after a stall replaces the old one in the ledger's entry)."""
+    out = Completion()
+    for record in records:
+        match record:
+            case Completed(entry):
+                out.completed.append(entry.lease)
+            case Released(entry, delay, attempts):
+                out.requeued.append(Requeue(entry.lease, delay, attempts))
+            case Failed(entry, failure, attempts):
+                out.failed.append(FailedRun(entry.row, entry.lease, failure, worker, attempts))
+            case Counted(entry, attempt):
+                out.started.append((entry.lease, attempt))
+            case KeyFreed(entry):
+                out.unique_freed.append(entry.lease)
+            case Unlocked(key, owner):
+                out.unlocked.append((key, owner))
+    return out
+
+
+class BatchCompleter:
+    """Records written together, on size or time (see the module's docstring)."""
+
+    def __init__(self, store: Store, health: Health, worker: str,
+                 hooks: Sequence[CompletionHook] = (), *, max_batch: int = _MAX_BATCH,
+                 max_wait: float = FLUSH_DELAY) -> None:
+        self.store = store
+        self.health = health
+        self.worker = worker
+        """``host:pid``, recorded with each failure."""
+        self.hooks = tuple(hooks)
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self.pending: list[Record] = []
+        self.first_at = 0.0
+        self.retry_at = 0.0
+        """After a failed write, when to try again."""
+        self._urgent = 0
+        self._one_by_one = False
+        self._refusals: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def add(self, record: Record) -> None:
+        if not self.pending:
+            self.first_at = time.monotonic()
+        self.pending.append(record)
+        if isinstance(record, Released | Failed):
+            self._urgent += 1
+
+    def due(self, now: float, *, busy: bool = False) -> bool:
+        """Whether what waits should be written now. Completions wait a little to
+        share a transaction while other work is in hand (``busy``)."""
+        return bool(self.pending) and now >= self.retry_at and bool(
+            self._urgent or not busy or len(self.pending) >= self.max_batch
+            or now - self.first_at >= self.max_wait)
+
+    def next_wake(self) -> float | None:
+        """When waiting records are due to be written, if any wait."""
+        if not self.pending:
+            return None
+        return max(self.first_at + self.max_wait, self.retry_at)
+
+    def flush(self, now: float | None = None) -> list[Entry]:
+        """Write what waits; return the jobs finished with. On a failed write
+        the records stay for a later try (see ``retry_at``)."""
+        now = time.monotonic() if now is None else now
+        if not self.pending or now < self.retry_at:
+            return []
+        records, self.pending, self._urgent = self.pending, [], 0
+        if self._one_by_one:
+            return self._flush_each(records, now)
+        try:
+            recorded = write_completion(self.store, _completion(records, self.worker),
+                                        self.hooks)
+        # Not only the database's errors: nothing here may stop the worker.
+        except Exception as exc:
+            self._put_back(records, now, exc)
+            if not isinstance(exc, TRANSIENT):
+                self._one_by_one, self.retry_at = True, now  # find the one refused
+            return []
+        self.health.succeeded()
+        return self._written(records, recorded)
+
+    def drain(self, tries: int = 3) -> list[Entry]:
+        """Write what waits before the worker exits, trying a few times."""
+        finished: list[Entry] = []
+        for _ in range(tries):
+            if not self.pending:
+                break
+            self.retry_at = 0.0
+            finished += self.flush()
+            if self.pending:
+                time.sleep(min(1.0, max(0.0, self.retry_at - time.monotonic())))
+        return finished
+
+    # --- writing -------------------------------------------------------------------
+
+    def _flush_each(self, records: list[Record], now: float) -> list[Entry]:
+        """Each job's records in a transaction of their own."""
+        finished: list[Entry] = []
+        groups = _by_job(records)
+        for number, group in enumerate(groups):
+            try:
+                recorded = write_completion(self.store, _completion(group, self.worker),
+                                            self.hooks)
+            except Exception as exc:
+                if isinstance(exc, TRANSIENT) or not self._give_up(group, exc):
+                    for rest in groups[number:]:
+                        self._put_back(rest, now, exc)
+                    return finished
+                finished += [r.entry for r in group if isinstance(r, _ENDINGS)]
+                continue
+            self.health.succeeded()
+            finished += self._written(group, recorded)
+        self._one_by_one = False
+        return finished
+
+    def _give_up(self, group: list[Record], exc: Exception) -> bool:
+        """Count a refusal of ``group``'s write; True once it is set aside."""
+        job_id = next((r.entry.id for r in group if not isinstance(r, Unlocked)), 0)
+        refusals = self._refusals[job_id] = self._refusals.get(job_id, 0) + 1
+        if refusals < _REFUSALS_BEFORE_GIVING_UP:
+            return False
+        del self._refusals[job_id]
+        log.error("the database refused %d times to record the outcome of job %d; giving up "
+                  "on it (it runs again when its lease expires): %s", refusals, job_id,
+                  describe(exc))
+        return True
+
+    def _put_back(self, records: list[Record], now: float, exc: Exception) -> None:
+        self.pending[:0] = records
+        self._urgent += sum(isinstance(r, Released | Failed) for r in records)
+        self.retry_at = now + self.health.failed("record job outcomes", exc)
+
+    def _written(self, records: Sequence[Record], recorded: set[int]) -> list[Entry]:
+        finished, lost = [], 0
+        for record in records:
+            if isinstance(record, Counted):
+                record.entry.counted = True
+            elif isinstance(record, _ENDINGS):
+                finished.append(record.entry)
+                if record.entry.id in recorded:
+                    _log(record)
+                elif isinstance(record, Completed):
+                    lost += 1
+        if lost:
+            log.warning("%d completed job(s) had lost their lease to another worker", lost)
+        return finished
+
+
+class InlineCompleter(BatchCompleter):
+    """Each job's outcome in a transaction of its own, written at once."""
+
+    def __init__(self, store: Store, health: Health, worker: str,
+                 hooks: Sequence[CompletionHook] = ()) -> None:
+        super().__init__(store, health, worker, hooks, max_batch=1, max_wait=0.0)
+        self._one_by_one = True
+
+    def due(self, now: float, *, busy: bool = False) -> bool:
+        return bool(self.pending) and now >= self.retry_at
+
+    def flush(self, now: float | None = None) -> list[Entry]:
+        self._one_by_one = True
+        return super().flush(now)
+
+
+def _by_job(records: Sequence[Record]) -> list[list[Record]]:
+    """``records`` grouped by job, in order of first appearance; loose locks last."""
+    groups: dict[int, list[Record]] = {}
+    loose: list[Record] = []
+    for record in records:
+        if isinstance(record, Unlocked):
+            loose.append(record)
+        else:
+            groups.setdefault(record.entry.id, []).append(record)
+    return [*groups.values(), *([loose] if loose else [])]
+
+
+def _log(record: Record) -> None:
+    match record:
+        case Completed(entry) if entry.runtime is not None and log.isEnabledFor(logging.DEBUG):
+            log.debug("job %d (%s) completed in %s", entry.id, entry.row.job,
+                      duration(entry.runtime))
+        case Released(entry, delay, _, why, True):
+            log.info("job %d (%s) %s; retrying in %.1f s", entry.id, entry.row.job, why, delay)
+        case Released(entry, delay, _, why, False):
+            log.debug("job %d (%s) released for %.1f s%s", entry.id, entry.row.job, delay,
+                      f": {why}" if why else "")
+        case Failed(entry, failure, attempts, True):
+            log.warning("job %d (%s) failed after %d attempt(s)%s: %s: %s", entry.id,
+                        entry.row.job, attempts,
+                        f" in {duration(entry.runtime)}" if entry.runtime else "",
+                        failure.exception_class, failure.message)
+        case Failed(entry, failure, _, False):
+            log.warning("job %d (%s) cannot run: %s", entry.id, entry.row.job, failure.message)
+
+
+def duration(seconds: float) -> str:
+    """``12.3 ms``, ``4.56 s``: how long a job ran, for the log."""
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"

@@ -1,0 +1,240 @@
+"""Handing reserved jobs to children, and taking in what became of them.
+
+Idle children first, so that work spreads; then, when jobs take
+milliseconds, a few more queued in each child's pipe so that no child waits
+while the supervisor talks to the database. A job is handed out only while
+its lease certainly holds (by both clocks, see worker.clock); every answer,
+death and timeout moves the job along the ledger and goes to the recorder.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Any
+
+from ..errors import JobTimeout, WorkerCrashed
+from .child import Committed, Finished, RunHook, RunJob
+from .health import LONGEST_WAIT, Health
+from .ledger import Entry, Ledger, State
+from .options import WorkerOptions
+from .pool import Child, Ended, Pool, Task
+from .recorder import Recorder
+from .reserver import Reserver
+from .sidetasks import LeaseRenewal
+
+log = logging.getLogger("dbqueue.worker")
+
+_PIPELINE_SECONDS = 0.02  # queue about this much work in each child when jobs are short
+_MAX_DEPTH = 16
+_PIPELINE_BYTES = 2048  # larger payloads wait for an idle child: a full pipe would block us
+_HOOK_TIMEOUT = 60.0
+COMMIT_TIMEOUT = 60.0  # seconds an idle child may take to commit its idempotent jobs
+
+
+def _failure(kind: str, error: type[Exception], message: str) -> Finished:
+    return Finished(kind, exception_class=f"dbqueue.{error.__name__}", message=message,
+                    traceback=f"{error.__name__}: {message}")
+
+
+class Handout:
+    def __init__(self, pool: Pool, options: WorkerOptions, *, ledger: Ledger,
+                 recorder: Recorder, reserver: Reserver, renewal: LeaseRenewal,
+                 health: Health, hooks: deque[RunHook]) -> None:
+        self.pool = pool
+        self.options = options
+        self.ledger = ledger
+        self.recorder = recorder
+        self.reserver = reserver
+        self.renewal = renewal
+        self.health = health
+        self.hooks = hooks
+        self.margin = min(1.0, options.retry_after / 10)
+
+    # --- handing out -----------------------------------------------------------------
+
+    def assign(self) -> None:
+        for child in self.pool.idle():
+            if self.hooks:
+                self.pool.give(child, self.hooks.popleft(), _HOOK_TIMEOUT)
+            elif not self._give_job(child):
+                return
+        depth = self._depth()
+        if depth > 1:
+            for child in self.pool.children:
+                while len(child.tasks) < depth and self._give_job(child, queued=True):
+                    pass
+
+    def _depth(self) -> int:
+        """Tasks to queue per child: 1, or a few when jobs take milliseconds."""
+        runtime = self.reserver.avg_runtime
+        if runtime is None or self.options.memory_mb is not None:
+            return 1  # a child replaced for its memory must have nothing queued
+        return max(1, min(_MAX_DEPTH, int(_PIPELINE_SECONDS / max(runtime, 1e-6))))
+
+    def _give_job(self, child: Child, *, queued: bool = False) -> bool:
+        if not self.ledger.reserved:
+            return False
+        head = self.ledger.reserved[0]
+        if queued and len(head.row.payload) > _PIPELINE_BYTES:
+            return False
+        # Inline, not Deadline methods: this runs for every job handed out.
+        margin = self._lease_margin()
+        start_by, start_by_wall = head.lease_until.mono - margin, head.lease_until.wall - margin
+        if time.monotonic() >= start_by or time.time() >= start_by_wall:
+            # This worker was stopped a while (SIGSTOP, a paused VM, a stuck
+            # statement): the lease may be another worker's now. Renew first
+            # (unless renewing has just failed: it is retried in its own time);
+            # the renewal drops the jobs whose leases were lost.
+            if not self.health.failing:
+                self.renewal.soon()
+            return False
+        entry = self.ledger.start(child)
+        payload = entry.payload
+        locks = frozenset(key for key, _, _ in entry.locks) if entry.locks else frozenset()
+        self.pool.give(child, RunJob(entry.id, entry.row.job, payload.args, payload.kwargs,
+                                     entry.row.attempts, entry.timeout, locks, start_by,
+                                     start_by_wall),
+                       entry.timeout)
+        self.recorder.started(entry)
+        return True
+
+    def _lease_margin(self) -> float:
+        """How long before its lease runs out a job may no longer be started:
+        a moment, or, while the database does not answer, long enough that
+        the lease outlives the renewal's next try or two."""
+        if self.health.failing:
+            return min(self.options.heartbeat_every + LONGEST_WAIT, self.options.retry_after / 2)
+        return self.margin
+
+    # --- what came back ----------------------------------------------------------------
+
+    def take_in(self, ended: Ended) -> None:
+        """Everything ``Pool.wait`` saw, then the children overdue or stuck."""
+        for child, task, answer, runtime in ended.finished:
+            self._answered(child, task, answer, runtime)
+        for committed in ended.committed:
+            self._committed(committed)
+        for child, lost, how in ended.died:
+            if lost is not None:
+                self._died(lost, how)
+            self._rolled_back(child)
+        self._requeue(ended.unstarted)
+        for child in self.pool.overdue():
+            self._timed_out(child)
+        self._kill_stuck_commits()
+
+    def _running(self, task: Task) -> Entry | None:
+        if isinstance(task, RunHook):
+            return None
+        entry = self.ledger.get(task.job_id)
+        return entry if entry is not None and entry.state is State.RUNNING else None
+
+    def _answered(self, child: Child, task: Task, answer: Finished, runtime: float) -> None:
+        entry = self._running(task)
+        if isinstance(task, RunHook):
+            if answer.kind != "done":
+                log.error("on_failure hook of job %d raised %s: %s", task.failure.job_id,
+                          answer.exception_class, answer.message)
+        elif entry is not None and answer.kind == "expired":
+            # Put back as it was (had the renewal counted it meanwhile, the
+            # count is taken back): it never started.
+            self.recorder.released(entry, 0.0, False, "not started: its lease may have run "
+                                   "out while it waited")
+        elif entry is not None:
+            self.reserver.ran(runtime)
+            entry.runtime = runtime
+            if answer.uncommitted:
+                self.ledger.await_commit(entry)
+            elif answer.kind == "done":
+                self.recorder.completed(entry)
+            else:
+                self._ended(entry, answer)
+        limit = self.options.memory_mb
+        if (limit is not None and answer.rss_mb > limit and not child.tasks
+                and not self._committing(child)):
+            log.info("child using %.0f MB (over --memory %g): replacing it", answer.rss_mb, limit)
+            self.pool.retire(child)
+
+    def _committed(self, committed: Committed) -> None:
+        for job_id in committed.job_ids:
+            entry = self.ledger.get(job_id)
+            if entry is None or entry.state is not State.UNCOMMITTED:
+                continue
+            if committed.failure is None:
+                self.recorder.completed(entry)
+            else:
+                self._ended(entry, committed.failure)
+
+    def _committing(self, child: Child) -> list[Entry]:
+        """Done idempotent jobs in ``child``'s transaction, not yet committed."""
+        return [entry for entry in self.ledger.in_state(State.UNCOMMITTED)
+                if entry.child is child]
+
+    def _rolled_back(self, child: Child) -> None:
+        """A child died with an open transaction: its done idempotent jobs were
+        rolled back with it. Not their failure: they go back without using a try."""
+        for entry in self._committing(child):
+            log.warning("job %d (%s) was rolled back when its process died; it runs again",
+                        entry.id, entry.row.job)
+            self._ended(entry, Finished("release"))
+
+    def _kill_stuck_commits(self) -> None:
+        """An idle child commits its jobs at once; one that has not within
+        COMMIT_TIMEOUT (a hung COMMIT, say) would hold their leases and locks
+        for ever. Its jobs run again: their idempotency keys make that safe."""
+        if not self.ledger.count(State.UNCOMMITTED):
+            return
+        now = time.monotonic()
+        owners = {id(entry.child): entry.child for entry in self.ledger.in_state(State.UNCOMMITTED)}
+        for child in owners.values():
+            if not child.tasks and now - child.answered >= COMMIT_TIMEOUT:
+                log.error("a child has not committed its idempotent jobs within %.0f s; "
+                          "killing it", COMMIT_TIMEOUT)
+                self._requeue(self.pool.kill(child)[2])
+                self._rolled_back(child)
+
+    def _timed_out(self, child: Child) -> None:
+        task, how, unstarted = self.pool.kill(child)
+        self._rolled_back(child)
+        self._requeue(unstarted)
+        entry = self._running(task) if task is not None else None
+        if entry is not None:
+            self._ended(entry, _failure("timeout", JobTimeout, f"job ran longer than its "
+                                        f"timeout of {entry.timeout:g} s and was killed"))
+        elif isinstance(task, RunHook):
+            log.error("on_failure hook of job %d timed out (%s)", task.failure.job_id, how)
+
+    def _died(self, task: Task, how: str) -> None:
+        entry = self._running(task)
+        if entry is not None:
+            self._ended(entry, _failure("crash", WorkerCrashed,
+                                        f"the process running the job died ({how})"))
+        elif isinstance(task, RunHook):
+            log.error("on_failure hook of job %d died (%s)", task.failure.job_id, how)
+
+    def _requeue(self, tasks: list[Any]) -> None:
+        """Put back tasks that were queued in a child that died before starting them."""
+        for task in reversed(tasks):
+            entry = self._running(task)
+            if entry is not None:
+                self.ledger.unstart(entry)
+            elif isinstance(task, RunHook):
+                self.hooks.appendleft(task)
+
+    def abandon(self) -> None:
+        """The grace period is over: kill what still runs and put its jobs back."""
+        for child in list(self.pool.children):
+            if child.tasks or self._committing(child):
+                self.pool.kill(child)
+                self._rolled_back(child)
+        for entry in self.ledger.in_state(State.RUNNING):
+            log.warning("job %d (%s) did not finish within the grace period; put back",
+                        entry.id, entry.row.job)
+            self.recorder.released(entry, 0.0, False, "")
+
+    def _ended(self, entry: Entry, answer: Finished) -> None:
+        """The attempt ended without completing the job: retry, release or fail it."""
+        if self.recorder.ended(entry, answer):
+            self.reserver.drained = False  # it may be ready again at once: look before stopping

@@ -1,0 +1,186 @@
+"""The worker's ledger: every job it holds, in one place, with its state.
+
+A job enters when it is reserved and leaves when its outcome is written (or
+when it is dropped unstarted). In between it moves only along these edges::
+
+    reserved ──► running ──► uncommitted ──► recording ──► (gone)
+       │  ▲         │                           ▲
+       │  └─────────┤ (its child died before    │
+       │            │  starting it)             │
+       └────────────┴───────────────────────────┘
+       └──► (gone): dropped unstarted (lease lost, given back)
+
+- **reserved**: leased, waiting for a child (the buffer, in order);
+- **running**: handed to a child (running, or queued in that child's pipe);
+- **uncommitted**: an idempotent job that is done, its effects in its child's
+  transaction not yet committed;
+- **recording**: its outcome is decided and waits in the completer.
+
+Any other move is a bug and raises :class:`IllegalMove`. The ledger counts
+the jobs processed (each job that ran, or was settled without running, once)
+and how many it holds in each state, so the supervisor's questions ("any
+running?", "anything in hand?") cost nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any
+
+from ..policy import Rules
+from ..serializer import Payload
+from ..store import Lease, ReservedRow
+from .clock import Deadline
+
+
+class State(Enum):
+    RESERVED = "reserved"
+    RUNNING = "running"
+    UNCOMMITTED = "uncommitted"
+    RECORDING = "recording"
+
+
+_GONE = None
+_MOVES: dict[State | None, frozenset[State | None]] = {
+    _GONE: frozenset({State.RESERVED}),
+    State.RESERVED: frozenset({State.RUNNING, State.RECORDING, _GONE}),
+    State.RUNNING: frozenset({State.RESERVED, State.UNCOMMITTED, State.RECORDING}),
+    State.UNCOMMITTED: frozenset({State.RECORDING}),
+    State.RECORDING: frozenset({_GONE}),
+}
+
+
+class IllegalMove(AssertionError):
+    """A job was moved along an edge the ledger does not have: a bug in the worker."""
+
+
+@dataclass(eq=False, slots=True)
+class Entry:
+    """A job this worker holds a lease on."""
+
+    row: ReservedRow
+    lease: Lease
+    job: Any  # dbqueue.Job, or None when the row could not be resolved
+    payload: Payload
+    reserved_mono: float
+    lease_until: Deadline
+    """Until when the lease certainly holds: it was taken or last renewed for
+    ``retry_after`` seconds by a statement sent after the instant this counts
+    from. Moved forward by each renewal."""
+    rules: Rules = field(default_factory=lambda: Rules(tries=1))
+    timeout: float = 0.0
+    locks: list[tuple[str, str, float]] = field(default_factory=list)
+    """(key, owner, ttl) of the locks taken for this job before it runs."""
+    state: State | None = None
+    child: Any = None
+    """The child it was handed to (running, uncommitted)."""
+    counted: bool = False
+    """Whether its attempt is counted in the table (see Store.complete's ``started``)."""
+    lease_lost: bool = False
+    """Another worker took the job (this one stalled) while it ran here."""
+    runtime: float | None = None
+    """Seconds its attempt ran, once it has ended (for the log)."""
+
+    @property
+    def id(self) -> int:
+        return self.row.id
+
+    def db_now(self) -> datetime:
+        """The database clock now, from the reservation's timestamp and a monotonic clock."""
+        return self.row.reserved_at + timedelta(seconds=time.monotonic() - self.reserved_mono)
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self._entries: dict[int, Entry] = {}
+        self.reserved: deque[Entry] = deque()
+        """Reserved jobs in the order they are to run (read-only outside the ledger)."""
+        self._counts = dict.fromkeys(State, 0)
+        self.processed = 0
+        """Jobs that ran to an end here, or were settled without running."""
+
+    # --- questions ---------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(list(self._entries.values()))
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._entries
+
+    def get(self, job_id: int) -> Entry | None:
+        return self._entries.get(job_id)
+
+    def count(self, *states: State) -> int:
+        return sum(self._counts[state] for state in states)
+
+    def in_state(self, *states: State) -> list[Entry]:
+        return [entry for entry in self._entries.values() if entry.state in states]
+
+    def holding(self) -> list[Entry]:
+        """The jobs not finished with: reserved, running or uncommitted."""
+        return self.in_state(State.RESERVED, State.RUNNING, State.UNCOMMITTED)
+
+    # --- moves ---------------------------------------------------------------------
+
+    def add(self, entry: Entry) -> None:
+        """A newly reserved job, queued behind the others."""
+        if entry.id in self._entries:
+            raise IllegalMove(f"job {entry.id} is in the ledger already")
+        self._move(entry, State.RESERVED)
+        self._entries[entry.id] = entry
+        self.reserved.append(entry)
+
+    def start(self, child: Any) -> Entry:
+        """The first reserved job goes to ``child``."""
+        entry = self.reserved.popleft()
+        self._move(entry, State.RUNNING)
+        entry.child = child
+        return entry
+
+    def unstart(self, entry: Entry) -> None:
+        """Its child died before starting it: first in line again."""
+        self._move(entry, State.RESERVED)
+        entry.child = None
+        self.reserved.appendleft(entry)
+
+    def await_commit(self, entry: Entry) -> None:
+        """Done, its effects in its child's open transaction."""
+        self._move(entry, State.UNCOMMITTED)
+
+    def settle(self, entry: Entry, *, ran: bool) -> None:
+        """Its outcome is decided; ``ran`` counts it as processed."""
+        if entry.state is State.RESERVED:
+            self.reserved.remove(entry)  # rare: a job settled without running
+        self._move(entry, State.RECORDING)
+        entry.child = None
+        if ran:
+            self.processed += 1
+
+    def forget(self, entry: Entry) -> None:
+        """Its outcome is written, or it is dropped unstarted: it leaves the ledger."""
+        if entry.state is State.RESERVED:
+            self.reserved.remove(entry)
+        self._move(entry, _GONE)
+        del self._entries[entry.id]
+
+    def _move(self, entry: Entry, to: State | None) -> None:
+        if to not in _MOVES[entry.state]:
+            raise IllegalMove(f"job {entry.id} cannot go from {_name(entry.state)} to "
+                              f"{_name(to)}")
+        if entry.state is not None:
+            self._counts[entry.state] -= 1
+        if to is not None:
+            self._counts[to] += 1
+        entry.state = to
+
+
+def _name(state: State | None) -> str:
+    return "gone" if state is None else state.value

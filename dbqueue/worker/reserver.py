@@ -1,0 +1,138 @@
+"""Reserving jobs: how many to ask for, and what to do with the rows that come back.
+
+The reserver keeps enough jobs in the ledger for every child, plus, when
+jobs are short, about ``_BUFFER_SECONDS`` of work ahead so that no child
+waits for a round trip. Each row is admitted (decoded, resolved, checked
+against its tries) and its middleware's locks are taken for the batch in one
+statement; what cannot run is settled at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..store import Lease, ReservedRow, Store
+from .clock import Deadline
+from .health import DB_ERRORS, Health
+from .intake import admit
+from .joblocks import JobLocks
+from .ledger import Entry, Ledger, State
+from .options import WorkerOptions
+from .queues import QueueChoice
+from .recorder import Recorder
+
+log = logging.getLogger("dbqueue.worker")
+
+_BUFFER_SECONDS = 0.2  # prefetch about this much work when jobs are short
+
+
+class Reserver:
+    def __init__(self, app: Any, options: WorkerOptions, worker_id: str, *, ledger: Ledger,
+                 recorder: Recorder, job_locks: JobLocks, queues: QueueChoice,
+                 health: Health) -> None:
+        self.app = app
+        self.store: Store = app.store
+        self.options = options
+        self.worker_id = worker_id
+        self.ledger = ledger
+        self.recorder = recorder
+        self.job_locks = job_locks
+        self.queues = queues
+        self.health = health
+        self.sequence = 0
+        self.next_poll = 0.0
+        self.drained = False
+        """The last reservation found fewer ready jobs than it asked for."""
+        self.queues_empty = False
+        """--stop-when-drained: no job at all is left in the queues."""
+        self.avg_runtime: float | None = None
+        self._said_waiting = False
+
+    def ran(self, runtime: float) -> None:
+        """A job ran ``runtime`` seconds: the prefetch follows the average."""
+        self.avg_runtime = runtime if self.avg_runtime is None else (
+            0.9 * self.avg_runtime + 0.1 * runtime)
+
+    def prefetch(self) -> int:
+        if self.avg_runtime is None or self.options.once:
+            return 0
+        ahead = self.options.concurrency * _BUFFER_SECONDS / max(self.avg_runtime, 1e-4)
+        return min(self.options.prefetch, int(ahead))
+
+    def wanted(self) -> int:
+        """How many jobs to ask for now (0: none)."""
+        options, ledger = self.options, self.ledger
+        have = ledger.count(State.RESERVED, State.RUNNING)
+        want = options.concurrency + self.prefetch() - have
+        if options.max_jobs is not None:
+            want = min(want, options.max_jobs - ledger.processed - have)
+        uncovered = options.concurrency - have
+        if want <= 0 or (uncovered <= 0 and len(ledger.reserved) > self.prefetch() // 2):
+            return 0
+        return want
+
+    def refill(self, now: float) -> None:
+        if now < self.next_poll:
+            return
+        want = self.wanted()
+        if want <= 0:
+            return
+        self.sequence += 1
+        token = f"{self.worker_id}.{self.sequence}"
+        # Read before the statement goes out: the lease, counted by the server's
+        # clock from when it ran, lasts at least until this.
+        lease_until = Deadline.after(self.options.retry_after)
+        try:
+            rows = self.store.reserve(self.queues.current(), want, token, self.options.retry_after)
+            if not rows and not self.ledger and not self.recorder.hooks:
+                self._look_for_any_job()
+        except DB_ERRORS as exc:
+            self.next_poll = now + max(self.options.sleep, self.health.failed("reserve jobs", exc))
+            return
+        self.health.succeeded()
+        self.drained = len(rows) < want
+        self.next_poll = now + self.options.sleep if self.drained else 0.0
+        self._take(rows, token, lease_until)
+
+    def _take(self, rows: list[ReservedRow], token: str, lease_until: Deadline) -> None:
+        admitted: list[Entry] = []
+        for row in rows:
+            if row.id in self.ledger:
+                self._adopt(row, Lease(row.id, token), lease_until)
+                continue
+            entry, failure = admit(self.app, row, token, lease_until)
+            self.ledger.add(entry)
+            if failure is None:
+                admitted.append(entry)
+            else:
+                self.recorder.failed(entry, failure, ran=False)
+        _, released = self.job_locks.take(admitted)
+        if released:  # back in the queue, maybe ready at once
+            self.drained = False
+
+    def _adopt(self, row: ReservedRow, lease: Lease, lease_until: Deadline) -> None:
+        """Take a new lease on a job this worker still holds under an old one.
+
+        That happens only when this worker stalled past ``retry_after``: it
+        goes on under the new token instead of running a second time (a
+        reservation counts no attempt). Another worker may have run an attempt
+        of it meanwhile: then its run here is the next attempt, not the same.
+        """
+        entry = self.ledger.get(row.id)
+        assert entry is not None
+        entry.lease, entry.lease_until, entry.lease_lost = lease, lease_until, False
+        if row.attempts > entry.row.attempts:
+            entry.row, entry.counted = entry.row._replace(attempts=row.attempts), False
+        log.warning("job %d was reserved again after this worker stalled; kept", lease.id)
+
+    def _look_for_any_job(self) -> None:
+        """Nothing was ready and nothing is in hand: say so once to a --once
+        worker's user, and see whether --stop-when-drained may stop."""
+        if self.options.stop_when_drained:
+            self.queues_empty = not self.queues.hold_jobs()
+        if self.options.once and not self._said_waiting:
+            self._said_waiting = True
+            log.info("no job is ready on queue(s) %s; waiting for one (--once runs the next "
+                     "job to arrive; add --stop-when-empty to exit instead)",
+                     ",".join(self.options.queues))
