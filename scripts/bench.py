@@ -81,7 +81,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -97,8 +96,6 @@ SAMPLE = 2000  # single dispatches, and lock pairs per process
 TURN = 250  # single dispatches, then as many bare driver INSERTs, in turns
 CHUNK = 5000
 COPY_ROWS = 200_000  # rows per INSERT ... SELECT that fills a backlog
-LOCK_PROCESSES = 4
-LOCK_KEYS = 50  # per process
 
 
 def say(message: str) -> None:
@@ -298,42 +295,6 @@ def bench_backlog(app, noop, total: int, jobs: int, concurrency: int,
             "backlog_fill_s": round(fill_s, 3)}
 
 
-_start = None  # in a lock process: the barrier that all of them leave together
-
-
-def _set_start(barrier) -> None:
-    global _start
-    _start = barrier
-
-
-def lock_pairs(process: int, pairs: int) -> tuple[float, float]:
-    """In a lock process: time ``pairs`` acquire + release on this process's own keys."""
-    from bench_app import app
-
-    keys = [f"bench:{process}:{i}" for i in range(LOCK_KEYS)]
-    warm = app.lock(keys[0], ttl=60)  # connect before the clock starts
-    warm.acquire()
-    warm.release()
-    _start.wait(timeout=120)
-    started = time.time()  # the wall clock: comparable across processes
-    for i in range(pairs):
-        lock = app.lock(keys[i % LOCK_KEYS], ttl=60)
-        if not (lock.acquire() and lock.release()):
-            raise RuntimeError(f"lock {lock.key!r}: acquire or release failed")
-    return started, time.time()
-
-
-def lock_rate(processes: int, pairs: int) -> float:
-    """Total acquire + release pairs per second of ``processes`` processes at once."""
-    say(f"{pairs} lock acquire + release pairs in each of {processes} process(es)")
-    context = multiprocessing.get_context("spawn")  # each process its own App and pool
-    # A barrier is shared by inheritance only: each process gets it when it starts.
-    with context.Pool(processes, _set_start, (context.Barrier(processes),)) as pool:
-        spans = pool.starmap(lock_pairs, [(p, pairs) for p in range(processes)])
-    started, ended = min(s for s, _ in spans), max(e for _, e in spans)
-    return round(processes * pairs / (ended - started), 1)
-
-
 def bench(app, only: set[str], jobs: int, concurrency: int,
           backlog: int | None) -> dict[str, float | None]:
     from bench_app import idempotent_noop, noop, overlap_noop, stamp
@@ -361,6 +322,8 @@ def bench(app, only: set[str], jobs: int, concurrency: int,
     if "locks" in only:
         reset(app)
         pairs = min(jobs, SAMPLE)
+        from bench_locks import LOCK_PROCESSES, lock_rate
+
         results["lock_pairs_per_s_1proc"] = lock_rate(1, pairs)
         results[f"lock_pairs_per_s_{LOCK_PROCESSES}proc"] = lock_rate(LOCK_PROCESSES, pairs)
     if "latency" in only:
@@ -395,8 +358,10 @@ def table(results: dict[str, float | None]) -> None:
                      f"(excl. start-up: {results['backlog_ratio_excl_startup']})")
     if "latency_p50_ms" in results:
         lines.append(f"pickup latency: p50 {results['latency_p50_ms']} ms, "
-                     f"p99 {results['latency_p99_ms']} ms; 10 idle workers: "
-                     f"{results['idle_10_workers_qps']} queries/s")
+                     f"p99 {results['latency_p99_ms']} ms")
+    if results.get("idle_10_workers_qps") is not None:
+        lines.append(f"10 idle workers add {results['idle_10_workers_qps']} statements/s "
+                     "(PostgreSQL: transactions/s) on the server")
     if lines:
         say("\n".join(lines))
 
