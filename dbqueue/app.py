@@ -18,6 +18,7 @@ from .locks import Lock
 from .policy import Backoff
 from .settings import Settings
 from .store import Admin, Executor, Store, WorkerRegistry, create_engine
+from .store.database import Database
 from .store.locks import Locks
 from .store.outcomes import Outcome, Outcomes
 
@@ -101,6 +102,11 @@ class App:
     def admin(self) -> Admin:
         """Failed jobs and queue status, for operators."""
         return Admin(self.store)
+
+    @property
+    def database(self) -> Database:
+        """The database the URL names, before anything connects (for the command line)."""
+        return Database(self.settings.url, self.settings.table_prefix)
 
     @property
     def workers(self) -> WorkerRegistry:

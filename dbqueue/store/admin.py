@@ -11,6 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..errors import NotFound
+from .locks import LockInfo, Locks
+from .outcomes import Outcomes
 from .store import Store
 from .workers import WorkerRegistry
 
@@ -67,9 +69,40 @@ def _retried_columns(table: sa.Table) -> list[sa.Column[Any]]:
 
 
 class Admin:
+    """What operators ask of the queue: failed jobs, status, locks, outcomes and
+    the tables' revision. Each verb runs in a short transaction of its own."""
+
     def __init__(self, store: Store) -> None:
         self.store = store
         self.failed = store.tables.failed_jobs
+
+    # --- the tables, locks and outcomes ---------------------------------------
+
+    def check_schema(self) -> None:
+        """Raise NotMigrated unless the tables are at a revision this dbqueue
+        works with (SchemaOutdated if they are merely older)."""
+        self.store.check_schema()
+
+    def revision(self) -> str | None:
+        """The revision the tables are at; None when there are none."""
+        from . import migrator  # Alembic: kept out of every other command's start-up
+
+        return migrator.current_revision(self.store, self.store.prefix)
+
+    def locks(self) -> list[LockInfo]:
+        """The locks held now (expired ones hold nothing), by key."""
+        return Locks(self.store).held()
+
+    def release_lock(self, key: str) -> bool:
+        """Free the lock ``key`` whoever holds it; return whether it was held."""
+        return Locks(self.store).force_release(key)
+
+    def prune_outcomes(self, older_than_days: float) -> int:
+        """Delete the outcomes of idempotent jobs recorded more than
+        ``older_than_days`` days ago; return how many."""
+        return Outcomes(self.store).prune(older_than_days)
+
+    # --- failed jobs ----------------------------------------------------------
 
     def _match(self, ref: str) -> sa.ColumnElement[bool]:
         """A failed job by its number or its uuid."""
