@@ -320,10 +320,10 @@ def bench(app, only: set[str], jobs: int, concurrency: int,
         if "process" in only:
             ratios(results, "backlog", "process")
     if "locks" in only:
-        reset(app)
-        pairs = min(jobs, SAMPLE)
         from bench_locks import LOCK_PROCESSES, lock_rate
 
+        reset(app)
+        pairs = min(jobs, SAMPLE)
         results["lock_pairs_per_s_1proc"] = lock_rate(1, pairs)
         results[f"lock_pairs_per_s_{LOCK_PROCESSES}proc"] = lock_rate(LOCK_PROCESSES, pairs)
     if "latency" in only:
