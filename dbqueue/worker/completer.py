@@ -222,8 +222,7 @@ class BatchCompleter:
                                             self.hooks)
             except Exception as exc:
                 if isinstance(exc, TRANSIENT) or not self._give_up(group, exc):
-                    for rest in groups[number:]:
-                        self._put_back(rest, now, exc)
+                    self._put_back([r for rest in groups[number:] for r in rest], now, exc)
                     return finished
                 finished += [r.entry for r in group if isinstance(r, _ENDINGS)]
                 continue

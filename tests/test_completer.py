@@ -1,0 +1,155 @@
+"""The completer seam: records written together or one by one, nothing lost
+when a write fails, a refused job set aside. Runs on every backend, with
+failures injected through a completion hook (a write in the same transaction)."""
+
+import logging
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from dbqueue.errors import DatabaseUnavailable
+from dbqueue.serializer import Payload
+from dbqueue.store import Failure, Lease, NewJob
+from dbqueue.worker.clock import Deadline
+from dbqueue.worker.completer import (
+    BatchCompleter,
+    Completed,
+    Failed,
+    InlineCompleter,
+    Released,
+)
+from dbqueue.worker.health import Health
+from dbqueue.worker.ledger import Entry
+from tests.conftest import count
+
+
+def reserve(app, n: int, token: str = "w.1") -> list[Entry]:
+    store = app.store
+    for _ in range(n):
+        store.push(NewJob("default", "noop", "{}"))
+    rows = store.reserve(["default"], n, token, 90)
+    assert len(rows) == n
+    return [Entry(row, Lease(row.id, token), None, Payload(), time.monotonic(),
+                  Deadline.after(90)) for row in rows]
+
+
+def jobs_left(app) -> int:
+    return count(app, app.store.tables.jobs)
+
+
+class Hooks:
+    """Completion hooks that fail on demand: ``unreachable`` raises as an outage
+    would; ``refuse`` makes the server refuse a statement while those jobs
+    are in the transaction."""
+
+    def __init__(self) -> None:
+        self.unreachable = False
+        self.refuse: set[int] = set()
+        self.transactions: list[set[int]] = []
+
+    def __call__(self, connection, completion, recorded):
+        if self.unreachable:
+            raise DatabaseUnavailable("the database is unreachable (injected)")
+        if self.refuse & recorded:
+            connection.execute(sa.text("SELECT * FROM dbqueue_no_such_table"))
+        self.transactions.append(set(recorded))
+
+
+def test_completions_wait_to_share_one_transaction_then_go_together(app):
+    hooks = Hooks()
+    completer = BatchCompleter(app.store, Health(), "host:1", [hooks], max_wait=60)
+    entries = reserve(app, 3)
+    for entry in entries:
+        completer.add(Completed(entry))
+    now = time.monotonic()
+    assert not completer.due(now, busy=True)  # other work in hand: wait for more
+    assert completer.due(now, busy=False)
+    assert completer.flush(now) == entries
+    assert hooks.transactions == [{entry.id for entry in entries}]
+    assert jobs_left(app) == 0 and len(completer) == 0
+
+
+def test_a_retry_is_written_at_once_and_counts_its_attempt(app):
+    completer = BatchCompleter(app.store, Health(), "host:1", max_wait=60)
+    [entry] = reserve(app, 1)
+    completer.add(Released(entry, 0.0, 1, "boom", True))
+    assert completer.due(time.monotonic(), busy=True)
+    assert completer.flush() == [entry]
+    [row] = app.store.reserve(["default"], 1, "w.2", 90)
+    assert (row.id, row.attempts) == (entry.id, 2)
+
+
+def test_nothing_is_lost_while_the_database_is_unreachable(app, caplog):
+    hooks = Hooks()
+    health = Health()
+    completer = BatchCompleter(app.store, health, "host:1", [hooks])
+    entries = reserve(app, 2)
+    completer.add(Completed(entries[0]))
+    completer.add(Failed(entries[1], Failure("ValueError", "bad", ""), 1, True))
+    hooks.unreachable = True
+    now = time.monotonic()
+    with caplog.at_level(logging.ERROR, "dbqueue.worker"):
+        assert completer.flush(now) == []
+    assert "unreachable" in caplog.text and health.failing
+    assert len(completer) == 2 and jobs_left(app) == 2  # rolled back, kept
+    assert completer.flush(now) == []  # not before retry_at
+    hooks.unreachable = False
+    assert completer.flush(completer.retry_at) == entries
+    assert jobs_left(app) == 0 and not health.failing
+    assert count(app, app.store.tables.failed_jobs) == 1
+
+
+def test_a_refused_job_is_written_alone_then_set_aside_and_the_others_go_through(app, caplog):
+    hooks = Hooks()
+    completer = BatchCompleter(app.store, Health(), "host:1", [hooks])
+    good, bad, also_good = reserve(app, 3)
+    for entry in (good, bad, also_good):
+        completer.add(Completed(entry))
+    hooks.refuse = {bad.id}
+    assert completer.flush(time.monotonic()) == []  # the batch is refused as a whole
+    finished = completer.flush(completer.retry_at)  # then one job at a time
+    assert finished == [good]
+    assert jobs_left(app) == 2 and len(completer) == 2
+    with caplog.at_level(logging.ERROR, "dbqueue.worker"):
+        for _ in range(2):
+            finished += completer.flush(completer.retry_at)
+    assert finished == [good, bad, also_good]
+    assert f"refused 3 times to record the outcome of job {bad.id}" in caplog.text
+    assert jobs_left(app) == 1  # the refused one stays, until its lease runs out
+    assert len(completer) == 0
+
+
+def test_a_job_another_worker_took_is_left_alone(app, caplog):
+    completer = BatchCompleter(app.store, Health(), "host:1")
+    [entry] = reserve(app, 1)
+    jobs = app.store.tables.jobs
+    with app.engine.begin() as c:  # this worker stalled; another reserved the job
+        c.execute(sa.update(jobs).values(reserved_by="other.1"))
+    completer.add(Completed(entry))
+    with caplog.at_level(logging.WARNING, "dbqueue.worker"):
+        assert completer.flush() == [entry]
+    assert "1 completed job(s) had lost their lease" in caplog.text
+    assert jobs_left(app) == 1
+
+
+def test_the_inline_completer_writes_each_job_in_a_transaction_of_its_own(app):
+    hooks = Hooks()
+    completer = InlineCompleter(app.store, Health(), "host:1", [hooks])
+    entries = reserve(app, 3)
+    for entry in entries:
+        completer.add(Completed(entry))
+        assert completer.due(time.monotonic(), busy=True)
+    assert completer.flush() == entries
+    assert hooks.transactions == [{entry.id} for entry in entries]
+    assert jobs_left(app) == 0
+
+
+@pytest.mark.parametrize("completer_class", [BatchCompleter, InlineCompleter])
+def test_drain_writes_what_waits_before_exit(app, completer_class):
+    completer = completer_class(app.store, Health(), "host:1")
+    entries = reserve(app, 2)
+    for entry in entries:
+        completer.add(Completed(entry))
+    assert completer.drain() == entries
+    assert jobs_left(app) == 0
