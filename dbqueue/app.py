@@ -154,8 +154,9 @@ class App:
     def job(self, func: Callable[P, R], /) -> Job[P, R]: ...
 
     @overload
-    def job(self, *, name: str | None = None, queue: str = "default", tries: int | None = 1,
-            backoff: Backoff | list[float] = 0, timeout: float | timedelta = 60,
+    def job(self, func: None = None, /, *, name: str | None = None, queue: str = "default",
+            tries: int | None = 1, backoff: Backoff | list[float] = 0,
+            timeout: float | timedelta = 60,
             retry_until: float | timedelta | None = None, priority: int = 0,
             dont_retry: type[BaseException] | Iterable[type[BaseException]] = (),
             on_failure: Callable[..., Any] | None = None,
@@ -166,7 +167,7 @@ class App:
             idempotency_key: Callable[..., Any] | None = None,
             ) -> Callable[[Callable[P, R]], Job[P, R]]: ...
 
-    def job(self, func: Callable[..., Any] | None = None, /,  # type: ignore[misc]
+    def job(self, func: Callable[..., Any] | None = None, /,
             **options: Any) -> Any:
         """Register a function as a job.
 
@@ -198,8 +199,10 @@ class App:
         return lambda f: self._register(f, **options)
 
     def _register(self, func: Callable[P, R], *, name: str | None = None,
-                  dont_retry: type[BaseException] | Iterable[type[BaseException]] = (),
                   **options: Any) -> Job[P, R]:
+        # The options as the caller wrote them (a timedelta, a backoff list,
+        # one class for dont_retry): Job.__post_init__ checks and normalizes
+        # them all, in one place, for every way a Job is made.
         if name is None:
             if func.__module__ == "__main__":
                 raise ConfigurationError(
@@ -210,7 +213,7 @@ class App:
         existing = self.jobs.get(name)
         if existing is not None and existing.func is not func:
             raise ConfigurationError(f"two jobs are named {name!r}; give one a name=")
-        job = Job(self, func, name, dont_retry=dont_retry, **options)  # type: ignore[arg-type]
+        job = Job(self, func, name, **options)
         self.jobs[name] = job
         return job
 

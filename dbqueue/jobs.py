@@ -285,9 +285,8 @@ class Job(Generic[P, R]):
 
     def timeout_for(self, options: dict[str, Any]) -> float:
         """The timeout of one queued instance of this job, in seconds."""
-        if "timeout" not in options:
-            return self.timeout
-        return seconds("timeout", options["timeout"], allow_zero=False)  # type: ignore[return-value]
+        timeout = seconds("timeout", options.get("timeout"), allow_zero=False)
+        return self.timeout if timeout is None else timeout
 
     @property
     def unique(self) -> bool:
