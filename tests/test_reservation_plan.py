@@ -40,6 +40,7 @@ def test_a_reservation_walks_an_index_at_any_backlog(app: Any) -> None:
         _add(app, jobs, "rare", 20)
         for backlog, added in zip(BACKLOGS, _steps(BACKLOGS), strict=True):
             _add(app, jobs, "default", added)
+            assert _count(app, jobs, "default") == backlog
             for queue in QUEUES:
                 for limit in LIMITS:
                     statement = dialect.reserve_statement(jobs, queue, limit, "t", LEASE)
@@ -73,22 +74,24 @@ def _add(app: Any, jobs: sa.Table, queue: str, count: int) -> None:
     _analyze(app, jobs)
 
 
+def _count(app: Any, jobs: sa.Table, queue: str) -> int:
+    return int(app.store.read(lambda c: c.execute(
+        sa.select(sa.func.count()).select_from(jobs).where(jobs.c.queue == queue)).scalar_one()))
+
+
 def _numbers(connection: Connection, count: int) -> sa.Subquery:
     """1 to ``count`` as a subquery with one column, n, made by the server."""
     if connection.dialect.name == "postgresql":
         series = sa.func.generate_series(1, count).table_valued("n").render_derived()
         return sa.select(series.c.n).subquery()
-    # MySQL and MariaDB: ten digits by a recursive CTE (few iterations, under
+    # MySQL and MariaDB: ten digits by a recursive CTE (ten iterations, under
     # any recursion limit), crossed six times.
-    digits = sa.select(sa.literal(0).label("d")).cte("digits", recursive=True)
-    digits = digits.union_all(sa.select(digits.c.d + 1).where(digits.c.d < 9))
-    places = [digits.alias(f"p{power}") for power in range(6)]
-    n = sum((place.c.d * 10 ** power for power, place in enumerate(places)),
-            start=sa.literal(1))
-    crossed = places[0]
-    for place in places[1:]:
-        crossed = crossed.join(place, sa.true())
-    return sa.select(n.label("n")).select_from(crossed).where(n <= count).subquery()
+    places = ", ".join(f"digits p{power}" for power in range(6))
+    number = " + ".join(f"{10 ** power} * p{power}.d" for power in range(6))
+    return sa.text(
+        "WITH RECURSIVE digits (d) AS (SELECT 0 UNION ALL SELECT d + 1 FROM digits WHERE d < 9)"
+        f" SELECT 1 + {number} AS n FROM {places} WHERE {number} < :count"
+    ).bindparams(count=count).columns(sa.column("n", sa.Integer)).subquery("numbers")
 
 
 def _analyze(app: Any, jobs: sa.Table) -> None:
@@ -130,17 +133,24 @@ def _plans(connection: Connection, statement: sa.Executable) -> list[Any]:
 
 def _fault(connection: Connection, jobs: sa.Table, plan: Any) -> str | None:
     if connection.dialect.name == "postgresql":
-        if re.search(rf"Seq Scan on {jobs.name}\b", plan):
-            return "a sequential scan of the jobs table"
-        if re.search(r"Sort Key: .*\bpriority\b", plan):
-            return "a sort of every ready row"
-        return None
+        faults = _postgresql_faults(jobs)
+        return next((fault for pattern, fault in faults if re.search(pattern, plan)), None)
     for row in plan:
         if row["table"] == jobs.name and row["type"] == "ALL":
             return "a full scan of the jobs table (type ALL)"
         if row["table"] == jobs.name and "filesort" in (row["Extra"] or ""):
             return "a sort of every ready row (filesort)"
     return None
+
+
+def _postgresql_faults(jobs: sa.Table) -> list[tuple[str, str]]:
+    return [
+        (rf"Seq Scan on {jobs.name}\b", "a sequential scan of the jobs table"),
+        (r"Sort Key: .*\bpriority\b", "a sort of every ready row"),
+        # Checked on the row, not in the index: every job not yet due that the
+        # walk passes over costs a fetch from the table.
+        (r"Filter: .*\bavailable_at\b", "available_at checked on the rows, not in the index"),
+    ]
 
 
 def _shown(plan: Any) -> str:

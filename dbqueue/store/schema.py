@@ -17,7 +17,8 @@ from .dialects import UtcDateTime
 REVISION = "0003"
 """The oldest revision of the tables this code works with: workers refuse
 older ones. Raise it with a migration this code cannot run without (0004 only
-stops SQLite from reusing ids: the code works without it)."""
+stops SQLite from reusing ids, 0006 only changes an index: the code works
+without them)."""
 
 
 def version_table(prefix: str = "") -> str:
@@ -58,7 +59,9 @@ def build_tables(prefix: str = "") -> Tables:
         sa.Column("created_at", UtcDateTime, nullable=False),
         sa.Column("unique_key", sa.String(191)),
         sa.Column("unique_expires_at", UtcDateTime),
-        sa.Index(f"{prefix}jobs_claim_idx", "queue", "priority", "id"),
+        # A reservation walks (queue, priority, id) in order; available_at, last,
+        # lets the walk pass over jobs not yet due inside the index (0006).
+        sa.Index(f"{prefix}jobs_ready_idx", "queue", "priority", "id", "available_at"),
         sa.Index(f"{prefix}jobs_unique_key_idx", "unique_key", unique=True),
         sqlite_autoincrement=True,  # ids are never reused (migration 0004)
     )

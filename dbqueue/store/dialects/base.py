@@ -131,6 +131,11 @@ class Dialect:
         """``column IN (values)``: one bound parameter per value."""
         return column.in_(values)
 
+    def one_of_selected(self, column: sa.ColumnElement[Any],
+                        select: sa.Select[Any]) -> sa.ColumnElement[bool]:
+        """``column IN (select)``, for a ``select`` of one column."""
+        return column.in_(select.scalar_subquery())
+
     # --- reservation ----------------------------------------------------------
 
     def reserve(self, connection: Connection, jobs: sa.Table, queue: str, limit: int,
@@ -140,7 +145,8 @@ class Dialect:
         Each claimed row gets ``reserved_by = token``, ``reserved_at = now`` and
         a lease until ``now + lease`` (kept in available_at); its attempts are
         left alone (see ReservedRow.attempts). The default is one statement:
-        UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING.
+        UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING
+        (see ``one_of_selected`` for PostgreSQL's spelling of the IN).
         """
         statement = self.reserve_statement(jobs, queue, limit, token, lease)
         # The attempt's number is counted here, in Python: a row someone set to
@@ -159,7 +165,7 @@ class Dialect:
             candidates = candidates.with_for_update(skip_locked=True)
         return (
             sa.update(jobs)
-            .where(jobs.c.id.in_(candidates.scalar_subquery()))
+            .where(self.one_of_selected(jobs.c.id, candidates))
             .values(
                 reserved_by=token,
                 reserved_at=self.now(),
@@ -170,8 +176,10 @@ class Dialect:
 
     def claimable(self, jobs: sa.Table, queue: str, limit: int) -> sa.Select[Any]:
         # A reserved job's lease expiry is its available_at, so "ready" and "lease
-        # expired" are one range condition, served by the (queue, priority, id)
-        # index walk in ORDER BY order.
+        # expired" are one condition, checked during the walk of the index
+        # (queue, priority, id, available_at) in ORDER BY order: inside the
+        # index, so jobs not yet due cost no row fetch, and the walk stops
+        # after ``limit`` rows whatever the backlog.
         return (
             sa.select(jobs.c.id)
             .where(jobs.c.queue == queue, jobs.c.available_at <= self.now())

@@ -63,6 +63,16 @@ class PostgreSQL(Dialect):
         array = sa.literal(list(values), postgresql.ARRAY(column.type))
         return column == sa.any_(array)
 
+    def one_of_selected(self, column: sa.ColumnElement[Any],
+                        select: sa.Select[Any]) -> sa.ColumnElement[bool]:
+        # = ANY(ARRAY(SELECT ...)), not IN (SELECT ...): the planner makes IN a
+        # semi-join, and when it expects the SELECT to give many rows (a batch
+        # of 500 from 20,000 jobs; in a prepared statement's generic plan, a
+        # tenth of the table at any LIMIT) it hashes them against a sequential
+        # scan of the whole table. ARRAY(...) runs once, before the rest, and
+        # = ANY of it is a primary key lookup per id, whatever the estimates.
+        return column == sa.any_(sa.func.array(select.scalar_subquery()))
+
     def distinct_values(self, connection: Connection, column: sa.Column[Any]) -> list[Any]:
         # PostgreSQL has no skip scan: DISTINCT would read the whole index. A
         # recursive query jumps from each value to the next in one index probe,
