@@ -39,6 +39,16 @@ if TYPE_CHECKING:
 _UNAVAILABLE = (DatabaseUnavailable, sa.exc.TimeoutError)
 
 
+class CommitFailed(Exception):
+    """A shared transaction of idempotent jobs did not commit (the database's
+    error is the cause). ``transient``: none of its jobs' doing (a lost
+    connection, a deadlock), and whether it took effect is unknown."""
+
+    def __init__(self, transient: bool) -> None:
+        super().__init__("the transaction of idempotent jobs did not commit")
+        self.transient = transient
+
+
 class _JobTransaction:
     """What ``transaction()`` hands the running job: the batch's connection,
     behind a savepoint taken on first use, so that the job's own writes can be
@@ -220,7 +230,7 @@ class OutcomeBatch:
         if not self.sharing:
             self.pending = []
             try:
-                self.commit()
+                self._commit()
             except sa.exc.DBAPIError as exc:
                 if self.transient(exc):  # it may have committed: the key makes a rerun safe
                     raise Release(0.0) from exc
@@ -251,10 +261,16 @@ class OutcomeBatch:
                 "after a database error, a deadlock perhaps)")
 
     def commit(self) -> None:
-        """Commit the open transaction; raise what the database said if it cannot.
+        """Commit the open transaction; raise CommitFailed if it cannot.
 
         Either way ``pending`` is left for the caller to report and clear.
         """
+        try:
+            self._commit()
+        except sa.exc.DBAPIError as exc:
+            raise CommitFailed(self.transient(exc)) from exc
+
+    def _commit(self) -> None:
         connection, transaction = self._connection, self._transaction
         if connection is None or transaction is None:
             raise RuntimeError("no transaction is open")

@@ -12,7 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 import dbqueue
-from dbqueue.worker.child import Committed, Finished, RunJob, child_main
+from dbqueue.worker.child import child_main
+from dbqueue.worker.messages import Committed, Finished, RunJob
 from tests.conftest import PREFIX, ROOT, count, rows, wait_until, worker_env
 
 FAST = ("--sleep", "0.05")

@@ -15,9 +15,9 @@ from collections import deque
 from typing import Any
 
 from ..errors import JobTimeout, WorkerCrashed
-from .child import Committed, Finished, RunHook, RunJob
 from .health import LONGEST_WAIT, Health
 from .ledger import Entry, Ledger, State
+from .messages import Committed, Finished, RunHook, RunJob
 from .options import WorkerOptions
 from .pool import Child, Ended, Pool, Task
 from .recorder import Recorder

@@ -15,9 +15,9 @@ from ..errors import ConfigurationError, MaxAttemptsExceeded, UnknownJob
 from ..policy import refuse_attempt
 from ..serializer import Payload
 from ..store import Failure, Lease, ReservedRow
-from .child import class_name
 from .clock import Deadline
 from .ledger import Entry
+from .messages import class_name
 
 
 def admit(app: Any, row: ReservedRow, token: str, lease_until: Deadline,

@@ -19,9 +19,9 @@ from typing import Any
 from ..middleware import LOCK_MARGIN, JobContext, LockRequest
 from ..store import Failure
 from ..store.locks import Locks
-from .child import class_name
 from .health import DB_ERRORS, Health
 from .ledger import Entry
+from .messages import class_name
 from .recorder import Recorder
 
 

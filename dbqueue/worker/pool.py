@@ -20,7 +20,8 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from . import forkserver
-from .child import Committed, Finished, RunHook, RunJob, child_main
+from .child import child_main
+from .messages import Committed, Finished, RunHook, RunJob
 
 Task = RunJob | RunHook
 

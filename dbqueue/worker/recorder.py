@@ -13,13 +13,13 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 
+from ..jobs import JobFailure
 from ..policy import Ended, GiveUp, decide
 from ..store import Failure, Store
-from ..jobs import JobFailure
-from .child import Finished, RunHook, class_name
 from .completer import Completed, Completer, Failed, KeyFreed, Record, Released, Unlocked
 from .health import DB_ERRORS, Health
 from .ledger import Entry, Ledger
+from .messages import Finished, RunHook, class_name
 
 log = logging.getLogger("dbqueue.worker")
 

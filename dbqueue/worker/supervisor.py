@@ -24,12 +24,12 @@ from typing import Any
 from ..store import WorkerInfo, WorkerRegistry
 from ..store.locks import Locks
 from ..store.queues import Queues
-from .child import RunHook
 from .completer import FLUSH_DELAY, BatchCompleter, Counted
 from .handout import Handout
 from .health import DB_ERRORS, TRANSIENT, Health
 from .joblocks import JobLocks
 from .ledger import Ledger, State
+from .messages import RunHook
 from .options import WorkerOptions
 from .pool import Pool
 from .queues import QueueChoice

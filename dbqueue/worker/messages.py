@@ -1,0 +1,73 @@
+"""The messages between the supervisor and its children.
+
+They are NamedTuples: they cross a pipe once per job, and tuples pickle
+several times faster than slotted dataclasses.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+from ..jobs import JobFailure
+
+# From the supervisor.
+
+
+class RunJob(NamedTuple):
+    job_id: int
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    attempt: int
+    timeout: float
+    locks: frozenset[str] = frozenset()
+    """Lock keys the supervisor took for the job (see WithoutOverlapping)."""
+    start_by: float = math.inf
+    start_by_wall: float = math.inf
+    """Do not start the job after this instant (by the monotonic clock, shared
+    by a host's processes, or by the wall clock; see worker.clock): its lease
+    may have run out by then, and another worker may be running it. A task
+    queued here while the whole worker was stopped (SIGSTOP, a paused VM) is
+    answered "expired" instead."""
+
+
+class RunHook(NamedTuple):
+    failure: JobFailure
+
+
+# From the child.
+
+
+class Finished(NamedTuple):
+    """The task ended. ``kind`` is "done", how the job failed (see policy.EndKind),
+    or "expired": not started, its ``start_by`` had passed."""
+
+    kind: str
+    rss_mb: float = 0.0
+    """The child's memory after the task, when the worker has a --memory limit."""
+    delay: float = 0.0
+    exception_class: str = ""
+    message: str = ""
+    traceback: str = ""
+    uncommitted: bool = False
+    """Done, but its effects are in a transaction not yet committed: wait for
+    the ``Committed`` message that names it."""
+
+
+class Committed(NamedTuple):
+    """The transaction of these idempotent jobs ended. If ``failure`` is set, it
+    did not commit, and that is how each of the jobs ended instead."""
+
+    job_ids: tuple[int, ...]
+    failure: Finished | None = None
+
+
+def class_name(error: BaseException | type[BaseException]) -> str:
+    cls = error if isinstance(error, type) else type(error)
+    module = cls.__module__
+    if module == "builtins":
+        return cls.__qualname__
+    if module.startswith("dbqueue."):
+        module = "dbqueue"  # the public name, not the private module
+    return f"{module}.{cls.__qualname__}"
