@@ -65,10 +65,13 @@ latency (see scripts/bench_latency.py)
   latency_p50_ms, _p99_ms,    one ``dbqueue work --concurrency C`` with default
   _max_ms                     options, idle, gets 50 lone dispatches 50-300 ms
                               apart: each job's start - its dispatch's return
-  idle_10_workers_qps         what 10 idle ``dbqueue work -c 1`` add to the server's
-                              statements per second (MySQL/MariaDB ``Questions``;
-                              PostgreSQL: transactions, ``xact_commit``), less the
-                              rate just before they started (null on SQLite)
+  idle_10_workers_qps         statements per second that 10 idle ``dbqueue work
+                              -c 1`` send, counted by a relay between them and the
+                              server (null on SQLite)
+  idle_10_workers_server_qps  what they add to the server's own counter per second
+                              (MySQL/MariaDB ``Questions``; PostgreSQL transactions,
+                              ``xact_commit``), less its rate just before: only
+                              meaningful on a server nobody else uses
 
 Every processing run starts on fresh tables. After it, the jobs and failed_jobs
 tables must be empty (hold TOTAL - N jobs after the backlog run), cache_locks
@@ -333,7 +336,7 @@ def bench(app, only: set[str], jobs: int, concurrency: int,
         say(f"pickup latency of one idle worker with concurrency {concurrency}")
         results.update(pickup_latency(stamp, worker_command(concurrency), worker_env()))
         reset(app)
-        results["idle_10_workers_qps"] = idle_cost(app, worker_command(1), worker_env())
+        results.update(idle_cost(app, worker_command(1), worker_env()))
     return results
 
 
@@ -360,8 +363,8 @@ def table(results: dict[str, float | None]) -> None:
         lines.append(f"pickup latency: p50 {results['latency_p50_ms']} ms, "
                      f"p99 {results['latency_p99_ms']} ms")
     if results.get("idle_10_workers_qps") is not None:
-        lines.append(f"10 idle workers add {results['idle_10_workers_qps']} statements/s "
-                     "(PostgreSQL: transactions/s) on the server")
+        lines.append(f"10 idle workers send {results['idle_10_workers_qps']} statements/s "
+                     f"(server counter: +{results['idle_10_workers_server_qps']}/s)")
     if lines:
         say("\n".join(lines))
 
