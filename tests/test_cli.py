@@ -596,10 +596,11 @@ def test_options_before_a_subcommand_reach_it_and_beat_the_environment(migrated_
 
 
 def test_urls_that_name_one_database_in_two_ways_are_the_same():
-    from dbqueue.cli.common import _same_url
+    from dbqueue.store.engine import same_database
 
-    assert _same_url("postgresql://u@db:5432/app", "postgresql+psycopg://u@db/app")
-    assert _same_url("mysql://u@db/app", "mysql+pymysql://u@db:3306/app")
-    assert _same_url("mariadb://u@db/app", "mysql://u@db/app")
-    assert not _same_url("postgresql://u@db/app", "postgresql://u@db:6432/app")
-    assert not _same_url("mysql://u@db/app", "mysql://u@db/other")
+    assert same_database("postgresql://u@db:5432/app", "postgresql+psycopg://u@db/app")
+    assert same_database("mysql://u@db/app", "mysql+pymysql://u@db:3306/app")
+    assert same_database("mariadb://u@db/app", "mysql://u@db/app")
+    assert not same_database("postgresql://u@db/app", "postgresql://u@db:6432/app")
+    assert not same_database("mysql://u@db/app", "mysql://u@db/other")
+    assert not same_database("postgresql://u@db/app", "mysql://u@db/app")  # other ports

@@ -16,6 +16,7 @@ import threading
 import pytest
 import sqlalchemy as sa
 
+import dbqueue
 from dbqueue.store import engine as engine_module
 from dbqueue.store.fastinsert import KEEP
 from tests.conftest import rows, wait_until
@@ -113,7 +114,7 @@ def test_a_dispatch_on_a_connection_the_server_closed_fails_and_the_next_reconne
     kill(jobs.app, backend, kept_server_id(fast, backend))
     # Whether the INSERT reached the server is unknown to the client: it is not
     # sent again behind the caller's back (that could queue the job twice).
-    with pytest.raises(sa.exc.DBAPIError):
+    with pytest.raises(dbqueue.DatabaseUnavailable):
         jobs.record.dispatch(2)
     third = jobs.record.dispatch(3)
     assert stored(jobs) == {first: 1, third: 3}

@@ -2,8 +2,10 @@
 
 from datetime import timedelta
 
+import pytest
 import sqlalchemy as sa
 
+import dbqueue
 from dbqueue.store import Admin, Failure, Lease, NewJob
 from tests.conftest import count, rows
 
@@ -180,3 +182,71 @@ def test_status_counts_ready_delayed_reserved_and_failed(app):
     assert (status_other.queue, status_other.ready) == ("other", 1)
     store.fail(row, "t", Failure("E", "m", "tb"), "h:1")
     assert admin.status()[1].failed == 1
+
+
+# --- the store is the error boundary: dbqueue's errors, never SQLAlchemy's ---
+
+CLOSED_PORTS = ["postgresql://postgres@127.0.0.1:1/test", "mysql://root@127.0.0.1:1/test"]
+
+
+@pytest.mark.parametrize("url", CLOSED_PORTS, ids=["postgresql", "mysql"])
+def test_every_kind_of_verb_against_an_unreachable_server_raises_database_unavailable(url):
+    app = dbqueue.App(url)
+    store = app.store
+    verbs = {
+        "push": lambda: store.push(NewJob("default", "noop", "{}")),  # the lone-dispatch path
+        "push_many": lambda: store.push_many([NewJob("default", "noop", "{}")] * 2),
+        "reserve": lambda: store.reserve(["default"], 1, "t", 90),
+        "heartbeat": lambda: store.heartbeat([Lease(1, "t")], 90),
+        "check_server": store.check_server,
+        "check_schema": store.check_schema,
+        "status": app.admin.status,
+        "revision": app.admin.revision,
+        "locks": app.admin.locks,
+    }
+    try:
+        for name, verb in verbs.items():
+            with pytest.raises(dbqueue.DatabaseUnavailable) as raised:
+                verb()
+            error = raised.value
+            assert not error.lasting, name  # waiting for the server may help
+            assert isinstance(error, dbqueue.DatabaseError)
+            assert "127.0.0.1:1" in str(error) and "\n" not in str(error), (name, str(error))
+    finally:
+        app.dispose()
+
+
+REFUSED = NewJob("default", "noop", None)  # payload is NOT NULL: every server refuses it
+
+
+def test_a_refused_statement_raises_database_error_with_the_driver_error_as_cause(app):
+    store = app.store
+    attempts = {
+        "push": lambda: store.push(REFUSED),
+        "push_many": lambda: store.push_many([REFUSED]),
+        "push in the caller's transaction": lambda: _in_transaction(app, REFUSED),
+    }
+    for name, attempt in attempts.items():
+        with pytest.raises(dbqueue.DatabaseError) as raised:
+            attempt()
+        error = raised.value
+        assert not isinstance(error, dbqueue.DatabaseUnavailable), name
+        assert isinstance(error.__cause__, sa.exc.DBAPIError), name
+        message = str(error)
+        assert "refused the statement" in message and "\n" not in message, (name, message)
+        assert "INSERT" not in message.upper(), message  # no statement, no parameters
+    assert count(app, store.tables.jobs) == 0
+
+
+def _in_transaction(app, job):
+    with app.engine.begin() as connection:
+        app.store.push(job, connection=connection)
+
+
+def test_missing_tables_are_still_not_migrated(app):
+    other = dbqueue.App(app.settings.url, table_prefix="te_none_")
+    try:
+        with pytest.raises(dbqueue.NotMigrated, match="dbqueue migrate"):
+            other.store.reserve(["default"], 1, "t", 90)
+    finally:
+        other.dispose()

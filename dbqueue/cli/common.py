@@ -5,20 +5,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import click
-import sqlalchemy as sa
 
 from ..app import App
 from ..errors import ConfigurationError, NotMigrated
 from ..loader import load_app
-from ..store.admin import Progress
-from ..store.engine import DEFAULT_PORTS, missing_database_file, parse_url, where
 from .options import export_settings, given_on_command_line
+
+Progress: TypeAlias = Callable[[int, int], None]
+"""Called with (done, total) as a long operation goes."""
 
 
 def open_app(url: str | None, app_reference: str | None, table_prefix: str | None,
@@ -31,9 +31,9 @@ def open_app(url: str | None, app_reference: str | None, table_prefix: str | Non
     leave a stray file and a confusing error).
     """
     app = _open_app(url, app_reference, table_prefix)
-    parse_url(app.settings.url)  # a typo in it is one clear line, whatever the command does
+    app.database.check_url()  # a typo in it is one clear line, whatever the command does
     if not creates:
-        path = missing_database_file(app.settings.url)
+        path = app.database.missing_file()
         if path is not None:
             raise NotMigrated(f"there is no SQLite database at {path}; check the URL, or "
                               "create it and dbqueue's tables with: dbqueue migrate")
@@ -49,26 +49,12 @@ def _open_app(url: str | None, app_reference: str | None, table_prefix: str | No
     return App(url, table_prefix=table_prefix)
 
 
-def _same_url(a: str, b: str) -> bool:
-    """Whether two URLs name the same database, whichever driver they name
-    (mariadb:// and mysql:// alike) and whether or not they spell out the
-    server's default port."""
-
-    def database(url: str) -> sa.engine.URL:
-        parsed = parse_url(url)
-        backend = parsed.get_backend_name()
-        backend = "mysql" if backend == "mariadb" else backend
-        return parsed.set(drivername=backend, port=parsed.port or DEFAULT_PORTS.get(backend))
-
-    return database(a) == database(b)
-
-
 def _check_not_overridden(app: App, reference: str, url: str | None,
                           table_prefix: str | None) -> None:
     """An App built with its own URL or prefix ignores the environment; an
     explicit --url or --table-prefix that it would silently ignore is an error."""
-    if url and given_on_command_line("url") and not _same_url(url, app.settings.url):
-        shown = where(app.settings.url)
+    if url and given_on_command_line("url") and not app.database.same_as(url):
+        shown = app.database.where()
         raise ConfigurationError(
             f"--url differs from the database {reference} is built on ({shown}); drop "
             "--url, or create the App without a URL so that --url and DBQUEUE_URL choose")

@@ -21,9 +21,10 @@ from .options import connection_options, friendly_errors, group_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with tracebacks).")
 @click.pass_context
 @friendly_errors
-def failed(ctx: click.Context, url: str | None, app_reference: str | None,
-           table_prefix: str | None, verbose: bool, queue: str | None, job: str | None,
-           exception: str | None, limit: int, as_json: bool) -> None:
+def failed(  # noqa: PLR0913 (click passes each of the command's options)
+        ctx: click.Context, url: str | None, app_reference: str | None,
+        table_prefix: str | None, verbose: bool, queue: str | None, job: str | None,
+        exception: str | None, limit: int, as_json: bool) -> None:
     """List failed jobs, newest first. `dbqueue failed show ID` shows one in full."""
     if ctx.invoked_subcommand is not None:
         return

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from ..store.locks import Locks
 from .common import open_app, print_json, print_table, short_time
 from .options import connection_options, friendly_errors, group_options
 
@@ -19,7 +18,7 @@ def locks(ctx: click.Context, url: str | None, app_reference: str | None,
     """List held locks (key, owner, expiry). `dbqueue locks release KEY` frees one."""
     if ctx.invoked_subcommand is not None:
         return
-    held = Locks(open_app(url, app_reference, table_prefix).store).held()
+    held = open_app(url, app_reference, table_prefix).admin.locks()
     if as_json:
         print_json(held)
     elif held:
@@ -37,7 +36,7 @@ def locks(ctx: click.Context, url: str | None, app_reference: str | None,
 def release(url: str | None, app_reference: str | None, table_prefix: str | None, verbose: bool,
             key: str) -> None:
     """Free the lock KEY whoever holds it (for a holder that will not come back)."""
-    if Locks(open_app(url, app_reference, table_prefix).store).force_release(key):
+    if open_app(url, app_reference, table_prefix).admin.release_lock(key):
         click.echo(f"Released lock {key!r}.")
     else:
         raise click.ClickException(f"no lock {key!r} is held; list them with: dbqueue locks")

@@ -86,24 +86,15 @@ def given_on_command_line(name: str) -> bool:
 
 
 def friendly_errors(func: F) -> F:
-    """Turn user mistakes and unreachable databases into one line and exit code 1
-    (after the full traceback, with --verbose)."""
+    """Turn user mistakes and the database's failures into one line and exit
+    code 1 (after the full traceback, with --verbose)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except DBQueueError as exc:
+        except DBQueueError as exc:  # the database's failures too (DatabaseError)
             _fail(exc, str(exc))
-        except Exception as exc:
-            # Imported here: `dbqueue work` gets this far before SQLAlchemy is loaded.
-            import sqlalchemy as sa
-
-            from ..store.engine import first_line
-
-            if not isinstance(exc, sa.exc.DBAPIError):
-                raise
-            _fail(exc, f"the database refused the request: {first_line(exc.orig or exc)}")
 
     return wrapper  # type: ignore[return-value]
 

@@ -6,7 +6,6 @@ import json
 
 import click
 
-from ..store.outcomes import Outcomes
 from .common import open_app, print_json, to_jsonable
 from .options import connection_options, friendly_errors, group_options
 
@@ -28,7 +27,7 @@ def outcomes(url: str | None, app_reference: str | None, table_prefix: str | Non
 def show(url: str | None, app_reference: str | None, table_prefix: str | None, verbose: bool,
          key: str, as_json: bool) -> None:
     """Show the outcome recorded under the idempotency KEY."""
-    outcome = Outcomes(open_app(url, app_reference, table_prefix).store).get(key)
+    outcome = open_app(url, app_reference, table_prefix).outcome(key)
     if outcome is None:
         raise click.ClickException(f"no outcome is recorded under {key!r}")
     if as_json:
@@ -55,5 +54,5 @@ def show(url: str | None, app_reference: str | None, table_prefix: str | None, v
 def prune(url: str | None, app_reference: str | None, table_prefix: str | None, verbose: bool,
           days: float) -> None:
     """Delete old outcomes (after that, a job with such a key would run again)."""
-    deleted = Outcomes(open_app(url, app_reference, table_prefix).store).prune(days)
+    deleted = open_app(url, app_reference, table_prefix).admin.prune_outcomes(days)
     click.echo(f"Deleted {deleted} outcome(s).")

@@ -10,7 +10,6 @@ import click
 from ..app import App
 from ..errors import ConfigurationError, SchemaOutdated
 from ..settings import DEFAULT_URL
-from ..store.engine import missing_database_file, where
 from .common import open_app, print_json, print_table, short_time
 from .options import connection_options, friendly_errors
 
@@ -32,37 +31,32 @@ def migrate(url: str | None, app_reference: str | None, table_prefix: str | None
             verbose: bool, sql: bool, revision: str, downgrade_to: str | None,
             yes: bool) -> None:
     """Create or upgrade dbqueue's tables (safe to run again)."""
-    from ..store import migrator  # Alembic: kept out of every other command's start-up
-
     # A downgrade of a SQLite file that is not there would create it empty.
     app = open_app(url, app_reference, table_prefix, creates=sql or downgrade_to is None)
-    prefix = app.settings.table_prefix
+    prefix, database = app.settings.table_prefix, app.database
     if sql:
         if downgrade_to is not None:
-            text = migrator.downgrade_sql(app.settings.url, prefix, downgrade_to)
+            text = database.downgrade_sql(downgrade_to)
         else:
-            text = migrator.upgrade_sql(app.settings.url, prefix, revision)
+            text = database.upgrade_sql(revision)
         click.echo(text, nl=False)
         return
-    tables = f"dbqueue tables{f' (prefix {prefix})' if prefix else ''} in {where(app.settings.url)}"
+    tables = f"dbqueue tables{f' (prefix {prefix})' if prefix else ''} in {database.where()}"
     if downgrade_to is not None:
         _downgrade(app, tables, downgrade_to, yes)
         return
-    new_file = missing_database_file(app.settings.url)
+    new_file = database.missing_file()
     app.migrate(revision)
     if new_file is not None:
         default = app.settings.url == DEFAULT_URL and not os.environ.get("DBQUEUE_URL")
         click.echo(f"Created {new_file}" + (" (the default database: choose another with "
                                             "--url or DBQUEUE_URL)" if default else ""))
-    current = migrator.current_revision(app.store, prefix)
-    click.echo(f"{tables} are at revision {current}")
+    click.echo(f"{tables} are at revision {app.admin.revision()}")
 
 
 def _downgrade(app: App, tables: str, revision: str, yes: bool) -> None:
     """Downgrade after the user's confirmation (or --yes)."""
-    from ..store import migrator
-
-    current = migrator.current_revision(app.store, app.settings.table_prefix)
+    current = app.admin.revision()
     if current is None:
         click.echo(f"There are no {tables}: nothing to downgrade.")
         return
@@ -95,7 +89,7 @@ def status(url: str | None, app_reference: str | None, table_prefix: str | None,
     and the queues with ready jobs that no live worker serves."""
     app = open_app(url, app_reference, table_prefix)
     try:
-        app.store.check_schema()
+        app.admin.check_schema()
     except SchemaOutdated as exc:  # status reads only: useful during a deploy all the same
         click.echo(f"Warning: {exc}", err=True)
     queues = app.admin.status()

@@ -41,10 +41,11 @@ from .options import connection_options, export_settings, friendly_errors
               help="Run the next job, then exit (waits for one if none is ready; with "
                    "--stop-when-empty, exits instead).")
 @friendly_errors
-def work(url: str | None, app_reference: str | None, table_prefix: str | None, queues: str,
-         concurrency: int, sleep: float, retry_after: float | None, max_jobs: int | None,
-         max_time: float | None, memory: float | None, grace: float, prefetch: int,
-         stop_when_empty: bool, stop_when_drained: bool, once: bool, verbose: bool) -> None:
+def work(  # noqa: PLR0913 (click passes each of the command's options)
+        url: str | None, app_reference: str | None, table_prefix: str | None, queues: str,
+        concurrency: int, sleep: float, retry_after: float | None, max_jobs: int | None,
+        max_time: float | None, memory: float | None, grace: float, prefetch: int,
+        stop_when_empty: bool, stop_when_drained: bool, once: bool, verbose: bool) -> None:
     """Run jobs from the queues until stopped (SIGTERM, Ctrl-C or `dbqueue restart`).
 
     Start one on every host; they share the work through the database.

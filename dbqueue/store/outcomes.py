@@ -40,6 +40,11 @@ class Outcome:
 
 
 class Outcomes:
+    """job_outcomes' verbs. ``get`` and ``prune`` run in a transaction of their
+    own and raise dbqueue's errors; the others run in the caller's (the
+    idempotent jobs' transaction) and leave its failures as SQLAlchemy raised
+    them, for idempotency.OutcomeBatch to tell a deadlock from a refusal."""
+
     def __init__(self, store: Store) -> None:
         self.store = store
         self.table = store.tables.job_outcomes
