@@ -35,7 +35,7 @@ def test_a_job_goes_from_reserved_to_running_to_recording_and_leaves():
     assert (job.state, job.child, ledger.processed) == (State.RECORDING, None, 1)
     assert 1 in ledger and len(ledger) == 1  # its lease is still held until written
     ledger.forget(job)
-    assert 1 not in ledger and len(ledger) == 0 and ledger.count(*State) == 0
+    assert 1 not in ledger and len(ledger) == 0 and ledger.count(*State.ALL) == 0
 
 
 def test_jobs_are_started_in_the_order_reserved_and_an_unstarted_one_goes_first_again():

@@ -20,8 +20,10 @@ from .options import connection_options, export_settings, friendly_errors
                    "for every other queue that holds jobs.")
 @click.option("--concurrency", "-c", default=1, show_default=True, type=int,
               help="Child processes running jobs at once.")
-@click.option("--sleep", default=1.0, show_default=True, type=float,
-              help="Seconds to wait before polling again when no job is ready.")
+@click.option("--sleep", default=None, type=float,
+              help="Longest pause between looks for work when none is ready. "
+                   "[default: 1 on PostgreSQL, where new jobs wake the worker; 0.1 "
+                   "elsewhere]")
 @click.option("--retry-after", type=float, default=None,
               help="Lease seconds: a crashed worker's jobs run again after this. "
                    "[default: the App's, 90]")
@@ -43,7 +45,7 @@ from .options import connection_options, export_settings, friendly_errors
 @friendly_errors
 def work(  # noqa: PLR0913 (click passes each of the command's options)
         url: str | None, app_reference: str | None, table_prefix: str | None, queues: str,
-        concurrency: int, sleep: float, retry_after: float | None, max_jobs: int | None,
+        concurrency: int, sleep: float | None, retry_after: float | None, max_jobs: int | None,
         max_time: float | None, memory: float | None, grace: float, prefetch: int,
         stop_when_empty: bool, stop_when_drained: bool, once: bool, verbose: bool) -> None:
     """Run jobs from the queues until stopped (SIGTERM, Ctrl-C or `dbqueue restart`).

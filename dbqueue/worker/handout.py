@@ -26,8 +26,11 @@ from .sidetasks import LeaseRenewal
 
 log = logging.getLogger("dbqueue.worker")
 
-_PIPELINE_SECONDS = 0.02  # queue about this much work in each child when jobs are short
-_MAX_DEPTH = 16
+# Queue about this much work in each child when jobs are short: enough to
+# outlast the supervisor's round trips to the database (a reservation of a few
+# hundred rows takes milliseconds), so that no child waits for them.
+_PIPELINE_SECONDS = 0.05
+_MAX_DEPTH = 256
 _PIPELINE_BYTES = 2048  # larger payloads wait for an idle child: a full pipe would block us
 _HOOK_TIMEOUT = 60.0
 COMMIT_TIMEOUT = 60.0  # seconds an idle child may take to commit its idempotent jobs
@@ -129,7 +132,7 @@ class Handout:
         if isinstance(task, RunHook):
             return None
         entry = self.ledger.get(task.job_id)
-        return entry if entry is not None and entry.state is State.RUNNING else None
+        return entry if entry is not None and entry.state == State.RUNNING else None
 
     def _answered(self, child: Child, task: Task, answer: Finished, runtime: float) -> None:
         entry = self._running(task)
@@ -160,7 +163,7 @@ class Handout:
     def _committed(self, committed: Committed) -> None:
         for job_id in committed.job_ids:
             entry = self.ledger.get(job_id)
-            if entry is None or entry.state is not State.UNCOMMITTED:
+            if entry is None or entry.state != State.UNCOMMITTED:
                 continue
             if committed.failure is None:
                 self.recorder.completed(entry)

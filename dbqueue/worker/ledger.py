@@ -29,8 +29,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from enum import Enum
-from typing import Any
+from typing import Any, Final
 
 from ..policy import Rules
 from ..serializer import Payload
@@ -38,15 +37,18 @@ from ..store import Lease, ReservedRow
 from .clock import Deadline
 
 
-class State(Enum):
-    RESERVED = "reserved"
-    RUNNING = "running"
-    UNCOMMITTED = "uncommitted"
-    RECORDING = "recording"
+class State:
+    """The states, as strings: compared and hashed in C, a few times per job."""
+
+    RESERVED: Final = "reserved"
+    RUNNING: Final = "running"
+    UNCOMMITTED: Final = "uncommitted"
+    RECORDING: Final = "recording"
+    ALL: Final = (RESERVED, RUNNING, UNCOMMITTED, RECORDING)
 
 
 _GONE = None
-_MOVES: dict[State | None, frozenset[State | None]] = {
+_MOVES: dict[str | None, frozenset[str | None]] = {
     _GONE: frozenset({State.RESERVED}),
     State.RESERVED: frozenset({State.RUNNING, State.RECORDING, _GONE}),
     State.RUNNING: frozenset({State.RESERVED, State.UNCOMMITTED, State.RECORDING}),
@@ -76,7 +78,7 @@ class Entry:
     timeout: float = 0.0
     locks: list[tuple[str, str, float]] = field(default_factory=list)
     """(key, owner, ttl) of the locks taken for this job before it runs."""
-    state: State | None = None
+    state: str | None = None
     child: Any = None
     """The child it was handed to (running, uncommitted)."""
     counted: bool = False
@@ -100,7 +102,7 @@ class Ledger:
         self._entries: dict[int, Entry] = {}
         self.reserved: deque[Entry] = deque()
         """Reserved jobs in the order they are to run (read-only outside the ledger)."""
-        self._counts = dict.fromkeys(State, 0)
+        self._counts = dict.fromkeys(State.ALL, 0)
         self.processed = 0
         """Jobs that ran to an end here, or were settled without running."""
 
@@ -118,10 +120,10 @@ class Ledger:
     def get(self, job_id: int) -> Entry | None:
         return self._entries.get(job_id)
 
-    def count(self, *states: State) -> int:
+    def count(self, *states: str) -> int:
         return sum(self._counts[state] for state in states)
 
-    def in_state(self, *states: State) -> list[Entry]:
+    def in_state(self, *states: str) -> list[Entry]:
         return [entry for entry in self._entries.values() if entry.state in states]
 
     def holding(self) -> list[Entry]:
@@ -157,7 +159,7 @@ class Ledger:
 
     def settle(self, entry: Entry, *, ran: bool) -> None:
         """Its outcome is decided; ``ran`` counts it as processed."""
-        if entry.state is State.RESERVED:
+        if entry.state == State.RESERVED:
             self.reserved.remove(entry)  # rare: a job settled without running
         self._move(entry, State.RECORDING)
         entry.child = None
@@ -166,12 +168,12 @@ class Ledger:
 
     def forget(self, entry: Entry) -> None:
         """Its outcome is written, or it is dropped unstarted: it leaves the ledger."""
-        if entry.state is State.RESERVED:
+        if entry.state == State.RESERVED:
             self.reserved.remove(entry)
         self._move(entry, _GONE)
         del self._entries[entry.id]
 
-    def _move(self, entry: Entry, to: State | None) -> None:
+    def _move(self, entry: Entry, to: str | None) -> None:
         if to not in _MOVES[entry.state]:
             raise IllegalMove(f"job {entry.id} cannot go from {_name(entry.state)} to "
                               f"{_name(to)}")
@@ -182,5 +184,5 @@ class Ledger:
         entry.state = to
 
 
-def _name(state: State | None) -> str:
-    return "gone" if state is None else state.value
+def _name(state: str | None) -> str:
+    return "gone" if state is None else state

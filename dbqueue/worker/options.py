@@ -16,8 +16,10 @@ class WorkerOptions:
     """Queues to take jobs from; earlier ones first."""
     concurrency: int = 1
     """Child processes running jobs at once."""
-    sleep: float = 1.0
-    """Seconds to wait before polling again when no job was ready."""
+    sleep: float | None = None
+    """The longest pause between looks for work when none is ready (see
+    worker.wakeup); None: 1 s where new jobs wake the worker (PostgreSQL),
+    0.1 s where it polls."""
     retry_after: float = 90.0
     """The lease: a job whose worker stops renewing it for this long is taken again."""
     max_jobs: int | None = None
@@ -43,7 +45,7 @@ class WorkerOptions:
             raise ConfigurationError(f"--queue names a queue twice: {','.join(self.queues)}")
         checks = [
             ("--concurrency", self.concurrency, self.concurrency >= 1, "at least 1"),
-            ("--sleep", self.sleep, self.sleep > 0, "more than 0 seconds"),
+            ("--sleep", self.sleep, self.sleep is None or self.sleep > 0, "more than 0 seconds"),
             ("--retry-after", self.retry_after, self.retry_after >= 1, "at least 1 second"),
             ("--max-jobs", self.max_jobs, self.max_jobs is None or self.max_jobs >= 1,
              "at least 1"),

@@ -139,13 +139,13 @@ class Pool:
                 with contextlib.suppress(OSError):
                     child.conn.send(tasks[0] if len(tasks) == 1 else tasks)
 
-    def wait(self, timeout: float, wake_fd: int) -> Ended:
-        """Send what was given, then wait for answers, deaths, or ``wake_fd``;
-        at most ``timeout`` seconds."""
+    def wait(self, timeout: float, *wake_fds: int) -> Ended:
+        """Send what was given, then wait for answers, deaths, or one of
+        ``wake_fds`` to be readable; at most ``timeout`` seconds."""
         self._send()
         by_conn: dict[Any, Child] = {child.conn: child for child in self.children}
         ended = Ended()
-        for conn in wait([*by_conn, wake_fd], timeout=max(timeout, 0)):
+        for conn in wait([*by_conn, *wake_fds], timeout=max(timeout, 0)):
             child = by_conn.get(conn)
             if child is not None:
                 self._collect(child, ended)

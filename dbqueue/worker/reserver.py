@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from ..store import Lease, ReservedRow, Store
+from ..store.queues import Queues
 from .clock import Deadline
 from .health import DB_ERRORS, Health
 from .intake import admit
@@ -21,6 +22,7 @@ from .ledger import Entry, Ledger, State
 from .options import WorkerOptions
 from .queues import QueueChoice
 from .recorder import Recorder
+from .wakeup import Pace, Wakeup
 
 log = logging.getLogger("dbqueue.worker")
 
@@ -29,8 +31,8 @@ _BUFFER_SECONDS = 0.2  # prefetch about this much work when jobs are short
 
 class Reserver:
     def __init__(self, app: Any, options: WorkerOptions, worker_id: str, *, ledger: Ledger,
-                 recorder: Recorder, job_locks: JobLocks, queues: QueueChoice,
-                 health: Health) -> None:
+                 recorder: Recorder, job_locks: JobLocks, health: Health,
+                 wakeup: Wakeup) -> None:
         self.app = app
         self.store: Store = app.store
         self.options = options
@@ -38,8 +40,10 @@ class Reserver:
         self.ledger = ledger
         self.recorder = recorder
         self.job_locks = job_locks
-        self.queues = queues
+        self.queues = QueueChoice(options.queues, Queues(self.store))
         self.health = health
+        self.wakeup = wakeup
+        self.pace = Pace(options.sleep)
         self.sequence = 0
         self.next_poll = 0.0
         self.drained = False
@@ -48,6 +52,9 @@ class Reserver:
         """--stop-when-drained: no job at all is left in the queues."""
         self.avg_runtime: float | None = None
         self._said_waiting = False
+
+    def longest_pause(self) -> float:
+        return self.pace.longest(self.wakeup.listening)
 
     def ran(self, runtime: float) -> None:
         """A job ran ``runtime`` seconds: the prefetch follows the average."""
@@ -88,11 +95,12 @@ class Reserver:
             if not rows and not self.ledger and not self.recorder.hooks:
                 self._look_for_any_job()
         except DB_ERRORS as exc:
-            self.next_poll = now + max(self.options.sleep, self.health.failed("reserve jobs", exc))
+            self.next_poll = now + self.health.failed("reserve jobs", exc)
             return
         self.health.succeeded()
         self.drained = len(rows) < want
-        self.next_poll = now + self.options.sleep if self.drained else 0.0
+        self.next_poll = now + self.pace.after_look(len(rows), self.wakeup.listening) if (
+            self.drained) else 0.0
         self._take(rows, token, lease_until)
 
     def _take(self, rows: list[ReservedRow], token: str, lease_until: Deadline) -> None:

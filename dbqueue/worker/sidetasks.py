@@ -93,7 +93,7 @@ class LeaseRenewal(SideTask):
         run; writing its outcome changes nothing (the lease is fenced), and it
         is reported once.
         """
-        waiting = [entry for entry in lost if entry.state is State.RESERVED]
+        waiting = [entry for entry in lost if entry.state == State.RESERVED]
         for entry in waiting:
             self.recorder.drop_lost(entry)
         for entry in lost:
@@ -101,7 +101,7 @@ class LeaseRenewal(SideTask):
         log.warning("%d job lease(s) were lost to other workers: this worker stalled longer "
                     "than --retry-after; %d job(s) not yet started were dropped, %d running "
                     "one(s) may also run elsewhere", len(lost), len(waiting),
-                    sum(entry.state is State.RUNNING for entry in lost))
+                    sum(entry.state == State.RUNNING for entry in lost))
 
     def _lost_locks(self, lost: list[tuple[Entry, str]]) -> None:
         """Some locks expired while this worker stalled, and may be another's now.
@@ -110,7 +110,7 @@ class LeaseRenewal(SideTask):
         counted); one already running cannot be stopped safely and goes on.
         """
         for entry, key in lost:
-            if entry.state is State.RESERVED:
+            if entry.state == State.RESERVED:
                 log.warning("job %d (%s) lost its lock %s while it waited; put back",
                             entry.id, entry.row.job, key)
                 self.recorder.give_back([entry])

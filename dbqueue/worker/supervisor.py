@@ -32,11 +32,11 @@ from .ledger import Ledger, State
 from .messages import RunHook
 from .options import WorkerOptions
 from .pool import Pool
-from .queues import QueueChoice
 from .recorder import Recorder
 from .reserver import Reserver
 from .sidetasks import DEAD_AFTER, Control, LeaseRenewal, Pruning
 from .signals import REPEAT_AFTER, StopSignals
+from .wakeup import Wakeup
 
 log = logging.getLogger("dbqueue.worker")
 
@@ -63,10 +63,10 @@ class Supervisor:
                                  self.hooks)
         job_locks = JobLocks(app, Locks(self.store), self.recorder, self.health, self.id,
                              options.heartbeat_every)
+        self.wakeup = Wakeup(self.store, options.queues)
         self.reserver = Reserver(app, options, self.id, ledger=self.ledger,
                                  recorder=self.recorder, job_locks=job_locks,
-                                 queues=QueueChoice(options.queues, Queues(self.store)),
-                                 health=self.health)
+                                 health=self.health, wakeup=self.wakeup)
         self.renewal = LeaseRenewal(options.heartbeat_every, self.health, store=self.store,
                                     ledger=self.ledger, recorder=self.recorder,
                                     job_locks=job_locks, lease=options.retry_after)
@@ -148,13 +148,18 @@ class Supervisor:
         now = time.monotonic()
         for task in self.side_tasks:
             task.tick(now)
+        self.wakeup.start(now)
+        if self.wakeup.woken():
+            self.reserver.next_poll = 0.0
         if self.control.restart_requested and not self.stopping:
             self._stop("restart requested")
         if not self.stopping:
             self.reserver.refill(now)
         self.handout.assign()
         self._check_limits()
-        ended = self.pool.wait(self._wait_timeout(), self.signals.wake_fd)
+        listening = self.wakeup.fileno()
+        ended = self.pool.wait(self._wait_timeout(), self.signals.wake_fd,
+                               *(() if listening is None else (listening,)))
         self.signals.drain()
         self.handout.take_in(ended)
         if (self.stopping and self.ledger.count(State.RUNNING, State.UNCOMMITTED)
@@ -193,6 +198,7 @@ class Supervisor:
             self.registry.unregister(self.id)
         except DB_ERRORS as exc:  # the row is pruned as a dead worker's in two minutes
             self.health.failed("unregister", exc)
+        self.wakeup.stop()
         self.pool.stop()
         self.signals.uninstall()
 
@@ -216,7 +222,7 @@ class Supervisor:
         runs = []
         for task, began in self.pool.started():
             entry = self.ledger.get(getattr(task, "job_id", -1))
-            if entry is not None and entry.state is State.RUNNING and not entry.counted:
+            if entry is not None and entry.state == State.RUNNING and not entry.counted:
                 runs.append((entry, began))
         return runs
 
@@ -241,7 +247,7 @@ class Supervisor:
         if self._finished():
             return 0.0  # nothing left to wait for: the loop ends after this turn
         now = time.monotonic()
-        wake = [now + self.options.sleep, *(task.next_at for task in self.side_tasks)]
+        wake = [now + self.reserver.longest_pause(), *(task.next_at for task in self.side_tasks)]
         if self.ledger.count(State.RUNNING) < self.options.concurrency and not self.stopping:
             wake.append(self.reserver.next_poll)
         flush_at = self.completer.next_wake()

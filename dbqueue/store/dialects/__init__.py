@@ -1,5 +1,21 @@
 """Everything that differs between database servers, and nothing else."""
 
-from .base import READ_ONLY, RESERVED_COLUMNS, Dialect, ReservedRow, UtcDateTime, dialect_for
+from .base import (
+    READ_ONLY,
+    RESERVED_COLUMNS,
+    Dialect,
+    Notices,
+    ReservedRow,
+    UtcDateTime,
+    dialect_for,
+)
 
-__all__ = ["READ_ONLY", "RESERVED_COLUMNS", "Dialect", "ReservedRow", "UtcDateTime", "dialect_for"]
+__all__ = [
+    "READ_ONLY",
+    "RESERVED_COLUMNS",
+    "Dialect",
+    "Notices",
+    "ReservedRow",
+    "UtcDateTime",
+    "dialect_for",
+]

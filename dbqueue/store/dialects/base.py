@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -65,11 +65,11 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
     def process_result_value(self, value: Any, dialect: sa.Dialect) -> datetime | None:
         if value is None:
             return None
-        if isinstance(value, str):  # an expression SQLite returned without the column's type
-            value = datetime.fromisoformat(value)
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
+        # A str: an expression SQLite returned without the column's type.
+        stamp: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
+        if stamp.tzinfo is None:
+            return stamp.replace(tzinfo=UTC)
+        return stamp.astimezone(UTC)
 
 
 def seconds_expression(seconds: float | sa.ColumnElement[float]) -> sa.ColumnElement[float]:
@@ -102,6 +102,11 @@ class Dialect:
     def engine_options(self) -> dict[str, Any]:
         """Keyword arguments for ``create_engine`` when dbqueue creates the engine itself."""
         return {}
+
+    def listen(self, engine: Engine, channel: str) -> Notices | None:
+        """A connection of its own that hears of new jobs on ``channel``, or
+        None where the server cannot tell (workers then poll)."""
+        return None
 
     def prepare_engine(self, engine: Engine) -> None:
         """Install connection hooks on an engine dbqueue created."""
@@ -296,6 +301,21 @@ class Dialect:
 
     def is_missing_column(self, error: BaseException) -> bool:
         return False
+
+
+class Notices(Protocol):
+    """Notifications of new jobs, heard on a connection of their own."""
+
+    def fileno(self) -> int:
+        """Readable when notifications (or the connection's end) arrived."""
+        ...
+
+    def received(self) -> set[str]:
+        """The payloads received since the last call, without waiting.
+        Raises the driver's error if the connection is lost."""
+        ...
+
+    def close(self) -> None: ...
 
 
 def server_too_old(what: str, version: str, minimum: str, why: str) -> UnsupportedDatabase:

@@ -175,7 +175,7 @@ class MySQL(Dialect):
             if _errno(exc) == _DUPLICATE_KEY:
                 return None
             raise
-        if returning is returning.table.autoincrement_column:  # type: ignore[attr-defined]
+        if returning is returning.table.autoincrement_column:
             return result.inserted_primary_key[0]  # type: ignore[index]
         # No RETURNING on MySQL: for any other column, True says "inserted"
         # (the callers only test the result against None).

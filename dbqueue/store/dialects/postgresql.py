@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
-from .base import Dialect, seconds_expression, server_too_old
+from .base import Dialect, Notices, seconds_expression, server_too_old
 
 # SQLSTATEs worth a fresh attempt of the whole transaction.
 _RETRYABLE = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
@@ -37,6 +37,22 @@ class PostgreSQL(Dialect):
 
     def timestamp_type(self) -> sa.types.TypeEngine[Any]:
         return sa.DateTime(timezone=True)
+
+    def listen(self, engine: sa.Engine, channel: str) -> Notices | None:
+        # Revision 0007's trigger notifies on the jobs table's name when a
+        # committed INSERT made jobs ready. Other drivers than psycopg 3 poll.
+        connection = engine.raw_connection()
+        driver: Any = connection.driver_connection
+        if not hasattr(driver, "notifies"):
+            connection.close()
+            return None
+        try:
+            driver.autocommit = True
+            driver.execute(f"LISTEN {engine.dialect.identifier_preparer.quote(channel)}")
+        except BaseException:
+            connection.invalidate()
+            raise
+        return _Listener(connection)
 
     def now(self) -> sa.ColumnElement[datetime]:
         # now() is the transaction's start time: every row a transaction writes
@@ -77,7 +93,7 @@ class PostgreSQL(Dialect):
         # PostgreSQL has no skip scan: DISTINCT would read the whole index. A
         # recursive query jumps from each value to the next in one index probe,
         # so a backlog of a million rows in three queues costs three probes.
-        table = connection.dialect.identifier_preparer.format_table(column.table)  # type: ignore[arg-type]
+        table = connection.dialect.identifier_preparer.format_table(column.table)
         name = connection.dialect.identifier_preparer.quote(column.name)
         return list(connection.exec_driver_sql(
             f"WITH RECURSIVE v AS ((SELECT {name} AS value FROM {table} ORDER BY {name} LIMIT 1)"
@@ -97,3 +113,21 @@ class PostgreSQL(Dialect):
 
     def is_missing_column(self, error: BaseException) -> bool:
         return getattr(getattr(error, "orig", None), "sqlstate", None) == _UNDEFINED_COLUMN
+
+
+class _Listener:
+    """A pooled connection taken out of the pool for LISTEN (see Notices)."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.driver = connection.driver_connection
+
+    def fileno(self) -> int:
+        return int(self.driver.fileno())
+
+    def received(self) -> set[str]:
+        return {notice.payload for notice in self.driver.notifies(timeout=0)}
+
+    def close(self) -> None:
+        # Not back to the pool: it is still LISTENing.
+        self.connection.invalidate()
