@@ -353,9 +353,9 @@ def table(results: dict[str, float | None]) -> None:
             rate = results.get(f"{key}_per_s{suffix}")
             if rate is not None:
                 ratio = f"{rate / base:.2f}" if base else "-"
-                lines.append(f"{label + note:40}{rate:>10.0f}{ratio:>12}")
+                lines.append(f"{label + note:46}{rate:>10.0f}{ratio:>12}")
     if lines:
-        lines.insert(0, f"{'':40}{'jobs/s':>10}{'/ baseline':>12}")
+        lines.insert(0, f"{'':46}{'jobs/s':>10}{'/ baseline':>12}")
     if "backlog_ratio" in results:
         lines.append(f"deep backlog / process: {results['backlog_ratio']} "
                      f"(excl. start-up: {results['backlog_ratio_excl_startup']})")
@@ -364,7 +364,7 @@ def table(results: dict[str, float | None]) -> None:
                      f"p99 {results['latency_p99_ms']} ms")
     if results.get("idle_10_workers_qps") is not None:
         lines.append(f"10 idle workers send {results['idle_10_workers_qps']} statements/s "
-                     f"(server counter: +{results['idle_10_workers_server_qps']}/s)")
+                     f"(the server's counter: {results['idle_10_workers_server_qps']:+}/s)")
     if lines:
         say("\n".join(lines))
 
