@@ -6,9 +6,9 @@ each with one raw driver connection (psycopg 3, PyMySQL), loop
     BEGIN; SELECT id ... LIMIT 100 FOR UPDATE SKIP LOCKED;
     DELETE FROM jobs WHERE id IN (...); COMMIT
 
-until their SELECT finds nothing; a transaction the server aborts (a
-deadlock, which InnoDB reports now and then between such loops) is rolled back
-and tried again, as dbqueue does, and counted. The SELECT is dbqueue's own claim query
+until their SELECT finds nothing; a transaction the server aborts (a deadlock,
+which InnoDB reports now and then between such loops) is rolled back and tried
+again, as dbqueue does, and counted. The SELECT is dbqueue's own claim query
 (``Dialect.claimable``: same WHERE, same ORDER BY, so the same plan on the same
 index), rendered to text once, on the jobs table the bench filled with
 ``dispatch_many``. Timed from the processes' common start, once connected, to
