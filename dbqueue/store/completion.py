@@ -30,10 +30,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .dialects import ReservedRow
-from .store import Failure, Lease, _attempts, _chunks, _text, held_locks
+from .values import Failure, Lease, _attempts, _chunks, _text, held_locks
 
 if TYPE_CHECKING:
-    from .store import Store
+    from .leases import Leases
 
 
 class Requeue(NamedTuple):
@@ -79,14 +79,14 @@ CompletionHook: TypeAlias = Callable[[Connection, Completion, set[int]], None]
 """See the module's docstring."""
 
 
-def write_completion(store: Store, completion: Completion,
+def write_completion(store: Leases, completion: Completion,
                      hooks: Sequence[CompletionHook] = ()) -> set[int]:
     """Write ``completion`` in one transaction (retried on deadlocks); return
     the ids of the jobs whose outcome took effect (their lease still held)."""
     return store.transaction(lambda c: _write(store, c, completion, hooks))
 
 
-def _write(store: Store, c: Connection, completion: Completion,
+def _write(store: Leases, c: Connection, completion: Completion,
            hooks: Sequence[CompletionHook]) -> set[int]:
     jobs, locks = store.tables.jobs, store.tables.cache_locks
     for chunk in _chunks(completion.unlocked):
@@ -113,7 +113,7 @@ def _write(store: Store, c: Connection, completion: Completion,
     return recorded
 
 
-def _matching(store: Store, c: Connection, leases: Sequence[Lease],
+def _matching(store: Leases, c: Connection, leases: Sequence[Lease],
               statement: Callable[[sa.ColumnElement[bool]], sa.Delete | sa.Update]) -> set[int]:
     """Run ``statement(held)`` on the jobs still held under ``leases``; their ids."""
     done: set[int] = set()
@@ -129,7 +129,7 @@ def _matching(store: Store, c: Connection, leases: Sequence[Lease],
     return done
 
 
-def _count_attempts(store: Store, c: Connection, started: Sequence[tuple[Lease, int]]) -> None:
+def _count_attempts(store: Leases, c: Connection, started: Sequence[tuple[Lease, int]]) -> None:
     by_attempt: dict[int, list[Lease]] = defaultdict(list)
     for lease, attempt in started:
         by_attempt[attempt].append(lease)
@@ -139,7 +139,7 @@ def _count_attempts(store: Store, c: Connection, started: Sequence[tuple[Lease, 
                       .values(attempts=_attempts(attempt)))
 
 
-def _fail(store: Store, c: Connection, failed: FailedRun) -> bool:
+def _fail(store: Leases, c: Connection, failed: FailedRun) -> bool:
     jobs = store.tables.jobs
     row, failure = failed.row, failed.failure
     deleted = c.execute(

@@ -8,16 +8,15 @@ worker has since reserved, changes nothing (DESIGN §2.3, fenced leases).
 
 from __future__ import annotations
 
-import uuid
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from .completion import Completion, CompletionHook, FailedRun, Requeue, write_completion
 from .dialects import ReservedRow
 from .transactions import Transactions
-from .values import Failure, Lease, _attempts, _by_token, _chunks, _text, held_locks
+from .values import Failure, Lease, _by_token, _chunks
 
 
 class Leases(Transactions):
@@ -65,34 +64,21 @@ class Leases(Transactions):
 
         return self.transaction(work)
 
+    def record(self, completion: Completion, hooks: Sequence[CompletionHook] = ()) -> set[int]:
+        """Write what became of reserved jobs, in one transaction (see
+        store.completion); return the ids of the jobs whose outcome took effect
+        (those still held under their leases)."""
+        return write_completion(self, completion, hooks)
+
     def complete(self, leases: Iterable[Lease], unlock: Sequence[tuple[str, str]] = (),
                  started: Sequence[tuple[Lease, int]] = ()) -> int:
         """Delete completed jobs still held under their leases; return how many.
 
-        In the same transaction, free the ``(key, owner)`` locks in ``unlock``
-        (the locks the worker took for these jobs and for others that ended),
-        and count the attempt of each ``(lease, attempt)`` in ``started``: jobs
-        that have run a while, so that a crash of the worker from now on costs
-        them that attempt (a job only reserved costs none).
+        In the same transaction, free the ``(key, owner)`` locks in ``unlock``,
+        and count the attempt of each ``(lease, attempt)`` in ``started``.
         """
-        locks = self.tables.cache_locks
-
-        def also(c: Connection) -> None:
-            for chunk in _chunks(unlock):
-                c.execute(sa.delete(locks).where(held_locks(locks, chunk)))
-            self._count_attempts(c, started)
-
-        return self._for_leases(leases, lambda held: sa.delete(self.tables.jobs).where(held),
-                                also=also if unlock or started else None)
-
-    def _count_attempts(self, c: Connection, started: Sequence[tuple[Lease, int]]) -> None:
-        by_attempt: dict[int, list[Lease]] = defaultdict(list)
-        for lease, attempt in started:
-            by_attempt[attempt].append(lease)
-        for attempt, leases in by_attempt.items():
-            for held, _ in self._held(leases):
-                c.execute(sa.update(self.tables.jobs).where(held)
-                          .values(attempts=_attempts(attempt)))
+        return len(self.record(Completion(completed=list(leases), unlocked=list(unlock),
+                                          started=list(started))))
 
     def _held(self, leases: Iterable[Lease]) -> list[tuple[sa.ColumnElement[bool], Sequence[int]]]:
         """Conditions matching the jobs still held under ``leases`` (by token and
@@ -127,14 +113,7 @@ class Leases(Transactions):
 
         Returns False when the lease was lost (the job is someone else's now).
         """
-        jobs = self.tables.jobs
-        statement = (
-            sa.update(jobs)
-            .where(jobs.c.id == lease.id, jobs.c.reserved_by == lease.token)
-            .values(reserved_by=None, reserved_at=None,
-                    available_at=self.dialect.now_plus(delay), attempts=_attempts(attempts))
-        )
-        return self.transaction(lambda c: c.execute(statement).rowcount == 1)
+        return lease.id in self.record(Completion(requeued=[Requeue(lease, delay, attempts)]))
 
     def drop_unique_keys(self, leases: Iterable[Lease]) -> int:
         """Free the unique keys of jobs that have started (``unique_until="processing"``)."""
@@ -155,22 +134,6 @@ class Leases(Transactions):
 
         Returns False, and writes nothing, when the lease was lost.
         """
-        jobs, failed = self.tables.jobs, self.tables.failed_jobs
-
-        def work(c: Connection) -> bool:
-            deleted = c.execute(
-                sa.delete(jobs).where(jobs.c.id == job.id, jobs.c.reserved_by == token)
-            ).rowcount
-            if deleted != 1:
-                return False
-            c.execute(failed.insert().values(
-                uuid=str(uuid.uuid4()), job_id=job.id, queue=job.queue, job=job.job,
-                priority=job.priority, payload=job.payload,
-                attempts=_attempts(job.attempts if attempts is None else attempts),
-                exception_class=_text(failure.exception_class)[:255],
-                exception_message=_text(failure.message), exception=_text(failure.traceback),
-                failed_at=self.dialect.now(), worker=worker[:255],
-            ))
-            return True
-
-        return self.transaction(work)
+        attempts = job.attempts if attempts is None else attempts
+        failed = FailedRun(job, Lease(job.id, token), failure, worker, attempts)
+        return job.id in self.record(Completion(failed=[failed]))

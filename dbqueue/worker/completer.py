@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
 from ..store import Failure, Store
-from ..store.completion import Completion, CompletionHook, FailedRun, Requeue, write_completion
+from ..store.completion import Completion, CompletionHook, FailedRun, Requeue
 from .health import TRANSIENT, Health, describe
 from .ledger import Entry
 
@@ -187,8 +187,7 @@ class BatchCompleter:
         if self._one_by_one:
             return self._flush_each(records, now)
         try:
-            recorded = write_completion(self.store, _completion(records, self.worker),
-                                        self.hooks)
+            recorded = self.store.record(_completion(records, self.worker), self.hooks)
         # Not only the database's errors: nothing here may stop the worker.
         except Exception as exc:
             self._put_back(records, now, exc)
@@ -218,8 +217,7 @@ class BatchCompleter:
         groups = _by_job(records)
         for number, group in enumerate(groups):
             try:
-                recorded = write_completion(self.store, _completion(group, self.worker),
-                                            self.hooks)
+                recorded = self.store.record(_completion(group, self.worker), self.hooks)
             except Exception as exc:
                 if isinstance(exc, TRANSIENT) or not self._give_up(group, exc):
                     self._put_back([r for rest in groups[number:] for r in rest], now, exc)
