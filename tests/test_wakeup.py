@@ -25,10 +25,9 @@ def test_a_committed_dispatch_notifies_its_queue_and_a_rolled_back_or_delayed_on
     assert notices is not None
     try:
         store = app.store
-        with app.engine.connect() as connection:
-            with connection.begin() as transaction:
-                store.push(NewJob("default", "record", "{}"), connection)
-                transaction.rollback()
+        with app.engine.connect() as connection, connection.begin() as transaction:
+            store.push(NewJob("default", "record", "{}"), connection)
+            transaction.rollback()
         store.push(NewJob("later", "record", "{}", delay=3600))
         store.push(NewJob("mail", "record", "{}"))
         poller = select.poll()
@@ -64,10 +63,10 @@ def test_an_idle_worker_is_woken_by_a_dispatch_not_by_its_poll(jobs, workers):
     jobs.record.dispatch(1)
     process = workers.start("-v", "--sleep", "30", "--queue", "default,other")
     wait_until(lambda: count(jobs.app, effects, effects.c.n == 1), what="the first job")
-    with jobs.app.engine.connect() as connection:
-        with connection.begin() as transaction:  # never committed: wakes no one
-            jobs.record.options(queue="other", connection=connection).dispatch(2)
-            transaction.rollback()
+    # Never committed: wakes no one.
+    with jobs.app.engine.connect() as connection, connection.begin() as transaction:
+        jobs.record.options(queue="other", connection=connection).dispatch(2)
+        transaction.rollback()
     jobs.record.dispatch(3)
     # The worker's next poll is 30 s away: only the notification brings it sooner.
     wait_until(lambda: count(jobs.app, effects, effects.c.n == 3), timeout=10,
