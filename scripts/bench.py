@@ -43,15 +43,17 @@ idempotent
   process_idempotent_per_s    the same for N jobs with an ``idempotency_key``
   (+ _excl_startup, _s,       that write nothing but their outcome
   _ratio...)
---backlog TOTAL (TOTAL >= N; in addition to the groups)
+--backlog TOTAL (TOTAL >= N: every queued job, as in "with a million jobs
+queued"; in addition to the groups)
   backlog_per_s               N jobs / wall clock of ``dbqueue work --concurrency C
   (+ _excl_startup, _s)       --max-jobs N --sleep 0.05`` on a table of TOTAL ready
                               no-op jobs: the worker takes the first N by (priority,
                               id) and leaves TOTAL - N. The table is filled with N
                               jobs by ``dispatch_many``, then, to TOTAL, with
                               copies of them made by INSERT ... SELECT in the
-                              database (a million rows in seconds): the same rows
-                              the worker would see, built without the client's cost
+                              database, 200,000 rows a statement: the same rows
+                              the worker would see, at the server's pace, with no
+                              job prepared in Python
   backlog_fill_s              the seconds that filling took
   backlog_ratio               backlog_per_s / process_per_s of the same run: what a
   (+ _excl_startup)           deep table costs (null unless process ran too)
