@@ -158,10 +158,10 @@ def test_the_url_helpers_name_the_database_without_its_password(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     assert where("postgresql://app:s3cret@db/app") == "postgresql://app:***@db/app"
     assert where("sqlite:///queue.db") == str(tmp_path / "queue.db")
-    from dbqueue.cli.common import _same_url
+    from dbqueue.store.engine import same_database
 
     with pytest.raises(ConfigurationError, match="the port 'abc'"):
-        _same_url(BAD_PORT, "mysql://root@127.0.0.1/x")
+        same_database(BAD_PORT, "mysql://root@127.0.0.1/x")
 
 
 # --- 2. which database migrate touched ------------------------------------------------
