@@ -12,11 +12,17 @@ import pytest
 import sqlalchemy as sa
 
 import dbqueue
+from dbqueue import serializer
 from dbqueue.worker.child import child_main
 from dbqueue.worker.messages import Committed, Finished, RunJob
 from tests.conftest import PREFIX, ROOT, count, rows, wait_until, worker_env
 
 FAST = ("--sleep", "0.05")
+
+
+def arguments(*args):
+    """A RunJob's payload, as a dispatch stores it."""
+    return serializer.encode("charge", args, {})
 
 
 def charges(jobs, order):
@@ -205,14 +211,14 @@ def test_jobs_claimed_together_all_run_though_one_is_a_twin_or_slow(jobs, schema
     claims, and one that turns out slow must not stop the others from running."""
     with a_child(schema, monkeypatch) as (parent, child):
         for order in range(1, 9):  # one at a time: the child learns "charge" is short
-            parent.send(RunJob(200 + order, "charge", (order,), {}, 1, 60.0))
+            parent.send(RunJob(200 + order, "charge", arguments(order), 1, 60.0))
             answers_until(parent, lambda m: finished(m))
-        batch = [RunJob(221, "charge", (21,), {}, 1, 60.0),
-                 RunJob(222, "charge", (21,), {}, 1, 60.0),  # the twin of 221
-                 RunJob(223, "charge", (23,), {}, 1, 60.0),
-                 RunJob(231, "charge", (31, 0.2), {}, 1, 60.0),  # slow: no longer short
-                 RunJob(232, "charge", (32,), {}, 1, 60.0),
-                 RunJob(233, "charge", (33,), {}, 1, 60.0)]
+        batch = [RunJob(221, "charge", arguments(21), 1, 60.0),
+                 RunJob(222, "charge", arguments(21), 1, 60.0),  # the twin of 221
+                 RunJob(223, "charge", arguments(23), 1, 60.0),
+                 RunJob(231, "charge", arguments(31, 0.2), 1, 60.0),  # slow: no longer short
+                 RunJob(232, "charge", arguments(32), 1, 60.0),
+                 RunJob(233, "charge", arguments(33), 1, 60.0)]
         for task in batch:
             parent.send(task)
         messages = answers_until(parent, lambda m: len(finished(m)) == len(batch))
@@ -231,7 +237,7 @@ def test_a_child_commits_idempotent_jobs_before_they_count_as_done(jobs, schema,
     shared = not jobs.app.store.dialect.single_writer
     with a_child(schema, monkeypatch) as (parent, child):
         for order in (1, 2, 3, 4):
-            parent.send(RunJob(100 + order, "charge", (order,), {}, 1, 60.0))
+            parent.send(RunJob(100 + order, "charge", arguments(order), 1, 60.0))
         if shared:
             messages = answers_until(parent, lambda m: len(committed_ids(m)) == 4)
         else:
@@ -242,8 +248,8 @@ def test_a_child_commits_idempotent_jobs_before_they_count_as_done(jobs, schema,
         assert sorted(committed_ids(messages)) == ([101, 102, 103, 104] if shared else [])
         assert all(charges(jobs, order) == 1 for order in (1, 2, 3, 4))
 
-        parent.send(RunJob(111, "charge", (11,), {}, 1, 60.0))
-        parent.send(RunJob(112, "charge_then_die", (12,), {}, 1, 60.0))
+        parent.send(RunJob(111, "charge", arguments(11), 1, 60.0))
+        parent.send(RunJob(112, "charge_then_die", arguments(12), 1, 60.0))
         messages = answers_until(parent, lambda m: False)  # until it dies
         child.join(30)
     assert child.exitcode == -signal.SIGKILL

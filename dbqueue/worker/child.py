@@ -24,6 +24,7 @@ from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .. import serializer
 from ..errors import Fail, Release
 from ..middleware import JobContext, run_with
 from .clock import passed
@@ -63,13 +64,18 @@ def run_job(app: Any, task: RunJob, commits: Commits) -> Finished:
         return EXPIRED
     try:
         job = app.lookup(task.name)
-        job.check_arguments(task.args, task.kwargs)
+        payload = serializer.decode(task.payload)
+        args, kwargs = payload.args, payload.kwargs
+        job.check_arguments(args, kwargs)
+    except ValueError as exc:  # as the supervisor says it when it decodes one
+        return Finished("permanent", exception_class="dbqueue.SerializationError",
+                        message=f"job {task.job_id} ({task.name!r}) cannot be decoded: {exc}")
     except Exception as exc:  # an unknown job or bad arguments: retrying cannot help
         return Finished("permanent", exception_class=class_name(exc),
                         message=str(exc), traceback=traceback.format_exc())
 
     def body() -> Any:
-        result = job.func(*task.args, **task.kwargs)
+        result = job.func(*args, **kwargs)
         if inspect.iscoroutine(result):  # an `async def` job: on an event loop of its own
             import asyncio
 
@@ -77,10 +83,10 @@ def run_job(app: Any, task: RunJob, commits: Commits) -> Finished:
         return result
 
     if job.idempotency_key is not None:  # innermost: its transaction spans only the body
-        body = commits.wrap(job, task, body)
+        body = commits.wrap(job, task.job_id, args, kwargs, body)
     try:
         if job.middleware:
-            run_with(job.middleware, JobContext(app, job, task.job_id, task.args, task.kwargs,
+            run_with(job.middleware, JobContext(app, job, task.job_id, args, kwargs,
                                                 task.attempt, task.timeout, task.locks), body)
         else:
             body()

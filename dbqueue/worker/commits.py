@@ -25,6 +25,7 @@ from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .. import serializer
 from ..idempotency import CommitFailed, OutcomeBatch
 from .messages import Committed, Finished, RunJob, class_name
 
@@ -48,9 +49,10 @@ class Commits:
         return (self.idempotent(task)
                 and self.seconds.get(task.name, math.inf) < OutcomeBatch.MAX_SECONDS)
 
-    def wrap(self, job: Any, task: RunJob, body: Callable[[], Any]) -> Callable[[], Any]:
+    def wrap(self, job: Any, job_id: int, args: tuple[Any, ...], kwargs: dict[str, Any],
+             body: Callable[[], Any]) -> Callable[[], Any]:
         """``body`` run once per idempotency key, in the batch's transaction."""
-        return partial(self.batch.run, job, task.job_id, task.args, task.kwargs, body)
+        return partial(self.batch.run, job, job_id, args, kwargs, body)
 
     def holds(self, task: RunJob) -> bool:
         """Whether the job's outcome waits in the open transaction for its commit."""
@@ -73,8 +75,15 @@ class Commits:
         if batch.open and not self.short(task):
             self.end(conn)
         if self.idempotent(task) and task.job_id not in batch.preclaimed:
-            batch.preclaim([(self.app.jobs[t.name], t.job_id, t.args, t.kwargs)
-                            for t in [task, *itertools.takewhile(self.short, inbox)]])
+            runs = []
+            for queued in [task, *itertools.takewhile(self.short, inbox)]:
+                try:  # one that cannot be decoded claims nothing: its run says why
+                    payload = serializer.decode(queued.payload)
+                except ValueError:
+                    continue
+                runs.append((self.app.jobs[queued.name], queued.job_id, payload.args,
+                             payload.kwargs))
+            batch.preclaim(runs)
 
     def after_running(self, task: RunJob, seconds: float) -> None:
         self.batch.unused(task.job_id)

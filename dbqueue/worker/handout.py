@@ -94,9 +94,8 @@ class Handout:
                 self.renewal.soon()
             return False
         entry = self.ledger.start(child)
-        payload = entry.payload
         locks = frozenset(key for key, _, _ in entry.locks) if entry.locks else frozenset()
-        self.pool.give(child, RunJob(entry.id, entry.row.job, payload.args, payload.kwargs,
+        self.pool.give(child, RunJob(entry.id, entry.row.job, entry.row.payload,
                                      entry.row.attempts, entry.timeout, locks, start_by,
                                      start_by_wall),
                        entry.timeout)

@@ -6,14 +6,15 @@ is failed here, before any child sees it (DESIGN §2.7: bad input is contained).
 
 from __future__ import annotations
 
+import functools
 import time
 import traceback
+from datetime import UTC, datetime
 from typing import Any
 
 from .. import serializer
 from ..errors import ConfigurationError, MaxAttemptsExceeded, UnknownJob
-from ..policy import refuse_attempt
-from ..serializer import Payload
+from ..policy import Rules, refuse_attempt
 from ..store import Failure, Lease, ReservedRow
 from .clock import Deadline
 from .ledger import Entry
@@ -28,7 +29,7 @@ def admit(app: Any, row: ReservedRow, token: str, lease_until: Deadline,
     returns: a row that cannot run becomes a Failure, never an exception
     that would stop the worker (DESIGN §2.7).
     """
-    entry = Entry(row, Lease(row.id, token), None, Payload(), time.monotonic(), lease_until)
+    entry = Entry(row, Lease(row.id, token), None, None, time.monotonic(), lease_until)
     try:
         return entry, _resolve(app, entry)
     except Exception as exc:  # a case the checks below did not foresee: still contained
@@ -39,18 +40,23 @@ def admit(app: Any, row: ReservedRow, token: str, lease_until: Deadline,
 def _resolve(app: Any, entry: Entry) -> Failure | None:
     row = entry.row
     try:
-        entry.payload = serializer.decode(row.payload)
-    except ValueError as exc:
-        return Failure("dbqueue.SerializationError",
-                       f"job {row.id} ({row.job!r}) cannot be decoded: {exc}", "")
-    try:
         job = app.lookup(row.job)
     except UnknownJob as exc:
         return Failure(class_name(exc), str(exc), "")
     entry.job = job
+    if _may_hold_options(row.payload) or _reads_arguments(job):
+        try:
+            entry.payload = serializer.decode(row.payload)
+        except ValueError as exc:
+            return Failure("dbqueue.SerializationError",
+                           f"job {row.id} ({row.job!r}) cannot be decoded: {exc}", "")
+        options = entry.payload.options
+    else:  # the child decodes it: the supervisor need not (see RunJob.payload)
+        options = {}
     try:
-        entry.rules = job.rules(entry.payload.options, row.created_at)
-        entry.timeout = job.timeout_for(entry.payload.options)
+        entry.rules = (job.rules(options, row.created_at) if options or job.retry_until
+                       else _plain_rules(job))
+        entry.timeout = job.timeout_for(options) if options else job.timeout
     except ConfigurationError as exc:
         return Failure(class_name(exc), f"job {row.id} ({row.job!r}) has invalid options: {exc}",
                        "")
@@ -58,3 +64,25 @@ def _resolve(app: Any, entry: Entry) -> Failure | None:
     if why is not None:
         return Failure(class_name(MaxAttemptsExceeded), why, "")
     return None
+
+
+def _may_hold_options(payload: str) -> bool:
+    """Whether the payload may set options (timeout, tries, retry_until...).
+
+    dbqueue writes ``"options"`` only when a dispatch set some; a key spelled
+    with a JSON escape is caught by the second test."""
+    return '"options"' in payload or "\\u" in payload
+
+
+@functools.cache
+def _reads_arguments(job: Any) -> bool:
+    """Whether the supervisor needs the job's arguments before it runs: a
+    middleware that declares locks computes their keys from them."""
+    return any(hasattr(middleware, "lock_requests") for middleware in job.middleware)
+
+
+@functools.cache
+def _plain_rules(job: Any) -> Rules:
+    """The rules of a queued instance with no options of its own, for a job
+    without ``retry_for`` (which counts from each instance's creation)."""
+    return job.rules({}, datetime.now(UTC))  # type: ignore[no-any-return]

@@ -88,9 +88,9 @@ class JobLocks:
                 declare = getattr(middleware, "lock_requests", None)
                 if declare is None:
                     continue
-                context = context or JobContext(self.app, held.job, held.id, held.payload.args,
-                                                held.payload.kwargs, held.row.attempts,
-                                                held.timeout)
+                payload = held.decoded()
+                context = context or JobContext(self.app, held.job, held.id, payload.args,
+                                                payload.kwargs, held.row.attempts, held.timeout)
                 for request in declare(context):
                     by_key.setdefault(request.key, request)
             return list(by_key.values())

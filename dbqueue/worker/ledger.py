@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+from .. import serializer
 from ..policy import Rules
 from ..serializer import Payload
 from ..store import Lease, ReservedRow
@@ -68,7 +69,9 @@ class Entry:
     row: ReservedRow
     lease: Lease
     job: Any  # dbqueue.Job, or None when the row could not be resolved
-    payload: Payload
+    payload: Payload | None
+    """The decoded payload, once something here needed it (see ``decoded``);
+    the child decodes it to run the job."""
     reserved_mono: float
     lease_until: Deadline
     """Until when the lease certainly holds: it was taken or last renewed for
@@ -91,6 +94,16 @@ class Entry:
     @property
     def id(self) -> int:
         return self.row.id
+
+    def decoded(self) -> Payload:
+        """The payload's arguments and options (empty if it cannot be decoded:
+        the job's run says why)."""
+        if self.payload is None:
+            try:
+                self.payload = serializer.decode(self.row.payload)
+            except ValueError:
+                self.payload = Payload()
+        return self.payload
 
     def db_now(self) -> datetime:
         """The database clock now, from the reservation's timestamp and a monotonic clock."""

@@ -7,7 +7,7 @@ several times faster than slotted dataclasses.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from ..jobs import JobFailure
 
@@ -17,8 +17,9 @@ from ..jobs import JobFailure
 class RunJob(NamedTuple):
     job_id: int
     name: str
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
+    payload: str
+    """The job's stored payload, decoded by the child (the supervisor decodes
+    only those whose options or middleware it must read itself)."""
     attempt: int
     timeout: float
     locks: frozenset[str] = frozenset()

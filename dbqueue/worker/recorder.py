@@ -81,7 +81,7 @@ class Recorder:
         self._settle(entry, Failed(entry, failure, attempts, ran), processed=ran)
         if entry.job is not None and entry.job.on_failure is not None:
             self.hooks.append(RunHook(JobFailure(
-                entry.id, entry.row.job, entry.payload.args, entry.payload.kwargs, attempts,
+                entry.id, entry.row.job, entry.decoded().args, entry.decoded().kwargs, attempts,
                 failure.exception_class, failure.message)))
 
     def started(self, entry: Entry) -> None:
