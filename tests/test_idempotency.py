@@ -169,13 +169,15 @@ def test_idempotent_jobs_and_their_middleware_writes_do_not_wait_on_each_other(j
 
 
 def answers_until(conn, done):
-    """Messages from a child until ``done(messages)`` holds or the pipe closes."""
+    """Messages from a child until ``done(messages)`` holds or the pipe closes
+    (the answers of short jobs may come several to a message)."""
     messages = []
     while not done(messages):
         try:
-            messages.append(conn.recv())
+            message = conn.recv()
         except EOFError:
             break
+        messages += message if isinstance(message, list) else [message]
     return messages
 
 
