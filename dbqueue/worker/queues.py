@@ -46,3 +46,7 @@ class QueueChoice:
         """Whether a job of these queues is in the table, ready or not (may query)."""
         return self.queues.hold_jobs(None if self.every else self.names)
 
+
+    def any_ready(self, chosen: list[str]) -> bool:
+        """Whether a job is ready in the ``chosen`` queues (one statement)."""
+        return bool(chosen) and self.queues.any_ready(chosen)

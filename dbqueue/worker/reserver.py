@@ -91,7 +91,12 @@ class Reserver:
         # clock from when it ran, lasts at least until this.
         lease_until = Deadline.after(self.options.retry_after)
         try:
-            rows = self.store.reserve(self.queues.current(), want, token, self.options.retry_after)
+            queues = self.queues.current()
+            # After an empty look, a poll first asks whether anything is ready
+            # (one cheap statement); it reserves only when something is.
+            idle = self.pace.empty_looks > 0 and not self.wakeup.listening
+            rows = (self.store.reserve(queues, want, token, self.options.retry_after)
+                    if not idle or self.queues.any_ready(queues) else [])
             if not rows and not self.ledger and not self.recorder.hooks:
                 self._look_for_any_job()
         except DB_ERRORS as exc:
