@@ -169,15 +169,13 @@ def test_idempotent_jobs_and_their_middleware_writes_do_not_wait_on_each_other(j
 
 
 def answers_until(conn, done):
-    """Messages from a child until ``done(messages)`` holds or the pipe closes
-    (the answers of short jobs may come several to a message)."""
+    """Messages from a child until ``done(messages)`` holds or the pipe closes."""
     messages = []
     while not done(messages):
         try:
-            message = conn.recv()
+            messages.append(conn.recv())
         except EOFError:
             break
-        messages += message if isinstance(message, list) else [message]
     return messages
 
 

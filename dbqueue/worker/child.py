@@ -15,7 +15,6 @@ import contextlib
 import ctypes
 import inspect
 import logging
-import math
 import os
 import signal
 import sys
@@ -157,56 +156,8 @@ def _in_fork_server_child() -> bool:
     return server is None or os.getppid() == server.PID
 
 
-class Replies:
-    """Answers to the supervisor: at once, or, while short jobs follow one
-    another, a few together (one message and one wake-up of the supervisor
-    for many). An answer waits at most MAX_WAIT seconds, and never while a
-    job not known to be short runs: the supervisor reads which task runs from
-    the shared ``progress`` meanwhile, so timeouts stay exact."""
-
-    MAX_HELD = 32
-    MAX_WAIT = 0.002
-    SHORT = 0.001  # seconds: a job that usually takes less lets answers wait
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self.held: list[Finished] = []
-        self.since = 0.0
-        self.runtimes: dict[str, float] = {}
-
-    def answer(self, task: RunJob | RunHook, answer: Finished, following: Any) -> None:
-        """Answer ``task``; ``following`` is the task queued next, if any."""
-        now = time.monotonic()
-        if isinstance(task, RunJob):
-            last = self.runtimes.get(task.name)
-            runtime = answer.runtime
-            self.runtimes[task.name] = runtime if last is None else 0.8 * last + 0.2 * runtime
-        if not self.held:
-            self.since = now
-        self.held.append(answer)
-        if not (isinstance(following, RunJob) and len(self.held) < self.MAX_HELD
-                and now - self.since < self.MAX_WAIT
-                and self.runtimes.get(following.name, math.inf) < self.SHORT):
-            self.flush()
-
-    def flush(self) -> None:
-        if self.held:
-            held, self.held = self.held, []
-            self.conn.send(held if len(held) > 1 else held[0])
-
-    def send(self, message: Any) -> None:
-        """Send ``message`` after the answers waiting (a Committed names them)."""
-        self.flush()
-        self.conn.send(message)
-
-    def poll(self) -> bool:
-        return self.conn.poll()
-
-
-def child_main(conn: Connection, app_reference: str, measure_memory: bool = False,
-               progress: Any = None) -> None:
-    """Entry point of a child process. ``progress`` is shared with the
-    supervisor: the number of the task running (from 0) and when it started."""
+def child_main(conn: Connection, app_reference: str, measure_memory: bool = False) -> None:
+    """Entry point of a child process."""
     # Ctrl-C and systemd's SIGTERM reach the whole process group: the children
     # ignore them, and the supervisor decides when a running job must die.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -218,42 +169,30 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
 
     app = load_app(app_reference)
     commits = Commits(app)
-    replies = Replies(conn)
-    progress = progress if progress is not None else [0.0, 0.0]
     inbox: deque[Any] = deque()  # tasks already sent to this child, in order
-    number = 0
     try:
         while True:
-            commits.before_waiting(replies, inbox)
-            if not inbox:
-                replies.flush()
-                if not _receive(conn, inbox):
-                    return  # the supervisor is gone: an open transaction rolls back
+            commits.before_waiting(conn, inbox)
+            if not inbox and not _receive(conn, inbox):
+                return  # the supervisor is gone: an open transaction rolls back
             task = inbox.popleft()
-            commits.before_running(task, inbox, replies)
+            commits.before_running(task, inbox, conn)
             if task is None:
                 return
-            # The time first: the supervisor reads the number, then the time.
-            progress[1] = time.monotonic()
-            progress[0] = number
-            number += 1
-            replies.answer(task, _run(app, task, commits, measure_memory),
-                           inbox[0] if inbox else None)
+            conn.send(_run(app, task, commits, measure_memory))
     except (BrokenPipeError, OSError):
         return
     finally:
-        with contextlib.suppress(OSError):
-            replies.flush()
         commits.close()
 
 
 def _run(app: Any, task: RunJob | RunHook, commits: Commits, measure_memory: bool) -> Finished:
-    started = time.monotonic()
     if isinstance(task, RunJob):
+        started = time.monotonic()
         answer = run_job(app, task, commits)
-        runtime = time.monotonic() - started
-        commits.after_running(task, runtime)
+        commits.after_running(task, time.monotonic() - started)
     else:
         answer = run_hook(app, task)
-        runtime = time.monotonic() - started
-    return answer._replace(runtime=runtime, rss_mb=_rss_mb() if measure_memory else 0.0)
+    if measure_memory:
+        answer = answer._replace(rss_mb=_rss_mb())
+    return answer

@@ -22,19 +22,12 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Protocol
+from multiprocessing.connection import Connection
+from typing import Any
 
 from .. import serializer
 from ..idempotency import CommitFailed, OutcomeBatch
 from .messages import Committed, Finished, RunJob, class_name
-
-
-class Channel(Protocol):
-    """The child's line to the supervisor (child.Replies)."""
-
-    def send(self, message: Any) -> None: ...
-
-    def poll(self) -> bool: ...
 
 
 class Commits:
@@ -68,13 +61,13 @@ class Commits:
 
     # --- the child's loop ------------------------------------------------------------
 
-    def before_waiting(self, conn: Channel, inbox: deque[Any]) -> None:
+    def before_waiting(self, conn: Connection, inbox: deque[Any]) -> None:
         """An open transaction waits for the next job only if it is already here."""
         batch = self.batch
         if batch.lost or (batch.open and (batch.due() or (not inbox and not conn.poll()))):
             self.end(conn)
 
-    def before_running(self, task: Any, inbox: deque[Any], conn: Channel) -> None:
+    def before_running(self, task: Any, inbox: deque[Any], conn: Connection) -> None:
         """Commit first if ``task`` does not join the open transaction (one that
         turned out slow does not: its claims are given back); claim the keys of
         the short idempotent jobs queued behind it, in one statement."""
@@ -98,7 +91,7 @@ class Commits:
             last = self.seconds.get(task.name)
             self.seconds[task.name] = seconds if last is None else 0.8 * last + 0.2 * seconds
 
-    def end(self, conn: Channel) -> None:
+    def end(self, conn: Connection) -> None:
         """Commit the open transaction, if any, and tell the supervisor."""
         for message in self._end():
             conn.send(message)

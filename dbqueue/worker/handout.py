@@ -19,7 +19,7 @@ from .health import LONGEST_WAIT, Health
 from .ledger import Entry, Ledger, State
 from .messages import Committed, Finished, RunHook, RunJob
 from .options import WorkerOptions
-from .pool import Child, Ended, Pool, Stopped, Task
+from .pool import Child, Ended, Pool, Task
 from .recorder import Recorder
 from .reserver import Reserver
 from .sidetasks import LeaseRenewal
@@ -122,7 +122,6 @@ class Handout:
             if lost is not None:
                 self._died(lost, how)
             self._rolled_back(child)
-        self._unreported(ended.unreported)
         self._requeue(ended.unstarted)
         for child in self.pool.overdue():
             self._timed_out(child)
@@ -192,17 +191,16 @@ class Handout:
         now = time.monotonic()
         owners = {id(entry.child): entry.child for entry in self.ledger.in_state(State.UNCOMMITTED)}
         for child in owners.values():
-            if not child.tasks and now - child.answered_at >= COMMIT_TIMEOUT:
+            if not child.tasks and now - child.answered >= COMMIT_TIMEOUT:
                 log.error("a child has not committed its idempotent jobs within %.0f s; "
                           "killing it", COMMIT_TIMEOUT)
-                self._stopped(self.pool.kill(child))
+                self._requeue(self.pool.kill(child)[2])
                 self._rolled_back(child)
 
     def _timed_out(self, child: Child) -> None:
-        stopped = self.pool.kill(child)
+        task, how, unstarted = self.pool.kill(child)
         self._rolled_back(child)
-        self._stopped(stopped)
-        task, how = stopped.running, stopped.how
+        self._requeue(unstarted)
         entry = self._running(task) if task is not None else None
         if entry is not None:
             self._ended(entry, _failure("timeout", JobTimeout, f"job ran longer than its "
@@ -218,22 +216,6 @@ class Handout:
         elif isinstance(task, RunHook):
             log.error("on_failure hook of job %d died (%s)", task.failure.job_id, how)
 
-    def _stopped(self, stopped: Stopped) -> None:
-        """What a killed child had not started runs elsewhere; what it had done
-        without reporting runs again."""
-        self._unreported(stopped.unreported)
-        self._requeue(stopped.unstarted)
-
-    def _unreported(self, tasks: list[Any]) -> None:
-        """Jobs a child had finished when it was killed or died, before it
-        reported how: whatever they did, they go back (not using a try)."""
-        for task in tasks:
-            entry = self._running(task)
-            if entry is not None:
-                log.warning("job %d (%s) ended as its process died, which did not say how; "
-                            "it runs again", entry.id, entry.row.job)
-                self.recorder.released(entry, 0.0, False, "its outcome was lost with its process")
-
     def _requeue(self, tasks: list[Any]) -> None:
         """Put back tasks that were queued in a child that died before starting them."""
         for task in reversed(tasks):
@@ -247,7 +229,7 @@ class Handout:
         """The grace period is over: kill what still runs and put its jobs back."""
         for child in list(self.pool.children):
             if child.tasks or self._committing(child):
-                self.pool.kill(child)  # its jobs, done or not, are put back below
+                self.pool.kill(child)
                 self._rolled_back(child)
         for entry in self.ledger.in_state(State.RUNNING):
             log.warning("job %d (%s) did not finish within the grace period; put back",

@@ -45,8 +45,6 @@ class Finished(NamedTuple):
     or "expired": not started, its ``start_by`` had passed."""
 
     kind: str
-    runtime: float = 0.0
-    """Seconds the task ran, by the child's clock."""
     rss_mb: float = 0.0
     """The child's memory after the task, when the worker has a --memory limit."""
     delay: float = 0.0

@@ -2,12 +2,9 @@
 
 Each child runs its tasks one after another. When jobs are short the
 supervisor queues a few tasks per child (``depth``), so a child never waits
-while the supervisor is busy with the database, and the child answers such
-jobs a few at a time (see child.Replies). So that timeouts stay exact, each
-child writes into memory shared with the supervisor which task it is running
-and since when (``Child.progress``): the supervisor's deadline for a child is
-always that task's, and a child killed or dead is known to have been running
-that task, with the ones before it done but not yet reported.
+while the supervisor is busy with the database; the task at the head of a
+child's queue is the one running, and its deadline counts from the moment the
+task before it finished.
 """
 
 from __future__ import annotations
@@ -20,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
-from typing import Any, NamedTuple
+from typing import Any
 
 from . import forkserver
 from .child import child_main
@@ -33,15 +30,11 @@ Task = RunJob | RunHook
 class Child:
     process: BaseProcess
     conn: Connection
-    progress: Any
-    """Shared with the child: [number of the task it runs (counted from 0), when
-    it started it (monotonic clock, shared by a host's processes)]."""
     tasks: deque[tuple[Task, float]] = field(default_factory=deque)
-    """Queued tasks with their timeouts, the oldest unanswered first."""
-    answered: int = 0
-    """How many tasks it has answered: the number of ``tasks[0]``."""
+    """Queued tasks with their timeouts; the first one is running."""
+    started: float = 0.0
     deadline: float = 0.0
-    answered_at: float = 0.0
+    answered: float = 0.0
     """When it last answered (monotonic clock)."""
     unsent: list[Task] = field(default_factory=list)
     """Tasks given since the last wait: sent together, in one message."""
@@ -62,20 +55,14 @@ class Child:
         except (OSError, ValueError):  # the pipe was closed: reading says how
             return True
 
-    def running(self) -> tuple[int, float]:
-        """The index in ``tasks`` of the task it runs (those before it are done,
-        their answers on the way), and when it started that one. A task not
-        started yet counts from the supervisor's last look."""
-        number, started = self.progress[0], self.progress[1]
-        index = int(number) - self.answered
-        if index < 0 or index >= len(self.tasks):  # between tasks: the next one starts now
-            return 0, max(started, self.answered_at)
-        return index, started
+    @property
+    def task(self) -> Task | None:
+        """The running task."""
+        return self.tasks[0][0] if self.tasks else None
 
-    def update_deadline(self) -> None:
+    def _start_next(self, now: float) -> None:
         if self.tasks:
-            index, started = self.running()
-            self.deadline = started + self.tasks[index][1]
+            self.started, self.deadline = now, now + self.tasks[0][1]
 
 
 @dataclass
@@ -90,19 +77,6 @@ class Ended:
     """Tasks queued behind one whose child died: give them to another child."""
     committed: list[Committed] = field(default_factory=list)
     """Transactions of idempotent jobs that ended (see child.Committed)."""
-    unreported: list[Task] = field(default_factory=list)
-    """Tasks a dead child had finished without reporting how they ended."""
-
-
-class Stopped(NamedTuple):
-    """A child killed or dead, and what became of its tasks."""
-
-    running: Task | None
-    how: str
-    unstarted: list[Task]
-    """Queued behind the running one: never started."""
-    unreported: list[Task]
-    """Before the running one: done, but how they ended was not reported."""
 
 
 def describe_exit(code: int | None) -> str:
@@ -134,32 +108,25 @@ class Pool:
 
     def _spawn(self) -> Child:
         parent_end, child_end = self.context.Pipe(duplex=True)
-        progress = self.context.RawArray("d", [-1.0, time.monotonic()])
         process = self.context.Process(  # type: ignore[attr-defined]
-            target=child_main,
-            args=(child_end, self.app_reference, self.measure_memory, progress),
+            target=child_main, args=(child_end, self.app_reference, self.measure_memory),
             name="dbqueue-child", daemon=True)
         process.start()
         child_end.close()
-        return Child(process, parent_end, progress, answered_at=time.monotonic())
+        return Child(process, parent_end)
 
     def idle(self) -> list[Child]:
         return [child for child in self.children if not child.tasks]
 
     def started(self) -> list[tuple[Task, float]]:
         """The task each busy child is running, with when it began (monotonic)."""
-        running = []
-        for child in self.children:
-            if child.tasks:
-                index, began = child.running()
-                running.append((child.tasks[index][0], began))
-        return running
+        return [(child.tasks[0][0], child.started) for child in self.children if child.tasks]
 
     def give(self, child: Child, task: Task, timeout: float) -> None:
         """Queue ``task`` in ``child``; it is sent with the others at the next ``wait``."""
         child.tasks.append((task, timeout))
         if len(child.tasks) == 1:
-            child.update_deadline()
+            child._start_next(time.monotonic())
         child.unsent.append(task)
 
     def _send(self) -> None:
@@ -189,24 +156,21 @@ class Pool:
         # (A child that died while idle shows up here too: its pipe reads EOF.)
         try:
             while child.has_answer():
-                message = child.conn.recv()
-                if isinstance(message, Committed):
-                    ended.committed.append(message)
+                answer = child.conn.recv()
+                if isinstance(answer, Committed):
+                    ended.committed.append(answer)
                     continue
-                child.answered_at = time.monotonic()
-                for answer in message if isinstance(message, list) else (message,):
-                    if not child.tasks:
-                        break
-                    task, _ = child.tasks.popleft()
-                    child.answered += 1
-                    ended.finished.append((child, task, answer, answer.runtime))
-                child.update_deadline()
+                if not child.tasks:
+                    continue
+                now = child.answered = time.monotonic()
+                task, _ = child.tasks.popleft()
+                ended.finished.append((child, task, answer, now - child.started))
+                child._start_next(now)
         except (EOFError, OSError):
             # Reported even when idle: it may have died with jobs uncommitted.
-            stopped = self._replace(child)
-            ended.died.append((child, stopped.running, stopped.how))
-            ended.unstarted += stopped.unstarted
-            ended.unreported += stopped.unreported
+            running, how, unstarted = self._replace(child)
+            ended.died.append((child, running, how))
+            ended.unstarted += unstarted
 
     def overdue(self) -> list[Child]:
         """Children whose running task is past its deadline and has not answered.
@@ -215,20 +179,19 @@ class Pool:
         the task ended in time, and killing the child would lose its result.
         """
         now = time.monotonic()
-        overdue = []
-        for child in self.children:
-            if child.tasks and child.deadline <= now:
-                child.update_deadline()  # it may have moved on to a later task
-                if child.deadline <= now and not child.has_answer():
-                    overdue.append(child)
-        return overdue
+        return [child for child in self.children
+                if child.tasks and child.deadline <= now and not child.has_answer()]
 
     def next_deadline(self) -> float | None:
         deadlines = [child.deadline for child in self.children if child.tasks]
         return min(deadlines) if deadlines else None
 
-    def kill(self, child: Child) -> Stopped:
-        """Kill a child and start a replacement; what became of its tasks."""
+    def kill(self, child: Child) -> tuple[Task | None, str, list[Task]]:
+        """Kill a child and start a replacement.
+
+        Returns the task it was running, how it ended, and the tasks queued
+        behind that one, which never started.
+        """
         child.process.kill()
         return self._replace(child)
 
@@ -242,15 +205,15 @@ class Pool:
             child.process.kill()
         self._replace(child)
 
-    def _replace(self, child: Child) -> Stopped:
+    def _replace(self, child: Child) -> tuple[Task | None, str, list[Task]]:
         child.process.join(5)
         how = describe_exit(child.process.exitcode)
         child.conn.close()
-        tasks = [task for task, _ in child.tasks]
-        index = child.running()[0] if tasks else 0
+        running = child.task
+        unstarted = [task for task, _ in list(child.tasks)[1:]]
         child.tasks.clear()
         self.children[self.children.index(child)] = self._spawn()
-        return Stopped(tasks[index] if tasks else None, how, tasks[index + 1:], tasks[:index])
+        return running, how, unstarted
 
     def stop(self) -> None:
         """Ask the children to exit; kill those that do not."""
