@@ -107,6 +107,8 @@ class Completer(Protocol):
 
     def next_wake(self) -> float | None: ...
 
+    def releasing(self) -> bool: ...
+
     def flush(self, now: float | None = None) -> list[Entry]: ...
 
     def drain(self, tries: int = 3) -> list[Entry]: ...
@@ -175,7 +177,13 @@ class BatchCompleter:
         """When waiting records are due to be written, if any wait."""
         if not self.pending:
             return None
+        if self._urgent:
+            return self.retry_at
         return max(self.first_at + self.max_wait, self.retry_at)
+
+    def releasing(self) -> bool:
+        """Whether a job waits to go back to the queue (it may be ready at once)."""
+        return any(isinstance(record, Released) for record in self.pending)
 
     def flush(self, now: float | None = None) -> list[Entry]:
         """Write what waits; return the jobs finished with. On a failed write
@@ -222,16 +230,21 @@ class BatchCompleter:
                 if isinstance(exc, TRANSIENT) or not self._give_up(group, exc):
                     self._put_back([r for rest in groups[number:] for r in rest], now, exc)
                     return finished
-                finished += [r.entry for r in group if isinstance(r, _ENDINGS)]
+                for record in group:
+                    if isinstance(record, _ENDINGS):
+                        finished.append(record.entry)
+                    elif isinstance(record, Counted):
+                        record.entry.counting = False  # counted again later, if it runs on
                 continue
             self.health.succeeded()
+            self._refusals.pop(_job_of(group), None)
             finished += self._written(group, recorded)
         self._one_by_one = False
         return finished
 
     def _give_up(self, group: list[Record], exc: Exception) -> bool:
         """Count a refusal of ``group``'s write; True once it is set aside."""
-        job_id = next((r.entry.id for r in group if not isinstance(r, Unlocked)), 0)
+        job_id = _job_of(group)
         refusals = self._refusals[job_id] = self._refusals.get(job_id, 0) + 1
         if refusals < _REFUSALS_BEFORE_GIVING_UP:
             return False
@@ -250,7 +263,7 @@ class BatchCompleter:
         finished, lost = [], 0
         for record in records:
             if isinstance(record, Counted):
-                record.entry.counted = True
+                record.entry.counted, record.entry.counting = True, False
             elif isinstance(record, _ENDINGS):
                 finished.append(record.entry)
                 if record.entry.id in recorded:
@@ -276,6 +289,11 @@ class InlineCompleter(BatchCompleter):
     def flush(self, now: float | None = None) -> list[Entry]:
         self._one_by_one = True
         return super().flush(now)
+
+
+def _job_of(group: Sequence[Record]) -> int:
+    """The job a group of ``_by_job`` is about (0: the loose locks)."""
+    return next((r.entry.id for r in group if not isinstance(r, Unlocked)), 0)
 
 
 def _by_job(records: Sequence[Record]) -> list[list[Record]]:

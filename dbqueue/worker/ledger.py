@@ -85,7 +85,9 @@ class Entry:
     child: Any = None
     """The child it was handed to (running, uncommitted)."""
     counted: bool = False
-    """Whether its attempt is counted in the table (see Store.complete's ``started``)."""
+    """Whether its attempt is counted in the table (see Completion.started)."""
+    counting: bool = False
+    """A record counting its attempt waits in the completer."""
     lease_lost: bool = False
     """Another worker took the job (this one stalled) while it ran here."""
     runtime: float | None = None

@@ -207,8 +207,10 @@ class Supervisor:
     def _flush(self) -> None:
         now = time.monotonic()
         # A job that has run a while gets its attempt counted (see Completion.started).
-        started = [entry for entry, began in self._uncounted() if now - began >= FLUSH_DELAY]
-        for entry in started:
+        started = [entry for entry, began in self._uncounted()
+                   if now - began >= FLUSH_DELAY and not entry.counting]
+        for entry in started:  # one record each, however long the write takes
+            entry.counting = True
             self.completer.add(Counted(entry, entry.row.attempts))
         busy = bool(self.ledger.count(State.RESERVED, State.RUNNING)) and not self.stopping
         if started or self.completer.due(now, busy=busy):
@@ -237,7 +239,8 @@ class Supervisor:
         # Done jobs whose commit is awaited are not over yet: a failed commit
         # puts them back for an immediate retry.
         elif (options.stop_when_empty and self.reserver.drained and not self.hooks
-              and not ledger.count(State.RESERVED, State.RUNNING, State.UNCOMMITTED)):
+              and not ledger.count(State.RESERVED, State.RUNNING, State.UNCOMMITTED)
+              and not self.completer.releasing()):
             self._stop("queue empty")
         elif (options.stop_when_drained and self.reserver.queues_empty and not ledger
               and not self.hooks):

@@ -40,12 +40,12 @@ class PostgreSQL(Dialect):
 
     def listen(self, engine: sa.Engine, channel: str) -> Notices | None:
         # Revision 0007's trigger notifies on the jobs table's name when a
-        # committed INSERT made jobs ready. Other drivers than psycopg 3 poll.
+        # committed INSERT made jobs ready. Other drivers than psycopg 3.2 or
+        # newer (notifies(timeout=...)) poll: psycopg2 has no such call.
+        if not _notifies_without_waiting(engine.dialect.driver):
+            return None
         connection = engine.raw_connection()
         driver: Any = connection.driver_connection
-        if not hasattr(driver, "notifies"):
-            connection.close()
-            return None
         try:
             driver.autocommit = True
             driver.execute(f"LISTEN {engine.dialect.identifier_preparer.quote(channel)}")
@@ -113,6 +113,15 @@ class PostgreSQL(Dialect):
 
     def is_missing_column(self, error: BaseException) -> bool:
         return getattr(getattr(error, "orig", None), "sqlstate", None) == _UNDEFINED_COLUMN
+
+
+def _notifies_without_waiting(driver: str) -> bool:
+    if driver != "psycopg":
+        return False
+    import psycopg
+
+    major, minor = (int(part) for part in psycopg.__version__.split(".")[:2])
+    return (major, minor) >= (3, 2)
 
 
 class _Listener:
