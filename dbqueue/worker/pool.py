@@ -10,8 +10,11 @@ task before it finished.
 from __future__ import annotations
 
 import contextlib
+import os
+import pickle
 import select
 import signal
+import struct
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -24,6 +27,10 @@ from .child import child_main
 from .messages import Committed, Finished, RunHook, RunJob
 
 Task = RunJob | RunHook
+
+_SHORT = struct.Struct("!i")  # multiprocessing.Connection's frame header
+_LONG = struct.Struct("!Q")  # ... and its length of a message over 2 GiB
+_READ_SIZE = 1 << 16
 
 
 @dataclass(eq=False)
@@ -38,14 +45,16 @@ class Child:
     """When it last answered (monotonic clock)."""
     unsent: list[Task] = field(default_factory=list)
     """Tasks given since the last wait: sent together, in one message."""
+    unread: bytes = b""
+    """The start of a message read from the pipe whose end is still on its way."""
     _poller: select.poll | None = field(default=None, init=False, repr=False)
 
-    def has_answer(self) -> bool:
-        """Whether something can be read from the child (an answer, or the EOF
-        of its death) without waiting.
+    def readable(self) -> bool:
+        """Whether the pipe can be read without waiting (a message, or the EOF
+        of the child's death).
 
         ``Connection.poll`` builds a selector for every call; the supervisor
-        asks once per answer, thousands of times a second with short jobs.
+        asks once per read, thousands of times a second with short jobs.
         """
         try:
             if self._poller is None:
@@ -54,6 +63,38 @@ class Child:
             return bool(self._poller.poll(0))
         except (OSError, ValueError):  # the pipe was closed: reading says how
             return True
+
+    def has_answer(self) -> bool:
+        """Whether an answer has arrived, whole or in part, and is not read yet."""
+        return bool(self.unread) or self.readable()
+
+    def messages(self) -> list[Any]:
+        """Every whole message in the pipe now, with one read (call it when
+        ``readable``). Raises EOFError once the child is gone.
+
+        Connection.recv would cost two reads per message; the child's answers
+        come in Connection's framing (a 4-byte length, or -1 and an 8-byte
+        one), so they are cut out of one read here.
+        """
+        data = os.read(self.conn.fileno(), _READ_SIZE)
+        if not data:
+            raise EOFError
+        buffer = self.unread + data if self.unread else data
+        messages, offset, end = [], 0, len(buffer)
+        while end - offset >= _SHORT.size:
+            (size,) = _SHORT.unpack_from(buffer, offset)
+            start = offset + _SHORT.size
+            if size == -1:
+                if end - start < _LONG.size:
+                    break
+                (size,) = _LONG.unpack_from(buffer, start)
+                start += _LONG.size
+            if end - start < size:
+                break
+            messages.append(pickle.loads(buffer[start:start + size]))
+            offset = start + size
+        self.unread = buffer[offset:]
+        return messages
 
     @property
     def task(self) -> Task | None:
@@ -155,17 +196,17 @@ class Pool:
         # Read every answer already waiting: one wake-up serves many short jobs.
         # (A child that died while idle shows up here too: its pipe reads EOF.)
         try:
-            while child.has_answer():
-                answer = child.conn.recv()
-                if isinstance(answer, Committed):
-                    ended.committed.append(answer)
-                    continue
-                if not child.tasks:
-                    continue
-                now = child.answered = time.monotonic()
-                task, _ = child.tasks.popleft()
-                ended.finished.append((child, task, answer, now - child.started))
-                child._start_next(now)
+            while child.readable():
+                for answer in child.messages():
+                    if isinstance(answer, Committed):
+                        ended.committed.append(answer)
+                        continue
+                    if not child.tasks:
+                        continue
+                    now = child.answered = time.monotonic()
+                    task, _ = child.tasks.popleft()
+                    ended.finished.append((child, task, answer, now - child.started))
+                    child._start_next(now)
         except (EOFError, OSError):
             # Reported even when idle: it may have died with jobs uncommitted.
             running, how, unstarted = self._replace(child)
