@@ -92,10 +92,11 @@ class Entry:
     """Another worker took the job (this one stalled) while it ran here."""
     runtime: float | None = None
     """Seconds its attempt ran, once it has ended (for the log)."""
+    id: int = field(init=False)
+    """The job's id (``row.id``), read a few times per job: a plain attribute."""
 
-    @property
-    def id(self) -> int:
-        return self.row.id
+    def __post_init__(self) -> None:
+        self.id = self.row.id
 
     def decoded(self) -> Payload:
         """The payload's arguments and options (empty if it cannot be decoded:
