@@ -21,7 +21,7 @@ from dbqueue.worker.completer import (
 )
 from dbqueue.worker.health import Health
 from dbqueue.worker.ledger import Entry
-from tests.conftest import count
+from tests.conftest import count, rows
 
 
 def reserve(app, n: int, token: str = "w.1") -> list[Entry]:
@@ -131,6 +131,24 @@ def test_a_job_another_worker_took_is_left_alone(app, caplog):
         assert completer.flush() == [entry]
     assert "1 completed job(s) had lost their lease" in caplog.text
     assert jobs_left(app) == 1
+
+
+def test_of_a_batch_only_the_jobs_still_held_are_recorded(app):
+    hooks = Hooks()
+    completer = BatchCompleter(app.store, Health(), "host:1", [hooks])
+    kept, taken, released, lost_release = reserve(app, 4)
+    jobs = app.store.tables.jobs
+    with app.engine.begin() as c:  # this worker stalled; another reserved two of them
+        c.execute(sa.update(jobs).where(jobs.c.id.in_([taken.id, lost_release.id]))
+                  .values(reserved_by="other.1"))
+    completer.add(Completed(kept))
+    completer.add(Completed(taken))
+    completer.add(Released(released, 0.0, 0, "", False))
+    completer.add(Released(lost_release, 0.0, 0, "", False))
+    assert completer.flush() == [kept, taken, released, lost_release]  # finished with, all
+    assert hooks.transactions == [{kept.id, released.id}]  # but recorded: only its own
+    left = {row.id: row.reserved_by for row in rows(app, jobs)}
+    assert left == {taken.id: "other.1", released.id: None, lost_release.id: "other.1"}
 
 
 def test_the_inline_completer_writes_each_job_in_a_transaction_of_its_own(app):

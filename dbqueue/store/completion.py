@@ -83,11 +83,21 @@ def write_completion(store: Leases, completion: Completion,
                      hooks: Sequence[CompletionHook] = ()) -> set[int]:
     """Write ``completion`` in one transaction (retried on deadlocks); return
     the ids of the jobs whose outcome took effect (their lease still held)."""
-    return store.transaction(lambda c: _write(store, c, completion, hooks))
+    try:
+        return store.transaction(lambda c: _write(store, c, completion, hooks, careful=False))
+    except _LeaseLost:
+        # Rolled back: written again, each group's held rows looked up first.
+        return store.transaction(lambda c: _write(store, c, completion, hooks, careful=True))
+
+
+class _LeaseLost(Exception):
+    """A statement touched fewer jobs than it named: once written, which of
+    them were still held cannot be told (a deleted or released row no longer
+    carries the token), so the transaction starts over, carefully."""
 
 
 def _write(store: Leases, c: Connection, completion: Completion,
-           hooks: Sequence[CompletionHook]) -> set[int]:
+           hooks: Sequence[CompletionHook], *, careful: bool) -> set[int]:
     jobs, locks = store.tables.jobs, store.tables.cache_locks
     for chunk in _chunks(completion.unlocked):
         c.execute(sa.delete(locks).where(held_locks(locks, chunk)))
@@ -97,14 +107,14 @@ def _write(store: Leases, c: Connection, completion: Completion,
     # Afresh on each try: a retried transaction starts over.
     recorded: set[int] = set()
     recorded |= _matching(store, c, completion.completed,
-                          lambda held: sa.delete(jobs).where(held))
+                          lambda held: sa.delete(jobs).where(held), careful=careful)
     by_values: dict[tuple[float, int], list[Lease]] = defaultdict(list)
     for lease, delay, attempts in completion.requeued:
         by_values[delay, _attempts(attempts)].append(lease)
     for (delay, attempts), leases in by_values.items():
         requeue = sa.update(jobs).values(reserved_by=None, reserved_at=None, attempts=attempts,
                                          available_at=store.dialect.now_plus(delay))
-        recorded |= _matching(store, c, leases, requeue.where)
+        recorded |= _matching(store, c, leases, requeue.where, careful=careful)
     for failed in completion.failed:
         if _fail(store, c, failed):
             recorded.add(failed.row.id)
@@ -114,18 +124,24 @@ def _write(store: Leases, c: Connection, completion: Completion,
 
 
 def _matching(store: Leases, c: Connection, leases: Sequence[Lease],
-              statement: Callable[[sa.ColumnElement[bool]], sa.Delete | sa.Update]) -> set[int]:
-    """Run ``statement(held)`` on the jobs still held under ``leases``; their ids."""
+              statement: Callable[[sa.ColumnElement[bool]], sa.Delete | sa.Update], *,
+              careful: bool) -> set[int]:
+    """Run ``statement(held)`` on the jobs still held under ``leases``; their ids.
+
+    Fast path: one statement per chunk, whose row count says all were held.
+    ``careful`` (after _LeaseLost): the held rows are locked and read first."""
     done: set[int] = set()
     jobs = store.tables.jobs
     for held, ids in store._held(leases):
-        if c.execute(statement(held)).rowcount == len(ids):
-            done.update(ids)
-        else:  # rare (a lease lost): ask which rows are still ours, then act on those
-            mine = set(c.execute(sa.select(jobs.c.id).where(held)).scalars())
+        if careful:
+            mine = set(c.execute(sa.select(jobs.c.id).where(held).with_for_update()).scalars())
             if mine:
                 c.execute(statement(sa.and_(held, jobs.c.id.in_(mine))))
             done |= mine
+        elif c.execute(statement(held)).rowcount == len(ids):
+            done.update(ids)
+        else:  # rare: this worker stalled and another took some of these jobs
+            raise _LeaseLost
     return done
 
 
