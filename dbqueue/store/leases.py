@@ -115,11 +115,6 @@ class Leases(Transactions):
         """
         return lease.id in self.record(Completion(requeued=[Requeue(lease, delay, attempts)]))
 
-    def drop_unique_keys(self, leases: Iterable[Lease]) -> int:
-        """Free the unique keys of jobs that have started (``unique_until="processing"``)."""
-        return self._for_leases(leases, lambda held: sa.update(self.tables.jobs).where(held)
-                                .values(unique_key=None, unique_expires_at=None))
-
     def release_all(self, leases: Iterable[Lease]) -> int:
         """Give back jobs reserved but never started (a worker stopping): available
         now, as they were."""

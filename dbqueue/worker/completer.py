@@ -123,8 +123,6 @@ def _completion(records: Sequence[Record], worker: str) -> Completion:
             out.completed.append(record.entry.lease)
             continue
         match record:
-            case Completed(entry):
-                out.completed.append(entry.lease)
             case Released(entry, delay, attempts):
                 out.requeued.append(Requeue(entry.lease, delay, attempts))
             case Failed(entry, failure, attempts):
