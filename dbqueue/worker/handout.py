@@ -57,14 +57,16 @@ class Handout:
 
     # --- handing out -----------------------------------------------------------------
 
-    def assign(self) -> None:
+    def assign(self, *, jobs: bool = True) -> None:
+        """Give children work: failure hooks, and reserved jobs unless ``jobs``
+        is False (a stopping worker starts none: it gives them back)."""
         for child in self.pool.idle():
             if self.hooks:
                 self.pool.give(child, self.hooks.popleft(), _HOOK_TIMEOUT)
-            elif not self._give_job(child):
+            elif not jobs or not self._give_job(child):
                 return
         depth = self._depth()
-        if depth > 1:
+        if jobs and depth > 1:
             for child in self.pool.children:
                 while len(child.tasks) < depth and self._give_job(child, queued=True):
                     pass

@@ -155,7 +155,7 @@ class Supervisor:
             self._stop("restart requested")
         if not self.stopping:
             self.reserver.refill(now)
-        self.handout.assign()
+        self.handout.assign(jobs=not self.stopping)
         self._check_limits()
         listening = self.wakeup.fileno()
         ended = self.pool.wait(self._wait_timeout(), self.signals.wake_fd,
