@@ -23,16 +23,10 @@ class Queues:
 
     def with_ready_jobs(self, among: Sequence[str] | None = None) -> list[str]:
         """The queues (of ``among``, or all) in which a job is ready to run now."""
-        jobs, now = self.jobs, self.store.dialect.now()
-
         def work(c: Connection) -> list[str]:
-            names = (self.store.dialect.distinct_values(c, jobs.c.queue)
+            names = (self.store.dialect.distinct_values(c, self.jobs.c.queue)
                      if among is None else list(among))
-            # One short index walk per queue: a whole-table count would read
-            # every row of a large backlog.
-            return [name for name in names if c.execute(
-                sa.select(jobs.c.id).where(jobs.c.queue == name, jobs.c.available_at <= now)
-                .limit(1)).first() is not None]
+            return [name for name in names if c.execute(self._ready(name)).first() is not None]
 
         return self.store.read(work)
 
@@ -43,13 +37,17 @@ class Queues:
         idle worker that polls asks this first, so that a poll finding nothing
         costs the server one index probe per queue, not a locking transaction.
         """
-        jobs, now = self.jobs, self.store.dialect.now()
-        probes = [sa.exists(sa.select(jobs.c.id).where(jobs.c.queue == name,
-                                                       jobs.c.available_at <= now).limit(1))
-                  for name in among]
-        query = sa.select(sa.or_(*probes))
+        query = sa.select(sa.or_(*(sa.exists(self._ready(name)) for name in among)))
         return bool(self.store.transaction(lambda c: c.execute(query).scalar(),
                                            single_statement=True))
+
+    def _ready(self, name: str) -> sa.Select[tuple[int]]:
+        """A ready job of queue ``name``, if any: one short walk of the
+        reservation's index (a whole-table count would read a large backlog)."""
+        jobs = self.jobs
+        return (sa.select(jobs.c.id)
+                .where(jobs.c.queue == name, jobs.c.available_at <= self.store.dialect.now())
+                .limit(1))
 
     def hold_jobs(self, among: Sequence[str] | None = None) -> bool:
         """Whether any job, ready or not, is in the queues ``among`` (or in any)."""
