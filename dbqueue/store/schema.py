@@ -40,6 +40,7 @@ class Tables:
     cache_locks: sa.Table
     queue_workers: sa.Table
     job_circuits: sa.Table
+    job_batches: sa.Table
 
 
 def build_tables(prefix: str = "") -> Tables:
@@ -80,7 +81,9 @@ def build_tables(prefix: str = "") -> Tables:
         sa.Column("exception", LongText, nullable=False),
         sa.Column("failed_at", UtcDateTime, nullable=False),
         sa.Column("worker", sa.String(255), nullable=False),
+        sa.Column("batch_id", sa.String(36)),  # 0008: `dbqueue batches retry` finds them
         sa.Index(f"{prefix}failed_jobs_queue_idx", "queue", "failed_at"),
+        sa.Index(f"{prefix}failed_jobs_batch_idx", "batch_id"),
         sa.Index(f"{prefix}failed_jobs_failed_at_idx", "failed_at"),
         sqlite_autoincrement=True,
     )
@@ -118,5 +121,20 @@ def build_tables(prefix: str = "") -> Tables:
         sa.Column("failures", sa.Integer, nullable=False, default=0),
         sa.Column("opened_until", UtcDateTime),
     )
+    job_batches = sa.Table(
+        f"{prefix}job_batches", metadata,
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("name", sa.String(255), nullable=False),
+        sa.Column("total", sa.Integer, nullable=False),
+        sa.Column("pending", sa.Integer, nullable=False),
+        sa.Column("failed", sa.Integer, nullable=False, default=0),
+        sa.Column("allow_failures", sa.Boolean, nullable=False),
+        sa.Column("callbacks", LongText, nullable=False),
+        sa.Column("fired", sa.Integer, nullable=False, default=0),
+        sa.Column("created_at", UtcDateTime, nullable=False),
+        sa.Column("cancelled_at", UtcDateTime),
+        sa.Column("finished_at", UtcDateTime),
+        sa.Index(f"{prefix}job_batches_created_at_idx", "created_at"),
+    )
     return Tables(metadata, jobs, failed_jobs, job_outcomes, cache_locks, queue_workers,
-                  job_circuits)
+                  job_circuits, job_batches)
