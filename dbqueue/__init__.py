@@ -24,6 +24,8 @@ __version__ = "0.1.0"
 # asks for --version or --help imports nothing heavy.
 _EXPORTS = {
     "App": "app",
+    "CurrentJob": "current",
+    "current_job": "current",
     "ConfigurationError": "errors",
     "DatabaseError": "errors",
     "DatabaseUnavailable": "errors",
@@ -55,10 +57,13 @@ _EXPORTS = {
     "WithoutOverlapping": "middleware",
     "Exponential": "policy",
     "Settings": "settings",
+    "Batch": "workflows",
+    "Chain": "workflows",
 }
 
 if TYPE_CHECKING:
     from .app import App
+    from .current import CurrentJob, current_job
     from .errors import (
         ConfigurationError,
         DatabaseError,
@@ -91,6 +96,7 @@ if TYPE_CHECKING:
     )
     from .policy import Exponential
     from .settings import Settings
+    from .workflows import Batch, Chain
 
 
 def __getattr__(name: str) -> Any:
@@ -108,8 +114,11 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "App",
+    "Batch",
     "BoundJob",
+    "Chain",
     "ConfigurationError",
+    "CurrentJob",
     "DBQueueError",
     "DatabaseError",
     "DatabaseUnavailable",
@@ -139,5 +148,6 @@ __all__ = [
     "WithoutOverlapping",
     "WorkerCrashed",
     "__version__",
+    "current_job",
     "transaction",
 ]

@@ -5,22 +5,24 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from sqlalchemy.engine import Engine
 
 from . import deferred
-from .errors import ConfigurationError, UnknownJob
+from .errors import ConfigurationError, NotFound, UnknownJob
 from .jobs import Job, PreparedJob
 from .locks import Lock
 from .policy import Backoff
 from .settings import Settings
 from .store import Admin, Executor, Store, WorkerRegistry, create_engine
+from .store.batches import Batches
 from .store.database import Database
 from .store.locks import Locks
 from .store.outcomes import Outcome, Outcomes
+from .workflows import Batch, Chain, PendingBatch
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -225,6 +227,31 @@ class App:
                 f"no job named {name!r} is registered in this app; "
                 "check that the worker's --app imports the module that defines it"
             ) from None
+
+    def chain(self, jobs: Iterable[PreparedJob], *, catch: PreparedJob | None = None) -> Chain:
+        """Jobs that run one after the other: each step is queued when the one
+        before it completes. ``catch`` is queued if a step fails for good (the
+        chain stops there; ``dbqueue retry`` of that step resumes it). A step
+        reads what the one before returned as ``dbqueue.current_job().previous``."""
+        return Chain(self, jobs, catch)
+
+    def batch(self, jobs: Iterable[PreparedJob | Sequence[PreparedJob]], *, name: str = "",
+              then: PreparedJob | None = None, catch: PreparedJob | None = None,
+              finally_: PreparedJob | None = None, allow_failures: bool = False,
+              ) -> PendingBatch:
+        """Jobs tracked as one unit (a list inside ``jobs`` is a chain). ``then``
+        is queued when every job succeeded, ``catch`` at the first failure,
+        ``finally_`` when every job has finished; a failure cancels the batch
+        unless ``allow_failures`` (then ``then`` runs once all have finished)."""
+        return PendingBatch(self, jobs, name=name, then=then, catch=catch, finally_=finally_,
+                            allow_failures=allow_failures)
+
+    def find_batch(self, batch_id: str) -> Batch:
+        """The batch as it is now; NotFound if there is none (or it was pruned)."""
+        row = Batches(self.store).find(batch_id)
+        if row is None:
+            raise NotFound(f"no batch {batch_id!r}; list them with: dbqueue batches")
+        return Batch.of(self, row)
 
     def dispatch_many(self, prepared: Iterable[PreparedJob], *,
                       connection: Executor | None = None,

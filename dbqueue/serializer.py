@@ -1,7 +1,9 @@
 """Job payloads are JSON text: readable with plain SQL, and never code.
 
 A payload is ``{"args": [...], "kwargs": {...}}`` plus, only when a dispatch
-overrides the job's defaults, ``"options": {...}``.
+overrides the job's defaults, ``"options": {...}``, and, only for a job that is
+part of a workflow (a chain, a batch, a schedule), ``"flow": {...}`` (see
+dbqueue.store.flows).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Payload:
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    flow: dict[str, Any] | None = None
 
 
 _PLAIN = (str, int, float, bool, type(None))
@@ -89,6 +92,13 @@ def encode(job_name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
         ) from None
 
 
+def with_flow(payload: str, flow: dict[str, Any]) -> str:
+    """``payload`` (an encoded payload) with ``flow`` set: its workflow state."""
+    document = _decoder.decode(payload)
+    document["flow"] = flow
+    return _encoder.encode(document)
+
+
 def encode_value(what: str, value: Any) -> str:
     """Encode any JSON value (a job result, say)."""
     try:
@@ -129,10 +139,13 @@ def decode(text: str) -> Payload:
     args = document.get("args", [])
     kwargs = document.get("kwargs", {})
     options = document.get("options", {})
+    flow = document.get("flow")
     if not isinstance(args, list):
         raise ValueError("payload 'args' must be a JSON array")
     if not isinstance(kwargs, dict):
         raise ValueError("payload 'kwargs' must be a JSON object")
     if not isinstance(options, dict):
         raise ValueError("payload 'options' must be a JSON object")
-    return Payload(tuple(args), kwargs, options)
+    if flow is not None and not isinstance(flow, dict):
+        raise ValueError("payload 'flow' must be a JSON object")
+    return Payload(tuple(args), kwargs, options, flow)

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 import dbqueue
 from dbqueue.store import Failure, NewJob
 from dbqueue.store.admin import FailedJob
+from dbqueue.store.schema import REVISION
 from dbqueue.store.migrator import current_revision
 from dbqueue.store.workers import WorkerInfo
 from tests import jobapp
@@ -465,7 +466,7 @@ def test_tables_at_an_older_revision_are_one_clear_error(migrated_url):
     env = bare_env(DBQUEUE_URL=migrated_url)
     assert dbqueue_cli("migrate", "--downgrade", "0002", "--yes", env=env).returncode == 0
     line = assert_clean_error(dbqueue_cli("work", "--app", "tests.jobapp:app", "--once", env=env))
-    assert "are at revision 0002, but this dbqueue needs 0003 or newer" in line, line
+    assert f"are at revision 0002, but this dbqueue needs {REVISION} or newer" in line, line
     assert "dbqueue migrate" in line
     status = dbqueue_cli("status", env=env)  # it only reads: it warns, and answers
     assert status.returncode == 0 and "Traceback" not in status.stderr

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..errors import NotFound
+from .batches import reopen
 from .locks import LockInfo, Locks
 from .outcomes import Outcomes
 from .store import Store
@@ -34,6 +35,7 @@ class FailedJob:
     exception: str
     failed_at: datetime
     worker: str
+    batch_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +67,7 @@ Progress: TypeAlias = Callable[[int, int], None]
 
 def _retried_columns(table: sa.Table) -> list[sa.Column[Any]]:
     return [table.c.id, table.c.uuid, table.c.queue, table.c.job, table.c.payload,
-            table.c.priority]
+            table.c.priority, table.c.batch_id]
 
 
 class Admin:
@@ -222,6 +224,7 @@ class Admin:
             {"queue": row.queue, "job": row.job, "payload": row.payload,
              "priority": row.priority, "attempts": 0, "available_at": now, "created_at": now}
             for row in rows])
+        reopen(c, self.store, rows)
         ids = [row.id for row in rows]
         c.execute(sa.delete(self.failed).where(self.store.dialect.one_of(self.failed.c.id, ids)))
         return ids

@@ -7,6 +7,11 @@ locks that are free now, into one :class:`Completion`, and writes it with
 matches its lease (id *and* token): a job another worker has reserved since
 (this one stalled) is left alone, and its id is missing from the answer.
 
+Workflows (chains, batches, scheduled runs) move on in that same
+transaction: ``Completion.ended`` names the jobs with a flow that ended for
+good, and :func:`dbqueue.store.flows.advance` queues their next steps and
+counts them in their batches (see that module).
+
 Completion hooks
 ----------------
 Other parts of dbqueue add their own writes to that same transaction (a
@@ -29,7 +34,9 @@ from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from . import flows
 from .dialects import ReservedRow
+from .flows import FlowEnd
 from .values import Failure, Lease, _attempts, _chunks, _text, held_locks
 
 if TYPE_CHECKING:
@@ -69,6 +76,8 @@ class Completion:
     """Started jobs unique until processing: their key is free for new jobs."""
     unlocked: list[tuple[str, str]] = field(default_factory=list)
     """``(key, owner)`` of locks the worker took for jobs that ended."""
+    ended: list[FlowEnd] = field(default_factory=list)
+    """Jobs of workflows among the completed and failed ones (see store.flows)."""
 
     def __bool__(self) -> bool:
         return bool(self.completed or self.requeued or self.failed or self.started
@@ -115,9 +124,11 @@ def _write(store: Leases, c: Connection, completion: Completion,
         requeue = sa.update(jobs).values(reserved_by=None, reserved_at=None, attempts=attempts,
                                          available_at=store.dialect.now_plus(delay))
         recorded |= _matching(store, c, leases, requeue.where, careful=careful)
+    batch_of = {end.job_id: end.flow.get("batch") for end in completion.ended}
     for failed in completion.failed:
-        if _fail(store, c, failed):
+        if _fail(store, c, failed, batch_of.get(failed.row.id)):
             recorded.add(failed.row.id)
+    flows.advance(store, c, completion.ended, recorded)
     for hook in hooks:
         hook(c, completion, recorded)
     return recorded
@@ -155,7 +166,7 @@ def _count_attempts(store: Leases, c: Connection, started: Sequence[tuple[Lease,
                       .values(attempts=_attempts(attempt)))
 
 
-def _fail(store: Leases, c: Connection, failed: FailedRun) -> bool:
+def _fail(store: Leases, c: Connection, failed: FailedRun, batch_id: object) -> bool:
     jobs = store.tables.jobs
     row, failure = failed.row, failed.failure
     deleted = c.execute(
@@ -169,5 +180,6 @@ def _fail(store: Leases, c: Connection, failed: FailedRun) -> bool:
         exception_class=_text(failure.exception_class)[:255],
         exception_message=_text(failure.message), exception=_text(failure.traceback),
         failed_at=store.dialect.now(), worker=failed.worker[:255],
+        batch_id=batch_id if isinstance(batch_id, str) else None,
     ))
     return True

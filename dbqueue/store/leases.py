@@ -15,12 +15,13 @@ from sqlalchemy.engine import Connection
 
 from .completion import Completion, CompletionHook, FailedRun, Requeue, write_completion
 from .dialects import ReservedRow
-from .transactions import Transactions
+from .dispatch import Dispatch
 from .values import Failure, Lease, _by_token, _chunks
 
 
-class Leases(Transactions):
-    """The verbs about reserved jobs, each in a short transaction of its own."""
+class Leases(Dispatch):
+    """The verbs about reserved jobs, each in a short transaction of its own
+    (a Dispatch: recording an outcome may queue a workflow's next jobs)."""
 
     def reserve(self, queues: Sequence[str], limit: int, token: str,
                 lease: float) -> list[ReservedRow]:

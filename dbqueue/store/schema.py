@@ -14,11 +14,11 @@ from sqlalchemy.dialects import mysql
 
 from .dialects import UtcDateTime
 
-REVISION = "0003"
+REVISION = "0008"
 """The oldest revision of the tables this code works with: workers refuse
 older ones. Raise it with a migration this code cannot run without (0004 only
-stops SQLite from reusing ids, 0006 only changes an index: the code works
-without them)."""
+stops SQLite from reusing ids, 0006 only changes an index, 0007 only adds a
+trigger: the code works without them; it writes failed_jobs.batch_id, 0008)."""
 
 
 def version_table(prefix: str = "") -> str:

@@ -18,7 +18,6 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from ..errors import SchemaOutdated
-from .dispatch import Dispatch
 from .engine import connect, describe, tables_missing, translating
 from .leases import Leases
 from .schema import REVISION, version_table
@@ -34,7 +33,7 @@ from .values import _text as _text
 from .values import held_locks as held_locks
 
 
-class Store(Dispatch, Leases):
+class Store(Leases):
     """dbqueue's tables in one database, and the verbs that change them."""
 
     def check_server(self) -> None:

@@ -25,7 +25,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .. import serializer
-from ..errors import Fail, Release
+from ..current import describe, running
+from ..errors import Fail, Release, SerializationError
 from ..middleware import JobContext, run_with
 from .clock import passed
 from .commits import Commits
@@ -74,22 +75,27 @@ def run_job(app: Any, task: RunJob, commits: Commits) -> Finished:
         return Finished("permanent", exception_class=class_name(exc),
                         message=str(exc), traceback=traceback.format_exc())
 
+    returned: list[Any] = []
+
     def body() -> Any:
         result = job.func(*args, **kwargs)
         if inspect.iscoroutine(result):  # an `async def` job: on an event loop of its own
             import asyncio
 
             result = asyncio.run(result)
+        returned.append(result)
         return result
 
     if job.idempotency_key is not None:  # innermost: its transaction spans only the body
         body = commits.wrap(job, task.job_id, args, kwargs, body)
     try:
-        if job.middleware:
-            run_with(job.middleware, JobContext(app, job, task.job_id, args, kwargs,
-                                                task.attempt, task.timeout, task.locks), body)
-        else:
-            body()
+        with running(describe(task.job_id, task.name, task.attempt, payload.flow)):
+            if job.middleware:
+                run_with(job.middleware, JobContext(app, job, task.job_id, args, kwargs,
+                                                    task.attempt, task.timeout, task.locks),
+                         body)
+            else:
+                body()
     except BaseException as exc:  # SystemExit from job code is a failure of that job
         if commits.holds(task):
             # A middleware raised after the body (Release and Fail included):
@@ -99,7 +105,19 @@ def run_job(app: Any, task: RunJob, commits: Commits) -> Finished:
                         task.job_id, task.name, class_name(exc), exc)
             return Finished("done", uncommitted=True)
         return _failed(exc, job.dont_retry)
-    return Finished("done", uncommitted=commits.holds(task))
+    return _done(task, payload.flow, returned, uncommitted=commits.holds(task))
+
+
+def _done(task: RunJob, flow: dict[str, Any] | None, returned: list[Any], *,
+          uncommitted: bool) -> Finished:
+    if not (flow and flow.get("chain")):
+        return Finished("done", uncommitted=uncommitted)
+    try:  # a chain's next step receives what this one returned
+        result = serializer.encode_value(f"what chain step {task.name!r} returns",
+                                         returned[0] if returned else None)
+    except SerializationError as exc:
+        return Finished("permanent", exception_class=class_name(exc), message=str(exc))
+    return Finished("done", uncommitted=uncommitted, result=result)
 
 
 def _failed(exc: BaseException, dont_retry: tuple[type[BaseException], ...]) -> Finished:

@@ -32,6 +32,7 @@ from typing import NamedTuple, Protocol
 
 from ..store import Failure, Store
 from ..store.completion import Completion, CompletionHook, FailedRun, Requeue
+from ..store.flows import FlowEnd
 from .health import TRANSIENT, Health, describe
 from .ledger import Entry
 
@@ -120,13 +121,20 @@ def _completion(records: Sequence[Record], worker: str) -> Completion:
     out = Completion()
     for record in records:
         if type(record) is Completed:  # nearly all of them: no pattern matching
-            out.completed.append(record.entry.lease)
+            entry = record.entry
+            out.completed.append(entry.lease)
+            if entry.payload is not None and entry.payload.flow:
+                out.ended.append(FlowEnd(entry.id, entry.payload.flow,
+                                         "skipped" if entry.skipped else "done", entry.result))
             continue
         match record:
             case Released(entry, delay, attempts):
                 out.requeued.append(Requeue(entry.lease, delay, attempts))
             case Failed(entry, failure, attempts):
                 out.failed.append(FailedRun(entry.row, entry.lease, failure, worker, attempts))
+                if entry.flow:
+                    out.ended.append(FlowEnd(entry.id, entry.flow, "failed", failure=(
+                        failure.exception_class, failure.message)))
             case Counted(entry, attempt):
                 out.started.append((entry.lease, attempt))
             case KeyFreed(entry):

@@ -148,7 +148,7 @@ class Handout:
                                    "out while it waited")
         elif entry is not None:
             self.reserver.ran(runtime)
-            entry.runtime = runtime
+            entry.runtime, entry.result = runtime, answer.result
             if answer.uncommitted:
                 self.ledger.await_commit(entry)
             elif answer.kind == "done":

@@ -67,11 +67,12 @@ def _resolve(app: Any, entry: Entry) -> Failure | None:
 
 
 def _may_hold_options(payload: str) -> bool:
-    """Whether the payload may set options (timeout, tries, retry_until...).
+    """Whether the payload may set options (timeout, tries, retry_until...) or
+    a flow (chains, batches, schedules: see store.flows).
 
     dbqueue writes ``"options"`` only when a dispatch set some; a key spelled
-    with a JSON escape is caught by the second test."""
-    return '"options"' in payload or "\\u" in payload
+    with a JSON escape is caught by the last test."""
+    return '"options"' in payload or '"flow"' in payload or "\\u" in payload
 
 
 @functools.cache

@@ -92,6 +92,10 @@ class Entry:
     """Another worker took the job (this one stalled) while it ran here."""
     runtime: float | None = None
     """Seconds its attempt ran, once it has ended (for the log)."""
+    result: str | None = None
+    """What a chain step returned, as JSON text, for the next step."""
+    skipped: bool = False
+    """Completed without running: its batch was cancelled."""
     id: int = field(init=False)
     """The job's id (``row.id``), read a few times per job: a plain attribute."""
 
@@ -107,6 +111,12 @@ class Entry:
             except ValueError:
                 self.payload = Payload()
         return self.payload
+
+    @property
+    def flow(self) -> dict[str, Any] | None:
+        """Its workflow state (see store.flows): intake decodes every payload
+        that has one."""
+        return None if self.payload is None else self.payload.flow
 
     def db_now(self) -> datetime:
         """The database clock now, from the reservation's timestamp and a monotonic clock."""

@@ -54,6 +54,9 @@ class Finished(NamedTuple):
     uncommitted: bool = False
     """Done, but its effects are in a transaction not yet committed: wait for
     the ``Committed`` message that names it."""
+    result: str | None = None
+    """Done: what the job returned, as JSON text, when it is a chain step with
+    steps after it (the next one receives it)."""
 
 
 class Committed(NamedTuple):

@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from ..store import Lease, ReservedRow, Store
+from ..store.batches import Batches
 from ..store.queues import Queues
 from .clock import Deadline
 from .health import DB_ERRORS, Health
@@ -41,6 +42,7 @@ class Reserver:
         self.recorder = recorder
         self.job_locks = job_locks
         self.queues = QueueChoice(options.queues, Queues(self.store))
+        self.batches = Batches(self.store)
         self.health = health
         self.wakeup = wakeup
         self.pace = Pace(options.sleep)
@@ -120,9 +122,30 @@ class Reserver:
                 admitted.append(entry)
             else:
                 self.recorder.failed(entry, failure, ran=False)
-        _, released = self.job_locks.take(admitted)
+        _, released = self.job_locks.take(self._skip_cancelled(admitted))
         if released:  # back in the queue, maybe ready at once
             self.drained = False
+
+    def _skip_cancelled(self, admitted: list[Entry]) -> list[Entry]:
+        """Complete, without running them, the jobs of cancelled batches."""
+        batch_ids = {entry.flow["batch"] for entry in admitted
+                     if entry.flow and isinstance(entry.flow.get("batch"), str)}
+        if not batch_ids:
+            return admitted
+        try:
+            cancelled = self.batches.cancelled(batch_ids)
+        except DB_ERRORS as exc:  # cannot tell: back to the queue, not run
+            self.health.failed("check for cancelled batches", exc)
+            self.recorder.give_back(admitted)
+            return []
+        keep = []
+        for entry in admitted:
+            if entry.flow and entry.flow.get("batch") in cancelled:
+                entry.skipped = True
+                self.recorder.dropped(entry, "its batch was cancelled")
+            else:
+                keep.append(entry)
+        return keep
 
     def _adopt(self, row: ReservedRow, lease: Lease, lease_until: Deadline) -> None:
         """Take a new lease on a job this worker still holds under an old one.

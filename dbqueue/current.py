@@ -1,0 +1,69 @@
+"""What a running job can learn about itself: ``dbqueue.current_job()``.
+
+Inside a job run by a worker::
+
+    @app.job
+    def parse() -> dict:
+        step = dbqueue.current_job()
+        html = step.previous          # what the chain's previous step returned
+        if step.batch_id is not None:
+            app.find_batch(step.batch_id).add([...])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentJob:
+    """The job running now (see :func:`current_job`)."""
+
+    id: int
+    name: str
+    attempt: int
+    """1 on the first attempt."""
+    previous: Any = None
+    """In a chain: what the step before this one returned (None for the first)."""
+    batch_id: str | None = None
+    """The batch this job belongs to, or whose callback (then/catch/finally) it is."""
+    failed: dict[str, Any] | None = None
+    """In a chain's ``catch`` job: the step that failed for good, as
+    ``{"job_id": ..., "exception_class": ..., "message": ...}``."""
+
+
+_current: ContextVar[CurrentJob | None] = ContextVar("dbqueue_current_job", default=None)
+
+
+def current_job() -> CurrentJob:
+    """The job this code runs in; RuntimeError outside a job run by a worker."""
+    job = _current.get()
+    if job is None:
+        raise RuntimeError("dbqueue.current_job() was called outside a job: it is only "
+                           "available while a dbqueue worker runs a job")
+    return job
+
+
+@contextmanager
+def running(job: CurrentJob) -> Iterator[None]:
+    """Make ``job`` the current job for the duration of the block."""
+    token = _current.set(job)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def describe(job_id: int, name: str, attempt: int, flow: dict[str, Any] | None) -> CurrentJob:
+    """The CurrentJob of a job whose payload holds ``flow`` (see store.flows)."""
+    if not flow:
+        return CurrentJob(job_id, name, attempt)
+    batch = flow.get("batch", flow.get("callback"))
+    failed = flow.get("failed")
+    return CurrentJob(job_id, name, attempt, flow.get("previous"),
+                      batch if isinstance(batch, str) else None,
+                      failed if isinstance(failed, dict) else None)

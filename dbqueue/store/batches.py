@@ -1,0 +1,173 @@
+"""Batches: job_batches rows, made, read, cancelled, added to, retried, pruned.
+
+The counters move in workers' completion transactions (see store.flows);
+this module holds what applications and operators do to a batch.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .. import serializer
+from ..errors import ConfigurationError, NotFound
+from .flows import CALLBACKS, FINALLY, THEN, from_step, step, steps_after, with_flow
+from .store import Store
+from .values import Executor, NewJob
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    """A job_batches row, as read."""
+
+    id: str
+    name: str
+    total: int
+    pending: int
+    failed: int
+    allow_failures: bool
+    created_at: datetime
+    cancelled_at: datetime | None
+    finished_at: datetime | None
+
+
+class Batches:
+    """The batch verbs, over one store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.table = store.tables.job_batches
+
+    def create(self, name: str, members: Sequence[Sequence[NewJob]],
+               callbacks: dict[str, dict[str, Any]], *, allow_failures: bool,
+               connection: Executor | None = None) -> str:
+        """Insert a batch and the first job of each member (a member is a chain
+        of one or more jobs) in one transaction; return the batch's id."""
+        batch_id = str(uuid.uuid4())
+        total = sum(len(member) for member in members)
+
+        def work(c: Connection) -> str:
+            fired = 0 if total else THEN | FINALLY  # an empty batch is done at once
+            c.execute(self.table.insert().values(
+                id=batch_id, name=name[:255], total=total, pending=total, failed=0,
+                allow_failures=allow_failures,
+                callbacks=serializer.encode_value("a batch's callbacks", callbacks),
+                fired=fired, created_at=self.store.dialect.now(),
+                finished_at=None if total else self.store.dialect.now()))
+            jobs = [_member(member, batch_id) for member in members]
+            jobs += [from_step(callbacks[name], {"callback": batch_id})
+                     for name, bit in CALLBACKS.items() if fired & bit and name in callbacks]
+            self.store.push_many(jobs, c)
+            return batch_id
+
+        return self.store.within(connection, work)
+
+    def add(self, batch_id: str, members: Sequence[Sequence[NewJob]],
+            connection: Executor | None = None) -> int:
+        """Add members to a batch that has not finished; return how many jobs."""
+        count = sum(len(member) for member in members)
+
+        def work(c: Connection) -> int:
+            row = self._locked(c, batch_id)
+            if row.finished_at is not None:
+                raise ConfigurationError(
+                    f"batch {batch_id} has finished: it takes no more jobs; dispatch a new "
+                    "batch instead")
+            c.execute(sa.update(self.table).where(self.table.c.id == batch_id).values(
+                total=self.table.c.total + count, pending=self.table.c.pending + count))
+            self.store.push_many([_member(member, batch_id) for member in members], c)
+            return count
+
+        return self.store.within(connection, work)
+
+    def find(self, batch_id: str) -> BatchRow | None:
+        row = self.store.read(lambda c: c.execute(
+            sa.select(*self._columns()).where(self.table.c.id == batch_id)).one_or_none())
+        return None if row is None else BatchRow(*row)
+
+    def recent(self, limit: int = 50) -> list[BatchRow]:
+        """The newest batches first."""
+        query = (sa.select(*self._columns())
+                 .order_by(self.table.c.created_at.desc(), self.table.c.id).limit(limit))
+        return [BatchRow(*row) for row in self.store.read(lambda c: c.execute(query).all())]
+
+    def cancel(self, batch_id: str) -> bool:
+        """Mark the batch cancelled; False if it already was. Its jobs not yet
+        started complete without running (the worker checks when it reserves them)."""
+
+        def work(c: Connection) -> bool:
+            row = self._locked(c, batch_id)
+            if row.cancelled_at is not None:
+                return False
+            c.execute(sa.update(self.table).where(self.table.c.id == batch_id)
+                      .values(cancelled_at=self.store.dialect.now()))
+            return True
+
+        return self.store.transaction(work)
+
+    def cancelled(self, batch_ids: set[str]) -> set[str]:
+        """Which of ``batch_ids`` are cancelled."""
+        if not batch_ids:
+            return set()
+        query = sa.select(self.table.c.id).where(
+            self.table.c.id.in_(sorted(batch_ids)), self.table.c.cancelled_at.is_not(None))
+        return set(self.store.read(lambda c: c.execute(query).scalars().all()))
+
+    def prune(self, hours: float) -> int:
+        """Delete batches that finished more than ``hours`` ago; return how many."""
+        cutoff = self.store.dialect.now_plus(-hours * 3600)
+        statement = sa.delete(self.table).where(self.table.c.finished_at < cutoff)
+        return self.store.transaction(lambda c: c.execute(statement).rowcount)
+
+    def _locked(self, c: Connection, batch_id: str) -> Any:
+        row = c.execute(sa.select(self.table).where(self.table.c.id == batch_id)
+                        .with_for_update()).one_or_none()
+        if row is None:
+            raise NotFound(f"no batch {batch_id!r}; list them with: dbqueue batches")
+        return row
+
+    def _columns(self) -> list[sa.ColumnElement[Any]]:
+        t = self.table.c
+        return [t.id, t.name, t.total, t.pending, t.failed, t.allow_failures, t.created_at,
+                t.cancelled_at, t.finished_at]
+
+
+def _member(member: Sequence[NewJob], batch_id: str) -> NewJob:
+    """The first job of a member (a chain of one or more), carrying the rest."""
+    flow: dict[str, Any] = {"batch": batch_id}
+    if len(member) > 1:
+        flow["chain"] = [step(job) for job in member[1:]]
+    return with_flow(member[0], flow)
+
+
+def reopen(c: Connection, store: Store, rows: Sequence[Any]) -> None:
+    """Failed jobs of batches go back on their queues (``rows`` of failed_jobs
+    with batch_id and payload): count them as pending again, and open their
+    batches again (no longer cancelled or finished), so that ``then`` can still
+    run once they succeed. Callbacks already queued are not queued again."""
+    by_batch: dict[str, list[int]] = defaultdict(list)
+    for row in rows:
+        if row.batch_id is not None:
+            by_batch[row.batch_id].append(1 + steps_after(_flow(row.payload)))
+    table = store.tables.job_batches
+    for batch_id in sorted(by_batch):
+        jobs = by_batch[batch_id]
+        c.execute(sa.update(table).where(table.c.id == batch_id).values(
+            pending=table.c.pending + sum(jobs), failed=table.c.failed - len(jobs),
+            cancelled_at=None, finished_at=None))
+
+
+def _flow(payload: str) -> dict[str, Any]:
+    try:
+        flow = json.loads(payload).get("flow")
+    except (ValueError, AttributeError):
+        return {}
+    return flow if isinstance(flow, dict) else {}

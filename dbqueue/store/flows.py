@@ -1,0 +1,180 @@
+"""Workflows moved by job outcomes: chains, batches and scheduled runs.
+
+A job that is part of a workflow carries its state in its payload's
+``"flow"`` object, readable with plain SQL like the rest of the payload:
+
+``chain``     the steps still to run after this one, in order (see :func:`step`)
+``catch``     the step to queue if a step of the chain fails for good
+``previous``  what the step before this one returned (JSON)
+``failed``    in a ``catch`` step: which step failed, and why
+``batch``     the id of the batch this job belongs to (job_batches)
+``callback``  in a batch's then/catch/finally job: the id of that batch
+``schedule``, ``tick``  the schedule that queued this run, and its tick
+
+When such a job ends for good (completed, failed for good, or completed
+without running because its batch was cancelled), the worker's completion
+transaction calls :func:`advance` with a :class:`FlowEnd` for it, after the
+job's own row is written and only for jobs whose lease still held: the next
+step is queued, the batch's counters change and its callbacks are queued in
+the very transaction that records the outcome, so a crash in between loses
+nothing and two workers never both move the same workflow on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .. import serializer
+from .values import NewJob
+
+if TYPE_CHECKING:
+    from .dispatch import Dispatch
+
+
+class FlowEnd(NamedTuple):
+    """A job with a flow that ended for good."""
+
+    job_id: int
+    flow: dict[str, Any]
+    outcome: str
+    """"done", "failed" (for good), or "skipped" (completed without running)."""
+    result: str | None = None
+    """What it returned, as JSON text: only for a step with steps after it."""
+    failure: tuple[str, str] | None = None
+    """(exception class, message) of a failed job."""
+
+
+# Bits of job_batches.fired: which callbacks were queued (each at most once).
+THEN, CATCH, FINALLY = 1, 2, 4
+CALLBACKS = {"then": THEN, "catch": CATCH, "finally": FINALLY}
+
+
+def step(new_job: NewJob) -> dict[str, Any]:
+    """A job to queue later (a chain's step, a batch's callback), as JSON."""
+    return {"job": new_job.job, "queue": new_job.queue, "priority": new_job.priority,
+            "delay": new_job.delay, "unique_key": new_job.unique_key,
+            "unique_for": new_job.unique_for, "payload": json.loads(new_job.payload)}
+
+
+def from_step(spec: dict[str, Any], flow: dict[str, Any] | None) -> NewJob:
+    """The job to insert for ``spec`` (see :func:`step`), with ``flow``."""
+    payload = dict(spec["payload"])
+    if flow:
+        payload["flow"] = flow
+    return NewJob(queue=spec["queue"], job=spec["job"],
+                  payload=serializer.encode_value("a workflow step", payload),
+                  priority=spec["priority"], delay=spec["delay"],
+                  unique_key=spec["unique_key"], unique_for=spec["unique_for"])
+
+
+def with_flow(new_job: NewJob, flow: dict[str, Any]) -> NewJob:
+    """``new_job`` carrying ``flow`` in its payload."""
+    return new_job._replace(payload=serializer.with_flow(new_job.payload, flow))
+
+
+def steps_after(flow: dict[str, Any]) -> int:
+    """How many steps of its chain come after the job with ``flow``."""
+    return len(flow.get("chain") or ())
+
+
+def advance(store: Dispatch, c: Connection, ends: Sequence[FlowEnd], recorded: set[int]) -> None:
+    """Move on the workflows of ``ends`` whose outcome took effect (``recorded``)."""
+    ends = [end for end in ends if end.job_id in recorded]
+    if not ends:
+        return
+    by_batch: dict[str, list[FlowEnd]] = defaultdict(list)
+    for end in ends:
+        if isinstance(end.flow.get("batch"), str):
+            by_batch[end.flow["batch"]].append(end)
+    cancelled = set()
+    queued: list[NewJob] = []
+    # In the order of their ids: two workers lock the batch rows they share in
+    # the same order, so they never deadlock on them.
+    for batch_id in sorted(by_batch):
+        if _count(store, c, batch_id, by_batch[batch_id], queued):
+            cancelled.add(batch_id)
+    for end in ends:
+        queued += _chain_moves(end, cancelled)
+    if queued:
+        store.push_many(queued, c)
+    schedule_ends = [end for end in ends if "schedule" in end.flow]
+    if schedule_ends:
+        from .schedules import record_runs  # imports this module: at first use
+
+        record_runs(store, c, schedule_ends)
+
+
+def _chain_moves(end: FlowEnd, cancelled: set[str]) -> list[NewJob]:
+    """The next step of ``end``'s chain, or its ``catch`` step, if any is due."""
+    flow = end.flow
+    chain, catch = flow.get("chain") or [], flow.get("catch")
+    batch = flow.get("batch")
+    if end.outcome == "done" and chain and batch not in cancelled:
+        rest = {"chain": chain[1:], "catch": catch, "batch": batch,
+                "previous": None if end.result is None else json.loads(end.result)}
+        return [from_step(chain[0], _lean(rest))]
+    if end.outcome == "failed" and catch:
+        exception_class, message = end.failure or ("", "")
+        return [from_step(catch, _lean({"failed": {
+            "job_id": end.job_id, "exception_class": exception_class, "message": message}}))]
+    return []
+
+
+def _lean(flow: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in flow.items() if value not in (None, [])}
+
+
+@dataclass
+class _Tally:
+    finished: int = 0
+    failed: int = 0
+
+
+def _count(store: Dispatch, c: Connection, batch_id: str, ends: Sequence[FlowEnd],
+           queued: list[NewJob]) -> bool:
+    """Count ``ends`` in their batch and queue the callbacks now due; return
+    whether the batch is cancelled (its chains stop)."""
+    batches = store.tables.job_batches
+    row = c.execute(sa.select(batches).where(batches.c.id == batch_id).with_for_update()
+                    ).one_or_none()
+    if row is None:  # pruned, or deleted by hand: nothing to count
+        return False
+    tally = _Tally()
+    for end in ends:
+        stops = end.outcome != "done" or row.cancelled_at is not None
+        # A chain that stops here: its remaining steps never run, and finish now.
+        tally.finished += 1 + (steps_after(end.flow) if stops else 0)
+        tally.failed += end.outcome == "failed"
+    pending, failed = row.pending - tally.finished, row.failed + tally.failed
+    cancel = tally.failed and not row.allow_failures and row.cancelled_at is None
+    fired = _due_callbacks(row, pending, failed, cancelled=cancel or row.cancelled_at is not None)
+    values: dict[str, Any] = {"pending": pending, "failed": failed, "fired": row.fired | fired}
+    if cancel:
+        values["cancelled_at"] = store.dialect.now()
+    if pending <= 0 and row.finished_at is None:
+        values["finished_at"] = store.dialect.now()
+    c.execute(sa.update(batches).where(batches.c.id == batch_id).values(**values))
+    callbacks = json.loads(row.callbacks)
+    for name, bit in CALLBACKS.items():
+        if fired & bit and callbacks.get(name):
+            queued.append(from_step(callbacks[name], {"callback": batch_id}))
+    return bool(cancel) or row.cancelled_at is not None
+
+
+def _due_callbacks(row: Any, pending: int, failed: int, *, cancelled: bool) -> int:
+    """The callbacks to queue now, as bits of job_batches.fired."""
+    due = 0
+    if failed > row.failed:
+        due |= CATCH
+    if pending <= 0:
+        due |= FINALLY
+        if not cancelled and (failed == 0 or row.allow_failures):
+            due |= THEN
+    return due & ~int(row.fired)

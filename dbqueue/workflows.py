@@ -1,0 +1,176 @@
+"""Chains and batches: jobs that run in sequence, and jobs counted as one unit.
+
+::
+
+    app.chain([fetch.prepare(url), parse.prepare(), store.prepare()],
+              catch=alert.prepare("import")).dispatch()
+
+    batch_id = app.batch([rows.prepare(i) for i in range(100)], name="import",
+                         then=report.prepare(), catch=alert.prepare(),
+                         finally_=cleanup.prepare()).dispatch()
+    app.find_batch(batch_id).progress
+
+Their state lives in the database (job_batches, and each job's payload): a
+step is queued, and a batch's counters move, in the transaction in which a
+worker records the outcome of the job before (see dbqueue.store.flows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigurationError
+from .jobs import PreparedJob
+from .store import Executor, NewJob
+from .store.batches import Batches, BatchRow
+from .store.flows import step, with_flow
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from .app import App
+
+
+def _prepared(app: App, item: Any, what: str) -> NewJob:
+    if not isinstance(item, PreparedJob):
+        raise ConfigurationError(
+            f"{what} takes prepared jobs, such as my_job.prepare(...) or "
+            f"my_job.options(queue=...).prepare(...), not {type(item).__name__}")
+    if item.app is not app:
+        raise ConfigurationError(
+            f"job {item.new_job.job!r} belongs to another App; a {what} takes jobs of one App")
+    return item.new_job
+
+
+def _steps(app: App, items: Iterable[Any], what: str) -> list[NewJob]:
+    steps = [_prepared(app, item, what) for item in items]
+    if not steps:
+        raise ConfigurationError(f"a {what} needs at least one job")
+    return steps
+
+
+class Chain:
+    """Jobs that run one after the other; see ``App.chain``."""
+
+    def __init__(self, app: App, jobs: Iterable[PreparedJob],
+                 catch: PreparedJob | None = None) -> None:
+        self.app = app
+        self.steps = _steps(app, jobs, "chain")
+        self.catch = None if catch is None else _prepared(app, catch, "chain's catch")
+
+    def first(self) -> NewJob:
+        """The first step, carrying the rest of the chain in its payload."""
+        flow: dict[str, Any] = {}
+        if len(self.steps) > 1:
+            flow["chain"] = [step(job) for job in self.steps[1:]]
+        if self.catch is not None:
+            flow["catch"] = step(self.catch)
+        return with_flow(self.steps[0], flow) if flow else self.steps[0]
+
+    def dispatch(self, *, connection: Executor | None = None,
+                 after_commit: Session | None = None) -> int | None:
+        """Queue the first step, as ``job.dispatch`` would (in the caller's
+        transaction with ``connection=``, after the Session commits with
+        ``after_commit=``); return its id (None while held for a commit)."""
+        first = self.first()
+        if after_commit is not None:
+            if connection is not None:
+                raise ConfigurationError("give either connection= or after_commit=, not both")
+            self.app.dispatch_many([PreparedJob(self.app, first)], after_commit=after_commit)
+            return None
+        return self.app.store.push(first, connection)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A batch as last read: ``app.find_batch(id)``. ``refresh()`` reads it again."""
+
+    app: App
+    id: str
+    name: str
+    total: int
+    """Jobs in the batch (every step of its chains counts)."""
+    pending: int
+    """Jobs not finished yet."""
+    failed: int
+    """Jobs that failed for good."""
+    allow_failures: bool
+    created_at: datetime
+    cancelled_at: datetime | None
+    finished_at: datetime | None
+    """When its last job finished (and ``finally_`` was queued)."""
+
+    @classmethod
+    def of(cls, app: App, row: BatchRow) -> Batch:
+        return cls(app, row.id, row.name, row.total, row.pending, row.failed,
+                   row.allow_failures, row.created_at, row.cancelled_at, row.finished_at)
+
+    @property
+    def processed(self) -> int:
+        """Jobs finished, whatever their outcome."""
+        return self.total - self.pending
+
+    @property
+    def progress(self) -> int:
+        """Percent of the jobs finished, 0-100."""
+        return 100 if self.total == 0 else self.processed * 100 // self.total
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancelled_at is not None
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
+    def refresh(self) -> Batch:
+        return self.app.find_batch(self.id)
+
+    def cancel(self) -> None:
+        """Cancel the batch: its jobs not started yet complete without running
+        (``finally_`` still runs once they have; ``then`` never does)."""
+        Batches(self.app.store).cancel(self.id)
+
+    def add(self, jobs: Iterable[PreparedJob | Sequence[PreparedJob]], *,
+            connection: Executor | None = None) -> int:
+        """Add jobs (a list inside the list is a chain) to a batch that has not
+        finished, also from inside one of its own jobs; return how many."""
+        members = _members(self.app, jobs)
+        return Batches(self.app.store).add(self.id, members, connection)
+
+
+def _members(app: App, items: Iterable[Any]) -> list[list[NewJob]]:
+    members: list[list[NewJob]] = []
+    for item in items:
+        if isinstance(item, list | tuple):
+            members.append(_steps(app, item, "chain inside a batch"))
+        else:
+            members.append([_prepared(app, item, "batch")])
+    return members
+
+
+class PendingBatch:
+    """A batch to dispatch; see ``App.batch``."""
+
+    def __init__(self, app: App, jobs: Iterable[PreparedJob | Sequence[PreparedJob]], *,
+                 name: str = "", then: PreparedJob | None = None,
+                 catch: PreparedJob | None = None, finally_: PreparedJob | None = None,
+                 allow_failures: bool = False) -> None:
+        self.app = app
+        self.members = _members(app, jobs)
+        self.name = name
+        self.callbacks = {
+            which: step(_prepared(app, job, f"batch's {which}"))
+            for which, job in (("then", then), ("catch", catch), ("finally", finally_))
+            if job is not None}
+        self.allow_failures = allow_failures
+
+    def dispatch(self, *, connection: Executor | None = None) -> str:
+        """Queue the batch's jobs with the batch (in the caller's transaction
+        with ``connection=``); return the batch's id."""
+        return Batches(self.app.store).create(self.name, self.members, self.callbacks,
+                                              allow_failures=self.allow_failures,
+                                              connection=connection)
