@@ -16,6 +16,7 @@ from .errors import ConfigurationError, NotFound, UnknownJob
 from .jobs import Job, PreparedJob
 from .locks import Lock
 from .policy import Backoff
+from .schedule import Schedule
 from .settings import Settings
 from .store import Admin, Executor, Store, WorkerRegistry, create_engine
 from .store.batches import Batches
@@ -66,6 +67,7 @@ class App:
         self._store: Store | None = None
         self._lock = threading.Lock()
         self.jobs: dict[str, Job[Any, Any]] = {}
+        self.schedules: dict[str, Schedule] = {}
         _apps.add(self)
 
     # --- the database ---------------------------------------------------------
@@ -252,6 +254,30 @@ class App:
         if row is None:
             raise NotFound(f"no batch {batch_id!r}; list them with: dbqueue batches")
         return Batch.of(self, row)
+
+    def schedule(self, prepared: PreparedJob, *, cron: str | None = None,
+                 every: float | timedelta | None = None, timezone: str | None = None,
+                 name: str | None = None, missed: str = "skip",
+                 without_overlapping: bool = False,
+                 expect_within: float | timedelta | None = None) -> Schedule:
+        """Queue ``prepared`` (from ``job.prepare(...)``) on a schedule: at the
+        times of the ``cron`` expression in ``timezone`` (default UTC), or
+        ``every`` so many seconds. Every ``dbqueue work`` runs the scheduler and
+        each tick is queued once, whatever the number of hosts (see the README's
+        "Scheduling" for ``missed``, ``without_overlapping`` and ``expect_within``).
+        ``name`` (default: the job's name) identifies the schedule."""
+        if prepared.app is not self:
+            raise ConfigurationError(f"job {prepared.new_job.job!r} belongs to another App; "
+                                     "schedule it with that one")
+        schedule = Schedule.build(prepared, cron=cron, every=every, timezone=timezone,
+                                  name=name, missed=missed,
+                                  without_overlapping=without_overlapping,
+                                  expect_within=expect_within)
+        if schedule.name in self.schedules:
+            raise ConfigurationError(f"two schedules are named {schedule.name!r}; give one "
+                                     "a name=")
+        self.schedules[schedule.name] = schedule
+        return schedule
 
     def dispatch_many(self, prepared: Iterable[PreparedJob], *,
                       connection: Executor | None = None,

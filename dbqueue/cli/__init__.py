@@ -22,6 +22,7 @@ _COMMANDS = {
     "flush": "failed",
     "locks": "locks",
     "outcomes": "outcomes",
+    "schedule": "schedule",
 }
 
 

@@ -42,12 +42,16 @@ from .options import connection_options, export_settings, friendly_errors
 @click.option("--once", is_flag=True,
               help="Run the next job, then exit (waits for one if none is ready; with "
                    "--stop-when-empty, exits instead).")
+@click.option("--no-schedule", is_flag=True, envvar="DBQUEUE_NO_SCHEDULE",
+              help="Do not run the scheduler on this host (the application's schedules "
+                   "are queued by the workers of other hosts). [env: DBQUEUE_NO_SCHEDULE]")
 @friendly_errors
 def work(  # noqa: PLR0913 (click passes each of the command's options)
         url: str | None, app_reference: str | None, table_prefix: str | None, queues: str,
         concurrency: int, sleep: float | None, retry_after: float | None, max_jobs: int | None,
         max_time: float | None, memory: float | None, grace: float, prefetch: int,
-        stop_when_empty: bool, stop_when_drained: bool, once: bool, verbose: bool) -> None:
+        stop_when_empty: bool, stop_when_drained: bool, once: bool, no_schedule: bool,
+        verbose: bool) -> None:
     """Run jobs from the queues until stopped (SIGTERM, Ctrl-C or `dbqueue restart`).
 
     Start one on every host; they share the work through the database.
@@ -73,7 +77,7 @@ def work(  # noqa: PLR0913 (click passes each of the command's options)
         retry_after=retry_after if retry_after is not None else app.settings.retry_after,
         max_jobs=1 if once else max_jobs, max_time=max_time, memory_mb=memory,
         stop_when_empty=stop_when_empty, stop_when_drained=stop_when_drained, once=once,
-        grace=grace, prefetch=prefetch,
+        grace=grace, prefetch=prefetch, schedule=not no_schedule,
     )
     code = Supervisor(app, app_reference, options).run()
     app.dispose()  # say goodbye to the server rather than vanish at exit

@@ -41,6 +41,8 @@ class Tables:
     queue_workers: sa.Table
     job_circuits: sa.Table
     job_batches: sa.Table
+    schedules: sa.Table
+    schedule_ticks: sa.Table
 
 
 def build_tables(prefix: str = "") -> Tables:
@@ -136,5 +138,37 @@ def build_tables(prefix: str = "") -> Tables:
         sa.Column("finished_at", UtcDateTime),
         sa.Index(f"{prefix}job_batches_created_at_idx", "created_at"),
     )
+    schedules, schedule_ticks = schedule_tables(metadata, prefix)
     return Tables(metadata, jobs, failed_jobs, job_outcomes, cache_locks, queue_workers,
-                  job_circuits, job_batches)
+                  job_circuits, job_batches, schedules, schedule_ticks)
+
+
+def schedule_tables(metadata: sa.MetaData, prefix: str) -> tuple[sa.Table, sa.Table]:
+    """schedules: one row per schedule, its last tick and last run (revision 0009);
+    schedule_ticks: each tick claimed, under its unique key (schedule, tick)."""
+    schedules = sa.Table(
+        f"{prefix}schedules", metadata,
+        sa.Column("name", sa.String(191), primary_key=True),
+        sa.Column("definition", sa.String(255), nullable=False),
+        sa.Column("declared_at", UtcDateTime, nullable=False),
+        sa.Column("last_tick", UtcDateTime),
+        sa.Column("last_status", sa.String(20)),
+        sa.Column("last_job_id", sa.BigInteger),
+        sa.Column("last_run_tick", UtcDateTime),
+        sa.Column("last_queued_at", UtcDateTime),
+        sa.Column("last_ended_tick", UtcDateTime),
+        sa.Column("last_outcome", sa.String(20)),
+        sa.Column("last_ended_at", UtcDateTime),
+    )
+    schedule_ticks = sa.Table(
+        f"{prefix}schedule_ticks", metadata,
+        sa.Column("schedule", sa.String(191), primary_key=True),
+        sa.Column("tick", UtcDateTime, primary_key=True),
+        sa.Column("status", sa.String(20), nullable=False),
+        sa.Column("job_id", sa.BigInteger),
+        sa.Column("created_at", UtcDateTime, nullable=False),
+        sa.Column("outcome", sa.String(20)),
+        sa.Column("ended_at", UtcDateTime),
+        sa.Index(f"{prefix}schedule_ticks_created_at_idx", "created_at"),
+    )
+    return schedules, schedule_ticks

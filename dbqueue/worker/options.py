@@ -35,6 +35,8 @@ class WorkerOptions:
     """Seconds running jobs get to finish after SIGTERM or ``dbqueue restart``."""
     prefetch: int = 500
     """At most this many jobs reserved ahead of free children, when jobs are short."""
+    schedule: bool = True
+    """Run the scheduler: queue the application's schedules' runs when due."""
 
     def __post_init__(self) -> None:
         if not self.queues or not all(q.strip() for q in self.queues):

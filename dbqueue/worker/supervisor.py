@@ -34,7 +34,8 @@ from .options import WorkerOptions
 from .pool import Pool
 from .recorder import Recorder
 from .reserver import Reserver
-from .sidetasks import DEAD_AFTER, Control, LeaseRenewal, Pruning
+from .scheduler import Scheduler
+from .sidetasks import DEAD_AFTER, Control, LeaseRenewal, Pruning, SideTask
 from .signals import REPEAT_AFTER, StopSignals
 from .wakeup import Wakeup
 
@@ -72,7 +73,11 @@ class Supervisor:
                                     job_locks=job_locks, lease=options.retry_after)
         self.control = Control(options.heartbeat_every, self.health, registry=self.registry,
                                worker_id=self.id)
-        self.side_tasks = (self.renewal, self.control, Pruning(self.health, store=self.store))
+        self.side_tasks: tuple[SideTask, ...] = (
+            self.renewal, self.control, Pruning(self.health, store=self.store))
+        if options.schedule and app.schedules:
+            self.side_tasks += (Scheduler(self.health, store=self.store,
+                                          schedules=list(app.schedules.values())),)
         self.handout = Handout(self.pool, options, ledger=self.ledger, recorder=self.recorder,
                                reserver=self.reserver, renewal=self.renewal,
                                health=self.health, hooks=self.hooks)

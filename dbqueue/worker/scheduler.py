@@ -1,0 +1,114 @@
+"""The scheduler: a side task of every ``dbqueue work``, with no leader.
+
+Each pass reads the schedules' rows and the database server's clock in one
+statement, works out the ticks due since each schedule's last one (a pure
+decision, policy.recurrence.due_ticks) and claims them: a tick's run is
+queued in the transaction that claims it, under the tick's unique key, so
+however many hosts run passes at once each tick is queued once, and while any
+host runs the scheduler no tick is lost. The next pass is timed for the next
+tick, by the server's clock as read at this pass.
+
+At its first pass the scheduler declares the application's schedules: the
+code is their source of truth. A new schedule's ticks count from then, so
+does a changed definition's, and the rows of schedules the code no longer
+declares are deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+from ..policy.recurrence import due_ticks
+from ..schedule import Schedule
+from ..store import Store
+from ..store.schedules import MISSED, QUEUED, Claimed, Schedules
+from .health import Health
+from .sidetasks import SideTask
+
+log = logging.getLogger("dbqueue.worker")
+
+_LONGEST_PAUSE = 30.0
+"""The longest time between passes, however far the next tick: a pass also
+notices a schedule whose row is gone or whose definition another worker changed."""
+_SHORTEST_PAUSE = 0.01
+_PRUNE_EVERY = 600.0
+
+
+class Scheduler(SideTask):
+    what = "run the schedules"
+
+    def __init__(self, health: Health, *, store: Store, schedules: Sequence[Schedule]) -> None:
+        super().__init__(_LONGEST_PAUSE, health)
+        self.schedules = {schedule.name: schedule for schedule in schedules}
+        self.verbs = Schedules(store)
+        self.declared = False
+        self.deferred: set[str] = set()
+        self.prune_at = 0.0
+
+    def run(self) -> None:
+        if not self.declared:
+            self.verbs.declare([s.declared() for s in self.schedules.values()],
+                               forget_others=True)
+            self.declared = True
+            log.info("scheduler: %s", ", ".join(
+                f"{s.name} ({s.recurrence.describe()})" for s in self.schedules.values()))
+        read_at = time.monotonic()
+        now, rows = self.verbs.state(self.schedules)
+        missing = [schedule.declared() for name, schedule in self.schedules.items()
+                   if name not in rows]
+        if missing:  # deleted meanwhile (by a worker on other code): from now on again
+            self.verbs.declare(missing)
+        wake = [now.timestamp() + _LONGEST_PAUSE]
+        for name, row in rows.items():
+            schedule = self.schedules[name]
+            if not self._ours(schedule, row.definition):
+                continue
+            ticks = due_ticks(schedule.recurrence, row.after, now, missed=schedule.missed)
+            if ticks:
+                self._report(schedule, self.verbs.claim(schedule.declared(), ticks))
+            upcoming = schedule.recurrence.next_after(max(now, ticks[-1].at if ticks
+                                                          else row.after))
+            if upcoming is not None:
+                wake.append(upcoming.timestamp())
+        # The server's clock reaches the next tick about this much later; read_at
+        # was taken before the statement, so the pass wakes just after the tick.
+        pause = min(wake) - now.timestamp()
+        self.next_at = read_at + min(max(pause, _SHORTEST_PAUSE), _LONGEST_PAUSE)
+        if read_at >= self.prune_at:
+            self.prune_at = read_at + _PRUNE_EVERY
+            self.verbs.prune()
+
+    def _ours(self, schedule: Schedule, definition: str) -> bool:
+        """Whether this worker's definition of the schedule is the one declared
+        last; if not, a worker started later with other code declared it, and
+        this one leaves the schedule to those."""
+        if definition == schedule.recurrence.describe():
+            self.deferred.discard(schedule.name)
+            return True
+        if schedule.name not in self.deferred:
+            self.deferred.add(schedule.name)
+            log.warning("schedule %s is now %r, declared by a worker started since with "
+                        "other code (here: %r); this worker leaves it to those until it "
+                        "restarts", schedule.name, definition, schedule.recurrence.describe())
+        return False
+
+    @staticmethod
+    def _report(schedule: Schedule, claimed: list[Claimed]) -> None:
+        for claim in claimed:
+            at = _shown(claim.tick)
+            if claim.status == QUEUED:
+                log.debug("schedule %s: queued job %s for %s", schedule.name, claim.job_id, at)
+            elif claim.status == MISSED:
+                log.warning("schedule %s: the tick of %s (and any before it since the last) "
+                            "fell while no worker ran the scheduler: skipped (missed=\"skip\")",
+                            schedule.name, at)
+            else:
+                log.debug("schedule %s: the tick of %s not queued (%s)", schedule.name, at,
+                          claim.status)
+
+
+def _shown(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC"
