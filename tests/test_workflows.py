@@ -1,0 +1,395 @@
+"""Chains and batches: steps in order with results piped, callbacks queued
+exactly once, counters exact under concurrent workers and a SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import dbqueue
+from dbqueue.store.completion import Completion
+from dbqueue.store.flows import FlowEnd
+from tests import flowapp
+from tests.conftest import PREFIX, ROOT, count, rows, wait_until, worker_env
+
+FAST = ("--sleep", "0.05")
+
+
+@pytest.fixture
+def flows(schema: str) -> Iterator[Any]:
+    built = flowapp.build(schema, PREFIX)
+    tables = built.app.store.tables
+    with built.app.engine.begin() as connection:
+        for table in (built.effects, tables.jobs, tables.failed_jobs, tables.job_batches,
+                      tables.cache_locks, tables.queue_workers):
+            connection.execute(table.delete())
+    yield built
+    built.app.dispose()
+
+
+class Workers:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.started: list[subprocess.Popen[str]] = []
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dbqueue", "work", "--app", "tests.flowapp:app", *FAST, *args],
+            cwd=ROOT, env=worker_env(self.url), text=True, start_new_session=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.started.append(process)
+        return process
+
+    def drain(self, *args: str) -> None:
+        """Run one worker until nothing is left, callbacks included."""
+        output, _ = self.start("--stop-when-drained", *args).communicate(timeout=120)
+        assert "Traceback" not in output, output
+
+    def kill_all(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture
+def flow_workers(flows: Any, schema: str, workers: Any) -> Iterator[Workers]:
+    """Workers of tests.flowapp (``workers`` marks the test slow, as others that start them)."""
+    running = Workers(schema)
+    yield running
+    running.kill_all()
+
+
+def members_run(flows: Any) -> list[int]:
+    """The numbers of the batch members that ran, a rerun counted again."""
+    return sorted(json.loads(row.detail) for row in effects(flows, "batch", "member"))
+
+
+def effects(flows: Any, tag: str, event: str | None = None) -> list[Any]:
+    table = flows.effects
+    where = [table.c.tag == tag] + ([table.c.event == event] if event else [])
+    return rows(flows.app, table, *where)
+
+
+def jobs_named(flows: Any, name: str) -> int:
+    table = flows.app.store.tables.jobs
+    return count(flows.app, table, table.c.job == name)
+
+
+# --- chains ---------------------------------------------------------------------------
+
+
+def test_a_chain_runs_in_order_pipes_results_stops_on_failure_and_resumes(flows, flow_workers):
+    f = flows
+    f.app.chain([f.fetch.prepare("https://example.test/a"), f.parse.prepare(),
+                 f.store.prepare()]).dispatch()
+    f.app.chain([f.fetch.prepare("b"), f.explode.prepare("b"), f.store.prepare()],
+                catch=f.alert.prepare("import")).dispatch()
+    first, second = flow_workers.start(), flow_workers.start()
+    wait_until(lambda: effects(f, "chain", "store") and effects(f, "import", "catch"),
+               what="the first chain to end and the second to fail")
+    steps = effects(f, "chain")
+    assert [row.event for row in steps if row.event != "fetch"] == ["parse", "store"]
+    parse, store = (json.loads(row.detail) for row in steps if row.event in ("parse", "store"))
+    assert parse == {"url": "https://example.test/a", "size": 22}  # what fetch returned
+    assert store == [22, 44]  # what parse returned
+    (catch,) = effects(f, "import", "catch")
+    failed_step = json.loads(catch.detail)
+    assert failed_step["exception_class"] == "RuntimeError"
+    assert failed_step["message"] == "b is broken"
+    # The chain stopped: the failed step waits in failed_jobs with the rest of it.
+    (failed,) = rows(f.app, f.app.store.tables.failed_jobs)
+    assert failed.job == "explode"
+    assert [step["job"] for step in json.loads(failed.payload)["flow"]["chain"]] == ["store"]
+    assert jobs_named(f, "store") == 0
+
+    f.note("b", "fixed")
+    assert f.app.admin.retry([str(failed.id)]) == 1  # `dbqueue retry ID`
+    wait_until(lambda: len(effects(f, "chain", "store")) == 2, what="the retried chain to end")
+    assert effects(f, "chain", "store")[1].detail is None  # explode returned None
+    first.send_signal(signal.SIGTERM)
+    second.send_signal(signal.SIGTERM)
+    assert (first.wait(60), second.wait(60)) == (0, 0)
+    assert len(effects(f, "import", "catch")) == 1  # catch queued once
+    assert Counter(row.event for row in effects(f, "chain")) == {
+        "fetch": 2, "parse": 1, "explode": 1, "store": 2}
+
+
+def test_each_step_keeps_its_own_options(flows):
+    f = flows
+    f.app.chain([f.fetch.prepare("x"), f.parse.options(queue="later", priority=5, tries=4,
+                                                       timeout=9).prepare()]).dispatch()
+    (row,) = rows(f.app, f.app.store.tables.jobs)
+    (step,) = json.loads(row.payload)["flow"]["chain"]
+    assert (step["queue"], step["priority"], step["payload"]["options"]) == (
+        "later", 5, {"tries": 4, "timeout": 9})
+
+
+def test_chain_and_batch_refuse_what_they_cannot_queue(flows):
+    f = flows
+    with pytest.raises(dbqueue.ConfigurationError, match="needs at least one job"):
+        f.app.chain([])
+    with pytest.raises(dbqueue.ConfigurationError, match=r"prepared jobs, such as my_job\.prepare"):
+        f.app.chain([f.fetch])  # the job, not a prepared call of it
+    with pytest.raises(dbqueue.ConfigurationError, match="prepared jobs"):
+        f.app.batch([f.member.prepare(1), "member"])
+    with pytest.raises(dbqueue.NotFound, match="no batch 'nope'"):
+        f.app.find_batch("nope")
+    with pytest.raises(RuntimeError, match="outside a job"):
+        dbqueue.current_job()
+
+
+def test_a_chain_dispatched_in_a_rolled_back_transaction_leaves_nothing(flows):
+    f = flows
+    with f.app.engine.connect() as connection, connection.begin() as transaction:
+        f.app.chain([f.fetch.prepare("x"), f.parse.prepare()]).dispatch(connection=connection)
+        transaction.rollback()
+    with f.app.engine.begin() as connection:
+        batch_id = f.app.batch([f.member.prepare(1)]).dispatch(connection=connection)
+    assert count(f.app, f.app.store.tables.jobs) == 1
+    assert f.app.find_batch(batch_id).pending == 1
+
+
+# --- batches: counting in the completion transaction (no worker process) -----------
+
+
+def reserve_all(app: Any, token: str = "t") -> list[Any]:
+    return app.store.reserve(["default"], 10_000, token, 60)
+
+
+def finish(app: Any, reserved: list[Any], outcome: str = "done", token: str = "t") -> set[int]:
+    """Record ``reserved`` as done (or failed for good), as a worker would."""
+    completion = Completion()
+    for row in reserved:
+        lease = dbqueue.store.Lease(row.id, token)
+        flow = dbqueue.serializer.decode(row.payload).flow or {}
+        if outcome == "done":
+            completion.completed.append(lease)
+        else:
+            completion.failed.append(dbqueue.store.completion.FailedRun(
+                row, lease, dbqueue.store.Failure("RuntimeError", "no", ""), "test:1", 1))
+        completion.ended.append(FlowEnd(row.id, flow, outcome,
+                                        failure=("RuntimeError", "no")))
+    return app.store.record(completion)
+
+
+def callbacks(flows: Any) -> Counter[str]:
+    return Counter(json.loads(row.payload)["args"][0]
+                   for row in rows(flows.app, flows.app.store.tables.jobs)
+                   if row.job == "callback")
+
+
+def test_a_batch_counts_its_jobs_and_queues_then_and_finally_once(flows):
+    f = flows
+    batch_id = f.app.batch([f.member.prepare(n) for n in range(5)], name="import",
+                           then=f.callback.prepare("then"), catch=f.callback.prepare("catch"),
+                           finally_=f.callback.prepare("finally")).dispatch()
+    batch = f.app.find_batch(batch_id)
+    assert (batch.name, batch.total, batch.pending, batch.processed, batch.failed,
+            batch.progress, batch.finished, batch.cancelled) == ("import", 5, 5, 0, 0, 0,
+                                                                  False, False)
+    reserved = reserve_all(f.app)
+    finish(f.app, reserved[:2])
+    assert (f.app.find_batch(batch_id).processed, f.app.find_batch(batch_id).progress) == (2, 40)
+    assert callbacks(f) == {}
+    finish(f.app, reserved[2:])
+    batch = batch.refresh()
+    assert (batch.pending, batch.processed, batch.progress, batch.finished) == (0, 5, 100, True)
+    assert callbacks(f) == {"then": 1, "finally": 1}
+    # Recorded again (a retried transaction, a stalled worker): the leases are
+    # gone, nothing is counted twice and nothing queued again.
+    assert finish(f.app, reserved[2:]) == set()
+    assert callbacks(f) == {"then": 1, "finally": 1}
+    assert f.app.find_batch(batch_id).pending == 0
+
+
+def test_a_failure_queues_catch_once_and_cancels_unless_failures_are_allowed(flows):
+    f = flows
+    for allow in (False, True):
+        with f.app.engine.begin() as connection:
+            connection.execute(f.app.store.tables.jobs.delete())
+        batch_id = f.app.batch([f.member.prepare(n) for n in range(4)],
+                               then=f.callback.prepare("then"), catch=f.callback.prepare("catch"),
+                               finally_=f.callback.prepare("finally"),
+                               allow_failures=allow).dispatch()
+        reserved = reserve_all(f.app)
+        finish(f.app, reserved[:1], "failed")
+        finish(f.app, reserved[1:2], "failed")
+        batch = f.app.find_batch(batch_id)
+        assert (batch.failed, batch.cancelled) == (2, not allow)
+        finish(f.app, reserved[2:])
+        batch = batch.refresh()
+        assert (batch.pending, batch.failed, batch.finished) == (0, 2, True)
+        expected = {"catch": 1, "finally": 1} | ({"then": 1} if allow else {})
+        assert callbacks(f) == expected, allow
+        failed = f.app.store.tables.failed_jobs
+        assert count(f.app, failed, failed.c.batch_id == batch_id) == 2
+
+
+def complete_together(app: Any, row: Any, go: threading.Barrier,
+                      errors: list[BaseException]) -> None:
+    try:
+        go.wait(10)
+        finish(app, [row])
+    except BaseException as exc:  # reported by the test
+        errors.append(exc)
+
+
+def test_the_last_two_jobs_finishing_at_once_queue_the_callbacks_once(flows):
+    f = flows
+    for _ in range(5):
+        with f.app.engine.begin() as connection:
+            connection.execute(f.app.store.tables.jobs.delete())
+        f.app.batch([f.member.prepare(n) for n in range(2)], then=f.callback.prepare("then"),
+                    finally_=f.callback.prepare("finally")).dispatch()
+        reserved = reserve_all(f.app)
+        go = threading.Barrier(2)
+        errors: list[BaseException] = []
+        threads = [threading.Thread(target=complete_together, args=(f.app, row, go, errors))
+                   for row in reserved]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        assert callbacks(f) == {"then": 1, "finally": 1}
+
+
+def test_a_cancelled_batch_and_adding_to_a_finished_one(flows, flow_workers):
+    f = flows
+    batch_id = f.app.batch([f.member.prepare(n) for n in range(3)],
+                           then=f.callback.prepare("then"),
+                           finally_=f.callback.prepare("finally")).dispatch()
+    f.app.find_batch(batch_id).cancel()
+    flow_workers.drain()
+    batch = f.app.find_batch(batch_id)
+    assert (batch.cancelled, batch.pending, batch.finished) == (True, 0, True)
+    assert members_run(f) == []  # none of them ran
+    assert [row.tag for row in effects(f, "finally", "callback")] == ["finally"]
+    assert effects(f, "then") == []
+    with pytest.raises(dbqueue.ConfigurationError, match="has finished"):
+        batch.add([f.member.prepare(9)])
+
+
+def test_an_empty_batch_is_finished_at_once(flows):
+    f = flows
+    batch_id = f.app.batch([], then=f.callback.prepare("then"),
+                           finally_=f.callback.prepare("finally")).dispatch()
+    batch = f.app.find_batch(batch_id)
+    assert (batch.total, batch.progress, batch.finished) == (0, 100, True)
+    assert callbacks(f) == {"then": 1, "finally": 1}
+
+
+# --- batches through worker processes --------------------------------------------------
+
+
+def run_batch(flows: Any, workers: Workers, *, size: int, fail_on: int = -1,
+              allow_failures: bool = False, processes: int = 3) -> str:
+    f = flows
+    members: list[Any] = [f.member.prepare(n, fail_on) for n in range(size - 1)]
+    members.append([f.member.prepare(size - 1), f.member.prepare(size)])  # a chain inside
+    batch_id = f.app.batch(members, then=f.callback.prepare("then"),
+                           catch=f.callback.prepare("catch"),
+                           finally_=f.callback.prepare("finally"),
+                           allow_failures=allow_failures).dispatch()
+    started = [workers.start("--stop-when-drained") for _ in range(processes)]
+    for process in started:
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output
+    workers.drain()  # what the last flush queued
+    return batch_id
+
+
+def callback_runs(flows: Any) -> Counter[str]:
+    return Counter(row.tag for row in rows(flows.app, flows.effects,
+                                           flows.effects.c.event == "callback"))
+
+
+def test_a_2000_job_batch_drained_by_three_workers(flows, flow_workers):
+    batch_id = run_batch(flows, flow_workers, size=2000)
+    batch = flows.app.find_batch(batch_id)
+    assert (batch.total, batch.pending, batch.failed, batch.finished) == (2001, 0, 0, True)
+    assert members_run(flows) == list(range(2001))  # each once
+    assert callback_runs(flows) == {"then": 1, "finally": 1}
+
+
+@pytest.mark.parametrize("allow_failures", [False, True])
+def test_a_failing_job_in_a_batch(flows, flow_workers, allow_failures):
+    batch_id = run_batch(flows, flow_workers, size=2000, fail_on=7, allow_failures=allow_failures)
+    batch = flows.app.find_batch(batch_id)
+    assert (batch.pending, batch.failed, batch.finished) == (0, 1, True)
+    assert callback_runs(flows) == {"catch": 1, "finally": 1} | (
+        {"then": 1} if allow_failures else {})
+    ran = set(members_run(flows))
+    if allow_failures:
+        assert ran == set(range(2001)) - {7}
+    else:  # cancelled at the failure: the jobs not started by then did not run
+        assert 7 not in ran
+
+
+def test_sigkill_while_completing_batch_jobs_keeps_counters_exact(flows, flow_workers):
+    f = flows
+    batch_id = f.app.batch([f.member.options(tries=3).prepare(n) for n in range(2000)],
+                           then=f.callback.prepare("then"),
+                           finally_=f.callback.prepare("finally")).dispatch()
+    doomed = flow_workers.start("--retry-after", "2")
+    survivor = flow_workers.start("--retry-after", "2")
+    wait_until(lambda: len(members_run(f)) >= 300, what="300 jobs to have run")
+    os.killpg(doomed.pid, signal.SIGKILL)
+    doomed.wait()
+    survivor.send_signal(signal.SIGTERM)
+    assert survivor.wait(60) == 0
+    flow_workers.drain("--retry-after", "2")
+    batch = f.app.find_batch(batch_id)
+    failures = [(row.exception_class, row.exception_message)
+                for row in rows(f.app, f.app.store.tables.failed_jobs)]
+    assert failures == []
+    assert (batch.total, batch.pending, batch.failed, batch.finished) == (2000, 0, 0, True)
+    assert set(members_run(f)) == set(range(2000))
+    assert callback_runs(f) == {"then": 1, "finally": 1}
+
+
+def test_a_batch_job_adds_to_its_own_batch(flows, flow_workers):
+    f = flows
+    batch_id = f.app.batch([f.grow.prepare(3)], finally_=f.callback.prepare("finally")
+                           ).dispatch()
+    flow_workers.drain()
+    batch = f.app.find_batch(batch_id)
+    assert (batch.total, batch.pending, batch.finished) == (4, 0, True)
+    assert members_run(f) == [1000, 1001, 1002]
+    assert callback_runs(f) == {"finally": 1}
+
+
+def test_batches_retry_puts_the_failed_jobs_back_and_then_can_still_run(flows, flow_workers):
+    f = flows
+    batch_id = f.app.batch([f.explode.prepare("k"), f.member.prepare(1)],
+                           then=f.callback.prepare("then"),
+                           allow_failures=True).dispatch()
+    flow_workers.drain()
+    batch = f.app.find_batch(batch_id)
+    assert (batch.pending, batch.failed, batch.finished) == (0, 1, True)
+    assert callback_runs(f) == {"then": 1}  # allowed failures: then once all finished
+    f.note("k", "fixed")
+    failed = f.app.store.tables.failed_jobs
+    (row,) = rows(f.app, failed, failed.c.batch_id == batch_id)
+    f.app.admin.retry([str(row.id)])
+    assert f.app.find_batch(batch_id).pending == 1
+    flow_workers.drain()
+    batch = f.app.find_batch(batch_id)
+    assert (batch.pending, batch.failed, batch.finished) == (0, 0, True)
+    assert callback_runs(f) == {"then": 1}  # not again
+
+
+def test_payload_flow_must_be_an_object():
+    with pytest.raises(ValueError, match="'flow' must be a JSON object"):
+        dbqueue.serializer.decode('{"args":[],"flow":[1]}')
+    assert dbqueue.serializer.decode('{"args":[1],"flow":{"batch":"b"}}').flow == {"batch": "b"}
