@@ -279,6 +279,14 @@ class App:
         self.schedules[schedule.name] = schedule
         return schedule
 
+    def recent_batches(self, limit: int = 50) -> list[Batch]:
+        """The newest batches first."""
+        return [Batch.of(self, row) for row in Batches(self.store).recent(limit)]
+
+    def prune_batches(self, hours: float) -> int:
+        """Delete batches that finished more than ``hours`` ago; return how many."""
+        return Batches(self.store).prune(hours)
+
     def dispatch_many(self, prepared: Iterable[PreparedJob], *,
                       connection: Executor | None = None,
                       after_commit: Session | None = None) -> int:

@@ -134,6 +134,19 @@ class Batch:
         (``finally_`` still runs once they have; ``then`` never does)."""
         Batches(self.app.store).cancel(self.id)
 
+    def retry(self) -> int:
+        """Put the batch's failed jobs back on their queues (``then`` may still
+        run once they succeed); return how many."""
+        return self.app.admin.retry(batch=self.id)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Its fields and counts, for JSON."""
+        return {"id": self.id, "name": self.name, "total": self.total,
+                "pending": self.pending, "processed": self.processed, "failed": self.failed,
+                "progress": self.progress, "allow_failures": self.allow_failures,
+                "cancelled": self.cancelled, "created_at": self.created_at,
+                "cancelled_at": self.cancelled_at, "finished_at": self.finished_at}
+
     def add(self, jobs: Iterable[PreparedJob | Sequence[PreparedJob]], *,
             connection: Executor | None = None) -> int:
         """Add jobs (a list inside the list is a chain) to a batch that has not

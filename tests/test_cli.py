@@ -22,8 +22,8 @@ import sqlalchemy as sa
 import dbqueue
 from dbqueue.store import Failure, NewJob
 from dbqueue.store.admin import FailedJob
-from dbqueue.store.schema import REVISION
 from dbqueue.store.migrator import current_revision
+from dbqueue.store.schema import REVISION
 from dbqueue.store.workers import WorkerInfo
 from tests import jobapp
 from tests.conftest import PREFIX, ROOT, count, rows, worker_env

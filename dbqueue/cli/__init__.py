@@ -23,6 +23,7 @@ _COMMANDS = {
     "locks": "locks",
     "outcomes": "outcomes",
     "schedule": "schedule",
+    "batches": "batches",
 }
 
 

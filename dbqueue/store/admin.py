@@ -158,22 +158,26 @@ class Admin:
         return FailedJob(**row._mapping)
 
     def retry(self, refs: Sequence[str] = (), *, queue: str | None = None,
-              everything: bool = False, progress: Progress | None = None) -> int:
+              batch: str | None = None, everything: bool = False,
+              progress: Progress | None = None) -> int:
         """Put failed jobs back on their original queues (queue, job, payload and
         priority kept, attempts reset to 0); return how many.
 
-        Named ``refs`` go back in one transaction, all or none. ``queue`` and
-        ``everything`` go in chunks of RETRY_CHUNK, each its own transaction,
-        with ``progress(done, total)`` called after each. Either way a job is
-        inserted into jobs and deleted from failed_jobs in one transaction, so
-        it is never in both tables, nor in neither.
+        Named ``refs`` go back in one transaction, all or none. ``queue``,
+        ``batch`` (a batch's failed jobs) and ``everything`` go in chunks of
+        RETRY_CHUNK, each its own transaction, with ``progress(done, total)``
+        called after each. Either way a job is inserted into jobs and deleted
+        from failed_jobs in one transaction, so it is never in both tables, nor
+        in neither.
         """
         if refs:
             return self.store.transaction(lambda c: self._retry_named(c, refs))
-        if not (queue or everything):
+        if not (queue or batch or everything):
             return 0
         table = self.failed
         where = [table.c.queue == queue] if queue else []
+        if batch:
+            where.append(table.c.batch_id == batch)
 
         def extent(c: Connection) -> tuple[int, int | None]:
             count, last = c.execute(sa.select(sa.func.count(), sa.func.max(table.c.id))

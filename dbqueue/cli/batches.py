@@ -1,0 +1,108 @@
+"""``dbqueue batches``: list, show, cancel, retry and prune batches."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import click
+
+from .common import open_app, print_json, print_table, short_time
+from .options import connection_options, friendly_errors, group_options
+
+
+def _state(batch: Any) -> str:
+    if batch.cancelled:
+        return "cancelled" + (", finished" if batch.finished else "")
+    return "finished" if batch.finished else "running"
+
+
+@click.group(invoke_without_command=True)
+@connection_options
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+              help="Most batches to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+@friendly_errors
+def batches(ctx: click.Context, url: str | None, app_reference: str | None,
+            table_prefix: str | None, verbose: bool, limit: int, as_json: bool) -> None:
+    """List batches, newest first. `dbqueue batches show ID` shows one."""
+    if ctx.invoked_subcommand is not None:
+        return
+    found = open_app(url, app_reference, table_prefix).recent_batches(limit)
+    if as_json:
+        print_json([batch.as_dict() for batch in found])
+        return
+    if not found:
+        click.echo("No batches.")
+        return
+    print_table(["ID", "NAME", "PROGRESS", "TOTAL", "PENDING", "FAILED", "STATE", "CREATED AT"],
+                [[b.id, b.name, f"{b.progress}%", b.total, b.pending, b.failed, _state(b),
+                  short_time(b.created_at)] for b in found])
+
+
+@batches.command("show")
+@connection_options
+@click.argument("batch_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@friendly_errors
+@group_options
+def show(url: str | None, app_reference: str | None, table_prefix: str | None,
+         verbose: bool, batch_id: str, as_json: bool) -> None:
+    """Show one batch: its counts, progress and state."""
+    batch = open_app(url, app_reference, table_prefix).find_batch(batch_id)
+    if as_json:
+        print_json(batch.as_dict())
+        return
+    for label, value in [("id", batch.id), ("name", batch.name),
+                         ("progress", f"{batch.progress}%"), ("total", batch.total),
+                         ("pending", batch.pending), ("processed", batch.processed),
+                         ("failed", batch.failed),
+                         ("failures", "allowed" if batch.allow_failures else "cancel it"),
+                         ("state", _state(batch)), ("created at", short_time(batch.created_at)),
+                         ("cancelled", short_time(batch.cancelled_at)),
+                         ("finished", short_time(batch.finished_at))]:
+        click.echo(f"{label + ':':<12}{value}")
+
+
+@batches.command("cancel")
+@connection_options
+@click.argument("batch_id", metavar="ID")
+@friendly_errors
+@group_options
+def cancel(url: str | None, app_reference: str | None, table_prefix: str | None,
+           verbose: bool, batch_id: str) -> None:
+    """Cancel a batch: its jobs not started yet complete without running."""
+    batch = open_app(url, app_reference, table_prefix).find_batch(batch_id)
+    if batch.cancelled:
+        click.echo(f"Batch {batch_id} was cancelled already.")
+        return
+    batch.cancel()
+    click.echo(f"Cancelled batch {batch_id}.")
+
+
+@batches.command("retry")
+@connection_options
+@click.argument("batch_id", metavar="ID")
+@friendly_errors
+@group_options
+def retry(url: str | None, app_reference: str | None, table_prefix: str | None,
+          verbose: bool, batch_id: str) -> None:
+    """Put a batch's failed jobs back on their queues."""
+    count = open_app(url, app_reference, table_prefix).find_batch(batch_id).retry()
+    click.echo(f"Queued {count:,} failed job(s) of batch {batch_id} again.")
+
+
+@batches.command("prune")
+@connection_options
+@click.option("--hours", type=click.FloatRange(min=0), required=True,
+              help="Delete batches that finished more than this many hours ago.")
+@friendly_errors
+@group_options
+def prune(url: str | None, app_reference: str | None, table_prefix: str | None,
+          verbose: bool, hours: float) -> None:
+    """Delete finished batches older than --hours (their jobs are long gone)."""
+    if not math.isfinite(hours):
+        raise click.BadParameter("must be a finite number of hours", param_hint="--hours")
+    count = open_app(url, app_reference, table_prefix).prune_batches(hours)
+    click.echo(f"Deleted {count} finished batch(es).")

@@ -1,0 +1,82 @@
+"""``dbqueue batches``: list, show, cancel, retry and prune, through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from click.testing import CliRunner, Result
+
+from dbqueue.cli import cli
+from tests.conftest import PREFIX
+from tests.test_workflows import finish, flows, reserve_all  # noqa: F401 (a fixture)
+
+
+@pytest.fixture
+def f(flows):  # noqa: F811 (the fixture imported above)
+    """The workflow tests' application, on clean tables."""
+    return flows
+
+
+def run(url: str, *args: str) -> Result:
+    variables: dict[str, str | None] = {name: None for name in os.environ
+                                        if name.startswith("DBQUEUE_")}
+    variables.update(DBQUEUE_URL=url, DBQUEUE_TABLE_PREFIX=PREFIX)
+    return CliRunner().invoke(cli, ["batches", *args], env=variables)
+
+
+def ok(result: Result) -> str:
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.stdout
+
+
+def test_list_and_show(f, schema):
+    assert ok(run(schema)) == "No batches.\n"
+    batch_id = f.app.batch([f.member.prepare(n) for n in range(4)], name="import 2026-12"
+                           ).dispatch()
+    finish(f.app, reserve_all(f.app)[:1])
+    listed = ok(run(schema))
+    assert batch_id in listed and "import 2026-12" in listed and "25%" in listed
+    assert "running" in listed
+    (entry,) = json.loads(ok(run(schema, "--json")))
+    assert {key: entry[key] for key in ("id", "name", "total", "pending", "processed", "failed",
+                                        "progress", "cancelled", "finished_at")} == {
+        "id": batch_id, "name": "import 2026-12", "total": 4, "pending": 3, "processed": 1,
+        "failed": 0, "progress": 25, "cancelled": False, "finished_at": None}
+    shown = json.loads(ok(run(schema, "show", batch_id, "--json")))
+    assert shown == entry
+    text = ok(run(schema, "show", batch_id))
+    assert "progress:   25%" in text and "state:      running" in text
+
+
+def test_cancel_retry_prune_and_unknown_ids(f, schema):
+    batch_id = f.app.batch([f.member.prepare(n) for n in range(3)], allow_failures=True
+                           ).dispatch()
+    reserved = reserve_all(f.app)
+    finish(f.app, reserved[:2], "failed")
+    finish(f.app, reserved[2:])
+    assert f.app.find_batch(batch_id).finished
+    assert ok(run(schema, "retry", batch_id)) == (
+        f"Queued 2 failed job(s) of batch {batch_id} again.\n")
+    batch = f.app.find_batch(batch_id)
+    assert (batch.pending, batch.failed, batch.finished) == (2, 0, False)
+    assert ok(run(schema, "cancel", batch_id)) == f"Cancelled batch {batch_id}.\n"
+    assert ok(run(schema, "cancel", batch_id)) == f"Batch {batch_id} was cancelled already.\n"
+    assert f.app.find_batch(batch_id).cancelled
+    assert ok(run(schema, "prune", "--hours", "0")) == "Deleted 0 finished batch(es).\n"
+    finish(f.app, reserve_all(f.app, "u"), token="u")
+    assert f.app.find_batch(batch_id).finished
+    # Finished a moment ago: --hours 0 takes every finished batch.
+    assert ok(run(schema, "prune", "--hours", "0")) == "Deleted 1 finished batch(es).\n"
+    for args in (("show", "nope"), ("cancel", "nope"), ("retry", "nope")):
+        result = run(schema, *args)
+        assert result.exit_code == 1, result.output
+        assert result.stderr.splitlines() == [
+            "Error: no batch 'nope'; list them with: dbqueue batches"], result.stderr
+
+
+@pytest.mark.parametrize("hours", ["-1", "inf"])
+def test_prune_refuses_bad_hours(schema, hours):
+    result = run(schema, "prune", "--hours", hours)
+    assert result.exit_code == 2 and "--hours" in result.stderr
