@@ -107,11 +107,13 @@ def _status(schedule: Schedule, row: ScheduleRow | None, now: datetime) -> Sched
     if row is None or row.definition != definition:
         # No worker with this code has run the scheduler yet: no tick is due
         # before one does (its ticks count from then).
+        why = ("no worker has declared this schedule yet" if row is None else
+               f"the workers run it as {row.definition!r}")
         return ScheduleStatus(schedule.name, schedule.prepared.new_job.job, definition,
                               None, None, None, None, None, None, None,
                               schedule.recurrence.next_after(now),
-                              "no worker has declared this schedule yet: start `dbqueue "
-                              "work` with this code (without --no-schedule)")
+                              f"{why}: start `dbqueue work` with this code (without "
+                              "--no-schedule)")
     history = History(after=row.after, last_status=row.last_status, last_tick=row.last_tick,
                       run_tick=row.last_run_tick, ended_tick=row.last_ended_tick,
                       ended_at=row.last_ended_at)

@@ -115,3 +115,12 @@ def test_an_unknown_schedule_or_no_app_is_one_clear_line(schema, daily):
     assert "no schedule named 'nightly'" in line and "daily-report, heartbeat" in line
     assert "--app" in error_line(run(schema, "list"))
     assert "--app" in error_line(run(schema, "run", "daily-report"))
+
+
+def test_list_says_when_the_workers_run_another_definition(schema, daily):
+    Scheduler(Health(), store=daily.store, schedules=list(daily.schedules.values())).run()
+    table = daily.store.tables.schedules
+    daily.store.transaction(lambda c: c.execute(
+        sa.update(table).where(table.c.name == "heartbeat").values(definition="every 20 s")))
+    heartbeat = listed(schema)["heartbeat"]
+    assert "the workers run it as 'every 20 s'" in heartbeat["overdue"]

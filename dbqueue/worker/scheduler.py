@@ -68,7 +68,8 @@ class Scheduler(SideTask):
                 continue
             ticks = due_ticks(schedule.recurrence, row.after, now, missed=schedule.missed)
             if ticks:
-                self._report(schedule, self.verbs.claim(schedule.declared(), ticks))
+                late = {tick.at for tick in ticks if tick.late}
+                self._report(schedule, self.verbs.claim(schedule.declared(), ticks), late)
             upcoming = schedule.recurrence.next_after(max(now, ticks[-1].at if ticks
                                                           else row.after))
             if upcoming is not None:
@@ -96,10 +97,14 @@ class Scheduler(SideTask):
         return False
 
     @staticmethod
-    def _report(schedule: Schedule, claimed: list[Claimed]) -> None:
+    def _report(schedule: Schedule, claimed: list[Claimed], late: set[datetime]) -> None:
         for claim in claimed:
             at = _shown(claim.tick)
-            if claim.status == QUEUED:
+            if claim.status == QUEUED and claim.tick in late:
+                log.warning("schedule %s: the tick of %s (and any before it since the last) "
+                            "fell while no worker ran the scheduler: job %s runs it once "
+                            "(missed=\"run_once\")", schedule.name, at, claim.job_id)
+            elif claim.status == QUEUED:
                 log.debug("schedule %s: queued job %s for %s", schedule.name, claim.job_id, at)
             elif claim.status == MISSED:
                 log.warning("schedule %s: the tick of %s (and any before it since the last) "
