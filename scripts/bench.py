@@ -1,7 +1,7 @@
 """Measure dbqueue's throughput on one database; run it through ./scripts/bench.
 
     ./scripts/bench [--url URL] [--jobs N] [--concurrency C] [--table-prefix P]
-                    [--only enqueue,process,locks,overlap,idempotent,latency]
+                    [--only enqueue,process,locks,overlap,idempotent,batch,latency]
                     [--backlog TOTAL]
 
 Every table it uses carries its own prefix (default ``bench_``): they are
@@ -19,7 +19,7 @@ enqueue
                               then the tables are reset)
   enqueue_bulk_per_s          ``app.dispatch_many`` of N jobs in chunks of 5,000
                               (only the calls are timed, not preparing the jobs)
-process, overlap, idempotent, --backlog (any of them)
+process, overlap, idempotent, batch, --backlog (any of them)
   startup_s                   ``dbqueue work --stop-when-empty`` on an empty queue:
                               the worker's start-up and shutdown
 process, overlap, idempotent (any of them)
@@ -43,6 +43,12 @@ idempotent
   process_idempotent_per_s    the same for N jobs with an ``idempotency_key``
   (+ _excl_startup, _s,       that write nothing but their outcome
   _ratio...)
+batch (see scripts/bench_batch.py)
+  process_batch_per_s         the N no-op jobs dispatched as one batch
+  (+ _excl_startup, _s)       (``app.batch([...]).dispatch()``), processed as above
+  batch_dispatch_per_s        jobs per second of that one dispatch (one transaction)
+  process_batch_ratio         process_batch_per_s / process_per_s of the same run
+  (+ _excl_startup)           (null unless process ran too)
 --backlog TOTAL (TOTAL >= N: every queued job, as in "with a million jobs
 queued"; in addition to the groups)
   backlog_per_s               N jobs / wall clock of ``dbqueue work --concurrency C
@@ -97,7 +103,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 SCRIPTS = Path(__file__).resolve().parent
-GROUPS = ("enqueue", "process", "locks", "overlap", "idempotent", "latency")
+GROUPS = ("enqueue", "process", "locks", "overlap", "idempotent", "batch", "latency")
 SAMPLE = 2000  # single dispatches, and lock pairs per process
 TURN = 250  # single dispatches, then as many bare driver INSERTs, in turns
 CHUNK = 5000
@@ -333,7 +339,7 @@ def bench(app, only: set[str], jobs: int, concurrency: int,
     processed = [(group, job, name) for group, job, name in (
         ("process", noop, "process"), ("overlap", overlap_noop, "process_overlap"),
         ("idempotent", idempotent_noop, "process_idempotent")) if group in only]
-    if processed or backlog:
+    if processed or backlog or "batch" in only:
         reset(app)
         say("worker start-up and shutdown on an empty queue")
         startup_s = run_worker(concurrency)
@@ -343,6 +349,12 @@ def bench(app, only: set[str], jobs: int, concurrency: int,
         for _, job, name in processed:
             results.update(bench_processing(app, job, name, jobs, concurrency, startup_s))
             ratios(results, name, "baseline")
+    if "batch" in only:
+        from bench_batch import bench_batch
+
+        results.update(bench_batch(app, noop, jobs, concurrency, startup_s))
+        if "process" in only:
+            ratios(results, "process_batch", "process")
     if backlog:
         results.update(bench_backlog(app, noop, backlog, jobs, concurrency, startup_s))
         if "process" in only:
@@ -373,6 +385,7 @@ def table(results: dict[str, float | None]) -> None:
                        ("process", "process"),
                        ("process, WithoutOverlapping", "process_overlap"),
                        ("process, idempotency_key", "process_idempotent"),
+                       ("process, one batch", "process_batch"),
                        ("process, deep backlog", "backlog")):
         for suffix, note in (("", ""), ("_excl_startup", " (excl. start-up)")):
             rate = results.get(f"{key}_per_s{suffix}")
