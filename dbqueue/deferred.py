@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from sqlalchemy import event
@@ -38,8 +39,11 @@ def _is_session(value: object) -> TypeGuard[Session]:
     return orm is not None and isinstance(value, orm.Session)
 
 
-def defer(session: Any, prepared: list[PreparedJob]) -> None:
+def defer(session: Any, prepared: Sequence[PreparedJob | Callable[[], object]]) -> None:
     """Hold ``prepared`` until ``session`` next commits; drop them if it rolls back.
+
+    An item may also be a callable (a batch's dispatch), called after the
+    jobs held with it are queued.
 
     A Session that has not begun its transaction yet (SQLAlchemy begins it at
     the first statement) holds them for the transaction it will begin.
@@ -61,10 +65,16 @@ def defer(session: Any, prepared: list[PreparedJob]) -> None:
 
 def _after_commit(session: Session) -> None:
     by_app: dict[Any, list[PreparedJob]] = defaultdict(list)
+    calls = []
     for _transaction, prepared in session.info.pop(_KEY, []):
-        by_app[prepared.app].append(prepared)
+        if callable(prepared):
+            calls.append(prepared)
+        else:
+            by_app[prepared.app].append(prepared)
     for app, prepared_jobs in by_app.items():
         app.dispatch_many(prepared_jobs)
+    for call in calls:
+        call()
 
 
 def _within(transaction: SessionTransaction | None, ended: SessionTransaction) -> bool:

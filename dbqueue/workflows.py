@@ -17,11 +17,13 @@ worker records the outcome of the job before (see dbqueue.store.flows).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from . import deferred
 from .errors import ConfigurationError
 from .jobs import PreparedJob
 from .store import Executor, NewJob
@@ -181,9 +183,23 @@ class PendingBatch:
             if job is not None}
         self.allow_failures = allow_failures
 
-    def dispatch(self, *, connection: Executor | None = None) -> str:
-        """Queue the batch's jobs with the batch (in the caller's transaction
-        with ``connection=``); return the batch's id."""
-        return Batches(self.app.store).create(self.name, self.members, self.callbacks,
-                                              allow_failures=self.allow_failures,
-                                              connection=connection)
+    def dispatch(self, *, connection: Executor | None = None,
+                 after_commit: Session | None = None) -> str:
+        """Queue the batch's jobs with the batch, as ``job.dispatch`` would (in
+        the caller's transaction with ``connection=``, after the Session
+        commits with ``after_commit=``); return the batch's id (with
+        ``after_commit=``, the id the batch will have once it is queued)."""
+        batch_id = str(uuid.uuid4())
+
+        def create(connection: Executor | None = connection) -> None:
+            Batches(self.app.store).create(batch_id, self.name, self.members, self.callbacks,
+                                           allow_failures=self.allow_failures,
+                                           connection=connection)
+
+        if after_commit is not None:
+            if connection is not None:
+                raise ConfigurationError("give either connection= or after_commit=, not both")
+            deferred.defer(after_commit, [create])
+        else:
+            create()
+        return batch_id

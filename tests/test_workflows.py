@@ -159,6 +159,30 @@ def test_a_chain_dispatched_in_a_rolled_back_transaction_leaves_nothing(flows):
     assert f.app.find_batch(batch_id).pending == 1
 
 
+def test_a_batch_and_a_chain_queued_when_a_session_commits(flows):
+    from sqlalchemy.orm import Session
+
+    f = flows
+    with Session(f.app.engine) as session:
+        dropped = f.app.batch([f.member.prepare(1)]).dispatch(after_commit=session)
+        assert f.app.chain([f.fetch.prepare("x"), f.parse.prepare()]).dispatch(
+            after_commit=session) is None
+        session.rollback()
+    with pytest.raises(dbqueue.NotFound):
+        f.app.find_batch(dropped)
+    with Session(f.app.engine) as session:
+        batch_id = f.app.batch([f.member.prepare(1), f.member.prepare(2)]).dispatch(
+            after_commit=session)
+        f.app.chain([f.fetch.prepare("x"), f.parse.prepare()]).dispatch(after_commit=session)
+        with pytest.raises(dbqueue.NotFound):  # not before the commit
+            f.app.find_batch(batch_id)
+        session.commit()
+    assert f.app.find_batch(batch_id).total == 2
+    assert count(f.app, f.app.store.tables.jobs) == 3
+    with pytest.raises(dbqueue.ConfigurationError, match="not both"):
+        f.app.batch([f.member.prepare(1)]).dispatch(connection=object(), after_commit=object())
+
+
 # --- batches: counting in the completion transaction (no worker process) -----------
 
 

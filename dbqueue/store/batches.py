@@ -7,7 +7,6 @@ this module holds what applications and operators do to a batch.
 from __future__ import annotations
 
 import json
-import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,15 +45,14 @@ class Batches:
         self.store = store
         self.table = store.tables.job_batches
 
-    def create(self, name: str, members: Sequence[Sequence[NewJob]],
+    def create(self, batch_id: str, name: str, members: Sequence[Sequence[NewJob]],
                callbacks: dict[str, dict[str, Any]], *, allow_failures: bool,
-               connection: Executor | None = None) -> str:
-        """Insert a batch and the first job of each member (a member is a chain
-        of one or more jobs) in one transaction; return the batch's id."""
-        batch_id = str(uuid.uuid4())
+               connection: Executor | None = None) -> None:
+        """Insert the batch ``batch_id`` and the first job of each member (a
+        member is a chain of one or more jobs) in one transaction."""
         total = sum(len(member) for member in members)
 
-        def work(c: Connection) -> str:
+        def work(c: Connection) -> None:
             fired = 0 if total else THEN | FINALLY  # an empty batch is done at once
             c.execute(self.table.insert().values(
                 id=batch_id, name=name[:255], total=total, pending=total, failed=0,
@@ -66,9 +64,8 @@ class Batches:
             jobs += [from_step(callbacks[name], {"callback": batch_id})
                      for name, bit in CALLBACKS.items() if fired & bit and name in callbacks]
             self.store.push_many(jobs, c)
-            return batch_id
 
-        return self.store.within(connection, work)
+        self.store.within(connection, work)
 
     def add(self, batch_id: str, members: Sequence[Sequence[NewJob]],
             connection: Executor | None = None) -> int:
