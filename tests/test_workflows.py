@@ -259,6 +259,30 @@ def test_a_failure_queues_catch_once_and_cancels_unless_failures_are_allowed(flo
         assert count(f.app, failed, failed.c.batch_id == batch_id) == 2
 
 
+def test_a_failure_in_the_same_flush_stops_the_chains_of_the_batch_it_cancels(flows):
+    f = flows
+    batch_id = f.app.batch([[f.member.prepare(1), f.member.prepare(2), f.member.prepare(3)],
+                            f.member.prepare(4)], finally_=f.callback.prepare("finally")
+                           ).dispatch()
+    first_step, failing = reserve_all(f.app)
+    completion = Completion()
+    for row, outcome in ((first_step, "done"), (failing, "failed")):
+        lease = dbqueue.store.Lease(row.id, "t")
+        if outcome == "done":
+            completion.completed.append(lease)
+        else:
+            completion.failed.append(dbqueue.store.completion.FailedRun(
+                row, lease, dbqueue.store.Failure("RuntimeError", "no", ""), "test:1", 1))
+        completion.ended.append(FlowEnd(row.id, dbqueue.serializer.decode(row.payload).flow or {},
+                                        outcome, failure=("RuntimeError", "no")))
+    f.app.store.record(completion)
+    batch = f.app.find_batch(batch_id)
+    assert (batch.total, batch.pending, batch.failed, batch.cancelled, batch.finished) == (
+        4, 0, 1, True, True)
+    assert callbacks(f) == {"finally": 1}  # and no step 2 of the chain
+    assert jobs_named(f, "member") == 0
+
+
 def complete_together(app: Any, row: Any, go: threading.Barrier,
                       errors: list[BaseException]) -> None:
     try:

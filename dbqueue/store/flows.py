@@ -146,15 +146,17 @@ def _count(store: Dispatch, c: Connection, batch_id: str, ends: Sequence[FlowEnd
                     ).one_or_none()
     if row is None:  # pruned, or deleted by hand: nothing to count
         return False
-    tally = _Tally()
+    tally = _Tally(failed=sum(end.outcome == "failed" for end in ends))
+    cancel = bool(tally.failed) and not row.allow_failures and row.cancelled_at is None
+    cancelled = cancel or row.cancelled_at is not None
     for end in ends:
-        stops = end.outcome != "done" or row.cancelled_at is not None
-        # A chain that stops here: its remaining steps never run, and finish now.
+        # A chain that stops here (this job failed, or the batch is cancelled,
+        # maybe by a failure in this same flush): its remaining steps never
+        # run, and count as finished now.
+        stops = end.outcome != "done" or cancelled
         tally.finished += 1 + (steps_after(end.flow) if stops else 0)
-        tally.failed += end.outcome == "failed"
     pending, failed = row.pending - tally.finished, row.failed + tally.failed
-    cancel = tally.failed and not row.allow_failures and row.cancelled_at is None
-    fired = _due_callbacks(row, pending, failed, cancelled=cancel or row.cancelled_at is not None)
+    fired = _due_callbacks(row, pending, failed, cancelled=cancelled)
     values: dict[str, Any] = {"pending": pending, "failed": failed, "fired": row.fired | fired}
     if cancel:
         values["cancelled_at"] = store.dialect.now()
@@ -165,7 +167,7 @@ def _count(store: Dispatch, c: Connection, batch_id: str, ends: Sequence[FlowEnd
     for name, bit in CALLBACKS.items():
         if fired & bit and callbacks.get(name):
             queued.append(from_step(callbacks[name], {"callback": batch_id}))
-    return bool(cancel) or row.cancelled_at is not None
+    return cancelled
 
 
 def _due_callbacks(row: Any, pending: int, failed: int, *, cancelled: bool) -> int:
