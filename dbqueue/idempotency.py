@@ -212,8 +212,9 @@ class OutcomeBatch:
                 # this job's failure. Run it again soon.
                 raise Release(0.0) from exc
             raise
-        if not claimed:
-            return None
+        if not claimed:  # done before: what it returned then (a chain pipes it on)
+            outcome = self.outcomes.get(key)
+            return None if outcome is None else outcome.result
         running = _JobTransaction(connection, self.outcomes)
         token = _current.set(running)
         try:

@@ -47,6 +47,18 @@ def _prepared(app: App, item: Any, what: str) -> NewJob:
     return item.new_job
 
 
+def _not_unique(job: NewJob, what: str) -> NewJob:
+    """A job queued by a worker later (a step, a member, a callback) cannot be
+    unique: were its key taken then, it could not be queued, and its chain or
+    batch could never finish."""
+    if job.unique_key is not None:
+        raise ConfigurationError(
+            f"job {job.job!r} is unique (unique_key=): it cannot be {what}, which a "
+            "worker queues later, when its key may be taken; use a job without "
+            "unique_key there (an idempotency_key keeps its effects once)")
+    return job
+
+
 def _steps(app: App, items: Iterable[Any], what: str) -> list[NewJob]:
     steps = [_prepared(app, item, what) for item in items]
     if not steps:
@@ -61,7 +73,10 @@ class Chain:
                  catch: PreparedJob | None = None) -> None:
         self.app = app
         self.steps = _steps(app, jobs, "chain")
-        self.catch = None if catch is None else _prepared(app, catch, "chain's catch")
+        for later in self.steps[1:]:
+            _not_unique(later, "a step of a chain after the first")
+        self.catch = None if catch is None else _not_unique(
+            _prepared(app, catch, "chain's catch"), "a chain's catch")
 
     def first(self) -> NewJob:
         """The first step, carrying the rest of the chain in its payload."""
@@ -131,10 +146,11 @@ class Batch:
     def refresh(self) -> Batch:
         return self.app.find_batch(self.id)
 
-    def cancel(self) -> None:
+    def cancel(self) -> bool:
         """Cancel the batch: its jobs not started yet complete without running
-        (``finally_`` still runs once they have; ``then`` never does)."""
-        Batches(self.app.store).cancel(self.id)
+        (``finally_`` still runs once they have; ``then`` never does). False if
+        it was cancelled already or has finished."""
+        return Batches(self.app.store).cancel(self.id)
 
     def retry(self) -> int:
         """Put the batch's failed jobs back on their queues (``then`` may still
@@ -164,6 +180,9 @@ def _members(app: App, items: Iterable[Any]) -> list[list[NewJob]]:
             members.append(_steps(app, item, "chain inside a batch"))
         else:
             members.append([_prepared(app, item, "batch")])
+    for member in members:
+        for job in member:
+            _not_unique(job, "a job of a batch")
     return members
 
 
@@ -178,7 +197,8 @@ class PendingBatch:
         self.members = _members(app, jobs)
         self.name = name
         self.callbacks = {
-            which: step(_prepared(app, job, f"batch's {which}"))
+            which: step(_not_unique(_prepared(app, job, f"batch's {which}"),
+                                    f"a batch's {which}"))
             for which, job in (("then", then), ("catch", catch), ("finally", finally_))
             if job is not None}
         self.allow_failures = allow_failures

@@ -76,6 +76,16 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
         batch.add([member.prepare(1000 + i) for i in range(extra)])
         note("batch", "grow")
 
+    @app.job(name="uniq", unique_key=lambda n: f"uniq:{n}")
+    def uniq(n: int) -> None:
+        pass
+
+    @app.job(name="tally", idempotency_key=lambda n: f"tally:{n}")
+    def tally(n: int) -> dict[str, int]:
+        dbqueue.transaction().execute(effects.insert().values(  # with its outcome
+            tag="tally", event="ran", pid=os.getpid(), at=app.store._now()))
+        return {"value": n * 10}
+
     return JobApp(app, effects, dict(app.jobs), note)
 
 

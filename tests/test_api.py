@@ -8,7 +8,8 @@ from dbqueue.settings import Settings
 
 def test_public_names_are_pinned():
     assert sorted(dbqueue.__all__) == sorted([
-        "App", "BoundJob", "ConfigurationError", "DBQueueError", "DatabaseError",
+        "App", "Batch", "BoundJob", "Chain", "ConfigurationError", "CurrentJob", "DBQueueError",
+        "DatabaseError",
         "DatabaseUnavailable",
         "Exponential", "Fail", "InvalidArguments", "Job", "JobContext", "JobFailure", "JobSignal",
         "JobTimeout", "Lock", "LockNotAcquired", "MaxAttemptsExceeded", "Middleware", "NotFound",
@@ -16,7 +17,7 @@ def test_public_names_are_pinned():
         "Release", "SerializationError", "Settings", "ThrottlesExceptions", "TransactionSpoiled",
         "UnknownJob",
         "UnsupportedDatabase",
-        "WithoutOverlapping", "WorkerCrashed", "__version__", "transaction",
+        "WithoutOverlapping", "WorkerCrashed", "__version__", "current_job", "transaction",
     ])
     for name in dbqueue.__all__:
         assert hasattr(dbqueue, name)

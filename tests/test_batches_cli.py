@@ -67,8 +67,19 @@ def test_cancel_retry_prune_and_unknown_ids(f, schema):
     assert ok(run(schema, "prune", "--hours", "0")) == "Deleted 0 finished batch(es).\n"
     finish(f.app, reserve_all(f.app, "u"), token="u")
     assert f.app.find_batch(batch_id).finished
+    f.app.store.transaction(lambda c: c.execute(  # as if it had not been cancelled
+        f.app.store.tables.job_batches.update().values(cancelled_at=None)))
+    assert ok(run(schema, "cancel", batch_id)) == (
+        f"Batch {batch_id} has finished: nothing to cancel.\n")
     # Finished a moment ago: --hours 0 takes every finished batch.
     assert ok(run(schema, "prune", "--hours", "0")) == "Deleted 1 finished batch(es).\n"
+    # A pruned batch's failed jobs can still be retried.
+    failed = f.app.store.tables.failed_jobs
+    f.app.store.transaction(lambda c: c.execute(failed.insert().values(
+        uuid="u-1", queue="default", job="member", priority=0, payload='{"args":[5]}',
+        attempts=1, exception_class="RuntimeError", exception_message="no", exception="",
+        failed_at=f.app.store.dialect.now(), worker="w", batch_id="pruned")))
+    assert ok(run(schema, "retry", "pruned")) == "Queued 1 failed job(s) of batch pruned again.\n"
     for args in (("show", "nope"), ("cancel", "nope"), ("retry", "nope")):
         result = run(schema, *args)
         assert result.exit_code == 1, result.output

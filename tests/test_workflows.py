@@ -148,6 +148,29 @@ def test_chain_and_batch_refuse_what_they_cannot_queue(flows):
         dbqueue.current_job()
 
 
+def test_unique_jobs_cannot_be_queued_later_by_a_worker(flows):
+    f = flows
+    for build in (lambda: f.app.chain([f.fetch.prepare("x"), f.uniq.prepare(1)]),
+                  lambda: f.app.chain([f.fetch.prepare("x")], catch=f.uniq.prepare(1)),
+                  lambda: f.app.batch([f.uniq.prepare(1)]),
+                  lambda: f.app.batch([[f.fetch.prepare("x"), f.uniq.prepare(1)]]),
+                  lambda: f.app.batch([f.member.prepare(1)], then=f.uniq.prepare(1))):
+        with pytest.raises(dbqueue.ConfigurationError, match="'uniq' is unique"):
+            build()
+    assert f.app.chain([f.uniq.prepare(1), f.parse.prepare()]).dispatch() is not None
+    assert f.app.chain([f.uniq.prepare(1), f.parse.prepare()]).dispatch() is None  # taken
+
+
+def test_a_rerun_of_an_idempotent_step_pipes_the_result_it_stored(flows, flow_workers):
+    f = flows
+    f.tally.dispatch(4)  # the step's effects committed once already
+    flow_workers.drain()
+    f.app.chain([f.tally.prepare(4), f.store.prepare()]).dispatch()
+    flow_workers.drain()
+    assert len(effects(f, "tally")) == 1  # not run again
+    assert [json.loads(row.detail) for row in effects(f, "chain", "store")] == [{"value": 40}]
+
+
 def test_a_chain_dispatched_in_a_rolled_back_transaction_leaves_nothing(flows):
     f = flows
     with f.app.engine.connect() as connection, connection.begin() as transaction:
@@ -328,6 +351,23 @@ def test_a_cancelled_batch_and_adding_to_a_finished_one(flows, flow_workers):
         batch.add([f.member.prepare(9)])
 
 
+def test_a_cancelled_batch_never_runs_then_even_once_retried(flows):
+    f = flows
+    batch_id = f.app.batch([f.member.prepare(1), f.member.prepare(2)],
+                           then=f.callback.prepare("then")).dispatch()
+    failing, other = reserve_all(f.app)
+    finish(f.app, [failing], "failed")  # cancels the batch
+    finish(f.app, [other])  # stands for a job skipped because of it
+    assert f.app.find_batch(batch_id).finished
+    assert f.app.find_batch(batch_id).cancel() is False  # finished: nothing to cancel
+    assert f.app.find_batch(batch_id).retry() == 1
+    batch = f.app.find_batch(batch_id)
+    assert (batch.pending, batch.failed, batch.cancelled, batch.finished) == (1, 0, False, False)
+    finish(f.app, reserve_all(f.app, "u"), token="u")
+    assert f.app.find_batch(batch_id).finished
+    assert callbacks(f) == {}
+
+
 def test_an_empty_batch_is_finished_at_once(flows):
     f = flows
     batch_id = f.app.batch([], then=f.callback.prepare("then"),
@@ -435,6 +475,32 @@ def test_batches_retry_puts_the_failed_jobs_back_and_then_can_still_run(flows, f
     batch = f.app.find_batch(batch_id)
     assert (batch.pending, batch.failed, batch.finished) == (0, 0, True)
     assert callback_runs(f) == {"then": 1}  # not again
+
+
+def test_jobs_that_cannot_run_still_count_in_their_batch(flows, flow_workers):
+    f = flows
+    jobs = f.app.store.tables.jobs
+    batch_id = f.app.batch([f.member.prepare(1), f.member.prepare(2)],
+                           catch=f.callback.prepare("catch"),
+                           finally_=f.callback.prepare("finally")).dispatch()
+    chain_id = f.app.chain([f.fetch.prepare("x"), f.parse.prepare()],
+                           catch=f.alert.prepare("chain")).dispatch()
+    first = min(row.id for row in rows(f.app, jobs, jobs.c.job == "member"))
+    broken = f.app.store.push(dbqueue.store.NewJob(
+        "default", "member", '{"args":[3],"flow":{"chain":[{"job":"parse"}]}}'))
+    f.app.store.transaction(lambda c: c.execute(  # a job renamed since it was queued
+        jobs.update().where(jobs.c.id.in_([first, chain_id])).values(job="renamed")))
+    flow_workers.drain()
+    batch = f.app.find_batch(batch_id)
+    assert (batch.pending, batch.failed, batch.finished) == (0, 1, True)
+    assert callback_runs(f) == {"catch": 1, "finally": 1}
+    assert len(effects(f, "chain", "catch")) == 1  # the chain's catch
+    failed = {row.job_id: row for row in rows(f.app, f.app.store.tables.failed_jobs)}
+    assert failed[first].exception_class == "dbqueue.UnknownJob"
+    assert failed[first].batch_id == batch_id
+    assert failed[broken].exception_class == "dbqueue.SerializationError"
+    assert "malformed flow: chain step 1: 'queue' is missing" in (
+        failed[broken].exception_message)
 
 
 def test_payload_flow_must_be_an_object():

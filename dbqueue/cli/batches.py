@@ -76,9 +76,11 @@ def cancel(url: str | None, app_reference: str | None, table_prefix: str | None,
     batch = open_app(url, app_reference, table_prefix).find_batch(batch_id)
     if batch.cancelled:
         click.echo(f"Batch {batch_id} was cancelled already.")
-        return
-    batch.cancel()
-    click.echo(f"Cancelled batch {batch_id}.")
+    elif batch.finished:
+        click.echo(f"Batch {batch_id} has finished: nothing to cancel.")
+    else:
+        batch.cancel()
+        click.echo(f"Cancelled batch {batch_id}.")
 
 
 @batches.command("retry")
@@ -88,8 +90,11 @@ def cancel(url: str | None, app_reference: str | None, table_prefix: str | None,
 @group_options
 def retry(url: str | None, app_reference: str | None, table_prefix: str | None,
           verbose: bool, batch_id: str) -> None:
-    """Put a batch's failed jobs back on their queues."""
-    count = open_app(url, app_reference, table_prefix).find_batch(batch_id).retry()
+    """Put a batch's failed jobs back on their queues (also of a pruned batch)."""
+    app = open_app(url, app_reference, table_prefix)
+    count = app.admin.retry(batch=batch_id)
+    if not count:
+        app.find_batch(batch_id)  # NotFound names an unknown id
     click.echo(f"Queued {count:,} failed job(s) of batch {batch_id} again.")
 
 

@@ -63,7 +63,7 @@ class Batches:
             jobs = [_member(member, batch_id) for member in members]
             jobs += [from_step(callbacks[name], {"callback": batch_id})
                      for name, bit in CALLBACKS.items() if fired & bit and name in callbacks]
-            self.store.push_many(jobs, c)
+            self.store.insert_jobs(c, jobs)
 
         self.store.within(connection, work)
 
@@ -80,7 +80,7 @@ class Batches:
                     "batch instead")
             c.execute(sa.update(self.table).where(self.table.c.id == batch_id).values(
                 total=self.table.c.total + count, pending=self.table.c.pending + count))
-            self.store.push_many([_member(member, batch_id) for member in members], c)
+            self.store.insert_jobs(c, [_member(member, batch_id) for member in members])
             return count
 
         return self.store.within(connection, work)
@@ -97,15 +97,16 @@ class Batches:
         return [BatchRow(*row) for row in self.store.read(lambda c: c.execute(query).all())]
 
     def cancel(self, batch_id: str) -> bool:
-        """Mark the batch cancelled; False if it already was. Its jobs not yet
-        started complete without running (the worker checks when it reserves them)."""
+        """Mark the batch cancelled; False if it already was, or has finished.
+        Its jobs not yet started complete without running (the worker checks
+        when it reserves them), and ``then`` never runs."""
 
         def work(c: Connection) -> bool:
             row = self._locked(c, batch_id)
-            if row.cancelled_at is not None:
+            if row.cancelled_at is not None or row.finished_at is not None:
                 return False
             c.execute(sa.update(self.table).where(self.table.c.id == batch_id)
-                      .values(cancelled_at=self.store.dialect.now()))
+                      .values(cancelled_at=self.store.dialect.now(), fired=row.fired | THEN))
             return True
 
         return self.store.transaction(work)

@@ -101,22 +101,22 @@ class Dispatch(Transactions):
         """
         if not jobs:
             return 0
-        table = self.tables.jobs
+        return self.within(connection, lambda c: self.insert_jobs(c, jobs))
+
+    def insert_jobs(self, c: Connection, jobs: Sequence[NewJob]) -> int:
+        """push_many's work, in a transaction of the store's own that is open on
+        ``c`` (a driver's error is left to that transaction's retries)."""
         unique = [j for j in jobs if j.unique_key is not None]
-        jobs = [j for j in jobs if j.unique_key is None]
-
-        def work(c: Connection) -> int:
-            pushed = sum(self._push_unique(c, j) is not None for j in unique)
-            if not jobs:
-                return pushed
-            now = c.execute(sa.select(self._now())).scalar_one()
-            rows = [
-                {"queue": j.queue, "job": j.job, "payload": j.payload, "priority": j.priority,
-                 "attempts": 0, "created_at": now,
-                 "available_at": now + timedelta(seconds=j.delay) if j.delay else now}
-                for j in jobs
-            ]
-            self.dialect.insert_many(c, table, rows)
-            return pushed + len(rows)
-
-        return self.within(connection, work)
+        plain = [j for j in jobs if j.unique_key is None]
+        pushed = sum(self._push_unique(c, j) is not None for j in unique)
+        if not plain:
+            return pushed
+        now = c.execute(sa.select(self._now())).scalar_one()
+        rows = [
+            {"queue": j.queue, "job": j.job, "payload": j.payload, "priority": j.priority,
+             "attempts": 0, "created_at": now,
+             "available_at": now + timedelta(seconds=j.delay) if j.delay else now}
+            for j in plain
+        ]
+        self.dialect.insert_many(c, self.tables.jobs, rows)
+        return pushed + len(rows)

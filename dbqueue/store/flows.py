@@ -56,11 +56,45 @@ THEN, CATCH, FINALLY = 1, 2, 4
 CALLBACKS = {"then": THEN, "catch": CATCH, "finally": FINALLY}
 
 
+_STEP_KEYS: dict[str, tuple[type, ...]] = {
+    "job": (str,), "queue": (str,), "priority": (int,), "delay": (int, float),
+    "payload": (dict,)}
+
+
+def flow_problem(flow: dict[str, Any]) -> str | None:
+    """What is wrong with a flow read from a row (anyone with SQL access can
+    write one), or None: a worker fails such a job rather than trip over it
+    in the transaction that records its outcome."""
+    chain = flow.get("chain", [])
+    if not isinstance(chain, list):
+        return "'chain' must be a list of steps"
+    for index, spec in enumerate(chain):
+        why = _step_problem(spec)
+        if why is not None:
+            return f"chain step {index + 1}: {why}"
+    if flow.get("catch") is not None:
+        why = _step_problem(flow["catch"])
+        if why is not None:
+            return f"'catch': {why}"
+    for key in ("batch", "callback", "schedule", "tick"):
+        if key in flow and not isinstance(flow[key], str):
+            return f"{key!r} must be a string"
+    return None
+
+
+def _step_problem(spec: Any) -> str | None:
+    if not isinstance(spec, dict):
+        return "a step must be an object"
+    for key, kind in _STEP_KEYS.items():
+        if not isinstance(spec.get(key), kind) or isinstance(spec.get(key), bool):
+            return f"{key!r} is missing or not a {kind[-1].__name__}"
+    return None
+
+
 def step(new_job: NewJob) -> dict[str, Any]:
     """A job to queue later (a chain's step, a batch's callback), as JSON."""
     return {"job": new_job.job, "queue": new_job.queue, "priority": new_job.priority,
-            "delay": new_job.delay, "unique_key": new_job.unique_key,
-            "unique_for": new_job.unique_for, "payload": json.loads(new_job.payload)}
+            "delay": new_job.delay, "payload": json.loads(new_job.payload)}
 
 
 def from_step(spec: dict[str, Any], flow: dict[str, Any] | None) -> NewJob:
@@ -70,8 +104,7 @@ def from_step(spec: dict[str, Any], flow: dict[str, Any] | None) -> NewJob:
         payload["flow"] = flow
     return NewJob(queue=spec["queue"], job=spec["job"],
                   payload=serializer.encode_value("a workflow step", payload),
-                  priority=spec["priority"], delay=spec["delay"],
-                  unique_key=spec["unique_key"], unique_for=spec["unique_for"])
+                  priority=spec["priority"], delay=spec["delay"])
 
 
 def with_flow(new_job: NewJob, flow: dict[str, Any]) -> NewJob:
@@ -103,7 +136,7 @@ def advance(store: Dispatch, c: Connection, ends: Sequence[FlowEnd], recorded: s
     for end in ends:
         queued += _chain_moves(end, cancelled)
     if queued:
-        store.push_many(queued, c)
+        store.insert_jobs(c, queued)
     schedule_ends = [end for end in ends if "schedule" in end.flow]
     if schedule_ends:
         from .schedules import record_runs  # imports this module: at first use
@@ -157,7 +190,9 @@ def _count(store: Dispatch, c: Connection, batch_id: str, ends: Sequence[FlowEnd
         tally.finished += 1 + (steps_after(end.flow) if stops else 0)
     pending, failed = row.pending - tally.finished, row.failed + tally.failed
     fired = _due_callbacks(row, pending, failed, cancelled=cancelled)
-    values: dict[str, Any] = {"pending": pending, "failed": failed, "fired": row.fired | fired}
+    # A cancelled batch never runs ``then``, even once a retry has opened it again.
+    done = row.fired | fired | (THEN if cancelled else 0)
+    values: dict[str, Any] = {"pending": pending, "failed": failed, "fired": done}
     if cancel:
         values["cancelled_at"] = store.dialect.now()
     if pending <= 0 and row.finished_at is None:

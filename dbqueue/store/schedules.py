@@ -143,13 +143,6 @@ class Schedules:
 
         return self.store.read(work)
 
-    def ticks_of(self, name: str, limit: int = 100) -> list[Any]:
-        """The latest ``limit`` tick rows of schedule ``name``, newest first."""
-        ticks = self.ticks
-        return self.store.read(lambda c: list(c.execute(
-            sa.select(ticks).where(ticks.c.schedule == name)
-            .order_by(ticks.c.tick.desc()).limit(limit)).all()))
-
     # --- claiming -----------------------------------------------------------------
 
     def claim(self, schedule: Declared, ticks: Sequence[Tick]) -> list[Claimed]:

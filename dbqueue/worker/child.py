@@ -91,11 +91,13 @@ def run_job(app: Any, task: RunJob, commits: Commits) -> Finished:
     try:
         with running(describe(task.job_id, task.name, task.attempt, payload.flow)):
             if job.middleware:
-                run_with(job.middleware, JobContext(app, job, task.job_id, args, kwargs,
-                                                    task.attempt, task.timeout, task.locks),
-                         body)
+                value = run_with(job.middleware, JobContext(
+                    app, job, task.job_id, args, kwargs, task.attempt, task.timeout,
+                    task.locks), body)
             else:
-                body()
+                value = body()
+        if not returned:  # an idempotent job done before: its stored result
+            returned.append(value)
     except BaseException as exc:  # SystemExit from job code is a failure of that job
         if commits.holds(task):
             # A middleware raised after the body (Release and Fail included):

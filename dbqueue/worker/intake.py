@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import time
 import traceback
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +17,7 @@ from .. import serializer
 from ..errors import ConfigurationError, MaxAttemptsExceeded, UnknownJob
 from ..policy import Rules, refuse_attempt
 from ..store import Failure, Lease, ReservedRow
+from ..store.flows import flow_problem
 from .clock import Deadline
 from .ledger import Entry
 from .messages import class_name
@@ -39,20 +41,22 @@ def admit(app: Any, row: ReservedRow, token: str, lease_until: Deadline,
 
 def _resolve(app: Any, entry: Entry) -> Failure | None:
     row = entry.row
+    # Decoded first when it may hold a flow: a job that fails here (unknown,
+    # out of tries) still counts in its batch and stops its chain.
+    failure = _decode(entry) if _may_hold_options(row.payload) else None
+    if failure is not None:
+        return failure
     try:
         job = app.lookup(row.job)
     except UnknownJob as exc:
         return Failure(class_name(exc), str(exc), "")
     entry.job = job
-    if _may_hold_options(row.payload) or _reads_arguments(job):
-        try:
-            entry.payload = serializer.decode(row.payload)
-        except ValueError as exc:
-            return Failure("dbqueue.SerializationError",
-                           f"job {row.id} ({row.job!r}) cannot be decoded: {exc}", "")
-        options = entry.payload.options
-    else:  # the child decodes it: the supervisor need not (see RunJob.payload)
-        options = {}
+    if entry.payload is None and _reads_arguments(job):
+        failure = _decode(entry)
+        if failure is not None:
+            return failure
+    # Else the child decodes it: the supervisor need not (see RunJob.payload).
+    options = {} if entry.payload is None else entry.payload.options
     try:
         entry.rules = (job.rules(options, row.created_at) if options or job.retry_until
                        else _plain_rules(job))
@@ -63,6 +67,22 @@ def _resolve(app: Any, entry: Entry) -> Failure | None:
     why = refuse_attempt(row.attempts, entry.rules, row.reserved_at)
     if why is not None:
         return Failure(class_name(MaxAttemptsExceeded), why, "")
+    return None
+
+
+def _decode(entry: Entry) -> Failure | None:
+    row = entry.row
+    try:
+        entry.payload = serializer.decode(row.payload)
+    except ValueError as exc:
+        return Failure("dbqueue.SerializationError",
+                       f"job {row.id} ({row.job!r}) cannot be decoded: {exc}", "")
+    if entry.payload.flow:
+        why = flow_problem(entry.payload.flow)
+        if why is not None:  # not followed: its steps and counts cannot be trusted
+            entry.payload = replace(entry.payload, flow=None)
+            return Failure("dbqueue.SerializationError",
+                           f"job {row.id} ({row.job!r}) has a malformed flow: {why}", "")
     return None
 
 

@@ -48,13 +48,15 @@ def upgrade() -> None:
     )
     op.create_index(f"{PREFIX}job_batches_created_at_idx", f"{PREFIX}job_batches",
                     ["created_at"])
-    with op.batch_alter_table(f"{PREFIX}failed_jobs") as table:  # SQLite rebuilds the table
+    with op.batch_alter_table(f"{PREFIX}failed_jobs") as table:
         table.add_column(sa.Column("batch_id", sa.String(36)))
         table.create_index(f"{PREFIX}failed_jobs_batch_idx", ["batch_id"])
 
 
 def downgrade() -> None:
-    with op.batch_alter_table(f"{PREFIX}failed_jobs") as table:
+    # SQLite rebuilds the table to drop a column: keep AUTOINCREMENT (0004) on it.
+    with op.batch_alter_table(f"{PREFIX}failed_jobs",
+                              table_kwargs={"sqlite_autoincrement": True}) as table:
         table.drop_index(f"{PREFIX}failed_jobs_batch_idx")
         table.drop_column("batch_id")
     op.drop_index(f"{PREFIX}job_batches_created_at_idx", f"{PREFIX}job_batches")
