@@ -57,6 +57,7 @@ _EXPORTS = {
     "WithoutOverlapping": "middleware",
     "Exponential": "policy",
     "Settings": "settings",
+    "Schedule": "schedule",
     "Batch": "workflows",
     "Chain": "workflows",
 }
@@ -95,6 +96,7 @@ if TYPE_CHECKING:
         WithoutOverlapping,
     )
     from .policy import Exponential
+    from .schedule import Schedule
     from .settings import Settings
     from .workflows import Batch, Chain
 
@@ -139,6 +141,7 @@ __all__ = [
     "PreparedJob",
     "RateLimited",
     "Release",
+    "Schedule",
     "SerializationError",
     "Settings",
     "ThrottlesExceptions",

@@ -14,7 +14,7 @@ def test_public_names_are_pinned():
         "Exponential", "Fail", "InvalidArguments", "Job", "JobContext", "JobFailure", "JobSignal",
         "JobTimeout", "Lock", "LockNotAcquired", "MaxAttemptsExceeded", "Middleware", "NotFound",
         "NotMigrated", "PreparedJob", "RateLimited",
-        "Release", "SerializationError", "Settings", "ThrottlesExceptions", "TransactionSpoiled",
+        "Release", "Schedule", "SerializationError", "Settings", "ThrottlesExceptions", "TransactionSpoiled",
         "UnknownJob",
         "UnsupportedDatabase",
         "WithoutOverlapping", "WorkerCrashed", "__version__", "current_job", "transaction",

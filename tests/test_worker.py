@@ -242,6 +242,23 @@ def test_a_wrong_password_or_database_name_stops_the_worker_at_once(schema):
         result.stderr)
 
 
+def test_a_worker_waiting_for_an_unreachable_database_stops_when_told():
+    """systemd stopping a host during an outage: SIGTERM ends the wait, exit 0."""
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "dbqueue", "work", "--app", "tests.jobapp:app"], cwd=ROOT,
+        env=worker_env("postgresql://nobody@127.0.0.1:1/none"), text=True,
+        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        log = read_until(worker, "the database is unreachable (start:")
+        os.killpg(worker.pid, signal.SIGTERM)
+        output, _ = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+    assert worker.returncode == 0, log + output
+    assert "stopped before it started (received SIGTERM)" in output, log + output
+
+
 def test_a_repeat_within_a_second_is_counted_apart_from_a_second_request():
     """What the supervisor logs as "taken as the same request" (in this process:
     two signals sent to a worker at once may reach Python as one)."""

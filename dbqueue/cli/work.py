@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import gc
 import logging
+import signal
 import sys
 
 import click
 
 from ..loader import search_cwd
 from ..worker import forkserver
+from ..worker.signals import StopSignals
 from .options import connection_options, export_settings, friendly_errors
 
 
@@ -56,6 +58,11 @@ def work(  # noqa: PLR0913 (click passes each of the command's options)
 
     Start one on every host; they share the work through the database.
     """
+    # First: a SIGTERM while the worker starts (a deploy, systemd stopping it)
+    # is heeded once it can be, with a clean exit, not an exit by signal.
+    # Ctrl-C still aborts the start-up at once (see the README).
+    signals = StopSignals()
+    signals.install(signal.SIGTERM)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not app_reference:
@@ -79,7 +86,7 @@ def work(  # noqa: PLR0913 (click passes each of the command's options)
         stop_when_empty=stop_when_empty, stop_when_drained=stop_when_drained, once=once,
         grace=grace, prefetch=prefetch, schedule=not no_schedule,
     )
-    code = Supervisor(app, app_reference, options).run()
+    code = Supervisor(app, app_reference, options, signals).run()
     app.dispose()  # say goodbye to the server rather than vanish at exit
     # The interpreter's last garbage collections would walk every object
     # SQLAlchemy and the application made, a tenth of a second or more spent

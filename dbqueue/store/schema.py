@@ -14,11 +14,12 @@ from sqlalchemy.dialects import mysql
 
 from .dialects import UtcDateTime
 
-REVISION = "0008"
+REVISION = "0009"
 """The oldest revision of the tables this code works with: workers refuse
 older ones. Raise it with a migration this code cannot run without (0004 only
 stops SQLite from reusing ids, 0006 only changes an index, 0007 only adds a
-trigger: the code works without them; it writes failed_jobs.batch_id, 0008)."""
+trigger: the code works without them; it writes failed_jobs.batch_id, 0008, and
+its scheduler the schedules tables, 0009)."""
 
 
 def version_table(prefix: str = "") -> str:

@@ -30,9 +30,12 @@ class StopSignals:
     def wake_fd(self) -> int:
         return self._read
 
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
+    def install(self, *signums: int) -> None:
+        """Take these signals over (default: SIGTERM and SIGINT); one taken
+        over already stays as it is."""
+        for sig in signums or (signal.SIGTERM, signal.SIGINT):
+            if sig not in self._previous:
+                self._previous[sig] = signal.signal(sig, self._handle)
         signal.set_wakeup_fd(self._write)
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import select
 import socket
 import time
 from collections import deque
@@ -45,7 +46,8 @@ _LIVE_WITHIN = 30.0  # seconds since a worker's last heartbeat for it to count a
 
 
 class Supervisor:
-    def __init__(self, app: Any, app_reference: str, options: WorkerOptions) -> None:
+    def __init__(self, app: Any, app_reference: str, options: WorkerOptions,
+                 signals: StopSignals | None = None) -> None:
         # The pool starts the fork server (if `dbqueue work` has not already):
         # before the store, whose engines import the database driver, so that
         # the fork server's imports overlap that instead of following it.
@@ -56,7 +58,8 @@ class Supervisor:
         self.health = Health()
         self.id = secrets.token_hex(8)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.signals = StopSignals()
+        self.signals = signals or StopSignals()
+        """Installed by ``dbqueue work`` before anything else, or at ``run``."""
         self.ledger = Ledger()
         self.hooks: deque[RunHook] = deque()
         self.completer = BatchCompleter(self.store, self.health, self.name)
@@ -89,12 +92,14 @@ class Supervisor:
 
     def run(self) -> int:
         """Work until told to stop; return the process exit code (0)."""
-        self._register()
+        self.signals.install()
+        if not self._register():
+            log.info("stopped before it started (received %s)", self.signals.received)
+            return 0
         log.info("worker %s (%s) started: queues %s, concurrency %d", self.id, self.name,
                  ",".join(self.options.queues), self.options.concurrency)
         self._hint_unserved_queues()
         self.pool.start()
-        self.signals.install()
         try:
             while not self._finished():
                 self._turn()
@@ -108,16 +113,18 @@ class Supervisor:
         return (self.stopping is not None
                 and not self.ledger.count(State.RUNNING, State.UNCOMMITTED)
                 and (not self.hooks or time.monotonic() >= self.stop_deadline))
-    def _register(self) -> None:
-        """Check the server and the tables, and join the workers' registry.
+    def _register(self) -> bool:
+        """Check the server and the tables, and join the workers' registry;
+        False if told to stop first.
 
         A worker that starts while the database cannot be reached (a restart, a
         failover, the whole fleet booting) waits for it, saying so once, as a
         running worker would: exiting would make a process manager restart it
         in a tight loop until it gives up for good. Anything else (tables
-        missing, a server too old) is an error to fix, not to wait for.
+        missing, a server too old) is an error to fix, not to wait for. A stop
+        (SIGTERM, Ctrl-C) ends the wait.
         """
-        while True:
+        while not self.signals.received:
             try:
                 self.store.check_server()
                 self.store.check_schema()
@@ -128,10 +135,11 @@ class Supervisor:
             except TRANSIENT as exc:
                 if getattr(exc, "lasting", False):
                     raise  # a wrong password or database name: waiting will not help
-                time.sleep(self.health.failed("start", exc))
+                select.select([self.signals.wake_fd], [], [], self.health.failed("start", exc))
                 continue
             self.health.succeeded()
-            return
+            return True
+        return False
 
     def _hint_unserved_queues(self) -> None:
         """Say which queues have ready jobs that no worker serves: a new user's
