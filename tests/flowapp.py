@@ -59,10 +59,10 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
         note(tag, "catch", detail=current.failed or current.batch_id)
 
     @app.job(name="member")
-    def member(n: int, fail_on: int = -1) -> int:
+    def member(n: int, fail_on: int = -1, group: str = "batch") -> int:
         if n == fail_on:
             raise RuntimeError(f"member {n} fails")
-        note("batch", "member", detail=n)  # not in the unique column: a rerun may come
+        note(group, "member", detail=n)  # not in the unique column: a rerun may come
         return n
 
     @app.job(name="callback")

@@ -69,9 +69,9 @@ def flow_workers(flows: Any, schema: str, workers: Any) -> Iterator[Workers]:
     running.kill_all()
 
 
-def members_run(flows: Any) -> list[int]:
+def members_run(flows: Any, group: str = "batch") -> list[int]:
     """The numbers of the batch members that ran, a rerun counted again."""
-    return sorted(json.loads(row.detail) for row in effects(flows, "batch", "member"))
+    return sorted(json.loads(row.detail) for row in effects(flows, group, "member"))
 
 
 def effects(flows: Any, tag: str, event: str | None = None) -> list[Any]:
@@ -380,48 +380,55 @@ def test_an_empty_batch_is_finished_at_once(flows):
 # --- batches through worker processes --------------------------------------------------
 
 
-def run_batch(flows: Any, workers: Workers, *, size: int, fail_on: int = -1,
-              allow_failures: bool = False, processes: int = 3) -> str:
+def dispatch_batch(flows: Any, group: str, *, size: int, fail_on: int = -1,
+                   allow_failures: bool = False) -> str:
+    """``size`` members, the last a chain of two, and the three callbacks, tagged ``group``."""
     f = flows
-    members: list[Any] = [f.member.prepare(n, fail_on) for n in range(size - 1)]
-    members.append([f.member.prepare(size - 1), f.member.prepare(size)])  # a chain inside
-    batch_id = f.app.batch(members, then=f.callback.prepare("then"),
-                           catch=f.callback.prepare("catch"),
-                           finally_=f.callback.prepare("finally"),
-                           allow_failures=allow_failures).dispatch()
-    started = [workers.start("--stop-when-drained") for _ in range(processes)]
+    members: list[Any] = [f.member.prepare(n, fail_on, group) for n in range(size - 1)]
+    members.append([f.member.prepare(size - 1, group=group),
+                    f.member.prepare(size, group=group)])  # a chain inside
+    return f.app.batch(members, then=f.callback.prepare(f"{group}:then"),
+                       catch=f.callback.prepare(f"{group}:catch"),
+                       finally_=f.callback.prepare(f"{group}:finally"),
+                       allow_failures=allow_failures).dispatch()
+
+
+def callback_runs(flows: Any, group: str | None = None) -> Counter[str]:
+    tags = (row.tag for row in rows(flows.app, flows.effects, flows.effects.c.event == "callback"))
+    if group is None:
+        return Counter(tags)
+    return Counter(tag.split(":")[1] for tag in tags if tag.startswith(f"{group}:"))
+
+
+def test_2000_job_batches_drained_by_three_workers(flows, flow_workers):
+    """Three batches at once: one that succeeds, one with a failing job, one
+    with a failing job and allow_failures."""
+    f = flows
+    ids = {group: dispatch_batch(f, group, size=2000, fail_on=fail, allow_failures=allow)
+           for group, fail, allow in (("ok", -1, False), ("failing", 7, False),
+                                      ("allowed", 7, True))}
+    started = [flow_workers.start("--stop-when-drained") for _ in range(3)]
     for process in started:
         output, _ = process.communicate(timeout=300)
         assert process.returncode == 0, output
-    workers.drain()  # what the last flush queued
-    return batch_id
+    flow_workers.drain()  # what the last flush queued
 
+    ok = f.app.find_batch(ids["ok"])
+    assert (ok.total, ok.pending, ok.failed, ok.finished) == (2001, 0, 0, True)
+    assert members_run(f, "ok") == list(range(2001))  # each once
+    assert callback_runs(f, "ok") == {"then": 1, "finally": 1}
 
-def callback_runs(flows: Any) -> Counter[str]:
-    return Counter(row.tag for row in rows(flows.app, flows.effects,
-                                           flows.effects.c.event == "callback"))
+    failing = f.app.find_batch(ids["failing"])
+    assert (failing.pending, failing.failed, failing.cancelled, failing.finished) == (
+        0, 1, True, True)
+    assert callback_runs(f, "failing") == {"catch": 1, "finally": 1}
+    assert 7 not in members_run(f, "failing")
 
-
-def test_a_2000_job_batch_drained_by_three_workers(flows, flow_workers):
-    batch_id = run_batch(flows, flow_workers, size=2000)
-    batch = flows.app.find_batch(batch_id)
-    assert (batch.total, batch.pending, batch.failed, batch.finished) == (2001, 0, 0, True)
-    assert members_run(flows) == list(range(2001))  # each once
-    assert callback_runs(flows) == {"then": 1, "finally": 1}
-
-
-@pytest.mark.parametrize("allow_failures", [False, True])
-def test_a_failing_job_in_a_batch(flows, flow_workers, allow_failures):
-    batch_id = run_batch(flows, flow_workers, size=2000, fail_on=7, allow_failures=allow_failures)
-    batch = flows.app.find_batch(batch_id)
-    assert (batch.pending, batch.failed, batch.finished) == (0, 1, True)
-    assert callback_runs(flows) == {"catch": 1, "finally": 1} | (
-        {"then": 1} if allow_failures else {})
-    ran = set(members_run(flows))
-    if allow_failures:
-        assert ran == set(range(2001)) - {7}
-    else:  # cancelled at the failure: the jobs not started by then did not run
-        assert 7 not in ran
+    allowed = f.app.find_batch(ids["allowed"])
+    assert (allowed.pending, allowed.failed, allowed.cancelled, allowed.finished) == (
+        0, 1, False, True)
+    assert callback_runs(f, "allowed") == {"catch": 1, "finally": 1, "then": 1}
+    assert members_run(f, "allowed") == sorted(set(range(2001)) - {7})
 
 
 def test_sigkill_while_completing_batch_jobs_keeps_counters_exact(flows, flow_workers):
