@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from . import deferred
@@ -102,28 +101,18 @@ class Chain:
 
 
 @dataclass(frozen=True, slots=True)
-class Batch:
-    """A batch as last read: ``app.find_batch(id)``. ``refresh()`` reads it again."""
+class Batch(BatchRow):
+    """A batch as last read: ``app.find_batch(id)``. ``refresh()`` reads it again.
+
+    ``total`` counts every job (each step of its chains), ``pending`` those not
+    finished yet, ``failed`` those that failed for good; ``finished_at`` is when
+    the last one finished (and ``finally_`` was queued)."""
 
     app: App
-    id: str
-    name: str
-    total: int
-    """Jobs in the batch (every step of its chains counts)."""
-    pending: int
-    """Jobs not finished yet."""
-    failed: int
-    """Jobs that failed for good."""
-    allow_failures: bool
-    created_at: datetime
-    cancelled_at: datetime | None
-    finished_at: datetime | None
-    """When its last job finished (and ``finally_`` was queued)."""
 
     @classmethod
     def of(cls, app: App, row: BatchRow) -> Batch:
-        return cls(app, row.id, row.name, row.total, row.pending, row.failed,
-                   row.allow_failures, row.created_at, row.cancelled_at, row.finished_at)
+        return cls(app=app, **{field.name: getattr(row, field.name) for field in fields(row)})
 
     @property
     def processed(self) -> int:

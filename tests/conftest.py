@@ -123,10 +123,11 @@ class Workers:
 
     url: str
     started: list[subprocess.Popen[str]]
+    app: str = "tests.jobapp:app"
 
     def start(self, *args: str) -> subprocess.Popen[str]:
         process = subprocess.Popen(
-            [sys.executable, "-m", "dbqueue", "work", "--app", "tests.jobapp:app", *args],
+            [sys.executable, "-m", "dbqueue", "work", "--app", self.app, *args],
             cwd=ROOT, env=worker_env(self.url), text=True, start_new_session=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )

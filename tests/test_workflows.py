@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -18,8 +17,8 @@ import pytest
 import dbqueue
 from dbqueue.store.completion import Completion
 from dbqueue.store.flows import FlowEnd
-from tests import flowapp
-from tests.conftest import PREFIX, ROOT, count, rows, wait_until, worker_env
+from tests import conftest, flowapp
+from tests.conftest import PREFIX, count, rows, wait_until
 
 FAST = ("--sleep", "0.05")
 
@@ -36,35 +35,22 @@ def flows(schema: str) -> Iterator[Any]:
     built.app.dispose()
 
 
-class Workers:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.started: list[subprocess.Popen[str]] = []
+class Workers(conftest.Workers):
+    """Workers of tests.flowapp, polling often."""
 
     def start(self, *args: str) -> subprocess.Popen[str]:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dbqueue", "work", "--app", "tests.flowapp:app", *FAST, *args],
-            cwd=ROOT, env=worker_env(self.url), text=True, start_new_session=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        self.started.append(process)
-        return process
+        return super().start(*FAST, *args)
 
     def drain(self, *args: str) -> None:
         """Run one worker until nothing is left, callbacks included."""
-        output, _ = self.start("--stop-when-drained", *args).communicate(timeout=120)
-        assert "Traceback" not in output, output
-
-    def kill_all(self) -> None:
-        for process in self.started:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        result = self.run("--stop-when-drained", *args)
+        assert result.returncode == 0 and "Traceback" not in result.stdout, result.stdout
 
 
 @pytest.fixture
 def flow_workers(flows: Any, schema: str, workers: Any) -> Iterator[Workers]:
     """Workers of tests.flowapp (``workers`` marks the test slow, as others that start them)."""
-    running = Workers(schema)
+    running = Workers(schema, [], "tests.flowapp:app")
     yield running
     running.kill_all()
 
