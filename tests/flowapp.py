@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -75,6 +76,12 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
         batch = app.find_batch(dbqueue.current_job().batch_id)  # type: ignore[arg-type]
         batch.add([member.prepare(1000 + i) for i in range(extra)])
         note("batch", "grow")
+
+    @app.job(name="nap")
+    def nap(seconds: float) -> float:
+        """Long enough for an idle worker to look for more work meanwhile."""
+        time.sleep(seconds)
+        return seconds
 
     @app.job(name="uniq", unique_key=lambda n: f"uniq:{n}")
     def uniq(n: int) -> None:

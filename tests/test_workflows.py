@@ -110,6 +110,20 @@ def test_a_chain_runs_in_order_pipes_results_stops_on_failure_and_resumes(flows,
         "fetch": 2, "parse": 1, "explode": 1, "store": 2}
 
 
+def test_stop_when_empty_waits_for_the_steps_and_callbacks_it_queues(flows, flow_workers):
+    f = flows
+    # While a step runs, the idle worker looks for more and finds none: what the
+    # step queues when it completes must still run before the worker stops.
+    f.app.chain([f.nap.prepare(0.5), f.store.prepare()]).dispatch()
+    f.app.batch([f.nap.prepare(0.5)], then=f.callback.prepare("then"),
+                finally_=f.callback.prepare("finally")).dispatch()
+    result = flow_workers.run("--stop-when-empty", "--concurrency", "2")
+    assert result.returncode == 0, result.stdout
+    assert [json.loads(row.detail) for row in effects(f, "chain", "store")] == [0.5]
+    assert callback_runs(f) == {"then": 1, "finally": 1}
+    assert count(f.app, f.app.store.tables.jobs) == 0
+
+
 def test_each_step_keeps_its_own_options(flows):
     f = flows
     f.app.chain([f.fetch.prepare("x"), f.parse.options(queue="later", priority=5, tries=4,

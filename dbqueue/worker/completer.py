@@ -114,6 +114,8 @@ class Completer(Protocol):
 
     def drain(self, tries: int = 3) -> list[Entry]: ...
 
+    def moves_workflows(self) -> bool: ...
+
 
 def _completion(records: Sequence[Record], worker: str) -> Completion:
     """The store's form of ``records``, with each job's current lease (a lease
@@ -193,6 +195,12 @@ class BatchCompleter:
     def releasing(self) -> bool:
         """Whether a job waits to go back to the queue (it may be ready at once)."""
         return any(isinstance(record, Released) for record in self.pending)
+
+    def moves_workflows(self) -> bool:
+        """Whether a record waiting here ends a job of a chain, batch or schedule:
+        writing it may queue new jobs (a next step, a callback)."""
+        return any(isinstance(record, _ENDINGS) and record.entry.flow
+                   for record in self.pending)
 
     def flush(self, now: float | None = None) -> list[Entry]:
         """Write what waits; return the jobs finished with. On a failed write

@@ -229,6 +229,8 @@ class Supervisor:
         if started or self.completer.due(now, busy=busy):
             for entry in self.completer.flush(now):
                 self.ledger.forget(entry)
+                if entry.payload is not None and entry.payload.flow:
+                    self.reserver.drained = False  # its next step or callback: look again
 
     def _uncounted(self) -> list[tuple[Any, float]]:
         """Running jobs whose attempt the table does not count yet, with when each
@@ -253,7 +255,7 @@ class Supervisor:
         # puts them back for an immediate retry.
         elif (options.stop_when_empty and self.reserver.drained and not self.hooks
               and not ledger.count(State.RESERVED, State.RUNNING, State.UNCOMMITTED)
-              and not self.completer.releasing()):
+              and not self.completer.releasing() and not self.completer.moves_workflows()):
             self._stop("queue empty")
         elif (options.stop_when_drained and self.reserver.queues_empty and not ledger
               and not self.hooks):
