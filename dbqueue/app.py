@@ -6,7 +6,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from datetime import timedelta
+from datetime import timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from sqlalchemy.engine import Engine
@@ -256,7 +256,7 @@ class App:
         return Batch.of(self, row)
 
     def schedule(self, prepared: PreparedJob, *, cron: str | None = None,
-                 every: float | timedelta | None = None, timezone: str | None = None,
+                 every: float | timedelta | None = None, timezone: str | tzinfo | None = None,
                  name: str | None = None, missed: str = "skip",
                  without_overlapping: bool = False,
                  expect_within: float | timedelta | None = None) -> Schedule:
@@ -266,6 +266,10 @@ class App:
         each tick is queued once, whatever the number of hosts (see the README's
         "Scheduling" for ``missed``, ``without_overlapping`` and ``expect_within``).
         ``name`` (default: the job's name) identifies the schedule."""
+        if not isinstance(prepared, PreparedJob):
+            raise ConfigurationError(
+                f"app.schedule takes a prepared job, such as my_job.prepare(...), not "
+                f"{type(prepared).__name__}")
         if prepared.app is not self:
             raise ConfigurationError(f"job {prepared.new_job.job!r} belongs to another App; "
                                      "schedule it with that one")

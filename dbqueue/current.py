@@ -32,8 +32,13 @@ class CurrentJob:
     batch_id: str | None = None
     """The batch this job belongs to, or whose callback (then/catch/finally) it is."""
     failed: dict[str, Any] | None = None
-    """In a chain's ``catch`` job: the step that failed for good, as
-    ``{"job_id": ..., "exception_class": ..., "message": ...}``."""
+    """In a ``catch`` job (of a chain, or a batch): the job that failed for good,
+    as ``{"job_id", "failed_job", "exception_class", "message"}``, where
+    ``failed_job`` is the uuid of its failed_jobs row (``dbqueue retry UUID``)."""
+    schedule: str | None = None
+    """In a scheduled run: the schedule's name."""
+    tick: str | None = None
+    """In a scheduled run: the tick it runs for (ISO 8601, UTC)."""
 
 
 _current: ContextVar[CurrentJob | None] = ContextVar("dbqueue_current_job", default=None)
@@ -66,4 +71,9 @@ def describe(job_id: int, name: str, attempt: int, flow: dict[str, Any] | None) 
     failed = flow.get("failed")
     return CurrentJob(job_id, name, attempt, flow.get("previous"),
                       batch if isinstance(batch, str) else None,
-                      failed if isinstance(failed, dict) else None)
+                      failed if isinstance(failed, dict) else None,
+                      _text(flow.get("schedule")), _text(flow.get("tick")))
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None

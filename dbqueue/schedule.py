@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING
 
 from .errors import ConfigurationError, NotFound
@@ -42,8 +42,8 @@ class Schedule:
 
     @classmethod
     def build(cls, prepared: PreparedJob, *, cron: str | None, every: float | timedelta | None,
-              timezone: str | None, name: str | None, missed: str, without_overlapping: bool,
-              expect_within: float | timedelta | None) -> Schedule:
+              timezone: str | tzinfo | None, name: str | None, missed: str,
+              without_overlapping: bool, expect_within: float | timedelta | None) -> Schedule:
         """A checked schedule; ConfigurationError naming the mistake otherwise."""
         name = prepared.new_job.job if name is None else name
         if not isinstance(name, str) or not name.strip() or len(name) > _MAX_NAME:

@@ -58,8 +58,16 @@ def _not_unique(job: NewJob, what: str) -> NewJob:
     return job
 
 
+def _listed(items: Any, what: str) -> Iterable[Any]:
+    if isinstance(items, PreparedJob) or not isinstance(items, Iterable):
+        raise ConfigurationError(
+            f"a {what} takes a list of prepared jobs, such as [my_job.prepare(...)], not "
+            f"{type(items).__name__}")
+    return items
+
+
 def _steps(app: App, items: Iterable[Any], what: str) -> list[NewJob]:
-    steps = [_prepared(app, item, what) for item in items]
+    steps = [_prepared(app, item, what) for item in _listed(items, what)]
     if not steps:
         raise ConfigurationError(f"a {what} needs at least one job")
     return steps
@@ -133,6 +141,7 @@ class Batch(BatchRow):
         return self.finished_at is not None
 
     def refresh(self) -> Batch:
+        """The batch as it is now (a Batch is a snapshot: ``batch = batch.refresh()``)."""
         return self.app.find_batch(self.id)
 
     def cancel(self) -> bool:
@@ -164,7 +173,7 @@ class Batch(BatchRow):
 
 def _members(app: App, items: Iterable[Any]) -> list[list[NewJob]]:
     members: list[list[NewJob]] = []
-    for item in items:
+    for item in _listed(items, "batch"):
         if isinstance(item, list | tuple):
             members.append(_steps(app, item, "chain inside a batch"))
         else:
@@ -182,6 +191,11 @@ class PendingBatch:
                  name: str = "", then: PreparedJob | None = None,
                  catch: PreparedJob | None = None, finally_: PreparedJob | None = None,
                  allow_failures: bool = False) -> None:
+        if not isinstance(name, str):
+            raise ConfigurationError(f"a batch's name must be a string, not {name!r}")
+        if not isinstance(allow_failures, bool):
+            raise ConfigurationError(f"allow_failures must be True or False, not "
+                                     f"{allow_failures!r}")
         self.app = app
         self.members = _members(app, jobs)
         self.name = name

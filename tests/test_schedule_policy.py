@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -228,7 +229,9 @@ def app(tmp_path):
 
 @pytest.mark.parametrize(("options", "message"), [
     ({}, "either cron="),
-    ({"cron": "0 6 * * *", "every": 10}, "either cron="),
+    ({"cron": "0 6 * * *", "every": 10}, "not both"),
+    ({"cron": ["0 6 * * *"]}, "must be a string of five fields"),
+    ({"cron": "0 6 * * *", "timezone": 1}, "must be an IANA time zone name"),
     ({"cron": "0 6 * *"}, "must have five fields"),
     ({"cron": "0 0 6 * * *"}, "must have five fields"),
     ({"cron": "61 6 * * *"}, "not a valid cron expression"),
@@ -260,3 +263,8 @@ def test_two_schedules_need_two_names_and_a_job_of_the_same_app(app, tmp_path):
     other = dbqueue.App(f"sqlite:///{tmp_path / 'other.db'}")
     with pytest.raises(dbqueue.ConfigurationError, match="belongs to another App"):
         other.schedule(app.jobs["report"].prepare(), every=60)
+    with pytest.raises(dbqueue.ConfigurationError, match=r"takes a prepared job, such as my_job"):
+        app.schedule(app.jobs["report"], every=60, name="unprepared")  # the job itself
+    zoned = app.schedule(app.jobs["report"].prepare("z"), cron="0 6 * * *", name="zoned",
+                         timezone=ZoneInfo("Europe/Berlin"))
+    assert zoned.recurrence.timezone == "Europe/Berlin"

@@ -95,6 +95,7 @@ def test_a_chain_runs_in_order_pipes_results_stops_on_failure_and_resumes(flows,
     # The chain stopped: the failed step waits in failed_jobs with the rest of it.
     (failed,) = rows(f.app, f.app.store.tables.failed_jobs)
     assert failed.job == "explode"
+    assert failed_step["failed_job"] == failed.uuid  # what `dbqueue retry` takes
     assert [step["job"] for step in json.loads(failed.payload)["flow"]["chain"]] == ["store"]
     assert jobs_named(f, "store") == 0
 
@@ -146,6 +147,14 @@ def test_chain_and_batch_refuse_what_they_cannot_queue(flows):
         f.app.find_batch("nope")
     with pytest.raises(RuntimeError, match="outside a job"):
         dbqueue.current_job()
+    for build in (lambda: f.app.chain(f.fetch.prepare("x")),
+                  lambda: f.app.batch(f.member.prepare(1))):
+        with pytest.raises(dbqueue.ConfigurationError, match=r"takes a list of prepared jobs"):
+            build()
+    with pytest.raises(dbqueue.ConfigurationError, match="name must be a string"):
+        f.app.batch([f.member.prepare(1)], name=5)  # type: ignore[arg-type]
+    with pytest.raises(dbqueue.ConfigurationError, match="allow_failures must be True or"):
+        f.app.batch([f.member.prepare(1)], allow_failures="yes")  # type: ignore[arg-type]
 
 
 def test_unique_jobs_cannot_be_queued_later_by_a_worker(flows):
@@ -278,6 +287,10 @@ def test_a_failure_queues_catch_once_and_cancels_unless_failures_are_allowed(flo
         assert (batch.pending, batch.failed, batch.finished) == (0, 2, True)
         expected = {"catch": 1, "finally": 1} | ({"then": 1} if allow else {})
         assert callbacks(f) == expected, allow
+        (catch,) = [json.loads(row.payload)["flow"] for row in rows(f.app, f.app.store.tables.jobs)
+                    if json.loads(row.payload)["args"] == ["catch"]]
+        assert catch["failed"]["job_id"] == reserved[0].id  # the first failure
+        assert catch["failed"]["exception_class"] == "RuntimeError"
         failed = f.app.store.tables.failed_jobs
         assert count(f.app, failed, failed.c.batch_id == batch_id) == 2
 
@@ -345,6 +358,10 @@ def test_a_cancelled_batch_and_adding_to_a_finished_one(flows, flow_workers):
     batch = f.app.find_batch(batch_id)
     assert (batch.cancelled, batch.pending, batch.finished) == (True, 0, True)
     assert members_run(f) == []  # none of them ran
+    other = f.app.batch([f.member.prepare(1)]).dispatch()
+    assert f.app.find_batch(other).cancel() is True
+    with pytest.raises(dbqueue.ConfigurationError, match="has been cancelled"):
+        f.app.find_batch(other).add([f.member.prepare(2)])
     assert [row.tag for row in effects(f, "finally", "callback")] == ["finally"]
     assert effects(f, "then") == []
     with pytest.raises(dbqueue.ConfigurationError, match="has finished"):

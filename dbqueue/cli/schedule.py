@@ -43,7 +43,7 @@ def list_(url: str | None, app_reference: str | None, table_prefix: str | None, 
     elif not found:
         click.echo(f"{app_reference} declares no schedules (app.schedule(...)).")
     else:
-        print_table(["NAME", "WHEN", "LAST TICK", "LAST RUN", "NEXT TICK", "OVERDUE"],
+        print_table(["NAME", "WHEN", "LAST TICK (UTC)", "LAST RUN", "NEXT TICK (UTC)", "OVERDUE"],
                     [[s.name, s.definition, _last_tick(s), _last_run(s), short_time(s.next_tick),
                       s.overdue or ""] for s in found])
     overdue = [s.name for s in found if s.overdue]

@@ -51,16 +51,26 @@ class Recurrence:
 
     @classmethod
     def build(cls, *, cron: str | None, every: float | timedelta | None,
-              timezone: str | None) -> Recurrence:
+              timezone: str | tzinfo | None) -> Recurrence:
         """A checked recurrence; ConfigurationError naming the mistake otherwise."""
-        if (cron is None) == (every is None):
+        if cron is None and every is None:
             raise ConfigurationError("give a schedule either cron=\"...\" or every=SECONDS")
+        if cron is not None and every is not None:
+            raise ConfigurationError("give a schedule either cron=\"...\" or every=SECONDS, "
+                                     "not both")
+        if isinstance(timezone, tzinfo):  # a ZoneInfo("Europe/Berlin"): its IANA name
+            timezone = getattr(timezone, "key", None) or str(timezone)
+        if timezone is not None and not isinstance(timezone, str):
+            raise ConfigurationError(f"timezone={timezone!r} must be an IANA time zone name, "
+                                     "such as \"Europe/Berlin\"")
         if every is not None:
             if timezone is not None:
                 raise ConfigurationError(
                     "timezone= applies to cron schedules; every=SECONDS counts in UTC")
             return cls(every=_whole_seconds(every))
-        assert cron is not None
+        if not isinstance(cron, str):
+            raise ConfigurationError(f"cron={cron!r} must be a string of five fields, such as "
+                                     "\"0 6 * * *\"")
         recurrence = cls(cron=" ".join(cron.split()), timezone=timezone or "UTC")
         recurrence._check_cron()
         return recurrence

@@ -74,10 +74,10 @@ class Batches:
 
         def work(c: Connection) -> int:
             row = self._locked(c, batch_id)
-            if row.finished_at is not None:
+            if row.finished_at is not None or row.cancelled_at is not None:
                 raise ConfigurationError(
-                    f"batch {batch_id} has finished: it takes no more jobs; dispatch a new "
-                    "batch instead")
+                    f"batch {batch_id} has {'finished' if row.finished_at else 'been cancelled'}"
+                    ": it takes no more jobs; dispatch a new batch instead")
             c.execute(sa.update(self.table).where(self.table.c.id == batch_id).values(
                 total=self.table.c.total + count, pending=self.table.c.pending + count))
             self.store.insert_jobs(c, [_member(member, batch_id) for member in members])

@@ -125,10 +125,13 @@ def _write(store: Leases, c: Connection, completion: Completion,
                                          available_at=store.dialect.now_plus(delay))
         recorded |= _matching(store, c, leases, requeue.where, careful=careful)
     batch_of = {end.job_id: end.flow.get("batch") for end in completion.ended}
+    failed_as: dict[int, str] = {}  # job id -> its failed_jobs uuid
     for failed in completion.failed:
-        if _fail(store, c, failed, batch_of.get(failed.row.id)):
+        row_uuid = _fail(store, c, failed, batch_of.get(failed.row.id))
+        if row_uuid is not None:
             recorded.add(failed.row.id)
-    flows.advance(store, c, completion.ended, recorded)
+            failed_as[failed.row.id] = row_uuid
+    flows.advance(store, c, completion.ended, recorded, failed_as)
     for hook in hooks:
         hook(c, completion, recorded)
     return recorded
@@ -166,20 +169,22 @@ def _count_attempts(store: Leases, c: Connection, started: Sequence[tuple[Lease,
                       .values(attempts=_attempts(attempt)))
 
 
-def _fail(store: Leases, c: Connection, failed: FailedRun, batch_id: object) -> bool:
+def _fail(store: Leases, c: Connection, failed: FailedRun, batch_id: object) -> str | None:
+    """Move the job to failed_jobs; the uuid of its row there (None: its lease was lost)."""
     jobs = store.tables.jobs
     row, failure = failed.row, failed.failure
     deleted = c.execute(
         sa.delete(jobs).where(jobs.c.id == row.id, jobs.c.reserved_by == failed.lease.token)
     ).rowcount
     if deleted != 1:
-        return False
+        return None
+    row_uuid = str(uuid.uuid4())
     c.execute(store.tables.failed_jobs.insert().values(
-        uuid=str(uuid.uuid4()), job_id=row.id, queue=row.queue, job=row.job,
+        uuid=row_uuid, job_id=row.id, queue=row.queue, job=row.job,
         priority=row.priority, payload=row.payload, attempts=_attempts(failed.attempts),
         exception_class=_text(failure.exception_class)[:255],
         exception_message=_text(failure.message), exception=_text(failure.traceback),
         failed_at=store.dialect.now(), worker=failed.worker[:255],
         batch_id=batch_id if isinstance(batch_id, str) else None,
     ))
-    return True
+    return row_uuid

@@ -6,7 +6,8 @@ A job that is part of a workflow carries its state in its payload's
 ``chain``     the steps still to run after this one, in order (see :func:`step`)
 ``catch``     the step to queue if a step of the chain fails for good
 ``previous``  what the step before this one returned (JSON)
-``failed``    in a ``catch`` step: which step failed, and why
+``failed``    in a ``catch`` job (of a chain or a batch): which job failed, why, and
+              its failed_jobs row's uuid (``dbqueue retry UUID``)
 ``batch``     the id of the batch this job belongs to (job_batches)
 ``callback``  in a batch's then/catch/finally job: the id of that batch
 ``schedule``, ``tick``  the schedule that queued this run, and its tick
@@ -117,8 +118,11 @@ def steps_after(flow: dict[str, Any]) -> int:
     return len(flow.get("chain") or ())
 
 
-def advance(store: Dispatch, c: Connection, ends: Sequence[FlowEnd], recorded: set[int]) -> None:
-    """Move on the workflows of ``ends`` whose outcome took effect (``recorded``)."""
+def advance(store: Dispatch, c: Connection, ends: Sequence[FlowEnd], recorded: set[int],
+            failed_as: dict[int, str] | None = None) -> None:
+    """Move on the workflows of ``ends`` whose outcome took effect (``recorded``);
+    ``failed_as`` maps the failed ones to the uuid of their failed_jobs row."""
+    failed_as = failed_as or {}
     ends = [end for end in ends if end.job_id in recorded]
     if not ends:
         return
@@ -131,10 +135,10 @@ def advance(store: Dispatch, c: Connection, ends: Sequence[FlowEnd], recorded: s
     # In the order of their ids: two workers lock the batch rows they share in
     # the same order, so they never deadlock on them.
     for batch_id in sorted(by_batch):
-        if _count(store, c, batch_id, by_batch[batch_id], queued):
+        if _count(store, c, batch_id, by_batch[batch_id], queued, failed_as):
             cancelled.add(batch_id)
     for end in ends:
-        queued += _chain_moves(end, cancelled)
+        queued += _chain_moves(end, cancelled, failed_as)
     if queued:
         store.insert_jobs(c, queued)
     schedule_ends = [end for end in ends if "schedule" in end.flow]
@@ -144,7 +148,14 @@ def advance(store: Dispatch, c: Connection, ends: Sequence[FlowEnd], recorded: s
         record_runs(store, c, schedule_ends)
 
 
-def _chain_moves(end: FlowEnd, cancelled: set[str]) -> list[NewJob]:
+def _failure(end: FlowEnd, failed_as: dict[int, str]) -> dict[str, Any]:
+    """What a catch job learns of the failure (``current_job().failed``)."""
+    exception_class, message = end.failure or ("", "")
+    return {"job_id": end.job_id, "failed_job": failed_as.get(end.job_id),
+            "exception_class": exception_class, "message": message}
+
+
+def _chain_moves(end: FlowEnd, cancelled: set[str], failed_as: dict[int, str]) -> list[NewJob]:
     """The next step of ``end``'s chain, or its ``catch`` step, if any is due."""
     flow = end.flow
     chain, catch = flow.get("chain") or [], flow.get("catch")
@@ -154,9 +165,7 @@ def _chain_moves(end: FlowEnd, cancelled: set[str]) -> list[NewJob]:
                 "previous": None if end.result is None else json.loads(end.result)}
         return [from_step(chain[0], _lean(rest))]
     if end.outcome == "failed" and catch:
-        exception_class, message = end.failure or ("", "")
-        return [from_step(catch, _lean({"failed": {
-            "job_id": end.job_id, "exception_class": exception_class, "message": message}}))]
+        return [from_step(catch, {"failed": _failure(end, failed_as)})]
     return []
 
 
@@ -171,7 +180,7 @@ class _Tally:
 
 
 def _count(store: Dispatch, c: Connection, batch_id: str, ends: Sequence[FlowEnd],
-           queued: list[NewJob]) -> bool:
+           queued: list[NewJob], failed_as: dict[int, str]) -> bool:
     """Count ``ends`` in their batch and queue the callbacks now due; return
     whether the batch is cancelled (its chains stop)."""
     batches = store.tables.job_batches
@@ -199,9 +208,13 @@ def _count(store: Dispatch, c: Connection, batch_id: str, ends: Sequence[FlowEnd
         values["finished_at"] = store.dialect.now()
     c.execute(sa.update(batches).where(batches.c.id == batch_id).values(**values))
     callbacks = json.loads(row.callbacks)
+    first_failure = next((end for end in ends if end.outcome == "failed"), None)
     for name, bit in CALLBACKS.items():
         if fired & bit and callbacks.get(name):
-            queued.append(from_step(callbacks[name], {"callback": batch_id}))
+            flow: dict[str, Any] = {"callback": batch_id}
+            if bit == CATCH and first_failure is not None:
+                flow["failed"] = _failure(first_failure, failed_as)
+            queued.append(from_step(callbacks[name], flow))
     return cancelled
 
 
