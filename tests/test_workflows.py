@@ -385,6 +385,24 @@ def test_a_cancelled_batch_never_runs_then_even_once_retried(flows):
     assert callbacks(f) == {}
 
 
+def test_a_worker_asks_again_about_a_batch_once_its_answer_is_older_than_fresh(flows):
+    """What the handout checks before a held job starts (worker.cancels)."""
+    from dbqueue.store.batches import Batches
+    from dbqueue.worker.cancels import FRESH, CancelledBatches
+
+    f = flows
+    first = f.app.batch([f.member.prepare(1)]).dispatch()
+    second = f.app.batch([f.member.prepare(2)]).dispatch()
+    cancels = CancelledBatches(Batches(f.app.store))
+    assert cancels.which({first, second}, now=100.0) == set()
+    f.app.find_batch(first).cancel()
+    assert cancels.which({first}, now=100.0 + FRESH / 2) == set()  # asked just now
+    assert cancels.which({first, second}, now=100.0 + 2 * FRESH) == {first}
+    batches = f.app.store.tables.job_batches  # opened again, as a retry of its failures does
+    f.app.store.transaction(lambda c: c.execute(batches.update().values(cancelled_at=None)))
+    assert cancels.which({first}, now=100.0 + 4 * FRESH) == set()
+
+
 def test_an_empty_batch_is_finished_at_once(flows):
     f = flows
     batch_id = f.app.batch([], then=f.callback.prepare("then"),

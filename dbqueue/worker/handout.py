@@ -15,7 +15,7 @@ from collections import deque
 from typing import Any
 
 from ..errors import JobTimeout, WorkerCrashed
-from .health import LONGEST_WAIT, Health
+from .health import DB_ERRORS, LONGEST_WAIT, Health
 from .ledger import Entry, Ledger, State
 from .messages import Committed, Finished, RunHook, RunJob
 from .options import WorkerOptions
@@ -79,6 +79,8 @@ class Handout:
         return max(1, min(_MAX_DEPTH, int(_PIPELINE_SECONDS / max(runtime, 1e-6))))
 
     def _give_job(self, child: Child, *, queued: bool = False) -> bool:
+        while self.ledger.reserved and self._cancelled(self.ledger.reserved[0]):
+            pass
         if not self.ledger.reserved:
             return False
         head = self.ledger.reserved[0]
@@ -102,6 +104,23 @@ class Handout:
                                      start_by_wall),
                        entry.timeout)
         self.recorder.started(entry)
+        return True
+
+    def _cancelled(self, entry: Entry) -> bool:
+        """Complete ``entry`` unrun if its batch was cancelled since it was
+        reserved (see worker.cancels); True if so."""
+        flow = entry.flow
+        batch_id = flow.get("batch") if flow else None
+        if not isinstance(batch_id, str):
+            return False
+        try:
+            if batch_id not in self.reserver.cancels.which({batch_id}):
+                return False
+        except DB_ERRORS as exc:  # cannot tell: it was not cancelled when reserved
+            self.health.failed("check for a cancelled batch", exc)
+            return False
+        entry.skipped = True
+        self.recorder.dropped(entry, "its batch was cancelled")
         return True
 
     def _lease_margin(self) -> float:

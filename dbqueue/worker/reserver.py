@@ -15,6 +15,7 @@ from typing import Any
 from ..store import Lease, ReservedRow, Store
 from ..store.batches import Batches
 from ..store.queues import Queues
+from .cancels import CancelledBatches
 from .clock import Deadline
 from .health import DB_ERRORS, Health
 from .intake import admit
@@ -42,7 +43,7 @@ class Reserver:
         self.recorder = recorder
         self.job_locks = job_locks
         self.queues = QueueChoice(options.queues, Queues(self.store))
-        self.batches = Batches(self.store)
+        self.cancels = CancelledBatches(Batches(self.store))
         self.health = health
         self.wakeup = wakeup
         self.pace = Pace(options.sleep)
@@ -133,7 +134,7 @@ class Reserver:
         if not batch_ids:
             return admitted
         try:
-            cancelled = self.batches.cancelled(batch_ids)
+            cancelled = self.cancels.which(batch_ids)
         except DB_ERRORS as exc:  # cannot tell: back to the queue, not run
             self.health.failed("check for cancelled batches", exc)
             self.recorder.give_back(admitted)
