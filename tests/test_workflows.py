@@ -397,6 +397,8 @@ def test_a_worker_asks_again_about_a_batch_once_its_answer_is_older_than_fresh(f
     assert cancels.which({first, second}, now=100.0) == set()
     f.app.find_batch(first).cancel()
     assert cancels.which({first}, now=100.0 + FRESH / 2) == set()  # asked just now
+    assert not cancels.cancelled(first, now=100.0 + FRESH / 2)
+    assert cancels.cancelled(first, now=100.0 + 2 * FRESH)
     assert cancels.which({first, second}, now=100.0 + 2 * FRESH) == {first}
     batches = f.app.store.tables.job_batches  # opened again, as a retry of its failures does
     f.app.store.transaction(lambda c: c.execute(batches.update().values(cancelled_at=None)))

@@ -25,6 +25,14 @@ class CancelledBatches:
         self._known: dict[str, tuple[float, bool]] = {}
         """batch id -> (when asked, by the monotonic clock; cancelled then)."""
 
+    def cancelled(self, batch_id: str, now: float) -> bool:
+        """Whether ``batch_id`` is cancelled: ``which`` for one batch, with no
+        set made when the answer is fresh (it runs for each job handed out)."""
+        known = self._known.get(batch_id)
+        if known is not None and now - known[0] < FRESH:
+            return known[1]
+        return batch_id in self.which({batch_id}, now)
+
     def which(self, batch_ids: set[str], now: float | None = None) -> set[str]:
         """Those of ``batch_ids`` that are cancelled; asks the database about the
         ones not asked about within FRESH seconds. Raises the store's errors."""

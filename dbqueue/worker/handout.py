@@ -114,7 +114,7 @@ class Handout:
         if not isinstance(batch_id, str):
             return False
         try:
-            if batch_id not in self.reserver.cancels.which({batch_id}):
+            if not self.reserver.cancels.cancelled(batch_id, time.monotonic()):
                 return False
         except DB_ERRORS as exc:  # cannot tell: it was not cancelled when reserved
             self.health.failed("check for a cancelled batch", exc)
