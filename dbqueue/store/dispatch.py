@@ -58,22 +58,22 @@ class Dispatch(Transactions):
         own; DatabaseError (DatabaseUnavailable) if the database refuses (or
         cannot be reached).
         """
-        if job.unique_key is not None:
-            return self.within(connection, lambda c: self._push_unique(c, job))
-        params = {"queue": job.queue, "job": job.job, "payload": job.payload,
-                  "priority": job.priority, "delay": job.delay}
-
-        def work(c: Connection) -> int:
-            key = c.execute(self._insert_one(), params).inserted_primary_key
-            assert key is not None
-            return int(key[0])
-
-        if connection is None:
+        if connection is None and job.unique_key is None:
             fast = self._fast_push
             if fast is not None and self.dialect.autocommit_single_statements:
+                params = _params(job)
                 return self._retrying(lambda: fast(params))
-            return self.transaction(work, single_statement=True)
-        return self.within(connection, work)
+            return self.transaction(lambda c: self.insert_job(c, job), single_statement=True)
+        return self.within(connection, lambda c: self.insert_job(c, job))
+
+    def insert_job(self, c: Connection, job: NewJob) -> int | None:
+        """push's work, in a transaction of the store's own that is open on ``c``
+        (a driver's error is left to that transaction's retries)."""
+        if job.unique_key is not None:
+            return self._push_unique(c, job)
+        key = c.execute(self._insert_one(), _params(job)).inserted_primary_key
+        assert key is not None
+        return int(key[0])
 
     def _push_unique(self, c: Connection, job: NewJob) -> int | None:
         jobs, dialect = self.tables.jobs, self.dialect
@@ -120,3 +120,9 @@ class Dispatch(Transactions):
         ]
         self.dialect.insert_many(c, self.tables.jobs, rows)
         return pushed + len(rows)
+
+
+def _params(job: NewJob) -> dict[str, object]:
+    """The values of the one-job INSERT (see Dispatch._build_insert)."""
+    return {"queue": job.queue, "job": job.job, "payload": job.payload,
+            "priority": job.priority, "delay": job.delay}

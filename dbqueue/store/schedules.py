@@ -194,20 +194,8 @@ class Schedules:
         if schedule.without_overlapping and previous is not None and self._exists(c, previous):
             return OVERLAPPING, None
         flow = {"schedule": schedule.name, "tick": tick.isoformat()}
-        job_id = self._insert_job(c, with_flow(schedule.job, flow))
+        job_id = self.store.insert_job(c, with_flow(schedule.job, flow))
         return (HELD, None) if job_id is None else (QUEUED, job_id)
-
-    def _insert_job(self, c: Connection, job: NewJob) -> int | None:
-        """Insert ``job`` in this store's own transaction on ``c``: unlike
-        ``push(job, c)``, a deadlock reaches that transaction's retries untranslated."""
-        store = self.store
-        if job.unique_key is not None:
-            return store._push_unique(c, job)
-        key = c.execute(store._insert_one(), {
-            "queue": job.queue, "job": job.job, "payload": job.payload,
-            "priority": job.priority, "delay": job.delay}).inserted_primary_key
-        assert key is not None
-        return int(key[0])
 
     def _exists(self, c: Connection, job_id: int) -> bool:
         """Whether the job is queued or running: completed jobs are deleted, and
@@ -239,7 +227,7 @@ class Schedules:
             # Ticks fall on whole seconds: a run by hand never takes a tick's key.
             at = now if now.microsecond else now + timedelta(microseconds=1)
             flow = {"schedule": schedule.name, "tick": at.isoformat(), "manual": True}
-            job_id = self._insert_job(c, with_flow(schedule.job, flow))
+            job_id = self.store.insert_job(c, with_flow(schedule.job, flow))
             if job_id is None:
                 return None
             self._insert_tick(c, schedule.name, at, MANUAL, job_id)
