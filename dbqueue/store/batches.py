@@ -6,7 +6,6 @@ this module holds what applications and operators do to a batch.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from sqlalchemy.engine import Connection
 
 from .. import serializer
 from ..errors import ConfigurationError, NotFound
-from .flows import CALLBACKS, FINALLY, THEN, from_step, step, steps_after, with_flow
+from .flows import FINALLY, THEN, callback_jobs, step, steps_after, with_flow
 from .store import Store
 from .values import Executor, NewJob
 
@@ -61,9 +60,7 @@ class Batches:
                 fired=fired, created_at=self.store.dialect.now(),
                 finished_at=None if total else self.store.dialect.now()))
             jobs = [_member(member, batch_id) for member in members]
-            jobs += [from_step(callbacks[name], {"callback": batch_id})
-                     for name, bit in CALLBACKS.items() if fired & bit and name in callbacks]
-            self.store.insert_jobs(c, jobs)
+            self.store.insert_jobs(c, jobs + callback_jobs(callbacks, fired, batch_id))
 
         self.store.within(connection, work)
 
@@ -165,7 +162,6 @@ def reopen(c: Connection, store: Store, rows: Sequence[Any]) -> None:
 
 def _flow(payload: str) -> dict[str, Any]:
     try:
-        flow = json.loads(payload).get("flow")
-    except (ValueError, AttributeError):
+        return serializer.decode(payload).flow or {}
+    except ValueError:  # a row written by hand: no flow to count
         return {}
-    return flow if isinstance(flow, dict) else {}

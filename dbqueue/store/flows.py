@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import sqlalchemy as sa
@@ -173,12 +172,6 @@ def _lean(flow: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in flow.items() if value not in (None, [])}
 
 
-@dataclass
-class _Tally:
-    finished: int = 0
-    failed: int = 0
-
-
 def _count(store: Dispatch, c: Connection, batch_id: str, ends: Sequence[FlowEnd],
            queued: list[NewJob], failed_as: dict[int, str]) -> bool:
     """Count ``ends`` in their batch and queue the callbacks now due; return
@@ -188,16 +181,15 @@ def _count(store: Dispatch, c: Connection, batch_id: str, ends: Sequence[FlowEnd
                     ).one_or_none()
     if row is None:  # pruned, or deleted by hand: nothing to count
         return False
-    tally = _Tally(failed=sum(end.outcome == "failed" for end in ends))
-    cancel = bool(tally.failed) and not row.allow_failures and row.cancelled_at is None
+    failures = sum(end.outcome == "failed" for end in ends)
+    cancel = bool(failures) and not row.allow_failures and row.cancelled_at is None
     cancelled = cancel or row.cancelled_at is not None
-    for end in ends:
-        # A chain that stops here (this job failed, or the batch is cancelled,
-        # maybe by a failure in this same flush): its remaining steps never
-        # run, and count as finished now.
-        stops = end.outcome != "done" or cancelled
-        tally.finished += 1 + (steps_after(end.flow) if stops else 0)
-    pending, failed = row.pending - tally.finished, row.failed + tally.failed
+    # A chain that stops here (this job failed, or the batch is cancelled, maybe
+    # by a failure in this same flush): its remaining steps never run, and
+    # count as finished now.
+    finished = sum(1 + (steps_after(end.flow) if end.outcome != "done" or cancelled else 0)
+                   for end in ends)
+    pending, failed = row.pending - finished, row.failed + failures
     fired = _due_callbacks(row, pending, failed, cancelled=cancelled)
     # A cancelled batch never runs ``then``, even once a retry has opened it again.
     done = row.fired | fired | (THEN if cancelled else 0)
@@ -207,15 +199,24 @@ def _count(store: Dispatch, c: Connection, batch_id: str, ends: Sequence[FlowEnd
     if pending <= 0 and row.finished_at is None:
         values["finished_at"] = store.dialect.now()
     c.execute(sa.update(batches).where(batches.c.id == batch_id).values(**values))
-    callbacks = json.loads(row.callbacks)
     first_failure = next((end for end in ends if end.outcome == "failed"), None)
-    for name, bit in CALLBACKS.items():
-        if fired & bit and callbacks.get(name):
-            flow: dict[str, Any] = {"callback": batch_id}
-            if bit == CATCH and first_failure is not None:
-                flow["failed"] = _failure(first_failure, failed_as)
-            queued.append(from_step(callbacks[name], flow))
+    queued += callback_jobs(json.loads(row.callbacks), fired, batch_id, None if (
+        first_failure is None) else _failure(first_failure, failed_as))
     return cancelled
+
+
+def callback_jobs(callbacks: dict[str, dict[str, Any]], due: int, batch_id: str,
+                  failed: dict[str, Any] | None = None) -> list[NewJob]:
+    """The jobs of a batch's callbacks whose bits are set in ``due``; ``catch``
+    learns of ``failed`` (``current_job().failed``)."""
+    jobs = []
+    for name, bit in CALLBACKS.items():
+        if due & bit and callbacks.get(name):
+            flow: dict[str, Any] = {"callback": batch_id}
+            if bit == CATCH and failed is not None:
+                flow["failed"] = failed
+            jobs.append(from_step(callbacks[name], flow))
+    return jobs
 
 
 def _due_callbacks(row: Any, pending: int, failed: int, *, cancelled: bool) -> int:
