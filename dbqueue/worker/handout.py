@@ -109,9 +109,8 @@ class Handout:
     def _cancelled(self, entry: Entry) -> bool:
         """Complete ``entry`` unrun if its batch was cancelled since it was
         reserved (see worker.cancels); True if so."""
-        flow = entry.flow
-        batch_id = flow.get("batch") if flow else None
-        if not isinstance(batch_id, str):
+        batch_id = entry.batch_id
+        if batch_id is None:
             return False
         try:
             if not self.reserver.cancels.cancelled(batch_id, time.monotonic()):

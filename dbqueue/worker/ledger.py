@@ -118,6 +118,13 @@ class Entry:
         that has one."""
         return None if self.payload is None else self.payload.flow
 
+    @property
+    def batch_id(self) -> str | None:
+        """The batch it belongs to, if any."""
+        flow = self.flow
+        batch_id = flow.get("batch") if flow else None
+        return batch_id if isinstance(batch_id, str) else None
+
     def db_now(self) -> datetime:
         """The database clock now, from the reservation's timestamp and a monotonic clock."""
         return self.row.reserved_at + timedelta(seconds=time.monotonic() - self.reserved_mono)

@@ -129,8 +129,7 @@ class Reserver:
 
     def _skip_cancelled(self, admitted: list[Entry]) -> list[Entry]:
         """Complete, without running them, the jobs of cancelled batches."""
-        batch_ids = {entry.flow["batch"] for entry in admitted
-                     if entry.flow and isinstance(entry.flow.get("batch"), str)}
+        batch_ids = {batch_id for entry in admitted if (batch_id := entry.batch_id)}
         if not batch_ids:
             return admitted
         try:
@@ -141,7 +140,7 @@ class Reserver:
             return []
         keep = []
         for entry in admitted:
-            if entry.flow and entry.flow.get("batch") in cancelled:
+            if entry.batch_id in cancelled:
                 entry.skipped = True
                 self.recorder.dropped(entry, "its batch was cancelled")
             else:
