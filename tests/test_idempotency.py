@@ -14,7 +14,7 @@ import sqlalchemy as sa
 import dbqueue
 from dbqueue import serializer
 from dbqueue.worker.child import child_main
-from dbqueue.worker.messages import Committed, Finished, RunJob
+from dbqueue.worker.messages import Committed, Finished, RunJob, answer_from
 from tests.conftest import PREFIX, ROOT, count, rows, wait_until, worker_env
 
 FAST = ("--sleep", "0.05")
@@ -173,7 +173,7 @@ def answers_until(conn, done):
     messages = []
     while not done(messages):
         try:
-            messages.append(conn.recv())
+            messages.append(answer_from(conn.recv_bytes()))
         except EOFError:
             break
     return messages

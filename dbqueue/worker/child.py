@@ -30,7 +30,7 @@ from ..errors import Fail, Release, SerializationError
 from ..middleware import JobContext, run_with
 from .clock import passed
 from .commits import Commits
-from .messages import Finished, RunHook, RunJob, class_name
+from .messages import DONE, DONE_FRAME, Finished, RunHook, RunJob, class_name, from_wire
 
 log = logging.getLogger("dbqueue.worker")
 
@@ -164,9 +164,9 @@ def _receive(conn: Connection, inbox: deque[Any]) -> bool:
 def _read(conn: Connection, inbox: deque[Any]) -> None:
     message = conn.recv()
     if isinstance(message, list):
-        inbox.extend(message)
+        inbox.extend(map(from_wire, message))
     else:
-        inbox.append(message)
+        inbox.append(from_wire(message))
 
 
 def _in_fork_server_child() -> bool:
@@ -199,7 +199,11 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
             commits.before_running(task, inbox, conn)
             if task is None:
                 return
-            conn.send(_run(app, task, commits, measure_memory))
+            answer = _run(app, task, commits, measure_memory)
+            if answer == DONE:
+                conn.send_bytes(DONE_FRAME)
+            else:
+                conn.send(answer)
     except (BrokenPipeError, OSError):
         return
     finally:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import select
 import signal
 import struct
@@ -24,7 +23,7 @@ from typing import Any
 
 from . import forkserver
 from .child import child_main
-from .messages import Committed, Finished, RunHook, RunJob
+from .messages import Committed, Finished, RunHook, RunJob, answer_from, to_wire
 
 Task = RunJob | RunHook
 
@@ -91,7 +90,7 @@ class Child:
                 start += _LONG.size
             if end - start < size:
                 break
-            messages.append(pickle.loads(buffer[start:start + size]))
+            messages.append(answer_from(buffer[start:start + size]))
             offset = start + size
         self.unread = buffer[offset:]
         return messages
@@ -178,7 +177,9 @@ class Pool:
                 tasks, child.unsent = child.unsent, []
                 # If it died, the next wait reports it, with these tasks.
                 with contextlib.suppress(OSError):
-                    child.conn.send(tasks[0] if len(tasks) == 1 else tasks)
+                    child.conn.send(to_wire(tasks[0]) if len(tasks) == 1 else [
+                        tuple(task) if type(task) is RunJob else task  # to_wire, inline
+                        for task in tasks])
 
     def wait(self, timeout: float, *wake_fds: int) -> Ended:
         """Send what was given, then wait for answers, deaths, or one of
