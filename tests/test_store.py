@@ -24,6 +24,21 @@ def test_reserve_takes_queues_in_order_and_lower_priority_first(app):
     assert store.reserve(["high", "default"], 10, "t3", 90) == []  # the delayed one waits
 
 
+def test_each_reservation_leases_its_rows_under_its_own_token(app):
+    # The claim statement is built once per shape and reused: the token of each
+    # call must still be the one its rows get, with a timestamp per row.
+    store = app.store
+    ids = [store.push(NewJob("default", "noop", "{}")) for _ in range(4)]
+    first = store.reserve(["default"], 2, "w.1", 90)
+    second = store.reserve(["default"], 2, "w.2", 90)
+    assert [row.id for row in first + second] == ids
+    assert all(row.created_at.tzinfo is not None and row.reserved_at.tzinfo is not None
+               for row in first + second)
+    held = {row.id: row.reserved_by for row in rows(app, store.tables.jobs)}
+    assert held == {ids[0]: "w.1", ids[1]: "w.1", ids[2]: "w.2", ids[3]: "w.2"}
+    assert store.complete([Lease(ids[0], "w.2"), Lease(ids[2], "w.2")]) == 1
+
+
 def test_a_reservation_is_leased_until_it_expires_and_then_taken_again(app):
     store = app.store
     job_id = store.push(NewJob("default", "noop", "{}"))

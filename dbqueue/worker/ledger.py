@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -58,6 +58,9 @@ _MOVES: dict[str | None, frozenset[str | None]] = {
 }
 
 
+_ONE_TRY = Rules(tries=1)
+
+
 class IllegalMove(AssertionError):
     """A job was moved along an edge the ledger does not have: a bug in the worker."""
 
@@ -77,9 +80,9 @@ class Entry:
     """Until when the lease certainly holds: it was taken or last renewed for
     ``retry_after`` seconds by a statement sent after the instant this counts
     from. Moved forward by each renewal."""
-    rules: Rules = field(default_factory=lambda: Rules(tries=1))
+    rules: Rules = _ONE_TRY  # immutable: one instance serves every entry until intake sets it
     timeout: float = 0.0
-    locks: list[tuple[str, str, float]] = field(default_factory=list)
+    locks: Sequence[tuple[str, str, float]] = ()
     """(key, owner, ttl) of the locks taken for this job before it runs."""
     state: str | None = None
     child: Any = None
@@ -121,7 +124,7 @@ class Entry:
     @property
     def batch_id(self) -> str | None:
         """The batch it belongs to, if any."""
-        flow = self.flow
+        flow = None if self.payload is None else self.payload.flow  # asked twice per job
         batch_id = flow.get("batch") if flow else None
         return batch_id if isinstance(batch_id, str) else None
 

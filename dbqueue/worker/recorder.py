@@ -116,6 +116,7 @@ class Recorder:
 
     def _unlock(self, entry: Entry) -> None:
         """The job is leaving: its locks are freed with the next records written."""
-        for key, owner, _ in entry.locks:
-            self.completer.add(Unlocked(key, owner))
-        entry.locks = []
+        if entry.locks:
+            for key, owner, _ in entry.locks:
+                self.completer.add(Unlocked(key, owner))
+            entry.locks = ()

@@ -145,8 +145,8 @@ class MySQL(Dialect):
             for row in locked
         ]
 
-    def reserve_statement(self, jobs: sa.Table, queue: str, limit: int, token: str,
-                          lease: float) -> sa.Executable:
+    def reserve_statement(self, jobs: sa.Table, queue: str, limit: int,
+                          token: str | sa.BindParameter[str], lease: float) -> sa.Executable:
         # Only the locking SELECT: the UPDATE that follows names the locked ids.
         columns = [jobs.c[name] for name in RESERVED_COLUMNS if name != "reserved_at"]
         return (
