@@ -96,3 +96,30 @@ def test_bulk_dispatch_skips_taken_keys_and_queues_the_rest(jobs):
     assert jobs.app.dispatch_many(prepared) == 2
     assert sorted(str(r.unique_key) for r in queued(jobs)) == [
         "None", "unique_invoice:13", "unique_invoice:14"]
+
+
+def test_on_postgresql_only_jobs_with_a_key_are_in_the_key_index_and_keys_still_hold(jobs):
+    # Revision 0010: a partial index; ON CONFLICT names its condition, and a
+    # full index (before 0010, or after its downgrade) satisfies it too.
+    app = jobs.app
+    if app.store.dialect.name != "postgresql":
+        return
+    index = f"{app.store.tables.jobs.name}_unique_key_idx"
+
+    def definition() -> str:
+        with app.engine.connect() as c:
+            return str(c.execute(sa.text("SELECT indexdef FROM pg_indexes WHERE indexname = :i"),
+                                 {"i": index}).scalar_one())
+
+    assert definition().endswith("WHERE (unique_key IS NOT NULL)")
+    jobs.noop.dispatch()
+    assert jobs.unique_invoice.dispatch(11) is not None
+    assert jobs.unique_invoice.dispatch(11) is None
+    app.downgrade("0009")
+    try:
+        assert "WHERE" not in definition()
+        assert jobs.unique_invoice.dispatch(11) is None
+        assert jobs.unique_invoice.dispatch(12) is not None
+    finally:
+        app.migrate()
+    assert definition().endswith("WHERE (unique_key IS NOT NULL)")

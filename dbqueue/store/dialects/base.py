@@ -7,6 +7,7 @@ asks which database it is talking to.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, NamedTuple, Protocol
@@ -36,8 +37,7 @@ class ReservedRow(NamedTuple):
 RESERVED_COLUMNS = ReservedRow._fields
 
 
-def _claim_order(row: ReservedRow) -> tuple[int, int]:
-    return row.priority, row.id
+_claim_order = operator.attrgetter("priority", "id")  # in C: a sort key per reserved row
 
 BULK_ROWS = 1000  # rows per INSERT of a bulk enqueue
 
@@ -66,6 +66,15 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
         value = value.astimezone(UTC)
         return value if dialect_for(dialect).aware_timestamps else value.replace(tzinfo=None)
 
+    def result_processor(self, dialect: sa.Dialect, coltype: object) -> Any:
+        # Read for every reserved row: where the driver returns aware datetimes
+        # and needs no conversion of its own, one lean call per value.
+        impl = self.load_dialect_impl(dialect).dialect_impl(dialect)
+        if dialect_for(dialect).aware_timestamps and impl.result_processor(
+                dialect, coltype) is None:
+            return _in_utc
+        return super().result_processor(dialect, coltype)
+
     def process_result_value(self, value: Any, dialect: sa.Dialect) -> datetime | None:
         if value is None:
             return None
@@ -76,10 +85,17 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
         return stamp.astimezone(UTC)
 
 
+def _in_utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(UTC)
+
+
 def seconds_expression(seconds: float | sa.ColumnElement[float]) -> sa.ColumnElement[float]:
     if isinstance(seconds, sa.ColumnElement):
         return seconds
     return sa.bindparam("seconds", float(seconds), type_=sa.Float, unique=True)
+
+
+_CLAIMS_KEPT = 1024  # claim statements a dialect keeps built (see Dialect._claim)
 
 
 class Dialect:
@@ -157,18 +173,32 @@ class Dialect:
         UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING
         (see ``one_of_selected`` for PostgreSQL's spelling of the IN).
         """
-        statement = self.reserve_statement(jobs, queue, limit, token, lease)
+        statement = self._claim(jobs, queue, limit, lease)
         # The attempt's number is counted here, in Python: a row someone set to
         # the largest INTEGER must not make the whole reservation overflow.
         # .all(): one fetch for the batch, not one driver call per row.
         rows = [ReservedRow(id_, queue_, job, payload, priority, attempts + 1, created, reserved)
                 for id_, queue_, job, payload, priority, attempts, created, reserved
-                in connection.execute(statement).all()]
+                in connection.execute(statement, {"token": token}).all()]
         rows.sort(key=_claim_order)  # RETURNING order is unspecified
         return rows
 
-    def reserve_statement(self, jobs: sa.Table, queue: str, limit: int, token: str,
-                          lease: float) -> sa.Executable:
+    def _claim(self, jobs: sa.Table, queue: str, limit: int, lease: float) -> sa.Executable:
+        """``reserve_statement`` with the token as the parameter ``token``: built
+        once per shape, so that a reservation neither builds a statement nor
+        computes its cache key (a worker asks a few hundred times a second)."""
+        cache: dict[tuple[object, ...], sa.Executable] = self.__dict__.setdefault("_claims", {})
+        key = (jobs, queue, limit, lease)
+        statement = cache.get(key)
+        if statement is None:
+            if len(cache) >= _CLAIMS_KEPT:
+                cache.clear()
+            statement = cache[key] = self.reserve_statement(
+                jobs, queue, limit, sa.bindparam("token", type_=sa.String), lease)
+        return statement
+
+    def reserve_statement(self, jobs: sa.Table, queue: str, limit: int,
+                          token: str | sa.BindParameter[str], lease: float) -> sa.Executable:
         """The statement of ``reserve`` that picks and locks the rows (here it
         leases them too), as it is run: its plan is what a reservation costs."""
         candidates = self.claimable(jobs, queue, limit)
@@ -230,12 +260,16 @@ class Dialect:
         statement = self.insert_if_absent_statement(table, values, key, returning)
         return self.run_insert_if_absent(connection, statement, {}, returning)
 
+    def conflict_target(self, key: sa.Column[Any]) -> dict[str, Any]:
+        """How ON CONFLICT names the unique index on ``key``."""
+        return {"index_elements": [key]}
+
     def insert_if_absent_statement(self, table: sa.Table, values: dict[str, Any],
                                    key: sa.Column[Any], returning: sa.Column[Any]) -> Any:
         """The statement of ``insert_if_absent``, to build once (with bindparams)
         and run many times with ``run_insert_if_absent``."""
         return (self.upsert_module().insert(table).values(values)
-                .on_conflict_do_nothing(index_elements=[key]).returning(returning))
+                .on_conflict_do_nothing(**self.conflict_target(key)).returning(returning))
 
     def run_insert_if_absent(self, connection: Connection, statement: Any,
                              params: dict[str, Any], returning: sa.Column[Any]) -> Any:
@@ -247,14 +281,14 @@ class Dialect:
         whose unique ``key`` is free, as one multi-row INSERT, and returns their
         keys; None where the server cannot say which rows it inserted."""
         return (self.upsert_module().insert(table).values(values)
-                .on_conflict_do_nothing(index_elements=[key]).returning(key))
+                .on_conflict_do_nothing(**self.conflict_target(key)).returning(key))
 
     def increment(self, connection: Connection, table: sa.Table, key: sa.Column[Any],
                   value: str, counter: sa.Column[Any]) -> None:
         """Add one to ``counter`` in the row ``key = value``, creating it at 1."""
         insert = self.upsert_module().insert(table).values({key.name: value, counter.name: 1})
         connection.execute(insert.on_conflict_do_update(
-            index_elements=[key], set_={counter.name: counter + 1}))
+            **self.conflict_target(key), set_={counter.name: counter + 1}))
 
     # --- locks ------------------------------------------------------------------
 

@@ -79,6 +79,11 @@ class PostgreSQL(Dialect):
         array = sa.literal(list(values), postgresql.ARRAY(column.type))
         return column == sa.any_(array)
 
+    def conflict_target(self, key: sa.Column[Any]) -> dict[str, Any]:
+        # With the condition of a partial unique index (jobs.unique_key, 0010),
+        # which inference needs; a full unique index satisfies it too.
+        return {"index_elements": [key], "index_where": key.isnot(None)}
+
     def one_of_selected(self, column: sa.ColumnElement[Any],
                         select: sa.Select[Any]) -> sa.ColumnElement[bool]:
         # = ANY(ARRAY(SELECT ...)), not IN (SELECT ...): the planner makes IN a
