@@ -1,13 +1,13 @@
 """Measure dbqueue's throughput on one database; run it through ./scripts/bench.
 
     ./scripts/bench [--url URL] [--jobs N] [--concurrency C] [--table-prefix P]
-                    [--only enqueue,process,locks,overlap,idempotent,batch,latency]
+                    [--only enqueue,process,locks,overlap,idempotent,batch,latency,pgqueuer]
                     [--backlog TOTAL]
 
 Every table it uses carries its own prefix (default ``bench_``): they are
 dropped and created at the start and dropped at the end, so real data is never
 touched. With the jobs of scripts/bench_app.py, and ``--only`` to run some of
-the groups below (default: all), it measures:
+the groups below (default: all but pgqueuer), it measures:
 
 enqueue
   enqueue_single_per_s        ``noop.dispatch(i)``, each in its own transaction,
@@ -28,6 +28,13 @@ process, overlap, idempotent (any of them)
                               the raw driver in 2 processes, batches of 100, with
                               dbqueue's own claim query: the server's ceiling
                               (see scripts/bench_baseline.py; null on SQLite)
+  lease_baseline_per_s        the same jobs run by the lease loop: the same claim
+  (+ _s, _retries)            query, but the claim is committed as a lease (UPDATE
+                              reserved_by, reserved_at, available_at = now + 60 s)
+                              before the jobs run (each payload decoded, a no-op
+                              called), and each batch then deleted in a second
+                              transaction: the least a crash-safe queue with leases
+                              must do (see scripts/bench_baseline.py; null on SQLite)
 process
   process_per_s               N no-op jobs, bulk-dispatched, / wall clock of
                               ``dbqueue work --concurrency C --stop-when-empty
@@ -35,14 +42,16 @@ process
   process_per_s_excl_startup  the same without startup_s (null if that leaves no time)
   process_ratio               process_per_s / baseline_per_s
   (+ _excl_startup)           (null without a baseline)
+  process_lease_ratio         process_per_s / lease_baseline_per_s
+  (+ _excl_startup)           (null without a lease loop)
 overlap
   process_overlap_per_s       the same for N jobs under ``WithoutOverlapping``,
   (+ _excl_startup, _s,       each on a key of its own (so none waits)
-  _ratio...)
+  _ratio..., _lease_ratio...)
 idempotent
   process_idempotent_per_s    the same for N jobs with an ``idempotency_key``
   (+ _excl_startup, _s,       that write nothing but their outcome
-  _ratio...)
+  _ratio..., _lease_ratio...)
 batch (see scripts/bench_batch.py)
   process_batch_per_s         the N no-op jobs dispatched as one batch
   (+ _excl_startup, _s)       (``app.batch([...]).dispatch()``), processed as above
@@ -80,13 +89,24 @@ latency (see scripts/bench_latency.py)
                               (MySQL/MariaDB ``Questions``; PostgreSQL transactions,
                               ``xact_commit``), less its rate just before: only
                               meaningful on a server nobody else uses
+pgqueuer (only when named in --only; PostgreSQL only, null elsewhere; see
+scripts/bench_pgqueuer.py for what exactly is run and timed)
+  pgqueuer_per_s              N no-op jobs bulk-enqueued into PgQueuer (its tables
+  (+ _excl_startup, _s,       in a database of their own, pgq_bench), / wall clock
+  _startup_s)                 of its consumer process (batches of 100, asyncpg,
+                              drain mode) from spawn to exit; its start-up the same
+                              way on an empty queue. PgQueuer runs in a virtualenv
+                              of its own (.venv-bench-pgqueuer, made at first use)
+  pgqueuer_enqueue_bulk_per_s its bulk enqueue of the N jobs
+  process_pgqueuer_ratio      process_per_s / pgqueuer_per_s
+  (+ _excl_startup)           (null unless process ran too)
 
-Every processing run, and the baseline, starts on fresh tables, filled, then
+Every processing run, and each baseline, starts on fresh tables, filled, then
 analyzed (ANALYZE: see analyze() for why). After it, the jobs and failed_jobs
 tables must be empty (hold TOTAL - N jobs after the backlog run), cache_locks
 too after the overlap jobs, and job_outcomes must hold one outcome per
 idempotent job. Prints one JSON line on stdout; progress goes to stderr, and at
-the end a table of the throughputs beside the baseline.
+the end a table of the throughputs beside the baselines (and PgQueuer's).
 """
 
 from __future__ import annotations
@@ -104,6 +124,7 @@ import sqlalchemy as sa
 
 SCRIPTS = Path(__file__).resolve().parent
 GROUPS = ("enqueue", "process", "locks", "overlap", "idempotent", "batch", "latency")
+OPTIONAL_GROUPS = ("pgqueuer",)  # run only when named in --only
 SAMPLE = 2000  # single dispatches, and lock pairs per process
 TURN = 250  # single dispatches, then as many bare driver INSERTs, in turns
 CHUNK = 5000
@@ -264,33 +285,46 @@ def throughput(name: str, jobs: int, seconds: float,
             f"{name}_s": round(seconds, 3)}
 
 
-def ratios(results: dict[str, float | None], name: str, reference: str) -> None:
-    """Add ``name``_ratio (+ _excl_startup): ``name``'s rates over ``reference``'s
-    (its _per_s, or _per_s_excl_startup if it has one)."""
+def ratio(results: dict[str, float | None], name: str, reference: str,
+          suffix: str) -> float | None:
+    """``name``'s rate (_per_s + ``suffix``) over ``reference``'s (the same, or its
+    _per_s if it has no such rate); None if either is missing."""
+    rate = results.get(f"{name}_per_s{suffix}")
+    base = results.get(f"{reference}_per_s{suffix}", results.get(f"{reference}_per_s"))
+    return rate / base if rate and base else None
+
+
+def ratios(results: dict[str, float | None], name: str, reference: str,
+           key: str | None = None) -> None:
+    """Add ``key`` (default ``name``_ratio) and ``key``_excl_startup: ``name``'s
+    rates over ``reference``'s (its _per_s, or _per_s_excl_startup if it has one)."""
     for suffix in ("", "_excl_startup"):
-        rate = results.get(f"{name}_per_s{suffix}")
-        base = results.get(f"{reference}_per_s{suffix}", results.get(f"{reference}_per_s"))
-        results[f"{name}_ratio{suffix}"] = round(rate / base, 3) if rate and base else None
+        value = ratio(results, name, reference, suffix)
+        results[f"{key or name + '_ratio'}{suffix}"] = round(value, 3) if value else None
 
 
-def bench_baseline(app, noop, jobs: int) -> dict[str, float | None]:
-    """The bare SKIP LOCKED loop on N bulk-dispatched jobs (see bench_baseline.py)."""
-    from bench_baseline import BATCH, PROCESSES, baseline_seconds
+def bench_baseline(app, noop, jobs: int, lease: bool = False) -> dict[str, float | None]:
+    """The bare SKIP LOCKED loop on N bulk-dispatched jobs, or with ``lease`` the
+    lease loop (see bench_baseline.py)."""
+    from bench_baseline import BATCH, PROCESSES, baseline_seconds, lease_baseline_seconds
 
+    name, loop = ("lease_baseline", "lease loop") if lease else ("baseline", "baseline")
     reset(app)
     dispatch_bulk(app, noop, jobs)
     analyze(app)
-    say(f"baseline: {jobs} jobs deleted by a bare SKIP LOCKED loop in {PROCESSES} "
-        f"processes, batches of {BATCH}")
-    measured = baseline_seconds(app, app.engine.url.render_as_string(hide_password=False), jobs)
+    say(f"{loop}: {jobs} jobs " + ("leased, run and deleted by a SKIP LOCKED loop with "
+                                   "leases" if lease else "deleted by a bare SKIP LOCKED loop")
+        + f" in {PROCESSES} processes, batches of {BATCH}")
+    measure = lease_baseline_seconds if lease else baseline_seconds
+    measured = measure(app, app.engine.url.render_as_string(hide_password=False), jobs)
     if measured is None:
-        say("(no baseline: this database has no SKIP LOCKED)")
-        return {"baseline_per_s": None, "baseline_s": None, "baseline_retries": None}
+        say(f"(no {loop}: this database has no SKIP LOCKED)")
+        return {f"{name}_per_s": None, f"{name}_s": None, f"{name}_retries": None}
     if counts(app) != (0, 0):
-        raise SystemExit(f"error: after the baseline, {counts(app)} (jobs, failed) left")
+        raise SystemExit(f"error: after the {loop}, {counts(app)} (jobs, failed) left")
     seconds, retries = measured
-    return {"baseline_per_s": round(jobs / seconds, 1), "baseline_s": round(seconds, 3),
-            "baseline_retries": retries}
+    return {f"{name}_per_s": round(jobs / seconds, 1), f"{name}_s": round(seconds, 3),
+            f"{name}_retries": retries}
 
 
 def fill(app, job, total: int, head: int) -> None:
@@ -346,9 +380,17 @@ def bench(app, only: set[str], jobs: int, concurrency: int,
         results["startup_s"] = round(startup_s, 3)
     if processed:
         results.update(bench_baseline(app, noop, jobs))
+        results.update(bench_baseline(app, noop, jobs, lease=True))
         for _, job, name in processed:
             results.update(bench_processing(app, job, name, jobs, concurrency, startup_s))
             ratios(results, name, "baseline")
+            ratios(results, name, "lease_baseline", f"{name}_lease_ratio")
+    if "pgqueuer" in only:  # next to the processing runs: the same moments of the disk
+        from bench_pgqueuer import bench_pgqueuer
+
+        results.update(bench_pgqueuer(app.engine.url.render_as_string(hide_password=False), jobs))
+        if "process" in only:
+            ratios(results, "process", "pgqueuer", "process_pgqueuer_ratio")
     if "batch" in only:
         from bench_batch import bench_batch
 
@@ -378,10 +420,16 @@ def bench(app, only: set[str], jobs: int, concurrency: int,
 
 
 def table(results: dict[str, float | None]) -> None:
-    """The throughputs beside the baseline's, and the latencies, for a reader (on stderr)."""
-    base = results.get("baseline_per_s")
+    """The throughputs beside the baselines' (and PgQueuer's), and the latencies,
+    for a reader (on stderr)."""
+    # "/ baseline" always (a dash where there is none), the others where measured.
+    columns = [(reference, heading) for reference, heading in (
+        ("baseline", "/ baseline"), ("lease_baseline", "/ lease loop"),
+        ("pgqueuer", "/ PgQueuer")) if reference == "baseline" or results.get(f"{reference}_per_s")]
     lines = []
     for label, key in (("bare SKIP LOCKED loop (baseline)", "baseline"),
+                       ("SKIP LOCKED loop with leases", "lease_baseline"),
+                       ("PgQueuer", "pgqueuer"),
                        ("process", "process"),
                        ("process, WithoutOverlapping", "process_overlap"),
                        ("process, idempotency_key", "process_idempotent"),
@@ -390,10 +438,12 @@ def table(results: dict[str, float | None]) -> None:
         for suffix, note in (("", ""), ("_excl_startup", " (excl. start-up)")):
             rate = results.get(f"{key}_per_s{suffix}")
             if rate is not None:
-                ratio = f"{rate / base:.2f}" if base else "-"
-                lines.append(f"{label + note:46}{rate:>10.0f}{ratio:>12}")
+                cells = [ratio(results, key, reference, suffix) for reference, _ in columns]
+                lines.append(f"{label + note:46}{rate:>10.0f}" + "".join(
+                    f"{'-' if cell is None else f'{cell:.2f}':>14}" for cell in cells))
     if lines:
-        lines.insert(0, f"{'':46}{'jobs/s':>10}{'/ baseline':>12}")
+        lines.insert(0, f"{'':46}{'jobs/s':>10}" + "".join(
+            f"{heading:>14}" for _, heading in columns))
     if "backlog_ratio" in results:
         lines.append(f"deep backlog / process: {results['backlog_ratio']} "
                      f"(excl. start-up: {results['backlog_ratio_excl_startup']})")
@@ -409,9 +459,9 @@ def table(results: dict[str, float | None]) -> None:
 
 def groups(text: str) -> set[str]:
     chosen = {name.strip() for name in text.split(",") if name.strip()}
-    if not chosen or chosen - set(GROUPS):
-        raise argparse.ArgumentTypeError(
-            f"expected a comma-separated list among {','.join(GROUPS)}, not {text!r}")
+    if not chosen or chosen - set(GROUPS + OPTIONAL_GROUPS):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list among "
+                                         f"{','.join(GROUPS + OPTIONAL_GROUPS)}, not {text!r}")
     return chosen
 
 
@@ -422,7 +472,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--table-prefix", default="bench_")
     parser.add_argument("--only", type=groups, default=set(GROUPS), metavar="GROUPS",
-                        help=f"run only these, comma-separated [default: {','.join(GROUPS)}]")
+                        help=f"run only these, comma-separated, among "
+                             f"{','.join(GROUPS + OPTIONAL_GROUPS)} [default: {','.join(GROUPS)}]")
     parser.add_argument("--backlog", type=int, default=None, metavar="TOTAL",
                         help="also process --jobs of TOTAL queued jobs [default: no]")
     args = parser.parse_args()

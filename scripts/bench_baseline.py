@@ -1,30 +1,50 @@
-"""The baseline of ./scripts/bench: a bare ``SELECT ... FOR UPDATE SKIP LOCKED`` loop.
+"""The baselines of ./scripts/bench: bare ``SELECT ... FOR UPDATE SKIP LOCKED`` loops.
 
 What a queue on this server can do with no queue library at all: 2 processes,
-each with one raw driver connection (psycopg 3, PyMySQL), loop
+each with one raw driver connection (psycopg 3, PyMySQL), loop until their
+SELECT finds nothing. The bare loop ("baseline") runs
 
     BEGIN; SELECT id ... LIMIT 100 FOR UPDATE SKIP LOCKED;
     DELETE FROM jobs WHERE id IN (...); COMMIT
 
-until their SELECT finds nothing; a transaction the server aborts (a deadlock,
-which InnoDB reports now and then between such loops) is rolled back and tried
-again, as dbqueue does, and counted. The SELECT is dbqueue's own claim query
-(``Dialect.claimable``: same WHERE, same ORDER BY, so the same plan on the same
-index), rendered to text once, on the jobs table the bench filled with
-``dispatch_many``. Timed from the processes' common start, once connected, to
-the last one's end. None on servers without SKIP LOCKED (SQLite).
+and the lease loop ("lease_baseline") does the least a crash-safe queue with
+leases must do: the claim is committed before any job runs, so that a crash
+leaves a lease that expires (the jobs then run again) rather than jobs lost:
+
+    BEGIN; SELECT id, payload ... LIMIT 100 FOR UPDATE SKIP LOCKED;
+    UPDATE jobs SET reserved_by = <token>, reserved_at = <now>,
+                    available_at = <now + 60 s> WHERE id IN (...); COMMIT
+    for each row: json.loads(payload), then a no-op function
+    DELETE FROM jobs WHERE id IN (...) AND reserved_by = <token>; COMMIT
+
+(<token> is the process's own; <now> is the server's clock, as dbqueue writes
+it: ``Dialect.now()`` and ``Dialect.now_plus(60.0)``.) Two commits per batch
+instead of one, the payloads read and decoded, and the ids sent twice: what
+separates it from the bare loop is the price of crash safety, not of a library.
+
+In both, a transaction the server aborts (a deadlock, which InnoDB reports now
+and then between such loops) is rolled back and tried again, as dbqueue does,
+and counted. The SELECT is dbqueue's own claim query (``Dialect.claimable``:
+same WHERE, same ORDER BY, so the same plan on the same index), rendered to
+text once with SQLAlchemy for the server's dialect, on the jobs table the bench
+filled with ``dispatch_many``. Timed from the processes' common start, once
+connected, to the last one's end. None on servers without SKIP LOCKED (SQLite).
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import time
+import uuid
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
 
 PROCESSES = 2
 BATCH = 100
+LEASE = 60.0  # seconds: the lease loop's reservations
 
 # Deadlock, lock wait timeout (MySQL); serialization failure, deadlock (PostgreSQL).
 RETRYABLE = {1213, 1205, "40001", "40P01"}
@@ -100,17 +120,125 @@ def drain(url: str, select: str, delete: str) -> tuple[float, float, int, int]:
     return started, ended, deleted, retries
 
 
+def timed(target, arguments: list[tuple[Any, ...]], jobs: int, name: str) -> tuple[float, int]:
+    """Run ``target`` in one spawned process per item of ``arguments``, all
+    started together; the wall-clock seconds from their common start to the
+    last end, and the transactions retried. Each must return (started, ended,
+    jobs done, retries), and together they must have done ``jobs``."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(len(arguments), _set_start, (context.Barrier(len(arguments)),)) as pool:
+        spans = pool.starmap(target, arguments)
+    done = sum(span[2] for span in spans)
+    if done != jobs:
+        raise SystemExit(f"error: the {name} deleted {done} jobs, expected {jobs}")
+    seconds = max(span[1] for span in spans) - min(span[0] for span in spans)
+    return seconds, sum(span[3] for span in spans)
+
+
 def baseline_seconds(app, url: str, jobs: int) -> tuple[float, int] | None:
     """Wall-clock seconds for the loop to empty the ``jobs`` queued jobs, and the
     transactions retried; None on SQLite."""
     if not app.store.dialect.skip_locked:
         return None
     select, delete = statements(app)
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(PROCESSES, _set_start, (context.Barrier(PROCESSES),)) as pool:
-        spans = pool.starmap(drain, [(url, select, delete)] * PROCESSES)
-    deleted = sum(span[2] for span in spans)
-    if deleted != jobs:
-        raise SystemExit(f"error: the baseline deleted {deleted} jobs, expected {jobs}")
-    seconds = max(span[1] for span in spans) - min(span[0] for span in spans)
-    return seconds, sum(span[3] for span in spans)
+    return timed(drain, [(url, select, delete)] * PROCESSES, jobs, "baseline")
+
+
+# --- the lease loop -------------------------------------------------------------
+
+
+def lease_statements(app, token: str) -> tuple[str, str, str, str]:
+    """The lease loop's SQL for the process whose reservations carry ``token``:
+    the SELECT of ids and payloads, the head of the UPDATE that leases them and
+    the head and tail of the DELETE (the ids go between each head and tail)."""
+    jobs = app.store.tables.jobs
+    dialect = app.store.dialect
+    select = (dialect.claimable(jobs, "default", BATCH)
+              .with_only_columns(jobs.c.id, jobs.c.payload)
+              .with_for_update(skip_locked=True))
+    lease = sa.update(jobs).values(reserved_by=token, reserved_at=dialect.now(),
+                                   available_at=dialect.now_plus(LEASE))
+    held = jobs.c.reserved_by == token
+
+    def text(clause: Any) -> str:
+        return str(clause.compile(dialect=app.engine.dialect,
+                                  compile_kwargs={"literal_binds": True}))
+
+    table = app.engine.dialect.identifier_preparer.format_table(jobs)
+    return (text(select), text(lease) + " WHERE id IN ",
+            f"DELETE FROM {table} WHERE id IN ", " AND " + text(held))
+
+
+def retried(connection: Any, transaction) -> tuple[Any, int]:
+    """``transaction()``'s result, the transaction tried again as long as the
+    server aborts it (see RETRYABLE); and how many times it was retried."""
+    retries = 0
+    while True:
+        try:
+            return transaction(), retries
+        except Exception as exc:
+            if not retryable(exc):
+                raise
+            connection.rollback()
+            retries += 1
+
+
+def lease(connection: Any, select: str, update: str) -> list[tuple[int, Any]]:
+    """One transaction: claim a batch and lease it; its (id, payload) rows."""
+    with connection.cursor() as cursor:
+        cursor.execute(select)
+        rows = [(int(row[0]), row[1]) for row in cursor.fetchall()]
+        if rows:
+            cursor.execute(update + "(" + ",".join(str(i) for i, _ in rows) + ")")
+    connection.commit()
+    return rows
+
+
+def delete_leased(connection: Any, ids: list[int], delete: str, held: str) -> int:
+    """One transaction: delete the jobs of ``ids`` still leased by this process;
+    how many it deleted."""
+    with connection.cursor() as cursor:
+        cursor.execute(delete + "(" + ",".join(map(str, ids)) + ")" + held)
+        deleted = cursor.rowcount
+    connection.commit()
+    return deleted
+
+
+def noop(arguments: Any) -> None:
+    """The lease loop's job."""
+
+
+def lease_drain(url: str, select: str, update: str, delete: str,
+                held: str) -> tuple[float, float, int, int]:
+    """In a lease loop process: lease, run and delete batches until none is left;
+    return when it started and ended, the jobs done and the transactions retried."""
+    connection = connect(url)
+    _start.wait(timeout=120)
+    started = time.time()  # the wall clock: comparable across processes
+    done = retries = 0
+    while True:
+        rows, tries = retried(connection, partial(lease, connection, select, update))
+        retries += tries
+        if not rows:
+            break
+        for _, payload in rows:
+            noop(json.loads(payload))
+        ids = [i for i, _ in rows]
+        deleted, tries = retried(connection, partial(delete_leased, connection, ids, delete, held))
+        retries += tries
+        if deleted != len(ids):
+            raise SystemExit(f"error: the lease loop deleted {deleted} of its {len(ids)} jobs")
+        done += deleted
+    ended = time.time()
+    connection.close()
+    return started, ended, done, retries
+
+
+def lease_baseline_seconds(app, url: str, jobs: int) -> tuple[float, int] | None:
+    """Wall-clock seconds for the lease loop to run and delete the ``jobs`` queued
+    jobs, and the transactions retried; None on SQLite."""
+    if not app.store.dialect.skip_locked:
+        return None
+    tokens = [f"bench-lease-{i}-{uuid.uuid4().hex[:16]}" for i in range(PROCESSES)]
+    arguments = [(url, *lease_statements(app, token)) for token in tokens]
+    return timed(lease_drain, arguments, jobs, "lease loop")
