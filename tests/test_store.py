@@ -265,3 +265,20 @@ def test_missing_tables_are_still_not_migrated(app):
             other.store.reserve(["default"], 1, "t", 90)
     finally:
         other.dispose()
+
+
+def test_timestamps_read_on_postgresql_are_utc_and_a_naive_one_counts_as_utc(app):
+    # The lean reading of UtcDateTime on servers that return aware values: a
+    # column or expression without a time zone still means UTC, whatever TZ is.
+    from datetime import UTC, datetime
+
+    from dbqueue.store.dialects.base import UtcDateTime
+
+    if app.store.dialect.name != "postgresql":
+        return
+    with app.engine.connect() as c:
+        naive, aware = c.execute(sa.select(
+            sa.type_coerce(sa.text("timestamp '2020-01-01 00:00'"), UtcDateTime),
+            sa.type_coerce(sa.text("timestamptz '2020-01-01 00:00+02'"), UtcDateTime))).one()
+    assert naive == datetime(2020, 1, 1, tzinfo=UTC) and naive.tzinfo is UTC
+    assert aware == datetime(2019, 12, 31, 22, tzinfo=UTC) and aware.tzinfo is UTC

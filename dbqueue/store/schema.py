@@ -66,9 +66,7 @@ def build_tables(prefix: str = "") -> Tables:
         # A reservation walks (queue, priority, id) in order; available_at, last,
         # lets the walk pass over jobs not yet due inside the index (0006).
         sa.Index(f"{prefix}jobs_ready_idx", "queue", "priority", "id", "available_at"),
-        # Only the jobs that have a key, on PostgreSQL (0010).
-        sa.Index(f"{prefix}jobs_unique_key_idx", "unique_key", unique=True,
-                 postgresql_where=sa.text("unique_key IS NOT NULL")),
+        sa.Index(f"{prefix}jobs_unique_key_idx", "unique_key", unique=True),
         sqlite_autoincrement=True,  # ids are never reused (migration 0004)
     )
     failed_jobs = sa.Table(

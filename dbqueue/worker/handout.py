@@ -87,6 +87,8 @@ class Handout:
         head = self.ledger.reserved[0]
         if queued and len(head.row.payload) > _PIPELINE_BYTES:
             return False
+        if self.health.failing:  # since ``assign`` began, maybe (see _cancelled)
+            margin = self._lease_margin()
         # Inline, not Deadline methods: this runs for every job handed out.
         start_by, start_by_wall = head.lease_until.mono - margin, head.lease_until.wall - margin
         if time.monotonic() >= start_by or time.time() >= start_by_wall:

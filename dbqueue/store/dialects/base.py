@@ -86,7 +86,10 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
 
 
 def _in_utc(value: datetime | None) -> datetime | None:
-    return None if value is None else value.astimezone(UTC)
+    if value is None:
+        return None
+    # A naive value (a column without time zone) is UTC, as in process_result_value.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def seconds_expression(seconds: float | sa.ColumnElement[float]) -> sa.ColumnElement[float]:

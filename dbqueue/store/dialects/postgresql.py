@@ -80,8 +80,13 @@ class PostgreSQL(Dialect):
         return column == sa.any_(array)
 
     def conflict_target(self, key: sa.Column[Any]) -> dict[str, Any]:
-        # With the condition of a partial unique index (jobs.unique_key, 0010),
-        # which inference needs; a full unique index satisfies it too.
+        # With the condition that a partial unique index on ``key`` would have
+        # (``key IS NOT NULL``): inference needs it to use such an index, and
+        # a full unique index satisfies it too. So the code that sends it
+        # works before and after jobs.unique_key's index is made partial,
+        # which would spare every update of a job without a key an index
+        # entry; the migration that does so must wait until no code without
+        # this condition runs against the tables.
         return {"index_elements": [key], "index_where": key.isnot(None)}
 
     def one_of_selected(self, column: sa.ColumnElement[Any],
