@@ -104,14 +104,8 @@ def drain(url: str, select: str, delete: str) -> tuple[float, float, int, int]:
     started = time.time()  # the wall clock: comparable across processes
     deleted = retries = 0
     while True:
-        try:
-            batch = claim_and_delete(connection, select, delete)
-        except Exception as exc:
-            if not retryable(exc):
-                raise
-            connection.rollback()
-            retries += 1
-            continue
+        batch, tries = retried(connection, partial(claim_and_delete, connection, select, delete))
+        retries += tries
         if not batch:
             break
         deleted += batch

@@ -60,16 +60,15 @@ class Handout:
     def assign(self, *, jobs: bool = True) -> None:
         """Give children work: failure hooks, and reserved jobs unless ``jobs``
         is False (a stopping worker starts none: it gives them back)."""
-        margin = self._lease_margin()
         for child in self.pool.idle():
             if self.hooks:
                 self.pool.give(child, self.hooks.popleft(), _HOOK_TIMEOUT)
-            elif not jobs or not self._give_job(child, margin):
+            elif not jobs or not self._give_job(child):
                 return
         depth = self._depth()
         if jobs and depth > 1:
             for child in self.pool.children:
-                while len(child.tasks) < depth and self._give_job(child, margin, queued=True):
+                while len(child.tasks) < depth and self._give_job(child, queued=True):
                     pass
 
     def _depth(self) -> int:
@@ -79,7 +78,7 @@ class Handout:
             return 1  # a child replaced for its memory must have nothing queued
         return max(1, min(_MAX_DEPTH, int(_PIPELINE_SECONDS / max(runtime, 1e-6))))
 
-    def _give_job(self, child: Child, margin: float, *, queued: bool = False) -> bool:
+    def _give_job(self, child: Child, *, queued: bool = False) -> bool:
         while self.ledger.reserved and self._cancelled(self.ledger.reserved[0]):
             pass
         if not self.ledger.reserved:
@@ -87,9 +86,8 @@ class Handout:
         head = self.ledger.reserved[0]
         if queued and len(head.row.payload) > _PIPELINE_BYTES:
             return False
-        if self.health.failing:  # since ``assign`` began, maybe (see _cancelled)
-            margin = self._lease_margin()
         # Inline, not Deadline methods: this runs for every job handed out.
+        margin = self._lease_margin()
         start_by, start_by_wall = head.lease_until.mono - margin, head.lease_until.wall - margin
         if time.monotonic() >= start_by or time.time() >= start_by_wall:
             # This worker was stopped a while (SIGSTOP, a paused VM, a stuck

@@ -124,7 +124,7 @@ class Entry:
     @property
     def batch_id(self) -> str | None:
         """The batch it belongs to, if any."""
-        flow = None if self.payload is None else self.payload.flow  # asked twice per job
+        flow = self.flow
         batch_id = flow.get("batch") if flow else None
         return batch_id if isinstance(batch_id, str) else None
 

@@ -177,9 +177,8 @@ class Pool:
                 tasks, child.unsent = child.unsent, []
                 # If it died, the next wait reports it, with these tasks.
                 with contextlib.suppress(OSError):
-                    child.conn.send(to_wire(tasks[0]) if len(tasks) == 1 else [
-                        tuple(task) if type(task) is RunJob else task  # to_wire, inline
-                        for task in tasks])
+                    child.conn.send(to_wire(tasks[0]) if len(tasks) == 1
+                                    else [to_wire(task) for task in tasks])
 
     def wait(self, timeout: float, *wake_fds: int) -> Ended:
         """Send what was given, then wait for answers, deaths, or one of

@@ -116,7 +116,6 @@ class Recorder:
 
     def _unlock(self, entry: Entry) -> None:
         """The job is leaving: its locks are freed with the next records written."""
-        if entry.locks:
-            for key, owner, _ in entry.locks:
-                self.completer.add(Unlocked(key, owner))
-            entry.locks = ()
+        for key, owner, _ in entry.locks:
+            self.completer.add(Unlocked(key, owner))
+        entry.locks = ()

@@ -79,16 +79,13 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
         if value is None:
             return None
         # A str: an expression SQLite returned without the column's type.
-        stamp: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
-        if stamp.tzinfo is None:
-            return stamp.replace(tzinfo=UTC)
-        return stamp.astimezone(UTC)
+        return _in_utc(datetime.fromisoformat(value) if isinstance(value, str) else value)
 
 
 def _in_utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
-    # A naive value (a column without time zone) is UTC, as in process_result_value.
+    # A naive value (a column without time zone, SQLite's, MySQL's) is UTC.
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
