@@ -3,7 +3,10 @@ when a write fails, a refused job set aside. Runs on every backend, with
 failures injected through a completion hook (a write in the same transaction)."""
 
 import logging
+import select
+import threading
 import time
+from collections import deque
 
 import pytest
 import sqlalchemy as sa
@@ -11,6 +14,7 @@ import sqlalchemy as sa
 from dbqueue.errors import DatabaseUnavailable
 from dbqueue.serializer import Payload
 from dbqueue.store import Failure, Lease, NewJob
+from dbqueue.store.locks import Locks
 from dbqueue.worker.clock import Deadline
 from dbqueue.worker.completer import (
     BatchCompleter,
@@ -20,7 +24,10 @@ from dbqueue.worker.completer import (
     Released,
 )
 from dbqueue.worker.health import Health
-from dbqueue.worker.ledger import Entry
+from dbqueue.worker.joblocks import JobLocks
+from dbqueue.worker.ledger import Entry, Ledger
+from dbqueue.worker.recorder import Recorder
+from dbqueue.worker.sidetasks import LeaseRenewal
 from tests.conftest import count, rows
 
 
@@ -32,6 +39,12 @@ def reserve(app, n: int, token: str = "w.1") -> list[Entry]:
     assert len(rows) == n
     return [Entry(row, Lease(row.id, token), None, Payload(), time.monotonic(),
                   Deadline.after(90)) for row in rows]
+
+
+def flushed(completer, now=None) -> list[Entry]:
+    """Flush, and wait for the write: on a server it goes on after ``flush``
+    returns (on a thread of the completer's), and its jobs come from ``collect``."""
+    return completer.flush(now) + completer.collect(wait=True)
 
 
 def jobs_left(app) -> int:
@@ -65,7 +78,7 @@ def test_completions_wait_to_share_one_transaction_then_go_together(app):
     now = time.monotonic()
     assert not completer.due(now, busy=True)  # other work in hand: wait for more
     assert completer.due(now, busy=False)
-    assert completer.flush(now) == entries
+    assert flushed(completer, now) == entries
     assert hooks.transactions == [{entry.id for entry in entries}]
     assert jobs_left(app) == 0 and len(completer) == 0
 
@@ -75,7 +88,7 @@ def test_a_retry_is_written_at_once_and_counts_its_attempt(app):
     [entry] = reserve(app, 1)
     completer.add(Released(entry, 0.0, 1, "boom", True))
     assert completer.due(time.monotonic(), busy=True)
-    assert completer.flush() == [entry]
+    assert flushed(completer) == [entry]
     [row] = app.store.reserve(["default"], 1, "w.2", 90)
     assert (row.id, row.attempts) == (entry.id, 2)
 
@@ -90,12 +103,12 @@ def test_nothing_is_lost_while_the_database_is_unreachable(app, caplog):
     hooks.unreachable = True
     now = time.monotonic()
     with caplog.at_level(logging.ERROR, "dbqueue.worker"):
-        assert completer.flush(now) == []
+        assert flushed(completer, now) == []
     assert "unreachable" in caplog.text and health.failing
     assert len(completer) == 2 and jobs_left(app) == 2  # rolled back, kept
-    assert completer.flush(now) == []  # not before retry_at
+    assert flushed(completer, now) == []  # not before retry_at
     hooks.unreachable = False
-    assert completer.flush(completer.retry_at) == entries
+    assert flushed(completer, completer.retry_at) == entries
     assert jobs_left(app) == 0 and not health.failing
     assert count(app, app.store.tables.failed_jobs) == 1
 
@@ -107,13 +120,13 @@ def test_a_refused_job_is_written_alone_then_set_aside_and_the_others_go_through
     for entry in (good, bad, also_good):
         completer.add(Completed(entry))
     hooks.refuse = {bad.id}
-    assert completer.flush(time.monotonic()) == []  # the batch is refused as a whole
-    finished = completer.flush(completer.retry_at)  # then one job at a time
+    assert flushed(completer, time.monotonic()) == []  # the batch is refused as a whole
+    finished = flushed(completer, completer.retry_at)  # then one job at a time
     assert finished == [good]
     assert jobs_left(app) == 2 and len(completer) == 2
     with caplog.at_level(logging.ERROR, "dbqueue.worker"):
         for _ in range(2):
-            finished += completer.flush(completer.retry_at)
+            finished += flushed(completer, completer.retry_at)
     assert finished == [good, bad, also_good]
     assert f"refused 3 times to record the outcome of job {bad.id}" in caplog.text
     assert jobs_left(app) == 1  # the refused one stays, until its lease runs out
@@ -128,7 +141,7 @@ def test_a_job_another_worker_took_is_left_alone(app, caplog):
         c.execute(sa.update(jobs).values(reserved_by="other.1"))
     completer.add(Completed(entry))
     with caplog.at_level(logging.WARNING, "dbqueue.worker"):
-        assert completer.flush() == [entry]
+        assert flushed(completer) == [entry]
     assert "1 completed job(s) had lost their lease" in caplog.text
     assert jobs_left(app) == 1
 
@@ -145,7 +158,7 @@ def test_of_a_batch_only_the_jobs_still_held_are_recorded(app):
     completer.add(Completed(taken))
     completer.add(Released(released, 0.0, 0, "", False))
     completer.add(Released(lost_release, 0.0, 0, "", False))
-    assert completer.flush() == [kept, taken, released, lost_release]  # finished with, all
+    assert flushed(completer) == [kept, taken, released, lost_release]  # finished with, all
     assert hooks.transactions == [{kept.id, released.id}]  # but recorded: only its own
     left = {row.id: row.reserved_by for row in rows(app, jobs)}
     assert left == {taken.id: "other.1", released.id: None, lost_release.id: "other.1"}
@@ -158,7 +171,7 @@ def test_the_inline_completer_writes_each_job_in_a_transaction_of_its_own(app):
     for entry in entries:
         completer.add(Completed(entry))
         assert completer.due(time.monotonic(), busy=True)
-    assert completer.flush() == entries
+    assert flushed(completer) == entries
     assert hooks.transactions == [{entry.id} for entry in entries]
     assert jobs_left(app) == 0
 
@@ -171,3 +184,54 @@ def test_drain_writes_what_waits_before_exit(app, completer_class):
         completer.add(Completed(entry))
     assert completer.drain() == entries
     assert jobs_left(app) == 0
+
+
+def test_on_a_server_the_write_goes_on_while_the_worker_takes_in_more(app):
+    """flush() starts the write and returns; records added meanwhile wait for
+    the next write; the write's end makes fileno() readable once, and
+    collect() gives its jobs."""
+    completer = BatchCompleter(app.store, Health(), "host:1")
+    if completer.fileno() is None:
+        pytest.skip("SQLite writes inline: flush() returns once written")
+    first, second = reserve(app, 2)
+    completer.add(Completed(first))
+    finished = completer.flush()  # starts the write (or, rarely, sees it end already)
+    completer.add(Completed(second))  # taken in while the write is on its way
+    if not finished:
+        assert select.select([completer.fileno()], [], [], 10)[0]  # its end wakes a wait
+        finished = completer.collect()
+    assert finished == [first] and len(completer) == 1  # the second waits for the next
+    assert not select.select([completer.fileno()], [], [], 0)[0]  # no stale wake-up
+    assert flushed(completer) == [second] and jobs_left(app) == 0
+    completer.close()
+
+
+def test_the_lease_renewal_leaves_alone_the_jobs_whose_outcome_is_being_written(app, caplog):
+    """The write deletes a completed job's row on its own thread; a renewal
+    meanwhile must not take the missing row for a lease lost to another
+    worker (nor wait on the row the write holds)."""
+    written = threading.Event()
+
+    def slow_write(connection, completion, recorded):  # the row is deleted, not committed
+        written.wait(5)
+
+    health, ledger = Health(), Ledger()
+    completer = BatchCompleter(app.store, health, "host:1", [slow_write])
+    if completer.fileno() is None:
+        pytest.skip("SQLite writes inline: no write is on its way during a renewal")
+    recorder = Recorder(ledger, completer, app.store, health, deque())
+    job_locks = JobLocks(app, Locks(app.store), recorder, health, "w", 10.0)
+    renewal = LeaseRenewal(10.0, health, store=app.store, ledger=ledger, recorder=recorder,
+                           job_locks=job_locks, lease=90.0, completer=completer)
+    done, waiting = reserve(app, 2)
+    for entry in (done, waiting):
+        ledger.add(entry)
+    recorder.completed(done)
+    assert completer.flush() == []  # on its way: slow_write holds it open
+    with caplog.at_level(logging.WARNING, "dbqueue.worker"):
+        renewal.run()
+    written.set()
+    assert completer.collect(wait=True) == [done]
+    assert not done.lease_lost and not waiting.lease_lost
+    assert "lost" not in caplog.text
+    completer.close()

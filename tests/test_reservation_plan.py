@@ -20,12 +20,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dbqueue.store.dialects import dialect_for
+from dbqueue.worker.options import WorkerOptions
 
 pytestmark = pytest.mark.slow
 
 BACKLOGS = (20_000, 200_000)
 # 1, a worker's usual batch, and its largest (concurrency + the default prefetch).
-LIMITS = (1, 10, 510)
+LIMITS = (1, 10, 10 + WorkerOptions().prefetch)
 QUEUES = ("default", "rare")  # the big queue, and a small one beside it
 LEASE = 90.0
 

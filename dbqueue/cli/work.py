@@ -35,7 +35,7 @@ from .options import connection_options, export_settings, friendly_errors
               help="Replace a child process whose memory grows past this.")
 @click.option("--grace", type=float, default=30.0, show_default=True,
               help="Seconds running jobs get to finish when the worker is told to stop.")
-@click.option("--prefetch", type=int, default=500, show_default=True,
+@click.option("--prefetch", type=int, default=5000, show_default=True,
               help="Most jobs reserved ahead of free children (only when jobs are short).")
 @click.option("--stop-when-empty", is_flag=True, help="Exit once no job is ready or running.")
 @click.option("--stop-when-drained", is_flag=True,

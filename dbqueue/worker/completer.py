@@ -10,6 +10,10 @@ them, behind one interface:
 - :class:`InlineCompleter`: each job's records in a transaction of their own,
   as soon as the worker asks.
 
+The batching completer writes on a thread of its own where the database is
+a server (worker.background): the supervisor hands out and takes in jobs
+while the server works, and takes in the write's end at a later turn.
+
 Either way nothing is lost when a write fails: while the database cannot be
 reached, the records stay and are tried again (the jobs stay leased, and
 the heartbeat renews them). A write the server *refuses* (bad data, a
@@ -33,6 +37,7 @@ from typing import NamedTuple, Protocol
 from ..store import Failure, Store
 from ..store.completion import Completion, CompletionHook, FailedRun, Requeue
 from ..store.flows import FlowEnd
+from .background import Inline, OnThread
 from .health import TRANSIENT, Health, describe
 from .ledger import Entry
 
@@ -112,6 +117,8 @@ class Completer(Protocol):
 
     def flush(self, now: float | None = None) -> list[Entry]: ...
 
+    def collect(self, *, wait: bool = False) -> list[Entry]: ...
+
     def drain(self, tries: int = 3) -> list[Entry]: ...
 
     def moves_workflows(self) -> bool: ...
@@ -166,9 +173,21 @@ class BatchCompleter:
         self._urgent = 0
         self._one_by_one = False
         self._refusals: dict[int, int] = {}
+        self.calls: Inline[set[int]] = (
+            Inline() if store.dialect.embedded else OnThread("dbqueue-record"))
+        self.writing: list[Record] = []
+        """Records whose write is on its way."""
 
     def __len__(self) -> int:
-        return len(self.pending)
+        return len(self.pending) + len(self.writing)
+
+    def fileno(self) -> int | None:
+        """Readable once a write on its way has ended (None: writes end at once)."""
+        return self.calls.fileno()
+
+    def writing_ids(self) -> set[int]:
+        """The jobs whose records are being written now."""
+        return {record.entry.id for record in self.writing if not isinstance(record, Unlocked)}
 
     def add(self, record: Record) -> None:
         if not self.pending:
@@ -180,13 +199,14 @@ class BatchCompleter:
     def due(self, now: float, *, busy: bool = False) -> bool:
         """Whether what waits should be written now. Completions wait a little to
         share a transaction while other work is in hand (``busy``)."""
-        return bool(self.pending) and now >= self.retry_at and bool(
+        return bool(self.pending) and now >= self.retry_at and not self.calls.busy and bool(
             self._urgent or not busy or len(self.pending) >= self.max_batch
             or now - self.first_at >= self.max_wait)
 
     def next_wake(self) -> float | None:
-        """When waiting records are due to be written, if any wait."""
-        if not self.pending:
+        """When waiting records are due to be written, if any wait (and no write
+        is on its way: its end wakes the supervisor, see ``fileno``)."""
+        if not self.pending or self.calls.busy:
             return None
         if self._urgent:
             return self.retry_at
@@ -194,27 +214,42 @@ class BatchCompleter:
 
     def releasing(self) -> bool:
         """Whether a job waits to go back to the queue (it may be ready at once)."""
-        return any(isinstance(record, Released) for record in self.pending)
+        return any(isinstance(record, Released) for record in (*self.pending, *self.writing))
 
     def moves_workflows(self) -> bool:
         """Whether a record waiting here ends a job of a chain, batch or schedule:
         writing it may queue new jobs (a next step, a callback)."""
         return any(isinstance(record, _ENDINGS) and record.entry.flow
-                   for record in self.pending)
+                   for record in (*self.pending, *self.writing))
 
     def flush(self, now: float | None = None) -> list[Entry]:
-        """Write what waits; return the jobs finished with. On a failed write
-        the records stay for a later try (see ``retry_at``)."""
+        """Write what waits; return the jobs finished with. On a server the write
+        goes on after the call returns, and its jobs come from a later call
+        (or ``collect``). On a failed write the records stay for a later try
+        (see ``retry_at``)."""
         now = time.monotonic() if now is None else now
-        if not self.pending or now < self.retry_at:
-            return []
+        finished = self.collect()
+        if not self.pending or now < self.retry_at or self.calls.busy:
+            return finished
         records, self.pending, self._urgent = self.pending, [], 0
         if self._one_by_one:
-            return self._flush_each(records, now)
+            return finished + self._flush_each(records, now)
+        completion = _completion(records, self.worker)  # here: the entries are ours
+        self.writing = records
+        self.calls.submit(lambda: self.store.record(completion, self.hooks))
+        return finished + self.collect()  # inline: written already
+
+    def collect(self, *, wait: bool = False) -> list[Entry]:
+        """The jobs finished with by the write on its way, if it has ended (or,
+        with ``wait``, once it has)."""
+        if not self.calls.busy or not (wait or self.calls.done()):
+            return []
+        records, self.writing = self.writing, []
         try:
-            recorded = self.store.record(_completion(records, self.worker), self.hooks)
+            recorded = self.calls.take()
         # Not only the database's errors: nothing here may stop the worker.
         except Exception as exc:
+            now = time.monotonic()
             self._put_back(records, now, exc)
             if not isinstance(exc, TRANSIENT):
                 self._one_by_one, self.retry_at = True, now  # find the one refused
@@ -224,15 +259,20 @@ class BatchCompleter:
 
     def drain(self, tries: int = 3) -> list[Entry]:
         """Write what waits before the worker exits, trying a few times."""
-        finished: list[Entry] = []
+        finished = self.collect(wait=True)
         for _ in range(tries):
             if not self.pending:
                 break
             self.retry_at = 0.0
             finished += self.flush()
+            finished += self.collect(wait=True)
             if self.pending:
                 time.sleep(min(1.0, max(0.0, self.retry_at - time.monotonic())))
         return finished
+
+    def close(self) -> None:
+        """End the writing thread (after ``drain``)."""
+        self.calls.close()
 
     # --- writing -------------------------------------------------------------------
 

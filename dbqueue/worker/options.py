@@ -33,7 +33,7 @@ class WorkerOptions:
     once: bool = False
     grace: float = 30.0
     """Seconds running jobs get to finish after SIGTERM or ``dbqueue restart``."""
-    prefetch: int = 500
+    prefetch: int = 5000
     """At most this many jobs reserved ahead of free children, when jobs are short."""
     schedule: bool = True
     """Run the scheduler: queue the application's schedules' runs when due."""

@@ -10,11 +10,14 @@ statement; what cannot run is settled at once.
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from ..store import Lease, ReservedRow, Store
 from ..store.batches import Batches
 from ..store.queues import Queues
+from .background import Inline, OnThread
 from .cancels import CancelledBatches
 from .clock import Deadline
 from .health import DB_ERRORS, Health
@@ -55,6 +58,12 @@ class Reserver:
         """--stop-when-drained: no job at all is left in the queues."""
         self.avg_runtime: float | None = None
         self._said_waiting = False
+        # One reservation at a time, on a thread of its own where the database
+        # is a server (see worker.background).
+        self.calls: Inline[tuple[list[ReservedRow], bool | None]] = (
+            Inline() if self.store.dialect.embedded else OnThread("dbqueue-reserve"))
+        self._asked: _Asked | None = None
+        self._woken = False
 
     def longest_pause(self) -> float:
         return self.pace.longest(self.wakeup.listening)
@@ -82,34 +91,79 @@ class Reserver:
             return 0
         return want
 
-    def refill(self, now: float) -> None:
-        if now < self.next_poll:
+    @property
+    def fetching(self) -> bool:
+        """Whether a reservation is on its way (its rows not taken in yet)."""
+        return self.calls.busy
+
+    def fileno(self) -> int | None:
+        """Readable once a reservation on its way has ended (None: none runs apart)."""
+        return self.calls.fileno()
+
+    def wake(self) -> None:
+        """A job arrived: look again at once."""
+        self.next_poll, self._woken = 0.0, True
+
+    def refill(self, now: float, *, reserve: bool = True) -> None:
+        """Take in the rows of a reservation that has ended; then, if ``reserve``
+        and more jobs are wanted, start the next one (on the database's thread,
+        see worker.background: its rows are taken in at a later turn)."""
+        self.collect()
+        if not reserve or self.calls.busy or now < self.next_poll:
             return
         want = self.wanted()
         if want <= 0:
             return
         self.sequence += 1
-        token = f"{self.worker_id}.{self.sequence}"
-        # Read before the statement goes out: the lease, counted by the server's
-        # clock from when it ran, lasts at least until this.
-        lease_until = Deadline.after(self.options.retry_after)
+        asked = _Asked(want, f"{self.worker_id}.{self.sequence}",
+                       # Read before the statement goes out: the lease, counted by
+                       # the server's clock from when it ran, lasts at least until this.
+                       Deadline.after(self.options.retry_after),
+                       # After an empty look, a poll first asks whether anything is
+                       # ready (one cheap statement); it reserves only when something is.
+                       idle=self.pace.empty_looks > 0 and not self.wakeup.listening,
+                       look_further=not self.ledger and not self.recorder.hooks)
+        self._asked, self._woken = asked, False
+        self.calls.submit(lambda: self._fetch(asked))
+        self.collect()  # inline (SQLite): the rows are here already
+
+    def _fetch(self, asked: _Asked) -> tuple[list[ReservedRow], bool | None]:
+        """The reservation's statements, on the database's thread: the rows, and
+        (for --stop-when-drained, when none was found) whether any job is left."""
+        queues = self.queues.current()
+        rows = (self.store.reserve(queues, asked.want, asked.token, self.options.retry_after)
+                if not asked.idle or self.queues.any_ready(queues) else [])
+        left = None
+        if not rows and asked.look_further and self.options.stop_when_drained:
+            left = self.queues.hold_jobs()
+        return rows, left
+
+    def collect(self, *, wait: bool = False) -> None:
+        """Take in the rows of the reservation on its way, if it has ended (or,
+        with ``wait``, once it has)."""
+        if not self.calls.busy or not (wait or self.calls.done()):
+            return
+        asked, now = self._asked, time.monotonic()
+        assert asked is not None
         try:
-            queues = self.queues.current()
-            # After an empty look, a poll first asks whether anything is ready
-            # (one cheap statement); it reserves only when something is.
-            idle = self.pace.empty_looks > 0 and not self.wakeup.listening
-            rows = (self.store.reserve(queues, want, token, self.options.retry_after)
-                    if not idle or self.queues.any_ready(queues) else [])
-            if not rows and not self.ledger and not self.recorder.hooks:
-                self._look_for_any_job()
+            rows, left = self.calls.take()
         except DB_ERRORS as exc:
             self.next_poll = now + self.health.failed("reserve jobs", exc)
             return
         self.health.succeeded()
-        self.drained = len(rows) < want
-        self.next_poll = now + self.pace.after_look(len(rows), self.wakeup.listening) if (
-            self.drained) else 0.0
-        self._take(rows, token, lease_until)
+        if not rows and asked.look_further:
+            self._look_for_any_job(left)
+        self.drained = len(rows) < asked.want
+        pause = self.pace.after_look(len(rows), self.wakeup.listening) if self.drained else 0.0
+        # Woken while the statement ran: it may have looked before that job's commit.
+        self.next_poll = 0.0 if self._woken else now + pause
+        self._take(rows, asked.token, asked.lease_until)
+
+    def close(self) -> None:
+        """Take in the rows of a reservation still on its way (the supervisor
+        then gives them back), and end the database's thread."""
+        self.collect(wait=True)
+        self.calls.close()
 
     def _take(self, rows: list[ReservedRow], token: str, lease_until: Deadline) -> None:
         admitted: list[Entry] = []
@@ -162,13 +216,26 @@ class Reserver:
             entry.row, entry.counted = entry.row._replace(attempts=row.attempts), False
         log.warning("job %d was reserved again after this worker stalled; kept", lease.id)
 
-    def _look_for_any_job(self) -> None:
+    def _look_for_any_job(self, left: bool | None) -> None:
         """Nothing was ready and nothing is in hand: say so once to a --once
-        worker's user, and see whether --stop-when-drained may stop."""
-        if self.options.stop_when_drained:
-            self.queues_empty = not self.queues.hold_jobs()
+        worker's user, and see whether --stop-when-drained may stop (``left``:
+        whether any job is in the queues, when that was asked)."""
+        if left is not None:
+            self.queues_empty = not left
         if self.options.once and not self._said_waiting:
             self._said_waiting = True
             log.info("no job is ready on queue(s) %s; waiting for one (--once runs the next "
                      "job to arrive; add --stop-when-empty to exit instead)",
                      ",".join(self.options.queues))
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """A reservation on its way: what it asked for, under which token."""
+
+    want: int
+    token: str
+    lease_until: Deadline
+    idle: bool
+    look_further: bool
+    """Nothing was in hand: an empty answer is news (see _look_for_any_job)."""

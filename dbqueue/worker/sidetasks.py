@@ -18,6 +18,7 @@ import logging
 from ..store import Store, WorkerRegistry
 from ..store.locks import Locks
 from .clock import Deadline
+from .completer import BatchCompleter
 from .health import DB_ERRORS, Health
 from .joblocks import JobLocks
 from .ledger import Entry, Ledger, State
@@ -63,8 +64,10 @@ class LeaseRenewal(SideTask):
     what = "renew leases"
 
     def __init__(self, every: float, health: Health, *, store: Store, ledger: Ledger,
-                 recorder: Recorder, job_locks: JobLocks, lease: float) -> None:
+                 recorder: Recorder, job_locks: JobLocks, lease: float,
+                 completer: BatchCompleter) -> None:
         super().__init__(every, health)
+        self.completer = completer
         self.store = store
         self.ledger = ledger
         self.recorder = recorder
@@ -72,7 +75,11 @@ class LeaseRenewal(SideTask):
         self.lease = lease
 
     def run(self) -> None:
-        holding = [entry for entry in self.ledger if not entry.lease_lost]
+        # Not the jobs whose outcome is being written: their rows may be gone
+        # by the time the renewal reaches them, which would read as lost.
+        writing = self.completer.writing_ids()
+        holding = [entry for entry in self.ledger
+                   if not entry.lease_lost and entry.id not in writing]
         until = Deadline.after(self.lease)  # read before the statement
         renewed = self.store.heartbeat([entry.lease for entry in holding], self.lease)
         lost = []

@@ -3,12 +3,20 @@
 It owns every database write about a job: children only run code. The jobs
 it holds are in one ledger (worker.ledger); each turn of its loop
 
-1. writes the outcomes that are due (the completer), so that a job released
-   for an immediate retry is back in the table before the next reservation;
+1. takes in the outcomes written since the last turn, and starts writing
+   those that are due (the completer);
 2. runs the side tasks that are due (lease renewal first: after a stall it
    keeps what is still ours, so the reservation cannot take it twice);
-3. reserves jobs (the reserver) and hands them to children (the handout);
-4. waits for an answer, a deadline or a signal, and takes in what came back.
+3. takes in the rows of the last reservation, starts the next one if more
+   jobs are wanted (the reserver), and hands jobs to children (the handout);
+4. waits for an answer, a deadline, a signal or the end of a write or a
+   reservation, and takes in what came back.
+
+On a database server the writes and the reservations run on threads of their
+own (worker.background), one of each at a time, so that the server's work
+overlaps the supervisor's; everything they mean for the ledger is decided
+here, on the main thread. A job released for an immediate retry while a
+reservation is on its way is found by the next one.
 """
 
 from __future__ import annotations
@@ -73,7 +81,8 @@ class Supervisor:
                                  health=self.health, wakeup=self.wakeup)
         self.renewal = LeaseRenewal(options.heartbeat_every, self.health, store=self.store,
                                     ledger=self.ledger, recorder=self.recorder,
-                                    job_locks=job_locks, lease=options.retry_after)
+                                    job_locks=job_locks, lease=options.retry_after,
+                                    completer=self.completer)
         self.control = Control(options.heartbeat_every, self.health, registry=self.registry,
                                worker_id=self.id)
         self.side_tasks: tuple[SideTask, ...] = (
@@ -110,7 +119,7 @@ class Supervisor:
         return 0
 
     def _finished(self) -> bool:
-        return (self.stopping is not None
+        return (self.stopping is not None and not self.reserver.fetching
                 and not self.ledger.count(State.RUNNING, State.UNCOMMITTED)
                 and (not self.hooks or time.monotonic() >= self.stop_deadline))
     def _register(self) -> bool:
@@ -163,16 +172,17 @@ class Supervisor:
             task.tick(now)
         self.wakeup.start(now)
         if self.wakeup.woken():
-            self.reserver.next_poll = 0.0
+            self.reserver.wake()
         if self.control.restart_requested and not self.stopping:
             self._stop("restart requested")
-        if not self.stopping:
-            self.reserver.refill(now)
+        self.reserver.refill(now, reserve=not self.stopping)
+        if self.stopping and self.ledger.reserved:  # rows of a reservation on its way
+            self.recorder.give_back(list(self.ledger.reserved))
         self.handout.assign(jobs=not self.stopping)
         self._check_limits()
-        listening = self.wakeup.fileno()
-        ended = self.pool.wait(self._wait_timeout(), self.signals.wake_fd,
-                               *(() if listening is None else (listening,)))
+        wake = (self.signals.wake_fd, self.wakeup.fileno(), self.reserver.fileno(),
+                self.completer.fileno())
+        ended = self.pool.wait(self._wait_timeout(), *(fd for fd in wake if fd is not None))
         self.signals.drain()
         self.handout.take_in(ended)
         if (self.stopping and self.ledger.count(State.RUNNING, State.UNCOMMITTED)
@@ -204,9 +214,12 @@ class Supervisor:
         self.recorder.give_back(list(self.ledger.reserved))
 
     def _shutdown(self) -> None:
-        self.recorder.give_back(list(self.ledger.reserved))  # tasks a dead child never started
+        self.reserver.close()
+        # Tasks a dead child never started, rows of a reservation on its way.
+        self.recorder.give_back(list(self.ledger.reserved))
         for entry in self.completer.drain():
             self.ledger.forget(entry)
+        self.completer.close()
         try:
             self.registry.unregister(self.id)
         except DB_ERRORS as exc:  # the row is pruned as a dead worker's in two minutes
@@ -226,11 +239,13 @@ class Supervisor:
             entry.counting = True
             self.completer.add(Counted(entry, entry.row.attempts))
         busy = bool(self.ledger.count(State.RESERVED, State.RUNNING)) and not self.stopping
+        finished = self.completer.collect()  # a write that ended since the last turn
         if started or self.completer.due(now, busy=busy):
-            for entry in self.completer.flush(now):
-                self.ledger.forget(entry)
-                if entry.payload is not None and entry.payload.flow:
-                    self.reserver.drained = False  # its next step or callback: look again
+            finished += self.completer.flush(now)
+        for entry in finished:
+            self.ledger.forget(entry)
+            if entry.payload is not None and entry.payload.flow:
+                self.reserver.drained = False  # its next step or callback: look again
 
     def _uncounted(self) -> list[tuple[Any, float]]:
         """Running jobs whose attempt the table does not count yet, with when each
@@ -253,7 +268,8 @@ class Supervisor:
             self._stop(f"ran for {options.max_time:g} s")
         # Done jobs whose commit is awaited are not over yet: a failed commit
         # puts them back for an immediate retry.
-        elif (options.stop_when_empty and self.reserver.drained and not self.hooks
+        elif (options.stop_when_empty and self.reserver.drained and not self.reserver.fetching
+              and not self.hooks
               and not ledger.count(State.RESERVED, State.RUNNING, State.UNCOMMITTED)
               and not self.completer.releasing() and not self.completer.moves_workflows()):
             self._stop("queue empty")
@@ -266,7 +282,8 @@ class Supervisor:
             return 0.0  # nothing left to wait for: the loop ends after this turn
         now = time.monotonic()
         wake = [now + self.reserver.longest_pause(), *(task.next_at for task in self.side_tasks)]
-        if self.ledger.count(State.RUNNING) < self.options.concurrency and not self.stopping:
+        if (self.ledger.count(State.RUNNING) < self.options.concurrency and not self.stopping
+                and not self.reserver.fetching):  # else its end wakes the wait
             wake.append(self.reserver.next_poll)
         flush_at = self.completer.next_wake()
         if flush_at is not None and self.ledger.count(State.RUNNING):

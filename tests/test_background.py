@@ -1,0 +1,64 @@
+"""worker.background: one call at a time, inline or on a thread of its own;
+the result or the error comes back through take(), and the thread's
+descriptor is readable exactly while an ended call awaits its take()."""
+
+import select
+import threading
+
+import pytest
+
+from dbqueue.worker.background import Inline, OnThread
+
+
+def readable(fd: int, timeout: float = 0.0) -> bool:
+    return bool(select.select([fd], [], [], timeout)[0])
+
+
+def test_inline_runs_the_call_at_once():
+    calls = Inline()
+    calls.submit(lambda: 42)
+    assert calls.busy and calls.done() and calls.fileno() is None
+    assert calls.take() == 42 and not calls.busy
+
+
+def test_a_call_on_a_thread_ends_in_its_own_time_and_wakes_the_wait():
+    calls = OnThread("test")
+    release = threading.Event()
+    calls.submit(lambda: release.wait(10) and threading.current_thread().name)
+    assert calls.busy and not calls.done()
+    assert not readable(calls.fileno())
+    release.set()
+    assert readable(calls.fileno(), 10)
+    assert calls.done()
+    assert calls.take().startswith("test")  # it ran on the thread, not here
+    assert not readable(calls.fileno()) and not calls.busy  # the wake-up was taken
+    calls.close()
+
+
+@pytest.mark.parametrize("kind", ["inline", "thread"])
+def test_what_the_call_raised_is_raised_by_take(kind):
+    calls = Inline() if kind == "inline" else OnThread("test")
+
+    def fail():
+        raise LookupError("no such row")
+
+    calls.submit(fail)
+    with pytest.raises(LookupError, match="no such row"):
+        calls.take()
+    assert not calls.busy
+    calls.submit(lambda: "next")  # usable again
+    assert calls.take() == "next"
+    if kind == "thread":
+        assert not readable(calls.fileno())
+    calls.close()
+
+
+def test_one_call_at_a_time():
+    calls = OnThread("test")
+    release = threading.Event()
+    calls.submit(lambda: release.wait(10))
+    with pytest.raises(AssertionError, match="one call at a time"):
+        calls.submit(lambda: None)
+    release.set()
+    assert calls.take() is True
+    calls.close()
