@@ -16,17 +16,12 @@ from dbqueue.serializer import Payload
 from dbqueue.store import Failure, Lease, NewJob
 from dbqueue.store.locks import Locks
 from dbqueue.worker.clock import Deadline
-from dbqueue.worker.completer import (
-    BatchCompleter,
-    Completed,
-    Failed,
-    InlineCompleter,
-    Released,
-)
+from dbqueue.worker.completer import BatchCompleter, InlineCompleter
 from dbqueue.worker.health import Health
 from dbqueue.worker.joblocks import JobLocks
 from dbqueue.worker.ledger import Entry, Ledger
 from dbqueue.worker.recorder import Recorder
+from dbqueue.worker.records import Completed, Failed, Released
 from dbqueue.worker.sidetasks import LeaseRenewal
 from tests.conftest import count, rows
 

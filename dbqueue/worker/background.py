@@ -83,6 +83,7 @@ class OnThread(Inline[T]):
         os.write(self._write, b"!")
 
     def take(self) -> T:
+        assert self._outcome is not None, "nothing was submitted"
         try:
             return super().take()
         finally:  # the call has ended: its byte is in the pipe, or a moment away

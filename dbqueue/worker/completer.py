@@ -32,74 +32,30 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
-from ..store import Failure, Store
+from ..store import Store
 from ..store.completion import Completion, CompletionHook, FailedRun, Requeue
 from ..store.flows import FlowEnd
 from .background import Inline, OnThread
 from .health import TRANSIENT, Health, describe
 from .ledger import Entry
+from .records import (
+    ENDINGS,
+    Completed,
+    Counted,
+    Failed,
+    KeyFreed,
+    Record,
+    Released,
+    Unlocked,
+)
 
 log = logging.getLogger("dbqueue.worker")
 
 FLUSH_DELAY = 0.05  # seconds a completion may wait to share a transaction with others
 _MAX_BATCH = 256
 _REFUSALS_BEFORE_GIVING_UP = 3
-
-
-# --- the records ---------------------------------------------------------------
-
-
-class Completed(NamedTuple):
-    """The job succeeded (or, with ``entry.runtime`` None, was dropped unrun)."""
-
-    entry: Entry
-
-
-class Released(NamedTuple):
-    """Back to the queue for ``delay`` seconds with ``attempts`` counted."""
-
-    entry: Entry
-    delay: float
-    attempts: int
-    why: str
-    retry: bool
-    """A failed attempt to be retried (logged at INFO), not a plain release."""
-
-
-class Failed(NamedTuple):
-    """Failed for good, with ``attempts`` counted."""
-
-    entry: Entry
-    failure: Failure
-    attempts: int
-    ran: bool
-    """Whether the attempt started (else the job could not even start)."""
-
-
-class Counted(NamedTuple):
-    """The job has run a while: count its attempt now."""
-
-    entry: Entry
-    attempt: int
-
-
-class KeyFreed(NamedTuple):
-    """The job started and was unique until processing: free its key."""
-
-    entry: Entry
-
-
-class Unlocked(NamedTuple):
-    """A lock taken for a job that has ended."""
-
-    key: str
-    owner: str
-
-
-Record = Completed | Released | Failed | Counted | KeyFreed | Unlocked
-_ENDINGS = (Completed, Released, Failed)
 
 
 class Completer(Protocol):
@@ -118,6 +74,8 @@ class Completer(Protocol):
     def flush(self, now: float | None = None) -> list[Entry]: ...
 
     def collect(self, *, wait: bool = False) -> list[Entry]: ...
+
+    def writing_ids(self) -> set[int]: ...
 
     def drain(self, tries: int = 3) -> list[Entry]: ...
 
@@ -177,6 +135,7 @@ class BatchCompleter:
             Inline() if store.dialect.embedded else OnThread("dbqueue-record"))
         self.writing: list[Record] = []
         """Records whose write is on its way."""
+        self._requeued = False
 
     def __len__(self) -> int:
         return len(self.pending) + len(self.writing)
@@ -186,8 +145,14 @@ class BatchCompleter:
         return self.calls.fileno()
 
     def writing_ids(self) -> set[int]:
-        """The jobs whose records are being written now."""
-        return {record.entry.id for record in self.writing if not isinstance(record, Unlocked)}
+        """The jobs whose outcome is being written now (their rows may be gone)."""
+        return {record.entry.id for record in self.writing if isinstance(record, ENDINGS)}
+
+    def take_requeued(self) -> bool:
+        """Whether a write since the last call may have made jobs ready: a job
+        released for a retry, or a workflow's next step or callback queued."""
+        requeued, self._requeued = self._requeued, False
+        return requeued
 
     def add(self, record: Record) -> None:
         if not self.pending:
@@ -219,7 +184,7 @@ class BatchCompleter:
     def moves_workflows(self) -> bool:
         """Whether a record waiting here ends a job of a chain, batch or schedule:
         writing it may queue new jobs (a next step, a callback)."""
-        return any(isinstance(record, _ENDINGS) and record.entry.flow
+        return any(isinstance(record, ENDINGS) and record.entry.flow
                    for record in (*self.pending, *self.writing))
 
     def flush(self, now: float | None = None) -> list[Entry]:
@@ -288,7 +253,7 @@ class BatchCompleter:
                     self._put_back([r for rest in groups[number:] for r in rest], now, exc)
                     return finished
                 for record in group:
-                    if isinstance(record, _ENDINGS):
+                    if isinstance(record, ENDINGS):
                         finished.append(record.entry)
                     elif isinstance(record, Counted):
                         record.entry.counting = False  # counted again later, if it runs on
@@ -323,10 +288,15 @@ class BatchCompleter:
             if type(record) is Completed and not debug:  # the common case, quickly
                 finished.append(record.entry)
                 lost += record.entry.id not in recorded
+                if record.entry.payload is not None and record.entry.payload.flow:
+                    self._requeued = True
                 continue
+            if isinstance(record, Released) or (
+                    isinstance(record, ENDINGS) and record.entry.flow):
+                self._requeued = True
             if isinstance(record, Counted):
                 record.entry.counted, record.entry.counting = True, False
-            elif isinstance(record, _ENDINGS):
+            elif isinstance(record, ENDINGS):
                 finished.append(record.entry)
                 if record.entry.id in recorded:
                     _log(record)

@@ -259,4 +259,4 @@ class Handout:
     def _ended(self, entry: Entry, answer: Finished) -> None:
         """The attempt ended without completing the job: retry, release or fail it."""
         if self.recorder.ended(entry, answer):
-            self.reserver.drained = False  # it may be ready again at once: look before stopping
+            self.reserver.look_again()  # it may be ready again at once: look before stopping

@@ -16,10 +16,11 @@ from collections.abc import Sequence
 from ..jobs import JobFailure
 from ..policy import Ended, GiveUp, decide
 from ..store import Failure, Store
-from .completer import Completed, Completer, Failed, KeyFreed, Record, Released, Unlocked
+from .completer import Completer
 from .health import DB_ERRORS, Health
 from .ledger import Entry, Ledger
 from .messages import Finished, RunHook, class_name
+from .records import Completed, Failed, KeyFreed, Record, Released, Unlocked
 
 log = logging.getLogger("dbqueue.worker")
 

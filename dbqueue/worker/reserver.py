@@ -63,7 +63,7 @@ class Reserver:
         self.calls: Inline[tuple[list[ReservedRow], bool | None]] = (
             Inline() if self.store.dialect.embedded else OnThread("dbqueue-reserve"))
         self._asked: _Asked | None = None
-        self._woken = False
+        self._stale = False
 
     def longest_pause(self) -> float:
         return self.pace.longest(self.wakeup.listening)
@@ -100,9 +100,11 @@ class Reserver:
         """Readable once a reservation on its way has ended (None: none runs apart)."""
         return self.calls.fileno()
 
-    def wake(self) -> None:
-        """A job arrived: look again at once."""
-        self.next_poll, self._woken = 0.0, True
+    def look_again(self) -> None:
+        """Jobs may be ready now (a notice, a job released, a workflow's next
+        step queued): look at once, and let no reservation already on its way,
+        whose statement may have run before they were, say the queue is empty."""
+        self.next_poll, self.drained, self.queues_empty, self._stale = 0.0, False, False, True
 
     def refill(self, now: float, *, reserve: bool = True) -> None:
         """Take in the rows of a reservation that has ended; then, if ``reserve``
@@ -123,7 +125,7 @@ class Reserver:
                        # ready (one cheap statement); it reserves only when something is.
                        idle=self.pace.empty_looks > 0 and not self.wakeup.listening,
                        look_further=not self.ledger and not self.recorder.hooks)
-        self._asked, self._woken = asked, False
+        self._asked, self._stale = asked, False
         self.calls.submit(lambda: self._fetch(asked))
         self.collect()  # inline (SQLite): the rows are here already
 
@@ -151,12 +153,12 @@ class Reserver:
             self.next_poll = now + self.health.failed("reserve jobs", exc)
             return
         self.health.succeeded()
-        if not rows and asked.look_further:
+        stale = self._stale  # see look_again
+        if not rows and asked.look_further and not stale:
             self._look_for_any_job(left)
-        self.drained = len(rows) < asked.want
+        self.drained = len(rows) < asked.want and not stale
         pause = self.pace.after_look(len(rows), self.wakeup.listening) if self.drained else 0.0
-        # Woken while the statement ran: it may have looked before that job's commit.
-        self.next_poll = 0.0 if self._woken else now + pause
+        self.next_poll = 0.0 if stale else now + pause
         self._take(rows, asked.token, asked.lease_until)
 
     def close(self) -> None:
@@ -169,7 +171,7 @@ class Reserver:
         admitted: list[Entry] = []
         for row in rows:
             if row.id in self.ledger:
-                self._adopt(row, Lease(row.id, token), lease_until)
+                self._again(row, Lease(row.id, token), lease_until)
                 continue
             entry, failure = admit(self.app, row, token, lease_until)
             self.ledger.add(entry)
@@ -200,6 +202,23 @@ class Reserver:
             else:
                 keep.append(entry)
         return keep
+
+    def _again(self, row: ReservedRow, lease: Lease, lease_until: Deadline) -> None:
+        """A job still in the ledger was reserved again.
+
+        If its outcome is being written, that write has put it back (released
+        for a retry) and ended since this statement ran: it goes back as it
+        was (a reservation counts no attempt), for the next look, once the
+        ledger is done with it. Else this worker stalled: see ``_adopt``.
+        """
+        if row.id not in self.recorder.completer.writing_ids():
+            self._adopt(row, lease, lease_until)
+            return
+        try:
+            self.store.release_all([lease])
+        except DB_ERRORS as exc:  # its lease runs out: it comes back all the same
+            self.health.failed("give back a reserved job", exc)
+        self.drained = False
 
     def _adopt(self, row: ReservedRow, lease: Lease, lease_until: Deadline) -> None:
         """Take a new lease on a job this worker still holds under an old one.

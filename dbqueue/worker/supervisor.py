@@ -33,7 +33,7 @@ from typing import Any
 from ..store import WorkerInfo, WorkerRegistry
 from ..store.locks import Locks
 from ..store.queues import Queues
-from .completer import FLUSH_DELAY, BatchCompleter, Counted
+from .completer import FLUSH_DELAY, BatchCompleter
 from .handout import Handout
 from .health import DB_ERRORS, TRANSIENT, Health
 from .joblocks import JobLocks
@@ -42,6 +42,7 @@ from .messages import RunHook
 from .options import WorkerOptions
 from .pool import Pool
 from .recorder import Recorder
+from .records import Counted
 from .reserver import Reserver
 from .scheduler import Scheduler
 from .sidetasks import DEAD_AFTER, Control, LeaseRenewal, Pruning, SideTask
@@ -172,7 +173,7 @@ class Supervisor:
             task.tick(now)
         self.wakeup.start(now)
         if self.wakeup.woken():
-            self.reserver.wake()
+            self.reserver.look_again()
         if self.control.restart_requested and not self.stopping:
             self._stop("restart requested")
         self.reserver.refill(now, reserve=not self.stopping)
@@ -214,19 +215,21 @@ class Supervisor:
         self.recorder.give_back(list(self.ledger.reserved))
 
     def _shutdown(self) -> None:
-        self.reserver.close()
-        # Tasks a dead child never started, rows of a reservation on its way.
-        self.recorder.give_back(list(self.ledger.reserved))
-        for entry in self.completer.drain():
-            self.ledger.forget(entry)
-        self.completer.close()
         try:
-            self.registry.unregister(self.id)
-        except DB_ERRORS as exc:  # the row is pruned as a dead worker's in two minutes
-            self.health.failed("unregister", exc)
-        self.wakeup.stop()
-        self.pool.stop()
-        self.signals.uninstall()
+            self.reserver.close()
+            # Tasks a dead child never started, rows of a reservation on its way.
+            self.recorder.give_back(list(self.ledger.reserved))
+            for entry in self.completer.drain():
+                self.ledger.forget(entry)
+            self.completer.close()
+            try:
+                self.registry.unregister(self.id)
+            except DB_ERRORS as exc:  # the row is pruned as a dead worker's in two minutes
+                self.health.failed("unregister", exc)
+        finally:  # whatever went wrong above, no child outlives the worker
+            self.wakeup.stop()
+            self.pool.stop()
+            self.signals.uninstall()
 
     # --- outcomes and limits ------------------------------------------------------
 
@@ -244,8 +247,8 @@ class Supervisor:
             finished += self.completer.flush(now)
         for entry in finished:
             self.ledger.forget(entry)
-            if entry.payload is not None and entry.payload.flow:
-                self.reserver.drained = False  # its next step or callback: look again
+        if self.completer.take_requeued():  # a retry, a next step or a callback
+            self.reserver.look_again()
 
     def _uncounted(self) -> list[tuple[Any, float]]:
         """Running jobs whose attempt the table does not count yet, with when each
@@ -274,7 +277,7 @@ class Supervisor:
               and not self.completer.releasing() and not self.completer.moves_workflows()):
             self._stop("queue empty")
         elif (options.stop_when_drained and self.reserver.queues_empty and not ledger
-              and not self.hooks):
+              and not self.reserver.fetching and not self.hooks):
             self._stop("queues drained")
 
     def _wait_timeout(self) -> float:
@@ -288,11 +291,12 @@ class Supervisor:
         flush_at = self.completer.next_wake()
         if flush_at is not None and self.ledger.count(State.RUNNING):
             wake.append(flush_at)
-        began = [began for _, began in self._uncounted()]
+        # Not those being counted now: the write's end wakes the wait.
+        began = [began for entry, began in self._uncounted() if not entry.counting]
         if began:  # count a long job's attempt in time
             wake.append(max(min(began) + FLUSH_DELAY, self.completer.retry_at))
-        if self.stopping:
-            wake.append(self.stop_deadline)
+        if self.stopping and (self.hooks or self.ledger.count(State.RUNNING, State.UNCOMMITTED)):
+            wake.append(self.stop_deadline)  # (else there is nothing left to cut short)
         deadline = self.pool.next_deadline()
         if deadline is not None:
             wake.append(deadline)

@@ -1,0 +1,91 @@
+"""The reserver with its reservation on a thread of its own (on a server):
+what a reservation that ran before the queue changed may not conclude, and
+a job reserved again while its release is being written. Real database, no
+worker process: the reserver, its ledger and its completer, driven by hand."""
+
+import select
+import time
+from collections import deque
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from dbqueue.store.locks import Locks
+from dbqueue.worker.completer import BatchCompleter
+from dbqueue.worker.health import Health
+from dbqueue.worker.joblocks import JobLocks
+from dbqueue.worker.ledger import Ledger
+from dbqueue.worker.options import WorkerOptions
+from dbqueue.worker.recorder import Recorder
+from dbqueue.worker.reserver import Reserver
+from dbqueue.worker.wakeup import Wakeup
+from tests.conftest import rows
+
+
+def parts(app: Any, **options: Any) -> tuple[Reserver, Ledger, Recorder]:
+    health, ledger = Health(), Ledger()
+    completer = BatchCompleter(app.store, health, "host:1")
+    recorder = Recorder(ledger, completer, app.store, health, deque())
+    worker_options = WorkerOptions(queues=("default",), **options)
+    reserver = Reserver(app, worker_options, "w", ledger=ledger, recorder=recorder,
+                        job_locks=JobLocks(app, Locks(app.store), recorder, health, "w", 10.0),
+                        health=health, wakeup=Wakeup(app.store, ("default",)))
+    return reserver, ledger, recorder
+
+
+def ended(fd: int | None) -> None:
+    """Wait until the call behind ``fd`` has ended (not taken in)."""
+    assert fd is None or select.select([fd], [], [], 10)[0]
+
+
+def test_a_look_that_ran_before_a_job_was_queued_does_not_say_the_queue_is_empty(jobs):
+    app = jobs.app
+    reserver, ledger, _ = parts(app, stop_when_empty=True, stop_when_drained=True)
+    reserver.refill(time.monotonic())  # the statement runs: nothing is ready
+    ended(reserver.fileno())
+    jobs.noop.dispatch()  # queued after that (a retry's release, a chain's next step)
+    reserver.look_again()  # what the worker does when such a write is taken in
+    reserver.collect()
+    assert not reserver.drained and not reserver.queues_empty
+    assert reserver.next_poll == 0.0 and not ledger  # and it looks again at once:
+    reserver.refill(time.monotonic())
+    reserver.collect(wait=True)
+    assert len(ledger.reserved) == 1
+    reserver.close()
+
+
+def test_without_news_an_empty_look_says_the_queue_is_empty(app):
+    reserver, _, _ = parts(app, stop_when_empty=True, stop_when_drained=True)
+    reserver.refill(time.monotonic())
+    reserver.collect(wait=True)
+    assert reserver.drained and reserver.queues_empty and reserver.next_poll > 0
+    reserver.close()
+
+
+def test_a_job_reserved_again_while_its_release_is_being_written_goes_back(jobs):
+    app = jobs.app
+    reserver, ledger, recorder = parts(app)
+    completer = recorder.completer
+    if completer.fileno() is None:
+        pytest.skip("SQLite writes inline: a write has always been taken in")
+    jobs.noop.dispatch()
+    reserver.refill(time.monotonic())
+    reserver.collect(wait=True)
+    [entry] = ledger.reserved
+    token = entry.lease.token
+    recorder.released(entry, 0.0, False, "try again")
+    completer.flush()
+    ended(completer.fileno())  # released and committed, but not taken in yet
+    reserver.refill(time.monotonic())
+    reserver.collect(wait=True)  # the same job, under a new lease
+    assert entry.lease.token == token  # not taken for this worker's after a stall
+    assert not ledger.reserved and not reserver.drained
+    jobs_table = app.store.tables.jobs
+    [row] = rows(app, jobs_table)
+    assert row.reserved_by is None  # back in the queue, for the next look
+    assert completer.collect() == [entry]
+    assert app.store.read(lambda c: c.execute(
+        sa.select(sa.func.count()).select_from(jobs_table)).scalar_one()) == 1
+    reserver.close()
+    completer.close()
