@@ -89,3 +89,16 @@ def test_a_job_reserved_again_while_its_release_is_being_written_goes_back(jobs)
         sa.select(sa.func.count()).select_from(jobs_table)).scalar_one()) == 1
     reserver.close()
     completer.close()
+
+
+def test_a_job_given_back_is_news_once(jobs):
+    app = jobs.app
+    reserver, ledger, recorder = parts(app)
+    jobs.noop.dispatch()
+    reserver.refill(time.monotonic())
+    reserver.collect(wait=True)
+    assert not recorder.take_given_back()
+    recorder.give_back(list(ledger.reserved))  # e.g. its lock expired while it waited
+    assert recorder.take_given_back() and not recorder.take_given_back()
+    assert not ledger and rows(app, app.store.tables.jobs)[0].reserved_by is None
+    reserver.close()

@@ -75,7 +75,7 @@ class Completer(Protocol):
 
     def collect(self, *, wait: bool = False) -> list[Entry]: ...
 
-    def writing_ids(self) -> set[int]: ...
+    def ending_ids(self) -> set[int]: ...
 
     def drain(self, tries: int = 3) -> list[Entry]: ...
 
@@ -145,7 +145,12 @@ class BatchCompleter:
         return self.calls.fileno()
 
     def writing_ids(self) -> set[int]:
-        """The jobs whose outcome is being written now (their rows may be gone)."""
+        """The jobs whose rows are being written now (locked by the write)."""
+        return {record.entry.id for record in self.writing if not isinstance(record, Unlocked)}
+
+    def ending_ids(self) -> set[int]:
+        """The jobs whose outcome is being written now (their rows may be gone,
+        or back in the queue)."""
         return {record.entry.id for record in self.writing if isinstance(record, ENDINGS)}
 
     def take_requeued(self) -> bool:

@@ -34,6 +34,7 @@ class Recorder:
         self.health = health
         self.hooks = hooks
         """Where a failed job's on_failure hook is queued, to run in a child."""
+        self._given_back = False
 
     def completed(self, entry: Entry) -> None:
         self._settle(entry, Completed(entry), processed=True)
@@ -97,6 +98,7 @@ class Recorder:
         """
         if not entries:
             return
+        self._given_back = True
         for entry in entries:
             self._unlock(entry)
             self.ledger.forget(entry)
@@ -104,6 +106,11 @@ class Recorder:
             self.store.release_all([entry.lease for entry in entries])
         except DB_ERRORS as exc:  # their leases run out: they come back all the same
             self.health.failed("give back reserved jobs", exc)
+
+    def take_given_back(self) -> bool:
+        """Whether jobs were given back since the last call (they may be ready)."""
+        given_back, self._given_back = self._given_back, False
+        return given_back
 
     def drop_lost(self, entry: Entry) -> None:
         """Another worker holds the job now (this one stalled): forget it unstarted."""

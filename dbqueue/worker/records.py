@@ -1,8 +1,9 @@
 """What a worker writes down about its jobs: one typed record per fact.
 
-The recorder makes them, the completer (worker.completer) turns them into the
-store's Completion and writes them. Records, not closures: a flush that
-fails puts them back as they were, and one can be told from another.
+The recorder makes them (the supervisor makes Counted); the completer
+(worker.completer) turns them into the store's Completion and writes them.
+Records, not closures: a flush that fails puts them back as they were, and
+one can be told from another.
 """
 
 from __future__ import annotations

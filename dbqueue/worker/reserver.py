@@ -206,12 +206,14 @@ class Reserver:
     def _again(self, row: ReservedRow, lease: Lease, lease_until: Deadline) -> None:
         """A job still in the ledger was reserved again.
 
-        If its outcome is being written, that write has put it back (released
-        for a retry) and ended since this statement ran: it goes back as it
-        was (a reservation counts no attempt), for the next look, once the
-        ledger is done with it. Else this worker stalled: see ``_adopt``.
+        If its outcome is being written, that write committed before this
+        statement ran and put it back (released for a retry; or, after a
+        stall, another outcome whose lease this reservation overtook): it goes
+        back as it was (a reservation counts no attempt), for the next look,
+        once the ledger is done with it. Else this worker stalled: see
+        ``_adopt``.
         """
-        if row.id not in self.recorder.completer.writing_ids():
+        if row.id not in self.recorder.completer.ending_ids():
             self._adopt(row, lease, lease_until)
             return
         try:

@@ -75,8 +75,8 @@ class LeaseRenewal(SideTask):
         self.lease = lease
 
     def run(self) -> None:
-        # Not the jobs whose outcome is being written: their rows may be gone
-        # by the time the renewal reaches them, which would read as lost.
+        # Not the jobs whose records are being written: the write holds their
+        # rows (and may have deleted them, which would read as a lease lost).
         writing = self.completer.writing_ids()
         holding = [entry for entry in self.ledger
                    if not entry.lease_lost and entry.id not in writing]

@@ -177,6 +177,10 @@ class Supervisor:
         if self.control.restart_requested and not self.stopping:
             self._stop("restart requested")
         self.reserver.refill(now, reserve=not self.stopping)
+        # After the refill: its reservation may have run before these jobs were
+        # back in the queue (a retry, a next step, a job given back unstarted).
+        if self.completer.take_requeued() | self.recorder.take_given_back():
+            self.reserver.look_again()
         if self.stopping and self.ledger.reserved:  # rows of a reservation on its way
             self.recorder.give_back(list(self.ledger.reserved))
         self.handout.assign(jobs=not self.stopping)
@@ -216,12 +220,14 @@ class Supervisor:
 
     def _shutdown(self) -> None:
         try:
-            self.reserver.close()
-            # Tasks a dead child never started, rows of a reservation on its way.
-            self.recorder.give_back(list(self.ledger.reserved))
-            for entry in self.completer.drain():
-                self.ledger.forget(entry)
-            self.completer.close()
+            try:
+                self.reserver.close()
+            finally:  # whatever became of the reservation on its way
+                # Tasks a dead child never started, rows of a reservation on its way.
+                self.recorder.give_back(list(self.ledger.reserved))
+                for entry in self.completer.drain():
+                    self.ledger.forget(entry)
+                self.completer.close()
             try:
                 self.registry.unregister(self.id)
             except DB_ERRORS as exc:  # the row is pruned as a dead worker's in two minutes
@@ -247,8 +253,6 @@ class Supervisor:
             finished += self.completer.flush(now)
         for entry in finished:
             self.ledger.forget(entry)
-        if self.completer.take_requeued():  # a retry, a next step or a callback
-            self.reserver.look_again()
 
     def _uncounted(self) -> list[tuple[Any, float]]:
         """Running jobs whose attempt the table does not count yet, with when each
@@ -286,7 +290,8 @@ class Supervisor:
         now = time.monotonic()
         wake = [now + self.reserver.longest_pause(), *(task.next_at for task in self.side_tasks)]
         if (self.ledger.count(State.RUNNING) < self.options.concurrency and not self.stopping
-                and not self.reserver.fetching):  # else its end wakes the wait
+                and not self.reserver.fetching  # else its end wakes the wait
+                and self.reserver.wanted() > 0):
             wake.append(self.reserver.next_poll)
         flush_at = self.completer.next_wake()
         if flush_at is not None and self.ledger.count(State.RUNNING):
