@@ -97,21 +97,28 @@ def claim_and_delete(connection: Any, select: str, delete: str) -> int:
 
 
 def drain(url: str, select: str, delete: str) -> tuple[float, float, int, int]:
-    """In a baseline process: claim and delete batches until none is left; return
-    when it started and ended, the jobs deleted and the transactions retried."""
+    """In a baseline process: claim and delete batches until none is left."""
+    return _loop(url, lambda connection: retried(
+        connection, partial(claim_and_delete, connection, select, delete)))
+
+
+def _loop(url: str, batch) -> tuple[float, float, int, int]:
+    """In a loop's process: run ``batch(connection)``, which returns the jobs it
+    did and the transactions it retried, until it does none; return when the
+    loop started and ended, the jobs done and the transactions retried."""
     connection = connect(url)
     _start.wait(timeout=120)
     started = time.time()  # the wall clock: comparable across processes
-    deleted = retries = 0
+    done = retries = 0
     while True:
-        batch, tries = retried(connection, partial(claim_and_delete, connection, select, delete))
+        count, tries = batch(connection)
         retries += tries
-        if not batch:
+        if not count:
             break
-        deleted += batch
+        done += count
     ended = time.time()
     connection.close()
-    return started, ended, deleted, retries
+    return started, ended, done, retries
 
 
 def timed(target, arguments: list[tuple[Any, ...]], jobs: int, name: str) -> tuple[float, int]:
@@ -204,28 +211,21 @@ def noop(arguments: Any) -> None:
 
 def lease_drain(url: str, select: str, update: str, delete: str,
                 held: str) -> tuple[float, float, int, int]:
-    """In a lease loop process: lease, run and delete batches until none is left;
-    return when it started and ended, the jobs done and the transactions retried."""
-    connection = connect(url)
-    _start.wait(timeout=120)
-    started = time.time()  # the wall clock: comparable across processes
-    done = retries = 0
-    while True:
-        rows, tries = retried(connection, partial(lease, connection, select, update))
-        retries += tries
+    """In a lease loop process: lease, run and delete batches until none is left."""
+
+    def batch(connection: Any) -> tuple[int, int]:
+        rows, retries = retried(connection, partial(lease, connection, select, update))
         if not rows:
-            break
+            return 0, retries
         for _, payload in rows:
             noop(json.loads(payload))
         ids = [i for i, _ in rows]
         deleted, tries = retried(connection, partial(delete_leased, connection, ids, delete, held))
-        retries += tries
         if deleted != len(ids):
             raise SystemExit(f"error: the lease loop deleted {deleted} of its {len(ids)} jobs")
-        done += deleted
-    ended = time.time()
-    connection.close()
-    return started, ended, done, retries
+        return deleted, retries + tries
+
+    return _loop(url, batch)
 
 
 def lease_baseline_seconds(app, url: str, jobs: int) -> tuple[float, int] | None:

@@ -69,8 +69,6 @@ class Completer(Protocol):
 
     def next_wake(self) -> float | None: ...
 
-    def releasing(self) -> bool: ...
-
     def flush(self, now: float | None = None) -> list[Entry]: ...
 
     def collect(self, *, wait: bool = False) -> list[Entry]: ...
@@ -79,7 +77,7 @@ class Completer(Protocol):
 
     def drain(self, tries: int = 3) -> list[Entry]: ...
 
-    def moves_workflows(self) -> bool: ...
+    def requeues(self) -> bool: ...
 
 
 def _completion(records: Sequence[Record], worker: str) -> Completion:
@@ -182,15 +180,10 @@ class BatchCompleter:
             return self.retry_at
         return max(self.first_at + self.max_wait, self.retry_at)
 
-    def releasing(self) -> bool:
-        """Whether a job waits to go back to the queue (it may be ready at once)."""
-        return any(isinstance(record, Released) for record in (*self.pending, *self.writing))
-
-    def moves_workflows(self) -> bool:
-        """Whether a record waiting here ends a job of a chain, batch or schedule:
-        writing it may queue new jobs (a next step, a callback)."""
-        return any(isinstance(record, ENDINGS) and record.entry.flow
-                   for record in (*self.pending, *self.writing))
+    def requeues(self) -> bool:
+        """Whether a record waiting or being written may make jobs ready once
+        written (see ``_requeues``)."""
+        return any(map(_requeues, (*self.pending, *self.writing)))
 
     def flush(self, now: float | None = None) -> list[Entry]:
         """Write what waits; return the jobs finished with. On a server the write
@@ -296,8 +289,7 @@ class BatchCompleter:
                 if record.entry.payload is not None and record.entry.payload.flow:
                     self._requeued = True
                 continue
-            if isinstance(record, Released) or (
-                    isinstance(record, ENDINGS) and record.entry.flow):
+            if _requeues(record):
                 self._requeued = True
             if isinstance(record, Counted):
                 record.entry.counted, record.entry.counting = True, False
@@ -326,6 +318,14 @@ class InlineCompleter(BatchCompleter):
     def flush(self, now: float | None = None) -> list[Entry]:
         self._one_by_one = True
         return super().flush(now)
+
+
+def _requeues(record: Record) -> bool:
+    """Whether writing ``record`` may make jobs ready: a job released (maybe at
+    once), or the end of a job of a chain, batch or schedule (its next step or
+    callback)."""
+    return isinstance(record, Released) or (isinstance(record, ENDINGS)
+                                            and bool(record.entry.flow))
 
 
 def _job_of(group: Sequence[Record]) -> int:

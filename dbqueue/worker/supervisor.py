@@ -242,8 +242,7 @@ class Supervisor:
     def _flush(self) -> None:
         now = time.monotonic()
         # A job that has run a while gets its attempt counted (see Completion.started).
-        started = [entry for entry, began in self._uncounted()
-                   if now - began >= FLUSH_DELAY and not entry.counting]
+        started = [entry for entry, began in self._uncounted() if now - began >= FLUSH_DELAY]
         for entry in started:  # one record each, however long the write takes
             entry.counting = True
             self.completer.add(Counted(entry, entry.row.attempts))
@@ -255,13 +254,15 @@ class Supervisor:
             self.ledger.forget(entry)
 
     def _uncounted(self) -> list[tuple[Any, float]]:
-        """Running jobs whose attempt the table does not count yet, with when each
-        began. One is counted FLUSH_DELAY after it began: most end before that,
-        and their outcome says all."""
+        """Running jobs whose attempt the table does not count yet, nor is being
+        counted (that write's end wakes the supervisor), with when each began.
+        One is counted FLUSH_DELAY after it began: most end before that, and
+        their outcome says all."""
         runs = []
         for task, began in self.pool.started():
             entry = self.ledger.get(getattr(task, "job_id", -1))
-            if entry is not None and entry.state == State.RUNNING and not entry.counted:
+            if (entry is not None and entry.state == State.RUNNING and not entry.counted
+                    and not entry.counting):
                 runs.append((entry, began))
         return runs
 
@@ -278,7 +279,7 @@ class Supervisor:
         elif (options.stop_when_empty and self.reserver.drained and not self.reserver.fetching
               and not self.hooks
               and not ledger.count(State.RESERVED, State.RUNNING, State.UNCOMMITTED)
-              and not self.completer.releasing() and not self.completer.moves_workflows()):
+              and not self.completer.requeues()):
             self._stop("queue empty")
         elif (options.stop_when_drained and self.reserver.queues_empty and not ledger
               and not self.reserver.fetching and not self.hooks):
@@ -296,8 +297,7 @@ class Supervisor:
         flush_at = self.completer.next_wake()
         if flush_at is not None and self.ledger.count(State.RUNNING):
             wake.append(flush_at)
-        # Not those being counted now: the write's end wakes the wait.
-        began = [began for entry, began in self._uncounted() if not entry.counting]
+        began = [began for _, began in self._uncounted()]
         if began:  # count a long job's attempt in time
             wake.append(max(min(began) + FLUSH_DELAY, self.completer.retry_at))
         if self.stopping and (self.hooks or self.ledger.count(State.RUNNING, State.UNCOMMITTED)):
