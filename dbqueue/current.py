@@ -12,9 +12,7 @@ Inside a job run by a worker::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +39,11 @@ class CurrentJob:
     """In a scheduled run: the tick it runs for (ISO 8601, UTC)."""
 
 
-_current: ContextVar[CurrentJob | None] = ContextVar("dbqueue_current_job", default=None)
+_Described = tuple[int, str, int, dict[str, Any] | None]
+"""What ``describe`` takes: most jobs never ask who they are, so the
+CurrentJob is built only when one does."""
+
+_current: ContextVar[_Described | None] = ContextVar("dbqueue_current_job", default=None)
 
 
 def current_job() -> CurrentJob:
@@ -50,17 +52,28 @@ def current_job() -> CurrentJob:
     if job is None:
         raise RuntimeError("dbqueue.current_job() was called outside a job: it is only "
                            "available while a dbqueue worker runs a job")
-    return job
+    return describe(*job)
 
 
-@contextmanager
-def running(job: CurrentJob) -> Iterator[None]:
-    """Make ``job`` the current job for the duration of the block."""
-    token = _current.set(job)
-    try:
-        yield
-    finally:
-        _current.reset(token)
+class running:
+    """Within the block, ``current_job()`` describes this job (see ``describe``).
+
+    A class rather than a generator: a child enters it for every job it runs.
+    """
+
+    __slots__ = ("_job", "_token")
+
+    def __init__(self, job_id: int, name: str, attempt: int,
+                 flow: dict[str, Any] | None) -> None:
+        self._job = (job_id, name, attempt, flow)
+        self._token: Token[_Described | None] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _current.set(self._job)
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self._token is not None
+        _current.reset(self._token)
 
 
 def describe(job_id: int, name: str, attempt: int, flow: dict[str, Any] | None) -> CurrentJob:

@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .. import serializer
-from ..current import describe, running
+from ..current import running
 from ..errors import Fail, Release, SerializationError
 from ..middleware import JobContext, run_with
 from .clock import passed
@@ -89,7 +89,7 @@ def run_job(app: Any, task: RunJob, commits: Commits) -> Finished:
     if job.idempotency_key is not None:  # innermost: its transaction spans only the body
         body = commits.wrap(job, task.job_id, args, kwargs, body)
     try:
-        with running(describe(task.job_id, task.name, task.attempt, payload.flow)):
+        with running(task.job_id, task.name, task.attempt, payload.flow):
             if job.middleware:
                 value = run_with(job.middleware, JobContext(
                     app, job, task.job_id, args, kwargs, task.attempt, task.timeout,
@@ -113,7 +113,7 @@ def run_job(app: Any, task: RunJob, commits: Commits) -> Finished:
 def _done(task: RunJob, flow: dict[str, Any] | None, returned: list[Any], *,
           uncommitted: bool) -> Finished:
     if not (flow and flow.get("chain")):
-        return Finished("done", uncommitted=uncommitted)
+        return Finished("done", uncommitted=True) if uncommitted else DONE
     try:  # a chain's next step receives what this one returned
         result = serializer.encode_value(f"what chain step {task.name!r} returns",
                                          returned[0] if returned else None)

@@ -86,8 +86,8 @@ class Commits:
             batch.preclaim(runs)
 
     def after_running(self, task: RunJob, seconds: float) -> None:
-        self.batch.unused(task.job_id)
-        if self.idempotent(task):
+        if self.idempotent(task):  # (only their keys are claimed)
+            self.batch.unused(task.job_id)
             last = self.seconds.get(task.name)
             self.seconds[task.name] = seconds if last is None else 0.8 * last + 0.2 * seconds
 
