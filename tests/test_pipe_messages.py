@@ -54,3 +54,12 @@ def test_a_task_crosses_as_a_plain_tuple_and_arrives_as_a_run_job() -> None:
     assert b"RunJob" not in pickle.dumps([wire])  # no class to look up, no Python call
     assert from_wire(pickle.loads(pickle.dumps(wire))) == task
     assert from_wire(None) is None
+
+
+def test_a_run_of_done_bytes_reads_as_that_many_answers_in_order() -> None:
+    child, end = _pipe()
+    failed = Finished("error", message="bad")
+    end.send_bytes(DONE_FRAME * 3)  # answers a child held and sent together
+    end.send(failed)
+    end.send_bytes(DONE_FRAME)
+    assert child.messages() == [DONE, DONE, DONE, failed, DONE]

@@ -30,7 +30,9 @@ from ..errors import Fail, Release, SerializationError
 from ..middleware import JobContext, run_with
 from .clock import passed
 from .commits import Commits
-from .messages import DONE, DONE_FRAME, Finished, RunHook, RunJob, class_name, from_wire
+from .messages import DONE, Finished, RunHook, RunJob, class_name, from_wire
+from .replies import Replies
+from .stamps import Stamp
 
 log = logging.getLogger("dbqueue.worker")
 
@@ -176,8 +178,9 @@ def _in_fork_server_child() -> bool:
     return server is None or os.getppid() == server.PID
 
 
-def child_main(conn: Connection, app_reference: str, measure_memory: bool = False) -> None:
-    """Entry point of a child process."""
+def child_main(conn: Connection, app_reference: str, measure_memory: bool = False,
+               stamp_cells: Any = None) -> None:
+    """Entry point of a child process; ``stamp_cells``: see worker.stamps."""
     # Ctrl-C and systemd's SIGTERM reach the whole process group: the children
     # ignore them, and the supervisor decides when a running job must die.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -189,30 +192,37 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
 
     app = load_app(app_reference)
     commits = Commits(app)
+    replies = Replies(conn)
+    stamp = Stamp(stamp_cells) if stamp_cells is not None else None
     inbox: deque[Any] = deque()  # tasks already sent to this child, in order
     try:
         while True:
-            commits.before_waiting(conn, inbox)
-            if not inbox and not _receive(conn, inbox):
-                return  # the supervisor is gone: an open transaction rolls back
+            commits.before_waiting(replies, inbox)
+            if not inbox:
+                replies.flush()
+                if not _receive(conn, inbox):
+                    return  # the supervisor is gone: an open transaction rolls back
             task = inbox.popleft()
-            commits.before_running(task, inbox, conn)
+            commits.before_running(task, inbox, replies)
             if task is None:
                 return
-            answer = _run(app, task, commits, measure_memory)
+            started = time.monotonic()
+            if stamp is not None:
+                stamp.begin(started)
+            answer = _run(app, task, commits, measure_memory, started)
             if answer == DONE:
-                conn.send_bytes(DONE_FRAME)
+                replies.done(task, started, inbox[0] if inbox else None)
             else:
-                conn.send(answer)
+                replies.send(answer)
     except (BrokenPipeError, OSError):
         return
     finally:
         commits.close()
 
 
-def _run(app: Any, task: RunJob | RunHook, commits: Commits, measure_memory: bool) -> Finished:
+def _run(app: Any, task: RunJob | RunHook, commits: Commits, measure_memory: bool,
+         started: float) -> Finished:
     if isinstance(task, RunJob):
-        started = time.monotonic()
         answer = run_job(app, task, commits)
         commits.after_running(task, time.monotonic() - started)
     else:

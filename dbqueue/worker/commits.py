@@ -22,12 +22,12 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from functools import partial
-from multiprocessing.connection import Connection
 from typing import Any
 
 from .. import serializer
 from ..idempotency import CommitFailed, OutcomeBatch
 from .messages import Committed, Finished, RunJob, class_name
+from .replies import Replies
 
 
 class Commits:
@@ -61,19 +61,19 @@ class Commits:
 
     # --- the child's loop ------------------------------------------------------------
 
-    def before_waiting(self, conn: Connection, inbox: deque[Any]) -> None:
+    def before_waiting(self, replies: Replies, inbox: deque[Any]) -> None:
         """An open transaction waits for the next job only if it is already here."""
         batch = self.batch
-        if batch.lost or (batch.open and (batch.due() or (not inbox and not conn.poll()))):
-            self.end(conn)
+        if batch.lost or (batch.open and (batch.due() or (not inbox and not replies.poll()))):
+            self.end(replies)
 
-    def before_running(self, task: Any, inbox: deque[Any], conn: Connection) -> None:
+    def before_running(self, task: Any, inbox: deque[Any], replies: Replies) -> None:
         """Commit first if ``task`` does not join the open transaction (one that
         turned out slow does not: its claims are given back); claim the keys of
         the short idempotent jobs queued behind it, in one statement."""
         batch = self.batch
         if batch.open and not self.short(task):
-            self.end(conn)
+            self.end(replies)
         if self.idempotent(task) and task.job_id not in batch.preclaimed:
             runs = []
             for queued in [task, *itertools.takewhile(self.short, inbox)]:
@@ -91,10 +91,10 @@ class Commits:
             last = self.seconds.get(task.name)
             self.seconds[task.name] = seconds if last is None else 0.8 * last + 0.2 * seconds
 
-    def end(self, conn: Connection) -> None:
+    def end(self, replies: Replies) -> None:
         """Commit the open transaction, if any, and tell the supervisor."""
         for message in self._end():
-            conn.send(message)
+            replies.send(message)
 
     def close(self) -> None:
         self.batch.discard()

@@ -143,6 +143,7 @@ class Handout:
                 self._died(lost, how)
             self._rolled_back(child)
         self._requeue(ended.unstarted)
+        self._unreported(ended.unreported)
         for child in self.pool.overdue():
             self._timed_out(child)
         self._kill_stuck_commits()
@@ -214,13 +215,16 @@ class Handout:
             if not child.tasks and now - child.answered >= COMMIT_TIMEOUT:
                 log.error("a child has not committed its idempotent jobs within %.0f s; "
                           "killing it", COMMIT_TIMEOUT)
-                self._requeue(self.pool.kill(child)[2])
+                killed = self.pool.kill(child)
+                self._requeue(killed.unstarted)
+                self._unreported(killed.unreported)
                 self._rolled_back(child)
 
     def _timed_out(self, child: Child) -> None:
-        task, how, unstarted = self.pool.kill(child)
+        task, how, unstarted, unreported = self.pool.kill(child)
         self._rolled_back(child)
         self._requeue(unstarted)
+        self._unreported(unreported)
         entry = self._running(task) if task is not None else None
         if entry is not None:
             self._ended(entry, _failure("timeout", JobTimeout, f"job ran longer than its "
@@ -244,6 +248,17 @@ class Handout:
                 self.ledger.unstart(entry)
             elif isinstance(task, RunHook):
                 self.hooks.appendleft(task)
+
+    def _unreported(self, tasks: list[Task]) -> None:
+        """Tasks a child ended, then died before saying how: each may have done
+        its work or not. The job runs again, without using a try."""
+        for task in tasks:
+            entry = self._running(task)
+            if entry is not None:
+                log.warning("job %d (%s) ended in a child that died before reporting how; "
+                            "it runs again", entry.id, entry.row.job)
+                self.recorder.released(entry, 0.0, False, "its process died before "
+                                       "reporting how it ended")
 
     def abandon(self) -> None:
         """The grace period is over: kill what still runs and put its jobs back."""

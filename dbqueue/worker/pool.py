@@ -2,9 +2,10 @@
 
 Each child runs its tasks one after another. When jobs are short the
 supervisor queues a few tasks per child (``depth``), so a child never waits
-while the supervisor is busy with the database; the task at the head of a
-child's queue is the one running, and its deadline counts from the moment the
-task before it finished.
+while the supervisor is busy with the database, and the child answers them
+in groups (see worker.replies). Which queued task runs, and since when, the
+child's stamp tells (see worker.stamps): a task's deadline counts from the
+moment it began.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import forkserver
 from .child import child_main
-from .messages import Committed, Finished, RunHook, RunJob, answer_from, to_wire
+from .messages import DONE, DONE_FRAME, Committed, Finished, RunHook, RunJob, answer_from, to_wire
+from .stamps import Stamp
 
 Task = RunJob | RunHook
 
@@ -37,9 +39,14 @@ class Child:
     process: BaseProcess
     conn: Connection
     tasks: deque[tuple[Task, float]] = field(default_factory=deque)
-    """Queued tasks with their timeouts; the first one is running."""
+    """Queued tasks with their timeouts, in order; the ones before the running
+    one have ended, their answers on the way (see ``running``)."""
+    stamp: Stamp | None = None
+    """What the child says it has begun (see worker.stamps)."""
+    answers: int = 0
+    """The tasks it has answered."""
     started: float = 0.0
-    deadline: float = 0.0
+    """When the first queued task was given, or the one before it answered."""
     answered: float = 0.0
     """When it last answered (monotonic clock)."""
     unsent: list[Task] = field(default_factory=list)
@@ -79,7 +86,8 @@ class Child:
         if not data:
             raise EOFError
         buffer = self.unread + data if self.unread else data
-        messages, offset, end = [], 0, len(buffer)
+        messages: list[Any] = []
+        offset, end = 0, len(buffer)
         while end - offset >= _SHORT.size:
             (size,) = _SHORT.unpack_from(buffer, offset)
             start = offset + _SHORT.size
@@ -90,19 +98,46 @@ class Child:
                 start += _LONG.size
             if end - start < size:
                 break
-            messages.append(answer_from(buffer[start:start + size]))
+            if buffer[start:start + 1] == DONE_FRAME:  # a run of them (see worker.replies)
+                messages += [DONE] * size
+            else:
+                messages.append(answer_from(buffer[start:start + size]))
             offset = start + size
         self.unread = buffer[offset:]
         return messages
 
-    @property
-    def task(self) -> Task | None:
-        """The running task."""
-        return self.tasks[0][0] if self.tasks else None
+    def running(self) -> tuple[int, float]:
+        """Which of the queued tasks runs (its index) and since when.
 
-    def _start_next(self, now: float) -> None:
-        if self.tasks:
-            self.started, self.deadline = now, now + self.tasks[0][1]
+        The child's stamp tells, once it has begun a task not answered yet.
+        Else (between two tasks, or no stamp) the first, since ``started``: a
+        child that does not begin it is as late as one that runs it.
+        """
+        if self.stamp is not None:
+            read = self.stamp.read()
+            if read is not None:
+                index = read[0] - self.answers - 1
+                if 0 <= index < len(self.tasks):
+                    return index, read[1]
+        return 0, self.started
+
+    def deadline(self) -> float:
+        """When the running task must have ended (call it with tasks queued)."""
+        index, started = self.running()
+        return started + self.tasks[index][1]
+
+
+class Killed(NamedTuple):
+    """What became of a child's queued tasks when it died or was killed."""
+
+    running: Task | None
+    how: str
+    """How it ended (see describe_exit)."""
+    unstarted: list[Task]
+    """Queued behind the one running: give them to another child."""
+    unreported: list[Task]
+    """Ended before the one running, their answers lost with the child (it
+    held them, see worker.replies): each may have done its work, or not."""
 
 
 @dataclass
@@ -117,6 +152,8 @@ class Ended:
     """Tasks queued behind one whose child died: give them to another child."""
     committed: list[Committed] = field(default_factory=list)
     """Transactions of idempotent jobs that ended (see child.Committed)."""
+    unreported: list[Task] = field(default_factory=list)
+    """Ended in a child that died before saying how (see Killed.unreported)."""
 
 
 def describe_exit(code: int | None) -> str:
@@ -148,25 +185,32 @@ class Pool:
 
     def _spawn(self) -> Child:
         parent_end, child_end = self.context.Pipe(duplex=True)
+        stamp = Stamp.shared(self.context)
         process = self.context.Process(  # type: ignore[attr-defined]
-            target=child_main, args=(child_end, self.app_reference, self.measure_memory),
+            target=child_main,
+            args=(child_end, self.app_reference, self.measure_memory, stamp.cells),
             name="dbqueue-child", daemon=True)
         process.start()
         child_end.close()
-        return Child(process, parent_end)
+        return Child(process, parent_end, stamp=stamp)
 
     def idle(self) -> list[Child]:
         return [child for child in self.children if not child.tasks]
 
     def started(self) -> list[tuple[Task, float]]:
         """The task each busy child is running, with when it began (monotonic)."""
-        return [(child.tasks[0][0], child.started) for child in self.children if child.tasks]
+        runs = []
+        for child in self.children:
+            if child.tasks:
+                index, began = child.running()
+                runs.append((child.tasks[index][0], began))
+        return runs
 
     def give(self, child: Child, task: Task, timeout: float) -> None:
         """Queue ``task`` in ``child``; it is sent with the others at the next ``wait``."""
         child.tasks.append((task, timeout))
         if len(child.tasks) == 1:
-            child._start_next(time.monotonic())
+            child.started = time.monotonic()
         child.unsent.append(task)
 
     def _send(self) -> None:
@@ -205,13 +249,16 @@ class Pool:
                         continue
                     now = child.answered = time.monotonic()
                     task, _ = child.tasks.popleft()
+                    child.answers += 1
+                    # Answers held and sent together share the time between them.
                     ended.finished.append((child, task, answer, now - child.started))
-                    child._start_next(now)
+                    child.started = now
         except (EOFError, OSError):
             # Reported even when idle: it may have died with jobs uncommitted.
-            running, how, unstarted = self._replace(child)
-            ended.died.append((child, running, how))
-            ended.unstarted += unstarted
+            killed = self._replace(child)
+            ended.died.append((child, killed.running, killed.how))
+            ended.unstarted += killed.unstarted
+            ended.unreported += killed.unreported
 
     def overdue(self) -> list[Child]:
         """Children whose running task is past its deadline and has not answered.
@@ -221,18 +268,14 @@ class Pool:
         """
         now = time.monotonic()
         return [child for child in self.children
-                if child.tasks and child.deadline <= now and not child.has_answer()]
+                if child.tasks and child.deadline() <= now and not child.has_answer()]
 
     def next_deadline(self) -> float | None:
-        deadlines = [child.deadline for child in self.children if child.tasks]
+        deadlines = [child.deadline() for child in self.children if child.tasks]
         return min(deadlines) if deadlines else None
 
-    def kill(self, child: Child) -> tuple[Task | None, str, list[Task]]:
-        """Kill a child and start a replacement.
-
-        Returns the task it was running, how it ended, and the tasks queued
-        behind that one, which never started.
-        """
+    def kill(self, child: Child) -> Killed:
+        """Kill a child and start a replacement; what became of its tasks."""
         child.process.kill()
         return self._replace(child)
 
@@ -246,15 +289,15 @@ class Pool:
             child.process.kill()
         self._replace(child)
 
-    def _replace(self, child: Child) -> tuple[Task | None, str, list[Task]]:
+    def _replace(self, child: Child) -> Killed:
         child.process.join(5)
         how = describe_exit(child.process.exitcode)
         child.conn.close()
-        running = child.task
-        unstarted = [task for task, _ in list(child.tasks)[1:]]
+        index, _ = child.running()
+        tasks = [task for task, _ in child.tasks]
         child.tasks.clear()
         self.children[self.children.index(child)] = self._spawn()
-        return running, how, unstarted
+        return Killed(tasks[index] if tasks else None, how, tasks[index + 1:], tasks[:index])
 
     def stop(self) -> None:
         """Ask the children to exit; kill those that do not."""

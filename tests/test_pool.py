@@ -1,0 +1,63 @@
+"""The pool of children, driven as the supervisor drives it, with real child
+processes (tests.jobapp's "nap" needs no database) and no supervisor."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from dbqueue.worker.messages import RunJob
+from dbqueue.worker.pool import Pool, Task
+
+pytestmark = pytest.mark.slow  # starts processes
+
+LONG_ENOUGH = 60.0  # seconds any of these tests may take: they end long before
+
+
+def nap(job_id: int, seconds: float) -> RunJob:
+    return RunJob(job_id, "nap", json.dumps({"args": [seconds], "kwargs": {}}), 1, 1.0)
+
+
+def answered(pool: Pool, count: int) -> list[Task]:
+    """The tasks of the next ``count`` answers, as the supervisor takes them in."""
+    tasks: list[Task] = []
+    give_up = time.monotonic() + LONG_ENOUGH
+    while len(tasks) < count and time.monotonic() < give_up:
+        tasks += [task for _, task, _, _ in pool.wait(1.0).finished]
+    return tasks
+
+
+def test_a_timeout_counts_from_when_its_task_began_though_answers_before_it_are_held(
+        tmp_path, monkeypatch):
+    """Answers to short jobs are held while the next task runs. The timeout
+    that kills the child must be that task's, counted from when it began, not
+    that of the first task whose answer has not arrived."""
+    monkeypatch.setenv("DBQUEUE_URL", f"sqlite:///{tmp_path}/queue.db")
+    pool = Pool("tests.jobapp:app", 1)
+    pool.start()
+    try:
+        [child] = pool.children
+        for job_id in range(3):  # one at a time: the child learns that "nap" is short
+            pool.give(child, nap(job_id, 0.0), 1.0)
+            assert answered(pool, 1) == [nap(job_id, 0.0)]
+        short, long = [nap(10, 0.0), nap(11, 0.0)], nap(12, 30.0)
+        for task in [*short, long]:  # each with a timeout of 1 s
+            pool.give(child, task, 1.0)
+        finished: list[Task] = []
+        give_up = time.monotonic() + LONG_ENOUGH
+        while not pool.overdue() and time.monotonic() < give_up:
+            deadline = pool.next_deadline()
+            assert deadline is not None
+            finished += [task for _, task, _, _ in
+                         pool.wait(max(0.0, deadline - time.monotonic())).finished]
+        [overdue] = pool.overdue()
+        killed = pool.kill(overdue)
+        assert killed.running == long
+        assert killed.unstarted == []
+        # Answered, or held by the child and lost with it: never both, never neither.
+        assert sorted(finished + killed.unreported) == short
+        assert pool.children[0] is not child  # replaced
+    finally:
+        pool.stop()

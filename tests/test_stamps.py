@@ -1,0 +1,26 @@
+"""A child's stamp, read as the supervisor reads it: no process is started."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+from dbqueue.worker.stamps import Stamp
+
+
+def test_the_reader_sees_how_many_tasks_began_and_when_the_latest_did() -> None:
+    stamp = Stamp.shared(multiprocessing.get_context("spawn"))
+    assert stamp.read() == (0, 0.0)
+    stamp.begin(10.5)
+    stamp.begin(12.25)
+    assert stamp.read() == (2, 12.25)
+
+
+def test_a_stamp_being_written_is_not_read() -> None:
+    stamp = Stamp.shared(multiprocessing.get_context("spawn"))
+    stamp.begin(1.0)
+    stamp.cells[0] += 1  # as the child leaves it between its writes
+    stamp.cells[1] += 1
+    assert stamp.read() is None
+    stamp.cells[2] = 2.0
+    stamp.cells[0] += 1
+    assert stamp.read() == (2, 2.0)
