@@ -7,12 +7,15 @@ import multiprocessing
 from dbqueue.worker.stamps import Stamp
 
 
-def test_the_reader_sees_how_many_tasks_began_and_when_the_latest_did() -> None:
+def test_the_reader_sees_how_many_tasks_began_and_whether_and_when_the_latest_ended() -> None:
     stamp = Stamp.shared(multiprocessing.get_context("spawn"))
-    assert stamp.read() == (0, 0.0)
+    assert stamp.read() == (0, False, 0.0)
     stamp.begin(10.5)
+    stamp.end(11.0)
     stamp.begin(12.25)
-    assert stamp.read() == (2, 12.25)
+    assert stamp.read() == (2, False, 12.25)
+    stamp.end(13.0)
+    assert stamp.read() == (2, True, 13.0)
 
 
 def test_a_stamp_being_written_is_not_read() -> None:
@@ -21,6 +24,6 @@ def test_a_stamp_being_written_is_not_read() -> None:
     stamp.cells[0] += 1  # as the child leaves it between its writes
     stamp.cells[1] += 1
     assert stamp.read() is None
-    stamp.cells[2] = 2.0
+    stamp.cells[3] = 2.0
     stamp.cells[0] += 1
-    assert stamp.read() == (2, 2.0)
+    assert stamp.read() == (2, False, 2.0)

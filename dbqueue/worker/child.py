@@ -214,6 +214,10 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
                 replies.done(task, started, inbox[0] if inbox else None)
             else:
                 replies.send(answer)
+            # After the answer: a task marked ended whose answer is not in
+            # the pipe was done (see Ended.held).
+            if stamp is not None:
+                stamp.end(time.monotonic())
     except (BrokenPipeError, OSError):
         return
     finally:

@@ -134,19 +134,29 @@ class Handout:
 
     def take_in(self, ended: Ended) -> None:
         """Everything ``Pool.wait`` saw, then the children overdue or stuck."""
+        self._take(ended)
+        for child in self.pool.overdue():
+            self._timed_out(child)
+        self._kill_stuck_commits()
+
+    def _take(self, ended: Ended, *, timed_out: Child | None = None) -> None:
+        """What came back. A child's death fails the job it ran as a crash,
+        except ``timed_out``'s, killed for its job's timeout."""
         for child, task, answer, runtime in ended.finished:
             self._answered(child, task, answer, runtime)
         for committed in ended.committed:
             self._committed(committed)
+        for task in ended.held:  # done: the child died holding the answer
+            entry = self._running(task)
+            if entry is not None:
+                self.recorder.completed(entry)
         for child, lost, how in ended.died:
-            if lost is not None:
+            if child is timed_out and lost is not None:
+                self._timed_out_job(lost, how)
+            elif lost is not None:
                 self._died(lost, how)
             self._rolled_back(child)
         self._requeue(ended.unstarted)
-        self._unreported(ended.unreported)
-        for child in self.pool.overdue():
-            self._timed_out(child)
-        self._kill_stuck_commits()
 
     def _running(self, task: Task) -> Entry | None:
         if isinstance(task, RunHook):
@@ -176,7 +186,7 @@ class Handout:
                 self._ended(entry, answer)
         limit = self.options.memory_mb
         if (limit is not None and answer.rss_mb > limit and not child.tasks
-                and not self._committing(child)):
+                and not self._committing(child) and child in self.pool.children):
             log.info("child using %.0f MB (over --memory %g): replacing it", answer.rss_mb, limit)
             self.pool.retire(child)
 
@@ -215,17 +225,13 @@ class Handout:
             if not child.tasks and now - child.answered >= COMMIT_TIMEOUT:
                 log.error("a child has not committed its idempotent jobs within %.0f s; "
                           "killing it", COMMIT_TIMEOUT)
-                killed = self.pool.kill(child)
-                self._requeue(killed.unstarted)
-                self._unreported(killed.unreported)
-                self._rolled_back(child)
+                self._take(self.pool.kill(child))
 
     def _timed_out(self, child: Child) -> None:
-        task, how, unstarted, unreported = self.pool.kill(child)
-        self._rolled_back(child)
-        self._requeue(unstarted)
-        self._unreported(unreported)
-        entry = self._running(task) if task is not None else None
+        self._take(self.pool.kill(child), timed_out=child)
+
+    def _timed_out_job(self, task: Task, how: str) -> None:
+        entry = self._running(task)
         if entry is not None:
             self._ended(entry, _failure("timeout", JobTimeout, f"job ran longer than its "
                                         f"timeout of {entry.timeout:g} s and was killed"))
@@ -249,22 +255,14 @@ class Handout:
             elif isinstance(task, RunHook):
                 self.hooks.appendleft(task)
 
-    def _unreported(self, tasks: list[Task]) -> None:
-        """Tasks a child ended, then died before saying how: each may have done
-        its work or not. The job runs again, without using a try."""
-        for task in tasks:
-            entry = self._running(task)
-            if entry is not None:
-                log.warning("job %d (%s) ended in a child that died before reporting how; "
-                            "it runs again", entry.id, entry.row.job)
-                self.recorder.released(entry, 0.0, False, "its process died before "
-                                       "reporting how it ended")
-
     def abandon(self) -> None:
         """The grace period is over: kill what still runs and put its jobs back."""
         for child in list(self.pool.children):
             if child.tasks or self._committing(child):
-                self.pool.kill(child)
+                ended = self.pool.kill(child)
+                ended.died.clear()  # its job is not failed: put back below
+                ended.unstarted.clear()  # (still running in the ledger: put back too)
+                self._take(ended)
                 self._rolled_back(child)
         for entry in self.ledger.in_state(State.RUNNING):
             log.warning("job %d (%s) did not finish within the grace period; put back",

@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
-from typing import Any, NamedTuple
+from typing import Any
 
 from . import forkserver
 from .child import child_main
@@ -42,7 +42,9 @@ class Child:
     """Queued tasks with their timeouts, in order; the ones before the running
     one have ended, their answers on the way (see ``running``)."""
     stamp: Stamp | None = None
-    """What the child says it has begun (see worker.stamps)."""
+    """What the child says it has begun and ended (see worker.stamps)."""
+    stamped: tuple[int, bool, float] | None = None
+    """The last stamp read whole."""
     answers: int = 0
     """The tasks it has answered."""
     started: float = 0.0
@@ -109,35 +111,24 @@ class Child:
     def running(self) -> tuple[int, float]:
         """Which of the queued tasks runs (its index) and since when.
 
-        The child's stamp tells, once it has begun a task not answered yet.
-        Else (between two tasks, or no stamp) the first, since ``started``: a
-        child that does not begin it is as late as one that runs it.
+        The child's stamp tells: the one it began last, since it began; or,
+        once that one has ended, the next, since then (a child that does not
+        begin it is as late as one that runs it). Without a stamp: the first,
+        since ``started``.
         """
         if self.stamp is not None:
-            read = self.stamp.read()
-            if read is not None:
-                index = read[0] - self.answers - 1
-                if 0 <= index < len(self.tasks):
-                    return index, read[1]
+            self.stamped = self.stamp.read() or self.stamped  # being written: the last
+        if self.stamped is not None:
+            begun, ended, at = self.stamped
+            index = begun - self.answers - (0 if ended else 1)
+            if 0 <= index < len(self.tasks):
+                return index, at
         return 0, self.started
 
     def deadline(self) -> float:
         """When the running task must have ended (call it with tasks queued)."""
         index, started = self.running()
         return started + self.tasks[index][1]
-
-
-class Killed(NamedTuple):
-    """What became of a child's queued tasks when it died or was killed."""
-
-    running: Task | None
-    how: str
-    """How it ended (see describe_exit)."""
-    unstarted: list[Task]
-    """Queued behind the one running: give them to another child."""
-    unreported: list[Task]
-    """Ended before the one running, their answers lost with the child (it
-    held them, see worker.replies): each may have done its work, or not."""
 
 
 @dataclass
@@ -152,8 +143,11 @@ class Ended:
     """Tasks queued behind one whose child died: give them to another child."""
     committed: list[Committed] = field(default_factory=list)
     """Transactions of idempotent jobs that ended (see child.Committed)."""
-    unreported: list[Task] = field(default_factory=list)
-    """Ended in a child that died before saying how (see Killed.unreported)."""
+    held: list[Task] = field(default_factory=list)
+    """Done in a child that died holding their answers (see worker.replies):
+    a child holds nothing but plain "done" answers, and sends them before
+    anything else, so every task it ended whose answer is not in its pipe
+    was done."""
 
 
 def describe_exit(code: int | None) -> str:
@@ -240,25 +234,26 @@ class Pool:
         # Read every answer already waiting: one wake-up serves many short jobs.
         # (A child that died while idle shows up here too: its pipe reads EOF.)
         try:
-            while child.readable():
-                for answer in child.messages():
-                    if isinstance(answer, Committed):
-                        ended.committed.append(answer)
-                        continue
-                    if not child.tasks:
-                        continue
-                    now = child.answered = time.monotonic()
-                    task, _ = child.tasks.popleft()
-                    child.answers += 1
-                    # Answers held and sent together share the time between them.
-                    ended.finished.append((child, task, answer, now - child.started))
-                    child.started = now
+            self._read(child, ended)
         except (EOFError, OSError):
             # Reported even when idle: it may have died with jobs uncommitted.
-            killed = self._replace(child)
-            ended.died.append((child, killed.running, killed.how))
-            ended.unstarted += killed.unstarted
-            ended.unreported += killed.unreported
+            self._replace(child, ended)
+
+    def _read(self, child: Child, ended: Ended) -> None:
+        """Take in every message waiting in ``child``'s pipe; EOFError at its end."""
+        while child.readable():
+            for answer in child.messages():
+                if isinstance(answer, Committed):
+                    ended.committed.append(answer)
+                    continue
+                if not child.tasks:
+                    continue
+                now = child.answered = time.monotonic()
+                task, _ = child.tasks.popleft()
+                child.answers += 1
+                # Answers held and sent together share the time between them.
+                ended.finished.append((child, task, answer, now - child.started))
+                child.started = now
 
     def overdue(self) -> list[Child]:
         """Children whose running task is past its deadline and has not answered.
@@ -274,10 +269,13 @@ class Pool:
         deadlines = [child.deadline() for child in self.children if child.tasks]
         return min(deadlines) if deadlines else None
 
-    def kill(self, child: Child) -> Killed:
-        """Kill a child and start a replacement; what became of its tasks."""
+    def kill(self, child: Child) -> Ended:
+        """Kill a child and start a replacement; what it said before it died,
+        and what became of its tasks (one death, in ``died``)."""
         child.process.kill()
-        return self._replace(child)
+        ended = Ended()
+        self._replace(child, ended)
+        return ended
 
     def retire(self, child: Child) -> None:
         """Replace an idle child (memory limit)."""
@@ -287,17 +285,23 @@ class Pool:
         child.process.join(5)
         if child.process.is_alive():
             child.process.kill()
-        self._replace(child)
+        self._replace(child, Ended())
 
-    def _replace(self, child: Child) -> Killed:
+    def _replace(self, child: Child, ended: Ended) -> None:
+        """``child`` is dead or dying: add to ``ended`` what it sent before
+        (no answer is left in its pipe), its death, and its tasks."""
         child.process.join(5)
-        how = describe_exit(child.process.exitcode)
+        with contextlib.suppress(EOFError, OSError):
+            self._read(child, ended)
         child.conn.close()
         index, _ = child.running()
         tasks = [task for task, _ in child.tasks]
         child.tasks.clear()
+        ended.died.append((child, tasks[index] if index < len(tasks) else None,
+                           describe_exit(child.process.exitcode)))
+        ended.held += tasks[:index]
+        ended.unstarted += tasks[index + 1:]
         self.children[self.children.index(child)] = self._spawn()
-        return Killed(tasks[index] if tasks else None, how, tasks[index + 1:], tasks[:index])
 
     def stop(self) -> None:
         """Ask the children to exit; kill those that do not."""

@@ -4,12 +4,12 @@ A child running short jobs answers them in groups (see worker.child): one
 write to the pipe per group, not per job. From the answers alone the
 supervisor could then not tell which of a child's queued tasks runs, nor
 since when, and a timeout counted from the last answer would be late, or
-blamed on a task that ended long ago. So before each task the child writes
-here how many tasks it has begun and when it began the latest (by the
-monotonic clock, which a host's processes share), and the supervisor reads
-that for its timeouts (see Child.running).
+blamed on a task that ended long ago. So the child writes here how many
+tasks it has begun, whether the latest has ended, and when it began or
+ended (by the monotonic clock, which a host's processes share), and the
+supervisor reads that for its timeouts (see Child.running).
 
-Three numbers and a sequence lock: the child makes the version odd, writes,
+Four numbers and a sequence lock: the child makes the version odd, writes,
 and makes it even again; a read that saw an odd or a changed version is not
 used. One writer, one reader, no lock to wait for on either side.
 """
@@ -26,30 +26,40 @@ class Stamp:
 
     def __init__(self, cells: Any) -> None:
         self.cells = cells
-        """Three doubles: the version, the tasks begun, when the latest began."""
+        """Four doubles: the version, the tasks begun, 1 if the latest has
+        ended (else 0), and when it began or ended."""
 
     @classmethod
     def shared(cls, context: Any) -> Stamp:
         """A new stamp in shared memory, for a child started from ``context``
         (pass ``cells`` to the child, which wraps them in a Stamp of its own)."""
-        return cls(context.RawArray("d", 3))
+        return cls(context.RawArray("d", 4))
 
     def begin(self, at: float) -> None:
         """In the child: the next task begins, at ``at`` (monotonic clock)."""
+        self._write(1, 0.0, at)
+
+    def end(self, at: float) -> None:
+        """In the child: the task it began last has ended, at ``at``."""
+        self._write(0, 1.0, at)
+
+    def _write(self, begun: int, ended: float, at: float) -> None:
         cells = self.cells
         version = cells[0]
         cells[0] = version + 1  # odd: being written
-        cells[1] += 1
-        cells[2] = at
+        cells[1] += begun
+        cells[2] = ended
+        cells[3] = at
         cells[0] = version + 2
 
-    def read(self) -> tuple[int, float] | None:
-        """In the supervisor: how many tasks the child has begun, and when the
-        latest began; None while the child is writing (ask again later)."""
+    def read(self) -> tuple[int, bool, float] | None:
+        """In the supervisor: how many tasks the child has begun, whether the
+        latest has ended, and when it began or ended; None while the child is
+        writing (ask again later)."""
         cells = self.cells
         for _ in range(_READS):
             version = cells[0]
-            begun, at = cells[1], cells[2]
+            begun, ended, at = cells[1], cells[2], cells[3]
             if version % 2 == 0 and cells[0] == version:
-                return int(begun), at
+                return int(begun), ended == 1.0, at
         return None
