@@ -10,6 +10,7 @@ import pytest
 
 from dbqueue.worker.messages import RunJob
 from dbqueue.worker.pool import Pool, Task
+from tests.conftest import rows
 
 pytestmark = pytest.mark.slow  # starts processes
 
@@ -63,3 +64,18 @@ def test_a_timeout_counts_from_when_its_task_began_though_answers_before_it_are_
         assert pool.children[0] is not child  # replaced
     finally:
         pool.stop()
+
+
+def test_a_worker_completes_the_jobs_whose_answers_a_timed_out_child_held(jobs, workers):
+    """Hundreds of naps the children learn are short, their answers sent in
+    groups, and one nap of the same kind that runs past its timeout: only that
+    one fails (as a timeout), and every other is completed, none run again."""
+    short = [jobs.nap.prepare(0.0) for _ in range(400)]
+    long = jobs.nap.options(timeout=1, tries=1).prepare(30.0)
+    jobs.app.dispatch_many([*short[:200], long, *short[200:]])
+    done = workers.run("--stop-when-empty", "--concurrency", "1", "--sleep", "0.1")
+    assert done.returncode == 0, done.stdout
+    failed = rows(jobs.app, jobs.app.store.tables.failed_jobs)
+    assert [(row.job, row.exception_class) for row in failed] == [("nap", "dbqueue.JobTimeout")]
+    assert rows(jobs.app, jobs.app.store.tables.jobs) == []
+    assert "died" not in done.stdout  # no child died but the one killed for its timeout
