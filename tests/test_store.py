@@ -1,12 +1,14 @@
 """One contract per store verb, run on every backend against a real server."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
 
 import dbqueue
 from dbqueue.store import Admin, Failure, Lease, NewJob
+from dbqueue.store.dialects.base import _in_utc as in_utc
 from tests.conftest import count, rows
 
 
@@ -282,3 +284,28 @@ def test_timestamps_read_on_postgresql_are_utc_and_a_naive_one_counts_as_utc(app
             sa.type_coerce(sa.text("timestamptz '2020-01-01 00:00+02'"), UtcDateTime))).one()
     assert naive == datetime(2020, 1, 1, tzinfo=UTC) and naive.tzinfo is UTC
     assert aware == datetime(2019, 12, 31, 22, tzinfo=UTC) and aware.tzinfo is UTC
+
+
+def test_a_reserved_rows_times_are_utc_and_postgresql_sessions_are_at_utc(jobs):
+    """dbqueue's PostgreSQL engines talk to the server at UTC, so that a
+    reserved row's timestamps need no conversion; options in the URL stay."""
+    app = jobs.app
+    if app.engine.dialect.name == "postgresql":
+        url = app.engine.url.update_query_dict({"options": "-c statement_timeout=7000"})
+        other = dbqueue.App(url.render_as_string(hide_password=False),
+                            table_prefix=app.settings.table_prefix)
+        with other.engine.connect() as connection:
+            assert connection.exec_driver_sql("SHOW TimeZone").scalar() == "UTC"
+            assert connection.exec_driver_sql("SHOW statement_timeout").scalar() == "7s"
+        other.dispose()
+    jobs.noop.dispatch()
+    [row] = app.store.reserve(["default"], 1, "token", 60.0)
+    assert row.created_at.tzinfo is UTC and row.reserved_at.tzinfo is UTC
+    assert abs(row.reserved_at - datetime.now(UTC)) < timedelta(minutes=5)
+
+
+def test_a_time_read_in_another_time_zone_is_the_same_instant_in_utc():
+    kolkata = datetime(2026, 12, 3, 21, 0, tzinfo=ZoneInfo("Asia/Kolkata"))
+    assert in_utc(kolkata) == datetime(2026, 12, 3, 15, 30, tzinfo=UTC)
+    assert in_utc(kolkata).tzinfo is UTC
+    assert in_utc(datetime(2026, 12, 3, 15, 30)) == datetime(2026, 12, 3, 15, 30, tzinfo=UTC)

@@ -85,8 +85,11 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
 def _in_utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
+    tzinfo = value.tzinfo
+    if tzinfo is UTC:  # PostgreSQL in a session at UTC (see PostgreSQL.prepare_engine)
+        return value
     # A naive value (a column without time zone, SQLite's, MySQL's) is UTC.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value.replace(tzinfo=UTC) if tzinfo is None else value.astimezone(UTC)
 
 
 def seconds_expression(seconds: float | sa.ColumnElement[float]) -> sa.ColumnElement[float]:
