@@ -238,8 +238,20 @@ def test_a_wrong_password_or_database_name_stops_the_worker_at_once(schema):
         text=True, timeout=60)
     assert result.returncode == 1, result
     assert result.stderr.startswith("Error: cannot connect to "), result.stderr
-    assert "check DBQUEUE_URL (or --url) and the user, password and database name" in (
+    assert "check DBQUEUE_URL (or --url) and the user, password, database name and options" in (
         result.stderr)
+
+
+def test_a_bad_setting_in_the_urls_options_stops_the_worker_at_once(schema):
+    if not schema.startswith("postgresql"):
+        pytest.skip("only PostgreSQL takes server settings in the URL (options=-c ...)")
+    wrong = sa.engine.make_url(schema).update_query_dict({"options": "-c TimeZone=nowhere"})
+    result = subprocess.run(
+        [sys.executable, "-m", "dbqueue", "work", "--app", "tests.jobapp:app"], cwd=ROOT,
+        env=worker_env(wrong.render_as_string(hide_password=False)), capture_output=True,
+        text=True, timeout=60)
+    assert result.returncode == 1, result
+    assert 'invalid value for parameter "TimeZone": "nowhere"' in result.stderr, result.stderr
 
 
 def test_a_worker_waiting_for_an_unreachable_database_stops_when_told():

@@ -232,7 +232,7 @@ def unavailable(engine: Engine, error: BaseException) -> DatabaseUnavailable:
     dialect = dialect_for(engine.dialect)
     lasting = dialect.refuses_login(error)
     check = ("that its directory exists and is writable" if dialect.embedded
-             else "the user, password and database name" if lasting
+             else "the user, password, database name and options" if lasting
              else "that the server is running")
     return DatabaseUnavailable(
         f"cannot connect to {describe(engine)}: {reason}; check DBQUEUE_URL (or --url) "

@@ -20,9 +20,11 @@ _UNDEFINED_TABLE = "42P01"
 # invalid authorization (28000, 28P01: wrong password), invalid catalog name
 # (3D000: no such database).
 _LOGIN_REFUSED = ("28", "3D000")
-# psycopg gives no SQLSTATE for a failed connection: the server's own words.
+# psycopg gives no SQLSTATE for a failed connection: the server's own words
+# (the last two: a bad setting in the URL's options, such as -c TimeZone=...).
 _REFUSED_WORDS = re.compile(r"FATAL:\s+(password authentication failed|role \".*\" does not "
-                            r"exist|database \".*\" does not exist|no pg_hba\.conf entry)")
+                            r"exist|database \".*\" does not exist|no pg_hba\.conf entry|"
+                            r"invalid value for parameter|unrecognized configuration parameter)")
 _UNDEFINED_COLUMN = "42703"
 
 
