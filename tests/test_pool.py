@@ -1,18 +1,19 @@
-"""The pool of children, driven as the supervisor drives it, with real child
-processes (tests.jobapp's "nap" needs no database) and no supervisor."""
+"""The pool of children, driven as the supervisor drives it: which task a
+child runs, read from its stamp with no process; then real child processes
+(tests.jobapp's "nap" needs no database) with no supervisor, and a worker."""
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
 
 import pytest
 
 from dbqueue.worker.messages import RunJob
-from dbqueue.worker.pool import Pool, Task
+from dbqueue.worker.pool import Child, Pool, Task
+from dbqueue.worker.stamps import Stamp
 from tests.conftest import rows
-
-pytestmark = pytest.mark.slow  # starts processes
 
 LONG_ENOUGH = 60.0  # seconds any of these tests may take: they end long before
 
@@ -30,6 +31,55 @@ def answered(pool: Pool, count: int) -> list[Task]:
     return tasks
 
 
+def stamped_child(*tasks: Task) -> tuple[Child, Stamp]:
+    """A child with ``tasks`` queued (each with a timeout of 10 s), no process."""
+    stamp = Stamp.shared(multiprocessing.get_context("spawn"))
+    child = Child(process=None, conn=None, stamp=Stamp(stamp.cells),  # type: ignore[arg-type]
+                  started=100.0)
+    child.tasks.extend((task, 10.0) for task in tasks)
+    return child, stamp
+
+
+def test_the_running_task_is_the_one_begun_last_and_not_ended_nor_answered() -> None:
+    a, b, c = nap(1, 0.0), nap(2, 0.0), nap(3, 0.0)
+    child, stamp = stamped_child(a, b, c)
+    assert child.running() == (0, 100.0, False)  # not begun yet: since it was given
+    stamp.begin(101.0)
+    assert child.running() == (0, 101.0, True)
+    stamp.end(101.5)  # its answer held...
+    stamp.begin(102.0)
+    assert child.running() == (1, 102.0, True)  # ...while the next one runs
+    assert child.deadline() == 112.0
+    stamp.end(102.5)
+    assert child.running() == (2, 102.5, False)  # between two tasks: the next one's time
+    child.tasks.popleft()  # the answer to the first arrives at 103.0
+    child.answers, child.started = 1, 103.0
+    assert child.running() == (1, 103.0, False)
+
+
+def test_a_task_answered_before_its_end_was_stamped_is_not_running() -> None:
+    """A child killed between its answer and its stamp's "ended": the task
+    after it has not begun, and is not the one that was running."""
+    a, b = nap(1, 0.0), nap(2, 0.0)
+    child, stamp = stamped_child(a, b)
+    stamp.begin(101.0)
+    child.tasks.popleft()  # answered at 101.2, not stamped ended
+    child.answers, child.started = 1, 101.2
+    assert child.running(dead=True) == (0, 101.2, False)
+
+
+def test_a_task_given_to_a_child_idle_for_long_counts_from_when_it_was_given() -> None:
+    child, stamp = stamped_child()
+    stamp.begin(50.0)
+    stamp.end(50.1)
+    child.answers = 1
+    child.tasks.append((nap(2, 0.0), 10.0))
+    child.started = 100.0  # given long after the last task ended
+    assert child.running() == (0, 100.0, False)
+    assert child.deadline() == 110.0
+
+
+@pytest.mark.slow  # starts processes
 def test_a_timeout_counts_from_when_its_task_began_though_answers_before_it_are_held(
         tmp_path, monkeypatch):
     """Answers to short jobs are held while the next task runs. The timeout

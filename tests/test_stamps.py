@@ -18,12 +18,13 @@ def test_the_reader_sees_how_many_tasks_began_and_whether_and_when_the_latest_en
     assert stamp.read() == (2, True, 13.0)
 
 
-def test_a_stamp_being_written_is_not_read() -> None:
+def test_a_stamp_being_written_is_not_read_but_its_progress_is_exact() -> None:
     stamp = Stamp.shared(multiprocessing.get_context("spawn"))
     stamp.begin(1.0)
-    stamp.cells[0] += 1  # as the child leaves it between its writes
+    stamp.cells[0] += 1  # as a child leaves it when it dies between its writes
     stamp.cells[1] += 1
     assert stamp.read() is None
-    stamp.cells[3] = 2.0
+    assert stamp.last() == (1, True, 1.0)
+    stamp.cells[2] = 2.0
     stamp.cells[0] += 1
-    assert stamp.read() == (2, False, 2.0)
+    assert stamp.read() == (1, True, 2.0)

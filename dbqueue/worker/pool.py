@@ -11,6 +11,7 @@ moment it began.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import select
 import signal
@@ -108,27 +109,33 @@ class Child:
         self.unread = buffer[offset:]
         return messages
 
-    def running(self) -> tuple[int, float]:
-        """Which of the queued tasks runs (its index) and since when.
+    def running(self, *, dead: bool = False) -> tuple[int, float, bool]:
+        """Which of the queued tasks runs or is next (its index), since when,
+        and whether the child has begun it (``dead``: it has died).
 
-        The child's stamp tells: the one it began last, since it began; or,
-        once that one has ended, the next, since then (a child that does not
-        begin it is as late as one that runs it). Without a stamp: the first,
-        since ``started``.
+        The child's stamp tells: the one it began last, since it began, until
+        it has ended (or been answered); then the next, since that end or
+        since it was given, whichever is later: a child that does not begin
+        it is as late as one that runs it. Without a stamp: the first, since
+        ``started``.
         """
         if self.stamp is not None:
-            self.stamped = self.stamp.read() or self.stamped  # being written: the last
+            # While it is being written, the last one read whole.
+            self.stamped = self.stamp.last() if dead else self.stamp.read() or self.stamped
         if self.stamped is not None:
             begun, ended, at = self.stamped
-            index = begun - self.answers - (0 if ended else 1)
-            if 0 <= index < len(self.tasks):
-                return index, at
-        return 0, self.started
+            last = begun - self.answers - 1  # the one begun last; -1: answered already
+            if not ended and 0 <= last < len(self.tasks):
+                return last, at, True
+            if 0 <= last + 1 <= len(self.tasks):
+                return last + 1, max(at, self.started), False
+        return 0, self.started, True
 
     def deadline(self) -> float:
-        """When the running task must have ended (call it with tasks queued)."""
-        index, started = self.running()
-        return started + self.tasks[index][1]
+        """When the running (or next) task must have ended; never, when every
+        queued task has ended and only their answers are on their way."""
+        index, started, _ = self.running()
+        return started + self.tasks[index][1] if index < len(self.tasks) else math.inf
 
 
 @dataclass
@@ -196,8 +203,9 @@ class Pool:
         runs = []
         for child in self.children:
             if child.tasks:
-                index, began = child.running()
-                runs.append((child.tasks[index][0], began))
+                index, began, begun = child.running()
+                if begun:
+                    runs.append((child.tasks[index][0], began))
         return runs
 
     def give(self, child: Child, task: Task, timeout: float) -> None:
@@ -294,13 +302,13 @@ class Pool:
         with contextlib.suppress(EOFError, OSError):
             self._read(child, ended)
         child.conn.close()
-        index, _ = child.running()
+        index, _, begun = child.running(dead=True)
         tasks = [task for task, _ in child.tasks]
         child.tasks.clear()
-        ended.died.append((child, tasks[index] if index < len(tasks) else None,
-                           describe_exit(child.process.exitcode)))
+        running = tasks[index] if begun and index < len(tasks) else None
+        ended.died.append((child, running, describe_exit(child.process.exitcode)))
         ended.held += tasks[:index]
-        ended.unstarted += tasks[index + 1:]
+        ended.unstarted += tasks[index + 1:] if running is not None else tasks[index:]
         self.children[self.children.index(child)] = self._spawn()
 
     def stop(self) -> None:
