@@ -86,7 +86,7 @@ def _in_utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     tzinfo = value.tzinfo
-    if tzinfo is UTC:  # PostgreSQL in a session at UTC (see PostgreSQL.prepare_engine)
+    if tzinfo is UTC:  # psycopg's, in a session whose TimeZone is 'UTC' (not 'Etc/UTC')
         return value
     # A naive value (a column without time zone, SQLite's, MySQL's) is UTC.
     return value.replace(tzinfo=UTC) if tzinfo is None else value.astimezone(UTC)

@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
@@ -31,18 +30,6 @@ _UNDEFINED_COLUMN = "42703"
 class PostgreSQL(Dialect):
     name: ClassVar[str] = "postgresql"
     aware_timestamps: ClassVar[bool] = True
-
-    def prepare_engine(self, engine: sa.Engine) -> None:
-        if engine.dialect.driver not in ("psycopg", "psycopg2"):  # libpq's "options"
-            return
-
-        @event.listens_for(engine, "do_connect")
-        def _in_utc(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
-            # Timestamps then arrive with datetime.UTC as their time zone, which
-            # dbqueue keeps as they are: a conversion less for each of the two
-            # a reserved row holds (see base._in_utc). Only the session's time
-            # zone changes, not an instant read or written.
-            params["options"] = f"{params.get('options', '')} -c TimeZone=UTC".strip()
 
     def check_server(self, connection: Connection) -> None:
         number = int(connection.exec_driver_sql("SHOW server_version_num").scalar_one())
