@@ -129,3 +129,24 @@ def test_a_worker_completes_the_jobs_whose_answers_a_timed_out_child_held(jobs, 
     assert [(row.job, row.exception_class) for row in failed] == [("nap", "dbqueue.JobTimeout")]
     assert rows(jobs.app, jobs.app.store.tables.jobs) == []
     assert "died" not in done.stdout  # no child died but the one killed for its timeout
+
+
+@pytest.mark.slow  # starts processes
+def test_a_child_that_dies_before_its_first_task_is_charged_with_it(tmp_path, monkeypatch):
+    """A child that cannot even start (its application fails to import) must
+    fail its jobs in the end, not send them round a loop of new children."""
+    monkeypatch.setenv("DBQUEUE_URL", f"sqlite:///{tmp_path}/queue.db")
+    pool = Pool("tests.broken_app:app", 1)
+    pool.start()
+    try:
+        first, second = nap(1, 0.0), nap(2, 0.0)
+        pool.give(pool.children[0], first, 1.0)
+        pool.give(pool.children[0], second, 1.0)
+        died: list[tuple[Task | None, list[Task]]] = []
+        give_up = time.monotonic() + LONG_ENOUGH
+        while not died and time.monotonic() < give_up:
+            ended = pool.wait(1.0)
+            died += [(task, ended.unstarted) for _, task, _ in ended.died]
+        assert died == [(first, [second])]
+    finally:
+        pool.stop()

@@ -203,12 +203,16 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
                 if not _receive(conn, inbox):
                     return  # the supervisor is gone: an open transaction rolls back
             task = inbox.popleft()
-            commits.before_running(task, inbox, replies)
             if task is None:
+                commits.before_running(task, inbox, replies)
                 return
             started = time.monotonic()
             if stamp is not None:
+                # Before its preparation (a COMMIT, claiming idempotency keys
+                # with the job's own key function): what hangs there is the
+                # task's, and its timeout kills it.
                 stamp.begin(started)
+            commits.before_running(task, inbox, replies)
             answer = _run(app, task, commits, measure_memory, started)
             if answer == DONE:
                 replies.done(task, started, inbox[0] if inbox else None)

@@ -83,6 +83,7 @@ class Commits:
                     continue
                 runs.append((self.app.jobs[queued.name], queued.job_id, payload.args,
                              payload.kwargs))
+            replies.flush()  # before waiting on the database (see end)
             batch.preclaim(runs)
 
     def after_running(self, task: RunJob, seconds: float) -> None:
@@ -92,7 +93,13 @@ class Commits:
             self.seconds[task.name] = seconds if last is None else 0.8 * last + 0.2 * seconds
 
     def end(self, replies: Replies) -> None:
-        """Commit the open transaction, if any, and tell the supervisor."""
+        """Commit the open transaction, if any, and tell the supervisor.
+
+        The answers held go first: a COMMIT that hangs must not keep them,
+        nor the tasks they answer queued in the supervisor's view of this
+        child (a child is killed for a stuck COMMIT only once it has none;
+        see Handout._kill_stuck_commits)."""
+        replies.flush()
         for message in self._end():
             replies.send(message)
 

@@ -11,7 +11,6 @@ moment it began.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import select
 import signal
@@ -74,8 +73,10 @@ class Child:
             return True
 
     def has_answer(self) -> bool:
-        """Whether an answer has arrived, whole or in part, and is not read yet."""
-        return bool(self.unread) or self.readable()
+        """Whether the pipe holds what the child sent and is not read yet. (The
+        start of a message already read into ``unread`` is no answer: a child
+        that froze while writing the rest is overdue all the same.)"""
+        return self.readable()
 
     def messages(self) -> list[Any]:
         """Every whole message in the pipe now, with one read (call it when
@@ -132,10 +133,10 @@ class Child:
         return 0, self.started, True
 
     def deadline(self) -> float:
-        """When the running (or next) task must have ended; never, when every
-        queued task has ended and only their answers are on their way."""
+        """When the running (or next) task must have ended (when every queued
+        task has ended, their answers on the way: the last one's)."""
         index, started, _ = self.running()
-        return started + self.tasks[index][1] if index < len(self.tasks) else math.inf
+        return started + self.tasks[min(index, len(self.tasks) - 1)][1]
 
 
 @dataclass
@@ -203,8 +204,8 @@ class Pool:
         runs = []
         for child in self.children:
             if child.tasks:
-                index, began, begun = child.running()
-                if begun:
+                index, began, _ = child.running()
+                if index < len(child.tasks):  # begun, or next (as if it had begun)
                     runs.append((child.tasks[index][0], began))
         return runs
 
@@ -254,7 +255,8 @@ class Pool:
                 if isinstance(answer, Committed):
                     ended.committed.append(answer)
                     continue
-                if not child.tasks:
+                if not child.tasks:  # (never: every task is answered once)
+                    child.answers += 1  # the stamp counts it all the same
                     continue
                 now = child.answered = time.monotonic()
                 task, _ = child.tasks.popleft()
@@ -303,6 +305,8 @@ class Pool:
             self._read(child, ended)
         child.conn.close()
         index, _, begun = child.running(dead=True)
+        if child.stamped is not None and child.stamped[0] == 0:
+            begun = True  # it died before its first task: that task is charged
         tasks = [task for task, _ in child.tasks]
         child.tasks.clear()
         running = tasks[index] if begun and index < len(tasks) else None
