@@ -32,6 +32,7 @@ from .clock import passed
 from .commits import Commits
 from .messages import DONE, Finished, RunHook, RunJob, class_name, from_wire
 from .replies import Replies
+from .runtimes import Runtimes
 from .stamps import Stamp
 
 log = logging.getLogger("dbqueue.worker")
@@ -191,8 +192,9 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
     from ..loader import load_app
 
     app = load_app(app_reference)
-    commits = Commits(app)
-    replies = Replies(conn)
+    runtimes = Runtimes()
+    commits = Commits(app, runtimes)
+    replies = Replies(conn, runtimes)
     stamp = Stamp(stamp_cells) if stamp_cells is not None else None
     inbox: deque[Any] = deque()  # tasks already sent to this child, in order
     try:
@@ -206,16 +208,15 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
             if task is None:
                 commits.before_running(task, inbox, replies)
                 return
-            started = time.monotonic()
             if stamp is not None:
                 # Before its preparation (a COMMIT, claiming idempotency keys
                 # with the job's own key function): what hangs there is the
                 # task's, and its timeout kills it.
-                stamp.begin(started)
+                stamp.begin(time.monotonic())
             commits.before_running(task, inbox, replies)
-            answer = _run(app, task, commits, measure_memory, started)
+            answer = _run(app, task, commits, measure_memory)
             if answer == DONE:
-                replies.done(task, started, inbox[0] if inbox else None)
+                replies.done(inbox[0] if inbox else None)
             else:
                 replies.send(answer)
             # After the answer: a task marked ended whose answer is not in
@@ -228,13 +229,10 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
         commits.close()
 
 
-def _run(app: Any, task: RunJob | RunHook, commits: Commits, measure_memory: bool,
-         started: float) -> Finished:
-    if isinstance(task, RunJob):
-        answer = run_job(app, task, commits)
-        commits.after_running(task, time.monotonic() - started)
-    else:
-        answer = run_hook(app, task)
+def _run(app: Any, task: RunJob | RunHook, commits: Commits, measure_memory: bool) -> Finished:
+    started = time.monotonic()
+    answer = run_job(app, task, commits) if isinstance(task, RunJob) else run_hook(app, task)
+    commits.after_running(task, time.monotonic() - started)
     if measure_memory:
         answer = answer._replace(rss_mb=_rss_mb())
     return answer

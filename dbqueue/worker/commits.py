@@ -17,7 +17,6 @@ the child's pipe, when it is due (``OutcomeBatch.MAX_JOBS`` or
 from __future__ import annotations
 
 import itertools
-import math
 import traceback
 from collections import deque
 from collections.abc import Callable
@@ -26,17 +25,18 @@ from typing import Any
 
 from .. import serializer
 from ..idempotency import CommitFailed, OutcomeBatch
-from .messages import Committed, Finished, RunJob, class_name
+from .messages import Committed, Finished, RunHook, RunJob, class_name
 from .replies import Replies
+from .runtimes import Runtimes
 
 
 class Commits:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, runtimes: Runtimes) -> None:
         self.app = app
         self.batch = OutcomeBatch(app)
-        self.seconds: dict[str, float] = {}
-        """How long each kind of idempotent job takes here: only one known to
-        be short joins a transaction that earlier jobs' effects wait in."""
+        self.runtimes = runtimes
+        """How long each kind of job takes here: only an idempotent one known
+        to be short joins a transaction that earlier jobs' effects wait in."""
 
     def idempotent(self, task: Any) -> bool:
         if not isinstance(task, RunJob):
@@ -47,7 +47,7 @@ class Commits:
     def short(self, task: Any) -> bool:
         """Idempotent, and short enough to join an open transaction."""
         return (self.idempotent(task)
-                and self.seconds.get(task.name, math.inf) < OutcomeBatch.MAX_SECONDS)
+                and self.runtimes.of(task) < OutcomeBatch.MAX_SECONDS)
 
     def wrap(self, job: Any, job_id: int, args: tuple[Any, ...], kwargs: dict[str, Any],
              body: Callable[[], Any]) -> Callable[[], Any]:
@@ -86,11 +86,10 @@ class Commits:
             replies.flush()  # before waiting on the database (see end)
             batch.preclaim(runs)
 
-    def after_running(self, task: RunJob, seconds: float) -> None:
-        if self.idempotent(task):  # (only their keys are claimed)
+    def after_running(self, task: RunJob | RunHook, seconds: float) -> None:
+        self.runtimes.add(task, seconds)
+        if isinstance(task, RunJob) and self.idempotent(task):  # (only their keys are claimed)
             self.batch.unused(task.job_id)
-            last = self.seconds.get(task.name)
-            self.seconds[task.name] = seconds if last is None else 0.8 * last + 0.2 * seconds
 
     def end(self, replies: Replies) -> None:
         """Commit the open transaction, if any, and tell the supervisor.
