@@ -70,6 +70,14 @@ ensure_venv() {
         venv_stamp >"$VENV_STAMP"
     fi
 
+    # An editable install runs dbqueue from this checkout, whose bytecode
+    # nothing compiles ahead (a wheel's install does). Where
+    # PYTHONDONTWRITEBYTECODE is set, every worker process, fork server and
+    # test subprocess would compile each dbqueue module again as it imports
+    # it: a third of a second added to each worker's start. compileall only
+    # rewrites what changed, and writes whatever that variable says.
+    "$VENV_PYTHON" -m compileall -q dbqueue scripts >/dev/null
+
     PATH=$VENV_DIR/bin:$PATH
     export PATH
 }
