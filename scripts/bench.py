@@ -2,7 +2,7 @@
 
     ./scripts/bench [--url URL] [--jobs N] [--concurrency C] [--table-prefix P]
                     [--only enqueue,process,locks,overlap,idempotent,batch,latency,pgqueuer]
-                    [--backlog TOTAL]
+                    [--backlog TOTAL] [--rounds R]
 
 Every table it uses carries its own prefix (default ``bench_``): they are
 dropped and created at the start and dropped at the end, so real data is never
@@ -89,6 +89,12 @@ latency (see scripts/bench_latency.py)
                               (MySQL/MariaDB ``Questions``; PostgreSQL transactions,
                               ``xact_commit``), less its rate just before: only
                               meaningful on a server nobody else uses
+--rounds R (default 1)
+  The figures the table sets side by side (startup_s, the two loops, process,
+  overlap, idempotent and PgQueuer) are measured R times, in rounds that run
+  each of them once, back to back: each figure printed is its median over the
+  rounds, and each ratio the ratio of two medians. With R > 1, ``rounds`` and
+  ``round_rates`` (each round's rates and start-ups) are printed too.
 pgqueuer (only when named in --only; PostgreSQL only, null elsewhere; see
 scripts/bench_pgqueuer.py for what exactly is run and timed)
   pgqueuer_per_s              N no-op jobs bulk-enqueued into PgQueuer (its tables
@@ -114,6 +120,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -363,8 +370,60 @@ def bench_backlog(app, noop, total: int, jobs: int, concurrency: int,
             "backlog_fill_s": round(fill_s, 3)}
 
 
-def bench(app, only: set[str], jobs: int, concurrency: int,
-          backlog: int | None) -> dict[str, float | None]:
+def head_to_head(app, only: set[str], processed: list, jobs: int,
+                 concurrency: int) -> dict[str, float | None]:
+    """One round of the runs compared with each other: the worker's start-up,
+    the two loops, each processing group and PgQueuer, back to back."""
+    from bench_app import noop
+
+    results: dict[str, float | None] = {}
+    reset(app)
+    say("worker start-up and shutdown on an empty queue")
+    startup_s = run_worker(concurrency)
+    results["startup_s"] = round(startup_s, 3)
+    if processed:
+        results.update(bench_baseline(app, noop, jobs))
+        results.update(bench_baseline(app, noop, jobs, lease=True))
+        for _, job, name in processed:
+            results.update(bench_processing(app, job, name, jobs, concurrency, startup_s))
+    if "pgqueuer" in only:  # next to the processing runs: the same moments of the disk
+        from bench_pgqueuer import bench_pgqueuer
+
+        results.update(bench_pgqueuer(app.engine.url.render_as_string(hide_password=False), jobs))
+    return results
+
+
+def medians(runs: list[dict[str, float | None]]) -> dict[str, float | None]:
+    """Each figure's median over ``runs`` (None where no run has it)."""
+    merged: dict[str, float | None] = {}
+    for key in runs[0]:
+        values = [run[key] for run in runs if run.get(key) is not None]
+        merged[key] = round(statistics.median(values), 3) if values else None
+    return merged
+
+
+def in_rounds(app, only: set[str], processed: list, jobs: int, concurrency: int,
+              rounds: int) -> dict[str, float | None]:
+    """``rounds`` of head_to_head, each figure as its median over them.
+
+    The machine's pace drifts from minute to minute: each round runs the
+    figures compared with each other side by side, and the ratios are then
+    taken of the medians."""
+    runs = []
+    for number in range(1, rounds + 1):
+        if rounds > 1:
+            say(f"--- round {number} of {rounds}")
+        runs.append(head_to_head(app, only, processed, jobs, concurrency))
+    results = medians(runs)
+    if rounds > 1:
+        results["rounds"] = rounds
+        results["round_rates"] = [{key: value for key, value in run.items()
+                                   if key.endswith(("_per_s", "startup_s"))} for run in runs]
+    return results
+
+
+def bench(app, only: set[str], jobs: int, concurrency: int, backlog: int | None,
+          rounds: int) -> dict[str, float | None]:
     from bench_app import idempotent_noop, noop, overlap_noop, stamp
 
     results: dict[str, float | None] = {}
@@ -373,24 +432,14 @@ def bench(app, only: set[str], jobs: int, concurrency: int,
     processed = [(group, job, name) for group, job, name in (
         ("process", noop, "process"), ("overlap", overlap_noop, "process_overlap"),
         ("idempotent", idempotent_noop, "process_idempotent")) if group in only]
-    if processed or backlog or "batch" in only:
-        reset(app)
-        say("worker start-up and shutdown on an empty queue")
-        startup_s = run_worker(concurrency)
-        results["startup_s"] = round(startup_s, 3)
-    if processed:
-        results.update(bench_baseline(app, noop, jobs))
-        results.update(bench_baseline(app, noop, jobs, lease=True))
-        for _, job, name in processed:
-            results.update(bench_processing(app, job, name, jobs, concurrency, startup_s))
-            ratios(results, name, "baseline")
-            ratios(results, name, "lease_baseline", f"{name}_lease_ratio")
-    if "pgqueuer" in only:  # next to the processing runs: the same moments of the disk
-        from bench_pgqueuer import bench_pgqueuer
-
-        results.update(bench_pgqueuer(app.engine.url.render_as_string(hide_password=False), jobs))
-        if "process" in only:
-            ratios(results, "process", "pgqueuer", "process_pgqueuer_ratio")
+    if processed or backlog or "batch" in only or "pgqueuer" in only:
+        results.update(in_rounds(app, only, processed, jobs, concurrency, rounds))
+        startup_s = results["startup_s"]
+    for _, _, name in processed:
+        ratios(results, name, "baseline")
+        ratios(results, name, "lease_baseline", f"{name}_lease_ratio")
+    if "pgqueuer" in only and "process" in only:
+        ratios(results, "process", "pgqueuer", "process_pgqueuer_ratio")
     if "batch" in only:
         from bench_batch import bench_batch
 
@@ -444,6 +493,8 @@ def table(results: dict[str, float | None]) -> None:
     if lines:
         lines.insert(0, f"{'':46}{'jobs/s':>10}" + "".join(
             f"{heading:>14}" for _, heading in columns))
+        if results.get("rounds"):
+            lines.insert(0, f"medians of {results['rounds']} rounds (each ratio: of two medians)")
     if "backlog_ratio" in results:
         lines.append(f"deep backlog / process: {results['backlog_ratio']} "
                      f"(excl. start-up: {results['backlog_ratio_excl_startup']})")
@@ -476,9 +527,13 @@ def main() -> None:
                              f"{','.join(GROUPS + OPTIONAL_GROUPS)} [default: {','.join(GROUPS)}]")
     parser.add_argument("--backlog", type=int, default=None, metavar="TOTAL",
                         help="also process --jobs of TOTAL queued jobs [default: no]")
+    parser.add_argument("--rounds", type=int, default=1, metavar="R",
+                        help="run the start-up, the loops, the processing groups and "
+                             "PgQueuer R times, side by side, and report each figure's "
+                             "median [default: 1]")
     args = parser.parse_args()
-    if args.jobs < 1 or args.concurrency < 1:
-        parser.error("--jobs and --concurrency must be at least 1")
+    if args.jobs < 1 or args.concurrency < 1 or args.rounds < 1:
+        parser.error("--jobs, --concurrency and --rounds must be at least 1")
     if args.backlog is not None and args.backlog < args.jobs:
         parser.error("--backlog counts every queued job: it must be at least --jobs")
     if not args.table_prefix:
@@ -494,7 +549,8 @@ def main() -> None:
         from bench_app import app
 
         try:
-            results = bench(app, args.only, args.jobs, args.concurrency, args.backlog)
+            results = bench(app, args.only, args.jobs, args.concurrency, args.backlog,
+                            args.rounds)
             dialect = app.engine.dialect
             backend = "mariadb" if getattr(dialect, "is_mariadb", False) else dialect.name
         finally:
