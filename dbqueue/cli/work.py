@@ -73,23 +73,55 @@ def work(  # noqa: PLR0913 (click passes each of the command's options)
     search_cwd()
     forkserver.start(app_reference)
 
-    from ..worker.options import WorkerOptions
-    from ..worker.supervisor import Supervisor
-    from .common import open_app
+    gc.disable()  # none of the start-up's objects is garbage (see _settle_memory)
+    try:
+        from ..worker.options import WorkerOptions
+        from ..worker.supervisor import Supervisor
+        from .common import open_app
 
-    app = open_app(url, app_reference, table_prefix)
-    options = WorkerOptions(
-        queues=tuple(q.strip() for q in queues.split(",") if q.strip()),
-        concurrency=concurrency, sleep=sleep,
-        retry_after=retry_after if retry_after is not None else app.settings.retry_after,
-        max_jobs=1 if once else max_jobs, max_time=max_time, memory_mb=memory,
-        stop_when_empty=stop_when_empty, stop_when_drained=stop_when_drained, once=once,
-        grace=grace, prefetch=prefetch, schedule=not no_schedule,
-    )
-    code = Supervisor(app, app_reference, options, signals).run()
+        app = open_app(url, app_reference, table_prefix)
+        options = WorkerOptions(
+            queues=tuple(q.strip() for q in queues.split(",") if q.strip()),
+            concurrency=concurrency, sleep=sleep,
+            retry_after=retry_after if retry_after is not None else app.settings.retry_after,
+            max_jobs=1 if once else max_jobs, max_time=max_time, memory_mb=memory,
+            stop_when_empty=stop_when_empty, stop_when_drained=stop_when_drained, once=once,
+            grace=grace, prefetch=prefetch, schedule=not no_schedule,
+        )
+        supervisor = Supervisor(app, app_reference, options, signals)
+    except BaseException:
+        gc.enable()
+        raise
+    _settle_memory()
+    code = supervisor.run()
     app.dispose()  # say goodbye to the server rather than vanish at exit
     # The interpreter's last garbage collections would walk every object
     # SQLAlchemy and the application made, a tenth of a second or more spent
     # on memory about to be given back whole.
     gc.freeze()
     sys.exit(code)
+
+
+# A collection of the youngest objects every this many allocations, not
+# Python's 700.
+_YOUNG_COLLECTION_EVERY = 10_000
+
+
+def _settle_memory() -> None:
+    """Set the garbage collector up for the worker's loop.
+
+    Start-up builds objects that live as long as the process: modules,
+    SQLAlchemy's tables and compiled statements, the application. Collected
+    during the imports, they cost a tenth of a second; frozen afterwards, no
+    later collection walks them again. Then the supervisor keeps up to
+    ``--prefetch`` reserved jobs in hand, each a few objects that outlive the
+    youngest generation: with Python's thresholds, full collections of
+    everything alive came back again and again. Measured on 100,000 no-op jobs
+    (PostgreSQL, ``-c 2``), the collector held the interpreter lock for about
+    1.2 s of the run's 9; frozen and with fewer young collections, 0.2 s. The
+    loop makes almost no reference cycles (a few thousand objects per 100,000
+    jobs), so collecting less often keeps little garbage longer.
+    """
+    gc.freeze()
+    gc.set_threshold(_YOUNG_COLLECTION_EVERY, *gc.get_threshold()[1:])
+    gc.enable()

@@ -22,6 +22,7 @@ builds the App's store: the first store built in a process imports the
 database driver and SQLAlchemy's dialect (a quarter of a second with
 psycopg), which each child would otherwise pay again. The store holds no
 connection yet; each child forgets it at fork (App does) and builds its own.
+The garbage collector is off meanwhile, and what was built is frozen.
 """
 
 import signal
@@ -33,6 +34,7 @@ signal.signal(signal.SIGTERM, signal.SIG_IGN)
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 import contextlib  # noqa: E402
+import gc  # noqa: E402
 import os  # noqa: E402
 
 from dbqueue.worker.child import die_with_parent  # noqa: E402
@@ -47,7 +49,12 @@ PID = os.getpid()
 # same store itself, and says what is wrong in one line. Here they would only
 # print a second, longer account (or, for any error but ImportError, take the
 # fork server down: multiprocessing catches nothing else around a preload).
+gc.disable()  # nothing to collect among the imports (see cli.work._settle_memory)
 with contextlib.suppress(Exception):
     from dbqueue.loader import load_app
 
     load_app(os.environ.get(APP, "")).store  # noqa: B018 (built for its side effect)
+# Every child inherits these objects: frozen, no collection in a child walks
+# them (nor copies the memory pages that hold them, as marking them would).
+gc.freeze()
+gc.enable()
