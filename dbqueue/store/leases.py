@@ -33,6 +33,7 @@ class Leases(Dispatch):
         """
 
         def work(c: Connection) -> list[ReservedRow]:
+            self.dialect.steer_claims(c)
             taken: list[ReservedRow] = []
             for queue in queues:
                 if len(taken) >= limit:

@@ -166,6 +166,10 @@ class Dialect:
 
     # --- reservation ----------------------------------------------------------
 
+    def steer_claims(self, connection: Connection) -> None:
+        """Set, for the rest of ``connection``'s transaction, what the plans of
+        its claims (``reserve``) need whatever the server's statistics say."""
+
     def reserve(self, connection: Connection, jobs: sa.Table, queue: str, limit: int,
                 token: str, lease: float) -> list[ReservedRow]:
         """Claim up to ``limit`` available jobs of ``queue``, first by (priority, id).
