@@ -93,8 +93,10 @@ latency (see scripts/bench_latency.py)
   The figures the table sets side by side (startup_s, the two loops, process,
   overlap, idempotent and PgQueuer) are measured R times, in rounds that run
   each of them once, back to back: each figure printed is its median over the
-  rounds, and each ratio the ratio of two medians. With R > 1, ``rounds`` and
-  ``round_rates`` (each round's rates and start-ups) are printed too.
+  rounds, and each ratio the ratio of two medians (process_per_s and
+  startup_s in batch's and --backlog's are medians too; those, enqueue, locks
+  and latency run once). With R > 1, ``rounds`` and ``round_rates`` (each
+  round's rates and start-ups) are printed too.
 pgqueuer (only when named in --only; PostgreSQL only, null elsewhere; see
 scripts/bench_pgqueuer.py for what exactly is run and timed)
   pgqueuer_per_s              N no-op jobs bulk-enqueued into PgQueuer (its tables

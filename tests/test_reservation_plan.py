@@ -81,9 +81,11 @@ def test_a_reservation_walks_an_index_without_statistics(app: Any) -> None:
                            for plan in _plans(connection, statement)
                            if (fault := _fault(connection, jobs, plan))]
     finally:
-        with app.engine.begin() as connection:
-            connection.execute(jobs.delete())
-        _automatic_statistics(app, jobs, on=True)
+        try:
+            with app.engine.begin() as connection:
+                connection.execute(jobs.delete())
+        finally:
+            _automatic_statistics(app, jobs, on=True)
         _analyze(app, jobs)
     assert not faults, "\n\n".join(faults)
 
