@@ -292,6 +292,10 @@ def test_a_reserved_rows_times_are_aware_and_in_utc(jobs):
     for moment in (row.created_at, row.reserved_at):
         assert moment.tzinfo is UTC
         assert abs(moment - datetime.now(UTC)) < timedelta(minutes=5)
+    table = jobs.app.store.tables.jobs
+    stored = jobs.app.store.read(lambda c: c.execute(
+        sa.select(table.c.created_at).where(table.c.id == row.id)).scalar_one())
+    assert row.created_at == stored  # to the microsecond, however the dialect reads it
 
 
 def test_a_time_read_in_another_time_zone_is_the_same_instant_in_utc():
