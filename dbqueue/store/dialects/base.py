@@ -181,14 +181,21 @@ class Dialect:
         (see ``one_of_selected`` for PostgreSQL's spelling of the IN).
         """
         statement = self._claim(jobs, queue, limit, lease)
-        # The attempt's number is counted here, in Python: a row someone set to
-        # the largest INTEGER must not make the whole reservation overflow.
         # .all(): one fetch for the batch, not one driver call per row.
-        rows = [ReservedRow(id_, queue_, job, payload, priority, attempts + 1, created, reserved)
-                for id_, queue_, job, payload, priority, attempts, created, reserved
-                in connection.execute(statement, {"token": token}).all()]
+        rows = self.reserved_rows(connection.execute(statement, {"token": token}).all())
         rows.sort(key=_claim_order)  # RETURNING order is unspecified
         return rows
+
+    def reserved_rows(self, returned: Sequence[Any]) -> list[ReservedRow]:
+        """The rows ``reserve_statement`` returned (``reserved_columns``), as ReservedRows."""
+        # The attempt's number is counted here, in Python: a row someone set to
+        # the largest INTEGER must not make the whole reservation overflow.
+        return [ReservedRow(id_, queue_, job, payload, priority, attempts + 1, created, reserved)
+                for id_, queue_, job, payload, priority, attempts, created, reserved in returned]
+
+    def reserved_columns(self, jobs: sa.Table) -> list[sa.ColumnElement[Any]]:
+        """What a reservation returns of each row, in the order of ReservedRow."""
+        return [jobs.c[name] for name in RESERVED_COLUMNS]
 
     def _claim(self, jobs: sa.Table, queue: str, limit: int, lease: float) -> sa.Executable:
         """``reserve_statement`` with the token as the parameter ``token``: built
@@ -219,7 +226,7 @@ class Dialect:
                 reserved_at=self.now(),
                 available_at=self.now_plus(lease),
             )
-            .returning(*(jobs.c[name] for name in RESERVED_COLUMNS))
+            .returning(*self.reserved_columns(jobs))
         )
 
     def claimable(self, jobs: sa.Table, queue: str, limit: int) -> sa.Select[Any]:

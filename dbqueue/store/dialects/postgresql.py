@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
-from .base import Dialect, Notices, seconds_expression, server_too_old
+from .base import Dialect, Notices, ReservedRow, seconds_expression, server_too_old
 
 # SQLSTATEs worth a fresh attempt of the whole transaction.
 _RETRYABLE = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
@@ -108,6 +108,26 @@ class PostgreSQL(Dialect):
         # plan; SET LOCAL ends with the transaction.
         connection.exec_driver_sql("SET LOCAL enable_sort = off")
 
+    def reserved_columns(self, jobs: sa.Table) -> list[sa.ColumnElement[Any]]:
+        # The two times as seconds since the epoch (double precision, exact to
+        # the microsecond until the year 2242): psycopg reads a float in C, and
+        # one C call makes it a UTC datetime. A timestamptz costs psycopg a
+        # conversion to the session's time zone, and UtcDateTime another back
+        # to UTC: 2.8 µs a row against 0.7.
+        *columns, created, reserved = super().reserved_columns(jobs)
+        return [*columns, _epoch(created), _epoch(reserved)]
+
+    def reserved_rows(self, returned: Sequence[Any]) -> list[ReservedRow]:
+        rows = []
+        clock: dict[float, datetime] = {}  # one statement, one now(): parsed once
+        for id_, queue, job, payload, priority, attempts, created, reserved_epoch in returned:
+            reserved = clock.get(reserved_epoch)
+            if reserved is None:
+                reserved = clock[reserved_epoch] = datetime.fromtimestamp(reserved_epoch, UTC)
+            rows.append(ReservedRow(id_, queue, job, payload, priority, attempts + 1,
+                                    datetime.fromtimestamp(created, UTC), reserved))
+        return rows
+
     def one_of_selected(self, column: sa.ColumnElement[Any],
                         select: sa.Select[Any]) -> sa.ColumnElement[bool]:
         # = ANY(ARRAY(SELECT ...)), not IN (SELECT ...): the planner makes IN a
@@ -169,3 +189,8 @@ class _Listener:
     def close(self) -> None:
         # Not back to the pool: it is still LISTENing.
         self.connection.invalidate()
+
+
+def _epoch(column: sa.ColumnElement[Any]) -> sa.ColumnElement[float]:
+    # date_part, not EXTRACT: EXTRACT gives numeric since PostgreSQL 14.
+    return sa.func.date_part("epoch", column, type_=sa.Float).label(column.key)
