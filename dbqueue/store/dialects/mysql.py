@@ -119,6 +119,19 @@ class MySQL(Dialect):
     def now_default(self) -> sa.TextClause:
         return sa.text("(UTC_TIMESTAMP(6))")
 
+    def one_of(self, column: sa.ColumnElement[Any],
+               values: Sequence[Any]) -> sa.ColumnElement[bool]:
+        # Ids (every job a worker reserves and completes goes through here)
+        # are written into the statement: as parameters, SQLAlchemy renders a
+        # placeholder for each and PyMySQL escapes each, in Python, about 3 µs
+        # an id; compiling the statement afresh costs less than a batch's
+        # worth of that. Anything but ints stays a parameter.
+        values = list(values)
+        if values and all(type(value) is int for value in values):
+            listed: sa.ColumnElement[Any] = sa.literal_column(f"({','.join(map(str, values))})")
+            return column.op("IN", is_comparison=True)(listed)
+        return column.in_(values)
+
     def reserve(self, connection: Connection, jobs: sa.Table, queue: str, limit: int,
                 token: str, lease: float) -> list[ReservedRow]:
         # The locking SELECT also reads the server clock, so the UPDATE can write
@@ -131,7 +144,7 @@ class MySQL(Dialect):
         now = _utc(locked[0].now)
         connection.execute(
             sa.update(jobs)
-            .where(jobs.c.id.in_([row[0] for row in locked]))
+            .where(self.one_of(jobs.c.id, [row[0] for row in locked]))
             .values(
                 reserved_by=token,
                 reserved_at=now,
