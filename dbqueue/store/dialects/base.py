@@ -156,7 +156,8 @@ class Dialect:
 
     def one_of(self, column: sa.ColumnElement[Any],
                values: Sequence[Any]) -> sa.ColumnElement[bool]:
-        """``column IN (values)``: one bound parameter per value."""
+        """``column IN (values)``; here one bound parameter per value (PostgreSQL
+        sends one array, MySQL writes ids into the statement)."""
         return column.in_(values)
 
     def one_of_selected(self, column: sa.ColumnElement[Any],
