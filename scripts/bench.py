@@ -26,11 +26,15 @@ process, overlap, idempotent (any of them)
   baseline_per_s              N no-op jobs, bulk-dispatched, emptied by a bare
   (+ _s, _retries)            SELECT ... FOR UPDATE SKIP LOCKED / DELETE loop of
                               the raw driver in 2 processes, batches of 100, with
-                              dbqueue's own claim query: the server's ceiling
-                              (see scripts/bench_baseline.py; null on SQLite)
+                              dbqueue's own claim query: the server's ceiling.
+                              A program of its own, timed from launch to exit
+                              like the worker (see scripts/bench_baseline.py;
+                              null on SQLite)
+  baseline_per_s_excl_startup the same, timed from the loops' common start, once
+  (+ baseline_loop_s)         connected, to the last one's end: the loops alone
   lease_baseline_per_s        the same jobs run by the lease loop: the same claim
-  (+ _s, _retries)            query, but the claim is committed as a lease (UPDATE
-                              reserved_by, reserved_at, available_at = now + 60 s)
+  (+ _excl_startup, _s,       query, but the claim is committed as a lease (UPDATE
+  _loop_s, _retries)          reserved_by, reserved_at, available_at = now + 60 s)
                               before the jobs run (each payload decoded, a no-op
                               called), and each batch then deleted in a second
                               transaction: the least a crash-safe queue with leases
@@ -40,9 +44,10 @@ process
                               ``dbqueue work --concurrency C --stop-when-empty
                               --sleep 0.05`` from start to exit (process_s)
   process_per_s_excl_startup  the same without startup_s (null if that leaves no time)
-  process_ratio               process_per_s / baseline_per_s
-  (+ _excl_startup)           (null without a baseline)
-  process_lease_ratio         process_per_s / lease_baseline_per_s
+  process_ratio               process_per_s / baseline_per_s, both wall clock
+  (+ _excl_startup)           from launch to exit; _excl_startup: both without
+                              their start-up (null without a baseline)
+  process_lease_ratio         the same against the lease loop
   (+ _excl_startup)           (null without a lease loop)
 overlap
   process_overlap_per_s       the same for N jobs under ``WithoutOverlapping``,
@@ -330,12 +335,14 @@ def bench_baseline(app, noop, jobs: int, lease: bool = False) -> dict[str, float
     measured = measure(app, app.engine.url.render_as_string(hide_password=False), jobs)
     if measured is None:
         say(f"(no {loop}: this database has no SKIP LOCKED)")
-        return {f"{name}_per_s": None, f"{name}_s": None, f"{name}_retries": None}
+        return {f"{name}_per_s": None, f"{name}_per_s_excl_startup": None, f"{name}_s": None,
+                f"{name}_loop_s": None, f"{name}_retries": None}
     if counts(app) != (0, 0):
         raise SystemExit(f"error: after the {loop}, {counts(app)} (jobs, failed) left")
-    seconds, retries = measured
-    return {f"{name}_per_s": round(jobs / seconds, 1), f"{name}_s": round(seconds, 3),
-            f"{name}_retries": retries}
+    return {f"{name}_per_s": round(jobs / measured.seconds, 1),
+            f"{name}_per_s_excl_startup": round(jobs / measured.loop_seconds, 1),
+            f"{name}_s": round(measured.seconds, 3),
+            f"{name}_loop_s": round(measured.loop_seconds, 3), f"{name}_retries": measured.retries}
 
 
 def fill(app, job, total: int, head: int) -> None:
@@ -421,8 +428,9 @@ def in_rounds(app, only: set[str], processed: list, jobs: int, concurrency: int,
     results = medians(runs)
     if rounds > 1:
         results["rounds"] = rounds
+        kept = ("_per_s", "_excl_startup", "startup_s")
         results["round_rates"] = [{key: value for key, value in run.items()
-                                   if key.endswith(("_per_s", "startup_s"))} for run in runs]
+                                   if key.endswith(kept)} for run in runs]
     return results
 
 
@@ -480,7 +488,7 @@ def table(results: dict[str, float | None]) -> None:
         ("baseline", "/ baseline"), ("lease_baseline", "/ lease loop"),
         ("pgqueuer", "/ PgQueuer")) if reference == "baseline" or results.get(f"{reference}_per_s")]
     lines = []
-    for label, key in (("bare SKIP LOCKED loop (baseline)", "baseline"),
+    for label, key in (("bare SKIP LOCKED loop", "baseline"),
                        ("SKIP LOCKED loop with leases", "lease_baseline"),
                        ("PgQueuer", "pgqueuer"),
                        ("process", "process"),
