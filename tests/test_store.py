@@ -139,6 +139,19 @@ def test_fail_moves_the_job_to_failed_jobs_in_one_step(app):
     assert failed.payload == '{"args":[42],"kwargs":{}}' and len(failed.uuid) == 36
 
 
+def test_payloads_and_tracebacks_past_64_kib_are_kept_whole(app):
+    # MySQL's TEXT stops at 64 KiB: the long text columns are LONGTEXT there.
+    store, big = app.store, "x" * 70_000
+    payload = '{"args":["' + big + '"],"kwargs":{}}'
+    store.push(NewJob("default", "send", payload))
+    (row,) = store.reserve(["default"], 1, "t", 90)
+    assert row.payload == payload
+    assert store.fail(row, "t", Failure("ValueError", big, "Traceback " + big), "web1:77")
+    (failed,) = rows(app, store.tables.failed_jobs)
+    assert (failed.payload, failed.exception_message, failed.exception) == (
+        payload, big, "Traceback " + big)
+
+
 def test_push_many_inserts_every_row_with_its_own_options(app):
     store = app.store
     jobs = [NewJob("q1", "noop", f'{{"args":[{i}]}}', priority=i % 3, delay=3600 if i % 2 else 0)

@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
 
-from .dialects import UtcDateTime
+from .dialects import LongText, UtcDateTime
 
 REVISION = "0009"
 """The oldest revision of the tables this code works with: workers refuse
@@ -27,8 +26,8 @@ def version_table(prefix: str = "") -> str:
     return f"{prefix}dbqueue_alembic_version"
 
 
-# LONGTEXT on MySQL: TEXT stops at 64 KiB, too little for tracebacks and payloads.
-LongText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+__all__ = ["REVISION", "BigId", "LongText", "Tables", "build_tables", "version_table"]
+
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER only
 
 
@@ -67,7 +66,9 @@ def build_tables(prefix: str = "") -> Tables:
         # lets the walk pass over jobs not yet due inside the index (0006).
         sa.Index(f"{prefix}jobs_ready_idx", "queue", "priority", "id", "available_at"),
         sa.Index(f"{prefix}jobs_unique_key_idx", "unique_key", unique=True),
-        sqlite_autoincrement=True,  # ids are never reused (migration 0004)
+        # On SQLite, ids are never reused (AUTOINCREMENT, migration 0004). Not
+        # declared here: these objects never create a table, and the option
+        # would make SQLAlchemy import its SQLite dialect in every process.
     )
     failed_jobs = sa.Table(
         f"{prefix}failed_jobs", metadata,
@@ -88,7 +89,6 @@ def build_tables(prefix: str = "") -> Tables:
         sa.Index(f"{prefix}failed_jobs_queue_idx", "queue", "failed_at"),
         sa.Index(f"{prefix}failed_jobs_batch_idx", "batch_id"),
         sa.Index(f"{prefix}failed_jobs_failed_at_idx", "failed_at"),
-        sqlite_autoincrement=True,
     )
     job_outcomes = sa.Table(
         f"{prefix}job_outcomes", metadata,

@@ -82,6 +82,21 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
         return _in_utc(datetime.fromisoformat(value) if isinstance(value, str) else value)
 
 
+class LongText(sa.TypeDecorator[str]):
+    """Text as long as a payload or a traceback: LONGTEXT on MySQL, where TEXT
+    stops at 64 KiB; TEXT elsewhere.
+
+    A type that asks the dialect seam, rather than ``Text().with_variant(
+    mysql.LONGTEXT(), ...)``, so that only MySQL's processes import SQLAlchemy's
+    MySQL dialect (some 20 ms in each process that builds the tables)."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        return dialect.type_descriptor(dialect_for(dialect).long_text_type())
+
+
 def _in_utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
@@ -141,6 +156,9 @@ class Dialect:
 
     def timestamp_type(self) -> sa.types.TypeEngine[Any]:
         return sa.DateTime()
+
+    def long_text_type(self) -> sa.types.TypeEngine[str]:
+        return sa.Text()
 
     def now(self) -> sa.ColumnElement[datetime]:
         """The database server's current UTC time (DESIGN §2.6: one clock)."""

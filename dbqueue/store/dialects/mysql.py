@@ -105,6 +105,9 @@ class MySQL(Dialect):
     def timestamp_type(self) -> sa.types.TypeEngine[Any]:
         return mysql.DATETIME(fsp=6)
 
+    def long_text_type(self) -> sa.types.TypeEngine[str]:
+        return mysql.LONGTEXT()  # TEXT stops at 64 KiB: too little for tracebacks and payloads
+
     def now(self) -> sa.ColumnElement[datetime]:
         # UTC_TIMESTAMP, not NOW(): NOW() follows the session time zone, which
         # differs between the application's connections and ours.
