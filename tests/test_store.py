@@ -1,5 +1,6 @@
 """One contract per store verb, run on every backend against a real server."""
 
+import re
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -7,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 import dbqueue
-from dbqueue.store import Admin, Failure, Lease, NewJob
+from dbqueue.store import Admin, Failure, Lease, NewJob, migrator
 from dbqueue.store.dialects.base import _in_utc as in_utc
 from tests.conftest import count, rows
 
@@ -150,6 +151,15 @@ def test_payloads_and_tracebacks_past_64_kib_are_kept_whole(app):
     (failed,) = rows(app, store.tables.failed_jobs)
     assert (failed.payload, failed.exception_message, failed.exception) == (
         payload, big, "Traceback " + big)
+
+
+@pytest.mark.parametrize(("url", "long_text"), [
+    ("postgresql://u@host/db", "TEXT"), ("mysql://u@host/db", "LONGTEXT"),
+    ("mariadb://u@host/db", "LONGTEXT"), ("sqlite:///never.db", "TEXT")])
+def test_the_long_text_columns_are_each_servers_longest_text(url, long_text):
+    script = migrator.upgrade_sql(url, "p_", "base:0001")
+    for column in ("payload", "exception_message", "exception"):
+        assert re.search(rf"^ +{column} {long_text} NOT NULL,", script, re.MULTILINE), column
 
 
 def test_push_many_inserts_every_row_with_its_own_options(app):

@@ -94,7 +94,9 @@ class LongText(sa.TypeDecorator[str]):
     cache_ok = True
 
     def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
-        return dialect.type_descriptor(dialect_for(dialect).long_text_type())
+        # Not through dialect.type_descriptor(): PostgreSQL's drivers map Text
+        # to a String of their own, which migrations would create as VARCHAR.
+        return dialect_for(dialect).long_text_type()
 
 
 def _in_utc(value: datetime | None) -> datetime | None:
