@@ -40,6 +40,8 @@ without start-up). None on servers without SKIP LOCKED (SQLite).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -88,10 +90,18 @@ def launch(url: str, mode: str, per_process: list[list[str]], jobs: int, name: s
             "read_committed": dialect.name in ("mysql", "mariadb"), "mode": mode,
             "statements": per_process}
     started = time.perf_counter()
-    finished = subprocess.run([sys.executable, str(LOOPS)], input=json.dumps(spec), text=True,
-                              stdout=subprocess.PIPE, check=True, timeout=TIMEOUT_S)
+    # A session of its own: on a timeout, its loop processes are killed with it.
+    with subprocess.Popen([sys.executable, str(LOOPS)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True, start_new_session=True) as program:
+        try:
+            output, _ = program.communicate(json.dumps(spec), timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(program.pid, signal.SIGKILL)
+            raise SystemExit(f"error: the {name} ran for more than {TIMEOUT_S} s") from None
     seconds = time.perf_counter() - started
-    report = json.loads(finished.stdout)
+    if program.returncode:
+        raise SystemExit(f"error: the {name} failed (exit code {program.returncode})")
+    report = json.loads(output)
     if report["done"] != jobs:
         raise SystemExit(f"error: the {name} deleted {report['done']} jobs, expected {jobs}")
     return Timing(seconds, report["ended"] - report["started"], report["retries"])

@@ -126,7 +126,8 @@ def loop(spec: dict[str, Any], statements: list[str], driver: Any,
         connection.commit()
     batch = MODES[spec["mode"]]
     os.write(ready, b"r")
-    os.read(go, 1)
+    if not os.read(go, 1):
+        raise SystemExit("the loops were called off before they started")
     started = time.time()
     done = retries = 0
     while True:
@@ -140,40 +141,59 @@ def loop(spec: dict[str, Any], statements: list[str], driver: Any,
     os.write(report, json.dumps([started, ended, done, retries]).encode() + b"\n")
 
 
-def main() -> None:
-    spec = json.load(sys.stdin)
-    driver = importlib.import_module(spec["driver"])
-    ready_r, ready_w = os.pipe()
-    go_r, go_w = os.pipe()
-    report_r, report_w = os.pipe()
+def fork_loops(spec: dict[str, Any], driver: Any, ready: tuple[int, int],
+               go: tuple[int, int], report: tuple[int, int]) -> list[int]:
+    """One forked process per loop, each holding only its ends of the pipes
+    (read ends first in each pair); their pids."""
     children = []
     for statements in spec["statements"]:
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
-                loop(spec, statements, driver, ready_w, go_r, report_w)
+                for fd in (ready[0], go[1], report[0]):
+                    os.close(fd)
+                loop(spec, statements, driver, ready[1], go[0], report[1])
             except BaseException as exc:
                 print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
                 code = 1
             os._exit(code)
         children.append(pid)
-    count = len(children)
-    for _ in range(count):  # every process connected
-        while not select.select([ready_r], [], [], 1.0)[0]:
+    return children
+
+
+def wait_connected(children: list[int], ready: int) -> None:
+    """Return once every loop process has connected; exit if one died first."""
+    for _ in children:
+        while not select.select([ready], [], [], 1.0)[0]:
             if any(os.waitpid(pid, os.WNOHANG)[0] for pid in children):
-                for pid in children:  # one died before it connected: no loop can run
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
                 raise SystemExit("error: a loop process failed before it connected")
-        os.read(ready_r, 1)
-    os.write(go_w, b"g" * count)
-    failed = [pid for pid in children if os.waitpid(pid, 0)[1] != 0]
-    if failed:
-        raise SystemExit(f"error: {len(failed)} loop process(es) failed")
-    os.close(report_w)
-    with os.fdopen(report_r) as reports:
+        if not os.read(ready, 1):  # every write end closed: all of them are gone
+            raise SystemExit("error: the loop processes failed before they connected")
+
+
+def main() -> None:
+    spec = json.load(sys.stdin)
+    driver = importlib.import_module(spec["driver"])
+    ready, go, report = os.pipe(), os.pipe(), os.pipe()
+    children = fork_loops(spec, driver, ready, go, report)
+    for fd in (ready[1], go[0], report[1]):
+        os.close(fd)
+    started = False
+    try:
+        wait_connected(children, ready[0])
+        os.write(go[1], b"g" * len(children))
+        started = True
+    finally:
+        if not started:  # no loop may run on, or wait for a start that never comes
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    with os.fdopen(report[0]) as reports:  # to its end: when the last loop has exited
         spans = [json.loads(line) for line in reports]
+    failed = [pid for pid in children if os.waitpid(pid, 0)[1] != 0]
+    if failed or len(spans) != len(children):
+        raise SystemExit(f"error: {len(failed)} loop process(es) failed")
     print(json.dumps({"started": min(s[0] for s in spans), "ended": max(s[1] for s in spans),
                       "done": sum(s[2] for s in spans), "retries": sum(s[3] for s in spans)}))
 
