@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 import dbqueue
 from dbqueue.store import Admin, Failure, Lease, NewJob, migrator
-from dbqueue.store.dialects.base import _in_utc as in_utc
+from dbqueue.store.dialects.types import _in_utc as in_utc
 from tests.conftest import count, rows
 
 
@@ -297,7 +297,7 @@ def test_timestamps_read_on_postgresql_are_utc_and_a_naive_one_counts_as_utc(app
     # column or expression without a time zone still means UTC, whatever TZ is.
     from datetime import UTC, datetime
 
-    from dbqueue.store.dialects.base import UtcDateTime
+    from dbqueue.store.dialects.types import UtcDateTime
 
     if app.store.dialect.name != "postgresql":
         return

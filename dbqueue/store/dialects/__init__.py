@@ -4,12 +4,11 @@ from .base import (
     READ_ONLY,
     RESERVED_COLUMNS,
     Dialect,
-    LongText,
     Notices,
     ReservedRow,
-    UtcDateTime,
     dialect_for,
 )
+from .types import LongText, UtcDateTime
 
 __all__ = [
     "READ_ONLY",
