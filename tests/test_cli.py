@@ -351,8 +351,8 @@ def migrated_url(tmp_path: Path) -> str:
     (["status", "--url", "{fresh}", "--app", "tests.broken_app:app"],
      "importing tests.broken_app failed at "),
     (["status", "--url", "{fresh}", "--app", ":app"], "names no module"),
-    # `dbqueue work` starts its fork server before it loads the App itself: the
-    # fork server's own import of a broken module must add nothing to the line.
+    # `dbqueue work`'s fork server imports the application beside the worker:
+    # its own import of a broken module must add nothing to the line.
     (["work", "--url", "{fresh}", "--app", "no_such_module:app"],
      "cannot import module 'no_such_module'"),
     (["work", "--url", "{fresh}", "--app", "tests.broken_app:app"],
@@ -518,12 +518,10 @@ def test_version_and_help_name_every_command():
         assert re.search(rf"^  {command} ", usage.stdout, re.MULTILINE), command
 
 
-def test_work_reaches_its_fork_server_before_importing_sqlalchemy():
-    # `dbqueue work` starts the fork server first, so that its import of the
-    # application runs beside the supervisor's own: the modules on that path
-    # must leave SQLAlchemy (and the public names of dbqueue) unimported.
-    probe = ("import sys, dbqueue, dbqueue.cli, dbqueue.cli.work, dbqueue.loader, "
-             "dbqueue.worker.forkserver; "
+def test_the_command_line_loads_sqlalchemy_only_for_the_command_that_runs():
+    # `dbqueue --help`, and a usage error, answer without loading SQLAlchemy:
+    # dbqueue and its command line import their parts when first used.
+    probe = ("import sys, dbqueue, dbqueue.cli, dbqueue.cli.options, dbqueue.loader; "
              "print(sorted(m for m in ('sqlalchemy', 'dbqueue.app') if m in sys.modules))")
     lazy = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           check=True, cwd=ROOT)

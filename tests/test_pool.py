@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import threading
 import time
 
 import pytest
@@ -150,3 +151,20 @@ def test_a_child_that_dies_before_its_first_task_is_charged_with_it(tmp_path, mo
         assert died == [(first, [second])]
     finally:
         pool.stop()
+
+
+def test_beside_another_thread_the_fork_server_is_not_forked():
+    # A fork copies only the calling thread: a lock another thread held at that
+    # moment would stay held in the fork server, and in its children, for good.
+    from multiprocessing import forkserver as module
+
+    from dbqueue.worker import forkserver
+
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert forkserver._fork_server(module) is False  # started the usual way instead
+    finally:
+        stop.set()
+        thread.join()

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -344,6 +345,31 @@ def test_verbose_logs_each_outcome_once_written_with_its_runtime_and_reasons(job
                      r"dbqueue:overlap:one_at_a_time:shared", result.stdout)
     assert re.search(r"\(limited\) released for \d\.\d s: rate limit 'api' reached "
                      r"\(5 per 1 s\)", result.stdout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or sys.version_info[:2] > (3, 12),
+                    reason="the fork server is forked on Linux, with Python 3.11 and 3.12")
+def test_the_fork_server_is_a_fork_of_the_supervisor_not_a_new_interpreter(tmp_path, schema):
+    """A new interpreter would import SQLAlchemy again, beside the supervisor's
+    own import, on a start-up bound by the CPU: the fork server is forked from
+    the supervisor, once that is imported, and imports only the application."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dbqueue", "work", "--app", "tests.slow_import_app:app"],
+        cwd=ROOT, env=worker_env(schema, DBQUEUE_TEST_MARKERS=str(tmp_path)), text=True,
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: len(list(tmp_path.iterdir())) == 2,
+                   what="the supervisor and its fork server to import the application")
+        (server,) = {int(marker.name) for marker in tmp_path.iterdir()} - {process.pid}
+        stat = (Path("/proc") / str(server) / "stat").read_text()
+        assert int(stat.rpartition(")")[2].split()[1]) == process.pid  # its parent
+        # A fork runs the supervisor's command line; multiprocessing's own fork
+        # server would run `python -c "from multiprocessing.forkserver import main..."`.
+        assert ((Path("/proc") / str(server) / "cmdline").read_bytes()
+                == (Path("/proc") / str(process.pid) / "cmdline").read_bytes())
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def test_ctrl_c_while_the_worker_starts_prints_one_line(jobs, tmp_path, schema):

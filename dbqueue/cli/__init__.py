@@ -9,8 +9,7 @@ import click
 from .. import __version__
 
 # Each command, and the module that defines it: imported only when it runs (or
-# when --help lists them all), so that `dbqueue work` reaches its fork server
-# before anything imports SQLAlchemy.
+# when --help lists them all), so that a command imports only what it uses.
 _COMMANDS = {
     "work": "work",
     "migrate": "status",

@@ -1,7 +1,7 @@
 """The options every dbqueue command takes, and its clean errors.
 
-Only click is imported here: `dbqueue work` applies these before it starts its
-fork server, and SQLAlchemy must not be loaded by then (see worker.forkserver).
+Only click is imported here: a usage error or --help should not wait for
+SQLAlchemy to load.
 """
 
 from __future__ import annotations

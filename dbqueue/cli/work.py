@@ -63,15 +63,12 @@ def work(  # noqa: PLR0913 (click passes each of the command's options)
     # Ctrl-C still aborts the start-up at once (see the README).
     signals = StopSignals()
     signals.install(signal.SIGTERM)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not app_reference:
         raise click.UsageError("name your application with --app module:attr (or DBQUEUE_APP)")
     # The fork server imports the application while this process does the
     # same: both need the settings and the working directory's modules first.
     export_settings(url, app_reference, table_prefix)
     search_cwd()
-    forkserver.start(app_reference)
 
     gc.disable()  # start-up makes little garbage (see _settle_memory)
     try:
@@ -79,6 +76,13 @@ def work(  # noqa: PLR0913 (click passes each of the command's options)
         from ..worker.supervisor import Supervisor
         from .common import open_app
 
+        # SQLAlchemy and dbqueue are imported; no thread, no connection, and
+        # the application is not imported yet: the fork server is forked now,
+        # with what it needs already loaded (see worker.forkserver).
+        forkserver.start(app_reference, fork=True)
+        # After the fork: the worker's log format and level are not the jobs'.
+        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         app = open_app(url, app_reference, table_prefix)
         options = WorkerOptions(
             queues=tuple(q.strip() for q in queues.split(",") if q.strip()),

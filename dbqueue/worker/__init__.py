@@ -1,6 +1,5 @@
 """The worker: a supervisor process per host and the child processes it runs jobs in.
 
 Import its parts from their modules (``dbqueue.worker.supervisor`` and so on):
-this package imports nothing by itself, so that ``dbqueue work`` can start its
-fork server (``dbqueue.worker.forkserver``) before the heavy imports.
+this package imports nothing by itself.
 """

@@ -1,31 +1,50 @@
-"""How the worker starts its child processes: from a fork server, started early.
+"""How the worker starts its child processes: from a fork server.
 
 Children fork from a small clean process (multiprocessing's fork server) that
 has imported the application once, so a replacement starts in milliseconds
-and never inherits the supervisor's database connections. ``dbqueue work``
-starts it first thing, before it imports SQLAlchemy itself: the two processes
-then import at the same time, on two cores, and the first children are ready
-about when the supervisor is.
+and never inherits the supervisor's database connections.
 
-This module imports nothing heavy, for that reason.
+Multiprocessing starts its fork server as a new interpreter, which imports
+SQLAlchemy again: on two cores, that and the supervisor's own imports were
+most of a worker's start-up. ``dbqueue work`` instead forks it from the
+supervisor once SQLAlchemy and dbqueue are imported, while the process is
+still clean (one thread, no connection, the application not imported): the
+fork server then only imports the application, beside the supervisor, which
+does the same. Where that cannot be done safely (another thread, a platform or
+Python version whose fork server this module does not know), it starts the
+usual way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
+import socket
+import sys
+import threading
+import traceback
 from multiprocessing.context import BaseContext
+from typing import Any, NoReturn
 
 SUPERVISOR_PID = "DBQUEUE_SUPERVISOR_PID"
 """Where the supervisor leaves its pid for the fork server to check (forkserver_init)."""
 APP = "DBQUEUE_FORKSERVER_APP"
 """Where the supervisor leaves the ``module:attr`` of the App the fork server imports."""
+PRELOAD = "dbqueue.worker.forkserver_init"
+
+# The attributes of multiprocessing's ForkServer (3.11, 3.12) that a fork server
+# started by fork must set, as its ensure_running() would.
+_SERVER_STATE = ("_forkserver_pid", "_forkserver_address", "_forkserver_alive_fd",
+                 "_preload_modules")
 
 
-def start(app_reference: str) -> BaseContext:
+def start(app_reference: str, *, fork: bool = False) -> BaseContext:
     """The multiprocessing context the worker's children start in, with its fork
     server (if there is one) started now, importing the application in the
-    background. Calling it again changes nothing.
+    background. With ``fork``, the fork server is forked from this process if
+    that is safe (see the module's text). Calling it again changes nothing.
 
     The fork server takes ``sys.path`` and the environment as they are now: the
     supervisor's settings (DBQUEUE_URL...) must be in the environment already.
@@ -36,8 +55,86 @@ def start(app_reference: str) -> BaseContext:
     os.environ[SUPERVISOR_PID] = str(os.getpid())
     os.environ[APP] = app_reference
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["dbqueue.worker.forkserver_init"])
+    context.set_forkserver_preload([PRELOAD])
     from multiprocessing import forkserver
 
-    forkserver.ensure_running()
+    if not (fork and _fork_server(forkserver)):
+        forkserver.ensure_running()
     return context
+
+
+def _fork_server(module: Any) -> bool:
+    """Start multiprocessing's fork server as a fork of this process, as its
+    ``ensure_running`` would start it otherwise; False, having done nothing,
+    where that is not safe."""
+    server: Any = getattr(module, "_forkserver", None)
+    if (sys.platform != "linux" or not (3, 11) <= sys.version_info[:2] <= (3, 12)
+            or threading.active_count() != 1
+            or not all(hasattr(server, name) for name in _SERVER_STATE)):
+        return False
+    from multiprocessing import connection, resource_tracker, util
+
+    # ensure_running()'s lock is not taken (no other thread can call it): a
+    # fork server forked while it was held would keep it held for good.
+    if server._forkserver_pid is not None:
+        return True
+    resource_tracker.ensure_running()  # its descriptor is then passed to every child
+    with socket.socket(socket.AF_UNIX) as listener:
+        address = connection.arbitrary_address("AF_UNIX")  # type: ignore[attr-defined]
+        listener.bind(address)
+        if not util.is_abstract_socket_namespace(address):
+            os.chmod(address, 0o600)
+        listener.listen()
+        alive_r, alive_w = os.pipe()
+        # A stop signal arriving as it forks is the supervisor's to take, not
+        # the fork server's, which ignores them (see _serve).
+        stops = {signal.SIGINT, signal.SIGTERM}
+        _flush_std_streams()  # or each child would write what is buffered again
+        signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _serve(module, listener.fileno(), alive_r, alive_w)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+        os.close(alive_r)
+    server._forkserver_address = address
+    server._forkserver_alive_fd = alive_w
+    server._forkserver_pid = pid
+    return True
+
+
+def _serve(module: Any, listener_fd: int, alive_r: int, alive_w: int) -> NoReturn:
+    """In the forked fork server: serve until the supervisor is gone, then exit
+    without running anything of the supervisor's (its atexit handlers, the
+    ``finally`` blocks of the stack it was forked from)."""
+    code = 0
+    try:
+        # The supervisor's signal handling is not ours (see forkserver_init).
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+        # The write ends of the pipe are the supervisor's and its children's:
+        # once they are all gone, the fork server stops.
+        os.close(alive_w)
+        # What a fork server started anew preloads, for any fork server a
+        # child starts in turn: not the worker's (see forkserver_init).
+        module._forkserver._preload_modules = ["__main__"]
+        module.main(listener_fd, alive_r, [PRELOAD])
+    except SystemExit as exc:  # how main() ends, once the supervisor is gone
+        code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            _flush_std_streams()
+        finally:
+            os._exit(code)
+
+
+def _flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed or broken stream: nothing to keep
+            stream.flush()

@@ -177,7 +177,7 @@ class Pool:
         self.size = size
         self.measure_memory = measure_memory
         # Starts the fork server, which imports the application in the
-        # background (`dbqueue work` has started it already, before its own imports).
+        # background (`dbqueue work` has started it already, by fork).
         self.context = forkserver.start(app_reference)
         self.children: list[Child] = []
 
