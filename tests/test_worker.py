@@ -347,19 +347,32 @@ def test_verbose_logs_each_outcome_once_written_with_its_runtime_and_reasons(job
                      r"\(5 per 1 s\)", result.stdout)
 
 
+def importing_worker(schema, markers, stdout):
+    """A `dbqueue work` in a session of its own, returned once its supervisor and
+    its fork server are both importing tests.slow_import_app (which then sleeps;
+    each leaves a file named after its pid in ``markers``)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dbqueue", "work", "--app", "tests.slow_import_app:app"],
+        cwd=ROOT, env=worker_env(schema, DBQUEUE_TEST_MARKERS=str(markers)), text=True,
+        start_new_session=True, stdout=stdout, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: len(list(markers.iterdir())) == 2,
+                   what="the supervisor and its fork server to import the application")
+    except BaseException:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
+    return process
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux") or sys.version_info[:2] > (3, 12),
                     reason="the fork server is forked on Linux, with Python 3.11 and 3.12")
 def test_the_fork_server_is_a_fork_of_the_supervisor_not_a_new_interpreter(tmp_path, schema):
     """A new interpreter would import SQLAlchemy again, beside the supervisor's
     own import, on a start-up bound by the CPU: the fork server is forked from
     the supervisor, once that is imported, and imports only the application."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dbqueue", "work", "--app", "tests.slow_import_app:app"],
-        cwd=ROOT, env=worker_env(schema, DBQUEUE_TEST_MARKERS=str(tmp_path)), text=True,
-        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    process = importing_worker(schema, tmp_path, stdout=subprocess.DEVNULL)
     try:
-        wait_until(lambda: len(list(tmp_path.iterdir())) == 2,
-                   what="the supervisor and its fork server to import the application")
         (server,) = {int(marker.name) for marker in tmp_path.iterdir()} - {process.pid}
         stat = (Path("/proc") / str(server) / "stat").read_text()
         assert int(stat.rpartition(")")[2].split()[1]) == process.pid  # its parent
@@ -375,13 +388,8 @@ def test_the_fork_server_is_a_fork_of_the_supervisor_not_a_new_interpreter(tmp_p
 def test_ctrl_c_while_the_worker_starts_prints_one_line(jobs, tmp_path, schema):
     """Ctrl-C reaches the supervisor and its fork server while both import the
     application: one line, no traceback from either."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dbqueue", "work", "--app", "tests.slow_import_app:app"],
-        cwd=ROOT, env=worker_env(schema, DBQUEUE_TEST_MARKERS=str(tmp_path)), text=True,
-        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = importing_worker(schema, tmp_path, stdout=subprocess.PIPE)
     try:
-        wait_until(lambda: len(list(tmp_path.iterdir())) == 2,
-                   what="the supervisor and its fork server to import the application")
         os.killpg(process.pid, signal.SIGINT)
         output, _ = process.communicate(timeout=60)
     finally:
