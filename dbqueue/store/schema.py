@@ -13,6 +13,9 @@ import sqlalchemy as sa
 
 from .dialects import LongText, UtcDateTime
 
+# LongText too: migration 0001 imports it from here.
+__all__ = ["REVISION", "BigId", "LongText", "Tables", "build_tables", "version_table"]
+
 REVISION = "0009"
 """The oldest revision of the tables this code works with: workers refuse
 older ones. Raise it with a migration this code cannot run without (0004 only
@@ -25,8 +28,6 @@ def version_table(prefix: str = "") -> str:
     """Where Alembic records the tables' revision."""
     return f"{prefix}dbqueue_alembic_version"
 
-
-__all__ = ["REVISION", "BigId", "LongText", "Tables", "build_tables", "version_table"]
 
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER only
 
