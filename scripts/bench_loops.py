@@ -179,16 +179,14 @@ def main() -> None:
     children = fork_loops(spec, driver, ready, go, report)
     for fd in (ready[1], go[0], report[1]):
         os.close(fd)
-    started = False
     try:
         wait_connected(children, ready[0])
-        os.write(go[1], b"g" * len(children))
-        started = True
-    finally:
-        if not started:  # no loop may run on, or wait for a start that never comes
-            for pid in children:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+    except BaseException:  # no loop may run on, or wait for a start that never comes
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        raise
+    os.write(go[1], b"g" * len(children))
     with os.fdopen(report[0]) as reports:  # to its end: when the last loop has exited
         spans = [json.loads(line) for line in reports]
     failed = [pid for pid in children if os.waitpid(pid, 0)[1] != 0]
