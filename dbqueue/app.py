@@ -52,17 +52,22 @@ class App:
 
     ``url_or_engine`` is a database URL, a SQLAlchemy Engine, or None for
     ``$DBQUEUE_URL`` and then a SQLite file ``dbqueue.db`` in the working
-    directory. Nothing connects until the first use.
+    directory. Nothing connects until the first use. ``table_prefix``,
+    ``retry_after`` and ``network_timeout`` default to their DBQUEUE_*
+    variables (see Settings); ``network_timeout`` applies to the engines built
+    from a URL, not to one given.
     """
 
     def __init__(self, url_or_engine: str | Engine | None = None, *,
-                 table_prefix: str | None = None, retry_after: float | None = None) -> None:
+                 table_prefix: str | None = None, retry_after: float | None = None,
+                 network_timeout: float | None = None) -> None:
         given_engine = url_or_engine if isinstance(url_or_engine, Engine) else None
         url = url_or_engine if isinstance(url_or_engine, str) else None
         if given_engine is not None:
             url = given_engine.url.render_as_string(hide_password=False)
         self.settings = Settings.from_env(url=url, table_prefix=table_prefix,
-                                          retry_after=retry_after)
+                                          retry_after=retry_after,
+                                          network_timeout=network_timeout)
         self._engine = given_engine
         self._store: Store | None = None
         self._lock = threading.Lock()
@@ -81,9 +86,11 @@ class App:
                     if self._engine is not None:
                         self._store = Store(self._engine, self.settings.table_prefix)
                     else:
-                        url = self.settings.url
-                        self._store = Store(create_engine(url), self.settings.table_prefix,
-                                            create_engine(url, autocommit=True))
+                        url, timeout = self.settings.url, self.settings.network_timeout
+                        self._store = Store(
+                            create_engine(url, network_timeout=timeout),
+                            self.settings.table_prefix,
+                            create_engine(url, autocommit=True, network_timeout=timeout))
         return self._store
 
     @property

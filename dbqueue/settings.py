@@ -16,6 +16,10 @@ DEFAULT_URL = "sqlite:///dbqueue.db"
 
 DEFAULT_RETRY_AFTER = 90.0
 
+DEFAULT_NETWORK_TIMEOUT = 30.0
+"""Seconds within which a connection whose network path died without a word
+(a failover, a firewall dropping packets) fails instead of hanging."""
+
 _PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,20}$|^$")
 
 
@@ -26,11 +30,16 @@ class Settings:
     ``retry_after`` is the lease: a worker renews it (heartbeat) while the job
     runs, so it bounds how long a *crashed* worker's job waits before another
     worker takes it, never how long a job may run.
+
+    ``network_timeout`` bounds how long a connection to a server may hear
+    nothing from a dead network path before it fails; a slow statement on a
+    live server is not cut short by it.
     """
 
     url: str = DEFAULT_URL
     table_prefix: str = ""
     retry_after: float = DEFAULT_RETRY_AFTER
+    network_timeout: float = DEFAULT_NETWORK_TIMEOUT
 
     def __post_init__(self) -> None:
         if not _PREFIX.match(self.table_prefix):
@@ -38,15 +47,16 @@ class Settings:
                 f"table prefix {self.table_prefix!r} is not valid: use up to 21 letters, "
                 "digits and underscores, starting with a letter (for example 'dbq_')"
             )
-        if not (self.retry_after > 0 and math.isfinite(self.retry_after)):
-            raise ConfigurationError(
-                f"retry_after must be a positive, finite number of seconds, "
-                f"not {self.retry_after!r}"
-            )
+        for name in ("retry_after", "network_timeout"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigurationError(
+                    f"{name} must be a positive, finite number of seconds, not {value!r}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Read ``DBQUEUE_URL``, ``DBQUEUE_TABLE_PREFIX`` and ``DBQUEUE_RETRY_AFTER``.
+        """Read ``DBQUEUE_URL``, ``DBQUEUE_TABLE_PREFIX``, ``DBQUEUE_RETRY_AFTER``
+        and ``DBQUEUE_NETWORK_TIMEOUT``.
 
         Arguments that are not ``None`` win over the environment.
         """
@@ -56,8 +66,10 @@ class Settings:
             values["url"] = env["DBQUEUE_URL"]
         if "DBQUEUE_TABLE_PREFIX" in env:
             values["table_prefix"] = env["DBQUEUE_TABLE_PREFIX"]
-        if env.get("DBQUEUE_RETRY_AFTER"):
-            values["retry_after"] = parse_seconds("DBQUEUE_RETRY_AFTER", env["DBQUEUE_RETRY_AFTER"])
+        for name in ("retry_after", "network_timeout"):
+            variable = "DBQUEUE_" + name.upper()
+            if env.get(variable):
+                values[name] = parse_seconds(variable, env[variable])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

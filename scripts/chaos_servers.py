@@ -1,9 +1,11 @@
 """Database servers of ./scripts/chaos's own, which it may crash and stop.
 
-Each server gets a spare port on 127.0.0.1 (it listens nowhere else) and a data
-directory under the chaos run's temporary directory; the shared servers on 5432
-and 3306 are never touched. Durability is the servers' default (every commit
-flushed to disk): only buffer sizes are made small, which changes no semantics.
+Each server gets a spare port on 127.0.0.1 (it listens nowhere else), or on an
+address inside a network namespace the caller made (``namespace``, ``host``:
+see chaos_network.py), and a data directory under the run's temporary
+directory; the shared servers on 5432 and 3306 are never touched. Durability is
+the servers' default (every commit flushed to disk): only buffer sizes are made
+small, which changes no semantics.
 
 A server offers ``database(name)`` (a new database, and the dbqueue URL of it),
 ``crash()`` (an immediate restart: committed data must survive, nothing else),
@@ -26,6 +28,11 @@ def spare_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def in_namespace(namespace: str | None) -> list[str]:
+    """The prefix that runs a command inside ``namespace`` (none for None)."""
+    return ["ip", "netns", "exec", namespace] if namespace else []
 
 
 def wait_until(ready, what: str) -> None:
@@ -69,28 +76,33 @@ class Postgres:
     def installed(cls) -> bool:
         return bool(cls._versions())
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, namespace: str | None = None, host: str = "127.0.0.1") -> None:
         versions = self._versions()
         if not versions:
             raise RuntimeError("PostgreSQL not found under /usr/lib/postgresql")
         self.bin = versions[-1].parent
         self.root, self.data, self.port = root, root / "data", spare_port()
+        self.host, self.inside = host, in_namespace(namespace)
         root.mkdir(parents=True)
         self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self.as_postgres:
             shutil.chown(root, "postgres")
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
                   "-E", "UTF8", "--no-sync")  # --no-sync: only initdb's own files
+        if host != "127.0.0.1":  # initdb trusts loopback only; let the namespace's peer in
+            with open(self.data / "pg_hba.conf", "a") as hba:
+                hba.write("host all all samenet trust\n")
         self.start()
 
     def _run(self, program: str, *args: str) -> None:
         # A session of its own: a Ctrl-C at the terminal must not stop the
         # server before the script has stopped its workers.
-        subprocess.run([*self.as_postgres, str(self.bin / program), *args], check=True,
+        subprocess.run([*self.inside, *self.as_postgres, str(self.bin / program), *args],
+                       check=True,
                        stdout=subprocess.DEVNULL, start_new_session=True)
 
     def _pg_ctl(self, *args: str) -> None:
-        settings = (f"-c listen_addresses=127.0.0.1 -c port={self.port} "
+        settings = (f"-c listen_addresses={self.host} -c port={self.port} "
                     f"-c unix_socket_directories={self.root} -c shared_buffers=32MB "
                     f"-c max_connections=300")
         self._run("pg_ctl", *args, "-w", "-t", str(int(READY_TIMEOUT)), "-D", str(self.data),
@@ -113,10 +125,10 @@ class Postgres:
     def database(self, name: str) -> str:
         import psycopg
 
-        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres",
+        with psycopg.connect(host=self.host, port=self.port, user="postgres",
                              dbname="postgres", autocommit=True) as connection:
             connection.execute(f'CREATE DATABASE "{name}"')
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+        return f"postgresql://postgres@{self.host}:{self.port}/{name}"
 
 
 class MariaDB:
@@ -125,13 +137,22 @@ class MariaDB:
     backend = "mariadb"
     has_server = True
 
-    def __init__(self, root: Path) -> None:
-        self.server = next((p for p in ("/usr/sbin/mariadbd", "/usr/sbin/mysqld")
-                            if os.access(p, os.X_OK)), None)
-        install = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
+    @staticmethod
+    def _programs() -> tuple[str | None, str | None]:
+        server = next((p for p in ("/usr/sbin/mariadbd", "/usr/sbin/mysqld")
+                       if os.access(p, os.X_OK)), None)
+        return server, shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
+
+    @classmethod
+    def installed(cls) -> bool:
+        return None not in cls._programs()
+
+    def __init__(self, root: Path, namespace: str | None = None, host: str = "127.0.0.1") -> None:
+        self.server, install = self._programs()
         if self.server is None or install is None:
             raise RuntimeError("MariaDB not found (mariadbd, mariadb-install-db)")
         self.root, self.port = root, spare_port()
+        self.host, self.inside = host, in_namespace(namespace)
         self.process: subprocess.Popen[bytes] | None = None
         root.mkdir(parents=True)
         as_root = ["--user=root"] if os.geteuid() == 0 else []
@@ -141,6 +162,9 @@ class MariaDB:
                         *self._tuning()], check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
         self.start()
+        if host != "127.0.0.1":  # root may log in from localhost only; let the peer in
+            self._sql("CREATE USER 'root'@'10.%'",
+                      "GRANT ALL PRIVILEGES ON *.* TO 'root'@'10.%' WITH GRANT OPTION")
 
     @staticmethod
     def _tuning() -> list[str]:
@@ -149,8 +173,8 @@ class MariaDB:
 
     def start(self) -> None:
         as_root = ["--user=root"] if os.geteuid() == 0 else []
-        command = [self.server, "--no-defaults", f"--datadir={self.root / 'data'}",
-                   f"--port={self.port}", "--bind-address=127.0.0.1",
+        command = [*self.inside, self.server, "--no-defaults", f"--datadir={self.root / 'data'}",
+                   f"--port={self.port}", f"--bind-address={self.host}",
                    f"--socket={self.root / 'mysqld.sock'}", f"--pid-file={self.root / 'pid'}",
                    f"--log-error={self.root / 'server.log'}", "--skip-name-resolve",
                    "--max-connections=300", *as_root, *self._tuning()]
@@ -163,12 +187,22 @@ class MariaDB:
 
         if self.process is not None and self.process.poll() is not None:
             raise RuntimeError(f"mariadbd exited; see {self.root / 'server.log'}")
-        try:
-            pymysql.connect(host="127.0.0.1", port=self.port, user="root",
+        try:  # by its socket: the server's own, whatever address it listens on
+            pymysql.connect(unix_socket=str(self.root / "mysqld.sock"), user="root",
                             connect_timeout=1).close()
             return True
         except pymysql.MySQLError:
             return False
+
+    def _sql(self, *statements: str) -> None:
+        import pymysql
+
+        connection = pymysql.connect(unix_socket=str(self.root / "mysqld.sock"), user="root")
+        try:
+            for statement in statements:
+                connection.cursor().execute(statement)
+        finally:
+            connection.close()
 
     def stop(self) -> None:
         if self.process is not None:
@@ -187,14 +221,8 @@ class MariaDB:
             self.process.wait()
 
     def database(self, name: str) -> str:
-        import pymysql
-
-        connection = pymysql.connect(host="127.0.0.1", port=self.port, user="root")
-        try:
-            connection.cursor().execute(f"CREATE DATABASE `{name}`")
-        finally:
-            connection.close()
-        return f"mysql://root@127.0.0.1:{self.port}/{name}"
+        self._sql(f"CREATE DATABASE `{name}`")
+        return f"mysql://root@{self.host}:{self.port}/{name}"
 
 
 SERVERS = {"postgresql": Postgres, "mariadb": MariaDB, "sqlite": SQLite}

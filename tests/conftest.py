@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -124,11 +124,13 @@ class Workers:
     url: str
     started: list[subprocess.Popen[str]]
     app: str = "tests.jobapp:app"
+    env: dict[str, str] = field(default_factory=dict)
+    """More environment variables for the workers (DBQUEUE_* are not inherited)."""
 
     def start(self, *args: str) -> subprocess.Popen[str]:
         process = subprocess.Popen(
             [sys.executable, "-m", "dbqueue", "work", "--app", self.app, *args],
-            cwd=ROOT, env=worker_env(self.url), text=True, start_new_session=True,
+            cwd=ROOT, env=worker_env(self.url, **self.env), text=True, start_new_session=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         self.started.append(process)

@@ -20,6 +20,7 @@ from ..errors import (
     DBQueueError,
     NotMigrated,
 )
+from ..settings import DEFAULT_NETWORK_TIMEOUT
 from .dialects import Dialect, dialect_for
 
 # The drivers dbqueue is tested with, for URLs that name none. SQLAlchemy's
@@ -93,11 +94,14 @@ def where(url: str | URL) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
-def create_engine(url: str, *, autocommit: bool = False) -> Engine:
+def create_engine(url: str, *, autocommit: bool = False,
+                  network_timeout: float = DEFAULT_NETWORK_TIMEOUT) -> Engine:
     """An engine for ``url``, set up the way dbqueue's guarantees need.
 
     With ``autocommit`` every statement commits by itself: one round trip for
-    a single INSERT instead of three (BEGIN, INSERT, COMMIT).
+    a single INSERT instead of three (BEGIN, INSERT, COMMIT). A connection
+    whose network path to the server dies fails within about
+    ``network_timeout`` seconds, rather than waiting for ever.
     """
     parsed = parse_url(url)
     if parsed.drivername in _DEFAULT_DRIVERS:
@@ -125,7 +129,7 @@ def create_engine(url: str, *, autocommit: bool = False) -> Engine:
                "own: pip install 'dbqueue-sql[postgres]' or 'dbqueue-sql[mysql]'")
         raise ConfigurationError(
             f"the database driver {exc.name!r} is not installed; {fix}") from None
-    dialect.prepare_engine(engine)
+    dialect.prepare_engine(engine, network_timeout)
     if not dialect.embedded:
         _ping_when_idle(engine)
     return engine
@@ -285,3 +289,4 @@ def translating(engine: Engine, table_prefix: str = "") -> Iterator[None]:
         yield
     except DRIVER_ERRORS as exc:
         raise translate(engine, exc, table_prefix) from exc
+

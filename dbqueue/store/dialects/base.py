@@ -84,8 +84,10 @@ class Dialect:
         None where the server cannot tell (workers then poll)."""
         return None
 
-    def prepare_engine(self, engine: Engine) -> None:
-        """Install connection hooks on an engine dbqueue created."""
+    def prepare_engine(self, engine: Engine, network_timeout: float) -> None:
+        """Install connection hooks on an engine dbqueue created: among them,
+        those by which a connection whose network path died fails within about
+        ``network_timeout`` seconds (see liveness.py)."""
 
     def check_server(self, connection: Connection) -> None:
         """Raise UnsupportedDatabase when the server cannot give dbqueue's guarantees."""

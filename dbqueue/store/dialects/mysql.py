@@ -3,14 +3,16 @@ UPDATE SKIP LOCKED followed by an UPDATE of the locked ids, in one short transac
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from .base import (
     BULK_ROWS,
@@ -20,6 +22,7 @@ from .base import (
     seconds_expression,
     server_too_old,
 )
+from .liveness import keep_alive
 
 _DEADLOCK, _LOCK_WAIT_TIMEOUT = 1213, 1205
 _NO_SUCH_TABLE = 1146
@@ -95,6 +98,22 @@ class MySQL(Dialect):
         # READ COMMITTED takes no gap locks: the reserving transaction runs
         # faster and deadlocks less than under the default REPEATABLE READ.
         return {**super().engine_options(), "isolation_level": "READ COMMITTED"}
+
+    def prepare_engine(self, engine: Engine, network_timeout: float) -> None:
+        if engine.dialect.driver != "pymysql":
+            return
+
+        @event.listens_for(engine, "do_connect")
+        def _connect_timeout(_dialect: Any, _record: Any, _args: Any,
+                             params: dict[str, Any]) -> None:
+            params.setdefault("connect_timeout", math.ceil(network_timeout))
+
+        @event.listens_for(engine, "connect")
+        def _liveness(dbapi_connection: Any, _record: Any) -> None:
+            # PyMySQL's parameters reach no keepalive setting: set the socket's.
+            sock = getattr(dbapi_connection, "_sock", None)
+            if sock is not None:
+                keep_alive(sock, network_timeout)
 
     def check_server(self, connection: Connection) -> None:
         version = str(connection.exec_driver_sql("SELECT VERSION()").scalar_one())

@@ -8,10 +8,12 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from .base import Dialect, Notices, ReservedRow, seconds_expression, server_too_old
+from .liveness import libpq_options
 
 # SQLSTATEs worth a fresh attempt of the whole transaction.
 _RETRYABLE = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
@@ -30,6 +32,16 @@ _UNDEFINED_COLUMN = "42703"
 class PostgreSQL(Dialect):
     name: ClassVar[str] = "postgresql"
     aware_timestamps: ClassVar[bool] = True
+
+    def prepare_engine(self, engine: Engine, network_timeout: float) -> None:
+        if engine.dialect.driver not in ("psycopg", "psycopg2"):  # not libpq's parameters
+            return
+        defaults = libpq_options(network_timeout)
+
+        @event.listens_for(engine, "do_connect")
+        def _liveness(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
+            for name, value in defaults.items():
+                params.setdefault(name, value)  # the URL's own ?keepalives_idle=... wins
 
     def check_server(self, connection: Connection) -> None:
         number = int(connection.exec_driver_sql("SHOW server_version_num").scalar_one())

@@ -31,7 +31,7 @@ class SQLite(Dialect):
     def engine_options(self) -> dict[str, Any]:
         return {"connect_args": {"timeout": _BUSY_TIMEOUT_SECONDS}}
 
-    def prepare_engine(self, engine: Engine) -> None:
+    def prepare_engine(self, engine: Engine, network_timeout: float) -> None:
         @event.listens_for(engine, "connect")
         def _connect(dbapi_connection: Any, _record: Any) -> None:
             # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin.

@@ -1,0 +1,55 @@
+"""How a connection notices that its network path died without a word.
+
+A database host that fails over, or a firewall that starts dropping packets,
+closes nothing: no FIN or RST reaches the client, and a socket waiting for an
+answer waits until the kernel gives up on its retransmissions (about 15
+minutes on Linux), or for ever when no data is in flight. A worker stuck so
+cannot stop its overdue jobs or heed SIGTERM. So every connection dbqueue
+opens to a server asks the kernel to probe a silent peer (TCP keepalive) and to
+give up on data left unacknowledged (TCP_USER_TIMEOUT): a dead path then fails
+within about ``seconds``, while a slow statement, whose server still answers
+the probes, runs as long as it needs.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from typing import Any
+
+_PROBES = 3
+
+
+def _idle_and_interval(seconds: float) -> tuple[int, int]:
+    """Whole seconds of silence before the first probe, and between probes:
+    together about ``seconds``, neither under the kernel's minimum of 1."""
+    idle = max(1, math.floor(seconds / 2))
+    interval = max(1, math.floor((seconds - idle) / _PROBES))
+    return idle, interval
+
+
+def libpq_options(seconds: float) -> dict[str, Any]:
+    """libpq's connection parameters for ``seconds`` (psycopg, psycopg2)."""
+    idle, interval = _idle_and_interval(seconds)
+    return {
+        # libpq's own default waits for ever; it counts at least 2 s.
+        "connect_timeout": max(2, math.ceil(seconds)),
+        "keepalives": 1,
+        "keepalives_idle": idle,
+        "keepalives_interval": interval,
+        "keepalives_count": _PROBES,
+        "tcp_user_timeout": math.ceil(seconds * 1000),
+    }
+
+
+def keep_alive(sock: socket.socket, seconds: float) -> None:
+    """Set the same on a driver's socket (PyMySQL, whose parameters have no
+    keepalive of their own); options the platform lacks are left out."""
+    idle, interval = _idle_and_interval(seconds)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    options = [("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", _PROBES),
+               ("TCP_USER_TIMEOUT", math.ceil(seconds * 1000))]
+    for name, value in options:
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)

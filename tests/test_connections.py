@@ -1,0 +1,94 @@
+"""The connections dbqueue opens to a server notice a dead network path (TCP
+keepalive and TCP_USER_TIMEOUT, see dbqueue/store/dialects/liveness.py).
+
+A path that really goes dark is in test_dark_network.py.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+import dbqueue
+from dbqueue.errors import ConfigurationError
+from dbqueue.settings import Settings
+
+OPTIONS = {"SO_KEEPALIVE": (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+           "TCP_KEEPIDLE": (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+           "TCP_KEEPINTVL": (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+           "TCP_KEEPCNT": (socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+           "TCP_USER_TIMEOUT": (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)}
+
+
+@pytest.fixture
+def server_url(backend_url: str) -> str:
+    if backend_url.startswith("sqlite"):
+        pytest.skip("SQLite has no network path")
+    return backend_url
+
+
+@contextmanager
+def driver_socket(engine: sa.Engine) -> Iterator[socket.socket]:
+    """A pooled connection's socket (a duplicate: closing it leaves the driver's open)."""
+    with engine.connect() as connection:
+        driver: Any = connection.connection.driver_connection
+        fd = driver.fileno() if hasattr(driver, "fileno") else driver._sock.fileno()  # PyMySQL
+        duplicate = socket.socket(fileno=os.dup(fd))
+        try:
+            yield duplicate
+        finally:
+            duplicate.close()
+
+
+def options_of(engine: sa.Engine) -> dict[str, int]:
+    with driver_socket(engine) as sock:
+        return {name: sock.getsockopt(*where) for name, where in OPTIONS.items()}
+
+
+def test_connections_probe_a_silent_path_within_30_seconds_by_default(server_url):
+    app = dbqueue.App(server_url)
+    try:
+        options = options_of(app.engine)
+    finally:
+        app.dispose()
+    assert options.pop("SO_KEEPALIVE") != 0
+    assert options == {"TCP_KEEPIDLE": 15, "TCP_KEEPINTVL": 5, "TCP_KEEPCNT": 3,
+                       "TCP_USER_TIMEOUT": 30_000}
+
+
+def test_the_network_timeout_is_a_setting(server_url, monkeypatch):
+    monkeypatch.setenv("DBQUEUE_NETWORK_TIMEOUT", "8")
+    from_env = dbqueue.App(server_url)
+    given = dbqueue.App(server_url, network_timeout=4)
+    try:
+        assert options_of(from_env.engine)["TCP_USER_TIMEOUT"] == 8_000
+        options = options_of(given.engine)
+        assert options.pop("SO_KEEPALIVE") != 0
+        assert options == {"TCP_KEEPIDLE": 2, "TCP_KEEPINTVL": 1, "TCP_KEEPCNT": 3,
+                           "TCP_USER_TIMEOUT": 4_000}
+    finally:
+        from_env.dispose()
+        given.dispose()
+
+
+def test_a_libpq_parameter_in_the_url_wins(server_url):
+    if not server_url.startswith("postgresql"):
+        pytest.skip("libpq's parameters are PostgreSQL's")
+    app = dbqueue.App(server_url + "?keepalives_idle=7")
+    try:
+        options = options_of(app.engine)
+    finally:
+        app.dispose()
+    assert (options["TCP_KEEPIDLE"], options["TCP_USER_TIMEOUT"]) == (7, 30_000)
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "soon", "inf"])
+def test_a_network_timeout_must_be_positive_seconds(text):
+    with pytest.raises(ConfigurationError, match=r"(?i)network_timeout"):
+        Settings.from_env({"DBQUEUE_NETWORK_TIMEOUT": text})

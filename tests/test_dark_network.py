@@ -1,0 +1,160 @@
+"""The network path to the database goes dark: packets vanish, nothing closes.
+
+Unlike a stopped server (test_outage.py), a failover or a firewall that drops
+packets sends the client no error: without keepalive probes and a user
+timeout on its sockets, a worker waits on its connection for about 15 minutes
+(with data in flight) or for ever, and meanwhile stops neither its overdue
+jobs nor itself. These tests start a server of their own inside a network
+namespace of their own (scripts/chaos_network.py) and cut the link to it; the
+shared servers are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dbqueue.errors import DatabaseUnavailable
+from tests import jobapp
+from tests.conftest import IN_CI, PREFIX, ROOT, Workers, count, read_until, wait_until
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from chaos_network import Island
+from chaos_servers import MariaDB, Postgres
+
+pytestmark = pytest.mark.slow
+
+# Short, so that each test waits seconds; the default is 30.
+NETWORK_TIMEOUT = "2"
+
+
+@pytest.fixture(scope="module")
+def island() -> Iterator[Island]:
+    reason = Island.unavailable()
+    if reason:
+        if IN_CI:
+            pytest.fail(f"{reason} (CI=true: the dark-network tests must run)")
+        pytest.skip(reason)
+    made = Island()
+    yield made
+    made.close()
+
+
+@pytest.fixture(scope="module", params=["postgresql", "mariadb"])
+def server(request: pytest.FixtureRequest, island: Island) -> Iterator[Any]:
+    kind = {"postgresql": Postgres, "mariadb": MariaDB}[request.param]
+    if not kind.installed():
+        reason = f"{request.param}'s server programs are not installed"
+        if IN_CI:
+            pytest.fail(f"{reason} (CI=true: every backend must be tested)")
+        pytest.skip(reason)
+    # Not pytest's tmp_path: PostgreSQL runs as another user, who must be able
+    # to reach its data directory.
+    root = Path(tempfile.mkdtemp(prefix="dbqueue-dark-"))
+    root.chmod(0o755)
+    own = None
+    try:
+        own = kind(root / request.param, namespace=island.namespace, host=island.host)
+        yield own
+    finally:
+        if own is not None:
+            own.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def private(server: Any, island: Island, request: pytest.FixtureRequest,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[jobapp.JobApp]:
+    monkeypatch.setenv("DBQUEUE_NETWORK_TIMEOUT", NETWORK_TIMEOUT)
+    built = jobapp.build(server.database(request.node.name[5:45].lower()), PREFIX)
+    built.app.migrate()
+    yield built
+    island.heal()  # a failed test may have left it cut
+    built.app.dispose()
+
+
+@pytest.fixture
+def workers(private: jobapp.JobApp) -> Iterator[Workers]:
+    running = Workers(private.app.settings.url, [],
+                      env={"DBQUEUE_NETWORK_TIMEOUT": NETWORK_TIMEOUT})
+    yield running
+    running.kill_all()
+
+
+def outcome_within(call: Callable[[], Any], seconds: float) -> BaseException | None:
+    """The error ``call`` raised, None if it returned; fails the test if it is
+    still waiting after ``seconds`` (it is left waiting, in a daemon thread)."""
+    raised: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            raised.append(None)
+        except BaseException as exc:  # the outcome under test
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not raised:
+        pytest.fail(f"still waiting on the dark connection after {seconds:.0f} s")
+    return raised[0]
+
+
+def test_a_dispatch_over_a_dark_path_fails_and_the_next_one_reconnects(private, island):
+    private.nap.dispatch(0)
+    island.cut()
+    error = outcome_within(lambda: private.nap.dispatch(0), 60)
+    island.heal()
+    assert isinstance(error, DatabaseUnavailable), repr(error)
+    private.nap.dispatch(0)
+    assert count(private.app, private.app.store.tables.jobs) == 2
+
+
+def test_a_worker_whose_path_goes_dark_says_so_and_loses_nothing(private, island, workers):
+    private.app.dispatch_many([private.nap.prepare(0.05) for _ in range(120)])
+    host = workers.start("-v", "--concurrency", "2", "--sleep", "0.1")
+    table = private.app.store.tables.jobs
+    wait_until(lambda: count(private.app, table) < 100, what="the worker to get going")
+    island.cut()
+    try:
+        log = read_until(host, "the database is unreachable")
+    finally:
+        island.heal()
+    wait_until(lambda: count(private.app, table) == 0, timeout=120, what="every job to complete")
+    os.killpg(host.pid, signal.SIGTERM)
+    output, _ = host.communicate(timeout=60)
+    output = log + output
+    assert host.returncode == 0, output
+    assert "reachable again, after" in output, output
+    assert "Traceback" not in output
+    completed = Counter(re.findall(r"job (\d+) \(nap\) completed in", output))
+    assert len(completed) == 120 and set(completed.values()) == {1}, completed
+    assert count(private.app, private.app.store.tables.failed_jobs) == 0
+
+
+def test_a_worker_stops_on_sigterm_while_its_path_is_dark(private, island, workers):
+    host = workers.start("--sleep", "0.1")
+    private.nap.dispatch(0)
+    wait_until(lambda: count(private.app, private.app.store.tables.jobs) == 0,
+               what="the worker to run a job")
+    island.cut()
+    try:
+        log = read_until(host, "the database is unreachable")
+        os.killpg(host.pid, signal.SIGTERM)
+        output, _ = host.communicate(timeout=60)
+    finally:
+        island.heal()
+    assert host.returncode == 0, log + output
+    assert "Traceback" not in log + output
