@@ -1,12 +1,15 @@
 """The connections dbqueue opens to a server notice a dead network path (TCP
-keepalive and TCP_USER_TIMEOUT, see dbqueue/store/dialects/liveness.py).
+keepalive and TCP_USER_TIMEOUT, see dbqueue/store/dialects/liveness.py), and a
+pooled connection its server ended is replaced before it is used.
 
-A path that really goes dark is in test_dark_network.py.
+A path that really goes dark is in test_dark_network.py; here the shared
+servers only see the tests' own connections, and end one of them.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +21,8 @@ import sqlalchemy as sa
 import dbqueue
 from dbqueue.errors import ConfigurationError
 from dbqueue.settings import Settings
+from dbqueue.store.engine import create_engine
+from tests.conftest import PREFIX, count
 
 OPTIONS = {"SO_KEEPALIVE": (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
            "TCP_KEEPIDLE": (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
@@ -92,3 +97,45 @@ def test_a_libpq_parameter_in_the_url_wins(server_url):
 def test_a_network_timeout_must_be_positive_seconds(text):
     with pytest.raises(ConfigurationError, match=r"(?i)network_timeout"):
         Settings.from_env({"DBQUEUE_NETWORK_TIMEOUT": text})
+
+
+def end_session(url: str, port: int) -> None:
+    """Have the server end the session whose client uses ``port`` (one of this
+    test's own connections: the port tells it from every other session)."""
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            if engine.dialect.name == "postgresql":
+                ended = connection.execute(sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE client_port = :port"), {"port": port}).all()
+                assert len(ended) == 1
+            else:
+                ids = connection.execute(sa.text(
+                    "SELECT id FROM information_schema.processlist WHERE host LIKE :host"),
+                    {"host": f"%:{port}"}).scalars().all()
+                assert len(ids) == 1
+                connection.execute(sa.text(f"KILL {int(ids[0])}"))
+    finally:
+        engine.dispose()
+
+
+def wait_readable(sock: socket.socket) -> None:
+    """Until the server's end of the session reaches the client's socket."""
+    assert select.select([sock], [], [], 30)[0], "the server did not end the session"
+
+
+def test_a_pooled_connection_its_server_ended_is_replaced_before_use(server_url, jobs):
+    app: Any = dbqueue.App(server_url, table_prefix=PREFIX)  # its pool: one connection
+    try:
+        with driver_socket(app.engine) as sock:
+            first_port = sock.getsockname()[1]
+            end_session(server_url, first_port)
+            wait_readable(sock)
+        # Rested for less than the 10 s after which a connection is pinged
+        # anyway: only its socket says it is dead.
+        assert count(app, app.store.tables.jobs) == 0
+        with driver_socket(app.engine) as sock:
+            assert sock.getsockname()[1] != first_port
+    finally:
+        app.dispose()

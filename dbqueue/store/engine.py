@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -195,8 +196,11 @@ def _ping_when_idle(engine: Engine) -> None:
 
 def check_rested(engine: Engine, dbapi_connection: Any, since: float | None) -> None:
     """Ping a connection that has rested since ``since`` (monotonic) for longer
-    than IDLE_PING_AFTER; DisconnectionError if it no longer answers."""
-    if since is None or time.monotonic() - since < IDLE_PING_AFTER:
+    than IDLE_PING_AFTER, or that has something to read; DisconnectionError if
+    it no longer answers."""
+    if since is None:
+        return
+    if time.monotonic() - since < IDLE_PING_AFTER and not _has_news(engine, dbapi_connection):
         return
     try:
         engine.dialect.do_ping(dbapi_connection)
@@ -290,3 +294,20 @@ def translating(engine: Engine, table_prefix: str = "") -> Iterator[None]:
     except DRIVER_ERRORS as exc:
         raise translate(engine, exc, table_prefix) from exc
 
+
+def _has_news(engine: Engine, dbapi_connection: Any) -> bool:
+    """Whether a resting connection has something to read. Its server sends
+    it nothing unasked, except the end: a restarted server's farewell, or the
+    kernel's word that the network path died (see dialects/liveness.py). One
+    poll, no round trip: the ping follows only when this says yes."""
+    try:
+        fd = dialect_for(engine.dialect).socket_of(dbapi_connection)
+    except (OSError, ValueError):  # the socket is closed
+        return True
+    if fd is None:  # the driver does not tell: the ping after a rest must do
+        return False
+    if fd < 0:
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))

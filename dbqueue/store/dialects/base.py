@@ -92,6 +92,17 @@ class Dialect:
     def check_server(self, connection: Connection) -> None:
         """Raise UnsupportedDatabase when the server cannot give dbqueue's guarantees."""
 
+    def socket_of(self, dbapi_connection: Any) -> int | None:
+        """The file descriptor of a driver's connection to its server (-1 once
+        closed), None if the driver does not tell."""
+        fileno = getattr(dbapi_connection, "fileno", None)
+        if not callable(fileno):
+            return None
+        try:
+            return int(fileno())
+        except Exception:  # psycopg raises its own error once the connection is closed
+            return -1
+
     # --- types and clock ----------------------------------------------------
 
     def timestamp_type(self) -> sa.types.TypeEngine[Any]:

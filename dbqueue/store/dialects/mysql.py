@@ -115,6 +115,10 @@ class MySQL(Dialect):
             if sock is not None:
                 keep_alive(sock, network_timeout)
 
+    def socket_of(self, dbapi_connection: Any) -> int | None:
+        sock = getattr(dbapi_connection, "_sock", None)  # PyMySQL: None once closed
+        return -1 if sock is None else int(sock.fileno())
+
     def check_server(self, connection: Connection) -> None:
         version = str(connection.exec_driver_sql("SELECT VERSION()").scalar_one())
         if _version_tuple(version) < self.minimum:
