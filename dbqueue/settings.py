@@ -47,11 +47,13 @@ class Settings:
                 f"table prefix {self.table_prefix!r} is not valid: use up to 21 letters, "
                 "digits and underscores, starting with a letter (for example 'dbq_')"
             )
-        for name in ("retry_after", "network_timeout"):
-            value = getattr(self, name)
-            if not (value > 0 and math.isfinite(value)):
-                raise ConfigurationError(
-                    f"{name} must be a positive, finite number of seconds, not {value!r}")
+        if not (self.retry_after > 0 and math.isfinite(self.retry_after)):
+            raise ConfigurationError(f"retry_after must be a positive, finite number of "
+                                     f"seconds, not {self.retry_after!r}")
+        if not (self.network_timeout >= 1 and math.isfinite(self.network_timeout)):
+            # Under a second, one lost packet would end a healthy connection.
+            raise ConfigurationError(f"network_timeout must be a finite number of seconds, "
+                                     f"1 or more, not {self.network_timeout!r}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -40,8 +40,9 @@ class Island:
         here = f"{subnet}.{first + 1}"
         self.host = f"{subnet}.{first + 2}"
         """The address inside the island: where its server listens."""
-        self._ip("netns", "add", self.namespace)
+        self._forget_stale()
         try:
+            self._ip("netns", "add", self.namespace)
             self._ip("link", "add", self._outer, "type", "veth", "peer", "name", self._inner,
                      "netns", self.namespace)
             self._ip("addr", "add", f"{here}/30", "dev", self._outer)
@@ -59,6 +60,18 @@ class Island:
         except BaseException:
             self.close()
             raise
+
+    def _forget_stale(self) -> None:
+        """A namespace of this name is left from an earlier process with this
+        pid that was killed: end what still runs in it and delete it."""
+        listed = subprocess.run(["ip", "netns", "pids", self.namespace], capture_output=True,
+                                text=True)
+        if listed.returncode != 0:
+            return  # there is none
+        for pid in listed.stdout.split():
+            subprocess.run(["kill", "-9", pid], stderr=subprocess.DEVNULL)
+        subprocess.run(["ip", "netns", "del", self.namespace], stderr=subprocess.DEVNULL)
+        subprocess.run(["ip", "link", "del", self._outer], stderr=subprocess.DEVNULL)
 
     @staticmethod
     def _ip(*args: str) -> None:

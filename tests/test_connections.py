@@ -21,6 +21,7 @@ import sqlalchemy as sa
 import dbqueue
 from dbqueue.errors import ConfigurationError
 from dbqueue.settings import Settings
+from dbqueue.store.dialects.liveness import keep_alive, libpq_options
 from dbqueue.store.engine import create_engine
 from tests.conftest import PREFIX, count
 
@@ -99,23 +100,42 @@ def test_a_network_timeout_must_be_positive_seconds(text):
         Settings.from_env({"DBQUEUE_NETWORK_TIMEOUT": text})
 
 
-def end_session(url: str, port: int) -> None:
-    """Have the server end the session whose client uses ``port`` (one of this
-    test's own connections: the port tells it from every other session)."""
+def test_a_long_network_timeout_is_held_to_what_the_kernel_takes():
+    options = libpq_options(10**7)
+    assert (options["keepalives_idle"], options["keepalives_interval"]) == (32_767, 32_767)
+    assert options["tcp_user_timeout"] == 2**31 - 1
+    with socket.socket() as sock:
+        keep_alive(sock, 10**7)  # would raise OSError (EINVAL) unclamped
+        assert sock.getsockopt(*OPTIONS["TCP_KEEPIDLE"]) == 32_767
+
+
+def test_a_unix_socket_is_left_as_it_is():
+    """MySQL's client may talk over a Unix socket, which has no network path
+    (and refuses TCP's options)."""
+    first, second = socket.socketpair()
+    with first, second:
+        keep_alive(first, 30)
+        assert first.getsockopt(*OPTIONS["SO_KEEPALIVE"]) == 0
+
+
+def session_id(connection: sa.Connection) -> int:
+    """The server's own number for the session ``connection`` is in."""
+    query = ("SELECT pg_backend_pid()" if connection.dialect.name == "postgresql"
+             else "SELECT CONNECTION_ID()")
+    return int(connection.execute(sa.text(query)).scalar_one())
+
+
+def end_session(url: str, session: int) -> None:
+    """Have the server end ``session`` (one of this test's own connections)."""
     engine = create_engine(url)
     try:
         with engine.begin() as connection:
             if engine.dialect.name == "postgresql":
-                ended = connection.execute(sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE client_port = :port"), {"port": port}).all()
-                assert len(ended) == 1
+                ended = connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"),
+                                           {"pid": session}).scalar_one()
+                assert ended
             else:
-                ids = connection.execute(sa.text(
-                    "SELECT id FROM information_schema.processlist WHERE host LIKE :host"),
-                    {"host": f"%:{port}"}).scalars().all()
-                assert len(ids) == 1
-                connection.execute(sa.text(f"KILL {int(ids[0])}"))
+                connection.execute(sa.text(f"KILL {session}"))
     finally:
         engine.dispose()
 
@@ -128,14 +148,15 @@ def wait_readable(sock: socket.socket) -> None:
 def test_a_pooled_connection_its_server_ended_is_replaced_before_use(server_url, jobs):
     app: Any = dbqueue.App(server_url, table_prefix=PREFIX)  # its pool: one connection
     try:
+        with app.engine.connect() as connection:
+            first = session_id(connection)
         with driver_socket(app.engine) as sock:
-            first_port = sock.getsockname()[1]
-            end_session(server_url, first_port)
+            end_session(server_url, first)
             wait_readable(sock)
         # Rested for less than the 10 s after which a connection is pinged
         # anyway: only its socket says it is dead.
         assert count(app, app.store.tables.jobs) == 0
-        with driver_socket(app.engine) as sock:
-            assert sock.getsockname()[1] != first_port
+        with app.engine.connect() as connection:
+            assert session_id(connection) != first
     finally:
         app.dispose()

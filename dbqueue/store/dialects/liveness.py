@@ -18,14 +18,20 @@ import socket
 from typing import Any
 
 _PROBES = 3
+_LONGEST_PROBE_WAIT = 32_767  # seconds: Linux refuses more (TCP_KEEPIDLE, TCP_KEEPINTVL)
+_LONGEST_USER_TIMEOUT = 2**31 - 1  # milliseconds: a C int
 
 
 def _idle_and_interval(seconds: float) -> tuple[int, int]:
     """Whole seconds of silence before the first probe, and between probes:
-    together about ``seconds``, neither under the kernel's minimum of 1."""
-    idle = max(1, math.floor(seconds / 2))
-    interval = max(1, math.floor((seconds - idle) / _PROBES))
+    together about ``seconds``, within what the kernel accepts."""
+    idle = min(_LONGEST_PROBE_WAIT, max(1, math.floor(seconds / 2)))
+    interval = min(_LONGEST_PROBE_WAIT, max(1, math.floor((seconds - idle) / _PROBES)))
     return idle, interval
+
+
+def _user_timeout(seconds: float) -> int:
+    return min(_LONGEST_USER_TIMEOUT, math.ceil(seconds * 1000))
 
 
 def libpq_options(seconds: float) -> dict[str, Any]:
@@ -38,17 +44,20 @@ def libpq_options(seconds: float) -> dict[str, Any]:
         "keepalives_idle": idle,
         "keepalives_interval": interval,
         "keepalives_count": _PROBES,
-        "tcp_user_timeout": math.ceil(seconds * 1000),
+        "tcp_user_timeout": _user_timeout(seconds),
     }
 
 
 def keep_alive(sock: socket.socket, seconds: float) -> None:
     """Set the same on a driver's socket (PyMySQL, whose parameters have no
-    keepalive of their own); options the platform lacks are left out."""
+    keepalive of their own); options the platform lacks are left out, and a
+    Unix socket, which has no network path, is left as it is."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
     idle, interval = _idle_and_interval(seconds)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     options = [("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", _PROBES),
-               ("TCP_USER_TIMEOUT", math.ceil(seconds * 1000))]
+               ("TCP_USER_TIMEOUT", _user_timeout(seconds))]
     for name, value in options:
         option = getattr(socket, name, None)
         if option is not None:

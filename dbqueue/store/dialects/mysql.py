@@ -106,9 +106,10 @@ class MySQL(Dialect):
         @event.listens_for(engine, "do_connect")
         def _connect_timeout(_dialect: Any, _record: Any, _args: Any,
                              params: dict[str, Any]) -> None:
-            params.setdefault("connect_timeout", math.ceil(network_timeout))
+            # The URL's own ?connect_timeout= wins; PyMySQL takes at most a year.
+            params.setdefault("connect_timeout", min(math.ceil(network_timeout), 31_536_000))
 
-        @event.listens_for(engine, "connect")
+        @event.listens_for(engine, "connect", insert=True)  # before SQLAlchemy's first queries
         def _liveness(dbapi_connection: Any, _record: Any) -> None:
             # PyMySQL's parameters reach no keepalive setting: set the socket's.
             sock = getattr(dbapi_connection, "_sock", None)
@@ -116,7 +117,9 @@ class MySQL(Dialect):
                 keep_alive(sock, network_timeout)
 
     def socket_of(self, dbapi_connection: Any) -> int | None:
-        sock = getattr(dbapi_connection, "_sock", None)  # PyMySQL: None once closed
+        if not hasattr(dbapi_connection, "_sock"):  # not PyMySQL: it does not tell
+            return None
+        sock = dbapi_connection._sock  # None once closed
         return -1 if sock is None else int(sock.fileno())
 
     def check_server(self, connection: Connection) -> None:
