@@ -66,7 +66,7 @@ def test_a_task_answered_before_its_end_was_stamped_is_not_running() -> None:
     stamp.begin(101.0)
     child.tasks.popleft()  # answered at 101.2, not stamped ended
     child.answers, child.started = 1, 101.2
-    assert child.running(dead=True) == (0, 101.2, False)
+    assert child.running() == (0, 101.2, False)
 
 
 def test_a_task_given_to_a_child_idle_for_long_counts_from_when_it_was_given() -> None:

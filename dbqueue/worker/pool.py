@@ -44,7 +44,7 @@ class Child:
     stamp: Stamp | None = None
     """What the child says it has begun and ended (see worker.stamps)."""
     stamped: tuple[int, bool, float] | None = None
-    """The last stamp read whole."""
+    """The stamp as last read."""
     answers: int = 0
     """The tasks it has answered."""
     started: float = 0.0
@@ -110,9 +110,9 @@ class Child:
         self.unread = buffer[offset:]
         return messages
 
-    def running(self, *, dead: bool = False) -> tuple[int, float, bool]:
+    def running(self) -> tuple[int, float, bool]:
         """Which of the queued tasks runs or is next (its index), since when,
-        and whether the child has begun it (``dead``: it has died).
+        and whether the child has begun it.
 
         The child's stamp tells: the one it began last, since it began, until
         it has ended (or been answered); then the next, since that end or
@@ -121,8 +121,7 @@ class Child:
         ``started``.
         """
         if self.stamp is not None:
-            # While it is being written, the last one read whole.
-            self.stamped = self.stamp.last() if dead else self.stamp.read() or self.stamped
+            self.stamped = self.stamp.read(self.answers)
         if self.stamped is not None:
             begun, ended, at = self.stamped
             last = begun - self.answers - 1  # the one begun last; -1: answered already
@@ -304,7 +303,7 @@ class Pool:
         with contextlib.suppress(EOFError, OSError):
             self._read(child, ended)
         child.conn.close()
-        index, _, begun = child.running(dead=True)
+        index, _, begun = child.running()
         if child.stamped is not None and child.stamped[0] == 0:
             begun = True  # it died before its first task: that task is charged
         tasks = [task for task, _ in child.tasks]

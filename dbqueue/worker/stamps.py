@@ -9,69 +9,64 @@ tasks it has begun, whether the latest has ended, and when it began or
 ended (by the monotonic clock, which a host's processes share), and the
 supervisor reads that for its timeouts (see Child.running).
 
-Three doubles: a version, the progress (twice the tasks begun, plus one once
-the latest has ended: one store, so a child killed at any instant leaves it
-exact) and the time. The child makes the version odd, writes, and makes it
-even again; a read that saw an odd or a changed version is not used. One
-writer, one reader, no lock to wait for on either side.
+All of it is one 64-bit word, written with one store and read with one load:
+a read can never see half of a write, on any processor, however the stores
+of two words would have been ordered (a weakly ordered CPU, such as ARM, may
+show another core a later store before an earlier one). A child killed at any
+instant leaves it exact. One writer, one reader, no lock.
+
+The word holds the time in whole milliseconds (rounded up: a timeout is then
+never early) above PROGRESS_BITS of progress: twice the tasks begun, plus one
+once the latest has ended, modulo 2**PROGRESS_BITS. The reader knows how many
+tasks the child has answered, which the tasks begun exceed by less than a
+child's queue (far below the modulus), and so recovers the full count.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-_READS = 3  # tries before a reader gives up on a write in progress (the child was preempted)
+PROGRESS_BITS = 21
+"""Below the time: 2**20 tasks begun before the count wraps (a child's queue
+holds far fewer), above it 42 bits of milliseconds: 139 years of uptime."""
+_PROGRESS = (1 << PROGRESS_BITS) - 1
+_WRAP = 1 << (PROGRESS_BITS - 1)  # tasks begun
 
 
 class Stamp:
-    __slots__ = ("cells",)
+    __slots__ = ("cells", "progress")
 
     def __init__(self, cells: Any) -> None:
         self.cells = cells
-        """Three doubles: the version, the progress, and when the latest task
-        began or ended."""
+        """One signed 64-bit integer (see the module's docstring)."""
+        self.progress = 0
+        """In the child, the progress it wrote last (it is the only writer)."""
 
     @classmethod
     def shared(cls, context: Any) -> Stamp:
         """A new stamp in shared memory, for a child started from ``context``
         (pass ``cells`` to the child, which wraps them in a Stamp of its own)."""
-        return cls(context.RawArray("d", 3))
+        return cls(context.RawArray("q", 1))
 
     def begin(self, at: float) -> None:
         """In the child: the next task begins, at ``at`` (monotonic clock)."""
-        begun = int(self.cells[1]) // 2 + 1
-        self._write(2 * begun, at)
+        self._write(self.progress // 2 * 2 + 2, at)
 
     def end(self, at: float) -> None:
         """In the child: the task it began last has ended, at ``at``."""
-        self._write(self.cells[1] + 1, at)
+        self._write(self.progress | 1, at)
 
-    def _write(self, progress: float, at: float) -> None:
-        cells = self.cells
-        version = cells[0]
-        cells[0] = version + 1  # odd: being written
-        cells[1] = progress
-        cells[2] = at
-        cells[0] = version + 2
+    def _write(self, progress: int, at: float) -> None:
+        self.progress = progress & _PROGRESS
+        milliseconds = max(0, math.ceil(at * 1000))
+        self.cells[0] = milliseconds << PROGRESS_BITS | self.progress
 
-    def read(self) -> tuple[int, bool, float] | None:
-        """In the supervisor: how many tasks the child has begun, whether the
-        latest has ended, and when it began or ended; None while the child is
-        writing (ask again later)."""
-        cells = self.cells
-        for _ in range(_READS):
-            version = cells[0]
-            progress, at = cells[1], cells[2]
-            if version % 2 == 0 and cells[0] == version:
-                return _split(progress, at)
-        return None
-
-    def last(self) -> tuple[int, bool, float]:
-        """What a dead child left: its progress is exact even if it died while
-        writing (its time may then be the one before)."""
-        return _split(self.cells[1], self.cells[2])
-
-
-def _split(progress: float, at: float) -> tuple[int, bool, float]:
-    begun, ended = divmod(int(progress), 2)
-    return begun, bool(ended), at
+    def read(self, answered: int = 0) -> tuple[int, bool, float]:
+        """In the supervisor: how many tasks the child has begun (given that
+        it has ``answered`` that many, all begun), whether the latest has
+        ended, and when it began or ended."""
+        word = int(self.cells[0])
+        begun, ended = divmod(word & _PROGRESS, 2)
+        begun = answered + (begun - answered) % _WRAP
+        return begun, bool(ended), (word >> PROGRESS_BITS) / 1000
