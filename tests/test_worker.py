@@ -1,5 +1,6 @@
 """The worker, as real `dbqueue work` processes: outcomes, limits and signals."""
 
+import contextlib
 import os
 import re
 import signal
@@ -370,19 +371,31 @@ def importing_worker(schema, markers, stdout):
 def test_the_fork_server_is_a_fork_of_the_supervisor_not_a_new_interpreter(tmp_path, schema):
     """A new interpreter would import SQLAlchemy again, beside the supervisor's
     own import, on a start-up bound by the CPU: the fork server is forked from
-    the supervisor, once that is imported, and imports only the application."""
+    the supervisor, once that is imported, and imports only the application.
+    So is multiprocessing's resource tracker, which imports nothing."""
     process = importing_worker(schema, tmp_path, stdout=subprocess.DEVNULL)
     try:
         (server,) = {int(marker.name) for marker in tmp_path.iterdir()} - {process.pid}
-        stat = (Path("/proc") / str(server) / "stat").read_text()
-        assert int(stat.rpartition(")")[2].split()[1]) == process.pid  # its parent
-        # A fork runs the supervisor's command line; multiprocessing's own fork
-        # server would run `python -c "from multiprocessing.forkserver import main..."`.
-        assert ((Path("/proc") / str(server) / "cmdline").read_bytes()
-                == (Path("/proc") / str(process.pid) / "cmdline").read_bytes())
+        helpers = children_of(process.pid)
+        assert server in helpers
+        assert len(helpers) == 2  # the fork server and the resource tracker
+        # A fork runs the supervisor's command line; multiprocessing's own would
+        # run `python -c "from multiprocessing.forkserver import main..."`.
+        for pid in helpers:
+            assert ((Path("/proc") / str(pid) / "cmdline").read_bytes()
+                    == (Path("/proc") / str(process.pid) / "cmdline").read_bytes())
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def children_of(parent: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):  # a process that has just ended
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == parent:
+                found.add(int(stat.parent.name))
+    return found
 
 
 def test_ctrl_c_while_the_worker_starts_prints_one_line(jobs, tmp_path, schema):

@@ -10,7 +10,8 @@ most of a worker's start-up. ``dbqueue work`` instead forks it from the
 supervisor once SQLAlchemy and dbqueue are imported, while the process is
 still clean (one thread, no connection, the application not imported): the
 fork server then only imports the application, beside the supervisor, which
-does the same. Where that cannot be done safely (another thread, a platform or
+does the same. Multiprocessing's resource tracker, another new interpreter,
+is forked the same way just before. Where that cannot be done safely (another thread, a platform or
 Python version whose fork server this module does not know), it starts the
 usual way.
 """
@@ -25,6 +26,7 @@ import socket
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from multiprocessing.context import BaseContext
 from typing import Any, NoReturn
 
@@ -78,7 +80,7 @@ def _fork_server(module: Any) -> bool:
     # fork server forked while it was held would keep it held for good.
     if server._forkserver_pid is not None:
         return True
-    resource_tracker.ensure_running()  # its descriptor is then passed to every child
+    _start_resource_tracker(resource_tracker)  # its descriptor is then passed to every child
     with socket.socket(socket.AF_UNIX) as listener:
         address = connection.arbitrary_address("AF_UNIX")  # type: ignore[attr-defined]
         listener.bind(address)
@@ -86,28 +88,67 @@ def _fork_server(module: Any) -> bool:
             os.chmod(address, 0o600)
         listener.listen()
         alive_r, alive_w = os.pipe()
-        # A stop signal arriving as it forks is the supervisor's to take, not
-        # the fork server's, which ignores them (see _serve).
-        stops = {signal.SIGINT, signal.SIGTERM}
-        _flush_std_streams()  # or each child would write what is buffered again
-        signal.pthread_sigmask(signal.SIG_BLOCK, stops)
         try:
-            pid = os.fork()
-            if pid == 0:
-                _serve(module, listener.fileno(), alive_r, alive_w)
+            pid = _fork(lambda: _serve(module, listener.fileno(), alive_r, alive_w))
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
-        os.close(alive_r)
+            os.close(alive_r)
     server._forkserver_address = address
     server._forkserver_alive_fd = alive_w
     server._forkserver_pid = pid
     return True
 
 
-def _serve(module: Any, listener_fd: int, alive_r: int, alive_w: int) -> NoReturn:
-    """In the forked fork server: serve until the supervisor is gone, then exit
-    without running anything of the supervisor's (its atexit handlers, the
-    ``finally`` blocks of the stack it was forked from)."""
+def _start_resource_tracker(module: Any) -> None:
+    """Start multiprocessing's resource tracker (which removes the named
+    semaphores and shared memory that a dead process leaves) as a fork of this
+    process too: its ``ensure_running`` would start yet another interpreter,
+    a few dozen milliseconds of a start-up bound by the CPU."""
+    tracker: Any = getattr(module, "_resource_tracker", None)
+    if not (hasattr(tracker, "_fd") and hasattr(tracker, "_pid") and hasattr(module, "main")):
+        module.ensure_running()
+        return
+    if tracker._fd is not None:
+        return
+    track_r, track_w = os.pipe()
+
+    def track() -> None:
+        # It ends once every write end is closed: this process's and its
+        # children's, never its own.
+        os.close(track_w)
+        module.main(track_r)
+
+    try:
+        pid = _fork(track)
+    except BaseException:
+        os.close(track_w)
+        raise
+    finally:
+        os.close(track_r)
+    tracker._fd, tracker._pid = track_w, pid
+
+
+def _fork(run: Callable[[], object]) -> int:
+    """Fork a helper process that runs ``run`` and exits; return its pid.
+
+    A stop signal arriving as it forks is this process's to take, not the
+    helper's, which ignores them (the supervisor decides when to stop).
+    """
+    stops = {signal.SIGINT, signal.SIGTERM}
+    _flush_std_streams()  # or each child would write what is buffered again
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            _run_then_exit(run)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+    return pid
+
+
+def _run_then_exit(run: Callable[[], object]) -> NoReturn:
+    """In a forked helper: run, then exit without running anything of the
+    supervisor's (its atexit handlers, the ``finally`` blocks of the stack it
+    was forked from)."""
     code = 0
     try:
         # The supervisor's signal handling is not ours (see forkserver_init).
@@ -115,14 +156,8 @@ def _serve(module: Any, listener_fd: int, alive_r: int, alive_w: int) -> NoRetur
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-        # The write ends of the pipe are the supervisor's and its children's:
-        # once they are all gone, the fork server stops.
-        os.close(alive_w)
-        # What a fork server started anew preloads, for any fork server a
-        # child starts in turn: not the worker's (see forkserver_init).
-        module._forkserver._preload_modules = ["__main__"]
-        module.main(listener_fd, alive_r, [PRELOAD])
-    except SystemExit as exc:  # how main() ends, once the supervisor is gone
+        run()
+    except SystemExit as exc:  # how the fork server's main() ends, once the supervisor is gone
         code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
     except BaseException:
         traceback.print_exc()
@@ -132,6 +167,17 @@ def _serve(module: Any, listener_fd: int, alive_r: int, alive_w: int) -> NoRetur
             _flush_std_streams()
         finally:
             os._exit(code)
+
+
+def _serve(module: Any, listener_fd: int, alive_r: int, alive_w: int) -> None:
+    """In the forked fork server: serve until the supervisor is gone."""
+    # The write ends of the pipe are the supervisor's and its children's:
+    # once they are all gone, the fork server stops.
+    os.close(alive_w)
+    # What a fork server started anew preloads, for any fork server a child
+    # starts in turn: not the worker's (see forkserver_init).
+    module._forkserver._preload_modules = ["__main__"]
+    module.main(listener_fd, alive_r, [PRELOAD])
 
 
 def _flush_std_streams() -> None:
