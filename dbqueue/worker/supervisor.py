@@ -109,8 +109,8 @@ class Supervisor:
         log.info("worker %s (%s) started: queues %s, concurrency %d", self.id, self.name,
                  ",".join(self.options.queues), self.options.concurrency)
         self._hint_unserved_queues()
-        self.pool.start()
         try:
+            self.pool.start()  # if it fails, the worker leaves the registry at once, too
             while not self._finished():
                 self._turn()
         finally:
