@@ -17,6 +17,7 @@ time: its calls run inline, through the same interface.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
@@ -29,6 +30,8 @@ class Inline(Generic[T]):
 
     def __init__(self) -> None:
         self._outcome: Future[T] | None = None
+        self.began = 0.0
+        """When the last call was submitted (monotonic clock)."""
 
     @property
     def busy(self) -> bool:
@@ -41,6 +44,7 @@ class Inline(Generic[T]):
 
     def submit(self, call: Callable[[], T]) -> None:
         assert self._outcome is None, "one call at a time"
+        self.began = time.monotonic()
         outcome: Future[T] = Future()
         try:
             outcome.set_result(call())
@@ -76,6 +80,7 @@ class OnThread(Inline[T]):
 
     def submit(self, call: Callable[[], T]) -> None:
         assert self._outcome is None, "one call at a time"
+        self.began = time.monotonic()
         self._outcome = self._executor.submit(call)
         self._outcome.add_done_callback(self._ring)
 

@@ -213,7 +213,7 @@ class BatchCompleter:
         # Not only the database's errors: nothing here may stop the worker.
         except Exception as exc:
             now = time.monotonic()
-            self._put_back(records, now, exc)
+            self._put_back(records, now, exc, began=self.calls.began)
             if not isinstance(exc, TRANSIENT):
                 self._one_by_one, self.retry_at = True, now  # find the one refused
             return []
@@ -274,10 +274,11 @@ class BatchCompleter:
                   describe(exc))
         return True
 
-    def _put_back(self, records: list[Record], now: float, exc: Exception) -> None:
+    def _put_back(self, records: list[Record], now: float, exc: Exception,
+                  began: float | None = None) -> None:
         self.pending[:0] = records
         self._urgent += sum(isinstance(r, Released | Failed) for r in records)
-        self.retry_at = now + self.health.failed("record job outcomes", exc)
+        self.retry_at = now + self.health.failed("record job outcomes", exc, began=began)
 
     def _written(self, records: Sequence[Record], recorded: set[int]) -> list[Entry]:
         finished, lost = [], 0

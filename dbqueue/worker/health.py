@@ -40,12 +40,22 @@ class Health:
         self.down_since: float | None = None
         self.failures = 0
         self._last_refusal = ""
+        self._back_at: float | None = None
+        """When the database was last seen back after being away."""
 
-    def failed(self, what: str, error: BaseException) -> float:
-        """Report an error of ``what`` (e.g. "reserve jobs"); return the seconds to
-        wait before trying that again."""
-        self.failures += 1
+    def failed(self, what: str, error: BaseException, *, began: float | None = None) -> float:
+        """Report an error of ``what`` (e.g. "reserve jobs"), a call that began at
+        ``began`` (monotonic clock) if it ran on another thread; return the
+        seconds to wait before trying that again."""
         reason = describe(error)
+        if (isinstance(error, TRANSIENT) and began is not None and self.down_since is None
+                and self._back_at is not None and began < self._back_at):
+            # Begun while the database was away, ended once another call had
+            # seen it back (a connection attempt whose packets were lost):
+            # old news, not a new outage. A new one fails the next try too.
+            log.debug("%s failed, begun while the database was away: %s", what, reason)
+            return FIRST_RETRY
+        self.failures += 1
         if isinstance(error, TRANSIENT):
             if self.down_since is None:
                 self.down_since = time.monotonic()
@@ -69,8 +79,9 @@ class Health:
     def succeeded(self) -> None:
         """A statement went through: the database is back, if it was away."""
         if self.down_since is not None:
+            self._back_at = time.monotonic()
             log.warning("the database is reachable again, after %.1f s",
-                        time.monotonic() - self.down_since)
+                        self._back_at - self.down_since)
         self.down_since = None
         self.failures = 0
         self._last_refusal = ""

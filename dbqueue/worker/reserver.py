@@ -150,7 +150,8 @@ class Reserver:
         try:
             rows, left = self.calls.take()
         except DB_ERRORS as exc:
-            self.next_poll = now + self.health.failed("reserve jobs", exc)
+            self.next_poll = now + self.health.failed("reserve jobs", exc,
+                                                      began=self.calls.began)
             return
         self.health.succeeded()
         stale = self._stale  # see look_again
