@@ -14,14 +14,20 @@ stall       SIGSTOP of one worker's supervisor and of another worker's whole
 poison      hand-inserted rows that no worker can run, among good jobs: each
             must end in failed_jobs with a reason (or run harmlessly), every
             good job must complete, and no worker may exit
+partition   the network path to the server goes dark for 30 s (--quick: 5 s):
+            packets vanish, no connection is closed; the workers' network
+            timeout is 2 s (not on SQLite; needs root to make a network
+            namespace, else skipped, or failed under CI=true)
 idempotent  kill, with idempotent jobs that write one row per run to an effects
             table without a unique constraint: exactly one effect per key
 
 The script starts PostgreSQL and MariaDB servers of its own on spare ports of
-127.0.0.1, with data under a temporary directory that it removes at the end
-(unless --keep), also after Ctrl-C or an error. Backends run in parallel (one
-thread each: their faults hit only their own server); scenarios on one backend
-run one after another.
+127.0.0.1 (for partition, each inside a network namespace of its own, on an
+address of 10.213.0.0/16 reached over a veth pair: scripts/chaos_network.py),
+with data under a temporary directory that it removes at the end (unless
+--keep), also after Ctrl-C or an error. Backends run in parallel (one thread
+each: their faults hit only their own server); scenarios on one backend run one
+after another.
 
 Prints one JSON line per scenario on stdout as it ends, then a table, with why
 each failing scenario fails; progress goes to stderr. A scenario passes when
@@ -36,6 +42,7 @@ import argparse
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -45,6 +52,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import chaos_fleet
+from chaos_network import Island
 from chaos_report import json_line, table
 from chaos_scenarios import BY_NAME, SCENARIOS, Scale, run_scenario
 from chaos_servers import SERVERS
@@ -97,21 +105,63 @@ def failed_to_run(name: str, backend: str, scale: Scale, error: BaseException) -
             "problems": [f"error: {type(error).__name__}: {error}"]}
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")  # as tests/conftest.py
+
+
+def island_for(backend: str, names: list[str]) -> tuple[Island | None, str | None]:
+    """A network island for ``backend``'s server if a scenario among ``names``
+    cuts its network path; else None, with why if one was needed."""
+    if not (SERVERS[backend].has_server
+            and any(BY_NAME[name].network_timeout is not None for name in names)):
+        return None, None
+    reason = Island.unavailable()
+    if reason:
+        return None, reason
+    try:
+        return Island(list(SERVERS).index(backend)), None
+    except subprocess.CalledProcessError as error:  # root, but no CAP_NET_ADMIN here
+        return None, f"no network namespace could be made: {error}"
+
+
+def start_server(backend: str, names: list[str], root: Path,
+                 servers: dict) -> tuple[object, str | None]:
+    """``backend``'s server (inside an island if a scenario cuts its network
+    path, and one can be made: else, why not)."""
+    island, no_island = island_for(backend, names)
+    try:
+        inside = {"namespace": island.namespace, "host": island.host} if island else {}
+        server = servers[backend] = SERVERS[backend](root / backend, **inside)
+    except BaseException:
+        if island:
+            island.close()
+        raise
+    server.island = island
+    return server, no_island
+
+
 def run_backend(backend: str, names: list[str], scale: Scale, root: Path,
                 servers: dict, results: list[dict]) -> None:
     """Start ``backend``'s server and run the scenarios there, one after another.
     An error fails its scenario (or, starting the server, all of them), not the run."""
     say(f"[{backend}] starting the server")
+    no_island = None
     try:
-        server = servers[backend] = SERVERS[backend](root / backend)
+        server, no_island = start_server(backend, names, root, servers)
     except Exception as error:
         server, setup_error = None, error
     for name in names:
         scenario = BY_NAME[name]
         if scenario.server_faults and not SERVERS[backend].has_server:
             continue
+        cannot = no_island if scenario.network_timeout is not None else None
+        if cannot and not in_ci():
+            say(f"[{backend} {name}] skipped: {cannot}")
+            continue
         say(f"[{backend} {name}] {scale.jobs} jobs")
         try:
+            if cannot:
+                raise RuntimeError(f"{cannot} (CI=true: every scenario must run)")
             if server is None:
                 raise RuntimeError(f"the {backend} server did not start") from setup_error
             result = run_scenario(scenario, server, scale, root / f"{backend}-{name}",
@@ -145,6 +195,8 @@ def run_all(args: argparse.Namespace, root: Path) -> list[dict]:
         chaos_fleet.kill_everything()
         for server in servers.values():
             server.close()
+            if server.island:
+                server.island.close()
     order = {(s.name, b): i for i, (s, b) in enumerate(
         (s, b) for s in SCENARIOS for b in SERVERS)}
     return sorted(results, key=lambda r: order[(r["scenario"], r["backend"])])

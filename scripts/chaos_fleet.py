@@ -54,8 +54,10 @@ class Fleet:
     """``size`` workers of ``concurrency`` children each on one queue database."""
 
     def __init__(self, url: str, records: Path, logs: Path, retry_after: float,
-                 size: int = 3, concurrency: int = 2) -> None:
+                 size: int = 3, concurrency: int = 2, env: dict[str, str] | None = None) -> None:
         self.url, self.records, self.logs = url, records, logs
+        self.env = env or {}
+        """Set in each worker's environment, over this process's."""
         self.retry_after, self.size, self.concurrency = retry_after, size, concurrency
         self.workers: list[Worker] = []
         self.exits: list[int] = []
@@ -70,8 +72,10 @@ class Fleet:
         env = {**os.environ, "DBQUEUE_URL": self.url, "CHAOS_RECORDS": str(self.records),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(SCRIPTS),
                                                            os.environ.get("PYTHONPATH")]))}
-        for name in ("DBQUEUE_APP", "DBQUEUE_TABLE_PREFIX", "DBQUEUE_RETRY_AFTER"):
+        for name in ("DBQUEUE_APP", "DBQUEUE_TABLE_PREFIX", "DBQUEUE_RETRY_AFTER",
+                     "DBQUEUE_NETWORK_TIMEOUT"):
             env.pop(name, None)
+        env.update(self.env)
         # --sleep 0.5: an idle worker polls twice a second, so a queue that
         # drains or a lease that expires is seen soon, without busy polling.
         command = [sys.executable, "-m", "dbqueue", "work", "--app", "chaos_app:app",

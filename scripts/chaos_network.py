@@ -19,6 +19,8 @@ import os
 import shutil
 import subprocess
 
+ISLANDS_PER_PROCESS = 4
+
 
 class Island:
     @staticmethod
@@ -30,13 +32,17 @@ class Island:
             return "iproute2's ip is not installed"
         return None
 
-    def __init__(self) -> None:
+    def __init__(self, index: int = 0) -> None:
+        """``index``: which of this process's islands (0 to 3)."""
+        if not 0 <= index < ISLANDS_PER_PROCESS:
+            raise ValueError(f"index must be in 0..{ISLANDS_PER_PROCESS - 1}, not {index}")
         pid = os.getpid()
-        # Per process, so that test processes running side by side each have
-        # their own names and their own /30.
-        self.namespace = f"dbqueue-{pid}"
-        self._outer, self._inner = f"dbq{pid}o", f"dbq{pid}i"  # at most 15 characters
-        subnet, first = f"10.213.{pid % 250 + 1}", pid // 250 % 64 * 4  # a /30
+        # Per process and index, so that test processes running side by side
+        # each have their own names and their own /30.
+        self.namespace = f"dbqueue-{pid}-{index}"
+        self._outer, self._inner = f"dbq{pid}o{index}", f"dbq{pid}i{index}"  # <= 15 characters
+        block = (pid // 250 * ISLANDS_PER_PROCESS + index) % 64
+        subnet, first = f"10.213.{pid % 250 + 1}", block * 4  # a /30
         here = f"{subnet}.{first + 1}"
         self.host = f"{subnet}.{first + 2}"
         """The address inside the island: where its server listens."""

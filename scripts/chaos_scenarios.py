@@ -169,6 +169,18 @@ def stop_database(run: Run) -> None:
     run.fault("outage", at, time.time())
 
 
+def cut_network(run: Run) -> None:
+    """The network path to the server goes dark for outage_s: packets vanish,
+    no connection is closed (a failover, a firewall that starts dropping)."""
+    if not run.wait(1.5):
+        return
+    at = time.time()
+    run.server.island.cut()
+    pause(run.scale.outage_s - (time.time() - at))
+    run.server.island.heal()
+    run.fault("partition", at, time.time())
+
+
 def stall_workers(run: Run) -> None:
     """SIGSTOP one worker's supervisor and another's whole group for longer than
     their lease, then SIGCONT both, while the third works on."""
@@ -203,6 +215,9 @@ class Scenario:
     job: str = "work"
     server_faults: bool = False  # not on SQLite
     poison: bool = False
+    network_timeout: float | None = None
+    """The workers' DBQUEUE_NETWORK_TIMEOUT (None: the default); set, the
+    scenario cuts the server's network path (see chaos_network)."""
 
 
 SCENARIOS = [
@@ -215,6 +230,10 @@ SCENARIOS = [
     # job taken again afterwards is a bug, not the lease doing its job.
     Scenario("outage", stop_database, lambda s: s.outage_s + 10, server_faults=True),
     # Short, so that a stall outlives the lease quickly.
+    # As outage; and a network timeout shorter than the cut, so that the
+    # workers' connections die in it (a longer cut only makes them wait).
+    Scenario("partition", cut_network, lambda s: s.outage_s + 10, server_faults=True,
+             network_timeout=2.0),
     Scenario("stall", stall_workers, lambda s: 3.0 if s.quick else 5.0),
     Scenario("poison", no_faults, lambda s: 5.0, poison=True),
     Scenario("idempotent", kill_workers, lambda s: 5.0, job="effect"),
@@ -308,7 +327,9 @@ def run_scenario(scenario: Scenario, server: Any, scale: Scale, directory: Path,
         effects.metadata.create_all(app.engine)
         poison = enqueue(app, job, scale.jobs, scenario.poison)
         retry_after = scenario.retry_after(scale)
-        fleet = Fleet(app.settings.url, records, directory, retry_after)
+        env = ({} if scenario.network_timeout is None
+               else {"DBQUEUE_NETWORK_TIMEOUT": str(scenario.network_timeout)})
+        fleet = Fleet(app.settings.url, records, directory, retry_after, env=env)
         run = Run(scenario.name, scale, server, app, fleet, retry_after, say)
         started = time.monotonic()
         try:
