@@ -384,9 +384,28 @@ def test_the_fork_server_is_a_fork_of_the_supervisor_not_a_new_interpreter(tmp_p
         for pid in helpers:
             assert ((Path("/proc") / str(pid) / "cmdline").read_bytes()
                     == (Path("/proc") / str(process.pid) / "cmdline").read_bytes())
+        # Neither keeps the supervisor's descriptors, as a new interpreter
+        # would not: the tracker only its pipe, and the fork server not that
+        # pipe (or the tracker would outlive it, and a Python that waits for
+        # its tracker at exit would wait for ever).
+        (tracker,) = helpers - {server}
+        tracker_pipe = descriptors(tracker)
+        assert len(tracker_pipe) == 1
+        assert not tracker_pipe & descriptors(server)
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def descriptors(pid: int) -> set[str]:
+    """What the process's descriptors other than the standard streams name
+    (``pipe:[inode]``, a path...)."""
+    named = set()
+    for fd in (Path("/proc") / str(pid) / "fd").iterdir():
+        if int(fd.name) > 2:
+            with contextlib.suppress(OSError):  # closed meanwhile
+                named.add(os.readlink(fd))
+    return named
 
 
 def children_of(parent: int) -> set[int]:

@@ -89,7 +89,7 @@ def _fork_server(module: Any) -> bool:
         listener.listen()
         alive_r, alive_w = os.pipe()
         try:
-            pid = _fork(lambda: _serve(module, listener.fileno(), alive_r, alive_w))
+            pid = _fork(lambda: _serve(module, listener.fileno(), alive_r))
         finally:
             os.close(alive_r)
     server._forkserver_address = address
@@ -114,7 +114,7 @@ def _start_resource_tracker(module: Any) -> None:
     def track() -> None:
         # It ends once every write end is closed: this process's and its
         # children's, never its own.
-        os.close(track_w)
+        _close_inherited(keep=(track_r,))
         module.main(track_r)
 
     try:
@@ -169,15 +169,38 @@ def _run_then_exit(run: Callable[[], object]) -> NoReturn:
             os._exit(code)
 
 
-def _serve(module: Any, listener_fd: int, alive_r: int, alive_w: int) -> None:
+def _serve(module: Any, listener_fd: int, alive_r: int) -> None:
     """In the forked fork server: serve until the supervisor is gone."""
-    # The write ends of the pipe are the supervisor's and its children's:
-    # once they are all gone, the fork server stops.
-    os.close(alive_w)
+    from multiprocessing import resource_tracker
+
+    # Among what is closed: the write ends of the alive pipe (the supervisor's
+    # and its children's: once they are all gone, the fork server stops), and
+    # of the resource tracker's pipe, which each child is sent anew. Kept, the
+    # latter would keep the tracker from ending before the fork server, and a
+    # Python that waits for its tracker at exit (3.12.10 and later) would wait
+    # for the fork server, which waits for it.
+    _close_inherited(keep=(listener_fd, alive_r))
+    tracker: Any = getattr(resource_tracker, "_resource_tracker", None)
+    if hasattr(tracker, "_fd"):
+        tracker._fd = None
+    if hasattr(tracker, "_pid"):
+        tracker._pid = None
     # What a fork server started anew preloads, for any fork server a child
     # starts in turn: not the worker's (see forkserver_init).
     module._forkserver._preload_modules = ["__main__"]
     module.main(listener_fd, alive_r, [PRELOAD])
+
+
+def _close_inherited(keep: tuple[int, ...]) -> None:
+    """In a forked helper: close every descriptor of the supervisor's but the
+    standard streams and ``keep``, as a new interpreter would have none of
+    them (its signal pipe, descriptors its own parent left it: a helper that
+    outlives it would hold them open)."""
+    for name in os.listdir("/proc/self/fd"):  # Linux: the only place helpers are forked
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):  # the listing's own, closed already
+                os.close(fd)
 
 
 def _flush_std_streams() -> None:
