@@ -47,17 +47,16 @@ class Health:
         """Report an error of ``what`` (e.g. "reserve jobs"), a call that began at
         ``began`` (monotonic clock) if it ran on another thread; return the
         seconds to wait before trying that again."""
+        self.failures += 1  # counted all the same: see ``failing``
         reason = describe(error)
-        if (isinstance(error, TRANSIENT) and began is not None and self.down_since is None
-                and self._back_at is not None and began < self._back_at):
-            # Begun while the database was away, ended once another call had
-            # seen it back (a connection attempt whose packets were lost):
-            # old news, not a new outage. A new one fails the next try too.
-            log.debug("%s failed, begun while the database was away: %s", what, reason)
-            return FIRST_RETRY
-        self.failures += 1
         if isinstance(error, TRANSIENT):
-            if self.down_since is None:
+            if self._old_news(began):
+                # Begun while the database was away, ended once another call
+                # had seen it back (a connection attempt whose packets were
+                # lost): no new outage to report. A new one fails the next
+                # try too, and is reported then.
+                log.debug("%s failed, begun while the database was away: %s", what, reason)
+            elif self.down_since is None:
                 self.down_since = time.monotonic()
                 log.error("the database is unreachable (%s: %s); retrying until it is back "
                           "(nothing is lost meanwhile)", what, reason)
@@ -70,6 +69,10 @@ class Health:
             else:
                 log.error("could not %s: %s: %s", what, type(error).__name__, reason)
         return min(LONGEST_WAIT, FIRST_RETRY * 2.0 ** min(self.failures - 1, 10))
+
+    def _old_news(self, began: float | None) -> bool:
+        return (began is not None and self.down_since is None
+                and self._back_at is not None and began < self._back_at)
 
     @property
     def failing(self) -> bool:
