@@ -176,8 +176,10 @@ def cut_network(run: Run) -> None:
         return
     at = time.time()
     run.server.island.cut()
-    pause(run.scale.outage_s - (time.time() - at))
-    run.server.island.heal()
+    try:
+        pause(run.scale.outage_s - (time.time() - at))
+    finally:  # or the backend's next scenarios would find it dark
+        run.server.island.heal()
     run.fault("partition", at, time.time())
 
 
@@ -229,11 +231,11 @@ SCENARIOS = [
     # Longer than the outage: the workers' leases must survive it, so that a
     # job taken again afterwards is a bug, not the lease doing its job.
     Scenario("outage", stop_database, lambda s: s.outage_s + 10, server_faults=True),
-    # Short, so that a stall outlives the lease quickly.
     # As outage; and a network timeout shorter than the cut, so that the
     # workers' connections die in it (a longer cut only makes them wait).
     Scenario("partition", cut_network, lambda s: s.outage_s + 10, server_faults=True,
              network_timeout=2.0),
+    # Short, so that a stall outlives the lease quickly.
     Scenario("stall", stall_workers, lambda s: 3.0 if s.quick else 5.0),
     Scenario("poison", no_faults, lambda s: 5.0, poison=True),
     Scenario("idempotent", kill_workers, lambda s: 5.0, job="effect"),
