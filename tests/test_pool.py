@@ -14,7 +14,7 @@ import pytest
 from dbqueue.worker.messages import RunJob
 from dbqueue.worker.pool import Child, Pool, Task
 from dbqueue.worker.stamps import Stamp
-from tests.conftest import rows
+from tests.conftest import rows, wait_until
 
 LONG_ENOUGH = 60.0  # seconds any of these tests may take: they end long before
 
@@ -113,6 +113,36 @@ def test_a_timeout_counts_from_when_its_task_began_though_answers_before_it_are_
         finished += [task for _, task, _, _ in killed.finished]
         assert sorted(finished + killed.held) == short
         assert pool.children[0] is not child  # replaced
+    finally:
+        pool.stop()
+
+
+@pytest.mark.slow  # starts processes
+def test_a_halted_child_sends_back_the_jobs_queued_in_it_and_starts_none(tmp_path, monkeypatch):
+    monkeypatch.setenv("DBQUEUE_URL", f"sqlite:///{tmp_path}/queue.db")
+    pool = Pool("tests.jobapp:app", 1)
+    pool.start()
+    try:
+        [child] = pool.children
+        running, queued = nap(1, 0.5), [nap(2, 0.0), nap(3, 0.0), nap(4, 0.0)]
+        for task in [running, *queued]:
+            pool.give(child, task, 10.0)
+        pool.wait(0.0)  # sends them
+        wait_until(lambda: child.running()[2], what="the child to begin its first task")
+        pool.halt()
+        finished: list[Task] = []
+        unstarted: list[Task] = []
+        give_up = time.monotonic() + LONG_ENOUGH
+        while len(finished) + len(unstarted) < 4 and time.monotonic() < give_up:
+            ended = pool.wait(1.0)
+            finished += [task for _, task, _, _ in ended.finished]
+            unstarted += ended.unstarted
+        assert finished == [running]
+        assert unstarted == queued
+        assert not child.tasks
+        assert pool.children == [child]  # alive, and still answering
+        pool.give(child, nap(5, 0.0), 10.0)
+        assert answered(pool, 1) == [nap(5, 0.0)]
     finally:
         pool.stop()
 

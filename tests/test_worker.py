@@ -199,8 +199,47 @@ def test_a_second_ctrl_c_puts_the_running_job_back_at_once(jobs, workers):
     output, _ = process.communicate(timeout=60)  # well before the 600 s of grace
     assert process.returncode == 0, output
     assert "received SIGINT again: stopping now" in output
+    assert "(hold) was still running at the second SIGINT; put back" in output
+    assert "grace period" not in output  # 600 s of it were left
     (row,) = job_rows(jobs)  # back in the queue, its attempt not counted
     assert (row.reserved_by, row.attempts) == (None, 0)
+
+
+def test_a_stopping_worker_starts_none_of_the_jobs_queued_in_its_children(jobs, workers):
+    """Short jobs wait in a child's pipe behind the one it runs. On SIGTERM
+    they come back unstarted, as the reserved ones do, instead of starting
+    while the running job finishes."""
+    jobs.app.dispatch_many([jobs.hold.prepare(f"short-{n}", 0) for n in range(20)]
+                           + [jobs.record.prepare(n, "warm-up") for n in range(20)]
+                           + [jobs.hold.prepare("ends-in-grace", 1.5)]
+                           + [jobs.record.prepare(n, "behind") for n in range(20, 40)])
+    process = workers.start("--grace", "60", *FAST)
+    wait_until(lambda: count(jobs.app, jobs.effects, jobs.effects.c.tag == "ends-in-grace"),
+               what="the job with jobs queued behind it to start")
+    os.killpg(process.pid, signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert [r.event for r in rows(jobs.app, jobs.effects,
+                                  jobs.effects.c.tag == "ends-in-grace")] == ["start", "end"]
+    assert count(jobs.app, jobs.effects, jobs.effects.c.tag == "behind") == 0
+    behind = [row for row in job_rows(jobs) if row.job == "record"]
+    assert len(behind) == 20
+    assert all(row.reserved_by is None and row.attempts == 0 for row in behind)
+
+
+def test_a_slow_job_waits_for_a_free_child_rather_than_behind_another(jobs, workers):
+    """Jobs of a kind seen to be short are queued several to a child. A job of
+    a slow kind, or of one not seen yet, is not: the two slow jobs amid short
+    ones run side by side, one in each child, not one after the other."""
+    jobs.app.dispatch_many([jobs.record.prepare(n) for n in range(200)]
+                           + [jobs.overlap.prepare(key, 2) for key in ("slow-a", "slow-b")]
+                           + [jobs.record.prepare(n) for n in range(200, 400)])
+    result = workers.run("--concurrency", "2", "--stop-when-empty", *FAST)
+    assert result.returncode == 0, result.stdout
+    (a_start, a_end), (b_start, b_end) = (
+        [row.at for row in rows(jobs.app, jobs.effects, jobs.effects.c.tag == key)]
+        for key in ("slow-a", "slow-b"))
+    assert a_start < b_end and b_start < a_end
 
 
 def test_two_signals_at_once_are_one_request_to_stop(jobs, workers):

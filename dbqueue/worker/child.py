@@ -30,7 +30,16 @@ from ..errors import Fail, Release, SerializationError
 from ..middleware import JobContext, run_with
 from .clock import passed
 from .commits import Commits
-from .messages import DONE, Finished, RunHook, RunJob, class_name, from_wire
+from .messages import (
+    DONE,
+    Finished,
+    Halt,
+    Returned,
+    RunHook,
+    RunJob,
+    class_name,
+    from_wire,
+)
 from .replies import Replies
 from .runtimes import Runtimes
 from .stamps import Stamp
@@ -164,6 +173,20 @@ def _receive(conn: Connection, inbox: deque[Any]) -> bool:
     return True
 
 
+def _send_back_queued(conn: Connection, inbox: deque[Any], replies: Replies) -> None:
+    """The worker is stopping: answer Halt with the jobs queued before it
+    (none begun), after every answer held. Failure hooks stay, to run."""
+    while not any(type(task) is Halt for task in inbox):
+        _read(conn, inbox)  # sent before the byte was set: in the pipe already
+    queued = list(inbox)
+    at = next(i for i, task in enumerate(queued) if type(task) is Halt)
+    jobs = [task for task in queued[:at] if type(task) is RunJob]
+    inbox.clear()
+    inbox.extend(task for task in queued[:at] if type(task) is not RunJob)
+    inbox.extend(queued[at + 1:])
+    replies.send(Returned(tuple(job.job_id for job in jobs)))
+
+
 def _read(conn: Connection, inbox: deque[Any]) -> None:
     message = conn.recv()
     if isinstance(message, list):
@@ -180,8 +203,9 @@ def _in_fork_server_child() -> bool:
 
 
 def child_main(conn: Connection, app_reference: str, measure_memory: bool = False,
-               stamp_cells: Any = None) -> None:
-    """Entry point of a child process; ``stamp_cells``: see worker.stamps."""
+               stamp_cells: Any = None, halt: Any = None) -> None:
+    """Entry point of a child process; ``stamp_cells``: see worker.stamps;
+    ``halt``: one shared byte, set once the supervisor has sent Halt."""
     # Ctrl-C and systemd's SIGTERM reach the whole process group: the children
     # ignore them, and the supervisor decides when a running job must die.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -197,6 +221,7 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
     replies = Replies(conn, runtimes)
     stamp = Stamp(stamp_cells) if stamp_cells is not None else None
     inbox: deque[Any] = deque()  # tasks already sent to this child, in order
+    halted = False
     try:
         while True:
             commits.before_waiting(replies, inbox)
@@ -204,6 +229,12 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
                 replies.flush()
                 if not _receive(conn, inbox):
                     return  # the supervisor is gone: an open transaction rolls back
+            # Between two tasks, the one shared byte tells whether a Halt is on
+            # its way: reading the pipe itself would cost a system call a task.
+            if not halted and ((halt is not None and halt[0]) or type(inbox[0]) is Halt):
+                halted = True
+                _send_back_queued(conn, inbox, replies)
+                continue
             task = inbox.popleft()
             if task is None:
                 commits.before_running(task, inbox, replies)
@@ -223,7 +254,7 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
             # the pipe was done (see Ended.held).
             if stamp is not None:
                 stamp.end(time.monotonic())
-    except (BrokenPipeError, OSError):
+    except (EOFError, OSError):  # the supervisor is gone
         return
     finally:
         commits.close()

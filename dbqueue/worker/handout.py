@@ -2,7 +2,8 @@
 
 Idle children first, so that work spreads; then, when jobs take
 milliseconds, a few more queued in each child's pipe so that no child waits
-while the supervisor talks to the database. A job is handed out only while
+while the supervisor talks to the database (only jobs of kinds seen to be
+short, and never behind a slow one). A job is handed out only while
 its lease certainly holds (by both clocks, see worker.clock); every answer,
 death and timeout moves the job along the ledger and goes to the recorder.
 """
@@ -22,6 +23,7 @@ from .options import WorkerOptions
 from .pool import Child, Ended, Pool, Task
 from .recorder import Recorder
 from .reserver import Reserver
+from .runtimes import Runtimes
 from .sidetasks import LeaseRenewal
 
 log = logging.getLogger("dbqueue.worker")
@@ -32,6 +34,10 @@ log = logging.getLogger("dbqueue.worker")
 _PIPELINE_SECONDS = 0.05
 _MAX_DEPTH = 256
 _PIPELINE_BYTES = 2048  # larger payloads wait for an idle child: a full pipe would block us
+_QUEUED_SECONDS = 0.02
+"""A job waits in a child's pipe behind another only if both are of kinds
+that take less than this here on average: a slow job, or one not seen yet,
+waits for an idle child, and none waits behind it."""
 _HOOK_TIMEOUT = 60.0
 COMMIT_TIMEOUT = 60.0  # seconds an idle child may take to commit its idempotent jobs
 
@@ -52,6 +58,7 @@ class Handout:
         self.reserver = reserver
         self.renewal = renewal
         self.health = health
+        self.runtimes = Runtimes()
         self.hooks = hooks
         self.margin = min(1.0, options.retry_after / 10)
 
@@ -84,7 +91,7 @@ class Handout:
         if not self.ledger.reserved:
             return False
         head = self.ledger.reserved[0]
-        if queued and len(head.row.payload) > _PIPELINE_BYTES:
+        if queued and not self._may_queue(head, child):
             return False
         # Inline, not Deadline methods: this runs for every job handed out.
         margin = self._lease_margin()
@@ -105,6 +112,18 @@ class Handout:
                        entry.timeout)
         self.recorder.started(entry)
         return True
+
+    def _may_queue(self, entry: Entry, child: Child) -> bool:
+        """Whether ``entry`` may wait in ``child``'s pipe behind its tasks.
+
+        Only a job handed to an idle child can be slow: every job queued
+        behind it is short. So the first of the child's tasks says whether
+        all of them are."""
+        if len(entry.row.payload) > _PIPELINE_BYTES:
+            return False
+        if self.runtimes.of_job(entry.row.job) >= _QUEUED_SECONDS:
+            return False
+        return not child.tasks or self.runtimes.of(child.tasks[0][0]) < _QUEUED_SECONDS
 
     def _cancelled(self, entry: Entry) -> bool:
         """Complete ``entry`` unrun if its batch was cancelled since it was
@@ -177,6 +196,7 @@ class Handout:
                                    "out while it waited")
         elif entry is not None:
             self.reserver.ran(runtime)
+            self.runtimes.add(task, runtime)
             entry.runtime, entry.result = runtime, answer.result
             if answer.uncommitted:
                 self.ledger.await_commit(entry)
@@ -255,8 +275,9 @@ class Handout:
             elif isinstance(task, RunHook):
                 self.hooks.appendleft(task)
 
-    def abandon(self) -> None:
-        """The grace period is over: kill what still runs and put its jobs back."""
+    def abandon(self, why: str = "did not finish within the grace period") -> None:
+        """The grace period is over (or was cut short): kill what still runs
+        and put its jobs back."""
         for child in list(self.pool.children):
             if child.tasks or self._committing(child):
                 ended = self.pool.kill(child)
@@ -265,8 +286,7 @@ class Handout:
                 self._take(ended)
                 self._rolled_back(child)
         for entry in self.ledger.in_state(State.RUNNING):
-            log.warning("job %d (%s) did not finish within the grace period; put back",
-                        entry.id, entry.row.job)
+            log.warning("job %d (%s) %s; put back", entry.id, entry.row.job, why)
             self.recorder.released(entry, 0.0, False, "")
 
     def _ended(self, entry: Entry, answer: Finished) -> None:

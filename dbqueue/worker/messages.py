@@ -38,12 +38,12 @@ class RunJob(NamedTuple):
     answered "expired" instead."""
 
 
-def to_wire(task: RunJob | RunHook | None) -> tuple[object, ...] | RunHook | None:
+def to_wire(task: RunJob | RunHook | Halt | None) -> tuple[object, ...] | RunHook | Halt | None:
     """``task`` as it crosses the pipe (see ``from_wire``)."""
     return tuple(task) if type(task) is RunJob else task
 
 
-def from_wire(message: object) -> RunJob | RunHook | None:
+def from_wire(message: object) -> RunJob | RunHook | Halt | None:
     """What ``to_wire`` sent."""
     if type(message) is tuple:
         return RunJob(*message)
@@ -52,6 +52,11 @@ def from_wire(message: object) -> RunJob | RunHook | None:
 
 class RunHook(NamedTuple):
     failure: JobFailure
+
+
+class Halt(NamedTuple):
+    """The worker is stopping: start none of the jobs queued before this, send
+    them back (Returned); failure hooks still run."""
 
 
 # From the child.
@@ -84,6 +89,13 @@ DONE_FRAME = b"d"
 def answer_from(data: bytes) -> Finished | Committed:
     """A child's message, as read whole from the pipe (``Connection.recv_bytes``)."""
     return DONE if data == DONE_FRAME else pickle.loads(data)
+
+
+class Returned(NamedTuple):
+    """The answer to Halt: these queued jobs were not started (every task the
+    child began was answered before)."""
+
+    job_ids: tuple[int, ...]
 
 
 class Committed(NamedTuple):

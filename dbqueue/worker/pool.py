@@ -24,7 +24,18 @@ from typing import Any
 
 from . import forkserver
 from .child import child_main
-from .messages import DONE, DONE_FRAME, Committed, Finished, RunHook, RunJob, answer_from, to_wire
+from .messages import (
+    DONE,
+    DONE_FRAME,
+    Committed,
+    Finished,
+    Halt,
+    Returned,
+    RunHook,
+    RunJob,
+    answer_from,
+    to_wire,
+)
 from .stamps import Stamp
 
 Task = RunJob | RunHook
@@ -45,6 +56,8 @@ class Child:
     """What the child says it has begun and ended (see worker.stamps)."""
     stamped: tuple[int, bool, float] | None = None
     """The stamp as last read."""
+    halt: Any = None
+    """One shared byte: set once Halt was sent (see Pool.halt)."""
     answers: int = 0
     """The tasks it has answered."""
     started: float = 0.0
@@ -187,13 +200,14 @@ class Pool:
     def _spawn(self) -> Child:
         parent_end, child_end = self.context.Pipe(duplex=True)
         stamp = Stamp.shared(self.context)
+        halt = self.context.RawArray("b", 1)
         process = self.context.Process(  # type: ignore[attr-defined]
             target=child_main,
-            args=(child_end, self.app_reference, self.measure_memory, stamp.cells),
+            args=(child_end, self.app_reference, self.measure_memory, stamp.cells, halt),
             name="dbqueue-child", daemon=True)
         process.start()
         child_end.close()
-        return Child(process, parent_end, stamp=stamp)
+        return Child(process, parent_end, stamp=stamp, halt=halt)
 
     def idle(self) -> list[Child]:
         return [child for child in self.children if not child.tasks]
@@ -226,6 +240,18 @@ class Pool:
                     child.conn.send(to_wire(tasks[0]) if len(tasks) == 1
                                     else [to_wire(task) for task in tasks])
 
+    def halt(self) -> None:
+        """Have each child send back the jobs queued in it that it has not
+        started (they come back in ``Ended.unstarted``); it starts no job
+        given afterwards, but runs failure hooks."""
+        self._send()  # what was given goes before the Halt
+        for child in self.children:
+            if any(type(task) is RunJob for task, _ in child.tasks):
+                with contextlib.suppress(OSError):  # dead: the next wait reports it
+                    child.conn.send(Halt())
+                    if child.halt is not None:
+                        child.halt[0] = 1  # only once the Halt is in the pipe
+
     def wait(self, timeout: float, *wake_fds: int) -> Ended:
         """Send what was given, then wait for answers, deaths, or one of
         ``wake_fds`` to be readable; at most ``timeout`` seconds."""
@@ -253,6 +279,9 @@ class Pool:
             for answer in child.messages():
                 if isinstance(answer, Committed):
                     ended.committed.append(answer)
+                    continue
+                if isinstance(answer, Returned):
+                    ended.unstarted += _take_back(child, set(answer.job_ids))
                     continue
                 if not child.tasks:  # (never: every task is answered once)
                     child.answers += 1  # the stamp counts it all the same
@@ -327,3 +356,14 @@ class Pool:
                 child.process.join(1)
             child.conn.close()
         self.children = []
+
+
+def _take_back(child: Child, job_ids: set[int]) -> list[Task]:
+    """Remove the tasks of ``job_ids`` (none begun) from ``child``'s queue."""
+    taken: list[Task] = [task for task, _ in child.tasks
+                         if type(task) is RunJob and task.job_id in job_ids]
+    kept = [(task, timeout) for task, timeout in child.tasks
+            if not (type(task) is RunJob and task.job_id in job_ids)]
+    child.tasks.clear()
+    child.tasks.extend(kept)
+    return taken

@@ -1,6 +1,7 @@
-"""How long each kind of task takes in one child, as a moving average.
+"""How long each kind of task takes, as a moving average.
 
-The child asks it twice: whether an idempotent job is short enough to join
+The supervisor asks it whether a job may wait in a child's pipe behind
+another (worker.handout). A child asks it twice: whether an idempotent job is short enough to join
 an open transaction (worker.commits), and whether the next task is short
 enough to hold the answers before it (worker.replies).
 """
@@ -26,6 +27,10 @@ class Runtimes:
     def of(self, task: RunJob | RunHook) -> float:
         """How long a task of this kind takes here (infinite: not known yet)."""
         return self._seconds.get(_kind(task), math.inf)
+
+    def of_job(self, name: str) -> float:
+        """How long a job of this name takes here (infinite: not known yet)."""
+        return self._seconds.get(name, math.inf)
 
 
 def _kind(task: RunJob | RunHook) -> str | None:

@@ -96,6 +96,8 @@ class Supervisor:
                                health=self.health, hooks=self.hooks)
         self.stopping: str | None = None
         self.stop_deadline = 0.0
+        self.cut_short = ""
+        """Why the grace period ended early, if it did."""
         self.started = time.monotonic()
 
     # --- life cycle -------------------------------------------------------------
@@ -192,7 +194,7 @@ class Supervisor:
         self.handout.take_in(ended)
         if (self.stopping and self.ledger.count(State.RUNNING, State.UNCOMMITTED)
                 and time.monotonic() >= self.stop_deadline):
-            self.handout.abandon()
+            self.handout.abandon(self.cut_short or "did not finish within the grace period")
 
     def _heed_signals(self) -> None:
         signals = self.signals
@@ -205,6 +207,7 @@ class Supervisor:
             log.warning("received %s again: stopping now; running jobs are put back",
                         signals.received)
             self.stop_deadline = time.monotonic()
+            self.cut_short = f"was still running at the second {signals.received}"
         elif signals.repeats_ignored:
             signals.repeats_ignored = 0
             log.info("received %s again within %g s of the first: taken as the same request "
@@ -214,8 +217,13 @@ class Supervisor:
     def _stop(self, reason: str) -> None:
         self.stopping = reason
         self.stop_deadline = time.monotonic() + self.options.grace
+        # Jobs queued in children and not started come back (Returned), to be
+        # given back with the reserved ones.
+        self.pool.halt()
+        # One task at most runs in each child; the others queued come back.
+        running = sum(1 for child in self.pool.children if child.tasks)
         log.info("stopping (%s): %d running job(s) get up to %.0f s to finish", reason,
-                 self.ledger.count(State.RUNNING), self.options.grace)
+                 running, self.options.grace)
         self.recorder.give_back(list(self.ledger.reserved))
 
     def _shutdown(self) -> None:
