@@ -130,9 +130,12 @@ def _check_priority(priority: Any) -> None:
 
 
 def _check_queue(queue: Any) -> None:
-    if not isinstance(queue, str) or not queue.strip() or "," in queue:
-        raise ConfigurationError(
-            f"queue must be a name such as 'default' or 'mail' (no commas), not {queue!r}")
+    # No space around it either: `dbqueue work --queue` strips its names, so
+    # no worker would ever serve 'mail '.
+    if (not isinstance(queue, str) or not queue.strip() or "," in queue
+            or queue != queue.strip()):
+        raise ConfigurationError(f"queue must be a name such as 'default' or 'mail' (no "
+                                 f"commas, no space around it), not {queue!r}")
 
 
 def _check_tries(tries: Any) -> None:

@@ -100,6 +100,8 @@ def _library_dirs() -> tuple[str, ...]:
 
 
 def _in_library(filename: str) -> bool:
-    if filename.startswith("<frozen "):  # importlib's bootstrap, frozen into the interpreter
+    # importlib's bootstrap, frozen into the interpreter; code Python made
+    # itself (a dataclass's __init__ is "<string>"): none of it the user's.
+    if filename.startswith("<"):
         return True
     return os.path.realpath(filename).startswith(_library_dirs())

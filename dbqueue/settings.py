@@ -22,6 +22,15 @@ DEFAULT_NETWORK_TIMEOUT = 30.0
 
 _PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,20}$|^$")
 
+_SECONDS = {
+    "retry_after": lambda value: value > 0 and math.isfinite(value),
+    # Under a second, one lost packet would end a healthy connection.
+    "network_timeout": lambda value: value >= 1 and math.isfinite(value),
+}
+"""The settings in seconds, and what each accepts."""
+_RULES = {"retry_after": "a positive, finite number of seconds",
+          "network_timeout": "a finite number of seconds, 1 or more"}
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -47,13 +56,10 @@ class Settings:
                 f"table prefix {self.table_prefix!r} is not valid: use up to 21 letters, "
                 "digits and underscores, starting with a letter (for example 'dbq_')"
             )
-        if not (self.retry_after > 0 and math.isfinite(self.retry_after)):
-            raise ConfigurationError(f"retry_after must be a positive, finite number of "
-                                     f"seconds, not {self.retry_after!r}")
-        if not (self.network_timeout >= 1 and math.isfinite(self.network_timeout)):
-            # Under a second, one lost packet would end a healthy connection.
-            raise ConfigurationError(f"network_timeout must be a finite number of seconds, "
-                                     f"1 or more, not {self.network_timeout!r}")
+        for name in _SECONDS:
+            value = getattr(self, name)
+            if not _SECONDS[name](value):
+                raise ConfigurationError(f"{name} must be {_RULES[name]}, not {value!r}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -68,10 +74,13 @@ class Settings:
             values["url"] = env["DBQUEUE_URL"]
         if "DBQUEUE_TABLE_PREFIX" in env:
             values["table_prefix"] = env["DBQUEUE_TABLE_PREFIX"]
-        for name in ("retry_after", "network_timeout"):
+        for name in _SECONDS:
             variable = "DBQUEUE_" + name.upper()
             if env.get(variable):
                 values[name] = parse_seconds(variable, env[variable])
+                if not _SECONDS[name](values[name]):  # named as the user set it
+                    raise ConfigurationError(
+                        f"{variable} must be {_RULES[name]}, not {env[variable]!r}")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

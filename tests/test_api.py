@@ -96,6 +96,8 @@ def test_options_are_validated_and_never_mix_with_job_arguments(tmp_path):
         send.options(connection=object(), after_commit=object())
     with pytest.raises(dbqueue.ConfigurationError, match="queue must be a name"):
         send.options(queue=" ")
+    with pytest.raises(dbqueue.ConfigurationError, match="no space around it"):
+        send.options(queue="mail ")  # no worker could serve it: --queue strips its names
 
 
 def test_job_definitions_are_validated(tmp_path):

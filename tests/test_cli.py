@@ -190,15 +190,17 @@ def test_failed_lists_newest_first_and_filters(app, schema):
     invoice, receipt, report = three_failures(app)
 
     header, *lines = table(ok(schema, "failed"))
-    assert header == ["ID", "QUEUE", "JOB", "ATTEMPTS", "EXCEPTION", "MESSAGE", "FAILED AT",
-                      "WORKER"]
-    assert [line[:6] for line in lines] == [
+    assert header == ["ID", "JOB ID", "QUEUE", "JOB", "ATTEMPTS", "EXCEPTION", "MESSAGE",
+                      "FAILED AT", "WORKER"]
+    # JOB ID: the number the worker's log gave the job.
+    assert [line[1] for line in lines] == [str(f.job_id) for f in (report, receipt, invoice)]
+    assert [line[:1] + line[2:7] for line in lines] == [
         [str(report.id), "reports", "build", "1", "myapp.errors.ReportError", "build broke"],
         [str(receipt.id), "mail", "send_receipt", "1", "ValueError", "send_receipt broke"],
         [str(invoice.id), "mail", "send_invoice", "1", "KeyError", "send_invoice broke"],
     ]  # the message's first line only
-    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line[6]) for line in lines)
-    assert {line[7] for line in lines} == {"host:1"}
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line[7]) for line in lines)
+    assert {line[8] for line in lines} == {"host:1"}
 
     def listed(*options: str) -> list[str]:
         return [line[0] for line in table(ok(schema, "failed", *options))[1:]]
@@ -338,6 +340,8 @@ def migrated_url(tmp_path: Path) -> str:
 
 @pytest.mark.parametrize(("args", "expected"), [
     (["status", "--url", "not a url"], "'not a url' is not a database URL"),
+    (["status", "--url", "sqlite://queue.db"],
+     "'sqlite://queue.db' names a host, not a SQLite file: write sqlite:///queue.db"),
     (["status", "--url", "oracle://scott@db/orcl"], "does not support 'oracle'"),
     (["status", "--url", NO_SERVER_PG], "cannot connect to postgresql"),
     (["status", "--url", "{fresh}"], "the dbqueue tables are missing"),
@@ -369,23 +373,37 @@ def migrated_url(tmp_path: Path) -> str:
      "--retry-after must be a finite number, at least 1 second, not inf"),
     (["work", "--url", "{fresh}", "--app", "tests.jobapp:app", "--grace", "nan"],
      "--grace must be a finite number, 0 seconds or more, not nan"),
+    (["work", "--url", "{fresh}", "--app", "tests.jobapp:app", "--stop-when-empty",
+      "--stop-when-drained"], "--stop-when-empty and --stop-when-drained: choose one"),
     (["status", "--url", "{fresh}", "--table-prefix", "bad-prefix"], "table prefix 'bad-prefix'"),
     (["migrate", "--url", "postgresql+psycopg2://x@127.0.0.1/db"],
      "'psycopg2' is not installed; install it, or name no driver (postgresql://, mysql://)"),
     (["migrate", "--url", "sqlite:////no-such-directory-of-dbqueue/q.db"],
      "and that its directory exists and is writable"),
-], ids=["malformed-url", "unsupported-url", "unreachable-server", "unmigrated-status",
-        "unmigrated-failed", "app-module-missing", "app-not-an-app", "app-attribute-missing",
-        "app-module-broken", "app-without-module", "work-app-module-missing",
-        "work-app-module-broken", "work-app-module-raises", "work-app-not-an-app",
-        "work-url-bad-port", "work-concurrency-zero", "work-retry-after-inf", "work-grace-nan",
-        "bad-table-prefix",
-        "driver-not-installed", "sqlite-directory-missing"])
+], ids=["malformed-url", "sqlite-url-two-slashes", "unsupported-url", "unreachable-server",
+        "unmigrated-status", "unmigrated-failed", "app-module-missing", "app-not-an-app",
+        "app-attribute-missing", "app-module-broken", "app-without-module",
+        "work-app-module-missing", "work-app-module-broken", "work-app-module-raises",
+        "work-app-not-an-app", "work-url-bad-port", "work-concurrency-zero",
+        "work-retry-after-inf", "work-grace-nan", "work-two-stop-conditions",
+        "bad-table-prefix", "driver-not-installed",
+        "sqlite-directory-missing"])
 def test_mistakes_print_one_error_line(args, expected, fresh_url):
     result = dbqueue_cli(*(a.format(fresh=fresh_url) for a in args), env=bare_env())
     line = assert_clean_error(result)
     assert expected in line, line
     assert "s3cret" not in result.stderr  # the password is never printed
+
+
+def test_a_bad_setting_in_the_environment_is_named_as_it_was_set(fresh_url):
+    """Even when the application's App() reads it: then the line is the
+    user's App() call, not code Python generated."""
+    result = dbqueue_cli("status", "--app", "tests.jobapp:app",
+                         env=bare_env(DBQUEUE_URL=fresh_url, DBQUEUE_NETWORK_TIMEOUT="0.5"))
+    line = assert_clean_error(result)
+    assert ("DBQUEUE_NETWORK_TIMEOUT must be a finite number of seconds, 1 or more, "
+            "not '0.5'") in line, line
+    assert "jobapp.py:" in line and "<string>" not in line, line
 
 
 @pytest.mark.parametrize(("args", "expected"), [
@@ -394,8 +412,11 @@ def test_mistakes_print_one_error_line(args, expected, fresh_url):
     (["retry", "1", "--all"], "give failed job IDs, or --all, or --queue NAME"),
     (["flush", "--hours", "-1"], "'--hours': -1.0 is not in the range x>=0"),
     (["failed", "--limit", "many"], "--limit"),
+    (["failed", "retry", "3"], "there is no 'dbqueue failed retry': failed jobs are handled "
+                               "by 'dbqueue retry'"),
+    (["failed", "prune"], "handled by 'dbqueue flush'"),
 ], ids=["work-without-app", "retry-nothing", "retry-ids-and-all", "flush-negative-hours",
-        "failed-limit-not-a-number"])
+        "failed-limit-not-a-number", "failed-retry", "failed-prune"])
 def test_usage_errors_print_one_error_line(args, expected, migrated_url):
     result = dbqueue_cli(*args, env=bare_env(DBQUEUE_URL=migrated_url))
     line = assert_clean_error(result, usage=True)
@@ -460,6 +481,15 @@ def test_migrate_downgrade_base_drops_the_tables(migrated_url):
     engine = sa.create_engine(migrated_url)
     assert sa.inspect(engine).get_table_names() == []  # Alembic's version table too
     engine.dispose()
+
+
+def test_the_advice_to_upgrade_names_the_table_prefix(tmp_path):
+    env = bare_env(DBQUEUE_URL=f"sqlite:///{tmp_path / 'prefixed.db'}",
+                   DBQUEUE_TABLE_PREFIX="dbq_")
+    assert dbqueue_cli("migrate", env=env).returncode == 0
+    assert dbqueue_cli("migrate", "--downgrade", "0002", "--yes", env=env).returncode == 0
+    line = assert_clean_error(dbqueue_cli("work", "--app", "tests.jobapp:app", "--once", env=env))
+    assert line.endswith("upgrade them with: dbqueue migrate --table-prefix dbq_"), line
 
 
 def test_tables_at_an_older_revision_are_one_clear_error(migrated_url):

@@ -11,7 +11,24 @@ from .common import one_line, open_app, print_json, print_table, progress, short
 from .options import connection_options, friendly_errors, group_options
 
 
-@click.group(invoke_without_command=True)
+class _FailedGroup(click.Group):
+    """``dbqueue failed``'s subcommands; what one might type for the top-level
+    commands on failed jobs is answered with their names."""
+
+    _ELSEWHERE = {"retry": "retry", "forget": "forget", "delete": "forget", "flush": "flush",
+                  "prune": "flush"}
+
+    def resolve_command(self, ctx: click.Context,
+                        args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] in self._ELSEWHERE and args[0] not in self.commands:
+            name = self._ELSEWHERE[args[0]]
+            raise click.UsageError(f"there is no 'dbqueue failed {args[0]}': failed jobs are "
+                                   f"handled by 'dbqueue {name}' (see dbqueue {name} --help)",
+                                   ctx=ctx)
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=_FailedGroup, invoke_without_command=True)
 @connection_options
 @click.option("--queue", default=None, help="Only this queue.")
 @click.option("--job", default=None, help="Only this job name.")
@@ -44,8 +61,10 @@ def failed(  # noqa: PLR0913 (click passes each of the command's options)
         filtered = queue is not None or job is not None or exception is not None
         click.echo("No failed jobs match." if filtered else "No failed jobs.")
         return
-    print_table(["ID", "QUEUE", "JOB", "ATTEMPTS", "EXCEPTION", "MESSAGE", "FAILED AT", "WORKER"],
-                [[r.id, r.queue, r.job, r.attempts, r.exception_class,
+    # JOB ID: the number the worker's log gave the job (ID is the failure's own).
+    print_table(["ID", "JOB ID", "QUEUE", "JOB", "ATTEMPTS", "EXCEPTION", "MESSAGE", "FAILED AT",
+                 "WORKER"],
+                [[r.id, r.job_id, r.queue, r.job, r.attempts, r.exception_class,
                   one_line(r.exception_message), short_time(r.failed_at), r.worker]
                  for r in rows])
     if more:

@@ -123,6 +123,8 @@ def create_engine(url: str, *, autocommit: bool = False,
                        skip_autocommit_rollback=True)
     try:
         engine = sa.create_engine(parsed, **options)
+    except sa.exc.ArgumentError as exc:  # a URL the dialect refuses
+        raise ConfigurationError(_refused(url, parsed, exc)) from None
     except ModuleNotFoundError as exc:
         extra = _EXTRAS.get(exc.name or "")
         fix = (f"install it with: pip install 'dbqueue-sql[{extra}]'" if extra else
@@ -134,6 +136,18 @@ def create_engine(url: str, *, autocommit: bool = False,
     if not dialect.embedded:
         _ping_when_idle(engine)
     return engine
+
+
+def _refused(url: str, parsed: URL, error: Exception) -> str:
+    if parsed.get_backend_name() == "sqlite" and parsed.host:
+        # sqlite://queue.db: the file name was read as a host.
+        path = "/".join(filter(None, [parsed.host, parsed.database]))
+        return (f"{mask_password(url)!r} names a host, not a SQLite file: write "
+                f"sqlite:///{path} (three slashes, then a relative path) or "
+                f"sqlite:////absolute/path/{path.rpartition('/')[2]}; check DBQUEUE_URL "
+                "(or --url)")
+    return (f"{mask_password(url)!r} is not a database URL dbqueue can use "
+            f"({first_line(error)}); {_FORMS}; check DBQUEUE_URL (or --url)")
 
 
 def missing_database_file(url: str) -> str | None:
@@ -275,9 +289,10 @@ def translate(engine: Engine, error: sa.exc.DBAPIError | sa.exc.TimeoutError,
     if dialect.is_missing_table(error):
         return tables_missing(engine, table_prefix)
     if dialect.is_missing_column(error):
+        option = f" --table-prefix {table_prefix}" if table_prefix else ""
         return NotMigrated(
             f"the dbqueue tables in {describe(engine)} are older than this dbqueue "
-            f"({reason}); upgrade them with: dbqueue migrate"
+            f"({reason}); upgrade them with: dbqueue migrate{option}"
         )
     if isinstance(error, sa.exc.TimeoutError | sa.exc.OperationalError | sa.exc.InterfaceError
                   ) or dialect.is_retryable(error):

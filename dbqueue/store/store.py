@@ -54,9 +54,11 @@ class Store(Leases):
         if current is None:
             raise tables_missing(self.engine, self.prefix)
         if current < REVISION:
+            option = f" --table-prefix {self.prefix}" if self.prefix else ""
             raise SchemaOutdated(
                 f"the dbqueue tables in {describe(self.engine)} are at revision {current}, "
-                f"but this dbqueue needs {REVISION} or newer; upgrade them with: dbqueue migrate")
+                f"but this dbqueue needs {REVISION} or newer; upgrade them with: "
+                f"dbqueue migrate{option}")
 
     def now(self) -> datetime:
         """The database server's current time (UTC)."""

@@ -45,6 +45,10 @@ class WorkerOptions:
                 "(or '*' for every queue)")
         if len(set(self.queues)) < len(self.queues):
             raise ConfigurationError(f"--queue names a queue twice: {','.join(self.queues)}")
+        if self.stop_when_empty and self.stop_when_drained:  # empty would always come first
+            raise ConfigurationError("--stop-when-empty and --stop-when-drained: choose one "
+                                     "(--stop-when-drained also waits for delayed jobs and "
+                                     "retries in backoff)")
         checks = [
             ("--concurrency", self.concurrency, self.concurrency >= 1, "at least 1"),
             ("--sleep", self.sleep, self.sleep is None or self.sleep > 0, "more than 0 seconds"),
