@@ -41,7 +41,7 @@ def ended(fd: int | None) -> None:
 
 def test_a_look_that_ran_before_a_job_was_queued_does_not_say_the_queue_is_empty(jobs):
     app = jobs.app
-    reserver, ledger, _ = parts(app, stop_when_empty=True, stop_when_drained=True)
+    reserver, ledger, _ = parts(app, stop_when_drained=True)
     reserver.refill(time.monotonic())  # the statement runs: nothing is ready
     ended(reserver.fileno())
     jobs.noop.dispatch()  # queued after that (a retry's release, a chain's next step)
@@ -56,7 +56,7 @@ def test_a_look_that_ran_before_a_job_was_queued_does_not_say_the_queue_is_empty
 
 
 def test_without_news_an_empty_look_says_the_queue_is_empty(app):
-    reserver, _, _ = parts(app, stop_when_empty=True, stop_when_drained=True)
+    reserver, _, _ = parts(app, stop_when_drained=True)
     reserver.refill(time.monotonic())
     reserver.collect(wait=True)
     assert reserver.drained and reserver.queues_empty and reserver.next_poll > 0
