@@ -364,6 +364,16 @@ def test_a_star_serves_every_queue_and_unserved_queues_are_named(jobs, workers):
     assert count(jobs.app, jobs.app.store.tables.jobs) == 0
 
 
+def test_a_queue_name_close_to_a_known_one_is_taken_for_a_typo(jobs, workers):
+    jobs.record.options(queue="mail").dispatch(1)
+    result = workers.run("--queue", "mial", "--stop-when-empty", *FAST)
+    assert result.returncode == 0, result.stdout
+    assert ("queue 'mial' has no ready job and no job of the application is defined on it: "
+            "did you mean 'mail'?") in result.stdout
+    served = workers.run("--queue", "mail", "--stop-when-empty", *FAST)
+    assert "did you mean" not in served.stdout
+
+
 def test_stop_when_drained_waits_for_delayed_jobs_and_retries(jobs, workers):
     jobs.record.options(delay=1.5).dispatch(7)
     jobs.third_time_lucky.dispatch("drained")  # fails twice, retried at once

@@ -21,6 +21,7 @@ reservation is on its way is found by the next one.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import secrets
@@ -166,6 +167,14 @@ class Supervisor:
         if unserved:
             log.warning("queue(s) %s have ready jobs that no worker serves; add them to "
                         "--queue (or use --queue '*' for every queue)", ", ".join(unserved))
+        # A typo in --queue: a queue nothing is ready in and no job is defined
+        # on, beside one that has or is.
+        known = set(ready) | {job.queue for job in self.app.jobs.values()}
+        for queue in set(self.options.queues) - known - {"*"}:
+            close = difflib.get_close_matches(queue, sorted(known), n=1, cutoff=0.75)
+            if close:
+                log.warning("queue %r has no ready job and no job of the application is "
+                            "defined on it: did you mean %r?", queue, close[0])
 
     def _turn(self) -> None:
         self._heed_signals()
