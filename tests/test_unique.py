@@ -1,5 +1,7 @@
 """Unique jobs: while one job holds a key, a second dispatch is not queued."""
 
+import os
+import signal
 import threading
 
 import sqlalchemy as sa
@@ -62,7 +64,7 @@ def test_unique_until_processing_frees_the_key_when_the_job_starts(jobs, workers
         worker = workers.start(*FAST)
         wait_until(lambda n=name: count(jobs.app, jobs.effects, jobs.effects.c.tag == n),
                    what=f"{name} to start")
-        # The worker frees a processing job's key right after handing it over.
+        # The worker frees a processing job's key once it has begun.
         if frees:
             wait_until(lambda: all(r.unique_key is None for r in queued(jobs)),
                        what="the key to be freed")
@@ -71,6 +73,28 @@ def test_unique_until_processing_frees_the_key_when_the_job_starts(jobs, workers
         worker.communicate(timeout=60)
         with jobs.app.engine.begin() as c:
             c.execute(jobs.app.store.tables.jobs.delete())
+
+
+def test_a_processing_job_handed_back_unstarted_keeps_its_key(jobs, workers):
+    """Its key is freed once it begins, not once it is handed to a child:
+    queued behind a running job when the worker stops, it comes back
+    unstarted, still unique."""
+    processing = jobs.unique_slow_processing
+    # One call each, in this order (a call may insert unique jobs apart).
+    jobs.app.dispatch_many([processing.prepare(f"warm-up-{n}", 0) for n in range(20)])
+    jobs.app.dispatch_many([jobs.hold.prepare(f"short-{n}", 0) for n in range(20)])
+    jobs.hold.dispatch("ends-in-grace", 1.5)  # of a kind seen short: jobs queue behind it
+    jobs.app.dispatch_many([processing.prepare(f"behind-{n}", 0) for n in range(20)])
+    worker = workers.start("--grace", "60", *FAST)
+    wait_until(lambda: count(jobs.app, jobs.effects, jobs.effects.c.tag == "ends-in-grace"),
+               what="the job with jobs queued behind it to start")
+    os.killpg(worker.pid, signal.SIGTERM)
+    output, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 0, output
+    behind = [row for row in queued(jobs) if row.job == "unique_slow_processing"]
+    assert len(behind) == 20
+    assert all(row.unique_key is not None and row.attempts == 0 for row in behind)
+    assert processing.dispatch("behind-0", 0) is None  # still unique
 
 
 def test_eight_threads_dispatching_the_same_job_leave_exactly_one(jobs):

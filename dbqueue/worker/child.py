@@ -173,9 +173,12 @@ def _receive(conn: Connection, inbox: deque[Any]) -> bool:
     return True
 
 
-def _send_back_queued(conn: Connection, inbox: deque[Any], replies: Replies) -> None:
+def _send_back_queued(conn: Connection, inbox: deque[Any], replies: Replies,
+                      commits: Commits) -> None:
     """The worker is stopping: answer Halt with the jobs queued before it
-    (none begun), after every answer held. Failure hooks stay, to run."""
+    (none begun), after every answer held and once the open transaction has
+    ended (it may hold claims of their idempotency keys, which another worker
+    taking them would wait for). Failure hooks stay, to run."""
     while not any(type(task) is Halt for task in inbox):
         _read(conn, inbox)  # sent before the byte was set: in the pipe already
     queued = list(inbox)
@@ -184,6 +187,7 @@ def _send_back_queued(conn: Connection, inbox: deque[Any], replies: Replies) -> 
     inbox.clear()
     inbox.extend(task for task in queued[:at] if type(task) is not RunJob)
     inbox.extend(queued[at + 1:])
+    commits.end(replies)
     replies.send(Returned(tuple(job.job_id for job in jobs)))
 
 
@@ -233,7 +237,7 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
             # its way: reading the pipe itself would cost a system call a task.
             if not halted and ((halt is not None and halt[0]) or type(inbox[0]) is Halt):
                 halted = True
-                _send_back_queued(conn, inbox, replies)
+                _send_back_queued(conn, inbox, replies, commits)
                 continue
             task = inbox.popleft()
             if task is None:

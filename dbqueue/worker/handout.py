@@ -110,7 +110,6 @@ class Handout:
                                      entry.row.attempts, entry.timeout, locks, start_by,
                                      start_by_wall),
                        entry.timeout)
-        self.recorder.started(entry)
         return True
 
     def _may_queue(self, entry: Entry, child: Child) -> bool:
@@ -195,6 +194,7 @@ class Handout:
             self.recorder.released(entry, 0.0, False, "not started: its lease may have run "
                                    "out while it waited")
         elif entry is not None:
+            self.recorder.began(entry)
             self.reserver.ran(runtime)
             self.runtimes.add(task, runtime)
             entry.runtime, entry.result = runtime, answer.result
@@ -291,5 +291,6 @@ class Handout:
 
     def _ended(self, entry: Entry, answer: Finished) -> None:
         """The attempt ended without completing the job: retry, release or fail it."""
+        self.recorder.began(entry)  # it ran (a death, a timeout, a rollback)
         if self.recorder.ended(entry, answer):
             self.reserver.look_again()  # it may be ready again at once: look before stopping

@@ -91,6 +91,8 @@ class Entry:
     """Whether its attempt is counted in the table (see Completion.started)."""
     counting: bool = False
     """A record counting its attempt waits in the completer."""
+    key_freed: bool = False
+    """A job unique until processing: it began, and its key is freed."""
     lease_lost: bool = False
     """Another worker took the job (this one stalled) while it ran here."""
     runtime: float | None = None

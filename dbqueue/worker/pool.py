@@ -212,14 +212,16 @@ class Pool:
     def idle(self) -> list[Child]:
         return [child for child in self.children if not child.tasks]
 
-    def started(self) -> list[tuple[Task, float]]:
-        """The task each busy child is running, with when it began (monotonic)."""
+    def started(self) -> list[tuple[Task, float, bool]]:
+        """The task each busy child runs or is about to, with since when
+        (monotonic) and whether it has begun (one that has not may yet come
+        back unstarted: a Halt, a death)."""
         runs = []
         for child in self.children:
             if child.tasks:
-                index, began, _ = child.running()
-                if index < len(child.tasks):  # begun, or next (as if it had begun)
-                    runs.append((child.tasks[index][0], began))
+                index, began, begun = child.running()
+                if index < len(child.tasks):
+                    runs.append((child.tasks[index][0], began, begun))
         return runs
 
     def give(self, child: Child, task: Task, timeout: float) -> None:

@@ -86,9 +86,14 @@ class Recorder:
                 entry.id, entry.row.job, entry.decoded().args, entry.decoded().kwargs, attempts,
                 failure.exception_class, failure.message)))
 
-    def started(self, entry: Entry) -> None:
-        """The job went to a child: a job unique until processing frees its key."""
-        if entry.job.unique and entry.job.unique_until == "processing":
+    def began(self, entry: Entry) -> None:
+        """The job began in a child: a job unique until processing frees its
+        key, once. Not when it is handed to the child: it may come back
+        unstarted (the worker stops, the child dies), and keep its key."""
+        job = entry.job
+        if (not entry.key_freed and job is not None and job.unique
+                and job.unique_until == "processing"):
+            entry.key_freed = True
             self.completer.add(KeyFreed(entry))
 
     def give_back(self, entries: Sequence[Entry]) -> None:

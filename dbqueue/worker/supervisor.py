@@ -258,8 +258,12 @@ class Supervisor:
 
     def _flush(self) -> None:
         now = time.monotonic()
+        running = [(entry, began) for entry, began, begun in self._running() if begun]
+        for entry, _ in running:  # a job unique until processing: its key goes now
+            self.recorder.began(entry)
         # A job that has run a while gets its attempt counted (see Completion.started).
-        started = [entry for entry, began in self._uncounted() if now - began >= FLUSH_DELAY]
+        started = [entry for entry, began in running
+                   if not entry.counted and not entry.counting and now - began >= FLUSH_DELAY]
         for entry in started:  # one record each, however long the write takes
             entry.counting = True
             self.completer.add(Counted(entry, entry.row.attempts))
@@ -270,17 +274,19 @@ class Supervisor:
         for entry in finished:
             self.ledger.forget(entry)
 
-    def _uncounted(self) -> list[tuple[Any, float]]:
-        """Running jobs whose attempt the table does not count yet, nor is being
-        counted (that write's end wakes the supervisor), with when each began.
-        One is counted FLUSH_DELAY after it began: most end before that, and
-        their outcome says all."""
+    def _running(self) -> list[tuple[Any, float, bool]]:
+        """The job each child runs or is about to, since when, and whether it
+        has begun.
+
+        One whose attempt the table does not count yet, nor is being counted
+        (that write's end wakes the supervisor), is counted FLUSH_DELAY after
+        it began: most end before that, and their outcome says all. Only once
+        it has begun: one about to begin may yet come back unstarted."""
         runs = []
-        for task, began in self.pool.started():
+        for task, began, begun in self.pool.started():
             entry = self.ledger.get(getattr(task, "job_id", -1))
-            if (entry is not None and entry.state == State.RUNNING and not entry.counted
-                    and not entry.counting):
-                runs.append((entry, began))
+            if entry is not None and entry.state == State.RUNNING:
+                runs.append((entry, began, begun))
         return runs
 
     def _check_limits(self) -> None:
@@ -314,7 +320,11 @@ class Supervisor:
         flush_at = self.completer.next_wake()
         if flush_at is not None and self.ledger.count(State.RUNNING):
             wake.append(flush_at)
-        began = [began for _, began in self._uncounted()]
+        # Also for one about to begin: the wait ends in time to count it,
+        # should it begin meanwhile (looking every FLUSH_DELAY, not at once
+        # again and again, while a child is slow to begin it).
+        began = [began if begun else max(began, now) for entry, began, begun in self._running()
+                 if not entry.counted and not entry.counting]
         if began:  # count a long job's attempt in time
             wake.append(max(min(began) + FLUSH_DELAY, self.completer.retry_at))
         if self.stopping and (self.hooks or self.ledger.count(State.RUNNING, State.UNCOMMITTED)):
