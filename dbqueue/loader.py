@@ -102,6 +102,6 @@ def _library_dirs() -> tuple[str, ...]:
 def _in_library(filename: str) -> bool:
     # importlib's bootstrap, frozen into the interpreter; code Python made
     # itself (a dataclass's __init__ is "<string>"): none of it the user's.
-    if filename.startswith("<"):
+    if filename.startswith("<frozen ") or filename == "<string>":
         return True
     return os.path.realpath(filename).startswith(_library_dirs())

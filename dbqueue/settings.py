@@ -76,7 +76,7 @@ class Settings:
             values["table_prefix"] = env["DBQUEUE_TABLE_PREFIX"]
         for name in _SECONDS:
             variable = "DBQUEUE_" + name.upper()
-            if env.get(variable):
+            if env.get(variable) and overrides.get(name) is None:  # an argument wins
                 values[name] = parse_seconds(variable, env[variable])
                 if not _SECONDS[name](values[name]):  # named as the user set it
                     raise ConfigurationError(

@@ -94,10 +94,18 @@ def test_a_libpq_parameter_in_the_url_wins(server_url):
     assert (options["TCP_KEEPIDLE"], options["TCP_USER_TIMEOUT"]) == (7, 30_000)
 
 
-@pytest.mark.parametrize("text", ["0", "-1", "soon", "inf"])
+@pytest.mark.parametrize("text", ["0", "-1", "0.5", "soon", "inf"])
 def test_a_network_timeout_must_be_positive_seconds(text):
-    with pytest.raises(ConfigurationError, match=r"(?i)network_timeout"):
+    with pytest.raises(ConfigurationError, match="DBQUEUE_NETWORK_TIMEOUT"):
         Settings.from_env({"DBQUEUE_NETWORK_TIMEOUT": text})
+    with pytest.raises(ConfigurationError, match="network_timeout"):
+        Settings(network_timeout=0.5)
+
+
+def test_an_argument_wins_over_a_bad_setting_in_the_environment():
+    given = Settings.from_env({"DBQUEUE_NETWORK_TIMEOUT": "0", "DBQUEUE_RETRY_AFTER": "0"},
+                              network_timeout=5.0, retry_after=30.0)
+    assert (given.network_timeout, given.retry_after) == (5.0, 30.0)
 
 
 def test_a_long_network_timeout_is_held_to_what_the_kernel_takes():
