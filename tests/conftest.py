@@ -178,6 +178,19 @@ def rows(app: Any, table: sa.Table, *where: Any) -> list[Any]:
         lambda c: c.execute(sa.select(table).where(*where).order_by(table.c.id)).all())
 
 
+def stopped_while_running(jobs: jobapp.JobApp, workers: Workers, tag: str, *args: str) -> str:
+    """Start a worker with ``args``, send its process group SIGTERM (as
+    systemd does) once a job has noted ``tag``, and return its output; it
+    must exit 0."""
+    process = workers.start(*args)
+    wait_until(lambda: count(jobs.app, jobs.effects, jobs.effects.c.tag == tag),
+               what=f"the job noting {tag!r} to start")
+    os.killpg(process.pid, signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    return output
+
+
 def read_until(process: subprocess.Popen[str], text: str, timeout: float = 60) -> str:
     """A running worker's output up to the first line holding ``text``; the rest
     stays in the pipe (for ``communicate``). Fails after ``timeout`` seconds,

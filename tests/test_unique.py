@@ -1,13 +1,11 @@
 """Unique jobs: while one job holds a key, a second dispatch is not queued."""
 
-import os
-import signal
 import threading
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from tests.conftest import count, rows, wait_until
+from tests.conftest import count, rows, stopped_while_running, wait_until
 
 FAST = ("--sleep", "0.1")
 
@@ -85,12 +83,7 @@ def test_a_processing_job_handed_back_unstarted_keeps_its_key(jobs, workers):
     jobs.app.dispatch_many([jobs.hold.prepare(f"short-{n}", 0) for n in range(20)])
     jobs.hold.dispatch("ends-in-grace", 1.5)  # of a kind seen short: jobs queue behind it
     jobs.app.dispatch_many([processing.prepare(f"behind-{n}", 0) for n in range(20)])
-    worker = workers.start("--grace", "60", *FAST)
-    wait_until(lambda: count(jobs.app, jobs.effects, jobs.effects.c.tag == "ends-in-grace"),
-               what="the job with jobs queued behind it to start")
-    os.killpg(worker.pid, signal.SIGTERM)
-    output, _ = worker.communicate(timeout=60)
-    assert worker.returncode == 0, output
+    stopped_while_running(jobs, workers, "ends-in-grace", "--grace", "60", *FAST)
     behind = [row for row in queued(jobs) if row.job == "unique_slow_processing"]
     assert len(behind) == 20
     assert all(row.unique_key is not None and row.attempts == 0 for row in behind)

@@ -14,7 +14,15 @@ import sqlalchemy as sa
 
 from dbqueue.worker.clock import Deadline, passed
 from dbqueue.worker.signals import REPEAT_AFTER, StopSignals
-from tests.conftest import ROOT, count, read_until, rows, wait_until, worker_env
+from tests.conftest import (
+    ROOT,
+    count,
+    read_until,
+    rows,
+    stopped_while_running,
+    wait_until,
+    worker_env,
+)
 
 FAST = ("--sleep", "0.1")
 
@@ -174,12 +182,7 @@ def test_max_jobs_and_memory_limit(jobs, workers):
 def test_sigterm_lets_the_running_job_finish_and_exits_zero(jobs, workers):
     jobs.overlap.dispatch("term", 2)
     jobs.record.dispatch(5)
-    process = workers.start(*FAST)
-    wait_until(lambda: count(jobs.app, jobs.effects, jobs.effects.c.tag == "term"),
-               what="the job to start")
-    os.killpg(process.pid, signal.SIGTERM)  # as systemd does: the whole control group
-    output, _ = process.communicate(timeout=60)
-    assert process.returncode == 0, output
+    stopped_while_running(jobs, workers, "term", *FAST)
     assert [r.event for r in rows(jobs.app, jobs.effects, jobs.effects.c.tag == "term")] == [
         "start", "end"]
     remaining = job_rows(jobs)  # the job it had not started yet is back, attempt not counted
@@ -213,12 +216,7 @@ def test_a_stopping_worker_starts_none_of_the_jobs_queued_in_its_children(jobs, 
                            + [jobs.record.prepare(n, "warm-up") for n in range(20)]
                            + [jobs.hold.prepare("ends-in-grace", 1.5)]
                            + [jobs.record.prepare(n, "behind") for n in range(20, 40)])
-    process = workers.start("--grace", "60", *FAST)
-    wait_until(lambda: count(jobs.app, jobs.effects, jobs.effects.c.tag == "ends-in-grace"),
-               what="the job with jobs queued behind it to start")
-    os.killpg(process.pid, signal.SIGTERM)
-    output, _ = process.communicate(timeout=60)
-    assert process.returncode == 0, output
+    stopped_while_running(jobs, workers, "ends-in-grace", "--grace", "60", *FAST)
     assert [r.event for r in rows(jobs.app, jobs.effects,
                                   jobs.effects.c.tag == "ends-in-grace")] == ["start", "end"]
     assert count(jobs.app, jobs.effects, jobs.effects.c.tag == "behind") == 0
