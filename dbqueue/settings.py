@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -22,14 +22,17 @@ DEFAULT_NETWORK_TIMEOUT = 30.0
 
 _PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,20}$|^$")
 
-_SECONDS = {
-    "retry_after": lambda value: value > 0 and math.isfinite(value),
+_SECONDS: dict[str, tuple[Callable[[float], bool], str]] = {
+    "retry_after": (lambda value: value > 0, "a positive, finite number of seconds"),
     # Under a second, one lost packet would end a healthy connection.
-    "network_timeout": lambda value: value >= 1 and math.isfinite(value),
+    "network_timeout": (lambda value: value >= 1, "a finite number of seconds, 1 or more"),
 }
-"""The settings in seconds, and what each accepts."""
-_RULES = {"retry_after": "a positive, finite number of seconds",
-          "network_timeout": "a finite number of seconds, 1 or more"}
+"""The settings in seconds: which finite values each accepts, and that rule in words."""
+
+
+def _accepts(name: str, value: float) -> bool:
+    accepts, _ = _SECONDS[name]
+    return math.isfinite(value) and accepts(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +61,8 @@ class Settings:
             )
         for name in _SECONDS:
             value = getattr(self, name)
-            if not _SECONDS[name](value):
-                raise ConfigurationError(f"{name} must be {_RULES[name]}, not {value!r}")
+            if not _accepts(name, value):
+                raise ConfigurationError(f"{name} must be {_SECONDS[name][1]}, not {value!r}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -78,9 +81,9 @@ class Settings:
             variable = "DBQUEUE_" + name.upper()
             if env.get(variable) and overrides.get(name) is None:  # an argument wins
                 values[name] = parse_seconds(variable, env[variable])
-                if not _SECONDS[name](values[name]):  # named as the user set it
+                if not _accepts(name, values[name]):  # named as the user set it
                     raise ConfigurationError(
-                        f"{variable} must be {_RULES[name]}, not {env[variable]!r}")
+                        f"{variable} must be {_SECONDS[name][1]}, not {env[variable]!r}")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

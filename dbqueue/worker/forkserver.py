@@ -11,9 +11,9 @@ supervisor once SQLAlchemy and dbqueue are imported, while the process is
 still clean (one thread, no connection, the application not imported): the
 fork server then only imports the application, beside the supervisor, which
 does the same. Multiprocessing's resource tracker, another new interpreter,
-is forked the same way just before. Where that cannot be done safely (another thread, a platform or
-Python version whose fork server this module does not know), it starts the
-usual way.
+is forked the same way just before. Where that cannot be done safely
+(another thread, a platform or Python version whose fork server this module
+does not know), it starts the usual way.
 """
 
 from __future__ import annotations

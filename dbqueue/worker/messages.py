@@ -86,7 +86,7 @@ DONE_FRAME = b"d"
 """How a child says DONE: one byte, no pickle either way."""
 
 
-def answer_from(data: bytes) -> Finished | Committed:
+def answer_from(data: bytes) -> Finished | Committed | Returned:
     """A child's message, as read whole from the pipe (``Connection.recv_bytes``)."""
     return DONE if data == DONE_FRAME else pickle.loads(data)
 

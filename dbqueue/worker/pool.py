@@ -244,8 +244,8 @@ class Pool:
 
     def halt(self) -> None:
         """Have each child send back the jobs queued in it that it has not
-        started (they come back in ``Ended.unstarted``); it starts no job
-        given afterwards, but runs failure hooks."""
+        started (they come back in ``Ended.unstarted``). What is given
+        afterwards it runs: a stopping worker gives only failure hooks."""
         self._send()  # what was given goes before the Halt
         for child in self.children:
             if any(type(task) is RunJob for task, _ in child.tasks):
@@ -362,10 +362,13 @@ class Pool:
 
 def _take_back(child: Child, job_ids: set[int]) -> list[Task]:
     """Remove the tasks of ``job_ids`` (none begun) from ``child``'s queue."""
-    taken: list[Task] = [task for task, _ in child.tasks
-                         if type(task) is RunJob and task.job_id in job_ids]
-    kept = [(task, timeout) for task, timeout in child.tasks
-            if not (type(task) is RunJob and task.job_id in job_ids)]
+    taken: list[Task] = []
+    kept = []
+    for task, timeout in child.tasks:
+        if type(task) is RunJob and task.job_id in job_ids:
+            taken.append(task)
+        else:
+            kept.append((task, timeout))
     child.tasks.clear()
     child.tasks.extend(kept)
     return taken

@@ -1,9 +1,10 @@
 """How long each kind of task takes, as a moving average.
 
 The supervisor asks it whether a job may wait in a child's pipe behind
-another (worker.handout). A child asks it twice: whether an idempotent job is short enough to join
-an open transaction (worker.commits), and whether the next task is short
-enough to hold the answers before it (worker.replies).
+another (worker.handout). A child asks it twice: whether an idempotent job
+is short enough to join an open transaction (worker.commits), and whether
+the next task is short enough to hold the answers before it
+(worker.replies).
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ supervisor reads that for its timeouts (see Child.running).
 All of it is one 64-bit word, written with one store and read with one load
 (on a 64-bit processor, where CPython's ctypes copies an aligned 8-byte
 integer in one move): a read can never see half of a write, however the
-stores of two words would have been ordered (a weakly ordered CPU, such as ARM, may
-show another core a later store before an earlier one). A child killed at any
+stores of two words would have been ordered (a weakly ordered CPU, such as
+ARM, may show another core a later store before an earlier one). A child killed at any
 instant leaves it exact. One writer, one reader, no lock.
 
 The word holds the time in whole milliseconds (rounded up: a timeout is then
