@@ -102,3 +102,27 @@ def test_a_job_given_back_is_news_once(jobs):
     assert recorder.take_given_back() and not recorder.take_given_back()
     assert not ledger and rows(app, app.store.tables.jobs)[0].reserved_by is None
     reserver.close()
+
+
+def test_the_next_reservation_is_on_its_way_while_rows_are_admitted(jobs):
+    """Admitting a few thousand rows takes milliseconds: the next reservation
+    goes out first, asking only for what the arrived rows do not cover."""
+    app = jobs.app
+    reserver, ledger, _ = parts(app, concurrency=2, prefetch=10)
+    if reserver.fileno() is None:
+        pytest.skip("SQLite reserves inline: no reservation is ever on its way")
+    for _ in range(30):
+        jobs.noop.dispatch()
+    reserver.refill(time.monotonic())  # no runtime known yet: one job per child
+    ended(reserver.fileno())
+    reserver.ran(0.0001)  # short jobs: ten more in hand
+    on_its_way: list[bool] = []
+    add = ledger.add
+    ledger.add = lambda entry: (on_its_way.append(reserver.fetching), add(entry))[1]
+    reserver.refill(time.monotonic())
+    assert on_its_way == [True, True]
+    reserver.collect(wait=True)
+    assert len(ledger.reserved) == 12
+    reserver.refill(time.monotonic())  # 12 in hand: nothing more wanted
+    assert not reserver.fetching
+    reserver.close()

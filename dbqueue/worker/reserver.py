@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from ..store import Lease, ReservedRow, Store
 from ..store.batches import Batches
@@ -79,15 +79,16 @@ class Reserver:
         ahead = self.options.concurrency * _BUFFER_SECONDS / max(self.avg_runtime, 1e-4)
         return min(self.options.prefetch, int(ahead))
 
-    def wanted(self) -> int:
-        """How many jobs to ask for now (0: none)."""
+    def wanted(self, coming: int = 0) -> int:
+        """How many jobs to ask for now (0: none), with ``coming`` more reserved
+        than the ledger holds yet."""
         options, ledger = self.options, self.ledger
-        have = ledger.count(State.RESERVED, State.RUNNING)
+        have = ledger.count(State.RESERVED, State.RUNNING) + coming
         want = options.concurrency + self.prefetch() - have
         if options.max_jobs is not None:
             want = min(want, options.max_jobs - ledger.processed - have)
         uncovered = options.concurrency - have
-        if want <= 0 or (uncovered <= 0 and len(ledger.reserved) > self.prefetch() // 2):
+        if want <= 0 or (uncovered <= 0 and len(ledger.reserved) + coming > self.prefetch() // 2):
             return 0
         return want
 
@@ -109,11 +110,24 @@ class Reserver:
     def refill(self, now: float, *, reserve: bool = True) -> None:
         """Take in the rows of a reservation that has ended; then, if ``reserve``
         and more jobs are wanted, start the next one (on the database's thread,
-        see worker.background: its rows are taken in at a later turn)."""
-        self.collect()
-        if not reserve or self.calls.busy or now < self.next_poll:
-            return
-        want = self.wanted()
+        see worker.background: its rows are taken in at a later turn).
+
+        The next reservation goes out before the rows that came back are
+        admitted: admitting a few thousand rows takes milliseconds, which
+        would otherwise pass with no reservation on its way."""
+        arrived = self._receive()
+        if reserve and not self.calls.busy and now >= self.next_poll:
+            self._ask(arrived)
+        if arrived is not None:
+            self._take(*arrived)
+        if self.calls.fileno() is None:
+            self.collect()  # inline (SQLite): the rows are here already
+
+    def _ask(self, arrived: _Arrived | None) -> None:
+        """Start a reservation, if more jobs are wanted than are in hand
+        (``arrived``: rows taken from the database but not yet admitted)."""
+        coming = len(arrived[0]) if arrived is not None else 0
+        want = self.wanted(coming)
         if want <= 0:
             return
         self.sequence += 1
@@ -124,10 +138,9 @@ class Reserver:
                        # After an empty look, a poll first asks whether anything is
                        # ready (one cheap statement); it reserves only when something is.
                        idle=self.pace.empty_looks > 0 and not self.wakeup.listening,
-                       look_further=not self.ledger and not self.recorder.hooks)
+                       look_further=not self.ledger and not coming and not self.recorder.hooks)
         self._asked, self._stale = asked, False
         self.calls.submit(lambda: self._fetch(asked))
-        self.collect()  # inline (SQLite): the rows are here already
 
     def _fetch(self, asked: _Asked) -> tuple[list[ReservedRow], bool | None]:
         """The reservation's statements, on the database's thread: the rows, and
@@ -143,8 +156,15 @@ class Reserver:
     def collect(self, *, wait: bool = False) -> None:
         """Take in the rows of the reservation on its way, if it has ended (or,
         with ``wait``, once it has)."""
+        arrived = self._receive(wait=wait)
+        if arrived is not None:
+            self._take(*arrived)
+
+    def _receive(self, *, wait: bool = False) -> _Arrived | None:
+        """The rows of the reservation on its way, if it has ended (or, with
+        ``wait``, once it has), not admitted yet; None if none came back."""
         if not self.calls.busy or not (wait or self.calls.done()):
-            return
+            return None
         asked, now = self._asked, time.monotonic()
         assert asked is not None
         try:
@@ -152,15 +172,17 @@ class Reserver:
         except DB_ERRORS as exc:
             self.next_poll = now + self.health.failed("reserve jobs", exc,
                                                       began=self.calls.began)
-            return
+            return None
         self.health.succeeded()
         stale = self._stale  # see look_again
         if not rows and asked.look_further and not stale:
             self._look_for_any_job(left)
         self.drained = len(rows) < asked.want and not stale
         pause = self.pace.after_look(len(rows), self.wakeup.listening) if self.drained else 0.0
-        self.next_poll = 0.0 if stale else now + pause
-        self._take(rows, asked.token, asked.lease_until)
+        # Not now + 0 when more may be ready: the caller's clock, read before
+        # this call, would say the next look is not due yet.
+        self.next_poll = now + pause if pause and not stale else 0.0
+        return rows, asked.token, asked.lease_until
 
     def close(self) -> None:
         """Take in the rows of a reservation still on its way (the supervisor
@@ -249,6 +271,10 @@ class Reserver:
             log.info("no job is ready on queue(s) %s; waiting for one (--once runs the next "
                      "job to arrive; add --stop-when-empty to exit instead)",
                      ",".join(self.options.queues))
+
+
+_Arrived: TypeAlias = tuple[list[ReservedRow], str, Deadline]
+"""A reservation's rows, its token and how long its leases last."""
 
 
 @dataclass(frozen=True)
