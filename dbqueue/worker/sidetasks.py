@@ -8,7 +8,9 @@ restart check, and a failing prune does not delay anything.
   ledger; notices the ones lost while this worker stalled.
 - :class:`Control`: the worker's own heartbeat row, through which
   ``dbqueue restart`` reaches it, and the pruning of dead workers' rows.
-- :class:`Pruning`: deletes expired locks, which hold nothing.
+- :class:`Pruning`: deletes expired locks, which hold nothing. Its first
+  run is among the worker's start-up chores (see Supervisor), off the path
+  to the first job.
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ class SideTask:
     def soon(self) -> None:
         """Run at the next tick."""
         self.next_at = 0.0
+
+    def done(self, now: float) -> None:
+        """Its work was just done another way: due again ``every`` from ``now``."""
+        self.next_at = now + self.every
 
     def run(self) -> None:
         raise NotImplementedError

@@ -12,6 +12,10 @@ it holds are in one ledger (worker.ledger); each turn of its loop
 4. waits for an answer, a deadline, a signal or the end of a write or a
    reservation, and takes in what came back.
 
+Once registered, the supervisor does its start-up chores (a hint about queues
+no worker serves, the first prune of expired locks) on a thread of its own,
+beside its first turns: none is needed before the first job.
+
 On a database server the writes and the reservations run on threads of their
 own (worker.background), one of each at a time, so that the server's work
 overlaps the supervisor's; everything they mean for the ledger is decided
@@ -21,12 +25,14 @@ reservation is on its way is found by the next one.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
 import secrets
 import select
 import socket
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -87,8 +93,8 @@ class Supervisor:
                                     completer=self.completer)
         self.control = Control(options.heartbeat_every, self.health, registry=self.registry,
                                worker_id=self.id)
-        self.side_tasks: tuple[SideTask, ...] = (
-            self.renewal, self.control, Pruning(self.health, store=self.store))
+        self.pruning = Pruning(self.health, store=self.store)
+        self.side_tasks: tuple[SideTask, ...] = (self.renewal, self.control, self.pruning)
         if options.schedule and app.schedules:
             self.side_tasks += (Scheduler(self.health, store=self.store,
                                           schedules=list(app.schedules.values())),)
@@ -99,6 +105,7 @@ class Supervisor:
         self.stop_deadline = 0.0
         self.cut_short = ""
         """Why the grace period ended early, if it did."""
+        self._chores: threading.Thread | None = None
         self.started = time.monotonic()
 
     # --- life cycle -------------------------------------------------------------
@@ -111,7 +118,12 @@ class Supervisor:
             return 0
         log.info("worker %s (%s) started: queues %s, concurrency %d", self.id, self.name,
                  ",".join(self.options.queues), self.options.concurrency)
-        self._hint_unserved_queues()
+        if self.store.dialect.embedded:  # one writer: no statement on another thread
+            self._start_up_chores()
+        else:
+            self._chores = threading.Thread(target=self._start_up_chores,
+                                            name="dbqueue-chores", daemon=True)
+            self._chores.start()
         try:
             self.pool.start()  # if it fails, the worker leaves the registry at once, too
             while not self._finished():
@@ -151,8 +163,18 @@ class Supervisor:
                 select.select([self.signals.wake_fd], [], [], self.health.failed("start", exc))
                 continue
             self.health.succeeded()
+            self.control.done(time.monotonic())  # registered and pruned: its first beat
+            self.pruning.done(time.monotonic())  # see _start_up_chores
             return True
         return False
+
+    def _start_up_chores(self) -> None:
+        """What a worker does once at start but need not do before its first
+        job: on a thread of its own, beside the first turns. A failure here
+        is left to the worker's own statements to report."""
+        self._hint_unserved_queues()
+        with contextlib.suppress(*DB_ERRORS):
+            self.pruning.run()
 
     def _hint_unserved_queues(self) -> None:
         """Say which queues have ready jobs that no worker serves: a new user's
@@ -245,6 +267,8 @@ class Supervisor:
                 for entry in self.completer.drain():
                     self.ledger.forget(entry)
                 self.completer.close()
+            if self._chores is not None:  # they look for this worker among the live ones
+                self._chores.join()
             try:
                 self.registry.unregister(self.id)
             except DB_ERRORS as exc:  # the row is pruned as a dead worker's in two minutes
