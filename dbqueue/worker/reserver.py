@@ -88,7 +88,12 @@ class Reserver:
         if options.max_jobs is not None:
             want = min(want, options.max_jobs - ledger.processed - have)
         uncovered = options.concurrency - have
-        if want <= 0 or (uncovered <= 0 and len(ledger.reserved) + coming > self.prefetch() // 2):
+        # With every child covered, the prefetch is topped up once a tenth of it
+        # is missing: on short jobs a reservation takes about as long as running
+        # what it brings, so the next one must go out early; a tenth keeps each
+        # worth its round trip.
+        topped_up = len(ledger.reserved) + coming > self.prefetch() * 9 // 10
+        if want <= 0 or (uncovered <= 0 and topped_up):
             return 0
         return want
 
