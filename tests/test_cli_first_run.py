@@ -164,6 +164,19 @@ def test_the_url_helpers_name_the_database_without_its_password(tmp_path, monkey
         same_database(BAD_PORT, "mysql://root@127.0.0.1/x")
 
 
+@pytest.mark.parametrize("url", ["sqlite:///:memory:", "sqlite://", "sqlite+pysqlite://"])
+@pytest.mark.parametrize("args", [["status"], ["migrate"], ["failed"]],
+                         ids=lambda args: args[0])
+def test_a_database_in_memory_is_refused_on_the_command_line(args, url):
+    """Each command is a process of its own: it would migrate, or look at, an
+    empty database that vanishes with it."""
+    line = error_line(run(*args, "--url", url))
+    assert line == (f"Error: {url.partition(':')[0]}:///:memory: is a database inside one "
+                    "process: each dbqueue command and worker, a process of its own, would "
+                    "see an empty one; name a file instead, e.g. sqlite:///queue.db")
+    assert where(url).endswith(":///:memory:")  # not sqlite:///%3Amemory%3A
+
+
 # --- 2. which database migrate touched ------------------------------------------------
 
 

@@ -32,6 +32,11 @@ def open_app(url: str | None, app_reference: str | None, table_prefix: str | Non
     """
     app = _open_app(url, app_reference, table_prefix)
     app.database.check_url()  # a typo in it is one clear line, whatever the command does
+    if app.database.in_memory():
+        raise ConfigurationError(
+            f"{app.database.where()} is a database inside one process: each dbqueue command "
+            "and worker, a process of its own, would see an empty one; name a file instead, "
+            "e.g. sqlite:///queue.db")
     if not creates:
         path = app.database.missing_file()
         if path is not None:

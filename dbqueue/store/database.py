@@ -3,7 +3,7 @@ name it, whether its SQLite file exists, and the DDL a migration would run."""
 
 from __future__ import annotations
 
-from .engine import missing_database_file, parse_url, same_database, where
+from .engine import in_memory, missing_database_file, parse_url, same_database, where
 
 
 class Database:
@@ -26,6 +26,11 @@ class Database:
         """The absolute path of the SQLite file the URL names if it does not
         exist (connecting would create it empty); None for every other URL."""
         return missing_database_file(self.url)
+
+    def in_memory(self) -> bool:
+        """Whether the URL names a SQLite database in memory (sqlite://,
+        sqlite:///:memory:): each process that opens it has an empty one."""
+        return in_memory(self.url)
 
     def same_as(self, url: str) -> bool:
         """Whether ``url`` names this database (whatever driver it names, with

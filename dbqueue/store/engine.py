@@ -92,6 +92,8 @@ def where(url: str | URL) -> str:
     parsed = parse_url(url) if isinstance(url, str) else url
     if _database_file(parsed):
         return os.path.abspath(parsed.database or "")
+    if _in_memory(parsed):  # as written: rendered, it would read sqlite:///%3Amemory%3A
+        return f"{parsed.drivername}:///:memory:"
     return parsed.render_as_string(hide_password=True)
 
 
@@ -157,6 +159,19 @@ def missing_database_file(url: str) -> str | None:
     if not _database_file(parsed) or os.path.exists(parsed.database or ""):
         return None
     return os.path.abspath(parsed.database or "")
+
+
+def in_memory(url: str) -> bool:
+    """Whether ``url`` names an embedded database that lives in memory: one of
+    its own in each process that opens it."""
+    return _in_memory(parse_url(url))
+
+
+def _in_memory(parsed: URL) -> bool:
+    if parsed.database not in (None, "", ":memory:") or parsed.query.get("uri"):
+        return False
+    dialect = _dialect_of(parsed)
+    return bool(dialect is not None and dialect.embedded)
 
 
 def same_database(a: str, b: str) -> bool:
