@@ -93,7 +93,9 @@ class WithoutOverlapping:
     ``key`` is a string, or a function of the job's arguments returning one
     (default: one key for the whole job). While another job holds the key,
     this one is released back for ``release_after`` seconds, or, with
-    ``dont_release``, dropped (it completes without running). The key is held
+    ``dont_release``, dropped (it completes without running). With
+    ``release_after=0`` a worker backs off instead: 0.05 s, doubled each time
+    in a row the key is found held, up to 5 s (see worker.joblocks). The key is held
     by a lock in ``cache_locks``, renewed while the job is held by a live
     worker; if the holder dies, the lock expires after ``expire_after``
     seconds (default: a little longer than the attempt's timeout).

@@ -126,3 +126,56 @@ def test_the_next_reservation_is_on_its_way_while_rows_are_admitted(jobs):
     reserver.refill(time.monotonic())  # 12 in hand: nothing more wanted
     assert not reserver.fetching
     reserver.close()
+
+
+def test_a_job_whose_key_is_held_comes_back_after_a_pause_that_grows(jobs):
+    """Released at once, it would be reserved, refused and released again and
+    again while the holder runs (``release_after`` is 0 here)."""
+    app = jobs.app
+    reserver, ledger, recorder = parts(app)
+    completer = recorder.completer
+    key = "dbqueue:overlap:divide:50"  # divide(2)'s key
+    holder = app.lock(key, ttl=600)  # held by a job elsewhere
+    assert holder.acquire()
+    jobs.divide.dispatch(2)
+    jobs_table, dialect = app.store.tables.jobs, app.store.dialect
+
+    def look() -> float:
+        """Reserve the job and take its locks; the pause it was released for."""
+        reserver.refill(time.monotonic())
+        reserver.collect(wait=True)
+        [record] = completer.pending
+        for entry in completer.flush() + completer.collect(wait=True):
+            ledger.forget(entry)
+        [row] = rows(app, jobs_table)
+        assert row.reserved_by is None and row.attempts == 0  # released, no try used
+        with app.engine.begin() as c:  # due again at once, for the next look
+            c.execute(sa.update(jobs_table).values(available_at=dialect.now_plus(-1)))
+        return float(record.delay)
+
+    assert [look() for _ in range(4)] == [0.05, 0.1, 0.2, 0.4]
+    holder.release()
+    reserver.refill(time.monotonic())
+    reserver.collect(wait=True)
+    [entry] = ledger.reserved  # the key is free: it runs, and its next wait starts short
+    assert entry.locks and key not in reserver.job_locks.refusals
+    reserver.close()
+    completer.close()
+
+
+def test_an_idle_worker_looks_again_when_a_job_it_released_comes_due(app):
+    """Not at its next poll, which may be seconds away (--sleep, or a second
+    when it listens for new jobs: a release announces nothing)."""
+    reserver, _, _ = parts(app, sleep=30)
+    reserver.pace.empty_looks = 20  # idle for long: the next pause is --sleep
+    reserver.refill(time.monotonic())
+    reserver.collect(wait=True)
+    assert reserver.drained and reserver.next_poll > time.monotonic() + 20
+    due = time.monotonic() + 5
+    reserver.expect(due)
+    assert reserver.next_poll == due
+    reserver.look_again()  # a look before it comes due finds nothing...
+    reserver.refill(time.monotonic())
+    reserver.collect(wait=True)
+    assert reserver.drained and reserver.next_poll == due  # ...and the wait still ends then
+    reserver.close()

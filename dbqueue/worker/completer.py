@@ -30,6 +30,7 @@ the caller takes them out of its ledger.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from typing import Protocol
@@ -134,6 +135,7 @@ class BatchCompleter:
         self.writing: list[Record] = []
         """Records whose write is on its way."""
         self._requeued = False
+        self._coming_due = math.inf
 
     def __len__(self) -> int:
         return len(self.pending) + len(self.writing)
@@ -156,6 +158,12 @@ class BatchCompleter:
         released for a retry, or a workflow's next step or callback queued."""
         requeued, self._requeued = self._requeued, False
         return requeued
+
+    def take_coming_due(self) -> float | None:
+        """When (monotonic clock) the soonest job released for a while by a
+        write since the last call comes due; None if none was."""
+        due, self._coming_due = self._coming_due, math.inf
+        return None if due == math.inf else due
 
     def add(self, record: Record) -> None:
         if not self.pending:
@@ -292,6 +300,8 @@ class BatchCompleter:
                 continue
             if _requeues(record):
                 self._requeued = True
+            if type(record) is Released and record.delay > 0:
+                self._coming_due = min(self._coming_due, time.monotonic() + record.delay)
             if isinstance(record, Counted):
                 record.entry.counted, record.entry.counting = True, False
             elif isinstance(record, ENDINGS):

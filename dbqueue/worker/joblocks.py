@@ -7,7 +7,11 @@ The worker takes the keys of a whole batch of reserved jobs in one statement
 before any of them reaches a child, renews them with its leases, and frees
 them in the transaction that records the jobs' outcome (see Recorder.unlock).
 A job whose key another job holds, here or on any host, never reaches a child:
-it is released or dropped, as its middleware says.
+it is released or dropped, as its middleware says. Released with no
+``release_after`` of its own, it comes back after a pause that starts at
+HELD_FIRST_PAUSE and doubles each time its key is found held again, up to
+HELD_LONGEST_PAUSE: at once, it would be reserved, refused and released over
+and over while the holder runs.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from .ledger import Entry
 from .messages import class_name
 from .recorder import Recorder
 
+HELD_FIRST_PAUSE = 0.05
+HELD_LONGEST_PAUSE = 5.0
+_KEYS_REMEMBERED = 10_000  # refusals counted per key; forgotten beyond this many keys
+
 
 class JobLocks:
     def __init__(self, app: Any, locks: Locks, recorder: Recorder, health: Health,
@@ -36,15 +44,17 @@ class JobLocks:
         # The least a job's lock is taken for: it is renewed with the leases,
         # so it must outlast two heartbeats, whatever ``expire_after`` says.
         self.floor = 2 * heartbeat_every + LOCK_MARGIN
+        self.refusals: dict[str, int] = {}
+        """Per key: how many batches in a row found it held (see the module's text)."""
 
     def take(self, admitted: Sequence[Entry]) -> tuple[list[Entry], int]:
         """Take the locks the jobs ask for, for the whole batch in one statement;
         return the jobs that may run (every one that asks for none), and how
         many went back to the queue because another job holds their key."""
         ready: list[Entry] = []
-        released = 0
         asking: list[tuple[Entry, list[LockRequest]]] = []
         keys: set[str] = set()
+        refused: list[tuple[Entry, LockRequest]] = []
         for held in admitted:
             requests = self._requests(held)
             if requests is None:
@@ -58,23 +68,49 @@ class JobLocks:
                               for request in requests]
                 asking.append((held, requests))
             else:  # a job of this same batch has the key
-                released += self._refused(held, requests[0])
-        if not asking:
-            return ready, released
-        try:
-            taken = self.locks.acquire_many([lock for held, _ in asking for lock in held.locks])
-        except DB_ERRORS as exc:
-            self.health.failed("take job locks", exc)
-            self.recorder.give_back([held for held, _ in asking])
-            return ready, released
-        for held, requests in asking:
-            refused = [request for request in requests if request.key not in taken]
-            if refused:
-                held.locks = [lock for lock in held.locks if lock[0] in taken]
-                released += self._refused(held, refused[0])
-            else:
-                ready.append(held)
-        return ready, released
+                refused.append((held, requests[0]))
+        if asking:
+            try:
+                taken = self.locks.acquire_many(
+                    [lock for held, _ in asking for lock in held.locks])
+            except DB_ERRORS as exc:
+                self.health.failed("take job locks", exc)
+                self.recorder.give_back([held for held, _ in asking])
+                asking, taken = [], set()
+            for held, requests in asking:
+                missing = [request for request in requests if request.key not in taken]
+                if missing:
+                    held.locks = [lock for lock in held.locks if lock[0] in taken]
+                    refused.append((held, missing[0]))
+                else:
+                    ready.append(held)
+            for key in taken:
+                self.refusals.pop(key, None)
+        return ready, self._refuse(refused)
+
+    def _refuse(self, refused: list[tuple[Entry, LockRequest]]) -> int:
+        """Release or drop the jobs whose key another job holds; how many were
+        released. Each key's pause grows once per batch, however many of its
+        jobs the batch held."""
+        pauses: dict[str, float] = {}
+        for _, request in refused:
+            if request.key not in pauses:
+                found = self.refusals.get(request.key, 0)
+                pauses[request.key] = min(HELD_LONGEST_PAUSE, HELD_FIRST_PAUSE * 2 ** found)
+        if len(self.refusals) + len(pauses) > _KEYS_REMEMBERED:
+            self.refusals.clear()
+        for key in pauses:
+            self.refusals[key] = self.refusals.get(key, 0) + 1
+        released = 0
+        for held, request in refused:
+            why = f"another job holds {request.key}"
+            if request.dont_release:
+                self.recorder.dropped(held, f"{why} (dont_release)")
+                continue
+            self.recorder.released(held, request.release_after or pauses[request.key], False,
+                                   why)
+            released += 1
+        return released
 
     def _requests(self, held: Entry) -> list[LockRequest] | None:
         """The locks the job's middleware asks for (the first request of a key
@@ -100,15 +136,6 @@ class JobLocks:
                 class_name(exc), f"the lock key of job {held.row.id} could not be computed: "
                 f"{exc}", traceback.format_exc()), ran=False)
             return None
-
-    def _refused(self, held: Entry, request: LockRequest) -> int:
-        """Another job holds ``request.key``: release this one (1) or drop it (0)."""
-        why = f"another job holds {request.key}"
-        if request.dont_release:
-            self.recorder.dropped(held, f"{why} (dont_release)")
-            return 0
-        self.recorder.released(held, request.release_after, False, why)
-        return 1
 
     def renew(self, holding: Sequence[Entry]) -> list[tuple[Entry, str]]:
         """Renew the locks of the jobs held; return those that lost one, with

@@ -10,6 +10,7 @@ statement; what cannot run is settled at once.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -64,6 +65,8 @@ class Reserver:
             Inline() if self.store.dialect.embedded else OnThread("dbqueue-reserve"))
         self._asked: _Asked | None = None
         self._stale = False
+        self._expected = math.inf
+        """When (monotonic) a job this worker released for a while comes due."""
 
     def longest_pause(self) -> float:
         return self.pace.longest(self.wakeup.listening)
@@ -112,6 +115,13 @@ class Reserver:
         whose statement may have run before they were, say the queue is empty."""
         self.next_poll, self.drained, self.queues_empty, self._stale = 0.0, False, False, True
 
+    def expect(self, due: float) -> None:
+        """A job this worker released comes due at ``due`` (monotonic clock):
+        an idle worker looks then, not at its next poll (a second away when it
+        listens for new jobs, which a release does not announce)."""
+        self._expected = min(self._expected, due)
+        self.next_poll = min(self.next_poll, due) if self.next_poll else 0.0
+
     def refill(self, now: float, *, reserve: bool = True) -> None:
         """Take in the rows of a reservation that has ended; then, if ``reserve``
         and more jobs are wanted, start the next one (on the database's thread,
@@ -136,6 +146,8 @@ class Reserver:
         if want <= 0:
             return
         self.sequence += 1
+        if self._expected <= time.monotonic():  # this look finds it
+            self._expected = math.inf
         asked = _Asked(want, f"{self.worker_id}.{self.sequence}",
                        # Read before the statement goes out: the lease, counted by
                        # the server's clock from when it ran, lasts at least until this.
@@ -187,6 +199,8 @@ class Reserver:
         # Not now + 0 when more may be ready: the caller's clock, read before
         # this call, would say the next look is not due yet.
         self.next_poll = now + pause if pause and not stale else 0.0
+        if self.next_poll > self._expected:  # see expect
+            self.next_poll = max(self._expected, now)
         return rows, asked.token, asked.lease_until
 
     def close(self) -> None:

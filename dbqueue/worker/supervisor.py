@@ -214,6 +214,9 @@ class Supervisor:
         # back in the queue (a retry, a next step, a job given back unstarted).
         if self.completer.take_requeued() | self.recorder.take_given_back():
             self.reserver.look_again()
+        due = self.completer.take_coming_due()
+        if due is not None:
+            self.reserver.expect(due)
         if self.stopping and self.ledger.reserved:  # rows of a reservation on its way
             self.recorder.give_back(list(self.ledger.reserved))
         self.handout.assign(jobs=not self.stopping)
