@@ -299,12 +299,24 @@ class Job(Generic[P, R]):
         """The key a queued instance holds: the job's name and its ``unique_key``."""
         if not self.unique:
             return None
-        part = "" if self.unique_key is None else str(self.unique_key(*args, **kwargs))
+        part = "" if self.unique_key is None else self._key("unique_key", self.unique_key,
+                                                            args, kwargs)
         return keys.fit(f"{self.name}:{part}", f"{self.name[:100]}:")
 
     def idempotency_id(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         assert self.idempotency_key is not None
-        return keys.fit(str(self.idempotency_key(*args, **kwargs)))
+        return keys.fit(self._key("idempotency_key", self.idempotency_key, args, kwargs))
+
+    def _key(self, option: str, function: Callable[..., Any], args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> str:
+        """What ``function`` (the job's ``option``) makes of the arguments, as a
+        string. It gives the same for the same arguments: if it raises, no
+        retry can help, and the error names the job and the option."""
+        try:
+            return str(function(*args, **kwargs))
+        except Exception as exc:
+            raise InvalidArguments(f"{option} of job {self.name!r} raised "
+                                   f"{type(exc).__name__} for these arguments: {exc}") from exc
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not kwargs and self._positional is not None and len(args) in self._positional:

@@ -223,6 +223,17 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
     def charge_even(order: int) -> None:
         charge_once(order)
 
+    @app.job(name="key_misfit", tries=3, idempotency_key=lambda order: f"misfit:{order}")
+    def key_misfit(order: int, note_: str = "") -> None:
+        """Dispatched with two arguments, its key function cannot take them."""
+        charge_once(order)
+
+    @app.job(name="charge_returns_a_set", tries=3,
+             idempotency_key=lambda order: f"set:{order}")
+    def charge_returns_a_set(order: int) -> set[int]:
+        charge_once(order)
+        return {order}  # not JSON: the outcome cannot be stored
+
     @app.job(name="charge_then_die", idempotency_key=lambda order: f"die:{order}")
     def charge_then_die(order: int) -> None:
         charge_once(order)

@@ -76,6 +76,21 @@ def test_arguments_that_do_not_fit_the_signature_fail_at_dispatch(tmp_path):
         notify.prepare(1, "sms", True)  # urgent is keyword-only
 
 
+def test_a_unique_key_that_does_not_fit_the_arguments_fails_at_dispatch(tmp_path):
+    app = make_app(tmp_path)
+
+    @app.job(name="bill", unique_key=lambda account: account)
+    def bill(account: str, note: str = "") -> None:
+        pass
+
+    with pytest.raises(dbqueue.InvalidArguments) as raised:
+        bill.dispatch("acme", "rush")
+    assert str(raised.value).startswith(
+        "unique_key of job 'bill' raised TypeError for these arguments: ")
+    assert str(raised.value).endswith("<lambda>() takes 1 positional argument but 2 were given")
+    assert isinstance(raised.value.__cause__, TypeError)
+
+
 def test_options_are_validated_and_never_mix_with_job_arguments(tmp_path):
     app = make_app(tmp_path)
 

@@ -99,6 +99,25 @@ def test_a_failing_job_among_idempotent_ones_is_undone_alone(jobs, workers):
     assert jobs.app.outcome("cof:13") is None and jobs.app.outcome("cof:14") is not None
 
 
+def test_what_cannot_work_next_time_either_fails_at_once(jobs, workers):
+    """A key function that does not fit the arguments, or a result that is not
+    JSON, fails the job at its first attempt (tries=3): a retry would meet the
+    same, and would run the body again for nothing."""
+    jobs.key_misfit.dispatch(60, "rush")
+    jobs.charge_returns_a_set.dispatch(61)
+    assert workers.run("--concurrency", "1", "--stop-when-empty", *FAST).returncode == 0
+    failed = {f.job: f for f in rows(jobs.app, jobs.app.store.tables.failed_jobs)}
+    misfit, returns_a_set = failed["key_misfit"], failed["charge_returns_a_set"]
+    assert (misfit.attempts, returns_a_set.attempts) == (1, 1)
+    assert misfit.exception_class == "dbqueue.InvalidArguments"
+    assert misfit.exception_message.startswith(
+        "idempotency_key of job 'key_misfit' raised TypeError for these arguments: ")
+    assert returns_a_set.exception_class == "dbqueue.SerializationError"
+    assert [charges(jobs, order) for order in (60, 61)] == [0, 0]  # rolled back, run once
+    assert count(jobs.app, jobs.effects, jobs.effects.c.tag == "charge") == 0
+    assert count(jobs.app, jobs.app.store.tables.job_outcomes) == 0
+
+
 def test_a_job_its_middleware_skips_leaves_no_outcome(jobs, workers):
     """Keys of consecutive jobs are claimed together before they run; a job its
     middleware skips gives its claim back."""
