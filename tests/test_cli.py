@@ -255,8 +255,10 @@ def test_retry_by_id_and_uuid_then_by_queue_then_all(app, schema):
         return sorted((r.queue, r.job, r.payload, r.attempts, r.priority, r.reserved_by)
                       for r in rows(app, store.tables.jobs))
 
-    out = ok(schema, "retry", str(failures[0].id), failures[1].uuid)
-    assert out == "Queued 2 failed job(s) again.\n"
+    out = ok(schema, "retry", failures[1].uuid, str(failures[0].id))
+    # Each named, with the id the job had: the two kinds of id are easily confused.
+    assert out == "".join(f"Queued failed job {f.id} (send, was job {f.job_id}) again, as a "
+                          "new job.\n" for f in failures[:2])
     assert requeued() == [("a", "send", '{"args":[1]}', 0, 2, None),
                           ("a", "send", '{"args":[2]}', 0, 2, None)]
     assert failed_ids(app) == [failures[2].id, failures[3].id]

@@ -114,8 +114,14 @@ def retry(url: str | None, app_reference: str | None, table_prefix: str | None,
     if sum(map(bool, (refs, everything, queue))) != 1:
         raise click.UsageError("give failed job IDs, or --all, or --queue NAME (one of them)")
     app = open_app(url, app_reference, table_prefix)
+    if refs:  # each named: failure ids and job ids are easily taken for each other
+        for retried in app.admin.retry_each(refs):
+            was = "" if retried.job_id is None else f", was job {retried.job_id}"
+            click.echo(f"Queued failed job {retried.failed_id} ({retried.job}{was}) again, "
+                       "as a new job.")
+        return
     with progress("Retrying", "retried") as report:
-        count = app.admin.retry(refs, queue=queue, everything=everything, progress=report)
+        count = app.admin.retry(queue=queue, everything=everything, progress=report)
     click.echo(f"Queued {count:,} failed job(s) again.")
 
 

@@ -57,6 +57,16 @@ class Unserved:
     ready: int
 
 
+@dataclass(frozen=True, slots=True)
+class Retried:
+    """A failed job put back on its queue."""
+
+    failed_id: int
+    job: str
+    job_id: int | None
+    """The id it had when it failed (it is queued under a new one)."""
+
+
 RETRY_CHUNK = 500
 """Failed jobs moved back per transaction: a multi-row INSERT and one DELETE,
 short enough not to hold the tables' locks for long."""
@@ -171,7 +181,7 @@ class Admin:
         in neither.
         """
         if refs:
-            return self.store.transaction(lambda c: self._retry_named(c, refs))
+            return len(self.retry_each(refs))
         if not (queue or batch or everything):
             return 0
         table = self.failed
@@ -206,9 +216,15 @@ class Admin:
             if progress is not None:
                 progress(done, max(total, done))
 
-    def _retry_named(self, c: Connection, refs: Sequence[str]) -> int:
-        query = (sa.select(*_retried_columns(self.failed))
-                 .where(sa.or_(*(self._match(ref) for ref in refs))))
+    def retry_each(self, refs: Sequence[str]) -> list[Retried]:
+        """Put the failed jobs ``refs`` (ids or uuids) back, in one transaction,
+        all or none (NotFound names those missing); what was put back."""
+        return self.store.transaction(lambda c: self._retry_named(c, refs))
+
+    def _retry_named(self, c: Connection, refs: Sequence[str]) -> list[Retried]:
+        query = (sa.select(*_retried_columns(self.failed), self.failed.c.job_id)
+                 .where(sa.or_(*(self._match(ref) for ref in refs)))
+                 .order_by(self.failed.c.id))
         rows = c.execute(query.with_for_update()).all()
         missing = [ref for ref in refs if not any(_is(row, ref) for row in rows)]
         if missing:
@@ -216,7 +232,8 @@ class Admin:
                 missing) else ""
             raise NotFound(f"no failed job {', '.join(map(repr, missing))}{others}; "
                            "list them with: dbqueue failed")
-        return len(self._move(c, rows, c.execute(sa.select(self.store._now())).scalar_one()))
+        self._move(c, rows, c.execute(sa.select(self.store._now())).scalar_one())
+        return [Retried(row.id, row.job, row.job_id) for row in rows]
 
     def _move(self, c: Connection, rows: Sequence[Any], now: datetime) -> list[int]:
         """Insert ``rows`` of failed_jobs into jobs, delete them from failed_jobs,

@@ -168,7 +168,8 @@ def in_memory(url: str) -> bool:
 
 
 def _in_memory(parsed: URL) -> bool:
-    if parsed.database not in (None, "", ":memory:") or parsed.query.get("uri"):
+    if (parsed.database not in (None, "", ":memory:") or parsed.host
+            or parsed.query.get("uri")):  # sqlite://queue.db names a host: a typo
         return False
     dialect = _dialect_of(parsed)
     return bool(dialect is not None and dialect.embedded)
