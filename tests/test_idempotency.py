@@ -75,9 +75,20 @@ def cli(url, *args):
                           env=worker_env(url), capture_output=True, text=True, timeout=60)
 
 
-def test_cli_shows_and_prunes_outcomes(jobs, workers, schema):
+def test_cli_lists_shows_and_prunes_outcomes(jobs, workers, schema):
     jobs.charge.dispatch(7)
+    jobs.charge_or_fail.dispatch(5)  # returns None
     assert workers.run("--stop-when-empty", *FAST).returncode == 0
+    listed = cli(schema, "outcomes").stdout.splitlines()
+    assert listed[0].split() == ["KEY", "JOB", "JOB", "ID", "RECORDED", "(UTC)", "RESULT"]
+    by_key = {line.split()[0]: line for line in listed[1:]}
+    assert by_key.keys() == {"charge:7", "cof:5"}
+    assert by_key["charge:7"].endswith('{"order":7,"cents":4200}')
+    assert by_key["cof:5"].endswith("null")
+    assert [o["result"] for o in json.loads(cli(schema, "outcomes", "--json",
+                                                "--limit", "1").stdout)] in ([None], [
+        {"order": 7, "cents": 4200}])
+    assert cli(schema, "outcomes", "show", "cof:5").stdout.endswith("result:\nnull\n")
     shown = cli(schema, "outcomes", "show", "charge:7")
     assert shown.returncode == 0 and '"cents": 4200' in shown.stdout
     shown = json.loads(cli(schema, "outcomes", "show", "charge:7", "--json").stdout)
@@ -85,8 +96,9 @@ def test_cli_shows_and_prunes_outcomes(jobs, workers, schema):
     missing = cli(schema, "outcomes", "show", "charge:8")
     assert missing.returncode == 1 and "Error: no outcome" in missing.stderr
     assert "Deleted 0" in cli(schema, "outcomes", "prune", "--older-than", "1").stdout
-    assert "Deleted 1" in cli(schema, "outcomes", "prune", "--older-than", "0").stdout
+    assert "Deleted 2" in cli(schema, "outcomes", "prune", "--older-than", "0").stdout
     assert jobs.app.outcome("charge:7") is None
+    assert cli(schema, "outcomes").stdout == "No outcome is recorded.\n"
 
 
 def test_a_failing_job_among_idempotent_ones_is_undone_alone(jobs, workers):

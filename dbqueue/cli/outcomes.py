@@ -3,19 +3,49 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
-from .common import open_app, print_json, to_jsonable
+from ..store.outcomes import Outcome
+from .common import open_app, print_json, print_table, short_time, to_jsonable
 from .options import connection_options, friendly_errors, group_options
 
 
-@click.group()
+@click.group(invoke_without_command=True)
 @connection_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (for show).")
-def outcomes(url: str | None, app_reference: str | None, table_prefix: str | None, verbose: bool,
-             as_json: bool) -> None:
-    """Outcomes of idempotent jobs (job_outcomes): show one, prune old ones."""
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
+              help="List at most this many.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+@friendly_errors
+def outcomes(ctx: click.Context, url: str | None, app_reference: str | None,
+             table_prefix: str | None, verbose: bool, limit: int, as_json: bool) -> None:
+    """List the outcomes of idempotent jobs (job_outcomes), newest first; show
+    one, or prune old ones."""
+    if ctx.invoked_subcommand is not None:
+        return
+    newest = open_app(url, app_reference, table_prefix).admin.outcomes(limit)
+    if as_json:
+        print_json([_jsonable(outcome) for outcome in newest])
+    elif newest:
+        print_table(["KEY", "JOB", "JOB ID", "RECORDED (UTC)", "RESULT"],
+                    [[o.idempotency_key, o.job, o.job_id, short_time(o.created_at),
+                      _one_line(o.result_json)] for o in newest])
+    else:
+        click.echo("No outcome is recorded.")
+
+
+def _jsonable(outcome: Outcome) -> dict[str, Any]:
+    shown: dict[str, Any] = to_jsonable(outcome)
+    shown["result"] = outcome.result
+    del shown["result_json"]
+    return shown
+
+
+def _one_line(result_json: str | None, width: int = 40) -> str:
+    text = "null" if result_json is None else result_json
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 @outcomes.command("show")
@@ -31,13 +61,10 @@ def show(url: str | None, app_reference: str | None, table_prefix: str | None, v
     if outcome is None:
         raise click.ClickException(f"no outcome is recorded under {key!r}")
     if as_json:
-        shown = to_jsonable(outcome)
-        shown["result"] = outcome.result
-        del shown["result_json"]
-        print_json(shown)
+        print_json(_jsonable(outcome))
         return
-    result = (None if outcome.result_json is None
-              else json.dumps(outcome.result, indent=2, ensure_ascii=False))
+    # JSON's null, not Python's None: the job returned None, stored as NULL.
+    result = json.dumps(outcome.result, indent=2, ensure_ascii=False)
     for label, value in [("key", outcome.idempotency_key), ("job", outcome.job),
                          ("job id", outcome.job_id), ("status", outcome.status),
                          ("recorded", outcome.created_at)]:

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 from ..errors import NotFound
 from .batches import reopen
 from .locks import LockInfo, Locks
-from .outcomes import Outcomes
+from .outcomes import Outcome, Outcomes
 from .store import Store
 from .workers import WorkerRegistry
 
@@ -108,6 +108,10 @@ class Admin:
     def release_lock(self, key: str) -> bool:
         """Free the lock ``key`` whoever holds it; return whether it was held."""
         return Locks(self.store).force_release(key)
+
+    def outcomes(self, limit: int = 50) -> list[Outcome]:
+        """The outcomes of idempotent jobs recorded last, newest first."""
+        return Outcomes(self.store).newest(limit)
 
     def prune_outcomes(self, older_than_days: float) -> int:
         """Delete the outcomes of idempotent jobs recorded more than

@@ -107,17 +107,21 @@ class Outcomes:
         return connection.execute(sa.update(table).where(table.c.idempotency_key == key)
                                   .values(result=result_json)).rowcount == 1
 
+    def newest(self, limit: int) -> list[Outcome]:
+        """The ``limit`` outcomes recorded last, newest first."""
+        table = self.table
+        rows = self.store.read(lambda c: c.execute(
+            sa.select(table).order_by(table.c.created_at.desc(), table.c.idempotency_key)
+            .limit(limit)).all())
+        return [_outcome(row) for row in rows]
+
     def get(self, key: str) -> Outcome | None:
         """The outcome recorded under ``key``: the key as the job's function gave
         it, or as stored (a long key is stored as its digest, see keys.fit)."""
         table, stored = self.table, keys.fit(key)
         row = self.store.read(lambda c: c.execute(
             sa.select(table).where(table.c.idempotency_key == stored)).first())
-        if row is None:
-            return None
-        fields = dict(row._mapping)
-        fields["result_json"] = fields.pop("result")
-        return Outcome(**fields)
+        return None if row is None else _outcome(row)
 
     def prune(self, older_than_days: float) -> int:
         """Delete outcomes recorded more than ``older_than_days`` days ago."""
@@ -125,3 +129,9 @@ class Outcomes:
         cutoff = self.store.dialect.now_plus(-older_than_days * 86400)
         return self.store.transaction(
             lambda c: c.execute(sa.delete(table).where(table.c.created_at < cutoff)).rowcount)
+
+
+def _outcome(row: Any) -> Outcome:
+    fields = dict(row._mapping)
+    fields["result_json"] = fields.pop("result")
+    return Outcome(**fields)
