@@ -46,15 +46,17 @@ def _prepared(app: App, item: Any, what: str) -> NewJob:
     return item.new_job
 
 
-def _not_unique(job: NewJob, what: str) -> NewJob:
-    """A job queued by a worker later (a step, a member, a callback) cannot be
-    unique: were its key taken then, it could not be queued, and its chain or
-    batch could never finish."""
+def _not_unique(job: NewJob, what: str, *, later: bool = True) -> NewJob:
+    """A job of a workflow cannot be unique: were its key taken when it is
+    queued (by a worker ``later``: a step, a callback; else at dispatch, a
+    batch's member), it could not be, and its chain or batch could never
+    finish."""
     if job.unique_key is not None:
+        when = ("which a worker queues later, when its key may be taken" if later else
+                "whose count would be wrong were its key taken at dispatch")
         raise ConfigurationError(
-            f"job {job.job!r} is unique (unique_key=): it cannot be {what}, which a "
-            "worker queues later, when its key may be taken; use a job without "
-            "unique_key there (an idempotency_key keeps its effects once)")
+            f"job {job.job!r} is unique (unique_key=): it cannot be {what}, {when}; use a "
+            "job without unique_key there (an idempotency_key keeps its effects once)")
     return job
 
 
@@ -179,9 +181,13 @@ def _members(app: App, items: Iterable[Any]) -> list[list[NewJob]]:
         else:
             members.append([_prepared(app, item, "batch")])
     for member in members:
-        for job in member:
-            _not_unique(job, "a job of a batch")
+        _not_unique(member[0], "a job of a batch", later=False)
+        for job in member[1:]:
+            _not_unique(job, "a step of a chain inside a batch")
     return members
+
+
+_NAME_LENGTH = 255  # job_batches.name
 
 
 class PendingBatch:
@@ -193,6 +199,9 @@ class PendingBatch:
                  allow_failures: bool = False) -> None:
         if not isinstance(name, str):
             raise ConfigurationError(f"a batch's name must be a string, not {name!r}")
+        if len(name) > _NAME_LENGTH:
+            raise ConfigurationError(f"a batch's name is stored in {_NAME_LENGTH} characters; "
+                                     f"this one has {len(name)}")
         if not isinstance(allow_failures, bool):
             raise ConfigurationError(f"allow_failures must be True or False, not "
                                      f"{allow_failures!r}")

@@ -48,6 +48,7 @@ def test_list_and_show(f, schema):
     assert shown == entry
     text = ok(run(schema, "show", batch_id))
     assert "progress:   25%" in text and "state:      running" in text
+    assert "on failure: cancel the batch" in text
 
 
 def test_cancel_retry_prune_and_unknown_ids(f, schema):

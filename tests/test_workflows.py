@@ -171,6 +171,12 @@ def test_unique_jobs_cannot_be_queued_later_by_a_worker(flows):
             build()
     assert f.app.chain([f.uniq.prepare(1), f.parse.prepare()]).dispatch() is not None
     assert f.app.chain([f.uniq.prepare(1), f.parse.prepare()]).dispatch() is None  # taken
+    # A batch's own member is queued at dispatch: the error says why it matters there.
+    with pytest.raises(dbqueue.ConfigurationError, match="count would be wrong"):
+        f.app.batch([f.member.prepare(1), f.uniq.prepare(1)])
+    with pytest.raises(dbqueue.ConfigurationError, match="stored in 255 characters; this one "
+                                                         "has 256"):
+        f.app.batch([f.member.prepare(1)], name="n" * 256)
 
 
 def test_a_rerun_of_an_idempotent_step_pipes_the_result_it_stored(flows, flow_workers):

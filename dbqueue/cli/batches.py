@@ -58,7 +58,7 @@ def show(url: str | None, app_reference: str | None, table_prefix: str | None,
                          ("progress", f"{batch.progress}%"), ("total", batch.total),
                          ("pending", batch.pending), ("processed", batch.processed),
                          ("failed", batch.failed),
-                         ("failures", "allowed" if batch.allow_failures else "cancel it"),
+                         ("on failure", "go on" if batch.allow_failures else "cancel the batch"),
                          ("state", _state(batch)), ("created at", short_time(batch.created_at)),
                          ("cancelled", short_time(batch.cancelled_at)),
                          ("finished", short_time(batch.finished_at))]:
