@@ -144,9 +144,13 @@ def test_rows_that_cannot_run_are_failed_with_a_reason_and_the_worker_goes_on(jo
                 available_at=store.dialect.now(), created_at=store.dialect.now()))
     jobs.nul_error.dispatch()
     jobs.record.dispatch(4)
-    assert workers.run("--stop-when-empty", *FAST).returncode == 0
+    result = workers.run("--stop-when-empty", *FAST)
+    assert result.returncode == 0, result.stdout
     reasons = sorted((row.job, row.exception_class, row.exception_message)
                      for row in failed_rows(jobs))
+    # The last line counts them: "after 1 job(s)" alone read as if nothing else happened.
+    assert ("after 4 job(s); 4 more failed without running (see: dbqueue failed)"
+            in result.stdout)
     assert [(job, cls) for job, cls, _ in reasons] == [
         ("noop", "dbqueue.ConfigurationError"),
         ("noop", "dbqueue.ConfigurationError"),

@@ -35,6 +35,9 @@ class Recorder:
         self.hooks = hooks
         """Where a failed job's on_failure hook is queued, to run in a child."""
         self._given_back = False
+        self.failed_unrun = 0
+        """Jobs failed for good without running here (an unknown job, a payload
+        that cannot be decoded, attempts used up by a crash...)."""
 
     def completed(self, entry: Entry) -> None:
         self._settle(entry, Completed(entry), processed=True)
@@ -81,6 +84,7 @@ class Recorder:
         """Fail the job for good; ``ran`` says whether this attempt started (and counts)."""
         attempts = entry.row.attempts if ran else entry.row.attempts - 1
         self._settle(entry, Failed(entry, failure, attempts, ran), processed=ran)
+        self.failed_unrun += not ran
         if entry.job is not None and entry.job.on_failure is not None:
             self.hooks.append(RunHook(JobFailure(
                 entry.id, entry.row.job, entry.decoded().args, entry.decoded().kwargs, attempts,

@@ -130,8 +130,10 @@ class Supervisor:
                 self._turn()
         finally:
             self._shutdown()
-        log.info("worker %s stopped (%s) after %d job(s)", self.id, self.stopping,
-                 self.ledger.processed)
+        unrun = self.recorder.failed_unrun
+        log.info("worker %s stopped (%s) after %d job(s)%s", self.id, self.stopping,
+                 self.ledger.processed, f"; {unrun} more failed without running (see: "
+                 "dbqueue failed)" if unrun else "")
         return 0
 
     def _finished(self) -> bool:
