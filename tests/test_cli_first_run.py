@@ -247,6 +247,11 @@ def test_migrate_suggests_a_prefix_that_is_free(tmp_path):
     assert f"{tmp_path / 'app.db'} already has a table named jobs, not dbqueue's" in line
     assert "dbqueue migrate --table-prefix dbqueue_," in line  # dbq_ is taken too
     assert "App(table_prefix='dbqueue_') or DBQUEUE_TABLE_PREFIX=dbqueue_" in line
+    with engine.begin() as connection:  # a prefix of the user's own is taken as well
+        connection.execute(sa.text("CREATE TABLE billing_jobs (id INTEGER)"))
+    engine.dispose()
+    line = error_line(run("migrate", "--url", url, "--table-prefix", "billing_"))
+    assert "dbqueue migrate --table-prefix billing_dbq_," in line
     succeeded(run("migrate", "--url", url, "--table-prefix", "dbqueue_"))
 
 

@@ -83,7 +83,9 @@ def _check_names_free(store: Store, connection: Connection, table_prefix: str) -
              if table.name.lower() in existing]
     if not taken:
         return
-    free = next((p for p in _PREFIXES if p != table_prefix and not any(
+    # A prefix of the user's own choosing clashes too: build on it first.
+    candidates = ((f"{table_prefix}dbq_",) if table_prefix else ()) + _PREFIXES
+    free = next((p for p in candidates if p != table_prefix and not any(
         table.name.lower() in existing for table in build_tables(p).metadata.sorted_tables)),
         "myapp_dbq_")
     named = f"a table named {taken[0]}" if len(taken) == 1 else f"tables named {', '.join(taken)}"
