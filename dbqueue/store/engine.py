@@ -239,7 +239,8 @@ def check_rested(engine: Engine, dbapi_connection: Any, since: float | None) -> 
 
 
 def describe(engine: Engine) -> str:
-    return engine.url.render_as_string(hide_password=True)
+    """``engine``'s database for messages (see ``where``)."""
+    return where(engine.url)
 
 
 @contextmanager
