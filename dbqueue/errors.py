@@ -34,6 +34,10 @@ CLI prints it as one line and exits non-zero.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+_E = TypeVar("_E", bound=BaseException)
+
 
 class DBQueueError(Exception):
     """The root of every error dbqueue raises."""
@@ -167,3 +171,18 @@ class MaxAttemptsExceeded(DBQueueError):
     This happens when the worker that held its last attempt died or lost its
     lease without recording an outcome.
     """
+
+
+_PERMANENT = "_dbqueue_permanent"
+
+
+def permanent(error: _E) -> _E:
+    """Mark ``error``, raised about a job's own arguments or result (its
+    idempotency key cannot be computed, its result is not JSON), as one that
+    every retry would meet again: the worker fails the job at once."""
+    setattr(error, _PERMANENT, True)
+    return error
+
+
+def is_permanent(error: BaseException) -> bool:
+    return bool(getattr(error, _PERMANENT, False))

@@ -27,7 +27,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from . import serializer
-from .errors import ConfigurationError, DatabaseUnavailable, Release, TransactionSpoiled
+from .errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    InvalidArguments,
+    Release,
+    SerializationError,
+    TransactionSpoiled,
+    permanent,
+)
 from .store.engine import checkout
 from .store.outcomes import Outcomes
 
@@ -193,7 +201,7 @@ class OutcomeBatch:
             kwargs: dict[str, Any], body: Callable[[], Any]) -> Any:
         """Run ``body`` once per idempotency key; None when the key has an outcome already."""
         preclaimed = self.preclaimed.pop(job_id, None)
-        key = preclaimed[0] if preclaimed else job.idempotency_id(args, kwargs)
+        key = preclaimed[0] if preclaimed else _key_of(job, args, kwargs)
         try:
             connection = self._begin()
         except _UNAVAILABLE as exc:
@@ -219,8 +227,7 @@ class OutcomeBatch:
         token = _current.set(running)
         try:
             result = body()
-            encoded = None if result is None else serializer.encode_value(
-                f"the result of job {job.name!r}", result)
+            encoded = _encoded_result(job, result)
         except BaseException:
             self._undo(running, key)
             raise
@@ -328,3 +335,19 @@ class OutcomeBatch:
             # The server ended the whole transaction (MySQL does on a deadlock):
             # the jobs before this one lost their effects too.
             self.discard()
+
+
+def _key_of(job: Job[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    try:
+        return job.idempotency_id(args, kwargs)
+    except InvalidArguments as exc:  # the same at every retry
+        raise permanent(exc) from exc.__cause__
+
+
+def _encoded_result(job: Job[..., Any], result: Any) -> str | None:
+    if result is None:
+        return None
+    try:
+        return serializer.encode_value(f"the result of job {job.name!r}", result)
+    except SerializationError as exc:  # the same at every retry
+        raise permanent(exc) from exc.__cause__

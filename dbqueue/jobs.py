@@ -310,13 +310,14 @@ class Job(Generic[P, R]):
     def _key(self, option: str, function: Callable[..., Any], args: tuple[Any, ...],
              kwargs: dict[str, Any]) -> str:
         """What ``function`` (the job's ``option``) makes of the arguments, as a
-        string. It gives the same for the same arguments: if it raises, no
-        retry can help, and the error names the job and the option."""
+        string. One that cannot take them (a TypeError) is InvalidArguments,
+        naming the job and the option; anything else it raises, as it is (a
+        function that looks something up may fail for a while)."""
         try:
             return str(function(*args, **kwargs))
-        except Exception as exc:
-            raise InvalidArguments(f"{option} of job {self.name!r} raised "
-                                   f"{type(exc).__name__} for these arguments: {exc}") from exc
+        except TypeError as exc:
+            raise InvalidArguments(f"{option} of job {self.name!r} cannot take these "
+                                   f"arguments: {exc}") from exc
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not kwargs and self._positional is not None and len(args) in self._positional:

@@ -228,6 +228,12 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
         """Dispatched with two arguments, its key function cannot take them."""
         charge_once(order)
 
+    @app.job(name="dispatches_badly", tries=2)
+    def dispatches_badly(n: int) -> None:
+        """Its own code raises InvalidArguments: an error like any other."""
+        note("dispatches_badly", "start")
+        noop.dispatch(n)  # noop takes no argument
+
     @app.job(name="charge_returns_a_set", tries=3,
              idempotency_key=lambda order: f"set:{order}")
     def charge_returns_a_set(order: int) -> set[int]:

@@ -86,9 +86,19 @@ def test_a_unique_key_that_does_not_fit_the_arguments_fails_at_dispatch(tmp_path
     with pytest.raises(dbqueue.InvalidArguments) as raised:
         bill.dispatch("acme", "rush")
     assert str(raised.value).startswith(
-        "unique_key of job 'bill' raised TypeError for these arguments: ")
+        "unique_key of job 'bill' cannot take these arguments: ")
     assert str(raised.value).endswith("<lambda>() takes 1 positional argument but 2 were given")
     assert isinstance(raised.value.__cause__, TypeError)
+
+    def lookup(account: str) -> str:
+        raise ConnectionError("directory unreachable")  # may pass: left as it is
+
+    @app.job(name="bill_by_owner", unique_key=lookup)
+    def bill_by_owner(account: str) -> None:
+        pass
+
+    with pytest.raises(ConnectionError, match="directory unreachable"):
+        bill_by_owner.dispatch("acme")
 
 
 def test_options_are_validated_and_never_mix_with_job_arguments(tmp_path):

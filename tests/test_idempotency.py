@@ -123,11 +123,15 @@ def test_what_cannot_work_next_time_either_fails_at_once(jobs, workers):
     assert (misfit.attempts, returns_a_set.attempts) == (1, 1)
     assert misfit.exception_class == "dbqueue.InvalidArguments"
     assert misfit.exception_message.startswith(
-        "idempotency_key of job 'key_misfit' raised TypeError for these arguments: ")
+        "idempotency_key of job 'key_misfit' cannot take these arguments: ")
     assert returns_a_set.exception_class == "dbqueue.SerializationError"
     assert [charges(jobs, order) for order in (60, 61)] == [0, 0]  # rolled back, run once
     assert count(jobs.app, jobs.effects, jobs.effects.c.tag == "charge") == 0
     assert count(jobs.app, jobs.app.store.tables.job_outcomes) == 0
+    # Not any InvalidArguments: one the job's own code raises takes its tries.
+    jobs.dispatches_badly.dispatch(62)
+    assert workers.run("--concurrency", "1", "--stop-when-empty", *FAST).returncode == 0
+    assert count(jobs.app, jobs.effects, jobs.effects.c.tag == "dispatches_badly") == 2
 
 
 def test_a_job_its_middleware_skips_leaves_no_outcome(jobs, workers):

@@ -56,6 +56,18 @@ def test_without_overlapping_runs_jobs_with_one_key_one_at_a_time(jobs, workers)
     assert count(jobs.app, jobs.app.store.tables.cache_locks) == 0  # every holder released
 
 
+def test_stop_when_empty_waits_for_a_job_its_own_lock_holder_held_back(jobs, workers):
+    """Two jobs with one key in one reservation: the second is released for a
+    moment (release_after=0), which is no delay anyone chose: the worker runs
+    it before it says the queue is empty."""
+    jobs.divide.dispatch(34)
+    jobs.divide.dispatch(40)  # the same key: 100 // n
+    result = workers.run("--concurrency", "2", "--stop-when-empty", *FAST)
+    assert result.returncode == 0, result.stdout
+    assert count(jobs.app, jobs.effects, jobs.effects.c.tag == "divide") == 2, result.stdout
+    assert count(jobs.app, jobs.app.store.tables.jobs) == 0
+
+
 def circuit(jobs, key):
     table = jobs.app.store.tables.job_circuits
     return jobs.app.store.read(

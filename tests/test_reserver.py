@@ -153,7 +153,9 @@ def test_a_job_whose_key_is_held_comes_back_after_a_pause_that_grows(jobs):
             c.execute(sa.update(jobs_table).values(available_at=dialect.now_plus(-1)))
         return float(record.delay)
 
-    assert [look() for _ in range(4)] == [0.05, 0.1, 0.2, 0.4]
+    # Doubled each time in a row, up to 5 s; counted no further than that needs.
+    assert [look() for _ in range(10)] == [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0]
+    assert reserver.job_locks.refusals[key][0] == 7
     holder.release()
     reserver.refill(time.monotonic())
     reserver.collect(wait=True)

@@ -26,7 +26,7 @@ from typing import Any
 
 from .. import serializer
 from ..current import running
-from ..errors import Fail, InvalidArguments, Release, SerializationError
+from ..errors import Fail, Release, SerializationError, is_permanent
 from ..middleware import JobContext, run_with
 from .clock import passed
 from .commits import Commits
@@ -141,11 +141,7 @@ def _failed(exc: BaseException, dont_retry: tuple[type[BaseException], ...]) -> 
     if isinstance(exc, Fail):
         return Finished("fail", exception_class=class_name(exc),
                         message=exc.reason, traceback=traceback.format_exc())
-    # dbqueue's own word that these arguments (a key function of the job's
-    # options) or this result (not JSON) cannot be used: the same next time.
-    permanent = isinstance(exc, dont_retry) or (
-        type(exc) in (InvalidArguments, SerializationError))
-    kind = "permanent" if permanent else "error"
+    kind = "permanent" if isinstance(exc, dont_retry) or is_permanent(exc) else "error"
     return Finished(kind, exception_class=class_name(exc), message=str(exc),
                     traceback=traceback.format_exc())
 

@@ -30,7 +30,6 @@ the caller takes them out of its ledger.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
 from typing import Protocol
@@ -135,7 +134,7 @@ class BatchCompleter:
         self.writing: list[Record] = []
         """Records whose write is on its way."""
         self._requeued = False
-        self._coming_due = math.inf
+        self._coming_due: list[tuple[float, bool]] = []
 
     def __len__(self) -> int:
         return len(self.pending) + len(self.writing)
@@ -159,11 +158,12 @@ class BatchCompleter:
         requeued, self._requeued = self._requeued, False
         return requeued
 
-    def take_coming_due(self) -> float | None:
-        """When (monotonic clock) the soonest job released for a while by a
-        write since the last call comes due; None if none was."""
-        due, self._coming_due = self._coming_due, math.inf
-        return None if due == math.inf else due
+    def take_coming_due(self) -> list[tuple[float, bool]]:
+        """When (monotonic clock) the jobs released for a while by the writes
+        since the last call come due, each with whether it waits for a lock
+        (see Released.waits_for_lock)."""
+        due, self._coming_due = self._coming_due, []
+        return due
 
     def add(self, record: Record) -> None:
         if not self.pending:
@@ -301,7 +301,8 @@ class BatchCompleter:
             if _requeues(record):
                 self._requeued = True
             if type(record) is Released and record.delay > 0:
-                self._coming_due = min(self._coming_due, time.monotonic() + record.delay)
+                self._coming_due.append((time.monotonic() + record.delay,
+                                         record.waits_for_lock))
             if isinstance(record, Counted):
                 record.entry.counted, record.entry.counting = True, False
             elif isinstance(record, ENDINGS):

@@ -16,6 +16,8 @@ and over while the holder runs.
 
 from __future__ import annotations
 
+import math
+import time
 import traceback
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +33,8 @@ from .recorder import Recorder
 HELD_FIRST_PAUSE = 0.05
 HELD_LONGEST_PAUSE = 5.0
 _KEYS_REMEMBERED = 10_000  # refusals counted per key; forgotten beyond this many keys
+_MOST_DOUBLINGS = math.ceil(math.log2(HELD_LONGEST_PAUSE / HELD_FIRST_PAUSE))
+_IN_A_ROW_WITHIN = 2 * HELD_LONGEST_PAUSE  # a refusal longer ago starts the count again
 
 
 class JobLocks:
@@ -44,8 +48,9 @@ class JobLocks:
         # The least a job's lock is taken for: it is renewed with the leases,
         # so it must outlast two heartbeats, whatever ``expire_after`` says.
         self.floor = 2 * heartbeat_every + LOCK_MARGIN
-        self.refusals: dict[str, int] = {}
-        """Per key: how many batches in a row found it held (see the module's text)."""
+        self.refusals: dict[str, tuple[int, float]] = {}
+        """Per key: how many batches in a row found it held (see the module's
+        text), and when the last did (monotonic clock)."""
 
     def take(self, admitted: Sequence[Entry]) -> tuple[list[Entry], int]:
         """Take the locks the jobs ask for, for the whole batch in one statement;
@@ -90,25 +95,31 @@ class JobLocks:
 
     def _refuse(self, refused: list[tuple[Entry, LockRequest]]) -> int:
         """Release or drop the jobs whose key another job holds; how many were
-        released. Each key's pause grows once per batch, however many of its
-        jobs the batch held."""
+        released. A key's pause (for jobs with no ``release_after`` of their
+        own) grows once per batch, however many of its jobs the batch held."""
         pauses: dict[str, float] = {}
+        now = time.monotonic()
         for _, request in refused:
-            if request.key not in pauses:
-                found = self.refusals.get(request.key, 0)
-                pauses[request.key] = min(HELD_LONGEST_PAUSE, HELD_FIRST_PAUSE * 2 ** found)
-        if len(self.refusals) + len(pauses) > _KEYS_REMEMBERED:
-            self.refusals.clear()
-        for key in pauses:
-            self.refusals[key] = self.refusals.get(key, 0) + 1
+            if request.release_after or request.dont_release or request.key in pauses:
+                continue
+            found, last = self.refusals.get(request.key, (0, now))
+            if now - last > _IN_A_ROW_WITHIN:
+                found = 0
+            pauses[request.key] = min(HELD_LONGEST_PAUSE, HELD_FIRST_PAUSE * 2 ** found)
+            # Counted no further than the longest pause needs.
+            pauses_in_a_row = min(found + 1, _MOST_DOUBLINGS)
+            if len(self.refusals) >= _KEYS_REMEMBERED:
+                self.refusals.clear()
+            self.refusals[request.key] = (pauses_in_a_row, now)
         released = 0
         for held, request in refused:
             why = f"another job holds {request.key}"
             if request.dont_release:
                 self.recorder.dropped(held, f"{why} (dont_release)")
                 continue
+            # A pause of our choosing, not a delay of the user's: see Released.
             self.recorder.released(held, request.release_after or pauses[request.key], False,
-                                   why)
+                                   why, waits_for_lock=not request.release_after)
             released += 1
         return released
 

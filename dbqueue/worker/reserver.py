@@ -9,8 +9,8 @@ statement; what cannot run is settled at once.
 
 from __future__ import annotations
 
+import heapq
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -65,8 +65,11 @@ class Reserver:
             Inline() if self.store.dialect.embedded else OnThread("dbqueue-reserve"))
         self._asked: _Asked | None = None
         self._stale = False
-        self._expected = math.inf
-        """When (monotonic) a job this worker released for a while comes due."""
+        self._expected: list[float] = []
+        """A heap: when (monotonic) jobs this worker released for a while come due."""
+        self._lock_waits_until = 0.0
+        """When the last job released for a held lock comes due, until a look
+        after that time (0: none waits)."""
 
     def longest_pause(self) -> float:
         return self.pace.longest(self.wakeup.listening)
@@ -115,12 +118,23 @@ class Reserver:
         whose statement may have run before they were, say the queue is empty."""
         self.next_poll, self.drained, self.queues_empty, self._stale = 0.0, False, False, True
 
-    def expect(self, due: float) -> None:
+    def expect(self, due: float, *, waits_for_lock: bool = False) -> None:
         """A job this worker released comes due at ``due`` (monotonic clock):
         an idle worker looks then, not at its next poll (a second away when it
-        listens for new jobs, which a release does not announce)."""
-        self._expected = min(self._expected, due)
+        listens for new jobs, which a release does not announce). One that
+        ``waits_for_lock`` keeps the queue from counting as drained until a
+        look after it (see ``waiting_for_locks``)."""
+        heapq.heappush(self._expected, due)
+        if waits_for_lock:
+            self._lock_waits_until = max(self._lock_waits_until, due)
         self.next_poll = min(self.next_poll, due) if self.next_poll else 0.0
+
+    @property
+    def waiting_for_locks(self) -> bool:
+        """Whether jobs released because another job held their lock may be
+        ready, with no look for them since (--stop-when-empty waits for them:
+        nobody chose to delay them)."""
+        return self._lock_waits_until > 0.0
 
     def refill(self, now: float, *, reserve: bool = True) -> None:
         """Take in the rows of a reservation that has ended; then, if ``reserve``
@@ -146,8 +160,11 @@ class Reserver:
         if want <= 0:
             return
         self.sequence += 1
-        if self._expected <= time.monotonic():  # this look finds it
-            self._expected = math.inf
+        now = time.monotonic()
+        while self._expected and self._expected[0] <= now:  # this look finds them
+            heapq.heappop(self._expected)
+        if self._lock_waits_until and now >= self._lock_waits_until:
+            self._lock_waits_until = 0.0
         asked = _Asked(want, f"{self.worker_id}.{self.sequence}",
                        # Read before the statement goes out: the lease, counted by
                        # the server's clock from when it ran, lasts at least until this.
@@ -199,8 +216,8 @@ class Reserver:
         # Not now + 0 when more may be ready: the caller's clock, read before
         # this call, would say the next look is not due yet.
         self.next_poll = now + pause if pause and not stale else 0.0
-        if self.next_poll > self._expected:  # see expect
-            self.next_poll = max(self._expected, now)
+        if self._expected and self.next_poll > self._expected[0]:  # see expect
+            self.next_poll = max(self._expected[0], now)
         return rows, asked.token, asked.lease_until
 
     def close(self) -> None:

@@ -59,6 +59,7 @@ from .wakeup import Wakeup
 log = logging.getLogger("dbqueue.worker")
 
 _LIVE_WITHIN = 30.0  # seconds since a worker's last heartbeat for it to count as serving
+_CHORES_WAIT = 2.0  # at most, at the stop, for the start-up chores to end
 
 
 class Supervisor:
@@ -216,9 +217,8 @@ class Supervisor:
         # back in the queue (a retry, a next step, a job given back unstarted).
         if self.completer.take_requeued() | self.recorder.take_given_back():
             self.reserver.look_again()
-        due = self.completer.take_coming_due()
-        if due is not None:
-            self.reserver.expect(due)
+        for due, waits_for_lock in self.completer.take_coming_due():
+            self.reserver.expect(due, waits_for_lock=waits_for_lock)
         if self.stopping and self.ledger.reserved:  # rows of a reservation on its way
             self.recorder.give_back(list(self.ledger.reserved))
         self.handout.assign(jobs=not self.stopping)
@@ -273,7 +273,9 @@ class Supervisor:
                     self.ledger.forget(entry)
                 self.completer.close()
             if self._chores is not None:  # they look for this worker among the live ones
-                self._chores.join()
+                # Not for long: on a database that does not answer, each of their
+                # statements would hold the stop up to the network timeout.
+                self._chores.join(_CHORES_WAIT)
             try:
                 self.registry.unregister(self.id)
             except DB_ERRORS as exc:  # the row is pruned as a dead worker's in two minutes
@@ -329,7 +331,7 @@ class Supervisor:
         # Done jobs whose commit is awaited are not over yet: a failed commit
         # puts them back for an immediate retry.
         elif (options.stop_when_empty and self.reserver.drained and not self.reserver.fetching
-              and not self.hooks
+              and not self.reserver.waiting_for_locks and not self.hooks
               and not ledger.count(State.RESERVED, State.RUNNING, State.UNCOMMITTED)
               and not self.completer.requeues()):
             self._stop("queue empty")
