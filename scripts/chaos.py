@@ -202,6 +202,23 @@ def run_all(args: argparse.Namespace, root: Path) -> list[dict]:
     return sorted(results, key=lambda r: order[(r["scenario"], r["backend"])])
 
 
+LOG_TAIL = 25  # lines of each worker's log shown for a failed scenario
+
+
+def show_failed_logs(results: list[dict], root: Path) -> None:
+    """The end of each worker's log of every failed scenario, on stderr: a
+    run without --keep (CI) leaves nothing else to find out why."""
+    for result in results:
+        if result["passed"]:
+            continue
+        directory = root / f"{result['backend']}-{result['scenario']}"
+        for path in sorted(directory.glob("worker-*.log")):
+            lines = path.read_text(errors="replace").splitlines()[-LOG_TAIL:]
+            say(f"--- {directory.name}/{path.name}, last {len(lines)} line(s):")
+            for line in lines:
+                say(f"    {line}")
+
+
 def on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # the same clean-up as Ctrl-C
 
@@ -213,6 +230,7 @@ def main() -> int:
     if os.geteuid() == 0 and "postgresql" in args.backends:
         shutil.chown(root, "postgres")  # PostgreSQL, run as postgres, must reach its data
     started = time.monotonic()
+    results: list[dict] = []
     try:
         results = run_all(args, root)
     except KeyboardInterrupt:
@@ -222,6 +240,7 @@ def main() -> int:
         traceback.print_exc()
         return 2
     finally:
+        show_failed_logs(results, root)
         if args.keep:
             say(f"kept {root}")
         else:
