@@ -181,3 +181,14 @@ def test_an_idle_worker_looks_again_when_a_job_it_released_comes_due(app):
     reserver.collect(wait=True)
     assert reserver.drained and reserver.next_poll == due  # ...and the wait still ends then
     reserver.close()
+
+
+def test_the_prefetch_is_topped_up_once_a_tenth_of_it_is_missing(app):
+    """On short jobs a reservation takes about as long as running what it
+    brings: the next must go out early, not once half the batch is gone."""
+    reserver, _, _ = parts(app, concurrency=1, prefetch=10)
+    reserver.ran(0.0001)  # short jobs: the whole prefetch ahead
+    assert reserver.prefetch() == 10
+    assert reserver.wanted(coming=9) == 2  # one more for the child, one to top up
+    assert reserver.wanted(coming=10) == 0  # nine tenths in hand: no round trip for one
+    reserver.close()
