@@ -278,12 +278,16 @@ def unavailable(engine: Engine, error: BaseException) -> DatabaseUnavailable:
         f"and {check}", lasting=lasting)
 
 
+def migrate_command(table_prefix: str) -> str:
+    """The command that creates or upgrades the tables of ``table_prefix``."""
+    return f"dbqueue migrate --table-prefix {table_prefix}" if table_prefix else "dbqueue migrate"
+
+
 def tables_missing(engine: Engine, table_prefix: str = "") -> NotMigrated:
     named = f" with the prefix {table_prefix!r}" if table_prefix else ""
-    option = f" --table-prefix {table_prefix}" if table_prefix else ""
     return NotMigrated(
         f"the dbqueue tables{named} are missing in {describe(engine)}; "
-        f"create them with: dbqueue migrate{option}"
+        f"create them with: {migrate_command(table_prefix)}"
     )
 
 
@@ -306,10 +310,9 @@ def translate(engine: Engine, error: sa.exc.DBAPIError | sa.exc.TimeoutError,
     if dialect.is_missing_table(error):
         return tables_missing(engine, table_prefix)
     if dialect.is_missing_column(error):
-        option = f" --table-prefix {table_prefix}" if table_prefix else ""
         return NotMigrated(
             f"the dbqueue tables in {describe(engine)} are older than this dbqueue "
-            f"({reason}); upgrade them with: dbqueue migrate{option}"
+            f"({reason}); upgrade them with: {migrate_command(table_prefix)}"
         )
     if isinstance(error, sa.exc.TimeoutError | sa.exc.OperationalError | sa.exc.InterfaceError
                   ) or dialect.is_retryable(error):

@@ -18,7 +18,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from ..errors import SchemaOutdated
-from .engine import connect, describe, tables_missing, translating
+from .engine import connect, describe, migrate_command, tables_missing, translating
 from .leases import Leases
 from .schema import REVISION, version_table
 
@@ -54,11 +54,10 @@ class Store(Leases):
         if current is None:
             raise tables_missing(self.engine, self.prefix)
         if current < REVISION:
-            option = f" --table-prefix {self.prefix}" if self.prefix else ""
             raise SchemaOutdated(
                 f"the dbqueue tables in {describe(self.engine)} are at revision {current}, "
                 f"but this dbqueue needs {REVISION} or newer; upgrade them with: "
-                f"dbqueue migrate{option}")
+                f"{migrate_command(self.prefix)}")
 
     def now(self) -> datetime:
         """The database server's current time (UTC)."""
