@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ..store.outcomes import Outcome
-from .common import open_app, print_json, print_table, short_time, to_jsonable
+from .common import one_line, open_app, print_json, print_table, short_time, to_jsonable
 from .options import connection_options, friendly_errors, group_options
 
 
@@ -31,7 +31,8 @@ def outcomes(ctx: click.Context, url: str | None, app_reference: str | None,
     elif newest:
         print_table(["KEY", "JOB", "JOB ID", "RECORDED (UTC)", "RESULT"],
                     [[o.idempotency_key, o.job, o.job_id, short_time(o.created_at),
-                      _one_line(o.result_json)] for o in newest])
+                      one_line("null" if o.result_json is None else o.result_json, 40)]
+                     for o in newest])
     else:
         click.echo("No outcome is recorded.")
 
@@ -41,11 +42,6 @@ def _jsonable(outcome: Outcome) -> dict[str, Any]:
     shown["result"] = outcome.result
     del shown["result_json"]
     return shown
-
-
-def _one_line(result_json: str | None, width: int = 40) -> str:
-    text = "null" if result_json is None else result_json
-    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 @outcomes.command("show")
