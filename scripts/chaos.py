@@ -203,6 +203,7 @@ def run_all(args: argparse.Namespace, root: Path) -> list[dict]:
 
 
 LOG_TAIL = 25  # lines of each worker's log shown for a failed scenario
+STACKS = "Fatal Python error: Aborted"  # the head of a stuck worker's stacks (chaos_fleet)
 
 
 def show_failed_logs(results: list[dict], root: Path) -> None:
@@ -213,7 +214,11 @@ def show_failed_logs(results: list[dict], root: Path) -> None:
             continue
         directory = root / f"{result['backend']}-{result['scenario']}"
         for path in sorted(directory.glob("worker-*.log")):
-            lines = path.read_text(errors="replace").splitlines()[-LOG_TAIL:]
+            lines = path.read_text(errors="replace").splitlines()
+            # A stuck worker's stacks in full, with a few lines before them.
+            start = next((i - 5 for i, line in enumerate(lines) if STACKS in line),
+                         len(lines) - LOG_TAIL)
+            lines = lines[max(0, start):]
             say(f"--- {directory.name}/{path.name}, last {len(lines)} line(s):")
             for line in lines:
                 say(f"    {line}")

@@ -76,6 +76,9 @@ class Fleet:
                      "DBQUEUE_NETWORK_TIMEOUT"):
             env.pop(name, None)
         env.update(self.env)
+        # A worker that does not heed SIGTERM at the end gets SIGABRT first,
+        # which makes Python print every thread's stack into its log (close()).
+        env["PYTHONFAULTHANDLER"] = "1"
         # --sleep 0.5: an idle worker polls twice a second, so a queue that
         # drains or a lease that expires is seen soon, without busy polling.
         command = [sys.executable, "-m", "dbqueue", "work", "--app", "chaos_app:app",
@@ -139,6 +142,12 @@ class Fleet:
             try:
                 worker.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
+                # Stuck: where each of its threads is goes to its log, the
+                # supervisor's only (see start_one), then the group dies.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.process.pid, signal.SIGABRT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    worker.process.wait(timeout=5)
                 signal_group(worker.process, signal.SIGKILL)
                 worker.process.wait()
             # Children of a group whose supervisor exited first.
