@@ -70,6 +70,7 @@ class App:
                                           network_timeout=network_timeout)
         self._engine = given_engine
         self._store: Store | None = None
+        self._worker_sessions = False
         self._lock = threading.Lock()
         self.jobs: dict[str, Job[Any, Any]] = {}
         self.schedules: dict[str, Schedule] = {}
@@ -92,6 +93,22 @@ class App:
                             self.settings.table_prefix,
                             create_engine(url, autocommit=True, network_timeout=timeout))
         return self._store
+
+    def worker_store(self) -> Store:
+        """The store, for a worker's supervisor (internal). Its transactions
+        wait on nothing but the server, so the server is asked to end a
+        session that sits inside one for longer than the network timeout, and
+        its statements wait for a lock at most that long (see
+        ``Dialect.limit_waits``): a supervisor cut off or stopped mid-way
+        would otherwise keep the locks of its reservation or its outcomes
+        until the server noticed, and hold up every worker that needs them,
+        itself included. Connections made before this call, and an engine
+        the App was given, are left as they are."""
+        store = self.store
+        if self._engine is None and not self._worker_sessions:
+            self._worker_sessions = True
+            store.dialect.limit_waits(store.engine, self.settings.network_timeout)
+        return store
 
     @property
     def engine(self) -> Engine:
@@ -158,6 +175,7 @@ class App:
         if self._store is not None and self._engine is None:
             _inherited.append(self._store)
             self._store = None
+            self._worker_sessions = False  # the new store's sessions are a child's
 
     # --- jobs -------------------------------------------------------------------
 

@@ -168,3 +168,69 @@ def test_a_pooled_connection_its_server_ended_is_replaced_before_use(server_url,
             assert session_id(connection) != first
     finally:
         app.dispose()
+
+
+# --- the server's end: sessions of clients that are gone ----------------------------
+
+
+def server_settings(connection: sa.Connection, *names: str) -> list[int]:
+    """The session's values of server settings, in each one's own unit."""
+    if connection.dialect.name == "postgresql":
+        return [int(connection.execute(sa.text("SELECT setting FROM pg_settings WHERE name = "
+                                               ":name"), {"name": name}).scalar_one())
+                for name in names]
+    return [int(value) for value in connection.execute(sa.text(
+        "SELECT " + ", ".join(f"@@SESSION.{name}" for name in names))).one()]
+
+
+def test_postgresql_probes_a_silent_client_of_a_session_as_the_client_does(server_url):
+    if not server_url.startswith("postgresql"):
+        pytest.skip("only PostgreSQL takes such settings per session")
+    app = dbqueue.App(server_url, network_timeout=8)
+    overridden = dbqueue.App(server_url + "?options=-c%20tcp_keepalives_idle%3D7")
+    try:
+        with app.engine.connect() as connection:
+            assert server_settings(connection, "tcp_keepalives_idle", "tcp_keepalives_interval",
+                                   "tcp_keepalives_count", "tcp_user_timeout") == [4, 1, 3, 8000]
+        with overridden.engine.connect() as connection:  # the URL's own options win
+            assert server_settings(connection, "tcp_keepalives_idle") == [7]
+    finally:
+        app.dispose()
+        overridden.dispose()
+
+
+WAITS = {"postgresql": ("idle_in_transaction_session_timeout", "lock_timeout"),
+         "mysql": ("idle_transaction_timeout", "innodb_lock_wait_timeout")}
+
+
+def test_only_a_workers_sessions_limit_their_waits_inside_transactions(server_url):
+    app = dbqueue.App(server_url, network_timeout=3)
+    try:
+        names = WAITS[app.engine.dialect.name]
+        with app.engine.connect() as connection:  # the application's: as the server has them
+            before = server_settings(connection, *names)
+        app.engine.dispose()
+        with app.worker_store().engine.connect() as connection:
+            after = server_settings(connection, *names)
+    finally:
+        app.dispose()
+    assert before != after
+    assert after == ([3000, 3000] if server_url.startswith("postgresql") else [3, 3])
+
+
+def test_a_worker_statement_waits_for_a_lock_at_most_the_network_timeout(server_url, jobs):
+    jobs.nap.dispatch(0)
+    table = jobs.app.store.tables.jobs
+    app = dbqueue.App(server_url, table_prefix=PREFIX, network_timeout=1)
+    holder = create_engine(server_url)
+    try:
+        with holder.begin() as holding:
+            holding.execute(sa.select(table.c.id).with_for_update()).all()
+            # Without a limit: for ever on PostgreSQL, 50 s on MariaDB.
+            with (app.worker_store().engine.connect() as waiting,
+                  pytest.raises(sa.exc.OperationalError) as raised):
+                waiting.execute(sa.select(table.c.id).with_for_update()).all()
+        assert app.store.dialect.is_retryable(raised.value)
+    finally:
+        app.dispose()
+        holder.dispose()

@@ -19,12 +19,15 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from dbqueue.errors import DatabaseUnavailable
 from tests import jobapp
@@ -83,7 +86,10 @@ def server(request: pytest.FixtureRequest, island: Island) -> Iterator[Any]:
 def private(server: Any, island: Island, request: pytest.FixtureRequest,
             monkeypatch: pytest.MonkeyPatch) -> Iterator[jobapp.JobApp]:
     monkeypatch.setenv("DBQUEUE_NETWORK_TIMEOUT", NETWORK_TIMEOUT)
-    built = jobapp.build(server.database(request.node.name[5:45].lower()), PREFIX)
+    # A database per test, named after it (a parametrized test's variants too).
+    name = re.sub(r"\W", "_", request.node.name[5:].lower())
+    built = jobapp.build(server.database(f"{name[:32]}_{zlib.crc32(name.encode()):08x}"),
+                         PREFIX)
     built.app.migrate()
     yield built
     island.heal()  # a failed test may have left it cut
@@ -164,3 +170,38 @@ def test_a_worker_stops_on_sigterm_while_its_path_is_dark(private, island, worke
         island.heal()
     assert host.returncode == 0, log + output
     assert "Traceback" not in log + output
+
+
+@pytest.mark.parametrize("sessions", ["worker", "application"])
+def test_a_transaction_cut_off_mid_way_leaves_no_lock_behind(private, island, server, sessions):
+    """The client gives up on its socket without a word reaching the server,
+    whose session would wait for its next statement, holding its row locks,
+    for as long as the server's kernel has nothing to tell it otherwise."""
+    if sessions == "application" and server.backend != "postgresql":
+        pytest.skip("MariaDB takes no per-session probes: only a worker's sessions are ended")
+    app = private.app
+    store = app.worker_store() if sessions == "worker" else app.store
+    store.engine.dispose()  # every connection from now on: the settings are made at connect
+    private.nap.dispatch(0)
+    jobs = store.tables.jobs
+    with store.engine.connect() as held:
+        held.begin()
+        assert held.execute(sa.select(jobs.c.id).with_for_update()).all()
+        # Not a wait for an event: time for the server's answer to be
+        # acknowledged, so that it has nothing in flight whose retransmission,
+        # once the path is back, would tell it the client is gone.
+        time.sleep(0.5)
+        island.cut()
+        try:
+            error = outcome_within(lambda: held.execute(sa.select(jobs.c.id)).all(), 60)
+        finally:
+            island.heal()
+        assert error is not None
+
+    def taken() -> list[Any]:
+        with store.engine.begin() as connection:
+            return list(connection.execute(sa.select(jobs.c.id).with_for_update(
+                skip_locked=True)).all())
+
+    # Without the server's own limits the lock stays for hours.
+    wait_until(taken, timeout=20, what="the cut-off session's lock to go")

@@ -70,7 +70,7 @@ class Supervisor:
         # the fork server's imports overlap that instead of following it.
         self.pool = Pool(app_reference, options.concurrency,
                          measure_memory=options.memory_mb is not None)
-        self.app, self.store, self.options = app, app.store, options
+        self.app, self.store, self.options = app, app.worker_store(), options
         self.registry = WorkerRegistry(self.store)
         self.health = Health()
         self.id = secrets.token_hex(8)

@@ -8,11 +8,12 @@ asks which database it is talking to.
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, NamedTuple, Protocol
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from ...errors import UnsupportedDatabase
@@ -88,6 +89,14 @@ class Dialect:
         """Install connection hooks on an engine dbqueue created: among them,
         those by which a connection whose network path died fails within about
         ``network_timeout`` seconds (see liveness.py)."""
+
+    def limit_waits(self, engine: Engine, seconds: float) -> None:
+        """For an engine whose transactions wait on nothing but the server (a
+        worker's): have the server end a session that sits inside a
+        transaction for longer than ``seconds``, so that a client cut off or
+        stopped mid-way does not keep its locks (see liveness.py), and have
+        its statements wait at most that long for a lock (the error is
+        retried), so that one such session does not hold them up for good."""
 
     def check_server(self, connection: Connection) -> None:
         """Raise UnsupportedDatabase when the server cannot give dbqueue's guarantees."""
@@ -340,6 +349,24 @@ class Notices(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def run_on_connect(engine: Engine, statement: Callable[[Any], str | None]) -> None:
+    """Run the SQL ``statement(dbapi_connection)`` gives (if any) on each new
+    connection of ``engine``, after SQLAlchemy's own set-up, and commit it:
+    a session setting, which a rollback would undo."""
+
+    @event.listens_for(engine, "connect")
+    def _run(dbapi_connection: Any, _record: Any) -> None:
+        sql = statement(dbapi_connection)
+        if sql is None:
+            return
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(sql)
+        finally:
+            cursor.close()
+        dbapi_connection.commit()
 
 
 def server_too_old(what: str, version: str, minimum: str, why: str) -> UnsupportedDatabase:

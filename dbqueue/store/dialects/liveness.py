@@ -9,6 +9,17 @@ opens to a server asks the kernel to probe a silent peer (TCP keepalive) and to
 give up on data left unacknowledged (TCP_USER_TIMEOUT): a dead path then fails
 within about ``seconds``, while a slow statement, whose server still answers
 the probes, runs as long as it needs.
+
+The server's end has the same problem the other way round. A client cut off
+inside a transaction gives up on its socket without a word reaching the
+server, whose session then waits for the client's next statement, holding
+the transaction's row locks, until its own kernel notices: only when it has
+an answer still unacknowledged, at its next retransmission after the path is
+back (seconds to minutes later), else never (PostgreSQL), or after
+wait_timeout, eight hours by default (MariaDB). Meanwhile every worker skips
+the rows those locks hold, and a statement that needs one waits. So the
+server is asked to probe its clients too, where it can be per session
+(PostgreSQL, ``server_probes``); see also ``Dialect.limit_waits``.
 """
 
 from __future__ import annotations
@@ -46,6 +57,15 @@ def libpq_options(seconds: float) -> dict[str, Any]:
         "keepalives_count": _PROBES,
         "tcp_user_timeout": _user_timeout(seconds),
     }
+
+
+def server_probes(seconds: float) -> dict[str, int]:
+    """PostgreSQL's settings that have the server probe a silent client, and
+    give up on one that leaves its answers unacknowledged, as the client does
+    (``libpq_options``); per session, and ignored over a Unix socket."""
+    idle, interval = _idle_and_interval(seconds)
+    return {"tcp_keepalives_idle": idle, "tcp_keepalives_interval": interval,
+            "tcp_keepalives_count": _PROBES, "tcp_user_timeout": _user_timeout(seconds)}
 
 
 def keep_alive(sock: socket.socket, seconds: float) -> None:

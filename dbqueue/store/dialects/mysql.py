@@ -19,6 +19,7 @@ from .base import (
     RESERVED_COLUMNS,
     Dialect,
     ReservedRow,
+    run_on_connect,
     seconds_expression,
     server_too_old,
 )
@@ -115,6 +116,15 @@ class MySQL(Dialect):
             sock = getattr(dbapi_connection, "_sock", None)
             if sock is not None:
                 keep_alive(sock, network_timeout)
+
+    def limit_waits(self, engine: Engine, seconds: float) -> None:
+        whole = max(1, math.ceil(seconds))
+        # MySQL has no idle_transaction_timeout (its wait_timeout would end
+        # idle sessions outside transactions too): there, only lock waits.
+        run_on_connect(engine, lambda connection: (
+            f"SET SESSION innodb_lock_wait_timeout = {whole}"
+            + (f", idle_transaction_timeout = {whole}"
+               if "mariadb" in str(connection.get_server_info()).lower() else "")))
 
     def socket_of(self, dbapi_connection: Any) -> int | None:
         if not hasattr(dbapi_connection, "_sock"):  # not PyMySQL: it does not tell

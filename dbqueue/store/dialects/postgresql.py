@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -12,8 +13,15 @@ from sqlalchemy import event
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
-from .base import Dialect, Notices, ReservedRow, seconds_expression, server_too_old
-from .liveness import libpq_options
+from .base import (
+    Dialect,
+    Notices,
+    ReservedRow,
+    run_on_connect,
+    seconds_expression,
+    server_too_old,
+)
+from .liveness import libpq_options, server_probes
 
 # SQLSTATEs worth a fresh attempt of the whole transaction.
 _RETRYABLE = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
@@ -34,6 +42,14 @@ class PostgreSQL(Dialect):
     aware_timestamps: ClassVar[bool] = True
 
     def prepare_engine(self, engine: Engine, network_timeout: float) -> None:
+        # Set by SQL, not in the startup packet's options: PgBouncer refuses
+        # a startup parameter it does not know. What the URL's own
+        # ?options=-c ... sets is left to it.
+        mine = ",".join(f"set_config('{name}', '{value}', false)"
+                        for name, value in server_probes(network_timeout).items()
+                        if name not in str(engine.url.query.get("options", "")))
+        if mine:
+            run_on_connect(engine, lambda _connection: f"SELECT {mine}")
         if engine.dialect.driver not in ("psycopg", "psycopg2"):  # not libpq's parameters
             return
         defaults = libpq_options(network_timeout)
@@ -42,6 +58,12 @@ class PostgreSQL(Dialect):
         def _liveness(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
             for name, value in defaults.items():
                 params.setdefault(name, value)  # the URL's own ?keepalives_idle=... wins
+
+    def limit_waits(self, engine: Engine, seconds: float) -> None:
+        milliseconds = math.ceil(seconds * 1000)
+        run_on_connect(engine, lambda _connection: (
+            f"SELECT set_config('idle_in_transaction_session_timeout', '{milliseconds}', false),"
+            f" set_config('lock_timeout', '{milliseconds}', false)"))
 
     def check_server(self, connection: Connection) -> None:
         number = int(connection.exec_driver_sql("SHOW server_version_num").scalar_one())
