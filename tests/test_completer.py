@@ -216,8 +216,8 @@ def test_the_lease_renewal_leaves_alone_the_jobs_whose_outcome_is_being_written(
         pytest.skip("SQLite writes inline: no write is on its way during a renewal")
     recorder = Recorder(ledger, completer, app.store, health, deque())
     job_locks = JobLocks(app, Locks(app.store), recorder, health, "w", 10.0)
-    renewal = LeaseRenewal(10.0, health, store=app.store, ledger=ledger, recorder=recorder,
-                           job_locks=job_locks, lease=90.0, completer=completer)
+    renewal = LeaseRenewal(10.0, health, ledger=ledger, recorder=recorder, job_locks=job_locks,
+                           lease=90.0, completer=completer)
     done, waiting = reserve(app, 2)
     for entry in (done, waiting):
         ledger.add(entry)
@@ -229,4 +229,41 @@ def test_the_lease_renewal_leaves_alone_the_jobs_whose_outcome_is_being_written(
     assert completer.collect(wait=True) == [done]
     assert not done.lease_lost and not waiting.lease_lost
     assert "lost" not in caplog.text
+    completer.close()
+
+
+def test_a_renewal_apart_leaves_alone_the_jobs_that_ended_while_it_was_on_its_way(app, caplog):
+    """The renewal runs on a thread of its own; a job that ended meanwhile,
+    its row deleted by its outcome's write, is no lease lost when the
+    renewal's answer is taken in. The others are renewed."""
+    health, ledger = Health(), Ledger()
+    completer = BatchCompleter(app.store, health, "host:1")
+    if completer.fileno() is None:
+        pytest.skip("SQLite: the renewal runs inline")
+    recorder = Recorder(ledger, completer, app.store, health, deque())
+    job_locks = JobLocks(app, Locks(app.store), recorder, health, "w", 10.0)
+    renewal = LeaseRenewal(10.0, health, ledger=ledger, recorder=recorder, job_locks=job_locks,
+                           lease=90.0, completer=completer, apart=True)
+    first, done, waiting = reserve(app, 3)
+    for entry in (first, done, waiting):
+        ledger.add(entry)
+    before = waiting.lease_until
+    # The renewal is asked while all are held, and waits for the first one's
+    # row (before it locks the others'); meanwhile a job ends and its row goes.
+    jobs = app.store.tables.jobs
+    with app.engine.begin() as holding:
+        holding.execute(sa.select(jobs.c.id).where(jobs.c.id == first.id).with_for_update())
+        renewal.tick(time.monotonic())
+        assert renewal.calls.busy
+        recorder.completed(done)
+        assert flushed(completer) == [done]
+        ledger.forget(done)
+    assert select.select([renewal.fileno()], [], [], 10)[0]  # its end wakes a wait
+    with caplog.at_level(logging.WARNING, "dbqueue.worker"):
+        renewal.tick(time.monotonic())
+    assert not renewal.calls.busy
+    assert not done.lease_lost and not waiting.lease_lost
+    assert waiting.lease_until.mono > before.mono  # renewed
+    assert "lost" not in caplog.text
+    renewal.close()
     completer.close()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..middleware import LOCK_MARGIN, JobContext, LockRequest
@@ -148,18 +148,29 @@ class JobLocks:
                 f"{exc}", traceback.format_exc()), ran=False)
             return None
 
-    def renew(self, holding: Sequence[Entry]) -> list[tuple[Entry, str]]:
-        """Renew the locks of the jobs held; return those that lost one, with
-        its key (this worker stalled past its expiry, and another may have it)."""
+    def renewal(self, holding: Sequence[Entry]) -> Callable[[], set[tuple[str, str]] | None]:
+        """The statements that renew the locks ``holding`` hold now, to run
+        apart (see worker.sidetasks): they return None if every lock was
+        renewed, else the ``(key, owner)`` pairs still held (see ``lost``)."""
         by_ttl: dict[float, list[tuple[str, str]]] = {}
         for held in holding:
             for key, owner, ttl in held.locks:
                 by_ttl.setdefault(ttl, []).append((key, owner))
-        renewed = sum(self.locks.renew(locks, ttl) for ttl, locks in by_ttl.items())
-        if renewed == sum(len(locks) for locks in by_ttl.values()):
+        asked = [pair for pairs in by_ttl.values() for pair in pairs]
+
+        def renew() -> set[tuple[str, str]] | None:
+            renewed = sum(self.locks.renew(locks, ttl) for ttl, locks in by_ttl.items())
+            return None if renewed == len(asked) else self.locks.still_held(asked)
+
+        return renew
+
+    def lost(self, holding: Sequence[Entry], kept: set[tuple[str, str]] | None,
+             ) -> list[tuple[Entry, str]]:
+        """The jobs of ``holding`` whose renewal (``renewal``) found a lock no
+        longer theirs (this worker stalled past its expiry, and another may
+        have it), with its key; those locks are forgotten."""
+        if kept is None:
             return []
-        kept = self.locks.still_held(
-            [(key, owner) for held in holding for key, owner, _ in held.locks])
         lost = []
         for held in holding:
             gone = [key for key, owner, _ in held.locks if (key, owner) not in kept]

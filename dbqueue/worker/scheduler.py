@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from ..policy.recurrence import due_ticks
@@ -40,15 +40,20 @@ _PRUNE_EVERY = 600.0
 class Scheduler(SideTask):
     what = "run the schedules"
 
-    def __init__(self, health: Health, *, store: Store, schedules: Sequence[Schedule]) -> None:
-        super().__init__(_LONGEST_PAUSE, health)
+    def __init__(self, health: Health, *, store: Store, schedules: Sequence[Schedule],
+                 apart: bool = False) -> None:
+        super().__init__(_LONGEST_PAUSE, health, apart=apart)
         self.schedules = {schedule.name: schedule for schedule in schedules}
         self.verbs = Schedules(store)
         self.declared = False
         self.deferred: set[str] = set()
         self.prune_at = 0.0
 
-    def run(self) -> None:
+    def work(self) -> Callable[[], None]:
+        # The whole pass, apart: it touches only the scheduler's own state.
+        return self._pass
+
+    def _pass(self) -> None:
         if not self.declared:
             self.verbs.declare([s.declared() for s in self.schedules.values()],
                                forget_others=True)

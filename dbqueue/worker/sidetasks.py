@@ -4,6 +4,13 @@ Each is a small object with its own period and its own failure handling
 (none shares a ``try`` with another): a failing renewal does not delay the
 restart check, and a failing prune does not delay anything.
 
+Where the database is a server, each runs its statements on a thread of its
+own (see worker.background), one call at a time: a statement that waits (a
+dark network path, a lock) holds up neither the others nor the supervisor,
+which goes on timing jobs, reading answers and heeding signals. What a call
+means for the ledger is decided back on the supervisor's thread (``apply``),
+which alone touches the ledger.
+
 - :class:`LeaseRenewal`: renews the leases and locks of every job in the
   ledger; notices the ones lost while this worker stalled.
 - :class:`Control`: the worker's own heartbeat row, through which
@@ -16,9 +23,12 @@ restart check, and a failing prune does not delay anything.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
-from ..store import Store, WorkerRegistry
+from ..store import Lease, Store, WorkerRegistry
 from ..store.locks import Locks
+from .background import Inline, OnThread
 from .clock import Deadline
 from .completer import BatchCompleter
 from .health import DB_ERRORS, Health
@@ -36,67 +46,120 @@ class SideTask:
     what = ""
     """What it does, for the log: "could not {what}"."""
 
-    def __init__(self, every: float, health: Health) -> None:
+    def __init__(self, every: float, health: Health, *, apart: bool = False) -> None:
+        """``apart``: run the statements on a thread of the task's own (else inline)."""
         self.every = every
         self.health = health
         self.next_at = 0.0
+        self.calls: Inline[Any] = OnThread(f"dbqueue-{type(self).__name__.lower()}") if apart \
+            else Inline()
 
     def tick(self, now: float) -> None:
-        """Run if due; on a database error, try again sooner than ``every``
-        if the outage allows, and report it to ``health``."""
+        """Take in the call that has ended, if any; else start one if due. On
+        a database error, try again sooner than ``every`` if the outage
+        allows, and report it to ``health``."""
+        if self.calls.busy:
+            if self.calls.done():
+                self._settle()
+            return
         if now < self.next_at:
             return
         self.next_at = now + self.every
+        self.calls.submit(self.work())
+        if self.calls.done():  # inline: ended already
+            self._settle()
+
+    def _settle(self) -> None:
+        began = self.calls.began
         try:
-            self.run()
+            result = self.calls.take()
         except DB_ERRORS as exc:
-            self.next_at = now + min(self.every, self.health.failed(self.what, exc))
+            self.next_at = began + min(self.every, self.health.failed(self.what, exc))
             return
         self.health.succeeded()
+        self.apply(result)
+
+    def run(self) -> None:
+        """Do it now, on this thread."""
+        self.apply(self.work()())
 
     def soon(self) -> None:
-        """Run at the next tick."""
+        """Run at the next tick (or the one after the call on its way)."""
         self.next_at = 0.0
 
     def done(self, now: float) -> None:
         """Its work was just done another way: due again ``every`` from ``now``."""
         self.next_at = now + self.every
 
-    def run(self) -> None:
+    def fileno(self) -> int | None:
+        """Readable once a call on its way has ended (None: calls run inline)."""
+        return self.calls.fileno()
+
+    def close(self) -> None:
+        """Wait for the call on its way, if any, and end the task's thread."""
+        self.calls.close()
+
+    def work(self) -> Callable[[], Any]:
+        """On the supervisor's thread: the statements to run (apart or inline)."""
         raise NotImplementedError
+
+    def apply(self, result: Any) -> None:
+        """On the supervisor's thread: what ``work``'s statements returned."""
 
 
 class LeaseRenewal(SideTask):
     what = "renew leases"
 
-    def __init__(self, every: float, health: Health, *, store: Store, ledger: Ledger,
-                 recorder: Recorder, job_locks: JobLocks, lease: float,
-                 completer: BatchCompleter) -> None:
-        super().__init__(every, health)
+    def __init__(self, every: float, health: Health, *, ledger: Ledger, recorder: Recorder,
+                 job_locks: JobLocks, lease: float, completer: BatchCompleter,
+                 apart: bool = False) -> None:
+        super().__init__(every, health, apart=apart)
         self.completer = completer
-        self.store = store
+        self.store = completer.store
         self.ledger = ledger
         self.recorder = recorder
         self.job_locks = job_locks
         self.lease = lease
+        self._asked: tuple[list[tuple[Entry, Lease]], Deadline, list[Entry]] = (
+            [], Deadline.after(0), [])
+        """The call on its way: the jobs whose leases and locks it renews, and
+        until when a lease renewed lasts at least."""
 
-    def run(self) -> None:
+    def work(self) -> Callable[[], Any]:
         # Not the jobs whose records are being written: the write holds their
         # rows (and may have deleted them, which would read as a lease lost).
         writing = self.completer.writing_ids()
         holding = [entry for entry in self.ledger
                    if not entry.lease_lost and entry.id not in writing]
+        locking = self.ledger.holding()
         until = Deadline.after(self.lease)  # read before the statement
-        renewed = self.store.heartbeat([entry.lease for entry in holding], self.lease)
+        self._asked = ([(entry, entry.lease) for entry in holding], until, locking)
+        leases = [entry.lease for entry in holding]
+        renew_locks = self.job_locks.renewal(locking)
+        return lambda: (self.store.heartbeat(leases, self.lease), renew_locks())
+
+    def apply(self, result: tuple[set[int], set[tuple[str, str]] | None]) -> None:
+        renewed, kept = result
+        holding, until, locking = self._asked
+        # Only what is still as it was when the call went out: a job may have
+        # ended meanwhile, and its write deleted the row the renewal missed.
+        # (Nor one reserved again under a new token: see Reserver._again.)
+        current = self._current()
         lost = []
-        for entry in holding:
+        for entry, lease in holding:
+            if entry not in current or entry.lease is not lease:
+                continue
             if entry.id in renewed:
                 entry.lease_until = until
             else:
                 lost.append(entry)
         if lost:
             self._drop_lost(lost)
-        self._lost_locks(self.job_locks.renew(self.ledger.holding()))
+        self._lost_locks(self.job_locks.lost([e for e in locking if e in current], kept))
+
+    def _current(self) -> set[Entry]:
+        writing = self.completer.writing_ids()
+        return {entry for entry in self.ledger if entry.id not in writing}
 
     def _drop_lost(self, lost: list[Entry]) -> None:
         """Another worker took these jobs after this one stalled past --retry-after.
@@ -139,24 +202,31 @@ class Control(SideTask):
     what = "send the worker's heartbeat"
 
     def __init__(self, every: float, health: Health, *, registry: WorkerRegistry,
-                 worker_id: str) -> None:
-        super().__init__(every, health)
+                 worker_id: str, apart: bool = False) -> None:
+        super().__init__(every, health, apart=apart)
         self.registry = registry
         self.worker_id = worker_id
         self.restart_requested = False
 
-    def run(self) -> None:
-        if self.registry.beat(self.worker_id):
+    def work(self) -> Callable[[], bool]:
+        def beat() -> bool:
+            asked = self.registry.beat(self.worker_id)
+            self.registry.prune(silent_for=DEAD_AFTER)
+            return asked
+
+        return beat
+
+    def apply(self, result: bool) -> None:
+        if result:
             self.restart_requested = True
-        self.registry.prune(silent_for=DEAD_AFTER)
 
 
 class Pruning(SideTask):
     what = "prune expired locks"
 
-    def __init__(self, health: Health, *, store: Store) -> None:
-        super().__init__(_PRUNE_EVERY, health)
+    def __init__(self, health: Health, *, store: Store, apart: bool = False) -> None:
+        super().__init__(_PRUNE_EVERY, health, apart=apart)
         self.locks = Locks(store)
 
-    def run(self) -> None:
-        self.locks.prune()  # expired rows hold nothing; keep the table small
+    def work(self) -> Callable[[], Any]:
+        return self.locks.prune  # expired rows hold nothing; keep the table small

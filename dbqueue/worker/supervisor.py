@@ -88,17 +88,18 @@ class Supervisor:
         self.reserver = Reserver(app, options, self.id, ledger=self.ledger,
                                  recorder=self.recorder, job_locks=job_locks,
                                  health=self.health, wakeup=self.wakeup)
-        self.renewal = LeaseRenewal(options.heartbeat_every, self.health, store=self.store,
-                                    ledger=self.ledger, recorder=self.recorder,
-                                    job_locks=job_locks, lease=options.retry_after,
-                                    completer=self.completer)
+        apart = not self.store.dialect.embedded  # see worker.sidetasks
+        self.renewal = LeaseRenewal(options.heartbeat_every, self.health, ledger=self.ledger,
+                                    recorder=self.recorder, job_locks=job_locks,
+                                    lease=options.retry_after, completer=self.completer,
+                                    apart=apart)
         self.control = Control(options.heartbeat_every, self.health, registry=self.registry,
-                               worker_id=self.id)
-        self.pruning = Pruning(self.health, store=self.store)
+                               worker_id=self.id, apart=apart)
+        self.pruning = Pruning(self.health, store=self.store, apart=apart)
         self.side_tasks: tuple[SideTask, ...] = (self.renewal, self.control, self.pruning)
         if options.schedule and app.schedules:
             self.side_tasks += (Scheduler(self.health, store=self.store,
-                                          schedules=list(app.schedules.values())),)
+                                          schedules=list(app.schedules.values()), apart=apart),)
         self.handout = Handout(self.pool, options, ledger=self.ledger, recorder=self.recorder,
                                reserver=self.reserver, renewal=self.renewal,
                                health=self.health, hooks=self.hooks)
@@ -224,7 +225,7 @@ class Supervisor:
         self.handout.assign(jobs=not self.stopping)
         self._check_limits()
         wake = (self.signals.wake_fd, self.wakeup.fileno(), self.reserver.fileno(),
-                self.completer.fileno())
+                self.completer.fileno(), *(task.fileno() for task in self.side_tasks))
         ended = self.pool.wait(self._wait_timeout(), *(fd for fd in wake if fd is not None))
         self.signals.drain()
         self.handout.take_in(ended)
@@ -272,6 +273,8 @@ class Supervisor:
                 for entry in self.completer.drain():
                     self.ledger.forget(entry)
                 self.completer.close()
+                for task in self.side_tasks:  # a statement on its way ends first
+                    task.close()
             if self._chores is not None:  # they look for this worker among the live ones
                 # Not for long: on a database that does not answer, each of their
                 # statements would hold the stop up to the network timeout.
