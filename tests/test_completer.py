@@ -267,3 +267,31 @@ def test_a_renewal_apart_leaves_alone_the_jobs_that_ended_while_it_was_on_its_wa
     assert "lost" not in caplog.text
     renewal.close()
     completer.close()
+
+
+def test_a_renewal_that_has_not_answered_for_a_period_is_stuck(app):
+    """Until it answers, the worker's leases are in doubt: the supervisor
+    then starts no new work (see Supervisor._turn)."""
+    health, ledger = Health(), Ledger()
+    completer = BatchCompleter(app.store, health, "host:1")
+    if completer.fileno() is None:
+        pytest.skip("SQLite: the renewal runs inline")
+    recorder = Recorder(ledger, completer, app.store, health, deque())
+    job_locks = JobLocks(app, Locks(app.store), recorder, health, "w", 10.0)
+    renewal = LeaseRenewal(10.0, health, ledger=ledger, recorder=recorder, job_locks=job_locks,
+                           lease=90.0, completer=completer, apart=True)
+    [held] = reserve(app, 1)
+    ledger.add(held)
+    jobs = app.store.tables.jobs
+    with app.engine.begin() as holding:  # the renewal waits for this row
+        holding.execute(sa.select(jobs.c.id).where(jobs.c.id == held.id).with_for_update())
+        now = time.monotonic()
+        renewal.tick(now)
+        assert renewal.calls.busy
+        assert not renewal.stuck(now + 9.0)
+        assert renewal.stuck(renewal.calls.began + 10.5)
+    assert select.select([renewal.fileno()], [], [], 10)[0]
+    renewal.tick(time.monotonic())
+    assert not renewal.stuck(time.monotonic() + 100)  # answered: nothing on its way
+    renewal.close()
+    completer.close()

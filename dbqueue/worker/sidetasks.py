@@ -9,7 +9,9 @@ own (see worker.background), one call at a time: a statement that waits (a
 dark network path, a lock) holds up neither the others nor the supervisor,
 which goes on timing jobs, reading answers and heeding signals. What a call
 means for the ledger is decided back on the supervisor's thread (``apply``),
-which alone touches the ledger.
+which alone touches the ledger. A lease renewal that has not answered for a
+whole period leaves the worker's leases in doubt: the supervisor then starts
+no new work until it does (``LeaseRenewal.stuck``).
 
 - :class:`LeaseRenewal`: renews the leases and locks of every job in the
   ledger; notices the ones lost while this worker stalled.
@@ -156,6 +158,10 @@ class LeaseRenewal(SideTask):
         if lost:
             self._drop_lost(lost)
         self._lost_locks(self.job_locks.lost([e for e in locking if e in current], kept))
+
+    def stuck(self, now: float) -> bool:
+        """Whether a renewal has been on its way for longer than a period."""
+        return self.calls.busy and now - self.calls.began > self.every
 
     def _current(self) -> set[Entry]:
         writing = self.completer.writing_ids()

@@ -213,7 +213,13 @@ class Supervisor:
             self.reserver.look_again()
         if self.control.restart_requested and not self.stopping:
             self._stop("restart requested")
-        self.reserver.refill(now, reserve=not self.stopping)
+        # A renewal that has not answered for a whole period leaves this
+        # worker's leases in doubt: no new work until it does (the loop goes
+        # on timing jobs, reading answers and heeding signals). Else this
+        # worker would reserve its own jobs again once their leases lapse,
+        # while their outcomes wait to be written under the old ones.
+        busy = not self.stopping and not self.renewal.stuck(now)
+        self.reserver.refill(now, reserve=busy)
         # After the refill: its reservation may have run before these jobs were
         # back in the queue (a retry, a next step, a job given back unstarted).
         if self.completer.take_requeued() | self.recorder.take_given_back():
@@ -222,7 +228,7 @@ class Supervisor:
             self.reserver.expect(due, waits_for_lock=waits_for_lock)
         if self.stopping and self.ledger.reserved:  # rows of a reservation on its way
             self.recorder.give_back(list(self.ledger.reserved))
-        self.handout.assign(jobs=not self.stopping)
+        self.handout.assign(jobs=busy)
         self._check_limits()
         wake = (self.signals.wake_fd, self.wakeup.fileno(), self.reserver.fileno(),
                 self.completer.fileno(), *(task.fileno() for task in self.side_tasks))
