@@ -232,10 +232,9 @@ def test_the_lease_renewal_leaves_alone_the_jobs_whose_outcome_is_being_written(
     completer.close()
 
 
-def test_a_renewal_apart_leaves_alone_the_jobs_that_ended_while_it_was_on_its_way(app, caplog):
-    """The renewal runs on a thread of its own; a job that ended meanwhile,
-    its row deleted by its outcome's write, is no lease lost when the
-    renewal's answer is taken in. The others are renewed."""
+def renewal_apart(app):
+    """A lease renewal on a thread of its own (a server's worker), every 10 s,
+    with its ledger, recorder and completer."""
     health, ledger = Health(), Ledger()
     completer = BatchCompleter(app.store, health, "host:1")
     if completer.fileno() is None:
@@ -244,6 +243,14 @@ def test_a_renewal_apart_leaves_alone_the_jobs_that_ended_while_it_was_on_its_wa
     job_locks = JobLocks(app, Locks(app.store), recorder, health, "w", 10.0)
     renewal = LeaseRenewal(10.0, health, ledger=ledger, recorder=recorder, job_locks=job_locks,
                            lease=90.0, completer=completer, apart=True)
+    return ledger, recorder, completer, renewal
+
+
+def test_a_renewal_apart_leaves_alone_the_jobs_that_ended_while_it_was_on_its_way(app, caplog):
+    """The renewal runs on a thread of its own; a job that ended meanwhile,
+    its row deleted by its outcome's write, is no lease lost when the
+    renewal's answer is taken in. The others are renewed."""
+    ledger, recorder, completer, renewal = renewal_apart(app)
     first, done, waiting = reserve(app, 3)
     for entry in (first, done, waiting):
         ledger.add(entry)
@@ -272,14 +279,7 @@ def test_a_renewal_apart_leaves_alone_the_jobs_that_ended_while_it_was_on_its_wa
 def test_a_renewal_that_has_not_answered_for_a_period_is_stuck(app):
     """Until it answers, the worker's leases are in doubt: the supervisor
     then starts no new work (see Supervisor._turn)."""
-    health, ledger = Health(), Ledger()
-    completer = BatchCompleter(app.store, health, "host:1")
-    if completer.fileno() is None:
-        pytest.skip("SQLite: the renewal runs inline")
-    recorder = Recorder(ledger, completer, app.store, health, deque())
-    job_locks = JobLocks(app, Locks(app.store), recorder, health, "w", 10.0)
-    renewal = LeaseRenewal(10.0, health, ledger=ledger, recorder=recorder, job_locks=job_locks,
-                           lease=90.0, completer=completer, apart=True)
+    ledger, _, completer, renewal = renewal_apart(app)
     [held] = reserve(app, 1)
     ledger.add(held)
     jobs = app.store.tables.jobs
