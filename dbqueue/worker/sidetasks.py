@@ -135,10 +135,11 @@ class LeaseRenewal(SideTask):
                    if not entry.lease_lost and entry.id not in writing]
         locking = self.ledger.holding()
         until = Deadline.after(self.lease)  # read before the statement
-        self._asked = ([(entry, entry.lease) for entry in holding], until, locking)
-        leases = [entry.lease for entry in holding]
+        leases = [(entry, entry.lease) for entry in holding]
+        self._asked = (leases, until, locking)
         renew_locks = self.job_locks.renewal(locking)
-        return lambda: (self.store.heartbeat(leases, self.lease), renew_locks())
+        return lambda: (self.store.heartbeat([lease for _, lease in leases], self.lease),
+                        renew_locks())
 
     def apply(self, result: tuple[set[int], set[tuple[str, str]] | None]) -> None:
         renewed, kept = result

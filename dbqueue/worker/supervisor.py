@@ -218,8 +218,8 @@ class Supervisor:
         # on timing jobs, reading answers and heeding signals). Else this
         # worker would reserve its own jobs again once their leases lapse,
         # while their outcomes wait to be written under the old ones.
-        busy = not self.stopping and not self.renewal.stuck(now)
-        self.reserver.refill(now, reserve=busy)
+        new_work = not self.stopping and not self.renewal.stuck(now)
+        self.reserver.refill(now, reserve=new_work)
         # After the refill: its reservation may have run before these jobs were
         # back in the queue (a retry, a next step, a job given back unstarted).
         if self.completer.take_requeued() | self.recorder.take_given_back():
@@ -228,7 +228,7 @@ class Supervisor:
             self.reserver.expect(due, waits_for_lock=waits_for_lock)
         if self.stopping and self.ledger.reserved:  # rows of a reservation on its way
             self.recorder.give_back(list(self.ledger.reserved))
-        self.handout.assign(jobs=busy)
+        self.handout.assign(jobs=new_work)
         self._check_limits()
         wake = (self.signals.wake_fd, self.wakeup.fileno(), self.reserver.fileno(),
                 self.completer.fileno(), *(task.fileno() for task in self.side_tasks))
