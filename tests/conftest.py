@@ -7,6 +7,7 @@ where it fails them.
 
 from __future__ import annotations
 
+import codecs
 import os
 import signal
 import subprocess
@@ -192,17 +193,23 @@ def stopped_while_running(jobs: jobapp.JobApp, workers: Workers, tag: str, *args
 
 
 def read_until(process: subprocess.Popen[str], text: str, timeout: float = 60) -> str:
-    """A running worker's output up to the first line holding ``text``; the rest
-    stays in the pipe (for ``communicate``). Fails after ``timeout`` seconds,
-    killing the worker, rather than wait for ever."""
+    """A running worker's output up to at least the first line holding
+    ``text``; the rest stays in the pipe (for ``communicate``). Fails after
+    ``timeout`` seconds, killing the worker, rather than wait for ever.
+
+    It reads the pipe's descriptor itself: a text file object would read ahead
+    into its own buffer, and ``communicate(timeout=...)`` reads the descriptor,
+    so the lines in that buffer would be lost."""
+    assert process.stdout is not None
+    descriptor = process.stdout.fileno()
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     seen: list[str] = []
     found = threading.Event()
 
     def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            seen.append(line)
-            if text in line:
+        while chunk := os.read(descriptor, 65536):
+            seen.append(decoder.decode(chunk))
+            if text in "".join(seen):
                 found.set()
                 return
 
