@@ -42,6 +42,7 @@ from pathlib import Path
 
 GRACE = 1.0
 SHOWN_KEYS = 20  # keys listed per problem in the JSON line, for debugging
+TOLD_DUPLICATES = 3  # unexplained duplicates told in full (runs and faults), for debugging
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,24 @@ def duplicates(runs: dict[int, list[Run]], faults: list[Fault]) -> tuple[int, li
     return count, unexplained
 
 
+def tell_duplicate(runs: dict[int, list[Run]], faults: list[Fault], key: int) -> str:
+    """The first unexplained duplicate of ``key`` told in full: both runs and
+    the faults that came nearest to explaining it, in seconds from the first
+    run's start (a CI run keeps no records: this is what is left to read)."""
+    origin = min(run.start for key_runs in runs.values() for run in key_runs)
+
+    def at(instant: float | None) -> str:
+        return "never" if instant is None else f"{instant - origin:+.2f}"
+
+    before, again = next((b, a) for b, a in itertools.pairwise(runs[key])
+                         if not any(explains(f, b, a) for f in faults))
+    hit = [f for f in faults if f.pgid is None or f.pgid == before.pgid]
+    told = "; ".join(f"{f.kind} {at(f.start)}..{at(f.end)}" for f in hit) or "none"
+    return (f"key {key}: ran in group {before.pgid} (pid {before.pid}) from "
+            f"{at(before.start)}, ended {at(before.end)}; again in group {again.pgid} "
+            f"(pid {again.pid}) from {at(again.start)}; faults on group {before.pgid}: {told}")
+
+
 def recovery(runs: dict[int, list[Run]], faults: list[Fault]) -> float | None:
     """The worst time, over the faults, from a fault's end to the end of the first
     run that started after it: when the workers were taking new jobs again
@@ -173,6 +192,8 @@ def judge(scenario: str, backend: str, keys: int, poison: dict[int, str],
         "recover_s": recovery(runs, faults), "left": len(state.left),
         "failed_good_reasons": dict(Counter(row["exception_class"] for row in failed_good)),
         "lost_keys": lost[:SHOWN_KEYS], "unexplained_keys": unexplained[:SHOWN_KEYS],
+        "unexplained_told": [tell_duplicate(runs, faults, key)
+                             for key in unexplained[:TOLD_DUPLICATES]],
         "left_rows": [f"{r['id']} {r['job']} attempts={r['attempts']}"
                       + (" (leased)" if r["reserved_by"] else "") for r in state.left][:SHOWN_KEYS],
         "poison": outcomes,
@@ -188,6 +209,7 @@ def problems(result: dict, poison_scenario: bool, exits: list[int]) -> list[str]
     if result["unexplained_duplicates"]:
         why.append(f"{result['unexplained_duplicates']} unexplained duplicate run(s): "
                    f"keys {result['unexplained_keys']}")
+        why += result["unexplained_told"]
     if result["left"]:
         why.append(f"{result['left']} row(s) left in jobs: {result['left_rows']}")
     if result["effects_wrong_keys"]:
