@@ -12,6 +12,7 @@ import json
 import os
 import pty
 import select
+import shlex
 import subprocess
 import sys
 import time
@@ -342,9 +343,34 @@ def test_every_command_takes_verbose(args, tmp_path):
         lines = result.stderr.splitlines()
         assert lines[0] == "Traceback (most recent call last):", result.stderr
         assert lines[-1] == (f"Error: there is no SQLite database at {missing}; check the URL, "
-                             "or create it and dbqueue's tables with: dbqueue migrate")
+                             "or create it and dbqueue's tables with: dbqueue migrate "
+                             f"--url sqlite:///{missing}")
     error_line(run(*args, "--url", f"sqlite:///{missing}"))  # without it, the line alone
     assert not missing.exists()
+
+
+def test_the_migrate_command_suggested_is_for_the_database_typed(tmp_path):
+    # Copied without the --url typed, it would create the default database instead.
+    queue = tmp_path / "queue.db"
+    line = error_line(run("status", "--url", f"sqlite:///{queue}"))
+    command = line.partition("with: ")[2]
+    assert command == f"dbqueue migrate --url sqlite:///{queue}", line
+    succeeded(run(*shlex.split(command)[1:]))
+    assert succeeded(run("status", "--url", f"sqlite:///{queue}"))
+    # From the environment, the copied command inherits it: nothing to add.
+    line = error_line(run("status", DBQUEUE_URL=f"sqlite:///{tmp_path / 'other.db'}"))
+    assert line.endswith("with: dbqueue migrate"), line
+
+
+def test_the_migrate_command_suggested_does_not_echo_a_password(backend_url):
+    url = sa.make_url(backend_url)
+    if url.get_backend_name() != "postgresql":
+        pytest.skip("the test servers take a password they do not check only on PostgreSQL")
+    with_password = url.set(password="s3cret").render_as_string(hide_password=False)
+    line = error_line(run("status", "--url", with_password, "--table-prefix", f"{PREFIX}none_"))
+    assert line.endswith(f"with: dbqueue migrate --url <the same URL> --table-prefix "
+                         f"{PREFIX}none_"), line
+    assert "s3cret" not in line
 
 
 def test_work_help_shows_one_verbose_option_for_both_meanings():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import sys
 import traceback
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from ..errors import DBQueueError
+from ..errors import DBQueueError, NotMigrated
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -77,12 +78,17 @@ def group_options(func: F) -> F:
 
 def given_on_command_line(name: str) -> bool:
     """True if ``name`` was typed for this command, or for its group."""
+    return _typed(name)[0]
+
+
+def _typed(name: str) -> tuple[bool, Any]:
+    """Whether ``name`` was typed for this command or for its group, and its value."""
     context = click.get_current_context(silent=True)
     while context is not None:
         if context.get_parameter_source(name) is _COMMAND_LINE:
-            return True
+            return True, context.params.get(name)
         context = context.parent
-    return False
+    return False, None
 
 
 def friendly_errors(func: F) -> F:
@@ -93,10 +99,31 @@ def friendly_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except NotMigrated as exc:
+            _fail(exc, _same_database(str(exc)))
         except DBQueueError as exc:  # the database's failures too (DatabaseError)
             _fail(exc, str(exc))
 
     return wrapper  # type: ignore[return-value]
+
+
+def _same_database(message: str) -> str:
+    """``message`` with its ``dbqueue migrate`` command given the --app and
+    --url typed here: copied without them, it would migrate the default
+    database instead (the environment's DBQUEUE_* it inherits)."""
+    options = ""
+    for flag, name in (("--app", "app_reference"), ("--url", "url")):
+        typed, value = _typed(name)
+        if typed and value:
+            # A password is not echoed: the user has it, and logs keep errors.
+            hidden = flag == "--url" and _has_password(value)
+            options += f" {flag} " + ("<the same URL>" if hidden else shlex.quote(value))
+    return message.replace("with: dbqueue migrate", f"with: dbqueue migrate{options}", 1)
+
+
+def _has_password(url: str) -> bool:
+    credentials = url.partition("://")[2].rpartition("@")[0]
+    return ":" in credentials
 
 
 def _fail(error: Exception, message: str) -> NoReturn:
