@@ -491,7 +491,8 @@ def test_the_advice_to_upgrade_names_the_table_prefix(tmp_path):
     assert dbqueue_cli("migrate", env=env).returncode == 0
     assert dbqueue_cli("migrate", "--downgrade", "0002", "--yes", env=env).returncode == 0
     line = assert_clean_error(dbqueue_cli("work", "--app", "tests.jobapp:app", "--once", env=env))
-    assert line.endswith("upgrade them with: dbqueue migrate --table-prefix dbq_"), line
+    assert line.endswith("upgrade them with: dbqueue migrate --app tests.jobapp:app "
+                         "--table-prefix dbq_"), line
 
 
 def test_tables_at_an_older_revision_are_one_clear_error(migrated_url):
