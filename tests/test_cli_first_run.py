@@ -29,7 +29,7 @@ from dbqueue.cli import cli
 from dbqueue.errors import ConfigurationError
 from dbqueue.store import NewJob
 from dbqueue.store.admin import RETRY_CHUNK
-from dbqueue.store.engine import where
+from dbqueue.store.engine import unavailable, where
 from dbqueue.store.migrator import current_revision
 from dbqueue.store.workers import WorkerInfo
 from tests.conftest import PREFIX, ROOT, count, rows
@@ -163,6 +163,18 @@ def test_the_url_helpers_name_the_database_without_its_password(tmp_path, monkey
 
     with pytest.raises(ConfigurationError, match="the port 'abc'"):
         same_database(BAD_PORT, "mysql://root@127.0.0.1/x")
+
+
+def test_a_password_with_an_unencoded_at_sign_is_neither_shown_nor_left_unexplained():
+    # "p@ss": the URL's password ends at its first "@", and "ss@127.0.0.1" is
+    # taken for the host, which the driver then names in its error.
+    url = "mysql+pymysql://root:p@ss@127.0.0.1:3306/test"
+    assert where(url) == "mysql+pymysql://root:***@127.0.0.1:3306/test"
+    engine = sa.create_engine(url)  # connects to nothing
+    error = unavailable(engine, OSError(
+        "(2003, \"Can't connect to MySQL server on 'ss@127.0.0.1' (Name or service not known)\")"))
+    assert "ss@" not in str(error), str(error)
+    assert "percent-encoded (@ as %40)" in str(error)
 
 
 @pytest.mark.parametrize("url", ["sqlite:///:memory:", "sqlite://", "sqlite+pysqlite://"])

@@ -1,6 +1,7 @@
 """One contract per store verb, run on every backend against a real server."""
 
 import re
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -290,6 +291,56 @@ def test_missing_tables_are_still_not_migrated(app):
             other.store.reserve(["default"], 1, "t", 90)
     finally:
         other.dispose()
+
+
+def test_a_statement_over_the_servers_packet_limit_is_refused_not_unavailable(app):
+    if app.engine.dialect.name not in ("mysql", "mariadb"):
+        pytest.skip("only MySQL and MariaDB file this refusal with the lost connections")
+    limit = app.store.read(lambda c: c.exec_driver_sql("SELECT @@max_allowed_packet").scalar())
+    too_long = NewJob("default", "noop", '"' + "a" * (int(limit) + 1024) + '"')
+    with pytest.raises(dbqueue.DatabaseError) as raised:
+        app.store.push(too_long)
+    assert not isinstance(raised.value, dbqueue.DatabaseUnavailable)  # retrying cannot help
+    assert "max_allowed_packet" in str(raised.value)
+    app.store.push(NewJob("default", "noop", "{}"))  # the next statement is served
+    assert count(app, app.store.tables.jobs) == 1
+
+
+def test_a_jobs_table_of_another_kind_in_sqlite_is_not_migrated_not_unavailable(tmp_path):
+    url = f"sqlite:///{tmp_path / 'theirs.db'}"
+    theirs = sa.create_engine(url)
+    with theirs.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE jobs (id INTEGER PRIMARY KEY, title TEXT)")
+    theirs.dispose()
+    app = dbqueue.App(url)
+    try:
+        with pytest.raises(dbqueue.NotMigrated, match="dbqueue migrate"):
+            app.store.push(NewJob("default", "noop", "{}"))
+    finally:
+        app.dispose()
+
+
+def test_a_sqlite_file_locked_past_the_busy_timeout_is_not_waited_for_again(tmp_path):
+    # Often the caller's own transaction on another connection: it will not
+    # end while dbqueue waits, so dbqueue says so after one wait, not eight.
+    path = tmp_path / "queue.db"
+    app = dbqueue.App(sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 1.5}))
+    app.migrate()
+    begins = []
+    sa.event.listen(app.engine, "begin", lambda connection: begins.append(1))
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(dbqueue.DatabaseUnavailable) as raised:
+            app.store.push(NewJob("default", "noop", "{}"))
+    finally:
+        holder.rollback()
+        holder.close()
+    assert len(begins) == 1
+    assert "pass it as connection=" in str(raised.value)
+    app.store.push(NewJob("default", "noop", "{}"))  # the lock is free: served at once
+    assert count(app, app.store.tables.jobs) == 1
+    app.dispose()
 
 
 def test_timestamps_read_on_postgresql_are_utc_and_a_naive_one_counts_as_utc(app):

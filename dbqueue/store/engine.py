@@ -94,7 +94,17 @@ def where(url: str | URL) -> str:
         return os.path.abspath(parsed.database or "")
     if _in_memory(parsed):  # as written: rendered, it would read sqlite:///%3Amemory%3A
         return f"{parsed.drivername}:///:memory:"
+    if _split_password(parsed):
+        # The password's own "@" ended it early: the rest of it reads as the
+        # host, and would be shown. Masked, the host is the one meant.
+        parsed = parsed.set(host=(parsed.host or "").rpartition("@")[2])
     return parsed.render_as_string(hide_password=True)
+
+
+def _split_password(parsed: URL) -> bool:
+    """Whether ``parsed`` looks like a URL whose password holds an "@" that
+    was not percent-encoded (what precedes the last "@" was taken as the password)."""
+    return bool(parsed.password is not None and "@" in (parsed.host or ""))
 
 
 def create_engine(url: str, *, autocommit: bool = False,
@@ -268,9 +278,14 @@ def first_line(error: BaseException) -> str:
 def unavailable(engine: Engine, error: BaseException) -> DatabaseUnavailable:
     """The error for a failure to connect to ``engine``'s database."""
     reason = first_line(error)
+    host = engine.url.host or ""
+    if _split_password(engine.url):  # the driver names that host: part of the password
+        reason = reason.replace(host, "***@" + host.rpartition("@")[2])
     dialect = dialect_for(engine.dialect)
     lasting = dialect.refuses_login(error)
     check = ("that its directory exists and is writable" if dialect.embedded
+             else "that an @ : / or % in the password is percent-encoded (@ as %40)"
+             if _split_password(engine.url)
              else "the user, password, database name and options" if lasting
              else "that the server is running")
     return DatabaseUnavailable(
@@ -314,10 +329,10 @@ def translate(engine: Engine, error: sa.exc.DBAPIError | sa.exc.TimeoutError,
             f"the dbqueue tables in {describe(engine)} are older than this dbqueue "
             f"({reason}); upgrade them with: {migrate_command(table_prefix)}"
         )
-    if isinstance(error, sa.exc.TimeoutError | sa.exc.OperationalError | sa.exc.InterfaceError
-                  ) or dialect.is_retryable(error):
+    if (isinstance(error, sa.exc.TimeoutError | sa.exc.OperationalError | sa.exc.InterfaceError)
+            and not dialect.is_refusal(error)) or dialect.is_retryable(error):
         return DatabaseUnavailable(f"the database {describe(engine)} is unavailable now: "
-                                   f"{reason}; try again once it answers")
+                                   f"{reason}; {dialect.unavailable_hint(error)}")
     return DatabaseError(f"the database {describe(engine)} refused the statement: {reason}")
 
 

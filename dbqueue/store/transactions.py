@@ -62,10 +62,12 @@ class Transactions:
 
     def _retrying(self, attempt: Callable[[], T]) -> T:
         for number in range(1, _MAX_TRIES + 1):
+            began = time.monotonic()
             try:
                 return attempt()
             except sa.exc.DBAPIError as exc:
-                if number < _MAX_TRIES and self.dialect.is_retryable(exc):
+                if number < _MAX_TRIES and self.dialect.is_retryable(
+                        exc, waited=time.monotonic() - began):
                     # Short, growing, jittered pauses so that the transactions
                     # that collided do not collide again in lock-step.
                     time.sleep(random.uniform(0, 0.005 * 2**number))

@@ -320,9 +320,18 @@ class Dialect:
 
     # --- errors ---------------------------------------------------------------
 
-    def is_retryable(self, error: BaseException) -> bool:
-        """True for errors that a fresh attempt of the same transaction can cure."""
+    def is_retryable(self, error: BaseException, waited: float = 0.0) -> bool:
+        """True for errors that a fresh attempt of the same transaction can cure
+        (``waited``: the seconds the failed attempt took)."""
         return False
+
+    def is_refusal(self, error: BaseException) -> bool:
+        """True for a refusal of the statement that the driver files as operational."""
+        return False
+
+    def unavailable_hint(self, error: BaseException) -> str:
+        """What to do about an error that passes (see ``is_retryable``)."""
+        return "try again once it answers"
 
     def is_missing_table(self, error: BaseException) -> bool:
         return False

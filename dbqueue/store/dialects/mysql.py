@@ -28,6 +28,7 @@ from .liveness import keep_alive
 _DEADLOCK, _LOCK_WAIT_TIMEOUT = 1213, 1205
 _NO_SUCH_TABLE = 1146
 _NO_SUCH_COLUMN = 1054
+_PACKET_TOO_LARGE = 1153  # a statement longer than the server's max_allowed_packet
 _DUPLICATE_KEY = 1062
 # No access to the database (1044), wrong user or password (1045, and 1698
 # from MariaDB), no such database (1049).
@@ -295,12 +296,15 @@ class MySQL(Dialect):
             size += len(text) + 1
         _run_literal(connection, head, values)
 
-    def is_retryable(self, error: BaseException) -> bool:
+    def is_retryable(self, error: BaseException, waited: float = 0.0) -> bool:
         return _errno(error) in (_DEADLOCK, _LOCK_WAIT_TIMEOUT)
 
     def refuses_login(self, error: BaseException) -> bool:
         args: tuple[Any, ...] = getattr(error, "args", ())
         return bool(args) and args[0] in _LOGIN_REFUSED
+
+    def is_refusal(self, error: BaseException) -> bool:
+        return _errno(error) == _PACKET_TOO_LARGE
 
     def is_missing_table(self, error: BaseException) -> bool:
         return _errno(error) == _NO_SUCH_TABLE

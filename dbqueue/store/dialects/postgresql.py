@@ -186,7 +186,7 @@ class PostgreSQL(Dialect):
             f" ORDER BY {name} LIMIT 1) FROM v WHERE v.value IS NOT NULL)"
             " SELECT value FROM v WHERE value IS NOT NULL").scalars())
 
-    def is_retryable(self, error: BaseException) -> bool:
+    def is_retryable(self, error: BaseException, waited: float = 0.0) -> bool:
         return getattr(getattr(error, "orig", None), "sqlstate", None) in _RETRYABLE
 
     def refuses_login(self, error: BaseException) -> bool:

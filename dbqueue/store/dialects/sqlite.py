@@ -18,6 +18,9 @@ from .base import READ_ONLY, Dialect, seconds_expression, server_too_old
 # and the literal "000" pads it to six.
 _FORMAT = "%Y-%m-%d %H:%M:%f000"
 _BUSY_TIMEOUT_SECONDS = 60
+_RETRIED_WITHIN_SECONDS = 1.0
+"""A "locked" error after less waiting than this is retried: a collision that
+passes, not a lock held for good (see SQLite.is_retryable)."""
 
 
 class SQLite(Dialect):
@@ -74,11 +77,28 @@ class SQLite(Dialect):
 
         return sqlite
 
-    def is_retryable(self, error: BaseException) -> bool:
-        return "database is locked" in str(getattr(error, "orig", error))
+    def is_retryable(self, error: BaseException, waited: float = 0.0) -> bool:
+        # sqlite3 waits for the lock itself (the busy timeout, 60 s unless the
+        # application's engine says otherwise) before it says "locked". A lock
+        # held that long is a transaction that is not about to end: often the
+        # caller's own, open on another connection to the same file. Eight
+        # more tries would hang the caller eight times as long.
+        return _locked(error) and waited < _RETRIED_WITHIN_SECONDS
+
+    def unavailable_hint(self, error: BaseException) -> str:
+        if not _locked(error):
+            return super().unavailable_hint(error)
+        return ("another connection holds a write transaction on this file; if it is "
+                "your own (a Session or connection with uncommitted writes), pass it as "
+                "connection= so that dbqueue writes in it, or commit it first")
 
     def is_missing_table(self, error: BaseException) -> bool:
         return "no such table" in str(getattr(error, "orig", error))
 
     def is_missing_column(self, error: BaseException) -> bool:
-        return "no such column" in str(getattr(error, "orig", error))
+        text = str(getattr(error, "orig", error))
+        return "no such column" in text or "has no column named" in text  # (an INSERT's)
+
+
+def _locked(error: BaseException) -> bool:
+    return "database is locked" in str(getattr(error, "orig", error))
