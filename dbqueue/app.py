@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
+_NAME_LENGTH = 255  # jobs.job; checked at definition, as SQLite would store a longer one
+
 # The stores a forked child inherited: their connections are its parent's, so
 # the child must neither use nor close them (closing one sends the server a
 # goodbye on the parent's socket), nor let garbage collection hand them back
@@ -239,6 +241,12 @@ class App:
                     f"cannot find it by module; give it a name: @app.job(name=...)"
                 )
             name = f"{func.__module__}.{func.__qualname__}"
+        if not isinstance(name, str):
+            raise ConfigurationError(f"a job's name must be a string, not {name!r}")
+        if len(name) > _NAME_LENGTH:
+            raise ConfigurationError(
+                f"a job's name is stored in {_NAME_LENGTH} characters; {name[:40]!r}... has "
+                f"{len(name)}: give it a shorter one with @app.job(name=...)")
         existing = self.jobs.get(name)
         if existing is not None and existing.func is not func:
             raise ConfigurationError(f"two jobs are named {name!r}; give one a name=")
@@ -326,8 +334,16 @@ class App:
         Session commits with ``after_commit=``, else in a transaction of its
         own. Returns how many jobs were queued (0 while held for a commit).
         """
+        if isinstance(prepared, PreparedJob) or not isinstance(prepared, Iterable):
+            raise ConfigurationError(
+                f"dispatch_many takes a list of prepared jobs, such as [my_job.prepare(...)], "
+                f"not {type(prepared).__name__}")
         prepared = list(prepared)
         for item in prepared:
+            if not isinstance(item, PreparedJob):
+                raise ConfigurationError(
+                    f"dispatch_many takes prepared jobs, such as my_job.prepare(...) or "
+                    f"my_job.options(queue=...).prepare(...), not {type(item).__name__}")
             if item.app is not self:
                 raise ConfigurationError(
                     f"job {item.new_job.job!r} belongs to another App; dispatch it with that one"

@@ -124,9 +124,18 @@ def _positional_counts(signature: inspect.Signature) -> range | None:
     return range(required, len(parameters) + 1)
 
 
+# The columns that hold them, checked here so that every backend refuses the
+# same values: SQLite would store what PostgreSQL and MySQL refuse.
+_PRIORITIES = range(-(2**31), 2**31)  # jobs.priority: a 32-bit INTEGER
+_QUEUE_LENGTH = 191  # jobs.queue
+
+
 def _check_priority(priority: Any) -> None:
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise ConfigurationError(f"priority must be an int (lower runs first), not {priority!r}")
+    if priority not in _PRIORITIES:
+        raise ConfigurationError(f"priority must be from {_PRIORITIES.start:,} to "
+                                 f"{_PRIORITIES.stop - 1:,} (lower runs first), not {priority!r}")
 
 
 def _check_queue(queue: Any) -> None:
@@ -136,6 +145,9 @@ def _check_queue(queue: Any) -> None:
             or queue != queue.strip()):
         raise ConfigurationError(f"queue must be a name such as 'default' or 'mail' (no "
                                  f"commas, no space around it), not {queue!r}")
+    if len(queue) > _QUEUE_LENGTH:
+        raise ConfigurationError(f"queue must be a name of at most {_QUEUE_LENGTH} "
+                                 f"characters, not one of {len(queue)}")
 
 
 def _check_tries(tries: Any) -> None:

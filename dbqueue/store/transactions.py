@@ -9,19 +9,41 @@ DatabaseUnavailable, DatabaseError or NotMigrated, never SQLAlchemy's errors
 from __future__ import annotations
 
 import random
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING, TypeGuard
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from ..errors import ConfigurationError
 from .dialects import READ_ONLY, Dialect, dialect_for
 from .engine import DRIVER_ERRORS, connect, translate
 from .schema import Tables, build_tables
 from .values import Executor, T
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, scoped_session
+
 _MAX_TRIES = 8
+
+
+def _is_session(value: object) -> TypeGuard[Session | scoped_session[Session]]:
+    # A Session exists only once sqlalchemy.orm is loaded: looking it up keeps
+    # that import out of workers. A scoped_session (Flask-SQLAlchemy's
+    # db.session) is no Session, but hands out its current one's connection.
+    orm = sys.modules.get("sqlalchemy.orm")
+    return orm is not None and isinstance(value, orm.Session | orm.scoped_session)
+
+
+def _not_a_connection(value: object) -> str:
+    kind = type(value).__qualname__
+    if type(value).__module__ != "builtins":  # sqlite3.Connection is no SQLAlchemy one
+        kind = f"{type(value).__module__}.{kind}"
+    return (f"connection= takes the SQLAlchemy Connection or Session whose transaction to "
+            f"queue in, not {kind}; leave it out to queue in a transaction of dbqueue's own")
 
 
 class Transactions:
@@ -90,12 +112,17 @@ class Transactions:
         """
         if connection is None:
             return self.transaction(work)
+        if not (isinstance(connection, Connection) or _is_session(connection)):
+            raise ConfigurationError(_not_a_connection(connection))
         try:
             if not isinstance(connection, Connection):  # a Session: its transaction's
                 connection = connection.connection()
             return work(connection)
         except DRIVER_ERRORS as exc:
-            raise translate(self.engine, exc, self.prefix) from exc
+            # Named by the caller's database: it may not be the App's (then
+            # "the tables are missing" is about that one).
+            engine = connection.engine if isinstance(connection, Connection) else self.engine
+            raise translate(engine, exc, self.prefix) from exc
 
     def _now(self) -> sa.ColumnElement[datetime]:
         return sa.type_coerce(self.dialect.now(), self.tables.jobs.c.created_at.type)

@@ -1,0 +1,121 @@
+"""Wrong input to the Python API: dbqueue's ConfigurationError naming the fix,
+the same on every backend, never a raw AttributeError or a database's refusal."""
+
+import re
+import sqlite3
+from contextlib import closing
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
+
+import dbqueue
+from tests.conftest import count, rows
+
+LONGEST_QUEUE = "q" * 191
+LOWEST, HIGHEST = -(2**31), 2**31 - 1
+
+
+@pytest.fixture
+def sqlite_app(tmp_path):
+    app = dbqueue.App(f"sqlite:///{tmp_path / 'q.db'}")
+    app.migrate()
+    yield app
+    app.dispose()
+
+
+@pytest.mark.parametrize("given", ["engine", "sqlite3", "url"])
+def test_connection_must_be_a_sqlalchemy_connection_or_session(sqlite_app, given):
+    app = sqlite_app
+    job = app.job(name="add")(lambda a, b: None)
+    with closing(sqlite3.connect(":memory:")) as raw:
+        _refused_everywhere(app, job, {"engine": app.engine, "sqlite3": raw,
+                                       "url": "sqlite:///q.db"}[given], given)
+    assert count(app, app.store.tables.jobs) == 0
+
+    with app.engine.begin() as connection:
+        job.options(connection=connection).dispatch(1, 2)
+    with Session(app.engine) as session, session.begin():
+        app.dispatch_many([job.prepare(3, 4)], connection=session)
+    scoped = scoped_session(sessionmaker(app.engine))  # Flask-SQLAlchemy's db.session
+    app.chain([job.prepare(5, 6)]).dispatch(connection=scoped)
+    scoped.commit()
+    scoped.remove()
+    assert count(app, app.store.tables.jobs) == 3
+
+
+def _refused_everywhere(app, job, wrong, given):
+    kind = {"engine": "sqlalchemy.engine.base.Engine", "sqlite3": "sqlite3.Connection",
+            "url": "str"}[given]
+    message = (f"connection= takes the SQLAlchemy Connection or Session whose transaction "
+               f"to queue in, not {kind}; leave it out")
+    dispatches = [
+        lambda: job.options(connection=wrong).dispatch(1, 2),
+        lambda: app.dispatch_many([job.prepare(1, 2)], connection=wrong),
+        lambda: app.batch([job.prepare(1, 2)]).dispatch(connection=wrong),
+        lambda: app.chain([job.prepare(1, 2)]).dispatch(connection=wrong),
+    ]
+    for dispatch in dispatches:
+        with pytest.raises(dbqueue.ConfigurationError, match=re.escape(message)):
+            dispatch()
+
+
+def test_dispatch_many_takes_prepared_jobs_as_chain_and_batch_do(sqlite_app):
+    app = sqlite_app
+    job = app.job(name="add")(lambda a, b: None)
+    for mistake in (lambda: app.chain([job]), lambda: app.batch([job]),
+                    lambda: app.dispatch_many([job])):
+        with pytest.raises(dbqueue.ConfigurationError,
+                           match=r"takes prepared jobs, such as my_job\.prepare\(\.\.\.\) or "
+                                 r"my_job\.options\(queue=\.\.\.\)\.prepare\(\.\.\.\), not Job$"):
+            mistake()
+    with pytest.raises(dbqueue.ConfigurationError,
+                       match=r"^dispatch_many takes a list of prepared jobs.* not PreparedJob$"):
+        app.dispatch_many(job.prepare(1, 2))
+    assert count(app, app.store.tables.jobs) == 0
+
+
+def test_values_past_their_columns_are_refused_alike_on_every_backend(jobs):
+    app, table = jobs.app, jobs.app.store.tables.jobs
+    longest_name = app.job(name="n" * 255)(lambda: None)
+    longest_name.options(queue=LONGEST_QUEUE, priority=HIGHEST).dispatch()
+    jobs.noop.options(priority=LOWEST).dispatch()
+    assert [(r.job, r.queue, r.priority) for r in rows(app, table)] == [
+        ("n" * 255, LONGEST_QUEUE, HIGHEST), (jobs.noop.name, "default", LOWEST)]
+
+    with pytest.raises(dbqueue.ConfigurationError,
+                       match=r"^queue must be a name of at most 191 characters, not one of 300$"):
+        jobs.noop.options(queue="x" * 300).dispatch()
+    for priority in (HIGHEST + 1, LOWEST - 1, 2**40, 10**20):
+        with pytest.raises(dbqueue.ConfigurationError,
+                           match=r"^priority must be from -2,147,483,648 to 2,147,483,647 "
+                                 rf"\(lower runs first\), not {priority}$"):
+            jobs.noop.options(priority=priority).dispatch()
+    assert count(app, table) == 2
+
+
+def test_job_definitions_past_the_columns_are_refused(sqlite_app):
+    app = sqlite_app
+    with pytest.raises(dbqueue.ConfigurationError, match="queue must be a name of at most 191"):
+        app.job(name="a", queue="x" * 192)(lambda: None)
+    with pytest.raises(dbqueue.ConfigurationError, match="priority must be from"):
+        app.job(name="b", priority=2**31)(lambda: None)
+    with pytest.raises(dbqueue.ConfigurationError,
+                       match=r"^a job's name is stored in 255 characters; 'n{40}'\.\.\. has 256: "
+                             r"give it a shorter one with @app\.job\(name=\.\.\.\)$"):
+        app.job(name="n" * 256)(lambda: None)
+    with pytest.raises(dbqueue.ConfigurationError, match="name must be a string"):
+        app.job(name=b"bytes")(lambda: None)
+    assert app.job(name="n" * 255, queue=LONGEST_QUEUE)(lambda: None).name == "n" * 255
+
+
+
+def test_a_transaction_on_another_database_is_named_when_it_lacks_the_tables(sqlite_app,
+                                                                              tmp_path):
+    # The App's database has the tables; the caller's Session is on another file.
+    job = sqlite_app.job(name="add")(lambda a, b: None)
+    other = sa.create_engine(f"sqlite:///{tmp_path / 'appdata.db'}")
+    with Session(other) as session, session.begin(), pytest.raises(
+            dbqueue.NotMigrated, match=re.escape(str(tmp_path / "appdata.db"))):
+        job.options(connection=session).dispatch(1, 2)
+    other.dispose()
