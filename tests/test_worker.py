@@ -352,6 +352,16 @@ def test_once_says_it_waits_for_a_job_and_runs_the_next_one(jobs, workers):
     assert workers.run("--once", "--stop-when-empty", *FAST).returncode == 0
 
 
+def test_once_with_a_stop_option_stops_without_advising_one(jobs, workers):
+    """The hint names --stop-when-empty: a user who gave a stop option needs none."""
+    for stop, reason in [("--stop-when-empty", "stopping (queue empty)"),
+                         ("--stop-when-drained", "stopping (queues drained)")]:
+        result = workers.run("--queue", "mail", "--once", stop, *FAST)
+        assert result.returncode == 0, result.stdout
+        assert reason in result.stdout, result.stdout
+        assert "waiting for one" not in result.stdout, result.stdout
+
+
 def test_a_star_serves_every_queue_and_unserved_queues_are_named(jobs, workers):
     for n, queue in enumerate(["mail", "reports", "default", "mail"]):
         jobs.record.options(queue=queue).dispatch(n)

@@ -302,11 +302,16 @@ class Reserver:
         whether any job is in the queues, when that was asked)."""
         if left is not None:
             self.queues_empty = not left
-        if self.options.once and not self._said_waiting:
+        options = self.options
+        # With either stop option the user has chosen already: --stop-when-empty
+        # stops now, and --stop-when-drained waits only for jobs already queued
+        # (and refuses --stop-when-empty beside it).
+        if (options.once and not options.stop_when_empty and not options.stop_when_drained
+                and not self._said_waiting):
             self._said_waiting = True
             log.info("no job is ready on queue(s) %s; waiting for one (--once runs the next "
                      "job to arrive; add --stop-when-empty to exit instead)",
-                     ",".join(self.options.queues))
+                     ",".join(options.queues))
 
 
 _Arrived: TypeAlias = tuple[list[ReservedRow], str, Deadline]
