@@ -18,9 +18,15 @@ from .errors import SerializationError
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 MAX_DEPTH = 100
-"""How deeply lists and dicts may nest in a payload. Far more than any job's
-arguments need, and far from Python's recursion limit, which the worker's
-decoding and the pipe to its child processes would otherwise hit."""
+"""How deeply lists and dicts may nest in one argument of a job (``[[1]]`` nests
+two levels). Far more than any job's arguments need, and far from Python's
+recursion limit, which the worker's decoding would otherwise hit."""
+
+_PAYLOAD_DEPTH = MAX_DEPTH + 6
+"""How deeply a payload read from a row may nest: whatever a dispatch took, in
+the deepest place dbqueue puts it. That is a later step of a chain, in the
+payload of its first step: the payload, its "flow", the "chain" list, the
+step, its "payload" and its "args" hold the argument six levels down."""
 
 
 def _not_json(constant: str) -> Any:
@@ -67,22 +73,27 @@ class Payload:
 _PLAIN = (str, int, float, bool, type(None))
 
 
-def _check_keys(value: Any, depth: int = 2) -> None:
+class _TooDeep(TypeError):
+    """Lists and dicts nest deeper than allowed: a flatter structure is the fix,
+    not plainer values."""
+
+
+def _check_keys(value: Any, depth: int, limit: int = MAX_DEPTH) -> None:
     """Raise TypeError for a dict key that JSON would quietly turn into a string
-    (the job would receive ``{"1": ...}`` for ``{1: ...}``), or for nesting
-    deeper than MAX_DEPTH (counted from the payload: its args are at depth 2)."""
-    if depth > MAX_DEPTH:
-        raise TypeError(f"lists and dicts nest more than {MAX_DEPTH} levels deep")
+    (the job would receive ``{"1": ...}`` for ``{1: ...}``), or for lists and
+    dicts nesting deeper than ``limit`` levels (``value`` is at ``depth``)."""
+    if depth > limit:
+        raise _TooDeep(f"lists and dicts nest more than {limit} levels deep")
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(f"dict keys must be strings, not {key!r}")
             if not isinstance(item, _PLAIN):
-                _check_keys(item, depth + 1)
+                _check_keys(item, depth + 1, limit)
     elif isinstance(value, list | tuple):
         for item in value:
             if not isinstance(item, _PLAIN):
-                _check_keys(item, depth + 1)
+                _check_keys(item, depth + 1, limit)
 
 
 def encode(job_name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -93,11 +104,13 @@ def encode(job_name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
         document["options"] = options
     try:
         text = _encoder.encode(document)  # first: it also refuses circular structures
-        _check_keys(args)
+        # From 0: the payload's object and its "args" list are not levels of an
+        # argument, each of which may nest MAX_DEPTH (as the README promises).
+        _check_keys(args, depth=0)
         if kwargs:
-            _check_keys(kwargs)
+            _check_keys(kwargs, depth=0)
         return text
-    except RecursionError:
+    except (RecursionError, _TooDeep):
         raise SerializationError(
             f"the arguments of job {job_name!r} nest lists or dicts more than {MAX_DEPTH} "
             "levels deep (or refer to themselves); pass a flatter structure") from None
@@ -137,18 +150,18 @@ def decode(text: str) -> Payload:
     try:
         document = _parse(text)
     except RecursionError:
-        raise ValueError(f"payload nests lists or dicts more than {MAX_DEPTH} levels deep"
-                         ) from None
+        raise ValueError(f"payload nests lists or dicts more than {_PAYLOAD_DEPTH} levels "
+                         "deep") from None
     except (TypeError, ValueError) as exc:
         raise ValueError(f"payload is not valid JSON: {exc}") from None
     # Counting brackets is cheap and bounds the depth from above: only a payload
     # with many of them is walked (by dispatch's own check, from the top).
-    if text.count("[") + text.count("{") > MAX_DEPTH:
-        try:
-            _check_keys(document, depth=1)  # keys from JSON are strings: only depth can fail
+    if text.count("[") + text.count("{") > _PAYLOAD_DEPTH:
+        try:  # keys from JSON are strings: only depth can fail
+            _check_keys(document, depth=1, limit=_PAYLOAD_DEPTH)
         except TypeError:
-            raise ValueError(f"payload nests lists or dicts more than {MAX_DEPTH} levels deep"
-                             ) from None
+            raise ValueError(f"payload nests lists or dicts more than {_PAYLOAD_DEPTH} levels "
+                             "deep") from None
     if "\\u" in text:
         try:  # no database can store a lone surrogate, and a "\ud800" escape makes one
             _encoder.encode(document).encode()

@@ -1,6 +1,11 @@
 """Rows nobody should have written: each fails alone, with its reason, and
 every worker goes on with every other queue (README guarantee 7)."""
 
+import json
+
+import pytest
+
+from dbqueue import SerializationError
 from dbqueue.serializer import decode
 from tests.conftest import count, rows
 
@@ -39,7 +44,7 @@ def test_poison_rows_fail_alone_and_every_queue_goes_on(jobs, workers):
     reasons = sorted((row.exception_class, row.exception_message.split(": ", 1)[-1])
                      for row in failed)
     assert reasons == sorted([
-        ("dbqueue.SerializationError", "payload nests lists or dicts more than 100 levels deep"),
+        ("dbqueue.SerializationError", "payload nests lists or dicts more than 106 levels deep"),
         ("dbqueue.ConfigurationError",
          "retry_for must be at most 3,153,600,000 seconds (a hundred years), not 1000000000000.0"),
         ("dbqueue.ConfigurationError",
@@ -67,20 +72,40 @@ def reasons_of(failed, exception_class):
     return message
 
 
+def nested(levels):
+    """A list nesting ``levels`` levels deep: ``[[]]`` for 2."""
+    value: list = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def test_an_argument_may_nest_100_levels_deep_as_the_readme_says(app, jobs):
+    deepest = nested(100)
+    plain = jobs.record.dispatch(deepest, tag=deepest)
+    # In a chain's later step, the first step's payload holds it six levels further down.
+    chained = app.chain([jobs.noop.prepare(), jobs.record.prepare(deepest)]).dispatch()
+    by_id = {row.id: decode(row.payload) for row in rows(app, app.store.tables.jobs)}
+    assert by_id[plain].args == (deepest,) and by_id[plain].kwargs == {"tag": deepest}
+    assert by_id[chained].flow["chain"][0]["payload"]["args"] == [deepest]
+    # A row written by hand: up to those 106 levels, counted from the payload's object.
+    assert decode(f'{{"args":[{json.dumps(nested(104))}]}}').args == (nested(104),)
+    with pytest.raises(ValueError, match="more than 106 levels deep"):
+        decode(f'{{"args":[{json.dumps(nested(105))}]}}')
+    for call in [lambda: jobs.record.dispatch(nested(101)),
+                 lambda: jobs.record.dispatch(1, tag=nested(101)),
+                 lambda: jobs.record.dispatch({"n": nested(100)})]:
+        with pytest.raises(SerializationError) as refused:
+            call()
+        assert str(refused.value) == (
+            "the arguments of job 'record' nest lists or dicts more than 100 levels deep "
+            "(or refer to themselves); pass a flatter structure")
+    assert count(app, app.store.tables.jobs) == 2
+
+
 def test_a_dispatch_refuses_what_a_worker_could_not_run(app, jobs):
-    nested: list = []
-    for _ in range(150):
-        nested = [nested]
-    deepest: list = []
-    for _ in range(97):  # with the payload's object and its args list: 100 levels
-        deepest = [deepest]
-    job_id = jobs.record.dispatch(deepest)  # a worker can decode all that a dispatch takes
-    (row,) = rows(app, app.store.tables.jobs)
-    assert decode(row.payload).args == (deepest,) and row.id == job_id
-    with app.engine.begin() as connection:
-        connection.execute(app.store.tables.jobs.delete())
     for call, message in [
-        (lambda: jobs.record.dispatch(nested), "more than 100 levels deep"),
+        (lambda: jobs.record.dispatch(nested(150)), "more than 100 levels deep"),
         (lambda: jobs.noop.options(timeout=float("nan")).dispatch(), "finite number"),
         (lambda: jobs.noop.options(retry_until=1e12).dispatch(), "at most"),
         (lambda: jobs.noop.options(delay=float("inf")).dispatch(), "finite number"),
