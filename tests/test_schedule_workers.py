@@ -17,8 +17,9 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
+from dbqueue.policy.recurrence import Tick
 from dbqueue.schedule import statuses
-from dbqueue.store.schedules import OVERLAPPING, QUEUED
+from dbqueue.store.schedules import MISSED, OVERLAPPING, QUEUED, Schedules
 from tests.conftest import PREFIX, ROOT, count, rows, wait_until, worker_env
 from tests.test_schedule_app import build, no_schedules  # noqa: F401 (a fixture)
 
@@ -130,3 +131,26 @@ def test_no_schedule_keeps_a_host_out_of_the_scheduling(jobs, workers):
     assert scheduling.returncode == 0, scheduling.stdout
     assert "scheduler: daily-report (cron 0 6 * * * Europe/Berlin)" in scheduling.stdout
     assert count(jobs.app, schedules) == 2
+
+
+def test_a_worker_of_an_application_without_schedules_deletes_the_rows_left(jobs, workers):
+    """The last schedule removed from the code: no scheduler runs to delete its
+    rows, so the worker does at start (unless it runs no scheduler)."""
+    before = build("daily", workers.url, PREFIX)  # the code as it was
+    verbs = Schedules(before.store)
+    verbs.declare([schedule.declared() for schedule in before.schedules.values()])
+    _, found = verbs.state()
+    heartbeat = before.schedules["heartbeat"].declared()
+    claimed = verbs.claim(heartbeat, [Tick(found["heartbeat"].after + timedelta(seconds=10),
+                                           run=False)])
+    before.dispose()
+    assert [claim.status for claim in claimed] == [MISSED]
+    tables = jobs.app.store.tables
+    left = lambda: (count(jobs.app, tables.schedules),  # noqa: E731
+                    count(jobs.app, tables.schedule_ticks))
+    quiet = workers.run("--no-schedule", "--stop-when-empty", *FAST)  # tests.jobapp: none
+    assert quiet.returncode == 0, quiet.stdout
+    assert left() == (2, 1), quiet.stdout
+    cleaning = workers.start(*FAST)
+    wait_until(lambda: left() == (0, 0), what="the rows of the removed schedules to go")
+    stop(cleaning)

@@ -11,7 +11,8 @@ tick, by the server's clock as read at this pass.
 At its first pass the scheduler declares the application's schedules: the
 code is their source of truth. A new schedule's ticks count from then, so
 does a changed definition's, and the rows of schedules the code no longer
-declares are deleted.
+declares are deleted. A worker whose application declares none runs no
+scheduler: it deletes them once at start instead (:func:`forget_schedules`).
 """
 
 from __future__ import annotations
@@ -118,6 +119,21 @@ class Scheduler(SideTask):
             else:
                 log.debug("schedule %s: the tick of %s not queued (%s)", schedule.name, at,
                           claim.status)
+
+
+def forget_schedules(store: Store) -> None:
+    """Delete the rows and ticks of every schedule, for a worker that runs the
+    scheduler but whose application declares none: else the last schedule
+    removed from the code would keep its rows for ever. Each statement in a
+    short transaction of its own."""
+    verbs = Schedules(store)
+    # A read first: most applications never had a schedule, and their workers
+    # need not each take a write lock at start (on SQLite, the one for all).
+    _, rows = verbs.state()
+    if rows:
+        verbs.declare([], forget_others=True)
+        log.info("scheduler: the application declares no schedule; deleted the rows and "
+                 "ticks of %s", ", ".join(sorted(rows)))
 
 
 def _shown(moment: datetime) -> str:

@@ -13,7 +13,8 @@ it holds are in one ledger (worker.ledger); each turn of its loop
    reservation, and takes in what came back.
 
 Once registered, the supervisor does its start-up chores (a hint about queues
-no worker serves, the first prune of expired locks) on a thread of its own,
+no worker serves, the first prune of expired locks, and, for an application
+without schedules, deleting the rows of those it had) on a thread of its own,
 beside its first turns: none is needed before the first job.
 
 On a database server the writes and the reservations run on threads of their
@@ -51,7 +52,7 @@ from .pool import Pool
 from .recorder import Recorder
 from .records import Counted
 from .reserver import Reserver
-from .scheduler import Scheduler
+from .scheduler import Scheduler, forget_schedules
 from .sidetasks import DEAD_AFTER, Control, LeaseRenewal, Pruning, SideTask
 from .signals import REPEAT_AFTER, StopSignals
 from .wakeup import Wakeup
@@ -179,6 +180,11 @@ class Supervisor:
         self._hint_unserved_queues()
         with contextlib.suppress(*DB_ERRORS):
             self.pruning.run()
+        # No Scheduler runs to do it (see worker.scheduler); a failure leaves
+        # the rows to the next worker's start.
+        if self.options.schedule and not self.app.schedules:
+            with contextlib.suppress(*DB_ERRORS):
+                forget_schedules(self.store)
 
     def _hint_unserved_queues(self) -> None:
         """Say which queues have ready jobs that no worker serves: a new user's
