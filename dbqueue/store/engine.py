@@ -279,13 +279,13 @@ def unavailable(engine: Engine, error: BaseException) -> DatabaseUnavailable:
     """The error for a failure to connect to ``engine``'s database."""
     reason = first_line(error)
     host = engine.url.host or ""
-    if _split_password(engine.url):  # the driver names that host: part of the password
+    if _split_password(engine.url):  # the driver names that host: a part of the password
         reason = reason.replace(host, "***@" + host.rpartition("@")[2])
     dialect = dialect_for(engine.dialect)
-    lasting = dialect.refuses_login(error)
+    split = _split_password(engine.url)  # no host has an "@": waiting will not help
+    lasting = split or dialect.refuses_login(error)
     check = ("that its directory exists and is writable" if dialect.embedded
-             else "that an @ : / or % in the password is percent-encoded (@ as %40)"
-             if _split_password(engine.url)
+             else "that an @ : / or % in the password is percent-encoded (@ as %40)" if split
              else "the user, password, database name and options" if lasting
              else "that the server is running")
     return DatabaseUnavailable(
