@@ -6,6 +6,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import fields
 from datetime import timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
@@ -32,6 +33,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _NAME_LENGTH = 255  # jobs.job; checked at definition, as SQLite would store a longer one
+_JOB_OPTIONS = tuple(f.name for f in fields(Job) if f.init and f.name not in ("app", "func"))
+"""What ``@app.job`` takes: a Job's own fields but those the App fills in."""
 
 # The stores a forked child inherited: their connections are its parent's, so
 # the child must neither use nor close them (closing one sends the server a
@@ -225,6 +228,12 @@ class App:
         ``idempotency_key`` (a function of the job's arguments) makes the job
         run once per key: see :func:`dbqueue.transaction`.
         """
+        # Checked here, not left to Job(), so a typo is named where it was
+        # written (as options() names one) rather than as Job's TypeError.
+        unknown = set(options) - set(_JOB_OPTIONS)
+        if unknown:
+            raise ConfigurationError(f"unknown job option(s) {', '.join(sorted(unknown))}; "
+                                     f"the options are {', '.join(_JOB_OPTIONS)}")
         if func is not None:
             return self._register(func, **options)
         return lambda f: self._register(f, **options)

@@ -119,3 +119,15 @@ def test_a_transaction_on_another_database_is_named_when_it_lacks_the_tables(sql
             dbqueue.NotMigrated, match=re.escape(str(tmp_path / "appdata.db"))):
         job.options(connection=session).dispatch(1, 2)
     other.dispose()
+
+
+def test_an_unknown_job_option_is_named_with_the_options(sqlite_app):
+    # A typo of an option must not read as a TypeError from inside dbqueue.
+    options = ("name, queue, tries, backoff, timeout, retry_until, priority, dont_retry, "
+               "on_failure, unique_key, unique_for, unique_until, middleware, idempotency_key")
+    with pytest.raises(dbqueue.ConfigurationError,
+                       match=rf"^unknown job option\(s\) quue; the options are {options}$"):
+        sqlite_app.job(quue="mail")
+    with pytest.raises(dbqueue.ConfigurationError, match=r"^unknown job option\(s\) a, b; "):
+        sqlite_app.job(lambda: None, b=1, a=2)  # type: ignore[call-overload]
+    assert sqlite_app.jobs == {}
