@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from click.testing import Result
 
 import dbqueue
 from dbqueue.store import Failure, NewJob
@@ -636,3 +637,55 @@ def test_urls_that_name_one_database_in_two_ways_are_the_same():
     assert not same_database("postgresql://u@db/app", "postgresql://u@db:6432/app")
     assert not same_database("mysql://u@db/app", "mysql://u@db/other")
     assert not same_database("postgresql://u@db/app", "mysql://u@db/app")  # other ports
+
+
+# --- filters that match nothing -------------------------------------------------------
+
+
+def in_process(url: str, *args: str) -> Result:
+    """``dbqueue ARGS`` on ``url`` through click's CliRunner."""
+    # Imported here: that module imports this one.
+    from tests.test_cli_first_run import run
+
+    return run(*args, DBQUEUE_URL=url, DBQUEUE_TABLE_PREFIX=PREFIX)
+
+
+def test_a_job_filter_that_matches_nothing_names_the_near_job_names(app, schema):
+    fail_jobs(app, ("default", "tasks.add", "KeyError", "{}"),
+              ("mail", "billing.add", "KeyError", "{}"),
+              ("mail", "tasks.send_invoice", "KeyError", "{}"))
+
+    def listed(*options: str, stream: str = "stdout") -> str:
+        result = in_process(schema, "failed", *options)
+        assert result.exit_code == 0, (result.output, result.exception)
+        return str(getattr(result, stream))
+
+    # The stored name is module.function: the function's name finds it.
+    assert listed("--job", "add") == (
+        "No failed jobs match.\n"
+        "No failed job is named 'add'; did you mean 'billing.add' or 'tasks.add'?\n")
+    assert listed("--job", "tasks.ad").endswith(
+        "No failed job is named 'tasks.ad'; did you mean 'tasks.add'?\n")
+    assert listed("--json", "--job", "add") == "[]\n"  # stdout stays JSON
+    assert listed("--json", "--job", "add", stream="stderr") == (
+        "No failed job is named 'add'; did you mean 'billing.add' or 'tasks.add'?\n")
+    # Names that some failed job has, only not together; a name near none: no guess.
+    assert listed("--queue", "default", "--job", "billing.add") == "No failed jobs match.\n"
+    assert listed("--job", "no_such_job") == "No failed jobs match.\n"
+
+
+def test_a_queue_filter_that_matches_nothing_names_the_near_queues(app, schema):
+    fail_jobs(app, ("default", "tasks.add", "KeyError", "{}"),
+              ("mail", "tasks.send", "KeyError", "{}"))
+    hint = "No failed job is in queue 'defualt'; did you mean 'default'?\n"
+
+    listed = in_process(schema, "failed", "--queue", "defualt")
+    assert (listed.exit_code, listed.stdout) == (0, f"No failed jobs match.\n{hint}")
+    retried = in_process(schema, "retry", "--queue", "defualt")
+    assert (retried.exit_code, retried.stdout) == (0, f"Queued 0 failed job(s) again.\n{hint}")
+    assert len(failed_ids(app)) == 2
+
+    # No failed jobs at all: nothing to point at.
+    assert ok(schema, "flush") == "Deleted 2 failed job(s).\n"
+    retried = in_process(schema, "retry", "--queue", "defualt")
+    assert (retried.exit_code, retried.stdout) == (0, "Queued 0 failed job(s) again.\n")

@@ -514,3 +514,15 @@ def test_status_ignores_workers_that_are_no_longer_live(app, schema):
         workers.update().values(last_seen_at=app.store.dialect.now_plus(-3600))))
     unserved = app.admin.unserved(seen_within=30)
     assert [(u.queue, u.ready) for u in unserved] == [("mail", 1)]
+
+
+@pytest.mark.parametrize("ref", ["7", "0b8f1a9e-2c4d-4e6f-8a1b-3c5d7e9f0a2b"])
+def test_a_failed_jobs_id_in_place_of_a_subcommand_names_failed_show(ref):
+    result = run("failed", "--limit", "5", ref)
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert result.stdout == ""
+    assert result.stderr.startswith("Usage: "), result.stderr
+    assert result.stderr.endswith(
+        f"\nError: No such command '{ref}'; to see failed job {ref}: "
+        f"dbqueue failed show {ref}\n"), result.stderr
+    assert run("failed", "seven").stderr.endswith("\nError: No such command 'seven'.\n")

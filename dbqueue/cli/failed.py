@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import click
 
 from .common import one_line, open_app, print_json, print_table, progress, short_time
+from .hints import hint_unmatched
 from .options import connection_options, friendly_errors, group_options
+
+# The refs `failed show` takes: a failure's number, or the uuid it was stored with.
+_REF = re.compile(r"\d+|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII)
 
 
 class _FailedGroup(click.Group):
     """``dbqueue failed``'s subcommands; what one might type for the top-level
-    commands on failed jobs is answered with their names."""
+    commands on failed jobs is answered with their names, and a failed job's
+    id where a subcommand goes with ``failed show``."""
 
     _ELSEWHERE = {"retry": "retry", "forget": "forget", "delete": "forget", "flush": "flush",
                   "prune": "flush"}
@@ -25,6 +31,9 @@ class _FailedGroup(click.Group):
             raise click.UsageError(f"there is no 'dbqueue failed {args[0]}': failed jobs are "
                                    f"handled by 'dbqueue {name}' (see dbqueue {name} --help)",
                                    ctx=ctx)
+        if args and _REF.fullmatch(args[0]):
+            raise click.UsageError(f"No such command {args[0]!r}; to see failed job {args[0]}: "
+                                   f"dbqueue failed show {args[0]}", ctx=ctx)
         return super().resolve_command(ctx, args)
 
 
@@ -56,10 +65,13 @@ def failed(  # noqa: PLR0913 (click passes each of the command's options)
         print_json(rows)
         if more:
             click.echo(more, err=True)  # stdout stays JSON
+        if not rows:
+            hint_unmatched(app.admin, queue=queue, job=job, err=True)
         return
     if not rows:
         filtered = queue is not None or job is not None or exception is not None
         click.echo("No failed jobs match." if filtered else "No failed jobs.")
+        hint_unmatched(app.admin, queue=queue, job=job)
         return
     # JOB ID: the number the worker's log gave the job (ID is the failure's own).
     print_table(["ID", "JOB ID", "QUEUE", "JOB", "ATTEMPTS", "EXCEPTION", "MESSAGE", "FAILED AT",
@@ -123,6 +135,8 @@ def retry(url: str | None, app_reference: str | None, table_prefix: str | None,
     with progress("Retrying", "retried") as report:
         count = app.admin.retry(queue=queue, everything=everything, progress=report)
     click.echo(f"Queued {count:,} failed job(s) again.")
+    if not count:
+        hint_unmatched(app.admin, queue=queue)
 
 
 @click.command()

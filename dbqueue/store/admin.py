@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -152,6 +152,16 @@ class Admin:
         query = (sa.select(sa.func.count()).select_from(self.failed)
                  .where(*self._failed_where(queue, job, exception)))
         return int(self.store.read(lambda c: c.execute(query).scalar_one()))
+
+    def failed_names(self, kind: Literal["queue", "job"]) -> list[str]:
+        """The distinct queues, or job names, of the failed jobs, in order."""
+        column = self.failed.c[kind]
+        if kind == "queue":  # the first column of an index: the dialect walks it
+            return self.store.read(lambda c: self.store.dialect.distinct_values(c, column))
+        # No index starts with job (no query but this one would use it): one
+        # scan, run only when a --job filter has matched nothing.
+        query = sa.select(column).distinct().order_by(column)
+        return self.store.read(lambda c: list(c.execute(query).scalars()))
 
     def totals(self) -> tuple[int, int]:
         """How many jobs are queued (running ones included) and how many have failed."""
