@@ -526,3 +526,11 @@ def test_a_failed_jobs_id_in_place_of_a_subcommand_names_failed_show(ref):
         f"\nError: No such command '{ref}'; to see failed job {ref}: "
         f"dbqueue failed show {ref}\n"), result.stderr
     assert run("failed", "seven").stderr.endswith("\nError: No such command 'seven'.\n")
+
+
+def test_a_mistyped_command_is_answered_with_the_nearest_one():
+    result = run("falied")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] == (
+        "Error: No such command 'falied'; did you mean 'failed'?")
+    assert run("zzz").stderr.splitlines()[-1] == "Error: No such command 'zzz'."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 
 import click
@@ -38,6 +39,16 @@ class _Commands(click.Group):
                                          cmd_name)
         return command
 
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and name not in _COMMANDS:
+            close = difflib.get_close_matches(name, list(_COMMANDS), n=1, cutoff=0.6)
+            if close:
+                raise click.UsageError(f"No such command {name!r}; did you mean "
+                                       f"{close[0]!r}?", ctx=ctx)
+        return super().resolve_command(ctx, args)
+
 
 @click.group(cls=_Commands,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -46,8 +57,9 @@ def cli() -> None:
     """dbqueue: background jobs in the SQL database you already run.
 
     \b
-    Every command takes --url (or DBQUEUE_URL), --app (or DBQUEUE_APP),
-    --table-prefix (or DBQUEUE_TABLE_PREFIX), and -v to show an error's traceback.
+    Every command takes, after its name, --url (or DBQUEUE_URL), --app (or
+    DBQUEUE_APP), --table-prefix (or DBQUEUE_TABLE_PREFIX), and -v to show an
+    error's traceback.
     """
 
 
