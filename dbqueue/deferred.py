@@ -48,6 +48,9 @@ def defer(session: Any, prepared: Sequence[PreparedJob | Callable[[], object]]) 
     A Session that has not begun its transaction yet (SQLAlchemy begins it at
     the first statement) holds them for the transaction it will begin.
     """
+    orm = sys.modules.get("sqlalchemy.orm")
+    if orm is not None and isinstance(session, orm.scoped_session):
+        session = session()  # Flask-SQLAlchemy's db.session: the thread's current Session
     if not _is_session(session):
         raise ConfigurationError(
             "after_commit= takes a SQLAlchemy Session; with a Connection, dispatch with "

@@ -2,7 +2,7 @@
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 import dbqueue
 from tests.conftest import count, rows
@@ -56,6 +56,23 @@ def test_after_commit_pushes_on_commit_and_drops_on_rollback(jobs, workers):
     assert count(jobs.app, jobs_table) == 1
     assert workers.run("--stop-when-empty", "--sleep", "0.1").returncode == 0
     assert (ran(jobs, 5), ran(jobs, 6), ran(jobs, 7)) == (1, 0, 0)
+
+
+def test_after_commit_takes_a_scoped_session_as_flask_sqlalchemy_hands_out(jobs):
+    jobs_table = jobs.app.store.tables.jobs
+    scoped = scoped_session(sessionmaker(jobs.app.engine))  # what db.session is
+    try:
+        assert jobs.record.options(after_commit=scoped).dispatch(8) is None
+        scoped.execute(sa.text("SELECT 1"))
+        assert count(jobs.app, jobs_table) == 0  # held until the commit
+        scoped.commit()
+        assert count(jobs.app, jobs_table) == 1
+        jobs.app.batch([jobs.record.prepare(9)]).dispatch(after_commit=scoped)
+        scoped.execute(sa.text("SELECT 1"))
+        scoped.rollback()
+        assert count(jobs.app, jobs_table) == 1
+    finally:
+        scoped.remove()
 
 
 def test_bulk_dispatch_of_several_kinds_in_the_callers_transaction(jobs):
