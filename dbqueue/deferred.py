@@ -14,14 +14,14 @@ has no such window.
 
 from __future__ import annotations
 
-import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 
 from .errors import ConfigurationError
+from .store.values import current_session
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, SessionTransaction
@@ -29,14 +29,6 @@ if TYPE_CHECKING:
     from .jobs import PreparedJob
 
 _KEY = "dbqueue.after_commit"
-
-
-def _is_session(value: object) -> TypeGuard[Session]:
-    # A Session exists only once sqlalchemy.orm is loaded: looking it up keeps
-    # that import (a tenth of a second) out of workers and scripts that never
-    # use the ORM.
-    orm = sys.modules.get("sqlalchemy.orm")
-    return orm is not None and isinstance(value, orm.Session)
 
 
 def defer(session: Any, prepared: Sequence[PreparedJob | Callable[[], object]]) -> None:
@@ -48,10 +40,8 @@ def defer(session: Any, prepared: Sequence[PreparedJob | Callable[[], object]]) 
     A Session that has not begun its transaction yet (SQLAlchemy begins it at
     the first statement) holds them for the transaction it will begin.
     """
-    orm = sys.modules.get("sqlalchemy.orm")
-    if orm is not None and isinstance(session, orm.scoped_session):
-        session = session()  # Flask-SQLAlchemy's db.session: the thread's current Session
-    if not _is_session(session):
+    session = current_session(session)
+    if session is None:
         raise ConfigurationError(
             "after_commit= takes a SQLAlchemy Session; with a Connection, dispatch with "
             "connection= instead (inside the same transaction, which is safer still)"

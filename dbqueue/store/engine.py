@@ -278,12 +278,12 @@ def first_line(error: BaseException) -> str:
 def unavailable(engine: Engine, error: BaseException) -> DatabaseUnavailable:
     """The error for a failure to connect to ``engine``'s database."""
     reason = first_line(error)
-    host = engine.url.host or ""
-    if _split_password(engine.url):  # the driver names that host: a part of the password
+    split = _split_password(engine.url)
+    if split:  # the driver names that host: a part of the password
+        host = engine.url.host or ""
         reason = reason.replace(host, "***@" + host.rpartition("@")[2])
     dialect = dialect_for(engine.dialect)
-    split = _split_password(engine.url)  # no host has an "@": waiting will not help
-    lasting = split or dialect.refuses_login(error)
+    lasting = split or dialect.refuses_login(error)  # no host has an "@": waiting will not help
     check = ("that its directory exists and is writable" if dialect.embedded
              else "that an @ : / or % in the password is percent-encoded (@ as %40)" if split
              else "the user, password, database name and options" if lasting

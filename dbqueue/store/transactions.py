@@ -9,11 +9,9 @@ DatabaseUnavailable, DatabaseError or NotMigrated, never SQLAlchemy's errors
 from __future__ import annotations
 
 import random
-import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, TypeGuard
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -22,20 +20,9 @@ from ..errors import ConfigurationError
 from .dialects import READ_ONLY, Dialect, dialect_for
 from .engine import DRIVER_ERRORS, connect, translate
 from .schema import Tables, build_tables
-from .values import Executor, T
-
-if TYPE_CHECKING:
-    from sqlalchemy.orm import Session, scoped_session
+from .values import Executor, T, current_session
 
 _MAX_TRIES = 8
-
-
-def _is_session(value: object) -> TypeGuard[Session | scoped_session[Session]]:
-    # A Session exists only once sqlalchemy.orm is loaded: looking it up keeps
-    # that import out of workers. A scoped_session (Flask-SQLAlchemy's
-    # db.session) is no Session, but hands out its current one's connection.
-    orm = sys.modules.get("sqlalchemy.orm")
-    return orm is not None and isinstance(value, orm.Session | orm.scoped_session)
 
 
 def _not_a_connection(value: object) -> str:
@@ -112,8 +99,11 @@ class Transactions:
         """
         if connection is None:
             return self.transaction(work)
-        if not (isinstance(connection, Connection) or _is_session(connection)):
-            raise ConfigurationError(_not_a_connection(connection))
+        if not isinstance(connection, Connection):
+            session = current_session(connection)  # a scoped_session's current one too
+            if session is None:
+                raise ConfigurationError(_not_a_connection(connection))
+            connection = session
         try:
             if not isinstance(connection, Connection):  # a Session: its transaction's
                 connection = connection.connection()

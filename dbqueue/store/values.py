@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,21 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 Executor: TypeAlias = "Connection | Session"
+
+
+def current_session(value: object) -> Session | None:
+    """``value`` as an ORM Session: itself, or a scoped_session's current one
+    (Flask-SQLAlchemy's db.session is a scoped_session); None if neither.
+
+    A Session exists only once sqlalchemy.orm is loaded: looking it up keeps
+    that import (a tenth of a second) out of workers and scripts that never
+    use the ORM."""
+    orm = sys.modules.get("sqlalchemy.orm")
+    if orm is None:
+        return None
+    if isinstance(value, orm.scoped_session):
+        return value()  # type: ignore[no-any-return]
+    return value if isinstance(value, orm.Session) else None
 
 _IN_CHUNK = 500  # ids per IN (...) list: well under every server's parameter limit
 
