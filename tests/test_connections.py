@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -115,6 +116,54 @@ def test_a_long_network_timeout_is_held_to_what_the_kernel_takes():
     with socket.socket() as sock:
         keep_alive(sock, 10**7)  # would raise OSError (EINVAL) unclamped
         assert sock.getsockopt(*OPTIONS["TCP_KEEPIDLE"]) == 32_767
+
+
+@contextmanager
+def silent_server() -> Iterator[int]:
+    """A port on 127.0.0.1 whose connections are taken and never answered:
+    what a client sees of a server whose path went dark just after the TCP
+    handshake (the kernel completes it; nothing reads or writes)."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(8)
+        yield listening.getsockname()[1]
+
+
+def test_a_server_that_never_greets_is_given_up_on(server_url):
+    """Only the TCP handshake is bounded by a driver's connect timeout
+    (PyMySQL's): the greeting and the login after it must be too, else a
+    worker that connects as its path goes dark waits for ever, and cannot
+    stop."""
+    with silent_server() as port:
+        url = sa.make_url(server_url).set(host="127.0.0.1", port=port)
+        engine = create_engine(url, network_timeout=1)
+        outcome: list[Exception] = []
+
+        def connect() -> None:
+            try:
+                engine.connect().close()
+            except Exception as error:  # what the test looks at
+                outcome.append(error)
+
+        trying = threading.Thread(target=connect, daemon=True)
+        trying.start()
+        trying.join(60)  # not a measure of speed: a bound on a wait that was endless
+        engine.dispose()
+    assert not trying.is_alive(), "still connecting after 60 s"
+    assert outcome and isinstance(outcome[0], sa.exc.OperationalError), outcome
+
+
+def test_a_statement_may_take_longer_than_the_network_timeout(server_url):
+    """A read timeout that bounds connecting does not bound statements: a
+    slow one, whose server answers the probes, runs as long as it needs."""
+    sleep = ("SELECT pg_sleep(1.5)" if server_url.startswith("postgresql")
+             else "SELECT SLEEP(1.5)")
+    engine = create_engine(server_url, network_timeout=1)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text(sleep))
+    finally:
+        engine.dispose()
 
 
 def test_a_unix_socket_is_left_as_it_is():

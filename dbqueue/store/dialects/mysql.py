@@ -25,6 +25,8 @@ from .base import (
 )
 from .liveness import keep_alive
 
+_HANDSHAKE_ONLY = "dbqueue_handshake_read_timeout"
+"""Marks a connection whose read timeout dbqueue set for its handshake."""
 _DEADLOCK, _LOCK_WAIT_TIMEOUT = 1213, 1205
 _NO_SUCH_TABLE = 1146
 _NO_SUCH_COLUMN = 1054
@@ -106,13 +108,24 @@ class MySQL(Dialect):
             return
 
         @event.listens_for(engine, "do_connect")
-        def _connect_timeout(_dialect: Any, _record: Any, _args: Any,
+        def _connect_timeout(_dialect: Any, record: Any, _args: Any,
                              params: dict[str, Any]) -> None:
             # The URL's own ?connect_timeout= wins; PyMySQL takes at most a year.
             params.setdefault("connect_timeout", min(math.ceil(network_timeout), 31_536_000))
+            # PyMySQL's connect_timeout bounds the TCP handshake only. The
+            # server's greeting and the login are read on a socket with no
+            # probes yet (see below), so a path that goes dark in between
+            # leaves them waiting for ever. A read timeout bounds them too;
+            # it is lifted once connected, where a statement may take as long
+            # as it needs (the probes watch the path then).
+            if "read_timeout" not in params:
+                params["read_timeout"] = params["connect_timeout"]
+                record.info[_HANDSHAKE_ONLY] = True
 
         @event.listens_for(engine, "connect", insert=True)  # before SQLAlchemy's first queries
-        def _liveness(dbapi_connection: Any, _record: Any) -> None:
+        def _liveness(dbapi_connection: Any, record: Any) -> None:
+            if record.info.pop(_HANDSHAKE_ONLY, False):
+                dbapi_connection._read_timeout = None  # PyMySQL has no public setter
             # PyMySQL's parameters reach no keepalive setting: set the socket's.
             sock = getattr(dbapi_connection, "_sock", None)
             if sock is not None:
