@@ -9,7 +9,14 @@ import pytest
 
 from dbqueue.store import NewJob
 from dbqueue.store.notices import listen
-from dbqueue.worker.wakeup import FIRST_PAUSE, LISTENING_SLEEP, POLL_SLEEP, Pace
+from dbqueue.worker.wakeup import (
+    FIRST_PAUSE,
+    LISTENING_SLEEP,
+    POLL_SLEEP,
+    RELISTEN_EVERY,
+    Pace,
+    Wakeup,
+)
 from tests.conftest import count, wait_until
 
 
@@ -87,3 +94,19 @@ def test_the_poll_looks_again_at_once_after_work_then_backs_off_to_its_longest_p
     assert pace.after_look(0, listening=True) == LISTENING_SLEEP  # woken when a job comes
     assert Pace(sleep=30).after_look(0, listening=True) == 30
     assert Pace(sleep=0.05).after_look(0, listening=False) == 0.02
+
+
+def test_a_worker_says_when_it_begins_to_listen_so_that_it_looks_again(app):
+    """A look for work that began before the LISTEN may have missed a job
+    queued meanwhile, whose notice nobody heard: the supervisor looks again
+    when ``start`` says listening began (at start-up, and after the listening
+    connection was lost)."""
+    wakeup = Wakeup(app.store, ("default",))
+    try:
+        began = wakeup.start(now=0.0)
+        assert began == notifies(app) == wakeup.listening
+        assert wakeup.start(now=RELISTEN_EVERY * 2) is False  # listening already, or never
+        wakeup.stop()
+        assert wakeup.start(now=RELISTEN_EVERY * 3) is notifies(app)
+    finally:
+        wakeup.stop()

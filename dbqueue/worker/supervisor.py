@@ -121,13 +121,12 @@ class Supervisor:
             return 0
         log.info("worker %s (%s) started: queues %s, concurrency %d", self.id, self.name,
                  ",".join(self.options.queues), self.options.concurrency)
-        if self.store.dialect.embedded:  # one writer: no statement on another thread
-            self._start_up_chores()
-        else:
-            self._chores = threading.Thread(target=self._start_up_chores,
-                                            name="dbqueue-chores", daemon=True)
-            self._chores.start()
         try:
+            # The first reservation goes out before anything else: it takes the
+            # connection that registering used, and its round trip overlaps the
+            # children's start (what it brings is given back if that fails).
+            self.reserver.refill(time.monotonic())
+            self._start_chores()
             self.pool.start()  # if it fails, the worker leaves the registry at once, too
             while not self._finished():
                 self._turn()
@@ -173,6 +172,14 @@ class Supervisor:
             return True
         return False
 
+    def _start_chores(self) -> None:
+        if self.store.dialect.embedded:  # one writer: no statement on another thread
+            self._start_up_chores()
+        else:
+            self._chores = threading.Thread(target=self._start_up_chores,
+                                            name="dbqueue-chores", daemon=True)
+            self._chores.start()
+
     def _start_up_chores(self) -> None:
         """What a worker does once at start but need not do before its first
         job: on a thread of its own, beside the first turns. A failure here
@@ -214,7 +221,6 @@ class Supervisor:
         now = time.monotonic()
         for task in self.side_tasks:
             task.tick(now)
-        self.wakeup.start(now)
         if self.wakeup.woken():
             self.reserver.look_again()
         if self.control.restart_requested and not self.stopping:
@@ -226,6 +232,10 @@ class Supervisor:
         # while their outcomes wait to be written under the old ones.
         new_work = not self.stopping and not self.renewal.stuck(now)
         self.reserver.refill(now, reserve=new_work)
+        # After the refill, so that at the start the first reservation's round
+        # trip overlaps the LISTEN's (see Wakeup.start for the look again).
+        if self.wakeup.start(now):
+            self.reserver.look_again()
         # After the refill: its reservation may have run before these jobs were
         # back in the queue (a retry, a next step, a job given back unstarted).
         if self.completer.take_requeued() | self.recorder.take_given_back():

@@ -72,21 +72,25 @@ class Wakeup:
     def fileno(self) -> int | None:
         return None if self.notices is None else self.notices.fileno()
 
-    def start(self, now: float) -> None:
-        """Listen, if the server can tell and it is time to try again."""
+    def start(self, now: float) -> bool:
+        """Listen, if the server can tell and it is time to try again; True if
+        listening began now. A look for work that began before then may have
+        missed a job queued meanwhile, whose notice nobody heard: the caller
+        looks again."""
         if self.notices is not None or not self.supported or now < self.next_try:
-            return
+            return False
         self.next_try = now + RELISTEN_EVERY
         try:
             self.notices = listen(self.store)
         except DB_ERRORS as exc:
             log.debug("cannot listen for new jobs (%s); polling", describe(exc))
-            return
+            return False
         if self.notices is None:
             self.supported = False
-            return
+            return False
         self._poller = select.poll()
         self._poller.register(self.notices.fileno(), select.POLLIN)
+        return True
 
     def woken(self) -> bool:
         """Whether a job arrived on a queue this worker serves since the last call."""
