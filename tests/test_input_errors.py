@@ -52,6 +52,8 @@ def _refused_everywhere(app, job, wrong, given):
     dispatches = [
         lambda: job.options(connection=wrong).dispatch(1, 2),
         lambda: app.dispatch_many([job.prepare(1, 2)], connection=wrong),
+        # Nothing to queue, but the same mistake: it would fail with the first job.
+        lambda: app.dispatch_many([], connection=wrong),
         lambda: app.batch([job.prepare(1, 2)]).dispatch(connection=wrong),
         lambda: app.chain([job.prepare(1, 2)]).dispatch(connection=wrong),
     ]

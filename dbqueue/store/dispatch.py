@@ -100,6 +100,8 @@ class Dispatch(Transactions):
         must not fail the others).
         """
         if not jobs:
+            if connection is not None:
+                self.callers(connection)  # a wrong one is refused all the same
             return 0
         return self.within(connection, lambda c: self.insert_jobs(c, jobs))
 

@@ -99,11 +99,7 @@ class Transactions:
         """
         if connection is None:
             return self.transaction(work)
-        if not isinstance(connection, Connection):
-            session = current_session(connection)  # a scoped_session's current one too
-            if session is None:
-                raise ConfigurationError(_not_a_connection(connection))
-            connection = session
+        connection = self.callers(connection)
         try:
             if not isinstance(connection, Connection):  # a Session: its transaction's
                 connection = connection.connection()
@@ -113,6 +109,16 @@ class Transactions:
             # "the tables are missing" is about that one).
             engine = connection.engine if isinstance(connection, Connection) else self.engine
             raise translate(engine, exc, self.prefix) from exc
+
+    def callers(self, connection: Executor) -> Executor:
+        """The caller's ``connection=``: a Connection, or a Session (a
+        scoped_session's current one); ConfigurationError for anything else."""
+        if isinstance(connection, Connection):
+            return connection
+        session = current_session(connection)
+        if session is None:
+            raise ConfigurationError(_not_a_connection(connection))
+        return session
 
     def _now(self) -> sa.ColumnElement[datetime]:
         return sa.type_coerce(self.dialect.now(), self.tables.jobs.c.created_at.type)
