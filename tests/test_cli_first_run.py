@@ -158,11 +158,24 @@ def test_a_url_with_a_bad_port_beside_an_app_is_one_error_line(migrated_url, tmp
 def test_the_url_helpers_name_the_database_without_its_password(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert where("postgresql://app:s3cret@db/app") == "postgresql://app:***@db/app"
+    # libpq's own parameter: in the query
+    assert where("postgresql://app@db/app?password=s3cret&sslmode=require") == (
+        "postgresql://app@db/app?password=***&sslmode=require")
+    assert "s3cret" not in str(refusal_of(
+        "postgresql://app@db:99999/app?password=s3cret"))
     assert where("sqlite:///queue.db") == str(tmp_path / "queue.db")
     from dbqueue.store.engine import same_database
 
     with pytest.raises(ConfigurationError, match="the port 'abc'"):
         same_database(BAD_PORT, "mysql://root@127.0.0.1/x")
+
+
+def refusal_of(url: str) -> ConfigurationError:
+    from dbqueue.store.engine import parse_url
+
+    with pytest.raises(ConfigurationError) as raised:
+        parse_url(url)
+    return raised.value
 
 
 def test_a_password_with_an_unencoded_at_sign_is_neither_shown_nor_left_unexplained():
@@ -380,10 +393,13 @@ def test_the_migrate_command_suggested_does_not_echo_a_password(backend_url):
     if url.get_backend_name() != "postgresql":
         pytest.skip("the test servers take a password they do not check only on PostgreSQL")
     with_password = url.set(password="s3cret").render_as_string(hide_password=False)
-    line = error_line(run("status", "--url", with_password, "--table-prefix", f"{PREFIX}none_"))
-    assert line.endswith(f"with: dbqueue migrate --url <the same URL> --table-prefix "
-                         f"{PREFIX}none_"), line
-    assert "s3cret" not in line
+    # libpq takes it as a parameter too
+    in_query = url.update_query_dict({"password": "s3cret"}).render_as_string()
+    for typed in (with_password, in_query):
+        line = error_line(run("status", "--url", typed, "--table-prefix", f"{PREFIX}none_"))
+        assert line.endswith(f"with: dbqueue migrate --url <the same URL> --table-prefix "
+                             f"{PREFIX}none_"), line
+        assert "s3cret" not in line
 
 
 def test_work_help_shows_one_verbose_option_for_both_meanings():

@@ -122,8 +122,11 @@ def _same_database(message: str) -> str:
 
 
 def _has_password(url: str) -> bool:
-    credentials = url.partition("://")[2].rpartition("@")[0]
-    return ":" in credentials
+    """Whether ``url`` holds a password: after the user name, or as a
+    parameter (libpq's ?password=)."""
+    location, _, query = url.partition("?")
+    credentials = location.partition("://")[2].rpartition("@")[0]
+    return ":" in credentials or "password=" in query.lower()
 
 
 def _fail(error: Exception, message: str) -> NoReturn:

@@ -79,11 +79,12 @@ def _bad_port(url: str) -> str:
 # password at the first @.
 _AUTHORITY = re.compile(r"^[\w+]+://(?:[^:/]*(?::[^@]*)?@)?")
 _PASSWORD = re.compile(r"^([\w+]+://[^:/]*:)[^@]*@")
+_PASSWORD_PARAMETER = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)  # libpq takes one
 
 
 def mask_password(url: str) -> str:
     """``url`` with its password shown as ``***``, even when it does not parse."""
-    return _PASSWORD.sub(r"\1***@", url)
+    return _PASSWORD_PARAMETER.sub(r"\1***", _PASSWORD.sub(r"\1***@", url))
 
 
 def where(url: str | URL) -> str:
@@ -98,7 +99,7 @@ def where(url: str | URL) -> str:
         # The password's own "@" ended it early: the rest of it reads as the
         # host, and would be shown. Masked, the host is the one meant.
         parsed = parsed.set(host=(parsed.host or "").rpartition("@")[2])
-    return parsed.render_as_string(hide_password=True)
+    return _PASSWORD_PARAMETER.sub(r"\1***", parsed.render_as_string(hide_password=True))
 
 
 def _split_password(parsed: URL) -> bool:
