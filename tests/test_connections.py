@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 import dbqueue
-from dbqueue.errors import ConfigurationError
+from dbqueue.errors import ConfigurationError, DatabaseUnavailable
 from dbqueue.settings import Settings
 from dbqueue.store.dialects.liveness import keep_alive, libpq_options
 from dbqueue.store.engine import create_engine
@@ -279,7 +279,33 @@ def test_a_worker_statement_waits_for_a_lock_at_most_the_network_timeout(server_
             with (app.worker_store().engine.connect() as waiting,
                   pytest.raises(sa.exc.OperationalError) as raised):
                 waiting.execute(sa.select(table.c.id).with_for_update()).all()
-        assert app.store.dialect.is_retryable(raised.value)
+        # A collision that passes is tried again; a wait this long is not.
+        assert app.store.dialect.is_retryable(raised.value, waited=0.1)
+        assert not app.store.dialect.is_retryable(raised.value, waited=1.0)
     finally:
         app.dispose()
         holder.dispose()
+
+
+def test_a_lock_held_for_the_whole_wait_is_not_waited_for_again(server_url, jobs):
+    """A lock wait that timed out met a transaction not about to end: seven
+    more tries would hold the caller (a worker's stop, say) seven more waits."""
+    jobs.nap.dispatch(0)
+    table = jobs.app.store.tables.jobs
+    app = dbqueue.App(server_url, table_prefix=PREFIX, network_timeout=1)
+    holder = create_engine(server_url)
+    attempts: list[int] = []
+
+    def lock(connection: sa.Connection) -> None:
+        attempts.append(1)
+        connection.execute(sa.select(table.c.id).with_for_update()).all()
+
+    try:
+        with holder.begin() as holding:
+            holding.execute(sa.select(table.c.id).with_for_update()).all()
+            with pytest.raises(DatabaseUnavailable):
+                app.worker_store().transaction(lock)
+    finally:
+        app.dispose()
+        holder.dispose()
+    assert len(attempts) == 1

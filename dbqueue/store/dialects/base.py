@@ -36,12 +36,8 @@ class ReservedRow(NamedTuple):
 
 
 RESERVED_COLUMNS = ReservedRow._fields
-
-
 _claim_order = operator.attrgetter("priority", "id")  # in C: a sort key per reserved row
-
 BULK_ROWS = 1000  # rows per INSERT of a bulk enqueue
-
 READ_ONLY = "dbqueue_read_only"
 """Execution option marking a transaction that only reads (see Store.read)."""
 
@@ -53,6 +49,9 @@ def seconds_expression(seconds: float | sa.ColumnElement[float]) -> sa.ColumnEle
 
 
 _CLAIMS_KEPT = 1024  # claim statements a dialect keeps built (see Dialect._claim)
+LOCK_WAITS_RETRIED_WITHIN = 1.0
+"""Seconds: a lock wait that gave up sooner (a collision that passes) is tried
+again; a longer one met a transaction not about to end, and would wait again."""
 
 
 class Dialect:

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from .base import (
     BULK_ROWS,
+    LOCK_WAITS_RETRIED_WITHIN,
     RESERVED_COLUMNS,
     Dialect,
     ReservedRow,
@@ -310,7 +311,9 @@ class MySQL(Dialect):
         _run_literal(connection, head, values)
 
     def is_retryable(self, error: BaseException, waited: float = 0.0) -> bool:
-        return _errno(error) in (_DEADLOCK, _LOCK_WAIT_TIMEOUT)
+        errno = _errno(error)
+        return errno == _DEADLOCK or (errno == _LOCK_WAIT_TIMEOUT
+                                      and waited < LOCK_WAITS_RETRIED_WITHIN)
 
     def refuses_login(self, error: BaseException) -> bool:
         args: tuple[Any, ...] = getattr(error, "args", ())

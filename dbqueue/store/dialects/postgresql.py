@@ -14,6 +14,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
 from .base import (
+    LOCK_WAITS_RETRIED_WITHIN,
     Dialect,
     Notices,
     ReservedRow,
@@ -23,8 +24,10 @@ from .base import (
 )
 from .liveness import libpq_options, server_probes
 
-# SQLSTATEs worth a fresh attempt of the whole transaction.
-_RETRYABLE = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
+# SQLSTATEs worth a fresh attempt of the whole transaction: a serialization
+# failure, a deadlock; a lock not available, if it was not waited for long.
+_RETRYABLE = {"40001", "40P01"}
+_LOCK_NOT_AVAILABLE = "55P03"
 _UNDEFINED_TABLE = "42P01"
 # invalid authorization (28000, 28P01: wrong password), invalid catalog name
 # (3D000: no such database).
@@ -187,7 +190,9 @@ class PostgreSQL(Dialect):
             " SELECT value FROM v WHERE value IS NOT NULL").scalars())
 
     def is_retryable(self, error: BaseException, waited: float = 0.0) -> bool:
-        return getattr(getattr(error, "orig", None), "sqlstate", None) in _RETRYABLE
+        sqlstate = getattr(getattr(error, "orig", None), "sqlstate", None)
+        return sqlstate in _RETRYABLE or (sqlstate == _LOCK_NOT_AVAILABLE
+                                          and waited < LOCK_WAITS_RETRIED_WITHIN)
 
     def refuses_login(self, error: BaseException) -> bool:
         sqlstate = getattr(error, "sqlstate", None) or ""

@@ -11,16 +11,19 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
-from .base import READ_ONLY, Dialect, seconds_expression, server_too_old
+from .base import (
+    LOCK_WAITS_RETRIED_WITHIN,
+    READ_ONLY,
+    Dialect,
+    seconds_expression,
+    server_too_old,
+)
 
 # Text timestamps compare as strings, so every writer must use one format. This
 # is SQLAlchemy's own (microseconds, six digits); SQLite's %f gives "SS.SSS",
 # and the literal "000" pads it to six.
 _FORMAT = "%Y-%m-%d %H:%M:%f000"
 _BUSY_TIMEOUT_SECONDS = 60
-_RETRIED_WITHIN_SECONDS = 1.0
-"""A "locked" error after less waiting than this is retried: a collision that
-passes, not a lock held for good (see SQLite.is_retryable)."""
 
 
 class SQLite(Dialect):
@@ -83,7 +86,7 @@ class SQLite(Dialect):
         # held that long is a transaction that is not about to end: often the
         # caller's own, open on another connection to the same file. Eight
         # more tries would hang the caller eight times as long.
-        return _locked(error) and waited < _RETRIED_WITHIN_SECONDS
+        return _locked(error) and waited < LOCK_WAITS_RETRIED_WITHIN
 
     def unavailable_hint(self, error: BaseException) -> str:
         if not _locked(error):
