@@ -125,9 +125,13 @@ class Release(JobSignal):
 
     The job becomes available again after ``delay`` seconds. A release is not a
     failure: it does not use up one of the job's ``tries``.
+
+    ``held_back``: a limit shared with other jobs held this one back (a rate
+    limit), rather than a delay chosen for it; ``dbqueue work
+    --stop-when-empty`` then waits for the job, as for one whose lock is held.
     """
 
-    def __init__(self, delay: float = 0, *, reason: str = "") -> None:
+    def __init__(self, delay: float = 0, *, reason: str = "", held_back: bool = False) -> None:
         if not 0 <= delay <= _LONGEST_RELEASE:  # NaN fails too
             raise ValueError(
                 f"Release delay must be 0 to {_LONGEST_RELEASE:,} seconds, not {delay!r}")
@@ -135,6 +139,7 @@ class Release(JobSignal):
         self.delay = float(delay)
         self.reason = reason
         """Why, for the worker's log (a middleware says which limit held the job back)."""
+        self.held_back = held_back
 
 
 _LONGEST_RELEASE = 100 * 365 * 86400

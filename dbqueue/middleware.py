@@ -240,7 +240,7 @@ class RateLimited:
             wait = min(max(locks.free_in(slots), 0.01), self.per)
             wait += random.uniform(0, wait / 4)
             raise Release(wait, reason=f"rate limit {self.name!r} reached "
-                                       f"({self.limit} per {self.per:g} s)")
+                                       f"({self.limit} per {self.per:g} s)", held_back=True)
         try:
             return call_next()
         finally:

@@ -68,6 +68,16 @@ def test_stop_when_empty_waits_for_a_job_its_own_lock_holder_held_back(jobs, wor
     assert count(jobs.app, jobs.app.store.tables.jobs) == 0
 
 
+def test_stop_when_empty_waits_for_the_jobs_a_rate_limit_held_back(jobs, workers):
+    """A rate limit's release is no delay anyone chose for the job either:
+    the worker runs the jobs it held back before it says the queue is empty."""
+    jobs.app.dispatch_many([jobs.limited.prepare(n) for n in range(7)])  # 5 per second
+    result = workers.run("--concurrency", "2", "--stop-when-empty", *FAST)
+    assert result.returncode == 0, result.stdout
+    assert count(jobs.app, jobs.effects, jobs.effects.c.tag == "limited") == 7, result.stdout
+    assert count(jobs.app, jobs.app.store.tables.jobs) == 0
+
+
 def circuit(jobs, key):
     table = jobs.app.store.tables.job_circuits
     return jobs.app.store.read(

@@ -137,7 +137,8 @@ def _done(task: RunJob, flow: dict[str, Any] | None, returned: list[Any], *,
 def _failed(exc: BaseException, dont_retry: tuple[type[BaseException], ...]) -> Finished:
     """How an attempt that raised ``exc`` ended."""
     if isinstance(exc, Release):
-        return Finished("release", delay=exc.delay, message=exc.reason)
+        return Finished("release", delay=exc.delay, message=exc.reason,
+                        held_back=exc.held_back)
     if isinstance(exc, Fail):
         return Finished("fail", exception_class=class_name(exc),
                         message=exc.reason, traceback=traceback.format_exc())

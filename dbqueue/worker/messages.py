@@ -79,6 +79,8 @@ class Finished(NamedTuple):
     result: str | None = None
     """Done: what the job returned, as JSON text, when it is a chain step with
     steps after it (the next one receives it)."""
+    held_back: bool = False
+    """Released: a shared limit held it back (see dbqueue.Release)."""
 
 
 DONE = Finished("done")

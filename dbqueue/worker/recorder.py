@@ -69,7 +69,8 @@ class Recorder:
             return False
         why = answer.message if ended.kind == "release" else (
             f"attempt {attempt} failed ({failure.exception_class}: {failure.message})")
-        self.released(entry, decision.delay, decision.counts, why, processed=True)
+        self.released(entry, decision.delay, decision.counts, why, processed=True,
+                      waits_for_lock=answer.held_back)
         return True
 
     def released(self, entry: Entry, delay: float, counts: bool, why: str, *,

@@ -30,8 +30,9 @@ class Released(NamedTuple):
     retry: bool
     """A failed attempt to be retried (logged at INFO), not a plain release."""
     waits_for_lock: bool = False
-    """Released because another job holds its lock: not delayed by anyone's
-    choice, so a worker told to stop once the queue is empty waits for it."""
+    """Released because another job holds its lock, or a rate limit held it
+    back: not delayed by anyone's choice, so a worker told to stop once the
+    queue is empty waits for it."""
 
 
 class Failed(NamedTuple):
