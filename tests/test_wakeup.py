@@ -107,6 +107,8 @@ def test_a_worker_says_when_it_begins_to_listen_so_that_it_looks_again(app):
         assert began == notifies(app) == wakeup.listening
         assert wakeup.start(now=RELISTEN_EVERY * 2) is False  # listening already, or never
         wakeup.stop()
+        # Not while the database fails: connecting would hold up the supervisor.
+        assert wakeup.start(now=RELISTEN_EVERY * 3, failing=True) is False
         assert wakeup.start(now=RELISTEN_EVERY * 3) is notifies(app)
     finally:
         wakeup.stop()

@@ -234,7 +234,7 @@ class Supervisor:
         self.reserver.refill(now, reserve=new_work)
         # After the refill, so that at the start the first reservation's round
         # trip overlaps the LISTEN's (see Wakeup.start for the look again).
-        if self.wakeup.start(now):
+        if self.wakeup.start(now, failing=self.health.failing):
             self.reserver.look_again()
         # After the refill: its reservation may have run before these jobs were
         # back in the queue (a retry, a next step, a job given back unstarted).

@@ -72,12 +72,18 @@ class Wakeup:
     def fileno(self) -> int | None:
         return None if self.notices is None else self.notices.fileno()
 
-    def start(self, now: float) -> bool:
+    def start(self, now: float, *, failing: bool = False) -> bool:
         """Listen, if the server can tell and it is time to try again; True if
         listening began now. A look for work that began before then may have
         missed a job queued meanwhile, whose notice nobody heard: the caller
-        looks again."""
-        if self.notices is not None or not self.supported or now < self.next_try:
+        looks again.
+
+        Not while the database is ``failing``: connecting runs on the
+        supervisor's thread, which on a dark path would wait the connect
+        timeout each time, jobs' timeouts and signals waiting with it. The
+        worker polls meanwhile."""
+        if (self.notices is not None or not self.supported or now < self.next_try
+                or failing):
             return False
         self.next_try = now + RELISTEN_EVERY
         try:
