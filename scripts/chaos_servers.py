@@ -9,13 +9,18 @@ small, which changes no semantics.
 
 A server offers ``database(name)`` (a new database, and the dbqueue URL of it),
 ``crash()`` (an immediate restart: committed data must survive, nothing else),
-``stop()`` and ``start()`` (an outage) and ``close()`` (gone for good, at the end).
+``stop()`` and ``start()`` (an outage), ``freeze()`` and ``thaw()`` (a server
+that hangs: its processes stopped, while its host's kernel still accepts
+connections and acknowledges whatever is sent) and ``close()`` (gone for good,
+at the end).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -28,6 +33,26 @@ def spare_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process under it."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            with open(f"/proc/{current}/task/{current}/children") as children:
+                todo += [int(child) for child in children.read().split()]
+        except FileNotFoundError:  # it ended meanwhile
+            continue
+    return found
+
+
+def _signal_all(pid: int, sig: signal.Signals) -> None:
+    for each in _descendants(pid):
+        with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+            os.kill(each, sig)
 
 
 def in_namespace(namespace: str | None) -> list[str]:
@@ -116,6 +141,15 @@ class Postgres:
 
     def crash(self) -> None:
         self._pg_ctl("restart", "-m", "immediate")
+
+    def _postmaster(self) -> int:
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
+    def freeze(self) -> None:
+        _signal_all(self._postmaster(), signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        _signal_all(self._postmaster(), signal.SIGCONT)
 
     def close(self) -> None:
         subprocess.run([*self.as_postgres, str(self.bin / "pg_ctl"), "stop", "-m", "immediate",
@@ -214,6 +248,14 @@ class MariaDB:
             self.process.kill()
             self.process.wait()
         self.start()
+
+    def freeze(self) -> None:
+        if self.process is not None:
+            _signal_all(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.process is not None:
+            _signal_all(self.process.pid, signal.SIGCONT)
 
     def close(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from dbqueue.worker.background import Inline, OnThread
+from dbqueue.worker.background import Inline, OnThread, run_within
 
 
 def readable(fd: int, timeout: float = 0.0) -> bool:
@@ -62,3 +62,36 @@ def test_one_call_at_a_time():
     release.set()
     assert calls.take() is True
     calls.close()
+
+
+def test_a_call_that_never_ends_is_waited_for_only_as_long_as_asked():
+    """A server that hangs never answers: the stop must not wait for ever."""
+    calls = OnThread("test")
+    never = threading.Event()
+    calls.submit(lambda: never.wait(60))
+    assert calls.wait(0.01) is False and calls.busy
+    assert calls.close(0.01) is False  # left on its thread
+    stuck = [thread for thread in threading.enumerate() if thread.name == "test"]
+    assert stuck and all(thread.daemon for thread in stuck)  # it holds up no exit
+    never.set()
+
+
+def test_a_call_that_ends_in_time_is_waited_for():
+    calls = OnThread("test")
+    calls.submit(lambda: 7)
+    assert calls.wait(10) is True
+    assert calls.take() == 7
+    assert calls.close(10) is True
+
+
+def test_run_within_gives_the_result_or_says_it_is_still_running():
+    assert run_within(lambda: 5, 10) == (True, 5)
+    never = threading.Event()
+    assert run_within(lambda: never.wait(60), 0.01) == (False, None)
+    never.set()
+
+    def fail():
+        raise LookupError("no such row")
+
+    with pytest.raises(LookupError, match="no such row"):
+        run_within(fail, 10)

@@ -181,6 +181,25 @@ def test_drain_writes_what_waits_before_exit(app, completer_class):
     assert jobs_left(app) == 0
 
 
+def test_drain_leaves_a_write_that_never_ends_at_its_deadline(app):
+    """A server that hangs never answers: the stop waits for a write until its
+    deadline, then leaves it (those jobs run again once their leases run out)."""
+    answer = threading.Event()
+    completer = BatchCompleter(app.store, Health(), "host:1",
+                               [lambda connection, completion, recorded: answer.wait(60)])
+    if completer.fileno() is None:
+        pytest.skip("SQLite writes inline: no write is left on its way")
+    entries = reserve(app, 2)
+    for entry in entries:
+        completer.add(Completed(entry))
+    try:
+        assert completer.drain(until=time.monotonic() + 0.2) == []
+        assert completer.close(until=time.monotonic() + 0.1) is False
+        assert len(completer) == 2  # still its to tell of (see Supervisor._tell_what_was_left)
+    finally:
+        answer.set()
+
+
 def test_on_a_server_the_write_goes_on_while_the_worker_takes_in_more(app):
     """flush() starts the write and returns; records added meanwhile wait for
     the next write; the write's end makes fileno() readable once, and

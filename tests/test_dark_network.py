@@ -172,6 +172,29 @@ def test_a_worker_stops_on_sigterm_while_its_path_is_dark(private, island, worke
     assert "Traceback" not in log + output
 
 
+def test_a_worker_stops_on_sigterm_while_its_server_hangs(private, server, workers):
+    """A server that hangs (its storage stuck, or a proxy in front of it whose
+    server side died) closes nothing and its host's kernel still answers the
+    probes: no statement on its way ever ends. The worker still stops, within
+    its grace period and the network timeout after it."""
+    host = workers.start("--sleep", "0.1", "--grace", "3")
+    private.nap.dispatch(0)
+    wait_until(lambda: count(private.app, private.app.store.tables.jobs) == 0,
+               what="the worker to run a job")
+    private.app.dispose()  # the test's own connections would be frozen too
+    server.freeze()
+    try:
+        # Whatever it has on its way then (a poll every 0.1 s), it has to
+        # leave the registry: a statement that never ends, unless bounded.
+        os.killpg(host.pid, signal.SIGTERM)
+        output, _ = host.communicate(timeout=60)  # not a measure: it waited for ever
+    finally:
+        server.thaw()
+    assert host.returncode == 0, output
+    assert "Traceback" not in output
+    assert "stopped (received SIGTERM)" in output, output
+
+
 @pytest.mark.parametrize("sessions", ["worker", "application"])
 def test_a_transaction_cut_off_mid_way_leaves_no_lock_behind(private, island, server, sessions):
     """The client gives up on its socket without a word reaching the server,

@@ -12,14 +12,23 @@ alone touches the ledger.
 
 An embedded database (SQLite) has no round trip to hide and one writer at a
 time: its calls run inline, through the same interface.
+
+A server that hangs (its storage stuck, a proxy in front of it whose server
+side died) never answers, and its host's kernel still acknowledges whatever
+is sent, so no timeout of the network's ends such a call. So every wait for
+a call here can be bounded (``wait``, ``close``, ``run_within``), and the
+threads are daemons: one left waiting on such a server holds up neither the
+supervisor nor its exit.
 """
 
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -46,14 +55,20 @@ class Inline(Generic[T]):
         assert self._outcome is None, "one call at a time"
         self.began = time.monotonic()
         outcome: Future[T] = Future()
-        try:
-            outcome.set_result(call())
-        except Exception as exc:  # the caller meets it at take(), as with a thread
-            outcome.set_exception(exc)
+        _settle(outcome, call)
         self._outcome = outcome
 
     def done(self) -> bool:
         return self._outcome is not None and self._outcome.done()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Whether the call submitted has ended, waiting for it up to
+        ``timeout`` seconds (None: for as long as it takes)."""
+        if self._outcome is None:
+            return False
+        if timeout is not None and timeout <= 0:
+            return self._outcome.done()
+        return not futures_wait(self._outcome, timeout)
 
     def take(self) -> T:
         """The call's result (waiting for it if need be), or what it raised."""
@@ -61,8 +76,10 @@ class Inline(Generic[T]):
         outcome, self._outcome = self._outcome, None
         return outcome.result()
 
-    def close(self) -> None:
-        """Wait for a call still running; its result is dropped."""
+    def close(self, timeout: float | None = None) -> bool:
+        """Wait for a call still running (up to ``timeout`` seconds); its result
+        is dropped. False if it was left running."""
+        return True
 
 
 class OnThread(Inline[T]):
@@ -70,7 +87,10 @@ class OnThread(Inline[T]):
 
     def __init__(self, name: str) -> None:
         super().__init__()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._name = name
+        self._calls: queue.SimpleQueue[tuple[Callable[[], T], Future[T]] | None] = (
+            queue.SimpleQueue())
+        self._thread: threading.Thread | None = None  # started with the first call
         # One byte per call, written once the call has ended and read by take():
         # the pipe is readable exactly while an ended call awaits its take().
         self._read, self._write = os.pipe()
@@ -80,12 +100,18 @@ class OnThread(Inline[T]):
 
     def submit(self, call: Callable[[], T]) -> None:
         assert self._outcome is None, "one call at a time"
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+            self._thread.start()
         self.began = time.monotonic()
-        self._outcome = self._executor.submit(call)
-        self._outcome.add_done_callback(self._ring)
+        self._outcome = Future()
+        self._calls.put((call, self._outcome))
 
-    def _ring(self, _: Future[T]) -> None:
-        os.write(self._write, b"!")
+    def _serve(self) -> None:
+        while (item := self._calls.get()) is not None:
+            call, outcome = item
+            _settle(outcome, call)
+            os.write(self._write, b"!")
 
     def take(self) -> T:
         assert self._outcome is not None, "nothing was submitted"
@@ -94,7 +120,45 @@ class OnThread(Inline[T]):
         finally:  # the call has ended: its byte is in the pipe, or a moment away
             os.read(self._read, 1)
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
+    def close(self, timeout: float | None = None) -> bool:
+        if self._thread is not None:
+            self._calls.put(None)
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                # Left waiting (a daemon: it holds up no exit). The pipe stays
+                # open: the thread writes to it when the call ends, if ever.
+                return False
         os.close(self._read)
         os.close(self._write)
+        return True
+
+
+def run_within(call: Callable[[], T], seconds: float) -> tuple[bool, T | None]:
+    """Run ``call`` on a thread of its own and wait for it up to ``seconds``:
+    (True, its result), or (False, None) if it is still running then (it is
+    left to end, or not, on its daemon thread). What it raised is raised."""
+    calls: OnThread[T] = OnThread("dbqueue-call")
+    calls.submit(call)
+    if not calls.wait(seconds):
+        calls.close(0)
+        return False, None
+    try:
+        return True, calls.take()
+    finally:
+        calls.close()
+
+
+def _settle(outcome: Future[T], call: Callable[[], T]) -> None:
+    try:
+        outcome.set_result(call())
+    except Exception as exc:  # the caller meets it at take(), as with a thread
+        outcome.set_exception(exc)
+
+
+def futures_wait(outcome: Future[T], timeout: float | None) -> bool:
+    """Wait for ``outcome`` up to ``timeout``; True if it has not ended then."""
+    try:
+        outcome.exception(timeout)
+    except TimeoutError:
+        return True
+    return False

@@ -71,11 +71,11 @@ class Completer(Protocol):
 
     def flush(self, now: float | None = None) -> list[Entry]: ...
 
-    def collect(self, *, wait: bool = False) -> list[Entry]: ...
+    def collect(self, *, wait: bool = False, until: float | None = None) -> list[Entry]: ...
 
     def ending_ids(self) -> set[int]: ...
 
-    def drain(self, tries: int = 3) -> list[Entry]: ...
+    def drain(self, tries: int = 3, until: float | None = None) -> list[Entry]: ...
 
     def requeues(self) -> bool: ...
 
@@ -210,10 +210,11 @@ class BatchCompleter:
         self.calls.submit(lambda: self.store.record(completion, self.hooks))
         return finished + self.collect()  # inline: written already
 
-    def collect(self, *, wait: bool = False) -> list[Entry]:
+    def collect(self, *, wait: bool = False, until: float | None = None) -> list[Entry]:
         """The jobs finished with by the write on its way, if it has ended (or,
-        with ``wait``, once it has)."""
-        if not self.calls.busy or not (wait or self.calls.done()):
+        with ``wait``, once it has; at most until ``until``, monotonic)."""
+        if not self.calls.busy or not ((wait and self.calls.wait(_left(until)))
+                                       or self.calls.done()):
             return []
         records, self.writing = self.writing, []
         try:
@@ -228,22 +229,28 @@ class BatchCompleter:
         self.health.succeeded()
         return self._written(records, recorded)
 
-    def drain(self, tries: int = 3) -> list[Entry]:
-        """Write what waits before the worker exits, trying a few times."""
-        finished = self.collect(wait=True)
+    def drain(self, tries: int = 3, until: float | None = None) -> list[Entry]:
+        """Write what waits before the worker exits, trying a few times, until
+        ``until`` (monotonic) at the latest: what is left then is not written
+        (those jobs run again once their leases run out)."""
+        finished = self.collect(wait=True, until=until)
         for _ in range(tries):
-            if not self.pending:
+            if not self.pending or self.calls.busy:  # busy: a write that did not end
                 break
             self.retry_at = 0.0
             finished += self.flush()
-            finished += self.collect(wait=True)
-            if self.pending:
-                time.sleep(min(1.0, max(0.0, self.retry_at - time.monotonic())))
+            finished += self.collect(wait=True, until=until)
+            if self.pending and not self.calls.busy:
+                pause, left = min(1.0, max(0.0, self.retry_at - time.monotonic())), _left(until)
+                if left is not None and pause >= left:
+                    break
+                time.sleep(pause)
         return finished
 
-    def close(self) -> None:
-        """End the writing thread (after ``drain``)."""
-        self.calls.close()
+    def close(self, until: float | None = None) -> bool:
+        """End the writing thread (after ``drain``); False if a write was left
+        waiting on the database at ``until``."""
+        return self.calls.close(_left(until))
 
     # --- writing -------------------------------------------------------------------
 
@@ -330,6 +337,11 @@ class InlineCompleter(BatchCompleter):
     def flush(self, now: float | None = None) -> list[Entry]:
         self._one_by_one = True
         return super().flush(now)
+
+
+def _left(until: float | None) -> float | None:
+    """Seconds left until ``until`` (monotonic; None: no limit), at least 0."""
+    return None if until is None else max(0.0, until - time.monotonic())
 
 
 def _requeues(record: Record) -> bool:

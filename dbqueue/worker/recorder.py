@@ -13,9 +13,11 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 
+from ..errors import DatabaseUnavailable
 from ..jobs import JobFailure
 from ..policy import Ended, GiveUp, decide
 from ..store import Failure, Store
+from .background import run_within
 from .completer import Completer
 from .health import DB_ERRORS, Health
 from .ledger import Entry, Ledger
@@ -27,12 +29,15 @@ log = logging.getLogger("dbqueue.worker")
 
 class Recorder:
     def __init__(self, ledger: Ledger, completer: Completer, store: Store, health: Health,
-                 hooks: deque[RunHook]) -> None:
+                 hooks: deque[RunHook], *, wait_at_most: float | None = None) -> None:
+        """``wait_at_most``: seconds to wait for a give-back's statement (None:
+        as long as it takes), the supervisor's thread being the one waiting."""
         self.ledger = ledger
         self.completer = completer
         self.store = store
         self.health = health
         self.hooks = hooks
+        self.wait_at_most = wait_at_most
         """Where a failed job's on_failure hook is queued, to run in a child."""
         self._given_back = False
         self.failed_unrun = 0
@@ -114,8 +119,12 @@ class Recorder:
         for entry in entries:
             self._unlock(entry)
             self.ledger.forget(entry)
+        leases = [entry.lease for entry in entries]
         try:
-            self.store.release_all([entry.lease for entry in entries])
+            if self.wait_at_most is None:
+                self.store.release_all(leases)
+            elif not run_within(lambda: self.store.release_all(leases), self.wait_at_most)[0]:
+                raise DatabaseUnavailable(f"no answer within {self.wait_at_most:g} s")
         except DB_ERRORS as exc:  # their leases run out: they come back all the same
             self.health.failed("give back reserved jobs", exc)
 

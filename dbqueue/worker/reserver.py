@@ -187,17 +187,18 @@ class Reserver:
             left = self.queues.hold_jobs()
         return rows, left
 
-    def collect(self, *, wait: bool = False) -> None:
+    def collect(self, *, wait: bool = False, until: float | None = None) -> None:
         """Take in the rows of the reservation on its way, if it has ended (or,
-        with ``wait``, once it has)."""
-        arrived = self._receive(wait=wait)
+        with ``wait``, once it has; at most until ``until``, monotonic)."""
+        arrived = self._receive(wait=wait, until=until)
         if arrived is not None:
             self._take(*arrived)
 
-    def _receive(self, *, wait: bool = False) -> _Arrived | None:
+    def _receive(self, *, wait: bool = False, until: float | None = None) -> _Arrived | None:
         """The rows of the reservation on its way, if it has ended (or, with
         ``wait``, once it has), not admitted yet; None if none came back."""
-        if not self.calls.busy or not (wait or self.calls.done()):
+        left = None if until is None else max(0.0, until - time.monotonic())
+        if not self.calls.busy or not ((wait and self.calls.wait(left)) or self.calls.done()):
             return None
         asked, now = self._asked, time.monotonic()
         assert asked is not None
@@ -220,11 +221,14 @@ class Reserver:
             self.next_poll = max(self._expected[0], now)
         return rows, asked.token, asked.lease_until
 
-    def close(self) -> None:
+    def close(self, until: float | None = None) -> bool:
         """Take in the rows of a reservation still on its way (the supervisor
-        then gives them back), and end the database's thread."""
-        self.collect(wait=True)
-        self.calls.close()
+        then gives them back), and end the database's thread; by ``until``
+        (monotonic) at the latest. False if the reservation was left waiting
+        on the database then: the jobs it leases come back when the leases
+        run out (a reservation counts no attempt)."""
+        self.collect(wait=True, until=until)
+        return self.calls.close(None if until is None else max(0.0, until - time.monotonic()))
 
     def _take(self, rows: list[ReservedRow], token: str, lease_until: Deadline) -> None:
         admitted: list[Entry] = []

@@ -25,6 +25,7 @@ no new work until it does (``LeaseRenewal.stuck``).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -97,9 +98,11 @@ class SideTask:
         """Readable once a call on its way has ended (None: calls run inline)."""
         return self.calls.fileno()
 
-    def close(self) -> None:
-        """Wait for the call on its way, if any, and end the task's thread."""
-        self.calls.close()
+    def close(self, until: float | None = None) -> bool:
+        """Wait for the call on its way, if any, until ``until`` (monotonic) at
+        the latest, and end the task's thread; False if the call was left
+        waiting on the database."""
+        return self.calls.close(None if until is None else max(0.0, until - time.monotonic()))
 
     def work(self) -> Callable[[], Any]:
         """On the supervisor's thread: the statements to run (apart or inline)."""

@@ -41,6 +41,7 @@ from typing import Any
 from ..store import WorkerInfo, WorkerRegistry
 from ..store.locks import Locks
 from ..store.queues import Queues
+from .background import run_within
 from .completer import FLUSH_DELAY, BatchCompleter
 from .handout import Handout
 from .health import DB_ERRORS, TRANSIENT, Health
@@ -50,7 +51,7 @@ from .messages import RunHook
 from .options import WorkerOptions
 from .pool import Pool
 from .recorder import Recorder
-from .records import Counted
+from .records import Counted, Unlocked
 from .reserver import Reserver
 from .scheduler import Scheduler, forget_schedules
 from .sidetasks import DEAD_AFTER, Control, LeaseRenewal, Pruning, SideTask
@@ -81,15 +82,19 @@ class Supervisor:
         self.ledger = Ledger()
         self.hooks: deque[RunHook] = deque()
         self.completer = BatchCompleter(self.store, self.health, self.name)
+        apart = not self.store.dialect.embedded  # see worker.sidetasks
+        # The longest the supervisor's own thread waits on the database, and
+        # how long the stop may wait on it after the grace period: a server
+        # that hangs never answers (see worker.background).
+        self.wait_at_most = app.settings.network_timeout
         self.recorder = Recorder(self.ledger, self.completer, self.store, self.health,
-                                 self.hooks)
+                                 self.hooks, wait_at_most=self.wait_at_most if apart else None)
         job_locks = JobLocks(app, Locks(self.store), self.recorder, self.health, self.id,
                              options.heartbeat_every)
         self.wakeup = Wakeup(self.store, options.queues)
         self.reserver = Reserver(app, options, self.id, ledger=self.ledger,
                                  recorder=self.recorder, job_locks=job_locks,
                                  health=self.health, wakeup=self.wakeup)
-        apart = not self.store.dialect.embedded  # see worker.sidetasks
         self.renewal = LeaseRenewal(options.heartbeat_every, self.health, ledger=self.ledger,
                                     recorder=self.recorder, job_locks=job_locks,
                                     lease=options.retry_after, completer=self.completer,
@@ -139,9 +144,14 @@ class Supervisor:
         return 0
 
     def _finished(self) -> bool:
-        return (self.stopping is not None and not self.reserver.fetching
+        # A reservation on its way is waited for (its jobs are given back at
+        # once) until the grace period ends; after that their leases bring
+        # them back.
+        now = time.monotonic()
+        return (self.stopping is not None
+                and (not self.reserver.fetching or now >= self.stop_deadline)
                 and not self.ledger.count(State.RUNNING, State.UNCOMMITTED)
-                and (not self.hooks or time.monotonic() >= self.stop_deadline))
+                and (not self.hooks or now >= self.stop_deadline))
     def _register(self) -> bool:
         """Check the server and the tables, and join the workers' registry;
         False if told to stop first.
@@ -286,29 +296,54 @@ class Supervisor:
         self.recorder.give_back(list(self.ledger.reserved))
 
     def _shutdown(self) -> None:
+        # However the database behaves, the stop waits on it for the network
+        # timeout at most: what is still on its way then is left to the leases.
+        until = time.monotonic() + self.wait_at_most
         try:
             try:
-                self.reserver.close()
+                self.reserver.close(until)
             finally:  # whatever became of the reservation on its way
                 # Tasks a dead child never started, rows of a reservation on its way.
                 self.recorder.give_back(list(self.ledger.reserved))
-                for entry in self.completer.drain():
+                for entry in self.completer.drain(until=until):
                     self.ledger.forget(entry)
-                self.completer.close()
+                self.completer.close(until)
                 for task in self.side_tasks:  # a statement on its way ends first
-                    task.close()
+                    task.close(until)
             if self._chores is not None:  # they look for this worker among the live ones
                 # Not for long: on a database that does not answer, each of their
                 # statements would hold the stop up to the network timeout.
                 self._chores.join(_CHORES_WAIT)
-            try:
-                self.registry.unregister(self.id)
-            except DB_ERRORS as exc:  # the row is pruned as a dead worker's in two minutes
-                self.health.failed("unregister", exc)
+            self._unregister(until)
+            self._tell_what_was_left()
         finally:  # whatever went wrong above, no child outlives the worker
             self.wakeup.stop()
             self.pool.stop()
             self.signals.uninstall()
+
+    def _unregister(self, until: float) -> None:
+        try:
+            if self.store.dialect.embedded:
+                self.registry.unregister(self.id)
+            elif not run_within(lambda: self.registry.unregister(self.id),
+                                max(0.0, until - time.monotonic()))[0]:
+                log.warning("could not leave the workers' registry: the database did not "
+                            "answer (the row is pruned as a dead worker's)")
+        except DB_ERRORS as exc:  # the row is pruned as a dead worker's in two minutes
+            self.health.failed("unregister", exc)
+
+    def _tell_what_was_left(self) -> None:
+        """Say what the stop could not write: those jobs run again once their
+        leases run out (a database that did not answer in time)."""
+        unwritten = {record.entry.id for record in (*self.completer.pending,
+                                                    *self.completer.writing)
+                     if not isinstance(record, Unlocked)}
+        if unwritten or self.reserver.fetching:
+            log.warning("stopping without %s: the database did not answer; %s once their "
+                        "leases run out (--retry-after)",
+                        f"the outcomes of {len(unwritten)} job(s)" if unwritten
+                        else "the reservation on its way",
+                        "those jobs run again" if unwritten else "its jobs come back")
 
     # --- outcomes and limits ------------------------------------------------------
 
@@ -383,7 +418,8 @@ class Supervisor:
                  if not entry.counted and not entry.counting]
         if began:  # count a long job's attempt in time
             wake.append(max(min(began) + FLUSH_DELAY, self.completer.retry_at))
-        if self.stopping and (self.hooks or self.ledger.count(State.RUNNING, State.UNCOMMITTED)):
+        if self.stopping and (self.hooks or self.reserver.fetching
+                              or self.ledger.count(State.RUNNING, State.UNCOMMITTED)):
             wake.append(self.stop_deadline)  # (else there is nothing left to cut short)
         deadline = self.pool.next_deadline()
         if deadline is not None:
