@@ -12,10 +12,9 @@ it holds are in one ledger (worker.ledger); each turn of its loop
 4. waits for an answer, a deadline, a signal or the end of a write or a
    reservation, and takes in what came back.
 
-Once registered, the supervisor does its start-up chores (a hint about queues
-no worker serves, the first prune of expired locks, and, for an application
-without schedules, deleting the rows of those it had) on a thread of its own,
-beside its first turns: none is needed before the first job.
+Once registered, the supervisor sends its first reservation, then starts its
+start-up chores (worker.chores) on a thread of its own, beside its first
+turns: none is needed before the first job.
 
 On a database server the writes and the reservations run on threads of their
 own (worker.background), one of each at a time, so that the server's work
@@ -26,22 +25,19 @@ reservation is on its way is found by the next one.
 
 from __future__ import annotations
 
-import contextlib
-import difflib
 import logging
 import os
 import secrets
 import select
 import socket
-import threading
 import time
 from collections import deque
 from typing import Any
 
 from ..store import WorkerInfo, WorkerRegistry
 from ..store.locks import Locks
-from ..store.queues import Queues
 from .background import run_within
+from .chores import StartUpChores
 from .completer import FLUSH_DELAY, BatchCompleter
 from .handout import Handout
 from .health import DB_ERRORS, TRANSIENT, Health
@@ -53,15 +49,13 @@ from .pool import Pool
 from .recorder import Recorder
 from .records import Counted, Unlocked
 from .reserver import Reserver
-from .scheduler import Scheduler, forget_schedules
+from .scheduler import Scheduler
 from .sidetasks import DEAD_AFTER, Control, LeaseRenewal, Pruning, SideTask
 from .signals import REPEAT_AFTER, StopSignals
 from .wakeup import Wakeup
 
 log = logging.getLogger("dbqueue.worker")
 
-_LIVE_WITHIN = 30.0  # seconds since a worker's last heartbeat for it to count as serving
-_CHORES_WAIT = 2.0  # at most, at the stop, for the start-up chores to end
 
 
 class Supervisor:
@@ -113,7 +107,7 @@ class Supervisor:
         self.stop_deadline = 0.0
         self.cut_short = ""
         """Why the grace period ended early, if it did."""
-        self._chores: threading.Thread | None = None
+        self.chores = StartUpChores(app, options, self.registry, self.pruning)
         self.started = time.monotonic()
 
     # --- life cycle -------------------------------------------------------------
@@ -131,7 +125,7 @@ class Supervisor:
             # connection that registering used, and its round trip overlaps the
             # children's start (what it brings is given back if that fails).
             self.reserver.refill(time.monotonic())
-            self._start_chores()
+            self.chores.start()
             self.pool.start()  # if it fails, the worker leaves the registry at once, too
             while not self._finished():
                 self._turn()
@@ -178,52 +172,9 @@ class Supervisor:
                 continue
             self.health.succeeded()
             self.control.done(time.monotonic())  # registered and pruned: its first beat
-            self.pruning.done(time.monotonic())  # see _start_up_chores
+            self.pruning.done(time.monotonic())  # see worker.chores
             return True
         return False
-
-    def _start_chores(self) -> None:
-        if self.store.dialect.embedded:  # one writer: no statement on another thread
-            self._start_up_chores()
-        else:
-            self._chores = threading.Thread(target=self._start_up_chores,
-                                            name="dbqueue-chores", daemon=True)
-            self._chores.start()
-
-    def _start_up_chores(self) -> None:
-        """What a worker does once at start but need not do before its first
-        job: on a thread of its own, beside the first turns. A failure here
-        is left to the worker's own statements to report."""
-        self._hint_unserved_queues()
-        with contextlib.suppress(*DB_ERRORS):
-            self.pruning.run()
-        # No Scheduler runs to do it (see worker.scheduler); a failure leaves
-        # the rows to the next worker's start.
-        if self.options.schedule and not self.app.schedules:
-            with contextlib.suppress(*DB_ERRORS):
-                forget_schedules(self.store)
-
-    def _hint_unserved_queues(self) -> None:
-        """Say which queues have ready jobs that no worker serves: a new user's
-        worker serves only "default" and would wait there in silence."""
-        try:
-            ready = Queues(self.store).with_ready_jobs()
-            workers = self.registry.live(seen_within=_LIVE_WITHIN)
-        except DB_ERRORS:
-            return  # only a hint: the worker's own statements report an outage
-        unserved = [queue for queue in ready
-                    if not any(worker.serves(queue) for worker in workers)]
-        if unserved:
-            log.warning("queue(s) %s have ready jobs that no worker serves; add them to "
-                        "--queue (or use --queue '*' for every queue)", ", ".join(unserved))
-        # A typo in --queue: a queue nothing is ready in and no job is defined
-        # on, beside one that has or is.
-        known = set(ready) | {job.queue for job in self.app.jobs.values()}
-        for queue in set(self.options.queues) - known - {"*"}:
-            close = difflib.get_close_matches(queue, sorted(known), n=1, cutoff=0.75)
-            if close:
-                log.warning("queue %r has no ready job and no job of the application is "
-                            "defined on it: did you mean %r?", queue, close[0])
 
     def _turn(self) -> None:
         self._heed_signals()
@@ -310,10 +261,7 @@ class Supervisor:
                 self.completer.close(until)
                 for task in self.side_tasks:  # a statement on its way ends first
                     task.close(until)
-            if self._chores is not None:  # they look for this worker among the live ones
-                # Not for long: on a database that does not answer, each of their
-                # statements would hold the stop up to the network timeout.
-                self._chores.join(_CHORES_WAIT)
+            self.chores.join()
             self._unregister(until)
             self._tell_what_was_left()
         finally:  # whatever went wrong above, no child outlives the worker
