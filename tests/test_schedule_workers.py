@@ -154,3 +154,25 @@ def test_a_worker_of_an_application_without_schedules_deletes_the_rows_left(jobs
     cleaning = workers.start(*FAST)
     wait_until(lambda: left() == (0, 0), what="the rows of the removed schedules to go")
     stop(cleaning)
+
+
+def test_stop_when_empty_runs_what_the_scheduler_queues_first(jobs, workers):
+    """The scheduler's first pass may queue ticks that fell while no worker
+    ran (within the last minute, each is run): a worker run to empty the queue
+    runs them before it says it is empty, not stop beside them."""
+    before = build("every", workers.url, PREFIX)
+    verbs = Schedules(before.store)
+    verbs.declare([schedule.declared() for schedule in before.schedules.values()])
+    schedules = before.store.tables.schedules
+    with before.engine.begin() as connection:  # declared 5 s ago: ticks are due
+        declared = connection.execute(sa.select(schedules.c.declared_at)).scalar_one()
+        connection.execute(sa.update(schedules).values(
+            declared_at=declared - timedelta(seconds=5)))
+    before.dispose()
+    result = workers.run("--app", "tests.test_schedule_app:every_app", "--stop-when-empty",
+                         *FAST)
+    assert result.returncode == 0, result.stdout
+    queued = [tick for tick in ticks_of(jobs.app, "every-second") if tick.status == QUEUED]
+    assert len(queued) >= 4, result.stdout
+    assert count(jobs.app, jobs.app.store.tables.jobs) == 0, result.stdout
+    assert len(runs(jobs, "tick")) == len(queued)

@@ -49,12 +49,23 @@ class Scheduler(SideTask):
         self.declared = False
         self.deferred: set[str] = set()
         self.prune_at = 0.0
+        self._queued = False
 
-    def work(self) -> Callable[[], None]:
+    def work(self) -> Callable[[], int]:
         # The whole pass, apart: it touches only the scheduler's own state.
         return self._pass
 
-    def _pass(self) -> None:
+    def apply(self, result: int) -> None:
+        self._queued = self._queued or result > 0
+
+    def take_queued(self) -> bool:
+        """Whether a pass queued runs since the last call (ready now: a
+        worker about to stop once the queue is empty runs them first)."""
+        queued, self._queued = self._queued, False
+        return queued
+
+    def _pass(self) -> int:
+        """One pass; the number of runs it queued."""
         if not self.declared:
             self.verbs.declare([s.declared() for s in self.schedules.values()],
                                forget_others=True)
@@ -67,7 +78,7 @@ class Scheduler(SideTask):
                    if name not in rows]
         if missing:  # deleted meanwhile (by a worker on other code): from now on again
             self.verbs.declare(missing)
-        wake = [now.timestamp() + _LONGEST_PAUSE]
+        wake, queued = [now.timestamp() + _LONGEST_PAUSE], 0
         for name, row in rows.items():
             schedule = self.schedules[name]
             if not self._ours(schedule, row.definition):
@@ -75,7 +86,9 @@ class Scheduler(SideTask):
             ticks = due_ticks(schedule.recurrence, row.after, now, missed=schedule.missed)
             if ticks:
                 late = {tick.at for tick in ticks if tick.late}
-                self._report(schedule, self.verbs.claim(schedule.declared(), ticks), late)
+                claimed = self.verbs.claim(schedule.declared(), ticks)
+                queued += sum(claim.status == QUEUED for claim in claimed)
+                self._report(schedule, claimed, late)
             upcoming = schedule.recurrence.next_after(max(now, ticks[-1].at if ticks
                                                           else row.after))
             if upcoming is not None:
@@ -87,6 +100,7 @@ class Scheduler(SideTask):
         if read_at >= self.prune_at:
             self.prune_at = read_at + _PRUNE_EVERY
             self.verbs.prune()
+        return queued
 
     def _ours(self, schedule: Schedule, definition: str) -> bool:
         """Whether this worker's definition of the schedule is the one declared
@@ -132,8 +146,10 @@ def forget_schedules(store: Store) -> None:
     _, rows = verbs.state()
     if rows:
         verbs.declare([], forget_others=True)
-        log.info("scheduler: the application declares no schedule; deleted the rows and "
-                 "ticks of %s", ", ".join(sorted(rows)))
+        log.warning("scheduler: the application declares no schedule; deleted the rows and "
+                    "ticks of %s (the schedules of another application sharing this table "
+                    "prefix? run its workers with --no-schedule, or give it a prefix of "
+                    "its own)", ", ".join(sorted(rows)))
 
 
 def _shown(moment: datetime) -> str:

@@ -97,9 +97,11 @@ class Supervisor:
                                worker_id=self.id, apart=apart)
         self.pruning = Pruning(self.health, store=self.store, apart=apart)
         self.side_tasks: tuple[SideTask, ...] = (self.renewal, self.control, self.pruning)
+        self.scheduler: Scheduler | None = None
         if options.schedule and app.schedules:
-            self.side_tasks += (Scheduler(self.health, store=self.store,
-                                          schedules=list(app.schedules.values()), apart=apart),)
+            self.scheduler = Scheduler(self.health, store=self.store,
+                                       schedules=list(app.schedules.values()), apart=apart)
+            self.side_tasks += (self.scheduler,)
         self.handout = Handout(self.pool, options, ledger=self.ledger, recorder=self.recorder,
                                reserver=self.reserver, renewal=self.renewal,
                                health=self.health, hooks=self.hooks)
@@ -182,6 +184,8 @@ class Supervisor:
         now = time.monotonic()
         for task in self.side_tasks:
             task.tick(now)
+        if self.scheduler is not None and self.scheduler.take_queued():
+            self.reserver.look_again()  # ready now: before the queue can count as empty
         if self.wakeup.woken():
             self.reserver.look_again()
         if self.control.restart_requested and not self.stopping:
@@ -339,13 +343,18 @@ class Supervisor:
         # Done jobs whose commit is awaited are not over yet: a failed commit
         # puts them back for an immediate retry.
         elif (options.stop_when_empty and self.reserver.drained and not self.reserver.fetching
-              and not self.reserver.waiting_for_locks and not self.hooks
+              and not self.reserver.waiting_for_locks and not self._more_to_come()
               and not ledger.count(State.RESERVED, State.RUNNING, State.UNCOMMITTED)
               and not self.completer.requeues()):
             self._stop("queue empty")
         elif (options.stop_when_drained and self.reserver.queues_empty and not ledger
-              and not self.reserver.fetching and not self.hooks):
+              and not self.reserver.fetching and not self._more_to_come()):
             self._stop("queues drained")
+
+    def _more_to_come(self) -> bool:
+        """Failure hooks to run, or a pass of the scheduler on its way (it may
+        queue runs that are due)."""
+        return bool(self.hooks) or (self.scheduler is not None and self.scheduler.calls.busy)
 
     def _wait_timeout(self) -> float:
         if self._finished():
