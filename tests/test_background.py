@@ -7,7 +7,9 @@ import threading
 
 import pytest
 
-from dbqueue.worker.background import Inline, OnThread, run_within
+from dbqueue.errors import DatabaseUnavailable
+from dbqueue.worker.background import Inline, OnThread, bounded, run_within
+from dbqueue.worker.cancels import CancelledBatches
 
 
 def readable(fd: int, timeout: float = 0.0) -> bool:
@@ -95,3 +97,33 @@ def test_run_within_gives_the_result_or_says_it_is_still_running():
 
     with pytest.raises(LookupError, match="no such row"):
         run_within(fail, 10)
+
+
+def test_bounded_runs_inline_or_gives_up_as_the_database_unreachable():
+    assert bounded(lambda: 3, None) == 3  # an embedded database: inline
+    assert bounded(lambda: threading.current_thread().name, 10) != threading.current_thread().name
+    never = threading.Event()
+    with pytest.raises(DatabaseUnavailable, match=r"did not answer within 0\.01 s"):
+        bounded(lambda: never.wait(60), 0.01)
+    never.set()
+
+
+def test_the_supervisors_own_questions_give_up_on_a_server_that_hangs():
+    """Asked on the supervisor's thread (before a batch's job is handed out),
+    a question a hung server never answers would stop it timing jobs and
+    heeding signals."""
+
+    class Hung:
+        def __init__(self) -> None:
+            self.answer = threading.Event()
+
+        def cancelled(self, batch_ids: set[str]) -> set[str]:
+            self.answer.wait(60)
+            return set()
+
+    hung = Hung()
+    cancels = CancelledBatches(hung)  # type: ignore[arg-type]
+    cancels.wait_at_most = 0.01
+    with pytest.raises(DatabaseUnavailable):
+        cancels.cancelled("b1", now=0.0)
+    hung.answer.set()

@@ -195,6 +195,34 @@ def test_a_worker_stops_on_sigterm_while_its_server_hangs(private, server, worke
     assert "stopped (received SIGTERM)" in output, output
 
 
+def test_a_worker_holding_reserved_jobs_stops_on_sigterm_while_its_server_hangs(
+        private, server, workers):
+    """At SIGTERM the supervisor gives back, on its own thread, the jobs it
+    reserved and has not started. On a server that hangs that statement would
+    never end, and the supervisor would heed neither the stop nor its running
+    jobs' timeouts: it waits the network timeout at most."""
+    app, effects, jobs = private.app, private.effects, private.app.store.tables.jobs
+    effects.metadata.create_all(app.engine)
+    app.dispatch_many([private.nap.prepare(0.01) for _ in range(5)])  # runtimes known:
+    private.wait_for_go.dispatch("long")  # jobs are reserved ahead behind this one
+    app.dispatch_many([private.nap.prepare(0.01) for _ in range(30)])
+    host = workers.start("--sleep", "0.1", "--grace", "3")
+    wait_until(lambda: count(app, effects, effects.c.tag == "long") == 1
+               and count(app, jobs, jobs.c.reserved_by.is_not(None)) > 1,
+               what="jobs reserved behind the long one")
+    app.dispose()
+    server.freeze()
+    try:
+        os.killpg(host.pid, signal.SIGTERM)
+        output, _ = host.communicate(timeout=60)  # not a measure: it waited for ever
+    finally:
+        server.thaw()
+    assert host.returncode == 0, output
+    assert "Traceback" not in output
+    assert "the database is unreachable (give back reserved jobs" in output, output
+    assert "stopped (received SIGTERM)" in output, output
+
+
 @pytest.mark.parametrize("sessions", ["worker", "application"])
 def test_a_transaction_cut_off_mid_way_leaves_no_lock_behind(private, island, server, sessions):
     """The client gives up on its socket without a word reaching the server,

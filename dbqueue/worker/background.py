@@ -31,6 +31,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Generic, TypeVar
 
+from ..errors import DatabaseUnavailable
+
 T = TypeVar("T")
 
 
@@ -146,6 +148,19 @@ def run_within(call: Callable[[], T], seconds: float) -> tuple[bool, T | None]:
         return True, calls.take()
     finally:
         calls.close()
+
+
+def bounded(call: Callable[[], T], seconds: float | None) -> T:
+    """``call``'s result, for a statement the supervisor's own thread waits
+    for: waited for ``seconds`` at most on a thread of its own (None: run
+    inline, as on an embedded database). DatabaseUnavailable if it has not
+    ended by then (it is left to end, or not, on its daemon thread)."""
+    if seconds is None:
+        return call()
+    ended, result = run_within(call, seconds)
+    if not ended:
+        raise DatabaseUnavailable(f"the database did not answer within {seconds:g} s")
+    return result  # type: ignore[return-value]
 
 
 def _settle(outcome: Future[T], call: Callable[[], T]) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 from ..middleware import LOCK_MARGIN, JobContext, LockRequest
 from ..store import Failure
 from ..store.locks import Locks
+from .background import bounded
 from .health import DB_ERRORS, Health
 from .ledger import Entry
 from .messages import class_name
@@ -48,6 +49,8 @@ class JobLocks:
         # The least a job's lock is taken for: it is renewed with the leases,
         # so it must outlast two heartbeats, whatever ``expire_after`` says.
         self.floor = 2 * heartbeat_every + LOCK_MARGIN
+        self.wait_at_most: float | None = None
+        """Locks are taken on the supervisor's thread: see worker.background.bounded."""
         self.refusals: dict[str, tuple[int, float]] = {}
         """Per key: how many batches in a row found it held (see the module's
         text), and when the last did (monotonic clock)."""
@@ -76,8 +79,8 @@ class JobLocks:
                 refused.append((held, requests[0]))
         if asking:
             try:
-                taken = self.locks.acquire_many(
-                    [lock for held, _ in asking for lock in held.locks])
+                wanted = [lock for held, _ in asking for lock in held.locks]
+                taken = bounded(lambda: self.locks.acquire_many(wanted), self.wait_at_most)
             except DB_ERRORS as exc:
                 self.health.failed("take job locks", exc)
                 self.recorder.give_back([held for held, _ in asking])

@@ -13,11 +13,10 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 
-from ..errors import DatabaseUnavailable
 from ..jobs import JobFailure
 from ..policy import Ended, GiveUp, decide
 from ..store import Failure, Store
-from .background import run_within
+from .background import bounded
 from .completer import Completer
 from .health import DB_ERRORS, Health
 from .ledger import Entry, Ledger
@@ -121,10 +120,7 @@ class Recorder:
             self.ledger.forget(entry)
         leases = [entry.lease for entry in entries]
         try:
-            if self.wait_at_most is None:
-                self.store.release_all(leases)
-            elif not run_within(lambda: self.store.release_all(leases), self.wait_at_most)[0]:
-                raise DatabaseUnavailable(f"no answer within {self.wait_at_most:g} s")
+            bounded(lambda: self.store.release_all(leases), self.wait_at_most)
         except DB_ERRORS as exc:  # their leases run out: they come back all the same
             self.health.failed("give back reserved jobs", exc)
 

@@ -18,7 +18,7 @@ from typing import Any, TypeAlias
 from ..store import Lease, ReservedRow, Store
 from ..store.batches import Batches
 from ..store.queues import Queues
-from .background import Inline, OnThread
+from .background import Inline, OnThread, bounded
 from .cancels import CancelledBatches
 from .clock import Deadline
 from .health import DB_ERRORS, Health
@@ -280,7 +280,7 @@ class Reserver:
             self._adopt(row, lease, lease_until)
             return
         try:
-            self.store.release_all([lease])
+            bounded(lambda: self.store.release_all([lease]), self.cancels.wait_at_most)
         except DB_ERRORS as exc:  # its lease runs out: it comes back all the same
             self.health.failed("give back a reserved job", exc)
         self.drained = False

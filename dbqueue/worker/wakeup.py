@@ -20,6 +20,7 @@ import select
 
 from ..store import Store
 from ..store.notices import JobNotices, listen
+from .background import bounded
 from .health import DB_ERRORS, describe
 
 log = logging.getLogger("dbqueue.worker")
@@ -64,6 +65,8 @@ class Wakeup:
         self._poller: select.poll | None = None
         self.next_try = 0.0
         self.supported = True
+        self.wait_at_most: float | None = None
+        """Connecting runs on the supervisor's thread: see worker.background.bounded."""
 
     @property
     def listening(self) -> bool:
@@ -87,7 +90,7 @@ class Wakeup:
             return False
         self.next_try = now + RELISTEN_EVERY
         try:
-            self.notices = listen(self.store)
+            self.notices = bounded(lambda: listen(self.store), self.wait_at_most)
         except DB_ERRORS as exc:
             log.debug("cannot listen for new jobs (%s); polling", describe(exc))
             return False
