@@ -154,6 +154,13 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
         note("hook", "failed", detail=f"{failure.job_id}:{failure.exception_class}:"
                                        f"{failure.message}:{list(failure.args)}")
 
+    def failing_hook(failure: Any) -> None:
+        raise RuntimeError(f"cannot report job {failure.job_id}")
+
+    @app.job(name="badly_hooked", tries=1, on_failure=failing_hook)
+    def badly_hooked() -> None:
+        raise ValueError("broken")
+
     @app.job(name="hooked", tries=2, on_failure=on_failure)
     def hooked(order: int) -> None:
         raise ValueError(f"order {order} is broken")

@@ -127,6 +127,22 @@ def test_on_failure_runs_once_when_the_job_finally_fails(jobs, workers):
     assert hook.detail == f"{job_id}:ValueError:order 77 is broken:[77]"
 
 
+def test_an_on_failure_hook_that_raises_is_logged_with_its_traceback_under_verbose(
+        jobs, workers):
+    """Kept nowhere else: without its traceback the hook's author has nothing
+    to go on. One line without -v, as every event of the worker's log."""
+    first = jobs.badly_hooked.dispatch()
+    quiet = workers.run("--stop-when-empty", *FAST)
+    second = jobs.badly_hooked.dispatch()
+    verbose = workers.run("-v", "--stop-when-empty", *FAST)
+    assert quiet.returncode == verbose.returncode == 0
+    said = f"on_failure hook of job {first} raised RuntimeError: cannot report job {first}"
+    assert said + "\n" in quiet.stdout and "Traceback" not in quiet.stdout, quiet.stdout
+    said = f"on_failure hook of job {second} raised RuntimeError: cannot report job {second}"
+    assert said + "\nTraceback (most recent call last):" in verbose.stdout, verbose.stdout
+    assert 'in failing_hook\n    raise RuntimeError' in verbose.stdout, verbose.stdout
+
+
 def test_rows_that_cannot_run_are_failed_with_a_reason_and_the_worker_goes_on(jobs, workers):
     store, table = jobs.app.store, jobs.app.store.tables.jobs
     with jobs.app.engine.begin() as c:  # as a person might, by hand

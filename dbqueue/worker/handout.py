@@ -185,9 +185,11 @@ class Handout:
     def _answered(self, child: Child, task: Task, answer: Finished, runtime: float) -> None:
         entry = self._running(task)
         if isinstance(task, RunHook):
-            if answer.kind != "done":
-                log.error("on_failure hook of job %d raised %s: %s", task.failure.job_id,
-                          answer.exception_class, answer.message)
+            if answer.kind != "done":  # kept nowhere else: with -v, its traceback too
+                log.error("on_failure hook of job %d raised %s: %s%s", task.failure.job_id,
+                          answer.exception_class, answer.message,
+                          f"\n{answer.traceback.rstrip()}"
+                          if answer.traceback and log.isEnabledFor(logging.DEBUG) else "")
         elif entry is not None and answer.kind == "expired":
             # Put back as it was (had the renewal counted it meanwhile, the
             # count is taken back): it never started.

@@ -150,7 +150,7 @@ class Supervisor:
         return (self.stopping is not None
                 and (not self.reserver.fetching or now >= self.stop_deadline)
                 and not self.ledger.count(State.RUNNING, State.UNCOMMITTED)
-                and (not self.hooks or now >= self.stop_deadline))
+                and (not self._hooks_left() or now >= self.stop_deadline))
     def _register(self) -> bool:
         """Check the server and the tables, and join the workers' registry;
         False if told to stop first.
@@ -357,7 +357,12 @@ class Supervisor:
     def _more_to_come(self) -> bool:
         """Failure hooks to run, or a pass of the scheduler on its way (it may
         queue runs that are due)."""
-        return bool(self.hooks) or (self.scheduler is not None and self.scheduler.calls.busy)
+        return self._hooks_left() or (self.scheduler is not None and self.scheduler.calls.busy)
+
+    def _hooks_left(self) -> bool:
+        """Failure hooks waiting for a child, or given to one and not answered."""
+        return bool(self.hooks) or any(type(task) is RunHook for child in self.pool.children
+                                       for task, _ in child.tasks)
 
     def _wait_timeout(self) -> float:
         if self._finished():
@@ -378,7 +383,7 @@ class Supervisor:
                  if not entry.counted and not entry.counting]
         if began:  # count a long job's attempt in time
             wake.append(max(min(began) + FLUSH_DELAY, self.completer.retry_at))
-        if self.stopping and (self.hooks or self.reserver.fetching
+        if self.stopping and (self._hooks_left() or self.reserver.fetching
                               or self.ledger.count(State.RUNNING, State.UNCOMMITTED)):
             wake.append(self.stop_deadline)  # (else there is nothing left to cut short)
         deadline = self.pool.next_deadline()
