@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import sys
 
@@ -11,6 +12,7 @@ import click
 
 from ..loader import search_cwd
 from ..worker import forkserver
+from ..worker.background import left_waiting
 from ..worker.signals import StopSignals
 from .options import connection_options, export_settings, friendly_errors
 
@@ -99,6 +101,14 @@ def work(  # noqa: PLR0913 (click passes each of the command's options)
     _settle_memory()
     code = supervisor.run()
     app.dispose()  # say goodbye to the server rather than vanish at exit
+    if left_waiting():
+        # Statements a server that hangs never answered, still waited for on
+        # threads of their own: the interpreter's shutdown, around threads
+        # blocked inside the driver, has crashed (SIGSEGV). Everything the
+        # worker had to do is done: flush what it said, and end here.
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(code)
     # The interpreter's last garbage collections would walk every object
     # SQLAlchemy and the application made, a tenth of a second or more spent
     # on memory about to be given back whole.

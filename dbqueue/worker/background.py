@@ -139,7 +139,7 @@ def run_within(call: Callable[[], T], seconds: float) -> tuple[bool, T | None]:
     """Run ``call`` on a thread of its own and wait for it up to ``seconds``:
     (True, its result), or (False, None) if it is still running then (it is
     left to end, or not, on its daemon thread). What it raised is raised."""
-    calls: OnThread[T] = OnThread("dbqueue-call")
+    calls: OnThread[T] = OnThread(f"{_NAME}call")
     calls.submit(call)
     if not calls.wait(seconds):
         calls.close(0)
@@ -148,6 +148,17 @@ def run_within(call: Callable[[], T], seconds: float) -> tuple[bool, T | None]:
         return True, calls.take()
     finally:
         calls.close()
+
+
+_NAME = "dbqueue-"
+"""How the worker's threads are named (OnThread's name, and its own)."""
+
+
+def left_waiting() -> bool:
+    """Whether a thread of the worker's still runs: a call given up on, still
+    waiting for the database."""
+    return any(thread.name.startswith(_NAME) and thread.is_alive()
+               for thread in threading.enumerate())
 
 
 def bounded(call: Callable[[], T], seconds: float | None) -> T:
