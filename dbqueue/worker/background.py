@@ -35,6 +35,9 @@ from ..errors import DatabaseUnavailable
 
 T = TypeVar("T")
 
+_NAME = "dbqueue-"
+"""How the worker's threads are named (OnThread's name, and its own)."""
+
 
 class Inline(Generic[T]):
     """Runs the call at once, on the caller's thread."""
@@ -148,10 +151,6 @@ def run_within(call: Callable[[], T], seconds: float) -> tuple[bool, T | None]:
         return True, calls.take()
     finally:
         calls.close()
-
-
-_NAME = "dbqueue-"
-"""How the worker's threads are named (OnThread's name, and its own)."""
 
 
 def left_waiting() -> bool:
