@@ -388,6 +388,33 @@ def test_the_migrate_command_suggested_is_for_the_database_typed(tmp_path):
     assert line.endswith("with: dbqueue migrate"), line
 
 
+def test_an_app_given_its_url_in_code_is_told_the_migrate_command_for_it(tmp_path,
+                                                                         monkeypatch):
+    """Run as written, a bare ``dbqueue migrate`` would create the tables of
+    DBQUEUE_URL's database (or the default one), not of the App's."""
+    monkeypatch.delenv("DBQUEUE_URL", raising=False)
+    monkeypatch.delenv("DBQUEUE_TABLE_PREFIX", raising=False)
+    queue = tmp_path / "queue.db"
+    app = dbqueue.App(f"sqlite:///{queue}", table_prefix="q_")
+    job = app.job(name="add")(lambda a, b: None)
+    try:
+        with pytest.raises(dbqueue.NotMigrated) as raised:
+            job.dispatch(1, 2)
+        command = str(raised.value).partition("with: ")[2]
+        assert command == f"dbqueue migrate --url sqlite:///{queue} --table-prefix q_"
+        succeeded(run(*shlex.split(command)[1:]))
+        job.dispatch(1, 2)
+        # Where the environment names it already, nothing to add.
+        monkeypatch.setenv("DBQUEUE_URL", f"sqlite:///{queue}")
+        other = dbqueue.App(f"sqlite:///{queue}", table_prefix="r_")
+        other_job = other.job(name="add")(lambda a, b: None)
+        with pytest.raises(dbqueue.NotMigrated, match=r"with: dbqueue migrate --table-prefix r_$"):
+            other_job.dispatch(1, 2)
+        other.dispose()
+    finally:
+        app.dispose()
+
+
 def test_the_migrate_command_suggested_does_not_echo_a_password(backend_url):
     url = sa.make_url(backend_url)
     if url.get_backend_name() != "postgresql":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shlex
 import sys
 import traceback
@@ -118,7 +119,12 @@ def _same_database(message: str) -> str:
             # A password is not echoed: the user has it, and logs keep errors.
             hidden = flag == "--url" and _has_password(value)
             options += f" {flag} " + ("<the same URL>" if hidden else shlex.quote(value))
+    if options:  # the App's own --url, when it was given one in code: --app names it
+        message = _APPS_URL.sub("with: dbqueue migrate", message, count=1)
     return message.replace("with: dbqueue migrate", f"with: dbqueue migrate{options}", 1)
+
+
+_APPS_URL = re.compile(r"with: dbqueue migrate --url (?:<the App's URL>|'[^']*'|\S+)")
 
 
 def _has_password(url: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import select
+import shlex
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from ..errors import (
     DBQueueError,
     NotMigrated,
 )
-from ..settings import DEFAULT_NETWORK_TIMEOUT
+from ..settings import DEFAULT_NETWORK_TIMEOUT, DEFAULT_URL
 from .dialects import Dialect, dialect_for
 
 # The drivers dbqueue is tested with, for URLs that name none. SQLAlchemy's
@@ -294,16 +295,35 @@ def unavailable(engine: Engine, error: BaseException) -> DatabaseUnavailable:
         f"and {check}", lasting=lasting)
 
 
-def migrate_command(table_prefix: str) -> str:
-    """The command that creates or upgrades the tables of ``table_prefix``."""
-    return f"dbqueue migrate --table-prefix {table_prefix}" if table_prefix else "dbqueue migrate"
+def migrate_command(table_prefix: str, engine: Engine | None = None) -> str:
+    """The command that creates or upgrades the tables of ``table_prefix`` in
+    ``engine``'s database: with its ``--url`` unless the command finds that
+    database by itself (DBQUEUE_URL, or the default), as it does where an App
+    was given its URL in code. A URL with a password is not shown."""
+    words = ["dbqueue migrate"]
+    if engine is not None:
+        url = engine.url
+        if not same_database(url.render_as_string(hide_password=False),
+                             os.environ.get("DBQUEUE_URL") or DEFAULT_URL):
+            words.append("--url " + ("<the App's URL>" if url.password is not None
+                                     else shlex.quote(_url_as_typed(url))))
+    if table_prefix:
+        words.append(f"--table-prefix {table_prefix}")
+    return " ".join(words)
+
+
+def _url_as_typed(url: URL) -> str:
+    """``url`` as one would type it: an SQLite file by its absolute path."""
+    if _database_file(url):
+        return f"{url.drivername.partition('+')[0]}:///{os.path.abspath(url.database or '')}"
+    return url.render_as_string(hide_password=False)
 
 
 def tables_missing(engine: Engine, table_prefix: str = "") -> NotMigrated:
     named = f" with the prefix {table_prefix!r}" if table_prefix else ""
     return NotMigrated(
         f"the dbqueue tables{named} are missing in {describe(engine)}; "
-        f"create them with: {migrate_command(table_prefix)}"
+        f"create them with: {migrate_command(table_prefix, engine)}"
     )
 
 
@@ -328,7 +348,7 @@ def translate(engine: Engine, error: sa.exc.DBAPIError | sa.exc.TimeoutError,
     if dialect.is_missing_column(error):
         return NotMigrated(
             f"the dbqueue tables in {describe(engine)} are older than this dbqueue "
-            f"({reason}); upgrade them with: {migrate_command(table_prefix)}"
+            f"({reason}); upgrade them with: {migrate_command(table_prefix, engine)}"
         )
     if (isinstance(error, sa.exc.TimeoutError | sa.exc.OperationalError | sa.exc.InterfaceError)
             and not dialect.is_refusal(error)) or dialect.is_retryable(error):

@@ -57,7 +57,7 @@ class Store(Leases):
             raise SchemaOutdated(
                 f"the dbqueue tables in {describe(self.engine)} are at revision {current}, "
                 f"but this dbqueue needs {REVISION} or newer; upgrade them with: "
-                f"{migrate_command(self.prefix)}")
+                f"{migrate_command(self.prefix, self.engine)}")
 
     def now(self) -> datetime:
         """The database server's current time (UTC)."""
