@@ -130,9 +130,9 @@ _APPS_URL = re.compile(r"with: dbqueue migrate --url (?:<the App's URL>|'[^']*'|
 def _has_password(url: str) -> bool:
     """Whether ``url`` holds a password: after the user name, or as a
     parameter (libpq's ?password=)."""
-    location, _, query = url.partition("?")
-    credentials = location.partition("://")[2].rpartition("@")[0]
-    return ":" in credentials or "password=" in query.lower()
+    from ..store.engine import mask_password  # SQLAlchemy: only on this error's path
+
+    return mask_password(url) != url
 
 
 def _fail(error: Exception, message: str) -> NoReturn:

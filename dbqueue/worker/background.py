@@ -28,7 +28,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from typing import Generic, TypeVar
 
 from ..errors import DatabaseUnavailable
@@ -69,11 +69,7 @@ class Inline(Generic[T]):
     def wait(self, timeout: float | None = None) -> bool:
         """Whether the call submitted has ended, waiting for it up to
         ``timeout`` seconds (None: for as long as it takes)."""
-        if self._outcome is None:
-            return False
-        if timeout is not None and timeout <= 0:
-            return self._outcome.done()
-        return not futures_wait(self._outcome, timeout)
+        return self._outcome is not None and bool(wait([self._outcome], timeout).done)
 
     def take(self) -> T:
         """The call's result (waiting for it if need be), or what it raised."""
@@ -180,10 +176,7 @@ def _settle(outcome: Future[T], call: Callable[[], T]) -> None:
         outcome.set_exception(exc)
 
 
-def futures_wait(outcome: Future[T], timeout: float | None) -> bool:
-    """Wait for ``outcome`` up to ``timeout``; True if it has not ended then."""
-    try:
-        outcome.exception(timeout)
-    except TimeoutError:
-        return True
-    return False
+def time_left(until: float | None) -> float | None:
+    """Seconds left until ``until`` (monotonic; None: no limit), at least 0:
+    the timeout of a wait that must end by then."""
+    return None if until is None else max(0.0, until - time.monotonic())

@@ -37,7 +37,7 @@ from typing import Protocol
 from ..store import Store
 from ..store.completion import Completion, CompletionHook, FailedRun, Requeue
 from ..store.flows import FlowEnd
-from .background import Inline, OnThread
+from .background import Inline, OnThread, time_left
 from .health import TRANSIENT, Health, describe
 from .ledger import Entry
 from .records import (
@@ -213,7 +213,7 @@ class BatchCompleter:
     def collect(self, *, wait: bool = False, until: float | None = None) -> list[Entry]:
         """The jobs finished with by the write on its way, if it has ended (or,
         with ``wait``, once it has; at most until ``until``, monotonic)."""
-        if not self.calls.busy or not ((wait and self.calls.wait(_left(until)))
+        if not self.calls.busy or not ((wait and self.calls.wait(time_left(until)))
                                        or self.calls.done()):
             return []
         records, self.writing = self.writing, []
@@ -241,8 +241,9 @@ class BatchCompleter:
             finished += self.flush()
             finished += self.collect(wait=True, until=until)
             if self.pending and not self.calls.busy:
-                pause, left = min(1.0, max(0.0, self.retry_at - time.monotonic())), _left(until)
-                if left is not None and pause >= left:
+                pause, remaining = (min(1.0, max(0.0, self.retry_at - time.monotonic())),
+                                    time_left(until))
+                if remaining is not None and pause >= remaining:
                     break
                 time.sleep(pause)
         return finished
@@ -250,7 +251,7 @@ class BatchCompleter:
     def close(self, until: float | None = None) -> bool:
         """End the writing thread (after ``drain``); False if a write was left
         waiting on the database at ``until``."""
-        return self.calls.close(_left(until))
+        return self.calls.close(time_left(until))
 
     # --- writing -------------------------------------------------------------------
 
@@ -337,11 +338,6 @@ class InlineCompleter(BatchCompleter):
     def flush(self, now: float | None = None) -> list[Entry]:
         self._one_by_one = True
         return super().flush(now)
-
-
-def _left(until: float | None) -> float | None:
-    """Seconds left until ``until`` (monotonic; None: no limit), at least 0."""
-    return None if until is None else max(0.0, until - time.monotonic())
 
 
 def _requeues(record: Record) -> bool:

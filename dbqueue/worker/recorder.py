@@ -36,8 +36,8 @@ class Recorder:
         self.store = store
         self.health = health
         self.hooks = hooks
-        self.wait_at_most = wait_at_most
         """Where a failed job's on_failure hook is queued, to run in a child."""
+        self.wait_at_most = wait_at_most
         self._given_back = False
         self.failed_unrun = 0
         """Jobs failed for good without running here (an unknown job, a payload

@@ -18,7 +18,7 @@ from typing import Any, TypeAlias
 from ..store import Lease, ReservedRow, Store
 from ..store.batches import Batches
 from ..store.queues import Queues
-from .background import Inline, OnThread, bounded
+from .background import Inline, OnThread, bounded, time_left
 from .cancels import CancelledBatches
 from .clock import Deadline
 from .health import DB_ERRORS, Health
@@ -197,8 +197,8 @@ class Reserver:
     def _receive(self, *, wait: bool = False, until: float | None = None) -> _Arrived | None:
         """The rows of the reservation on its way, if it has ended (or, with
         ``wait``, once it has), not admitted yet; None if none came back."""
-        left = None if until is None else max(0.0, until - time.monotonic())
-        if not self.calls.busy or not ((wait and self.calls.wait(left)) or self.calls.done()):
+        if not self.calls.busy or not ((wait and self.calls.wait(time_left(until)))
+                                       or self.calls.done()):
             return None
         asked, now = self._asked, time.monotonic()
         assert asked is not None
@@ -228,7 +228,7 @@ class Reserver:
         on the database then: the jobs it leases come back when the leases
         run out (a reservation counts no attempt)."""
         self.collect(wait=True, until=until)
-        return self.calls.close(None if until is None else max(0.0, until - time.monotonic()))
+        return self.calls.close(time_left(until))
 
     def _take(self, rows: list[ReservedRow], token: str, lease_until: Deadline) -> None:
         admitted: list[Entry] = []

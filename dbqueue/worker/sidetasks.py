@@ -25,13 +25,12 @@ no new work until it does (``LeaseRenewal.stuck``).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 from ..store import Lease, Store, WorkerRegistry
 from ..store.locks import Locks
-from .background import Inline, OnThread
+from .background import Inline, OnThread, time_left
 from .clock import Deadline
 from .completer import BatchCompleter
 from .health import DB_ERRORS, Health
@@ -102,7 +101,7 @@ class SideTask:
         """Wait for the call on its way, if any, until ``until`` (monotonic) at
         the latest, and end the task's thread; False if the call was left
         waiting on the database."""
-        return self.calls.close(None if until is None else max(0.0, until - time.monotonic()))
+        return self.calls.close(time_left(until))
 
     def work(self) -> Callable[[], Any]:
         """On the supervisor's thread: the statements to run (apart or inline)."""

@@ -36,7 +36,7 @@ from typing import Any
 
 from ..store import WorkerInfo, WorkerRegistry
 from ..store.locks import Locks
-from .background import run_within
+from .background import run_within, time_left
 from .chores import StartUpChores
 from .completer import FLUSH_DELAY, BatchCompleter
 from .handout import Handout
@@ -55,7 +55,6 @@ from .signals import REPEAT_AFTER, StopSignals
 from .wakeup import Wakeup
 
 log = logging.getLogger("dbqueue.worker")
-
 
 
 class Supervisor:
@@ -281,7 +280,7 @@ class Supervisor:
             if self.store.dialect.embedded:
                 self.registry.unregister(self.id)
             elif not run_within(lambda: self.registry.unregister(self.id),
-                                max(0.0, until - time.monotonic()))[0]:
+                                time_left(until) or 0.0)[0]:
                 log.warning("could not leave the workers' registry: the database did not "
                             "answer (the row is pruned as a dead worker's)")
         except DB_ERRORS as exc:  # the row is pruned as a dead worker's in two minutes
