@@ -134,8 +134,12 @@ def test_a_call_given_up_on_is_seen_as_left_waiting():
     """`dbqueue work` then ends without the interpreter's shutdown, which has
     crashed around threads blocked inside a driver."""
     wait_until(lambda: not left_waiting(), what="calls of other tests to end")
+    idle = OnThread("dbqueue-idle")  # a thread with no call on its way: nothing waits
+    idle.submit(lambda: 1)
+    assert idle.take() == 1 and not left_waiting()
     never = threading.Event()
     assert run_within(lambda: never.wait(60), 0.01) == (False, None)
     assert left_waiting()
     never.set()
     wait_until(lambda: not left_waiting(), what="the call to end")
+    idle.close()

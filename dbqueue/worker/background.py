@@ -35,8 +35,8 @@ from ..errors import DatabaseUnavailable
 
 T = TypeVar("T")
 
-_NAME = "dbqueue-"
-"""How the worker's threads are named (OnThread's name, and its own)."""
+_LEFT: list[threading.Thread] = []
+"""Threads given up on while they waited for a call (see ``left_waiting``)."""
 
 
 class Inline(Generic[T]):
@@ -124,8 +124,7 @@ class OnThread(Inline[T]):
     def close(self, timeout: float | None = None) -> bool:
         if self._thread is not None:
             self._calls.put(None)
-            self._thread.join(timeout)
-            if self._thread.is_alive():
+            if not join_within(self._thread, timeout):
                 # Left waiting (a daemon: it holds up no exit). The pipe stays
                 # open: the thread writes to it when the call ends, if ever.
                 return False
@@ -138,7 +137,7 @@ def run_within(call: Callable[[], T], seconds: float) -> tuple[bool, T | None]:
     """Run ``call`` on a thread of its own and wait for it up to ``seconds``:
     (True, its result), or (False, None) if it is still running then (it is
     left to end, or not, on its daemon thread). What it raised is raised."""
-    calls: OnThread[T] = OnThread(f"{_NAME}call")
+    calls: OnThread[T] = OnThread("dbqueue-call")
     calls.submit(call)
     if not calls.wait(seconds):
         calls.close(0)
@@ -149,11 +148,20 @@ def run_within(call: Callable[[], T], seconds: float) -> tuple[bool, T | None]:
         calls.close()
 
 
+def join_within(thread: threading.Thread, timeout: float | None) -> bool:
+    """Join ``thread`` for ``timeout`` seconds at most (None: until it ends);
+    False, remembering it (see ``left_waiting``), if it still runs then."""
+    thread.join(timeout)
+    if thread.is_alive():
+        _LEFT.append(thread)
+        return False
+    return True
+
+
 def left_waiting() -> bool:
-    """Whether a thread of the worker's still runs: a call given up on, still
+    """Whether a thread given up on (``join_within``) still runs: a call still
     waiting for the database."""
-    return any(thread.name.startswith(_NAME) and thread.is_alive()
-               for thread in threading.enumerate())
+    return any(thread.is_alive() for thread in _LEFT)
 
 
 def bounded(call: Callable[[], T], seconds: float | None) -> T:

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..store import WorkerRegistry
 from ..store.queues import Queues
+from .background import join_within
 from .health import DB_ERRORS
 from .options import WorkerOptions
 from .scheduler import forget_schedules
@@ -50,7 +51,7 @@ class StartUpChores:
         long, as on a database that does not answer each of their statements
         would hold the stop up to the network timeout."""
         if self._thread is not None:
-            self._thread.join(_WAIT_AT_STOP)
+            join_within(self._thread, _WAIT_AT_STOP)
 
     def _run(self) -> None:
         self._hint_unserved_queues()
