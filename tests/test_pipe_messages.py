@@ -7,6 +7,7 @@ import multiprocessing
 import pickle
 from typing import Any
 
+from dbqueue.worker.childend import Child
 from dbqueue.worker.messages import (
     DONE,
     DONE_FRAME,
@@ -16,7 +17,6 @@ from dbqueue.worker.messages import (
     from_wire,
     to_wire,
 )
-from dbqueue.worker.pool import Child
 
 
 def _pipe() -> tuple[Child, Any]:

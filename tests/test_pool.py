@@ -11,8 +11,9 @@ import time
 
 import pytest
 
+from dbqueue.worker.childend import Child, Task
 from dbqueue.worker.messages import RunJob
-from dbqueue.worker.pool import Child, Pool, Task
+from dbqueue.worker.pool import Pool
 from dbqueue.worker.stamps import Stamp
 from tests.conftest import rows, wait_until
 
@@ -145,6 +146,37 @@ def test_a_halted_child_sends_back_the_jobs_queued_in_it_and_starts_none(tmp_pat
         assert answered(pool, 1) == [nap(5, 0.0)]
     finally:
         pool.stop()
+
+
+@pytest.mark.slow  # starts processes
+def test_children_started_aside_work_exit_when_dismissed_and_never_outlive_a_stop(
+        tmp_path, monkeypatch):
+    """The supervisor starts its children while it registers (start_aside) and
+    dismisses them as its stop begins; a worker stopped before it registered
+    stops the children still being started."""
+    monkeypatch.setenv("DBQUEUE_URL", f"sqlite:///{tmp_path}/queue.db")
+    pool = Pool("tests.jobapp:app", 2)
+    pool.start_aside()
+    pool.start()  # waits for them
+    try:
+        children = list(pool.children)
+        assert len(children) == 2
+        for n, child in enumerate(children):
+            pool.give(child, nap(n, 0.0), 10.0)
+        assert sorted(task.job_id for task in answered(pool, 2)) == [0, 1]
+        pool.dismiss()
+        for child in children:  # they exit without being waited for
+            child.process.join(LONG_ENOUGH)
+            assert child.process.exitcode == 0
+    finally:
+        pool.stop()
+
+    before = set(multiprocessing.active_children())
+    stopped = Pool("tests.jobapp:app", 2)
+    stopped.start_aside()
+    stopped.stop()  # at once: the children are still being started
+    assert not [thread for thread in threading.enumerate() if thread.name == "dbqueue-start"]
+    assert set(multiprocessing.active_children()) <= before
 
 
 def test_a_worker_completes_the_jobs_whose_answers_a_timed_out_child_held(jobs, workers):

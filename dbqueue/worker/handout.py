@@ -16,11 +16,12 @@ from collections import deque
 from typing import Any
 
 from ..errors import JobTimeout, WorkerCrashed
+from .childend import Child, Task
 from .health import DB_ERRORS, LONGEST_WAIT, Health
 from .ledger import Entry, Ledger, State
 from .messages import Committed, Finished, RunHook, RunJob
 from .options import WorkerOptions
-from .pool import Child, Ended, Pool, Task
+from .pool import Ended, Pool
 from .recorder import Recorder
 from .reserver import Reserver
 from .runtimes import Runtimes

@@ -11,144 +11,18 @@ moment it began.
 from __future__ import annotations
 
 import contextlib
-import os
-import select
 import signal
-import struct
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
-from multiprocessing.process import BaseProcess
+from multiprocessing.connection import wait
 from typing import Any
 
 from . import forkserver
+from .background import OnThread
 from .child import child_main
-from .messages import (
-    DONE,
-    DONE_FRAME,
-    Committed,
-    Finished,
-    Halt,
-    Returned,
-    RunHook,
-    RunJob,
-    answer_from,
-    to_wire,
-)
+from .childend import Child, Task
+from .messages import Committed, Finished, Halt, Returned, RunJob, to_wire
 from .stamps import Stamp
-
-Task = RunJob | RunHook
-
-_SHORT = struct.Struct("!i")  # multiprocessing.Connection's frame header
-_LONG = struct.Struct("!Q")  # ... and its length of a message over 2 GiB
-_READ_SIZE = 1 << 16
-
-
-@dataclass(eq=False)
-class Child:
-    process: BaseProcess
-    conn: Connection
-    tasks: deque[tuple[Task, float]] = field(default_factory=deque)
-    """Queued tasks with their timeouts, in order; the ones before the running
-    one have ended, their answers on the way (see ``running``)."""
-    stamp: Stamp | None = None
-    """What the child says it has begun and ended (see worker.stamps)."""
-    stamped: tuple[int, bool, float] | None = None
-    """The stamp as last read."""
-    halt: Any = None
-    """One shared byte: set once Halt was sent (see Pool.halt)."""
-    answers: int = 0
-    """The tasks it has answered."""
-    started: float = 0.0
-    """When the first queued task was given, or the one before it answered."""
-    answered: float = 0.0
-    """When it last answered (monotonic clock)."""
-    unsent: list[Task] = field(default_factory=list)
-    """Tasks given since the last wait: sent together, in one message."""
-    unread: bytes = b""
-    """The start of a message read from the pipe whose end is still on its way."""
-    _poller: select.poll | None = field(default=None, init=False, repr=False)
-
-    def readable(self) -> bool:
-        """Whether the pipe can be read without waiting (a message, or the EOF
-        of the child's death).
-
-        ``Connection.poll`` builds a selector for every call; the supervisor
-        asks once per read, thousands of times a second with short jobs.
-        """
-        try:
-            if self._poller is None:
-                self._poller = select.poll()
-                self._poller.register(self.conn.fileno(), select.POLLIN)
-            return bool(self._poller.poll(0))
-        except (OSError, ValueError):  # the pipe was closed: reading says how
-            return True
-
-    def has_answer(self) -> bool:
-        """Whether the pipe holds what the child sent and is not read yet. (The
-        start of a message already read into ``unread`` is no answer: a child
-        that froze while writing the rest is overdue all the same.)"""
-        return self.readable()
-
-    def messages(self) -> list[Any]:
-        """Every whole message in the pipe now, with one read (call it when
-        ``readable``). Raises EOFError once the child is gone.
-
-        Connection.recv would cost two reads per message; the child's answers
-        come in Connection's framing (a 4-byte length, or -1 and an 8-byte
-        one), so they are cut out of one read here.
-        """
-        data = os.read(self.conn.fileno(), _READ_SIZE)
-        if not data:
-            raise EOFError
-        buffer = self.unread + data if self.unread else data
-        messages: list[Any] = []
-        offset, end = 0, len(buffer)
-        while end - offset >= _SHORT.size:
-            (size,) = _SHORT.unpack_from(buffer, offset)
-            start = offset + _SHORT.size
-            if size == -1:
-                if end - start < _LONG.size:
-                    break
-                (size,) = _LONG.unpack_from(buffer, start)
-                start += _LONG.size
-            if end - start < size:
-                break
-            if buffer[start:start + 1] == DONE_FRAME:  # a run of them (see worker.replies)
-                messages += [DONE] * size
-            else:
-                messages.append(answer_from(buffer[start:start + size]))
-            offset = start + size
-        self.unread = buffer[offset:]
-        return messages
-
-    def running(self) -> tuple[int, float, bool]:
-        """Which of the queued tasks runs or is next (its index), since when,
-        and whether the child has begun it.
-
-        The child's stamp tells: the one it began last, since it began, until
-        it has ended (or been answered); then the next, since that end or
-        since it was given, whichever is later: a child that does not begin
-        it is as late as one that runs it. Without a stamp: the first, since
-        ``started``.
-        """
-        if self.stamp is not None:
-            self.stamped = self.stamp.read(self.answers)
-        if self.stamped is not None:
-            begun, ended, at = self.stamped
-            last = begun - self.answers - 1  # the one begun last; -1: answered already
-            if not ended and 0 <= last < len(self.tasks):
-                return last, at, True
-            if 0 <= last + 1 <= len(self.tasks):
-                return last + 1, max(at, self.started), False
-        return 0, self.started, True
-
-    def deadline(self) -> float:
-        """When the running (or next) task must have ended (when every queued
-        task has ended, their answers on the way: the last one's)."""
-        index, started, _ = self.running()
-        return started + self.tasks[min(index, len(self.tasks) - 1)][1]
 
 
 @dataclass
@@ -192,8 +66,29 @@ class Pool:
         # background (`dbqueue work` has started it already, by fork).
         self.context = forkserver.start(app_reference)
         self.children: list[Child] = []
+        self._starting: OnThread[None] | None = None
+
+    def start_aside(self) -> None:
+        """Start the children on a thread of its own: the fork server forks
+        each while the supervisor does something else (it registers). ``start``
+        then waits for them, and raises what starting raised."""
+        self._starting = OnThread("dbqueue-start")
+        self._starting.submit(self._start)
 
     def start(self) -> None:
+        self._started_aside()
+        self._start()  # the rest: all of them when none started aside
+
+    def _started_aside(self) -> None:
+        """Wait for the start begun by ``start_aside``, if any; raise what it raised."""
+        starting, self._starting = self._starting, None
+        if starting is not None:
+            try:
+                starting.take()
+            finally:
+                starting.close()
+
+    def _start(self) -> None:
         while len(self.children) < self.size:
             self.children.append(self._spawn())
 
@@ -345,11 +240,21 @@ class Pool:
         ended.unstarted += tasks[index + 1:] if running is not None else tasks[index:]
         self.children[self.children.index(child)] = self._spawn()
 
+    def dismiss(self) -> None:
+        """Ask the children to exit once their queued tasks are done, without
+        waiting for them: the stop's last writes go on meanwhile (``stop``
+        then waits)."""
+        for child in self.children:
+            if not child.dismissed:
+                child.dismissed = True
+                with contextlib.suppress(OSError):  # dead: nothing to ask
+                    child.conn.send(None)
+
     def stop(self) -> None:
         """Ask the children to exit; kill those that do not."""
-        for child in self.children:
-            with contextlib.suppress(OSError):
-                child.conn.send(None)
+        with contextlib.suppress(Exception):  # those that started are stopped
+            self._started_aside()
+        self.dismiss()
         deadline = time.monotonic() + 5
         for child in self.children:
             child.process.join(max(0.0, deadline - time.monotonic()))

@@ -119,7 +119,14 @@ class Supervisor:
     def run(self) -> int:
         """Work until told to stop; return the process exit code (0)."""
         self.signals.install()
-        if not self._register():
+        self.pool.start_aside()  # the children start while the worker registers
+        registered = False
+        try:
+            registered = self._register()
+        finally:
+            if not registered:  # stopped first, or cannot work here
+                self.pool.stop()
+        if not registered:
             log.info("stopped before it started (received %s)", self.signals.received)
             return 0
         log.info("worker %s (%s) started: queues %s, concurrency %d", self.id, self.name,
@@ -256,6 +263,8 @@ class Supervisor:
         # However the database behaves, the stop waits on it for the network
         # timeout at most: what is still on its way then is left to the leases.
         until = time.monotonic() + self.wait_at_most
+        # No task is handed out from here on: the children exit meanwhile.
+        self.pool.dismiss()
         try:
             try:
                 self.reserver.close(until)

@@ -1,0 +1,130 @@
+"""The supervisor's end of one child process: its pipe, the tasks queued in
+it, and what its stamp says it runs (see worker.pool)."""
+
+from __future__ import annotations
+
+import os
+import select
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from .messages import DONE, DONE_FRAME, RunHook, RunJob, answer_from
+from .stamps import Stamp
+
+Task = RunJob | RunHook
+
+_SHORT = struct.Struct("!i")  # multiprocessing.Connection's frame header
+_LONG = struct.Struct("!Q")  # ... and its length of a message over 2 GiB
+_READ_SIZE = 1 << 16
+
+
+@dataclass(eq=False)
+class Child:
+    process: BaseProcess
+    conn: Connection
+    tasks: deque[tuple[Task, float]] = field(default_factory=deque)
+    """Queued tasks with their timeouts, in order; the ones before the running
+    one have ended, their answers on the way (see ``running``)."""
+    stamp: Stamp | None = None
+    """What the child says it has begun and ended (see worker.stamps)."""
+    stamped: tuple[int, bool, float] | None = None
+    """The stamp as last read."""
+    halt: Any = None
+    """One shared byte: set once Halt was sent (see Pool.halt)."""
+    answers: int = 0
+    """The tasks it has answered."""
+    started: float = 0.0
+    """When the first queued task was given, or the one before it answered."""
+    answered: float = 0.0
+    """When it last answered (monotonic clock)."""
+    unsent: list[Task] = field(default_factory=list)
+    """Tasks given since the last wait: sent together, in one message."""
+    unread: bytes = b""
+    """The start of a message read from the pipe whose end is still on its way."""
+    dismissed: bool = False
+    """Asked to exit (see Pool.dismiss)."""
+    _poller: select.poll | None = field(default=None, init=False, repr=False)
+
+    def readable(self) -> bool:
+        """Whether the pipe can be read without waiting (a message, or the EOF
+        of the child's death).
+
+        ``Connection.poll`` builds a selector for every call; the supervisor
+        asks once per read, thousands of times a second with short jobs.
+        """
+        try:
+            if self._poller is None:
+                self._poller = select.poll()
+                self._poller.register(self.conn.fileno(), select.POLLIN)
+            return bool(self._poller.poll(0))
+        except (OSError, ValueError):  # the pipe was closed: reading says how
+            return True
+
+    def has_answer(self) -> bool:
+        """Whether the pipe holds what the child sent and is not read yet. (The
+        start of a message already read into ``unread`` is no answer: a child
+        that froze while writing the rest is overdue all the same.)"""
+        return self.readable()
+
+    def messages(self) -> list[Any]:
+        """Every whole message in the pipe now, with one read (call it when
+        ``readable``). Raises EOFError once the child is gone.
+
+        Connection.recv would cost two reads per message; the child's answers
+        come in Connection's framing (a 4-byte length, or -1 and an 8-byte
+        one), so they are cut out of one read here.
+        """
+        data = os.read(self.conn.fileno(), _READ_SIZE)
+        if not data:
+            raise EOFError
+        buffer = self.unread + data if self.unread else data
+        messages: list[Any] = []
+        offset, end = 0, len(buffer)
+        while end - offset >= _SHORT.size:
+            (size,) = _SHORT.unpack_from(buffer, offset)
+            start = offset + _SHORT.size
+            if size == -1:
+                if end - start < _LONG.size:
+                    break
+                (size,) = _LONG.unpack_from(buffer, start)
+                start += _LONG.size
+            if end - start < size:
+                break
+            if buffer[start:start + 1] == DONE_FRAME:  # a run of them (see worker.replies)
+                messages += [DONE] * size
+            else:
+                messages.append(answer_from(buffer[start:start + size]))
+            offset = start + size
+        self.unread = buffer[offset:]
+        return messages
+
+    def running(self) -> tuple[int, float, bool]:
+        """Which of the queued tasks runs or is next (its index), since when,
+        and whether the child has begun it.
+
+        The child's stamp tells: the one it began last, since it began, until
+        it has ended (or been answered); then the next, since that end or
+        since it was given, whichever is later: a child that does not begin
+        it is as late as one that runs it. Without a stamp: the first, since
+        ``started``.
+        """
+        if self.stamp is not None:
+            self.stamped = self.stamp.read(self.answers)
+        if self.stamped is not None:
+            begun, ended, at = self.stamped
+            last = begun - self.answers - 1  # the one begun last; -1: answered already
+            if not ended and 0 <= last < len(self.tasks):
+                return last, at, True
+            if 0 <= last + 1 <= len(self.tasks):
+                return last + 1, max(at, self.started), False
+        return 0, self.started, True
+
+    def deadline(self) -> float:
+        """When the running (or next) task must have ended (when every queued
+        task has ended, their answers on the way: the last one's)."""
+        index, started, _ = self.running()
+        return started + self.tasks[min(index, len(self.tasks) - 1)][1]
