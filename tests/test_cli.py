@@ -184,6 +184,24 @@ def test_work_runs_the_queued_jobs_and_logs_each_with_verbose(jobs, schema):
     assert result.returncode == 0 and f"job {job_id} (record) completed" in result.stderr
 
 
+def test_work_runs_the_applications_exit_handlers_when_it_exits(jobs, schema, tmp_path):
+    """The worker ends its process itself, without the interpreter's shutdown
+    (see cli.work._end): what an application registered with atexit runs all
+    the same, once, in the worker's own process."""
+    if not schema.startswith("sqlite"):
+        pytest.skip("how the process exits does not depend on the database")
+    note = tmp_path / "exit-note"
+    jobs.record.dispatch(9)
+    worker = dbqueue_cli("work", "--app", "tests.exit_handler_app:app", "--stop-when-empty",
+                         "--sleep", "0.1",
+                         env={**cli_env(schema), "DBQUEUE_TEST_EXIT_FILE": str(note)})
+    assert worker.returncode == 0, worker.stderr
+    assert count(jobs.app, jobs.effects, jobs.effects.c.n == 9) == 1
+    pid = re.search(r"\(\S+:(\d+)\) started", worker.stderr)
+    assert pid is not None, worker.stderr
+    assert note.read_text().split() == [pid.group(1)]
+
+
 # --- failed, failed show ------------------------------------------------------------
 
 
