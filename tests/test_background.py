@@ -8,9 +8,8 @@ import threading
 import pytest
 
 from dbqueue.errors import DatabaseUnavailable
-from dbqueue.worker.background import Inline, OnThread, bounded, left_waiting, run_within
+from dbqueue.worker.background import Inline, OnThread, bounded, run_within
 from dbqueue.worker.cancels import CancelledBatches
-from tests.conftest import wait_until
 
 
 def readable(fd: int, timeout: float = 0.0) -> bool:
@@ -128,18 +127,3 @@ def test_the_supervisors_own_questions_give_up_on_a_server_that_hangs():
     with pytest.raises(DatabaseUnavailable):
         cancels.cancelled("b1", now=0.0)
     hung.answer.set()
-
-
-def test_a_call_given_up_on_is_seen_as_left_waiting():
-    """`dbqueue work` then ends without the interpreter's shutdown, which has
-    crashed around threads blocked inside a driver."""
-    wait_until(lambda: not left_waiting(), what="calls of other tests to end")
-    idle = OnThread("dbqueue-idle")  # a thread with no call on its way: nothing waits
-    idle.submit(lambda: 1)
-    assert idle.take() == 1 and not left_waiting()
-    never = threading.Event()
-    assert run_within(lambda: never.wait(60), 0.01) == (False, None)
-    assert left_waiting()
-    never.set()
-    wait_until(lambda: not left_waiting(), what="the call to end")
-    idle.close()

@@ -184,10 +184,11 @@ def test_work_runs_the_queued_jobs_and_logs_each_with_verbose(jobs, schema):
     assert result.returncode == 0 and f"job {job_id} (record) completed" in result.stderr
 
 
-def test_work_runs_the_applications_exit_handlers_when_it_exits(jobs, schema, tmp_path):
-    """The worker ends its process itself, without the interpreter's shutdown
-    (see cli.work._end): what an application registered with atexit runs all
-    the same, once, in the worker's own process."""
+def test_work_lets_the_applications_threads_and_exit_handlers_finish(jobs, schema, tmp_path):
+    """The worker ends its process itself, without the interpreter's teardown
+    (see cli.work._end): the application's threads and exit handlers finish
+    all the same, once, in the worker's own process, in the interpreter's
+    order."""
     if not schema.startswith("sqlite"):
         pytest.skip("how the process exits does not depend on the database")
     note = tmp_path / "exit-note"
@@ -199,7 +200,22 @@ def test_work_runs_the_applications_exit_handlers_when_it_exits(jobs, schema, tm
     assert count(jobs.app, jobs.effects, jobs.effects.c.n == 9) == 1
     pid = re.search(r"\(\S+:(\d+)\) started", worker.stderr)
     assert pid is not None, worker.stderr
-    assert note.read_text().split() == [pid.group(1)]
+    assert note.read_text().splitlines() == [f"thread {pid.group(1)}", f"atexit {pid.group(1)}"]
+
+
+def test_work_started_without_a_stdout_still_exits_cleanly(jobs, schema):
+    """A process manager may start the worker with its standard output closed:
+    its end must not fail for that (exit code 0, no traceback)."""
+    if not schema.startswith("sqlite"):
+        pytest.skip("how the process exits does not depend on the database")
+    jobs.record.dispatch(10)
+    worker = subprocess.run(
+        ["sh", "-c", 'exec "$0" -m dbqueue work --app tests.jobapp:app --stop-when-empty >&-',
+         sys.executable], cwd=ROOT, env=cli_env(schema), capture_output=True, text=True,
+        timeout=120)
+    assert worker.returncode == 0, worker.stderr
+    assert "Traceback" not in worker.stderr
+    assert count(jobs.app, jobs.effects, jobs.effects.c.n == 10) == 1
 
 
 # --- failed, failed show ------------------------------------------------------------

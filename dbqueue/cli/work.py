@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import logging
 import os
 import signal
 import sys
+import threading
 from typing import NoReturn
 
 import click
 
 from ..loader import search_cwd
 from ..worker import forkserver
-from ..worker.background import left_waiting
 from ..worker.signals import StopSignals
 from .options import connection_options, export_settings, friendly_errors
 
@@ -116,21 +117,25 @@ _SWITCH_INTERVAL = 0.001  # seconds
 def _end(code: int) -> NoReturn:
     """End the worker's process with ``code``, its work done.
 
-    Not through the interpreter's own shutdown: tearing down every module and
-    object SQLAlchemy and the application made takes 15 ms of a short run,
-    spent on memory about to be given back whole. And after a stop that gave
-    up on statements a hung server never answered, that shutdown, around the
-    threads still blocked inside the driver, has crashed (SIGSEGV). What the
-    shutdown does that matters, the exit handlers (the application's too:
-    an error tracker flushing its reports) and flushing what was written, is
-    done here; not while a thread still waits on the database, as a handler
-    that joins threads would wait with it.
+    Not through the interpreter's own teardown of every module and object
+    SQLAlchemy and the application made: 15 ms of a short run, spent on
+    memory about to be given back whole. And after a stop that gave up on
+    statements a hung server never answered, that teardown, around the
+    threads still blocked inside the driver, has crashed (SIGSEGV). What comes
+    before the teardown is done here, in the interpreter's order: waiting for
+    the threads the application started (not daemons) and its thread pools'
+    work, then the exit handlers (an error tracker sending its reports), then
+    flushing what was written.
     """
-    if not left_waiting():
-        atexit._run_exitfuncs()
+    wait_for_threads = getattr(threading, "_shutdown", None)
+    if wait_for_threads is None:  # another Python: its own exit, teardown and all
+        sys.exit(code)
+    wait_for_threads()
+    atexit._run_exitfuncs()
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # closed, or None when started without one
+            stream.flush()
     os._exit(code)
 
 

@@ -35,10 +35,6 @@ from ..errors import DatabaseUnavailable
 
 T = TypeVar("T")
 
-_LEFT: list[threading.Thread] = []
-"""Threads given up on while they waited for a call (see ``left_waiting``)."""
-
-
 class Inline(Generic[T]):
     """Runs the call at once, on the caller's thread."""
 
@@ -150,18 +146,9 @@ def run_within(call: Callable[[], T], seconds: float) -> tuple[bool, T | None]:
 
 def join_within(thread: threading.Thread, timeout: float | None) -> bool:
     """Join ``thread`` for ``timeout`` seconds at most (None: until it ends);
-    False, remembering it (see ``left_waiting``), if it still runs then."""
+    False if it still runs then."""
     thread.join(timeout)
-    if thread.is_alive():
-        _LEFT.append(thread)
-        return False
-    return True
-
-
-def left_waiting() -> bool:
-    """Whether a thread given up on (``join_within``) still runs: a call still
-    waiting for the database."""
-    return any(thread.is_alive() for thread in _LEFT)
+    return not thread.is_alive()
 
 
 def bounded(call: Callable[[], T], seconds: float | None) -> T:
