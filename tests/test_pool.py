@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from dbqueue.worker import pool as pool_module
 from dbqueue.worker.childend import Child, Task
 from dbqueue.worker.messages import RunJob
 from dbqueue.worker.pool import Pool
@@ -177,6 +178,26 @@ def test_children_started_aside_work_exit_when_dismissed_and_never_outlive_a_sto
     stopped.stop()  # at once: the children are still being started
     assert not [thread for thread in threading.enumerate() if thread.name == "dbqueue-start"]
     assert set(multiprocessing.active_children()) <= before
+
+
+def test_a_start_the_fork_server_never_answers_holds_up_no_stop(monkeypatch):
+    """A worker told to stop while it registers waits for the children still
+    being started, but not for ever: a fork server stuck importing the
+    application (at its import, a call that never returns) would otherwise keep
+    it from heeding SIGTERM."""
+    forked = threading.Event()
+    monkeypatch.setattr(pool_module, "_START_WAIT_AT_STOP", 0.05)
+    pool = Pool("tests.jobapp:app", 2)
+    monkeypatch.setattr(pool, "_start", forked.wait)  # the fork server never answers
+    pool.start_aside()
+    stopping = threading.Thread(target=pool.stop, daemon=True)
+    stopping.start()
+    stopping.join(LONG_ENOUGH)
+    assert not stopping.is_alive(), "the stop waits for a start that never ends"
+    assert pool.children == []
+    forked.set()  # the start ends: its thread too
+    wait_until(lambda: not [t for t in threading.enumerate() if t.name == "dbqueue-start"],
+               what="the start's thread to end")
 
 
 def test_a_worker_completes_the_jobs_whose_answers_a_timed_out_child_held(jobs, workers):

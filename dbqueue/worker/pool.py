@@ -24,6 +24,8 @@ from .childend import Child, Task
 from .messages import Committed, Finished, Halt, Returned, RunJob, to_wire
 from .stamps import Stamp
 
+_START_WAIT_AT_STOP = 5.0  # seconds, at most, for the children still being started
+
 
 @dataclass
 class Ended:
@@ -79,14 +81,19 @@ class Pool:
         self._started_aside()
         self._start()  # the rest: all of them when none started aside
 
-    def _started_aside(self) -> None:
-        """Wait for the start begun by ``start_aside``, if any; raise what it raised."""
+    def _started_aside(self, timeout: float | None = None) -> None:
+        """Wait for the start begun by ``start_aside``, if any (at most
+        ``timeout`` seconds: then it is left to end, or not); raise what it raised."""
         starting, self._starting = self._starting, None
-        if starting is not None:
-            try:
-                starting.take()
-            finally:
-                starting.close()
+        if starting is None:
+            return
+        if not starting.wait(timeout):
+            starting.close(0)  # its thread ends once the start does
+            return
+        try:
+            starting.take()
+        finally:
+            starting.close()
 
     def _start(self) -> None:
         while len(self.children) < self.size:
@@ -252,8 +259,11 @@ class Pool:
 
     def stop(self) -> None:
         """Ask the children to exit; kill those that do not."""
-        with contextlib.suppress(Exception):  # those that started are stopped
-            self._started_aside()
+        # Those that started are stopped. A fork server that does not answer
+        # (stuck importing the application) holds up no stop: what it forks
+        # later dies with the worker (see worker.forkserver_init).
+        with contextlib.suppress(Exception):
+            self._started_aside(_START_WAIT_AT_STOP)
         self.dismiss()
         deadline = time.monotonic() + 5
         for child in self.children:
