@@ -124,15 +124,14 @@ def _end(code: int) -> NoReturn:
     threads still blocked inside the driver, has crashed (SIGSEGV). What comes
     before the teardown is done here, in the interpreter's order: waiting for
     the threads the application started (not daemons) and its thread pools'
-    work, then the exit handlers (an error tracker sending its reports), then
-    flushing what was written.
+    work, then the exit handlers (an error tracker sending its reports; the
+    log's own), then flushing the standard streams.
     """
     wait_for_threads = getattr(threading, "_shutdown", None)
     if wait_for_threads is None:  # another Python: its own exit, teardown and all
         sys.exit(code)
     wait_for_threads()
-    atexit._run_exitfuncs()
-    logging.shutdown()
+    atexit._run_exitfuncs()  # logging's among them: it flushes and closes the log
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # closed, or None when started without one
             stream.flush()

@@ -35,6 +35,7 @@ from ..errors import DatabaseUnavailable
 
 T = TypeVar("T")
 
+
 class Inline(Generic[T]):
     """Runs the call at once, on the caller's thread."""
 
@@ -120,7 +121,8 @@ class OnThread(Inline[T]):
     def close(self, timeout: float | None = None) -> bool:
         if self._thread is not None:
             self._calls.put(None)
-            if not join_within(self._thread, timeout):
+            self._thread.join(timeout)
+            if self._thread.is_alive():
                 # Left waiting (a daemon: it holds up no exit). The pipe stays
                 # open: the thread writes to it when the call ends, if ever.
                 return False
@@ -142,13 +144,6 @@ def run_within(call: Callable[[], T], seconds: float) -> tuple[bool, T | None]:
         return True, calls.take()
     finally:
         calls.close()
-
-
-def join_within(thread: threading.Thread, timeout: float | None) -> bool:
-    """Join ``thread`` for ``timeout`` seconds at most (None: until it ends);
-    False if it still runs then."""
-    thread.join(timeout)
-    return not thread.is_alive()
 
 
 def bounded(call: Callable[[], T], seconds: float | None) -> T:

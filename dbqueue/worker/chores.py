@@ -19,7 +19,6 @@ from typing import Any
 
 from ..store import WorkerRegistry
 from ..store.queues import Queues
-from .background import join_within
 from .health import DB_ERRORS
 from .options import WorkerOptions
 from .scheduler import forget_schedules
@@ -51,7 +50,7 @@ class StartUpChores:
         long, as on a database that does not answer each of their statements
         would hold the stop up to the network timeout."""
         if self._thread is not None:
-            join_within(self._thread, _WAIT_AT_STOP)
+            self._thread.join(_WAIT_AT_STOP)
 
     def _run(self) -> None:
         self._hint_unserved_queues()
