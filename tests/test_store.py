@@ -293,17 +293,46 @@ def test_missing_tables_are_still_not_migrated(app):
         other.dispose()
 
 
-def test_a_statement_over_the_servers_packet_limit_is_refused_not_unavailable(app):
+def _over_the_packet_limit(app):
     if app.engine.dialect.name not in ("mysql", "mariadb"):
         pytest.skip("only MySQL and MariaDB file this refusal with the lost connections")
     limit = app.store.read(lambda c: c.exec_driver_sql("SELECT @@max_allowed_packet").scalar())
-    too_long = NewJob("default", "noop", '"' + "a" * (int(limit) + 1024) + '"')
+    return '"' + "a" * (int(limit) + 1024) + '"'
+
+
+def _dropped_connections(engine):
+    """Why each pooled connection of ``engine`` invalidated from now on was."""
+    dropped = []
+    sa.event.listen(engine, "invalidate",
+                    lambda _dbapi, _record, reason: dropped.append(str(reason)))
+    return dropped
+
+
+def test_a_statement_over_the_servers_packet_limit_is_refused_not_unavailable(app):
+    too_long = NewJob("default", "noop", _over_the_packet_limit(app))
+    dropped = _dropped_connections(app.store.autocommit_engine)
     with pytest.raises(dbqueue.DatabaseError) as raised:
         app.store.push(too_long)
     assert not isinstance(raised.value, dbqueue.DatabaseUnavailable)  # retrying cannot help
     assert "max_allowed_packet" in str(raised.value)
+    # The server closes the connection after its answer, at a moment of its
+    # own: the next statement must not be sent on it.
+    assert len(dropped) == 1 and "max_allowed_packet" in dropped[0]
     app.store.push(NewJob("default", "noop", "{}"))  # the next statement is served
     assert count(app, app.store.tables.jobs) == 1
+
+
+def test_a_refused_statement_on_sqlalchemys_path_drops_its_connection_alone(app):
+    too_long = _over_the_packet_limit(app)
+    app.store.read(lambda c: c.exec_driver_sql("SELECT 1"))
+    dropped = _dropped_connections(app.engine)
+    with pytest.raises(sa.exc.OperationalError), app.engine.connect() as connection:
+        connection.exec_driver_sql("SELECT %s", (too_long,))
+    # Dropped for the refusal itself, not after a failed reset on its way back.
+    assert len(dropped) == 1 and "max_allowed_packet" in dropped[0]
+    with app.engine.connect() as connection:  # the pool's other connections stay
+        assert connection.exec_driver_sql("SELECT 1").scalar() == 1
+    assert len(dropped) == 1
 
 
 def test_a_jobs_table_of_another_kind_in_sqlite_is_not_migrated_not_unavailable(tmp_path):

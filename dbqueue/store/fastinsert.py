@@ -65,11 +65,12 @@ class FastInsert:
             row_id = int(cursor.fetchone()[0] if self.returning else cursor.lastrowid)
         except dialect.loaded_dbapi.Error as exc:
             dropped = dialect.is_disconnect(exc, connection, cursor)
+            broken = dropped or dialect_for(dialect).is_refusal(exc)
             if dropped:
                 # As SQLAlchemy does on a disconnect: the server may have dropped
                 # them all (a restart), so the pool recycles every older connection.
                 self.engine.pool._invalidate(connection, exc, _checkin=False)
-            _give_back(connection, cursor, broken=dropped, reason=exc)
+            _give_back(connection, cursor, broken=broken, reason=exc)
             raise sa.exc.DBAPIError.instance(
                 self.sql, values, exc, dialect.loaded_dbapi.Error,
                 connection_invalidated=dropped) from exc

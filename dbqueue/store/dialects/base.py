@@ -325,7 +325,8 @@ class Dialect:
         return False
 
     def is_refusal(self, error: BaseException) -> bool:
-        """True for a refusal of the statement that the driver files as operational."""
+        """True for a refusal of the statement that the driver files as operational.
+        The server may close the connection after it: it is not used again."""
         return False
 
     def unavailable_hint(self, error: BaseException) -> str:

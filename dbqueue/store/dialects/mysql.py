@@ -39,7 +39,8 @@ _LOGIN_REFUSED = (1044, 1045, 1049, 1698)
 
 
 def _errno(error: BaseException) -> int | None:
-    args = getattr(getattr(error, "orig", None), "args", ())
+    """The server's error number, from SQLAlchemy's error or the driver's."""
+    args = getattr(getattr(error, "orig", error), "args", ())
     return args[0] if args and isinstance(args[0], int) else None
 
 
@@ -105,6 +106,17 @@ class MySQL(Dialect):
         return {**super().engine_options(), "isolation_level": "READ COMMITTED"}
 
     def prepare_engine(self, engine: Engine, network_timeout: float) -> None:
+        @event.listens_for(engine, "handle_error")
+        def _closed_after_refusal(context: sa.engine.ExceptionContext) -> None:
+            # After a statement over max_allowed_packet the server sends its
+            # error and closes the connection, which the driver does not take
+            # for a disconnect: unless it is dropped here, the pool hands it to
+            # the next statement, which fails with a lost connection. Only this
+            # one: the others are sound.
+            if _errno(context.original_exception) == _PACKET_TOO_LARGE:
+                context.is_disconnect = True
+                context.invalidate_pool_on_disconnect = False
+
         if engine.dialect.driver != "pymysql":
             return
 
