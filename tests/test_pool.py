@@ -5,6 +5,7 @@ child runs, read from its stamp with no process; then real child processes
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import threading
 import time
@@ -198,6 +199,23 @@ def test_a_start_the_fork_server_never_answers_holds_up_no_stop(monkeypatch):
     forked.set()  # the start ends: its thread too
     wait_until(lambda: not [t for t in threading.enumerate() if t.name == "dbqueue-start"],
                what="the start's thread to end")
+
+
+def test_a_start_that_failed_is_told_by_a_stop_that_came_first(monkeypatch, caplog):
+    """A worker stopped while it registers never calls ``start``, which would
+    have raised the start's error: the stop says it instead."""
+    pool = Pool("tests.jobapp:app", 2)
+
+    def cannot_fork() -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(pool, "_start", cannot_fork)
+    pool.start_aside()
+    with caplog.at_level(logging.WARNING, logger="dbqueue.worker"):
+        pool.stop()
+    assert [record.getMessage() for record in caplog.records] == [
+        "the children could not be started: [Errno 24] Too many open files"]
+    assert pool.children == []
 
 
 def test_a_worker_completes_the_jobs_whose_answers_a_timed_out_child_held(jobs, workers):

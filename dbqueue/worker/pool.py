@@ -11,6 +11,7 @@ moment it began.
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from .child import child_main
 from .childend import Child, Task
 from .messages import Committed, Finished, Halt, Returned, RunJob, to_wire
 from .stamps import Stamp
+
+log = logging.getLogger("dbqueue.worker")
 
 _START_WAIT_AT_STOP = 5.0  # seconds, at most, for the children still being started
 
@@ -262,8 +265,10 @@ class Pool:
         # Those that started are stopped. A fork server that does not answer
         # (stuck importing the application) holds up no stop: what it forks
         # later dies with the worker (see worker.forkserver_init).
-        with contextlib.suppress(Exception):
+        try:
             self._started_aside(_START_WAIT_AT_STOP)
+        except Exception as exc:  # the worker stopped before ``start`` could raise it
+            log.warning("the children could not be started: %s", exc)
         self.dismiss()
         deadline = time.monotonic() + 5
         for child in self.children:

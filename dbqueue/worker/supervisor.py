@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import select
 import socket
 import time
 from collections import deque
@@ -36,11 +35,10 @@ from typing import Any
 
 from ..store import WorkerInfo, WorkerRegistry
 from ..store.locks import Locks
-from .background import run_within, time_left
 from .chores import StartUpChores
 from .completer import FLUSH_DELAY, BatchCompleter
 from .handout import Handout
-from .health import DB_ERRORS, TRANSIENT, Health
+from .health import Health
 from .joblocks import JobLocks
 from .ledger import Ledger, State
 from .messages import RunHook
@@ -48,9 +46,10 @@ from .options import WorkerOptions
 from .pool import Pool
 from .recorder import Recorder
 from .records import Counted, Unlocked
+from .registration import Registration
 from .reserver import Reserver
 from .scheduler import Scheduler
-from .sidetasks import DEAD_AFTER, Control, LeaseRenewal, Pruning, SideTask
+from .sidetasks import Control, LeaseRenewal, Pruning, SideTask
 from .signals import REPEAT_AFTER, StopSignals
 from .wakeup import Wakeup
 
@@ -72,6 +71,10 @@ class Supervisor:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.signals = signals or StopSignals()
         """Installed by ``dbqueue work`` before anything else, or at ``run``."""
+        self.registration = Registration(self.store, self.registry, self.health, self.signals,
+                                         WorkerInfo(self.id, socket.gethostname(), os.getpid(),
+                                                    ",".join(options.queues),
+                                                    options.concurrency))
         self.ledger = Ledger()
         self.hooks: deque[RunHook] = deque()
         self.completer = BatchCompleter(self.store, self.health, self.name)
@@ -158,34 +161,12 @@ class Supervisor:
                 and not self.ledger.count(State.RUNNING, State.UNCOMMITTED)
                 and (not self._hooks_left() or now >= self.stop_deadline))
     def _register(self) -> bool:
-        """Check the server and the tables, and join the workers' registry;
-        False if told to stop first.
-
-        A worker that starts while the database cannot be reached (a restart, a
-        failover, the whole fleet booting) waits for it, saying so once, as a
-        running worker would: exiting would make a process manager restart it
-        in a tight loop until it gives up for good. Anything else (tables
-        missing, a server too old) is an error to fix, not to wait for. A stop
-        (SIGTERM, Ctrl-C) ends the wait.
-        """
-        while not self.signals.received:
-            try:
-                self.store.check_server()
-                self.store.check_schema()
-                self.registry.prune(silent_for=DEAD_AFTER)
-                self.registry.register(WorkerInfo(
-                    self.id, socket.gethostname(), os.getpid(), ",".join(self.options.queues),
-                    self.options.concurrency))
-            except TRANSIENT as exc:
-                if getattr(exc, "lasting", False):
-                    raise  # a wrong password or database name: waiting will not help
-                select.select([self.signals.wake_fd], [], [], self.health.failed("start", exc))
-                continue
-            self.health.succeeded()
-            self.control.done(time.monotonic())  # registered and pruned: its first beat
-            self.pruning.done(time.monotonic())  # see worker.chores
-            return True
-        return False
+        """Join the registry (see Registration.join); False if told to stop first."""
+        if not self.registration.join():
+            return False
+        self.control.done(time.monotonic())  # registered and pruned: its first beat
+        self.pruning.done(time.monotonic())  # see worker.chores
+        return True
 
     def _turn(self) -> None:
         self._heed_signals()
@@ -277,23 +258,12 @@ class Supervisor:
                 for task in self.side_tasks:  # a statement on its way ends first
                     task.close(until)
             self.chores.join()
-            self._unregister(until)
+            self.registration.leave(until)
             self._tell_what_was_left()
         finally:  # whatever went wrong above, no child outlives the worker
             self.wakeup.stop()
             self.pool.stop()
             self.signals.uninstall()
-
-    def _unregister(self, until: float) -> None:
-        try:
-            if self.store.dialect.embedded:
-                self.registry.unregister(self.id)
-            elif not run_within(lambda: self.registry.unregister(self.id),
-                                time_left(until) or 0.0)[0]:
-                log.warning("could not leave the workers' registry: the database did not "
-                            "answer (the row is pruned as a dead worker's)")
-        except DB_ERRORS as exc:  # the row is pruned as a dead worker's in two minutes
-            self.health.failed("unregister", exc)
 
     def _tell_what_was_left(self) -> None:
         """Say what the stop could not write: those jobs run again once their
