@@ -3,6 +3,7 @@ the result or the error comes back through take(), and the thread's
 descriptor is readable exactly while an ended call awaits its take()."""
 
 import select
+import sys
 import threading
 
 import pytest
@@ -52,6 +53,17 @@ def test_what_the_call_raised_is_raised_by_take(kind):
     assert calls.take() == "next"
     if kind == "thread":
         assert not readable(calls.fileno())
+    calls.close()
+
+
+def test_a_call_on_a_thread_that_raises_systemexit_is_answered_not_left_waiting():
+    calls = OnThread("test")
+    calls.submit(lambda: sys.exit(3))
+    assert calls.wait(10), "the call's thread died without an answer"
+    with pytest.raises(SystemExit):
+        calls.take()
+    calls.submit(lambda: "next")  # its thread lives on
+    assert calls.take() == "next"
     calls.close()
 
 

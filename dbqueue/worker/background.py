@@ -108,7 +108,10 @@ class OnThread(Inline[T]):
     def _serve(self) -> None:
         while (item := self._calls.get()) is not None:
             call, outcome = item
-            _settle(outcome, call)
+            try:
+                _settle(outcome, call)
+            except BaseException as exc:  # SystemExit, say: it would end this thread
+                outcome.set_exception(exc)  # and leave take() waiting; the caller meets it
             os.write(self._write, b"!")
 
     def take(self) -> T:
