@@ -112,6 +112,19 @@ def test_job_definitions_past_the_columns_are_refused(sqlite_app):
 
 
 
+@pytest.mark.parametrize("backoff", [0, [5, 0], dbqueue.Exponential(base=0)])
+def test_a_job_retried_for_ever_at_once_is_refused(sqlite_app, backoff):
+    # A failing job would run again and again, as fast as the worker can.
+    with pytest.raises(dbqueue.ConfigurationError,
+                       match=r"^job 'hot' would be retried for ever, each time at once .*; "
+                             r"set retry_until= \(seconds\), a backoff, or a number of tries$"):
+        sqlite_app.job(name="hot", tries=None, backoff=backoff)(lambda: None)
+    # Bounded in time, or paced: what the user chose.
+    sqlite_app.job(name="until", tries=None, backoff=backoff, retry_until=60)(lambda: None)
+    sqlite_app.job(name="paced", tries=None, backoff=[0, 5])(lambda: None)
+    assert set(sqlite_app.jobs) == {"until", "paced"}
+
+
 def test_a_transaction_on_another_database_is_named_when_it_lacks_the_tables(sqlite_app,
                                                                               tmp_path):
     # The App's database has the tables; the caller's Session is on another file.

@@ -60,6 +60,16 @@ def validate_backoff(backoff: Any) -> Backoff:
     )
 
 
+def retries_at_once(backoff: Backoff) -> bool:
+    """Whether, after enough failed attempts, each retry follows the failure
+    at once (a list's last value repeats)."""
+    if isinstance(backoff, Exponential):
+        return backoff.base == 0 or backoff.cap == 0
+    if isinstance(backoff, int | float):
+        return backoff == 0
+    return backoff[-1] == 0
+
+
 def backoff_delay(backoff: Backoff, attempt: int, rng: random.Random | None = None) -> float:
     """Seconds to wait after failed attempt number ``attempt`` (1-based).
 
