@@ -330,6 +330,20 @@ def test_a_worker_waiting_for_an_unreachable_database_stops_when_told():
     assert "stopped before it started (received SIGTERM)" in output, log + output
 
 
+
+def test_a_worker_waiting_for_an_unreachable_database_keeps_to_its_max_time():
+    """A mistyped port under --max-time (a cron job, a test run): the worker
+    ends when its time is up, as it would once working, not never."""
+    result = subprocess.run(
+        [sys.executable, "-m", "dbqueue", "work", "--app", "tests.jobapp:app",
+         "--max-time", "1", "--stop-when-empty"], cwd=ROOT,
+        env=worker_env("postgresql://nobody@127.0.0.1:1/none"), capture_output=True,
+        text=True, timeout=60)
+    assert result.returncode == 0, result
+    assert "the database is unreachable (start:" in result.stderr, result.stderr
+    assert "stopped before it started (ran for 1 s)" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
 def test_a_repeat_within_a_second_is_counted_apart_from_a_second_request():
     """What the supervisor logs as "taken as the same request" (in this process:
     two signals sent to a worker at once may reach Python as one)."""

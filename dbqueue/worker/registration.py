@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import select
+import time
 
 from ..store import Store, WorkerInfo, WorkerRegistry
 from .background import run_within, time_left
@@ -23,10 +24,13 @@ class Registration:
                  signals: StopSignals, info: WorkerInfo) -> None:
         self.store, self.registry, self.health = store, registry, health
         self.signals, self.info = signals, info
+        self.gave_up = False
+        """Whether ``join`` returned False because ``until`` came, not a signal."""
 
-    def join(self) -> bool:
+    def join(self, until: float | None = None) -> bool:
         """Check the server and the tables, and join the registry; False if
-        told to stop first.
+        told to stop first, or still waiting for the database at ``until``
+        (monotonic clock; a worker's --max-time).
 
         A worker that starts while the database cannot be reached (a restart, a
         failover, the whole fleet booting) waits for it, saying so once, as a
@@ -44,7 +48,12 @@ class Registration:
             except TRANSIENT as exc:
                 if getattr(exc, "lasting", False):
                     raise  # a wrong password or database name: waiting will not help
-                select.select([self.signals.wake_fd], [], [], self.health.failed("start", exc))
+                pause = self.health.failed("start", exc)
+                if until is not None and time.monotonic() + pause >= until:
+                    select.select([self.signals.wake_fd], [], [], time_left(until))
+                    self.gave_up = not self.signals.received
+                    return False
+                select.select([self.signals.wake_fd], [], [], pause)
                 continue
             self.health.succeeded()
             return True

@@ -130,7 +130,9 @@ class Supervisor:
             if not registered:  # stopped first, or cannot work here
                 self.pool.stop()
         if not registered:
-            log.info("stopped before it started (received %s)", self.signals.received)
+            log.info("stopped before it started (%s)",
+                     f"ran for {self.options.max_time:g} s" if self.registration.gave_up
+                     else f"received {self.signals.received}")
             return 0
         log.info("worker %s (%s) started: queues %s, concurrency %d", self.id, self.name,
                  ",".join(self.options.queues), self.options.concurrency)
@@ -162,7 +164,9 @@ class Supervisor:
                 and (not self._hooks_left() or now >= self.stop_deadline))
     def _register(self) -> bool:
         """Join the registry (see Registration.join); False if told to stop first."""
-        if not self.registration.join():
+        until = (None if self.options.max_time is None
+                 else self.started + self.options.max_time)
+        if not self.registration.join(until):
             return False
         self.control.done(time.monotonic())  # registered and pruned: its first beat
         self.pruning.done(time.monotonic())  # see worker.chores
