@@ -23,6 +23,7 @@ from .store import Admin, Executor, Store, WorkerRegistry, create_engine
 from .store.batches import Batches
 from .store.database import Database
 from .store.locks import Locks
+from .store.newfile import refuse_new_file
 from .store.outcomes import Outcome, Outcomes
 from .workflows import Batch, Chain, PendingBatch
 
@@ -93,10 +94,12 @@ class App:
                         self._store = Store(self._engine, self.settings.table_prefix)
                     else:
                         url, timeout = self.settings.url, self.settings.network_timeout
-                        self._store = Store(
-                            create_engine(url, network_timeout=timeout),
-                            self.settings.table_prefix,
-                            create_engine(url, autocommit=True, network_timeout=timeout))
+                        prefix = self.settings.table_prefix
+                        engines = (create_engine(url, network_timeout=timeout),
+                                   create_engine(url, autocommit=True, network_timeout=timeout))
+                        for engine in engines:  # only migrate() creates a SQLite file
+                            refuse_new_file(engine, prefix)
+                        self._store = Store(engines[0], prefix, engines[1])
         return self._store
 
     def worker_store(self) -> Store:

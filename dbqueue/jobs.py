@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from . import keys, serializer
 from .errors import ConfigurationError, InvalidArguments
-from .policy import Backoff, Rules, retries_at_once, validate_backoff
+from .policy import Backoff, Rules, refuse_endless_retries, validate_backoff
 from .store import Executor, NewJob
 
 if TYPE_CHECKING:
@@ -212,11 +212,7 @@ class Job(Generic[P, R]):
         object.__setattr__(self, "backoff", validate_backoff(self.backoff))
         object.__setattr__(self, "timeout", seconds("timeout", self.timeout, allow_zero=False))
         object.__setattr__(self, "retry_until", seconds("retry_until", self.retry_until))
-        if self.tries is None and self.retry_until is None and retries_at_once(self.backoff):
-            raise ConfigurationError(
-                f"job {self.name!r} would be retried for ever, each time at once after it "
-                f"fails (tries=None and no retry_until, with a backoff of 0 s); set retry_until= "
-                f"(seconds), a backoff, or a number of tries")
+        refuse_endless_retries(self.name, self.tries, self.retry_until, self.backoff)
         object.__setattr__(self, "dont_retry", self._exception_classes(self.dont_retry))
         if self.on_failure is not None and not callable(self.on_failure):
             raise ConfigurationError(f"on_failure of job {self.name!r} must be callable")

@@ -83,9 +83,10 @@ def schema(backend_url: str) -> Iterator[str]:
     """dbqueue's tables (and the tests' effects table), created once per backend."""
     jobs = jobapp.build(backend_url, PREFIX)
     engine = jobs.app.engine
-    with engine.begin() as connection:
-        connection.execute(sa.text(f"DROP TABLE IF EXISTS {PREFIX}effects"))
-    jobs.app.downgrade("base")  # whatever an interrupted run left behind
+    if jobs.app.database.missing_file() is None:  # (a new SQLite file: nothing to clear)
+        with engine.begin() as connection:
+            connection.execute(sa.text(f"DROP TABLE IF EXISTS {PREFIX}effects"))
+        jobs.app.downgrade("base")  # whatever an interrupted run left behind
     jobs.app.migrate()
     jobs.effects.metadata.create_all(engine)
     yield backend_url

@@ -136,6 +136,26 @@ def test_a_transaction_on_another_database_is_named_when_it_lacks_the_tables(sql
     other.dispose()
 
 
+def test_a_dispatch_to_a_sqlite_file_that_does_not_exist_names_it_and_creates_nothing(
+        tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for url, path in ((f"sqlite:///{tmp_path / 'typo.db'}", tmp_path / "typo.db"),
+                      ("sqlite:///relative.db", tmp_path / "relative.db")):
+        app = dbqueue.App(url, table_prefix="dbq_")
+        job = app.job(name="add")(lambda a, b: None)
+        with pytest.raises(dbqueue.NotMigrated) as refused:
+            job.dispatch(1, 2)
+        assert str(refused.value).startswith(f"there is no SQLite database at {path}"), refused
+        assert str(refused.value).endswith(" --table-prefix dbq_"), refused
+        assert ("relative path" in str(refused.value)) == (url == "sqlite:///relative.db")
+        assert not path.exists()
+        app.downgrade("base")  # nothing to drop: no file made either
+        assert not path.exists()
+        app.migrate()  # the one way to create it
+        job.dispatch(1, 2)
+        assert app.admin.totals() == (1, 0)
+        app.dispose()
+
 def test_an_unknown_job_option_is_named_with_the_options(sqlite_app):
     # A typo of an option must not read as a TypeError from inside dbqueue.
     options = ("name, queue, tries, backoff, timeout, retry_until, priority, dont_retry, "

@@ -13,7 +13,7 @@ from typing import Any, TypeAlias
 import click
 
 from ..app import App
-from ..errors import ConfigurationError, NotMigrated
+from ..errors import ConfigurationError
 from ..loader import load_app
 from .options import export_settings, given_on_command_line
 
@@ -38,10 +38,9 @@ def open_app(url: str | None, app_reference: str | None, table_prefix: str | Non
             "and worker, a process of its own, would see an empty one; name a file instead, "
             "e.g. sqlite:///queue.db")
     if not creates:
-        path = app.database.missing_file()
-        if path is not None:
-            raise NotMigrated(f"there is no SQLite database at {path}; check the URL, or "
-                              "create it and dbqueue's tables with: dbqueue migrate")
+        error = app.database.missing_file_error()
+        if error is not None:
+            raise error
     return app
 
 

@@ -1,6 +1,6 @@
 """Pure decisions (backoff, the fate of a failed attempt): no I/O, the clock passed in."""
 
-from .backoff import Backoff, Exponential, backoff_delay, retries_at_once, validate_backoff
+from .backoff import Backoff, Exponential, backoff_delay, refuse_endless_retries, validate_backoff
 from .outcome import Decision, Ended, GiveUp, Retry, Rules, decide, refuse_attempt
 
 __all__ = [
@@ -14,6 +14,6 @@ __all__ = [
     "backoff_delay",
     "decide",
     "refuse_attempt",
-    "retries_at_once",
+    "refuse_endless_retries",
     "validate_backoff",
 ]

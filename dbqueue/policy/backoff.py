@@ -60,7 +60,18 @@ def validate_backoff(backoff: Any) -> Backoff:
     )
 
 
-def retries_at_once(backoff: Backoff) -> bool:
+def refuse_endless_retries(job: str, tries: int | None, retry_until: float | None,
+                           backoff: Backoff) -> None:
+    """Raise ConfigurationError for a job that would be retried for ever, each
+    time at once after it fails: as fast as a worker can, for ever."""
+    if tries is None and retry_until is None and _retries_at_once(backoff):
+        raise ConfigurationError(
+            f"job {job!r} would be retried for ever, each time at once after it fails "
+            f"(tries=None and no retry_until, with a backoff of 0 s); set retry_until= "
+            f"(seconds), a backoff, or a number of tries")
+
+
+def _retries_at_once(backoff: Backoff) -> bool:
     """Whether, after enough failed attempts, each retry follows the failure
     at once (a list's last value repeats)."""
     if isinstance(backoff, Exponential):

@@ -3,7 +3,9 @@ name it, whether its SQLite file exists, and the DDL a migration would run."""
 
 from __future__ import annotations
 
+from ..errors import NotMigrated
 from .engine import in_memory, missing_database_file, parse_url, same_database, where
+from .newfile import no_database_file
 
 
 class Database:
@@ -26,6 +28,11 @@ class Database:
         """The absolute path of the SQLite file the URL names if it does not
         exist (connecting would create it empty); None for every other URL."""
         return missing_database_file(self.url)
+
+    def missing_file_error(self) -> NotMigrated | None:
+        """The error that says the SQLite file the URL names does not exist,
+        and how to create it; None if it exists, or for every other URL."""
+        return no_database_file(self.url, self.table_prefix)
 
     def in_memory(self) -> bool:
         """Whether the URL names a SQLite database in memory (sqlite://,

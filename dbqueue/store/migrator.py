@@ -14,7 +14,8 @@ from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 
 from ..errors import ConfigurationError
-from .engine import connect, translating, where
+from .engine import connect, missing_database_file, translating, where
+from .newfile import creating_tables
 from .schema import build_tables, version_table
 from .store import Store
 
@@ -58,8 +59,9 @@ def upgrade(store: Store, table_prefix: str, revision: str = "head") -> None:
         config.attributes["connection"] = connection
         _run("upgrade", revision, lambda: command.upgrade(config, revision))
 
-    store.check_server()
-    store.transaction(work)
+    with creating_tables():  # the one place a SQLite file may be created
+        store.check_server()
+        store.transaction(work)
 
 
 _PREFIXES = ("dbq_", "dbqueue_", "dbq2_", "dbq3_")  # to suggest, when the names are taken
@@ -109,6 +111,9 @@ def downgrade(store: Store, table_prefix: str, revision: str) -> None:
         config.attributes["connection"] = connection
         _run("downgrade", revision, lambda: command.downgrade(config, revision))
 
+    url = store.engine.url.render_as_string(hide_password=False)
+    if revision == "base" and missing_database_file(url) is not None:
+        return  # no file, no tables: nothing to drop, and no file to create
     store.transaction(work)
 
 
