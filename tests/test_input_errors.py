@@ -131,9 +131,14 @@ def test_a_transaction_on_another_database_is_named_when_it_lacks_the_tables(sql
     job = sqlite_app.job(name="add")(lambda a, b: None)
     other = sa.create_engine(f"sqlite:///{tmp_path / 'appdata.db'}")
     with Session(other) as session, session.begin(), pytest.raises(
-            dbqueue.NotMigrated, match=re.escape(str(tmp_path / "appdata.db"))):
+            dbqueue.NotMigrated, match=re.escape(str(tmp_path / "appdata.db"))) as refused:
         job.options(connection=session).dispatch(1, 2)
     other.dispose()
+    # Creating the tables there would queue jobs where no worker of the App looks:
+    # the way out comes first.
+    message = str(refused.value)
+    assert f"which is not the App's ({sqlite_app.database.where()})" in message, message
+    assert message.index("after_commit=session") < message.index("dbqueue migrate"), message
 
 
 def test_a_dispatch_to_a_sqlite_file_that_does_not_exist_names_it_and_creates_nothing(

@@ -16,13 +16,25 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, NotMigrated
 from .dialects import READ_ONLY, Dialect, dialect_for
-from .engine import DRIVER_ERRORS, connect, translate
+from .engine import (
+    DRIVER_ERRORS,
+    connect,
+    describe,
+    migrate_command,
+    same_database,
+    translate,
+)
 from .schema import Tables, build_tables
 from .values import Executor, T, current_session
 
 _MAX_TRIES = 8
+
+
+def _same(a: Engine, b: Engine) -> bool:
+    return same_database(a.url.render_as_string(hide_password=False),
+                         b.url.render_as_string(hide_password=False))
 
 
 def _not_a_connection(value: object) -> str:
@@ -108,7 +120,17 @@ class Transactions:
             # Named by the caller's database: it may not be the App's (then
             # "the tables are missing" is about that one).
             engine = connection.engine if isinstance(connection, Connection) else self.engine
-            raise translate(engine, exc, self.prefix) from exc
+            error = translate(engine, exc, self.prefix)
+            if isinstance(error, NotMigrated) and not _same(engine, self.engine):
+                error = NotMigrated(
+                    f"the dbqueue tables are missing in {describe(engine)}, the database of "
+                    f"the connection= given, which is not the App's ({describe(self.engine)}): "
+                    "a job dispatched in a transaction goes into that transaction's database, "
+                    "where this App's workers do not look; give a connection to the App's "
+                    "database, or dispatch with after_commit=session (queued once it "
+                    "commits). To keep a queue in that database too, create its tables with: "
+                    f"{migrate_command(self.prefix, engine)}")
+            raise error from exc
 
     def callers(self, connection: Executor) -> Executor:
         """The caller's ``connection=``: a Connection, or a Session (a
