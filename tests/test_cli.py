@@ -412,6 +412,12 @@ def migrated_url(tmp_path: Path) -> str:
      "--grace must be a finite number, 0 seconds or more, not nan"),
     (["work", "--url", "{fresh}", "--app", "tests.jobapp:app", "--stop-when-empty",
       "--stop-when-drained"], "--stop-when-empty and --stop-when-drained: choose one"),
+    (["work", "--url", "{fresh}", "--app", "tests.jobapp:app", "--queue", " "],
+     "--queue needs at least one queue name"),
+    (["work", "--url", "{fresh}", "--app", "tests.jobapp:app", "--queue", "mail,,default"],
+     "--queue has an empty name between its commas: 'mail,,default'"),
+    (["work", "--url", "{fresh}", "--app", "tests.jobapp:app", "--queue", "mail, mail"],
+     "--queue names a queue twice: mail,mail"),
     (["status", "--url", "{fresh}", "--table-prefix", "bad-prefix"], "table prefix 'bad-prefix'"),
     (["migrate", "--url", "postgresql+psycopg2://x@127.0.0.1/db"],
      "'psycopg2' is not installed; install it, or name no driver (postgresql://, mysql://)"),
@@ -423,6 +429,7 @@ def migrated_url(tmp_path: Path) -> str:
         "work-app-module-missing", "work-app-module-broken", "work-app-module-raises",
         "work-app-not-an-app", "work-url-bad-port", "work-concurrency-zero",
         "work-retry-after-inf", "work-grace-nan", "work-two-stop-conditions",
+        "work-no-queue", "work-empty-queue-name", "work-queue-twice",
         "bad-table-prefix", "driver-not-installed",
         "sqlite-directory-missing"])
 def test_mistakes_print_one_error_line(args, expected, fresh_url):

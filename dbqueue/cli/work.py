@@ -90,7 +90,7 @@ def work(  # noqa: PLR0913 (click passes each of the command's options)
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         app = open_app(url, app_reference, table_prefix)
         options = WorkerOptions(
-            queues=tuple(q.strip() for q in queues.split(",") if q.strip()),
+            queues=tuple(q.strip() for q in queues.split(",")),  # empty names refused
             concurrency=concurrency, sleep=sleep,
             retry_after=retry_after if retry_after is not None else app.settings.retry_after,
             max_jobs=1 if once else max_jobs, max_time=max_time, memory_mb=memory,

@@ -39,10 +39,14 @@ class WorkerOptions:
     """Run the scheduler: queue the application's schedules' runs when due."""
 
     def __post_init__(self) -> None:
-        if not self.queues or not all(q.strip() for q in self.queues):
+        if not any(q.strip() for q in self.queues):
             raise ConfigurationError(
                 "--queue needs at least one queue name, e.g. --queue high,default "
                 "(or '*' for every queue)")
+        if not all(q.strip() for q in self.queues):
+            raise ConfigurationError(
+                f"--queue has an empty name between its commas: {','.join(self.queues)!r}; "
+                "write the names separated by single commas, e.g. --queue high,default")
         if len(set(self.queues)) < len(self.queues):
             raise ConfigurationError(f"--queue names a queue twice: {','.join(self.queues)}")
         if self.stop_when_empty and self.stop_when_drained:  # empty would always come first
