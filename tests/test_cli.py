@@ -415,7 +415,8 @@ def migrated_url(tmp_path: Path) -> str:
     (["work", "--url", "{fresh}", "--app", "tests.jobapp:app", "--queue", " "],
      "--queue needs at least one queue name"),
     (["work", "--url", "{fresh}", "--app", "tests.jobapp:app", "--queue", "mail,,default"],
-     "--queue has an empty name between its commas: 'mail,,default'"),
+     "--queue has an empty name: 'mail,,default'; write the names separated by single "
+     "commas"),
     (["work", "--url", "{fresh}", "--app", "tests.jobapp:app", "--queue", "mail, mail"],
      "--queue names a queue twice: mail,mail"),
     (["status", "--url", "{fresh}", "--table-prefix", "bad-prefix"], "table prefix 'bad-prefix'"),

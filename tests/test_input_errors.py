@@ -161,6 +161,22 @@ def test_a_dispatch_to_a_sqlite_file_that_does_not_exist_names_it_and_creates_no
         assert app.admin.totals() == (1, 0)
         app.dispose()
 
+def test_a_transaction_on_the_apps_own_database_spelt_otherwise_is_told_to_migrate(
+        tmp_path, monkeypatch):
+    # The App's URL is relative, the caller's engine names the same file by its
+    # absolute path: not another database, only tables not created yet.
+    monkeypatch.chdir(tmp_path)
+    sqlite3.connect(tmp_path / "shared.db").close()
+    app = dbqueue.App("sqlite:///shared.db")
+    job = app.job(name="add")(lambda a, b: None)
+    theirs = sa.create_engine(f"sqlite:///{tmp_path / 'shared.db'}")
+    with Session(theirs) as session, session.begin(), pytest.raises(
+            dbqueue.NotMigrated, match="create them with: dbqueue migrate") as refused:
+        job.options(connection=session).dispatch(1, 2)
+    assert "not the App's" not in str(refused.value)
+    theirs.dispose()
+    app.dispose()
+
 def test_an_unknown_job_option_is_named_with_the_options(sqlite_app):
     # A typo of an option must not read as a TypeError from inside dbqueue.
     options = ("name, queue, tries, backoff, timeout, retry_until, priority, dont_retry, "

@@ -335,6 +335,23 @@ def test_a_refused_statement_on_sqlalchemys_path_drops_its_connection_alone(app)
     assert len(dropped) == 1
 
 
+def test_a_refusal_that_ends_the_callers_transaction_is_said_at_its_next_dispatch(app):
+    too_long = NewJob("default", "noop", _over_the_packet_limit(app))
+    with app.engine.connect() as connection:
+        transaction = connection.begin()
+        with pytest.raises(dbqueue.DatabaseError, match=r"max_allowed_packet.*; the server "
+                           r"closed the connection, and the transaction of the connection= "
+                           r"given with it$"):
+            app.store.push(too_long, connection)
+        # The server closed the connection: the transaction is gone, which is
+        # said in dbqueue's words, not SQLAlchemy's.
+        with pytest.raises(dbqueue.DatabaseError, match=r"the transaction of the "
+                           r"connection= given has failed already \(.*\); roll it back"):
+            app.store.push(NewJob("default", "noop", "{}"), connection)
+        transaction.rollback()
+    app.store.push(NewJob("default", "noop", "{}"))
+    assert count(app, app.store.tables.jobs) == 1
+
 def test_a_jobs_table_of_another_kind_in_sqlite_is_not_migrated_not_unavailable(tmp_path):
     url = f"sqlite:///{tmp_path / 'theirs.db'}"
     theirs = sa.create_engine(url)

@@ -16,25 +16,24 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from ..errors import ConfigurationError, NotMigrated
+from ..errors import ConfigurationError, DatabaseError, DBQueueError, NotMigrated
 from .dialects import READ_ONLY, Dialect, dialect_for
-from .engine import (
-    DRIVER_ERRORS,
-    connect,
-    describe,
-    migrate_command,
-    same_database,
-    translate,
-)
+from .engine import DRIVER_ERRORS, connect, describe, first_line, migrate_command, translate
 from .schema import Tables, build_tables
 from .values import Executor, T, current_session
 
 _MAX_TRIES = 8
 
 
-def _same(a: Engine, b: Engine) -> bool:
-    return same_database(a.url.render_as_string(hide_password=False),
-                         b.url.render_as_string(hide_password=False))
+def _elsewhere(theirs: Engine, ours: Engine, prefix: str) -> str:
+    """Why the caller's transaction, on a database without dbqueue's tables
+    while the App's has them, cannot take a job."""
+    return (f"the dbqueue tables are missing in {describe(theirs)}, the database of the "
+            f"connection= given, which is not the App's ({describe(ours)}): a job "
+            "dispatched in a transaction goes into that transaction's database, where this "
+            "App's workers do not look; give a connection to the App's database, or dispatch "
+            "with after_commit=session (queued once it commits). To keep a queue in that "
+            f"database too, create its tables with: {migrate_command(prefix, theirs)}")
 
 
 def _not_a_connection(value: object) -> str:
@@ -120,17 +119,28 @@ class Transactions:
             # Named by the caller's database: it may not be the App's (then
             # "the tables are missing" is about that one).
             engine = connection.engine if isinstance(connection, Connection) else self.engine
+            if (dialect_for(engine.dialect).is_missing_table(exc) and engine is not self.engine
+                    and self._has_tables()):
+                raise NotMigrated(_elsewhere(engine, self.engine, self.prefix)) from exc
             error = translate(engine, exc, self.prefix)
-            if isinstance(error, NotMigrated) and not _same(engine, self.engine):
-                error = NotMigrated(
-                    f"the dbqueue tables are missing in {describe(engine)}, the database of "
-                    f"the connection= given, which is not the App's ({describe(self.engine)}): "
-                    "a job dispatched in a transaction goes into that transaction's database, "
-                    "where this App's workers do not look; give a connection to the App's "
-                    "database, or dispatch with after_commit=session (queued once it "
-                    "commits). To keep a queue in that database too, create its tables with: "
-                    f"{migrate_command(self.prefix, engine)}")
+            if getattr(exc, "connection_invalidated", False) and type(error) is DatabaseError:
+                # A refusal after which the server closed the connection (MySQL's
+                # packet limit): the caller's transaction went with it.
+                error = DatabaseError(f"{error}; the server closed the connection, and the "
+                                      "transaction of the connection= given with it")
             raise error from exc
+        except sa.exc.PendingRollbackError as exc:  # an earlier failure ended it (a refusal)
+            raise DatabaseError(
+                f"the transaction of the connection= given has failed already "
+                f"({first_line(exc)}); roll it back, and dispatch in a new one") from exc
+
+    def _has_tables(self) -> bool:
+        """Whether the App's own database has dbqueue's tables (False if unsure)."""
+        try:
+            with connect(self.engine) as connection:
+                return sa.inspect(connection).has_table(self.tables.jobs.name)
+        except (DBQueueError, *DRIVER_ERRORS):
+            return False
 
     def callers(self, connection: Executor) -> Executor:
         """The caller's ``connection=``: a Connection, or a Session (a

@@ -45,7 +45,7 @@ class WorkerOptions:
                 "(or '*' for every queue)")
         if not all(q.strip() for q in self.queues):
             raise ConfigurationError(
-                f"--queue has an empty name between its commas: {','.join(self.queues)!r}; "
+                f"--queue has an empty name: {','.join(self.queues)!r}; "
                 "write the names separated by single commas, e.g. --queue high,default")
         if len(set(self.queues)) < len(self.queues):
             raise ConfigurationError(f"--queue names a queue twice: {','.join(self.queues)}")

@@ -269,6 +269,10 @@ class Pool:
             self._started_aside(_START_WAIT_AT_STOP)
         except Exception as exc:  # the worker stopped before ``start`` could raise it
             log.warning("the children could not be started: %s", exc)
+        finally:  # whatever the start raised, those that started are stopped
+            self._end_children()
+
+    def _end_children(self) -> None:
         self.dismiss()
         deadline = time.monotonic() + 5
         for child in self.children:
