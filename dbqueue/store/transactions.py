@@ -120,7 +120,7 @@ class Transactions:
             # "the tables are missing" is about that one).
             engine = connection.engine if isinstance(connection, Connection) else self.engine
             if (dialect_for(engine.dialect).is_missing_table(exc) and engine is not self.engine
-                    and self._has_tables()):
+                    and self._has_jobs(self.engine) and not self._has_jobs(engine)):
                 raise NotMigrated(_elsewhere(engine, self.engine, self.prefix)) from exc
             error = translate(engine, exc, self.prefix)
             if getattr(exc, "connection_invalidated", False) and type(error) is DatabaseError:
@@ -134,10 +134,12 @@ class Transactions:
                 f"the transaction of the connection= given has failed already "
                 f"({first_line(exc)}); roll it back, and dispatch in a new one") from exc
 
-    def _has_tables(self) -> bool:
-        """Whether the App's own database has dbqueue's tables (False if unsure)."""
+    def _has_jobs(self, engine: Engine) -> bool:
+        """Whether ``engine``'s database has dbqueue's jobs table (on a
+        connection of its own: the caller's transaction may have failed).
+        False if it cannot tell."""
         try:
-            with connect(self.engine) as connection:
+            with connect(engine) as connection:
                 return sa.inspect(connection).has_table(self.tables.jobs.name)
         except (DBQueueError, *DRIVER_ERRORS):
             return False
