@@ -4,10 +4,10 @@ from .base import (
     READ_ONLY,
     RESERVED_COLUMNS,
     Dialect,
-    Notices,
     ReservedRow,
     dialect_for,
 )
+from .support import Notices
 from .types import LongText, UtcDateTime
 
 __all__ = [

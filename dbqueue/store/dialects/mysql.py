@@ -20,11 +20,10 @@ from .base import (
     RESERVED_COLUMNS,
     Dialect,
     ReservedRow,
-    run_on_connect,
     seconds_expression,
-    server_too_old,
 )
 from .liveness import keep_alive
+from .support import run_on_connect, server_too_old
 
 _HANDSHAKE_ONLY = "dbqueue_handshake_read_timeout"
 """Marks a connection whose read timeout dbqueue set for its handshake."""

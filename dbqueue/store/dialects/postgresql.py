@@ -16,13 +16,11 @@ from sqlalchemy.engine import Connection, Engine
 from .base import (
     LOCK_WAITS_RETRIED_WITHIN,
     Dialect,
-    Notices,
     ReservedRow,
-    run_on_connect,
     seconds_expression,
-    server_too_old,
 )
 from .liveness import libpq_options, server_probes
+from .support import Notices, run_on_connect, server_too_old
 
 # SQLSTATEs worth a fresh attempt of the whole transaction: a serialization
 # failure, a deadlock; a lock not available, if it was not waited for long.

@@ -16,8 +16,8 @@ from .base import (
     READ_ONLY,
     Dialect,
     seconds_expression,
-    server_too_old,
 )
+from .support import server_too_old
 
 # Text timestamps compare as strings, so every writer must use one format. This
 # is SQLAlchemy's own (microseconds, six digits); SQLite's %f gives "SS.SSS",
