@@ -1,5 +1,6 @@
 """One contract per store verb, run on every backend against a real server."""
 
+import math
 import re
 import sqlite3
 from datetime import UTC, datetime, timedelta
@@ -10,6 +11,7 @@ import sqlalchemy as sa
 
 import dbqueue
 from dbqueue.store import Admin, Failure, Lease, NewJob, migrator
+from dbqueue.store import dispatch as dispatch_module
 from dbqueue.store.dialects.types import _in_utc as in_utc
 from tests.conftest import count, rows
 
@@ -308,8 +310,44 @@ def _dropped_connections(engine):
     return dropped
 
 
-def test_a_statement_over_the_servers_packet_limit_is_refused_not_unavailable(app):
+def _unmeasured(monkeypatch):
+    """Send what dbqueue would refuse before sending (see Dispatch._check_sizes),
+    as a statement it does not measure: the server's own refusal is met."""
+    monkeypatch.setattr(dispatch_module, "_MEASURED_ABOVE", math.inf)
+
+
+def test_a_payload_over_the_servers_statement_limit_is_refused_before_it_is_sent(app):
+    limit = int(app.store.read(lambda c: c.exec_driver_sql("SELECT @@max_allowed_packet")
+                                .scalar())) if app.engine.dialect.name in (
+        "mysql", "mariadb") else 16 * 2**20
+    # Three times over: the server would drop the connection while it is sent,
+    # which the driver reports as lost (and retrying could never help).
+    far_over = NewJob("default", "noop", '"' + "a" * (3 * limit) + '"')
+    quoted = NewJob("default", "noop", '"' + '\\"' * (limit // 3) + '"')  # escaped: 4/3 over
+    if app.engine.dialect.name not in ("mysql", "mariadb"):
+        app.store.push(far_over)  # no such limit: stored
+        assert count(app, app.store.tables.jobs) == 1
+        return
+    dropped = _dropped_connections(app.store.autocommit_engine)
+    for job in (far_over, quoted):
+        for connection in (None, "the caller's"):
+            with app.engine.connect() as theirs, theirs.begin(), pytest.raises(
+                    dbqueue.DatabaseError, match=r"^job 'noop' cannot be queued: its arguments "
+                    r"take [\d,]+ bytes in the INSERT, more than the server reads in one "
+                    r"statement \(max_allowed_packet is [\d,]+\); queue a reference") as refused:
+                app.store.push(job, theirs if connection else None)
+            assert not isinstance(refused.value, dbqueue.DatabaseUnavailable)
+    with pytest.raises(dbqueue.DatabaseError, match="cannot be queued"):
+        app.store.push_many([NewJob("default", "noop", "{}"), far_over])
+    assert dropped == []  # nothing was sent: no connection lost
+    with app.engine.connect() as theirs, theirs.begin():  # the caller's transaction lives on
+        app.store.push(NewJob("default", "noop", "{}"), theirs)
+    assert count(app, app.store.tables.jobs) == 1
+
+
+def test_a_statement_over_the_servers_packet_limit_is_refused_not_unavailable(app, monkeypatch):
     too_long = NewJob("default", "noop", _over_the_packet_limit(app))
+    _unmeasured(monkeypatch)
     dropped = _dropped_connections(app.store.autocommit_engine)
     with pytest.raises(dbqueue.DatabaseError) as raised:
         app.store.push(too_long)
@@ -335,8 +373,10 @@ def test_a_refused_statement_on_sqlalchemys_path_drops_its_connection_alone(app)
     assert len(dropped) == 1
 
 
-def test_a_refusal_that_ends_the_callers_transaction_is_said_at_its_next_dispatch(app):
+def test_a_refusal_that_ends_the_callers_transaction_is_said_at_its_next_dispatch(
+        app, monkeypatch):
     too_long = NewJob("default", "noop", _over_the_packet_limit(app))
+    _unmeasured(monkeypatch)
     with app.engine.connect() as connection:
         transaction = connection.begin()
         with pytest.raises(dbqueue.DatabaseError, match=r"max_allowed_packet.*; the server "
@@ -351,6 +391,7 @@ def test_a_refusal_that_ends_the_callers_transaction_is_said_at_its_next_dispatc
         transaction.rollback()
     app.store.push(NewJob("default", "noop", "{}"))
     assert count(app, app.store.tables.jobs) == 1
+
 
 def test_a_jobs_table_of_another_kind_in_sqlite_is_not_migrated_not_unavailable(tmp_path):
     url = f"sqlite:///{tmp_path / 'theirs.db'}"

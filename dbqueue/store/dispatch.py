@@ -8,9 +8,15 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from ..errors import DatabaseError
 from .fastinsert import FastInsert
 from .transactions import Transactions
 from .values import Executor, NewJob
+
+# Characters: a payload longer than this is measured against the server's
+# limit on a statement's size before it is sent (see _check_sizes).
+_MEASURED_ABOVE = 100_000
+_STATEMENT_BYTES = 1024  # a one-job INSERT's text around its payload, at most
 
 
 class Dispatch(Transactions):
@@ -58,6 +64,8 @@ class Dispatch(Transactions):
         own; DatabaseError (DatabaseUnavailable) if the database refuses (or
         cannot be reached).
         """
+        if len(job.payload or "") > _MEASURED_ABOVE:  # (None: refused by the server)
+            self._check_sizes([job])
         if connection is None and job.unique_key is None:
             fast = self._fast_push
             if fast is not None and self.dialect.autocommit_single_statements:
@@ -103,7 +111,27 @@ class Dispatch(Transactions):
             if connection is not None:
                 self.callers(connection)  # a wrong one is refused all the same
             return 0
+        if max(len(j.payload or "") for j in jobs) > _MEASURED_ABOVE:
+            self._check_sizes(jobs)
         return self.within(connection, lambda c: self.insert_jobs(c, jobs))
+
+    def _check_sizes(self, jobs: Sequence[NewJob]) -> None:
+        """Refuse a job whose INSERT the server would not read whole, where it
+        would drop the connection instead of saying so (see the dialect's
+        statement_limit_query): a retry could never help."""
+        query = self.dialect.statement_limit_query()
+        if query is None:
+            return
+        sql, setting = query
+        limit = int(self.read(lambda c: c.exec_driver_sql(sql).scalar_one()))
+        for job in jobs:
+            size = self.dialect.value_bytes(job.payload or "") + _STATEMENT_BYTES
+            if size > limit:
+                raise DatabaseError(
+                    f"job {job.job!r} cannot be queued: its arguments take {size:,} bytes in "
+                    f"the INSERT, more than the server reads in one statement ({setting} is "
+                    f"{limit:,}); queue a reference to the data (a row's id, a file's path) "
+                    f"instead of the data, or raise {setting}")
 
     def insert_jobs(self, c: Connection, jobs: Sequence[NewJob]) -> int:
         """push_many's work, in a transaction of the store's own that is open on

@@ -339,6 +339,16 @@ class MySQL(Dialect):
     def is_missing_column(self, error: BaseException) -> bool:
         return _errno(error) == _NO_SUCH_COLUMN
 
+    def statement_limit_query(self) -> tuple[str, str] | None:
+        # Just over it, the server answers 1153 and closes the connection; far
+        # over it, it closes the connection while the client still writes,
+        # which the driver reports as a connection lost (2006).
+        return "SELECT @@max_allowed_packet", "max_allowed_packet"
+
+    def value_bytes(self, text: str) -> int:
+        # PyMySQL sends a value as an escaped literal: each of these takes two bytes.
+        return len(text.encode()) + sum(map(text.count, "\\'\"\n\r\x00\x1a"))
+
 
 class MariaDB(MySQL):
     name: ClassVar[str] = "mariadb"
