@@ -137,7 +137,7 @@ def test_a_transaction_on_another_database_is_named_when_it_lacks_the_tables(sql
     # Creating the tables there would queue jobs where no worker of the App looks:
     # the way out comes first.
     message = str(refused.value)
-    assert f"which is not the App's ({sqlite_app.database.where()})" in message, message
+    assert f"while the App's ({sqlite_app.database.where()}) has them" in message, message
     assert message.index("after_commit=session") < message.index("dbqueue migrate"), message
 
 
@@ -173,7 +173,7 @@ def test_a_transaction_on_the_apps_own_database_spelt_otherwise_is_told_to_migra
     with Session(theirs) as session, session.begin(), pytest.raises(
             dbqueue.NotMigrated, match="create them with: dbqueue migrate") as refused:
         job.options(connection=session).dispatch(1, 2)
-    assert "not the App's" not in str(refused.value)
+    assert "while the App's" not in str(refused.value)
     theirs.dispose()
     app.dispose()
 

@@ -345,6 +345,16 @@ def test_a_payload_over_the_servers_statement_limit_is_refused_before_it_is_sent
     assert count(app, app.store.tables.jobs) == 1
 
 
+def test_a_payload_is_measured_as_the_sessions_sql_mode_escapes_it(app):
+    too_long = _over_the_packet_limit(app)  # (skips all but MySQL and MariaDB)
+    quotes = NewJob("default", "noop", '"' * int(len(too_long) * 0.6))  # escaped: 1.2 times
+    with app.engine.connect() as theirs, theirs.begin():
+        with pytest.raises(dbqueue.DatabaseError, match="cannot be queued"):
+            app.store.push(quotes, theirs)  # backslash escapes: \" each
+        theirs.exec_driver_sql("SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')")
+        app.store.push(quotes, theirs)  # sent as it is: it fits
+    assert count(app, app.store.tables.jobs) == 1
+
 def test_a_statement_over_the_servers_packet_limit_is_refused_not_unavailable(app, monkeypatch):
     too_long = NewJob("default", "noop", _over_the_packet_limit(app))
     _unmeasured(monkeypatch)

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ..errors import DatabaseError
+from .dialects import dialect_for
 from .fastinsert import FastInsert
 from .transactions import Transactions
 from .values import Executor, NewJob
@@ -16,7 +17,6 @@ from .values import Executor, NewJob
 # Characters: a payload longer than this is measured against the server's
 # limit on a statement's size before it is sent (see _check_sizes).
 _MEASURED_ABOVE = 100_000
-_STATEMENT_BYTES = 1024  # a one-job INSERT's text around its payload, at most
 
 
 class Dispatch(Transactions):
@@ -64,11 +64,11 @@ class Dispatch(Transactions):
         own; DatabaseError (DatabaseUnavailable) if the database refuses (or
         cannot be reached).
         """
-        if len(job.payload or "") > _MEASURED_ABOVE:  # (None: refused by the server)
-            self._check_sizes([job])
         if connection is None and job.unique_key is None:
             fast = self._fast_push
             if fast is not None and self.dialect.autocommit_single_statements:
+                if _long([job]):  # (here: the INSERT goes to this store's database)
+                    self.read(lambda c: self._check_sizes(c, [job]))
                 params = _params(job)
                 return self._retrying(lambda: fast(params))
             return self.transaction(lambda c: self.insert_job(c, job), single_statement=True)
@@ -77,6 +77,8 @@ class Dispatch(Transactions):
     def insert_job(self, c: Connection, job: NewJob) -> int | None:
         """push's work, in a transaction of the store's own that is open on ``c``
         (a driver's error is left to that transaction's retries)."""
+        if _long([job]):
+            self._check_sizes(c, [job])
         if job.unique_key is not None:
             return self._push_unique(c, job)
         key = c.execute(self._insert_one(), _params(job)).inserted_primary_key
@@ -111,21 +113,22 @@ class Dispatch(Transactions):
             if connection is not None:
                 self.callers(connection)  # a wrong one is refused all the same
             return 0
-        if max(len(j.payload or "") for j in jobs) > _MEASURED_ABOVE:
-            self._check_sizes(jobs)
         return self.within(connection, lambda c: self.insert_jobs(c, jobs))
 
-    def _check_sizes(self, jobs: Sequence[NewJob]) -> None:
-        """Refuse a job whose INSERT the server would not read whole, where it
-        would drop the connection instead of saying so (see the dialect's
-        statement_limit_query): a retry could never help."""
-        query = self.dialect.statement_limit_query()
-        if query is None:
+    def _check_sizes(self, c: Connection, jobs: Sequence[NewJob]) -> None:
+        """Refuse a job whose INSERT the server ``c`` is on would not read
+        whole, where it would drop the connection instead of saying so (see
+        the dialect's statement_limit): a retry could never help."""
+        dialect = dialect_for(c.dialect)
+        limited = dialect.statement_limit(c)
+        if limited is None:
             return
-        sql, setting = query
-        limit = int(self.read(lambda c: c.exec_driver_sql(sql).scalar_one()))
-        for job in jobs:
-            size = self.dialect.value_bytes(job.payload or "") + _STATEMENT_BYTES
+        limit, setting = limited
+        for job in _long(jobs):
+            # The rest of the statement: its text, and the other values (at
+            # most 4 bytes a character, escaped or not).
+            rest = 512 + 4 * (len(job.job) + len(job.queue) + len(job.unique_key or ""))
+            size = dialect.value_bytes(c, job.payload) + rest
             if size > limit:
                 raise DatabaseError(
                     f"job {job.job!r} cannot be queued: its arguments take {size:,} bytes in "
@@ -136,6 +139,8 @@ class Dispatch(Transactions):
     def insert_jobs(self, c: Connection, jobs: Sequence[NewJob]) -> int:
         """push_many's work, in a transaction of the store's own that is open on
         ``c`` (a driver's error is left to that transaction's retries)."""
+        if _long(jobs):
+            self._check_sizes(c, jobs)
         unique = [j for j in jobs if j.unique_key is not None]
         plain = [j for j in jobs if j.unique_key is None]
         pushed = sum(self._push_unique(c, j) is not None for j in unique)
@@ -150,6 +155,11 @@ class Dispatch(Transactions):
         ]
         self.dialect.insert_many(c, self.tables.jobs, rows)
         return pushed + len(rows)
+
+
+def _long(jobs: Sequence[NewJob]) -> list[NewJob]:
+    """The jobs whose payload is long enough to measure (None: refused by the server)."""
+    return [job for job in jobs if len(job.payload or "") > _MEASURED_ABOVE]
 
 
 def _params(job: NewJob) -> dict[str, object]:

@@ -26,14 +26,15 @@ _MAX_TRIES = 8
 
 
 def _elsewhere(theirs: Engine, ours: Engine, prefix: str) -> str:
-    """Why the caller's transaction, on a database without dbqueue's tables
+    """Why the caller's transaction, on a database lacking a table of dbqueue's
     while the App's has them, cannot take a job."""
     return (f"the dbqueue tables are missing in {describe(theirs)}, the database of the "
-            f"connection= given, which is not the App's ({describe(ours)}): a job "
-            "dispatched in a transaction goes into that transaction's database, where this "
-            "App's workers do not look; give a connection to the App's database, or dispatch "
-            "with after_commit=session (queued once it commits). To keep a queue in that "
-            f"database too, create its tables with: {migrate_command(prefix, theirs)}")
+            f"connection= given, while the App's ({describe(ours)}) has them. If that is "
+            "another database: a job dispatched in a transaction goes into that "
+            "transaction's database, where this App's workers do not look; give a connection "
+            "to the App's database, or dispatch with after_commit=session (queued once it "
+            "commits). If it is the App's, reached another way, or to keep a queue there "
+            f"too: {migrate_command(prefix, theirs)}")
 
 
 def _not_a_connection(value: object) -> str:
@@ -120,7 +121,7 @@ class Transactions:
             # "the tables are missing" is about that one).
             engine = connection.engine if isinstance(connection, Connection) else self.engine
             if (dialect_for(engine.dialect).is_missing_table(exc) and engine is not self.engine
-                    and self._has_jobs(self.engine) and not self._has_jobs(engine)):
+                    and self._has_jobs()):
                 raise NotMigrated(_elsewhere(engine, self.engine, self.prefix)) from exc
             error = translate(engine, exc, self.prefix)
             if getattr(exc, "connection_invalidated", False) and type(error) is DatabaseError:
@@ -134,12 +135,12 @@ class Transactions:
                 f"the transaction of the connection= given has failed already "
                 f"({first_line(exc)}); roll it back, and dispatch in a new one") from exc
 
-    def _has_jobs(self, engine: Engine) -> bool:
-        """Whether ``engine``'s database has dbqueue's jobs table (on a
-        connection of its own: the caller's transaction may have failed).
-        False if it cannot tell."""
+    def _has_jobs(self) -> bool:
+        """Whether the App's own database has dbqueue's jobs table, asked on a
+        connection of the App's pool (never on the caller's engine, whose pool
+        may hand back the caller's own connection). False if it cannot tell."""
         try:
-            with connect(engine) as connection:
+            with connect(self.engine) as connection:
                 return sa.inspect(connection).has_table(self.tables.jobs.name)
         except (DBQueueError, *DRIVER_ERRORS):
             return False

@@ -343,15 +343,15 @@ class Dialect:
     def is_missing_column(self, error: BaseException) -> bool:
         return False
 
-    def statement_limit_query(self) -> tuple[str, str] | None:
+    def statement_limit(self, connection: Connection) -> tuple[int, str] | None:
         """Where a statement over a size limit ends the connection instead of
         being refused (the server stops reading, the driver reports the
-        connection lost): the query that reads the limit in bytes, and the
-        setting's name. None where the server refuses it plainly."""
+        connection lost): the limit in bytes, as ``connection``'s session has
+        it, and the setting's name. None where the server refuses it plainly."""
         return None
 
-    def value_bytes(self, text: str) -> int:
-        """The bytes ``text`` takes as a value in a statement sent to the server."""
+    def value_bytes(self, connection: Connection, text: str) -> int:
+        """The bytes ``text`` takes as a value in a statement sent on ``connection``."""
         return len(text.encode())
 
 

@@ -339,15 +339,21 @@ class MySQL(Dialect):
     def is_missing_column(self, error: BaseException) -> bool:
         return _errno(error) == _NO_SUCH_COLUMN
 
-    def statement_limit_query(self) -> tuple[str, str] | None:
+    def statement_limit(self, connection: Connection) -> tuple[int, str] | None:
         # Just over it, the server answers 1153 and closes the connection; far
         # over it, it closes the connection while the client still writes,
         # which the driver reports as a connection lost (2006).
-        return "SELECT @@max_allowed_packet", "max_allowed_packet"
+        limit = connection.exec_driver_sql("SELECT @@max_allowed_packet").scalar_one()
+        return int(limit), "max_allowed_packet"
 
-    def value_bytes(self, text: str) -> int:
-        # PyMySQL sends a value as an escaped literal: each of these takes two bytes.
-        return len(text.encode()) + sum(map(text.count, "\\'\"\n\r\x00\x1a"))
+    def value_bytes(self, connection: Connection, text: str) -> int:
+        # The driver sends a value as an escaped literal, escaped as the
+        # session's sql_mode wants (NO_BACKSLASH_ESCAPES doubles quotes only).
+        driver = connection.connection.dbapi_connection
+        escape = getattr(driver, "escape", None)
+        if escape is None:  # not PyMySQL: backslash escapes, the most there can be
+            return len(text.encode()) + sum(map(text.count, "\\'\"\n\r\x00\x1a")) + 2
+        return len(escape(text).encode(getattr(driver, "encoding", "utf-8")))
 
 
 class MariaDB(MySQL):
