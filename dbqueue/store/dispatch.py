@@ -67,8 +67,8 @@ class Dispatch(Transactions):
         if connection is None and job.unique_key is None:
             fast = self._fast_push
             if fast is not None and self.dialect.autocommit_single_statements:
-                if _long([job]):  # (here: the INSERT goes to this store's database)
-                    self.read(lambda c: self._check_sizes(c, [job]))
+                if long := _long([job]):  # (here: the INSERT goes to this store's database)
+                    self.read(lambda c: self._check_sizes(c, long))
                 params = _params(job)
                 return self._retrying(lambda: fast(params))
             return self.transaction(lambda c: self.insert_job(c, job), single_statement=True)
@@ -77,8 +77,8 @@ class Dispatch(Transactions):
     def insert_job(self, c: Connection, job: NewJob) -> int | None:
         """push's work, in a transaction of the store's own that is open on ``c``
         (a driver's error is left to that transaction's retries)."""
-        if _long([job]):
-            self._check_sizes(c, [job])
+        if long := _long([job]):
+            self._check_sizes(c, long)
         if job.unique_key is not None:
             return self._push_unique(c, job)
         key = c.execute(self._insert_one(), _params(job)).inserted_primary_key
@@ -115,16 +115,17 @@ class Dispatch(Transactions):
             return 0
         return self.within(connection, lambda c: self.insert_jobs(c, jobs))
 
-    def _check_sizes(self, c: Connection, jobs: Sequence[NewJob]) -> None:
-        """Refuse a job whose INSERT the server ``c`` is on would not read
-        whole, where it would drop the connection instead of saying so (see
-        the dialect's statement_limit): a retry could never help."""
+    def _check_sizes(self, c: Connection, long: Sequence[NewJob]) -> None:
+        """Refuse a job of ``long`` (see _long) whose INSERT the server ``c``
+        is on would not read whole, where it would drop the connection instead
+        of saying so (see the dialect's statement_limit): a retry could never
+        help."""
         dialect = dialect_for(c.dialect)
         limited = dialect.statement_limit(c)
         if limited is None:
             return
         limit, setting = limited
-        for job in _long(jobs):
+        for job in long:
             # The rest of the statement: its text, and the other values (at
             # most 4 bytes a character, escaped or not).
             rest = 512 + 4 * (len(job.job) + len(job.queue) + len(job.unique_key or ""))
@@ -139,8 +140,8 @@ class Dispatch(Transactions):
     def insert_jobs(self, c: Connection, jobs: Sequence[NewJob]) -> int:
         """push_many's work, in a transaction of the store's own that is open on
         ``c`` (a driver's error is left to that transaction's retries)."""
-        if _long(jobs):
-            self._check_sizes(c, jobs)
+        if long := _long(jobs):
+            self._check_sizes(c, long)
         unique = [j for j in jobs if j.unique_key is not None]
         plain = [j for j in jobs if j.unique_key is None]
         pushed = sum(self._push_unique(c, j) is not None for j in unique)

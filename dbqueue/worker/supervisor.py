@@ -162,8 +162,10 @@ class Supervisor:
                 and (not self.reserver.fetching or now >= self.stop_deadline)
                 and not self.ledger.count(State.RUNNING, State.UNCOMMITTED)
                 and (not self._hooks_left() or now >= self.stop_deadline))
+
     def _register(self) -> bool:
-        """Join the registry (see Registration.join); False if told to stop first."""
+        """Join the registry (see Registration.join); False if told to stop
+        first, or if --max-time ran out while the database could not be reached."""
         until = (None if self.options.max_time is None
                  else self.started + self.options.max_time)
         if not self.registration.join(until):

@@ -112,7 +112,7 @@ class MySQL(Dialect):
             # for a disconnect: unless it is dropped here, the pool hands it to
             # the next statement, which fails with a lost connection. Only this
             # one: the others are sound.
-            if _errno(context.original_exception) == _PACKET_TOO_LARGE:
+            if self.is_refusal(context.original_exception):
                 context.is_disconnect = True
                 context.invalidate_pool_on_disconnect = False
 
