@@ -51,9 +51,15 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in match.groups()) if match else (0, 0, 0)
 
 
-# A bulk INSERT's text stays under this many characters (at most 4 MB of
-# UTF-8, well under max_allowed_packet), as PyMySQL's executemany keeps its own.
-_BULK_CHARS = 1_000_000
+# A bulk INSERT stays under this many bytes, as PyMySQL's executemany keeps
+# its own, and under the session's max_allowed_packet where that is smaller.
+_BULK_BYTES = 1_000_000
+# What a bulk INSERT leaves of max_allowed_packet: the packet's own header,
+# and room to spare.
+_PACKET_SLACK = 1024
+# Where a connection keeps its max_allowed_packet: a session's value is read
+# only, fixed when it connects.
+_PACKET_LIMIT = "dbqueue_max_allowed_packet"
 
 
 def _literal_maker(connection: Connection, column_type: sa.types.TypeEngine[Any],
@@ -309,16 +315,19 @@ class MySQL(Dialect):
         preparer = connection.dialect.identifier_preparer
         head = (f"INSERT INTO {preparer.format_table(table)} "
                 f"({', '.join(preparer.quote(name) for name in columns)}) VALUES ")
+        limit = self.statement_limit(connection)
+        budget = min(_BULK_BYTES, limit[0] - _PACKET_SLACK) - len(head) if limit else _BULK_BYTES
         values: list[str] = []
         size = 0
         for row in rows:
             text = "(" + ",".join(literal(row[name]) for name, literal in zip(
                 columns, to_sql, strict=True)) + ")"
-            if values and (len(values) >= BULK_ROWS or size + len(text) > _BULK_CHARS):
+            length = len(text) if text.isascii() else len(text.encode())
+            if values and (len(values) >= BULK_ROWS or size + length > budget):
                 _run_literal(connection, head, values)
                 values, size = [], 0
             values.append(text)
-            size += len(text) + 1
+            size += length + 1
         _run_literal(connection, head, values)
 
     def is_retryable(self, error: BaseException, waited: float = 0.0) -> bool:
@@ -343,8 +352,11 @@ class MySQL(Dialect):
         # Just over it, the server answers 1153 and closes the connection; far
         # over it, it closes the connection while the client still writes,
         # which the driver reports as a connection lost (2006).
-        limit = connection.exec_driver_sql("SELECT @@max_allowed_packet").scalar_one()
-        return int(limit), "max_allowed_packet"
+        limit = connection.info.get(_PACKET_LIMIT)
+        if limit is None:
+            limit = connection.info[_PACKET_LIMIT] = int(
+                connection.exec_driver_sql("SELECT @@max_allowed_packet").scalar_one())
+        return limit, "max_allowed_packet"
 
     def value_bytes(self, connection: Connection, text: str) -> int:
         # The driver sends a value as an escaped literal, escaped as the
