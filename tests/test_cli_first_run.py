@@ -243,13 +243,54 @@ def test_migrate_refuses_names_the_application_already_uses(backend_url):
         line = error_line(run("migrate", "--url", backend_url, "--table-prefix", prefix))
         assert f"already has a table named {prefix}failed_jobs, not dbqueue's" in line, line
         assert f"no dbqueue revision is recorded in {prefix}dbqueue_alembic_version" in line
-        assert "dbqueue migrate --table-prefix " in line
+        assert f"created with: dbqueue migrate --url {backend_url} --table-prefix " in line
         assert "App(table_prefix=" in line and "DBQUEUE_TABLE_PREFIX=" in line
         # Nothing was created beside it (MySQL cannot roll back a CREATE TABLE).
         names = table_names(backend_url)
         assert f"{prefix}failed_jobs" in names
         assert not {f"{prefix}jobs", f"{prefix}dbqueue_alembic_version"} & names
     finally:
+        drop_prefixed(engine, prefix)
+        engine.dispose()
+
+
+def test_a_table_of_the_application_named_jobs_gets_the_prefix_advice_everywhere(
+        backend_url, tmp_path, monkeypatch):
+    """Not "the tables are missing" (or "older than this dbqueue", the other
+    jobs table lacking dbqueue's columns), which sends the user to a migrate
+    that refuses: the same advice as that migrate's, at the first step."""
+    prefix = f"{PREFIX}theirs_"
+    engine = dbqueue.store.create_engine(backend_url)
+    drop_prefixed(engine, prefix)
+    sa.Table(f"{prefix}jobs", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
+             sa.Column("title", sa.String(50))).create(engine)
+    module = f"theirs_{sa.make_url(backend_url).get_backend_name()}"  # one per backend:
+    # Python imports a module once per process.
+    (tmp_path / f"{module}.py").write_text(
+        "import dbqueue\n"
+        f"app = dbqueue.App({backend_url!r}, table_prefix={prefix!r})\n"
+        "@app.job()\ndef hello(x):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = dbqueue.App(backend_url, table_prefix=prefix)
+    try:
+        @app.job()
+        def hello(x: int) -> None:
+            pass
+
+        advice = (f"already has a table named {prefix}jobs, not dbqueue's (no dbqueue "
+                  f"revision is recorded in {prefix}dbqueue_alembic_version); give dbqueue's "
+                  "tables a prefix, created with: dbqueue migrate ")
+        with pytest.raises(dbqueue.NotMigrated, match=advice.replace("(", r"\(")
+                           .replace(")", r"\)")) as raised:
+            hello.dispatch(1)  # an INSERT naming columns that table does not have
+        assert f"--table-prefix {prefix}dbq_," in str(raised.value)
+        for command in ("status", "failed", "locks"):
+            line = error_line(run(command, "--app", f"{module}:app"))
+            assert advice + f"--app {module}:app --table-prefix {prefix}dbq_," in line, line
+        line = error_line(run("migrate", "--app", f"{module}:app"))
+        assert advice + f"--app {module}:app --table-prefix {prefix}dbq_," in line, line
+    finally:
+        app.dispose()
         drop_prefixed(engine, prefix)
         engine.dispose()
 
@@ -272,13 +313,13 @@ def test_migrate_suggests_a_prefix_that_is_free(tmp_path):
     engine.dispose()
     line = error_line(run("migrate", "--url", url))
     assert f"{tmp_path / 'app.db'} already has a table named jobs, not dbqueue's" in line
-    assert "dbqueue migrate --table-prefix dbqueue_," in line  # dbq_ is taken too
+    assert f"dbqueue migrate --url {url} --table-prefix dbqueue_," in line  # dbq_ is taken
     assert "App(table_prefix='dbqueue_') or DBQUEUE_TABLE_PREFIX=dbqueue_" in line
     with engine.begin() as connection:  # a prefix of the user's own is taken as well
         connection.execute(sa.text("CREATE TABLE billing_jobs (id INTEGER)"))
     engine.dispose()
     line = error_line(run("migrate", "--url", url, "--table-prefix", "billing_"))
-    assert "dbqueue migrate --table-prefix billing_dbq_," in line
+    assert "--table-prefix billing_dbq_," in line
     succeeded(run("migrate", "--url", url, "--table-prefix", "dbqueue_"))
 
 

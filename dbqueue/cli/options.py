@@ -17,7 +17,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from ..errors import DBQueueError, NotMigrated
+from ..errors import DBQueueError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -100,10 +100,8 @@ def friendly_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except NotMigrated as exc:
-            _fail(exc, _same_database(str(exc)))
         except DBQueueError as exc:  # the database's failures too (DatabaseError)
-            _fail(exc, str(exc))
+            _fail(exc, _same_database(str(exc)))
 
     return wrapper  # type: ignore[return-value]
 

@@ -6,7 +6,6 @@ import io
 from collections.abc import Callable
 from importlib import resources
 
-import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -14,9 +13,10 @@ from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 
 from ..errors import ConfigurationError
-from .engine import connect, missing_database_file, translating, where
+from .engine import connect, missing_database_file, translating
+from .foreign import prefix_advice, table_names, taken
 from .newfile import creating_tables
-from .schema import build_tables, version_table
+from .schema import version_table
 from .store import Store
 
 _HINTS = {
@@ -64,9 +64,6 @@ def upgrade(store: Store, table_prefix: str, revision: str = "head") -> None:
         store.transaction(work)
 
 
-_PREFIXES = ("dbq_", "dbqueue_", "dbq2_", "dbq3_")  # to suggest, when the names are taken
-
-
 def _check_names_free(store: Store, connection: Connection, table_prefix: str) -> None:
     """Refuse to migrate where the application already has a table of the name
     one of dbqueue's would take.
@@ -76,26 +73,14 @@ def _check_names_free(store: Store, connection: Connection, table_prefix: str) -
     already exists"), on MySQL after creating the tables before it; the fix
     is a table prefix.
     """
-    inspector = sa.inspect(connection)
-    existing = {name.lower() for name in inspector.get_table_names() + inspector.get_view_names()}
+    existing = table_names(connection)
     versions = version_table(table_prefix)
     if versions.lower() in existing and _revision(connection, versions) is not None:
         return  # dbqueue's own tables, to upgrade
-    taken = [table.name for table in store.tables.metadata.sorted_tables
-             if table.name.lower() in existing]
-    if not taken:
-        return
-    # A prefix of the user's own choosing clashes too: build on it first.
-    candidates = ((f"{table_prefix}dbq_",) if table_prefix else ()) + _PREFIXES
-    free = next((p for p in candidates if p != table_prefix and not any(
-        table.name.lower() in existing for table in build_tables(p).metadata.sorted_tables)),
-        "myapp_dbq_")
-    named = f"a table named {taken[0]}" if len(taken) == 1 else f"tables named {', '.join(taken)}"
-    raise ConfigurationError(
-        f"{where(store.engine.url)} already has {named}, not dbqueue's (no dbqueue revision "
-        f"is recorded in {versions}); give dbqueue's tables a prefix: "
-        f"dbqueue migrate --table-prefix {free}, and the same prefix wherever the app runs: "
-        f"App(table_prefix={free!r}) or DBQUEUE_TABLE_PREFIX={free}")
+    names = taken(existing, table_prefix)
+    if names:
+        raise ConfigurationError(
+            prefix_advice(store.engine, names, existing, table_prefix))
 
 
 def _revision(connection: Connection, versions: str) -> str | None:

@@ -19,7 +19,8 @@ from sqlalchemy.engine import Connection, Engine
 from ..errors import ConfigurationError, DatabaseError, DBQueueError, NotMigrated
 from .dialects import READ_ONLY, Dialect, dialect_for
 from .engine import DRIVER_ERRORS, connect, describe, first_line, migrate_command, translate
-from .schema import Tables, build_tables
+from .foreign import prefix_advice, table_names, taken
+from .schema import Tables, build_tables, version_table
 from .values import Executor, T, current_session
 
 _MAX_TRIES = 8
@@ -93,10 +94,27 @@ class Transactions:
                     # that collided do not collide again in lock-step.
                     time.sleep(random.uniform(0, 0.005 * 2**number))
                     continue
-                raise translate(self.engine, exc, self.prefix) from exc
+                raise self._explained(translate(self.engine, exc, self.prefix)) from exc
             except sa.exc.TimeoutError as exc:
                 raise translate(self.engine, exc, self.prefix) from exc
         raise AssertionError("unreachable")
+
+    def _explained(self, error: DBQueueError) -> DBQueueError:
+        """``error``, or where it calls dbqueue's tables missing (or too old)
+        and some of their names are another application's tables, the error
+        that says so and names the fix, a prefix: ``dbqueue migrate`` would
+        refuse to create them."""
+        if type(error) is not NotMigrated:
+            return error
+        try:
+            with connect(self.engine) as connection:
+                existing = table_names(connection)
+        except DRIVER_ERRORS:  # cannot tell: what was found stands
+            return error
+        names = taken(existing, self.prefix)
+        if not names or version_table(self.prefix).lower() in existing:
+            return error
+        return NotMigrated(prefix_advice(self.engine, names, existing, self.prefix))
 
     def read(self, work: Callable[[Connection], T]) -> T:
         """Run ``work``, which only reads, in a transaction of its own."""
