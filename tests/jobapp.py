@@ -122,6 +122,12 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
     def block() -> None:
         time.sleep(60)
 
+    @app.job(name="padded", tries=1, timeout=2)
+    def padded(padding: str, stuck: bool = False) -> None:
+        """Short, with long arguments; blocks past its timeout when ``stuck``."""
+        if stuck:
+            time.sleep(60)
+
     @app.job(name="crash")
     def crash() -> None:
         os.kill(os.getpid(), signal.SIGSEGV)

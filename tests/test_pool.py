@@ -26,6 +26,11 @@ def nap(job_id: int, seconds: float) -> RunJob:
     return RunJob(job_id, "nap", json.dumps({"args": [seconds], "kwargs": {}}), 1, 1.0)
 
 
+def padded(job_id: int) -> RunJob:
+    """A short job with 2,000 characters of arguments (tests.jobapp's "padded")."""
+    return RunJob(job_id, "padded", json.dumps({"args": ["x" * 2000], "kwargs": {}}), 1, 10.0)
+
+
 def answered(pool: Pool, count: int) -> list[Task]:
     """The tasks of the next ``count`` answers, as the supervisor takes them in."""
     tasks: list[Task] = []
@@ -146,6 +151,40 @@ def test_a_halted_child_sends_back_the_jobs_queued_in_it_and_starts_none(tmp_pat
         assert pool.children == [child]  # alive, and still answering
         pool.give(child, nap(5, 0.0), 10.0)
         assert answered(pool, 1) == [nap(5, 0.0)]
+    finally:
+        pool.stop()
+
+
+@pytest.mark.slow  # starts processes
+def test_what_a_busy_childs_full_pipe_cannot_take_waits_without_holding_up_the_pool(
+        tmp_path, monkeypatch):
+    """A child reads its pipe only between tasks. While one hangs, what is sent
+    behind it fills the pipe: the rest must wait in the supervisor, which
+    would otherwise wait for room there, and never end the hang."""
+    monkeypatch.setenv("DBQUEUE_URL", f"sqlite:///{tmp_path}/queue.db")
+    pool = Pool("tests.jobapp:app", 1)
+    pool.start()
+    try:
+        [child] = pool.children
+        hung = nap(1, 3 * LONG_ENOUGH)  # ended by its timeout, killed
+        pool.give(child, hung, 1.0)
+        pool.wait(0.0)
+        wait_until(lambda: child.running()[2], what="the child to begin its first task")
+        queued = [padded(n) for n in range(2, 402)]  # 800 kB: more than a pipe holds
+        for task in queued:
+            pool.give(child, task, 10.0)
+        sending = threading.Thread(target=pool.wait, args=(0.0,), daemon=True)
+        sending.start()
+        sending.join(LONG_ENOUGH)
+        assert not sending.is_alive(), "the pool waited for room in the busy child's pipe"
+        assert child.outbox  # what the pipe could not take
+        wait_until(lambda: pool.overdue() == [child], what="the hung task's timeout")
+        ended = pool.kill(child)
+        assert [running for _, running, _ in ended.died] == [hung]
+        assert ended.unstarted == queued
+        [replacement] = pool.children
+        pool.give(replacement, padded(500), 10.0)
+        assert answered(pool, 1) == [padded(500)]
     finally:
         pool.stop()
 

@@ -56,6 +56,22 @@ def test_timeouts_kill_tight_loops_and_blocking_calls_and_the_worker_goes_on(job
     assert count(jobs.app, jobs.effects, jobs.effects.c.n == 1) == 1
 
 
+def test_a_short_job_that_hangs_behind_many_queued_ones_still_times_out(jobs, workers):
+    """Short jobs are queued many at a time in a child's pipe, which the child
+    reads only between jobs: while one hangs, what is sent to it stays there.
+    However much is queued, the worker must not wait on that pipe, or it
+    stops enforcing the very timeout that would end the hang."""
+    padding = "x" * 1500  # under the size that is queued at all, yet 256 of them fill a pipe
+    jobs.app.dispatch_many([jobs.padded.prepare(padding) for _ in range(1500)])
+    jobs.padded.dispatch(padding, stuck=True)
+    jobs.app.dispatch_many([jobs.padded.prepare(padding) for _ in range(1500)])
+    result = workers.run("--stop-when-empty", "-c", "1", *FAST, timeout=60)
+    assert result.returncode == 0, result.stdout
+    assert [(row.job, row.exception_class) for row in failed_rows(jobs)] == [
+        ("padded", "dbqueue.JobTimeout")]
+    assert count(jobs.app, jobs.app.store.tables.jobs) == 0
+
+
 def test_a_crashed_child_costs_its_job_one_attempt_and_is_replaced(jobs, workers):
     jobs.crash.dispatch()
     jobs.record.dispatch(2)

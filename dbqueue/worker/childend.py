@@ -10,15 +10,17 @@ from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
-from .messages import DONE, DONE_FRAME, RunHook, RunJob, answer_from
+from .messages import DONE, DONE_FRAME, Halt, RunHook, RunJob, answer_from
 from .stamps import Stamp
 
 Task = RunJob | RunHook
 
 _SHORT = struct.Struct("!i")  # multiprocessing.Connection's frame header
 _LONG = struct.Struct("!Q")  # ... and its length of a message over 2 GiB
+_SHORT_MOST = 0x7FFFFFFF
 _READ_SIZE = 1 << 16
 
 
@@ -47,6 +49,10 @@ class Child:
     """The start of a message read from the pipe whose end is still on its way."""
     dismissed: bool = False
     """Asked to exit (see Pool.dismiss)."""
+    outbox: bytearray = field(default_factory=bytearray)
+    """What was sent to the child and is not in its pipe yet (see ``post``)."""
+    halting: bool = False
+    """A Halt is in ``outbox``: ``halt`` is set once it is in the pipe."""
     _poller: select.poll | None = field(default=None, init=False, repr=False)
 
     def readable(self) -> bool:
@@ -63,6 +69,43 @@ class Child:
             return bool(self._poller.poll(0))
         except (OSError, ValueError):  # the pipe was closed: reading says how
             return True
+
+    def post(self, message: object) -> None:
+        """Send ``message`` without waiting: what the pipe cannot take now stays
+        in ``outbox`` until ``flush`` can write it.
+
+        The child reads its pipe only between tasks: while one of the tasks
+        queued in it hangs, the pipe fills up, and a supervisor waiting for
+        room there would never end the hang (its timeout is the supervisor's
+        to enforce). The frame is Connection's, which the child's ``recv`` reads.
+        """
+        data = ForkingPickler.dumps(message)
+        size = len(data)
+        self.outbox += (_SHORT.pack(size) if size <= _SHORT_MOST
+                        else _SHORT.pack(-1) + _LONG.pack(size))
+        self.outbox += data
+        self.flush()
+
+    def post_halt(self) -> None:
+        """Send Halt, and set the shared ``halt`` byte once it is in the pipe
+        (the child, seeing the byte, reads the pipe until the Halt)."""
+        self.post(Halt())
+        self.halting = self.halt is not None
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what ``outbox`` holds, as much of it as the pipe takes now. A
+        dead child's is dropped: the next read of its pipe says it died."""
+        try:
+            while self.outbox:
+                del self.outbox[:os.write(self.conn.fileno(), self.outbox)]
+        except BlockingIOError:  # full: the rest when it has room
+            return
+        except OSError:  # gone (EPIPE, a closed pipe)
+            self.outbox.clear()
+        if self.halting:
+            self.halting = False
+            self.halt[0] = 1
 
     def has_answer(self) -> bool:
         """Whether the pipe holds what the child sent and is not read yet. (The

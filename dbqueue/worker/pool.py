@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import os
+import select
 import signal
 import time
 from dataclasses import dataclass, field
-from multiprocessing.connection import wait
-from typing import Any
 
 from . import forkserver
 from .background import OnThread
 from .child import child_main
 from .childend import Child, Task
-from .messages import Committed, Finished, Halt, Returned, RunJob, to_wire
+from .messages import Committed, Finished, Returned, RunJob, to_wire
 from .stamps import Stamp
 
 log = logging.getLogger("dbqueue.worker")
@@ -112,6 +113,7 @@ class Pool:
             name="dbqueue-child", daemon=True)
         process.start()
         child_end.close()
+        os.set_blocking(parent_end.fileno(), False)  # see Child.post
         return Child(process, parent_end, stamp=stamp, halt=halt)
 
     def idle(self) -> list[Child]:
@@ -143,9 +145,8 @@ class Pool:
             if child.unsent:
                 tasks, child.unsent = child.unsent, []
                 # If it died, the next wait reports it, with these tasks.
-                with contextlib.suppress(OSError):
-                    child.conn.send(to_wire(tasks[0]) if len(tasks) == 1
-                                    else [to_wire(task) for task in tasks])
+                child.post(to_wire(tasks[0]) if len(tasks) == 1
+                           else [to_wire(task) for task in tasks])
 
     def halt(self) -> None:
         """Have each child send back the jobs queued in it that it has not
@@ -154,20 +155,26 @@ class Pool:
         self._send()  # what was given goes before the Halt
         for child in self.children:
             if any(type(task) is RunJob for task, _ in child.tasks):
-                with contextlib.suppress(OSError):  # dead: the next wait reports it
-                    child.conn.send(Halt())
-                    if child.halt is not None:
-                        child.halt[0] = 1  # only once the Halt is in the pipe
+                child.post_halt()
 
     def wait(self, timeout: float, *wake_fds: int) -> Ended:
         """Send what was given, then wait for answers, deaths, or one of
         ``wake_fds`` to be readable; at most ``timeout`` seconds."""
         self._send()
-        by_conn: dict[Any, Child] = {child.conn: child for child in self.children}
         ended = Ended()
-        for conn in wait([*by_conn, *wake_fds], timeout=max(timeout, 0)):
-            child = by_conn.get(conn)
-            if child is not None:
+        by_fd = {child.conn.fileno(): child for child in self.children}
+        poller = select.poll()
+        for fd, each in by_fd.items():  # and room in its pipe for what waits to go there
+            poller.register(fd, select.POLLIN | (select.POLLOUT if each.outbox else 0))
+        for fd in wake_fds:
+            poller.register(fd, select.POLLIN)
+        for fd, events in poller.poll(math.ceil(max(timeout, 0) * 1000)):
+            child = by_fd.get(fd)
+            if child is None:
+                continue
+            if events & select.POLLOUT:
+                child.flush()
+            if events & ~select.POLLOUT:  # an answer, or its end (POLLHUP, POLLERR)
                 self._collect(child, ended)
         return ended
 
@@ -225,8 +232,7 @@ class Pool:
     def retire(self, child: Child) -> None:
         """Replace an idle child (memory limit)."""
         assert not child.tasks, "only an idle child can be retired"
-        with contextlib.suppress(OSError):
-            child.conn.send(None)
+        child.post(None)  # idle: it reads its pipe
         child.process.join(5)
         if child.process.is_alive():
             child.process.kill()
@@ -257,8 +263,7 @@ class Pool:
         for child in self.children:
             if not child.dismissed:
                 child.dismissed = True
-                with contextlib.suppress(OSError):  # dead: nothing to ask
-                    child.conn.send(None)
+                child.post(None)
 
     def stop(self) -> None:
         """Ask the children to exit; kill those that do not."""
@@ -275,6 +280,7 @@ class Pool:
     def _end_children(self) -> None:
         self.dismiss()
         deadline = time.monotonic() + 5
+        self._flush_all(deadline)
         for child in self.children:
             child.process.join(max(0.0, deadline - time.monotonic()))
             if child.process.is_alive():
@@ -282,6 +288,21 @@ class Pool:
                 child.process.join(1)
             child.conn.close()
         self.children = []
+
+
+    def _flush_all(self, deadline: float) -> None:
+        """Write what waits to go into the children's pipes (the last None of
+        each, at a stop), until ``deadline`` at most: a child that reads none
+        of it is killed."""
+        while waiting := {child.conn.fileno(): child for child in self.children if child.outbox}:
+            poller = select.poll()
+            for fd in waiting:
+                poller.register(fd, select.POLLOUT)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            for fd, _ in poller.poll(math.ceil(left * 1000)):
+                waiting[fd].flush()
 
 
 def _take_back(child: Child, job_ids: set[int]) -> list[Task]:
