@@ -348,6 +348,6 @@ def _encoded_result(job: Job[..., Any], result: Any) -> str | None:
     if result is None:
         return None
     try:
-        return serializer.encode_value(f"the result of job {job.name!r}", result)
+        return serializer.encode_result(f"the result of job {job.name!r}", result)
     except SerializationError as exc:  # the same at every retry
         raise permanent(exc) from exc.__cause__

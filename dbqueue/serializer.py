@@ -78,22 +78,37 @@ class _TooDeep(TypeError):
     not plainer values."""
 
 
-def _check_keys(value: Any, depth: int, limit: int = MAX_DEPTH) -> None:
+class _LoneSurrogate(ValueError):
+    """A string holds half of a UTF-16 pair ("\\ud800"), which is no character:
+    no database can store it."""
+
+
+def _check_keys(value: Any, depth: int, limit: int = MAX_DEPTH, *, keys: bool = True) -> None:
     """Raise TypeError for a dict key that JSON would quietly turn into a string
-    (the job would receive ``{"1": ...}`` for ``{1: ...}``), or for lists and
-    dicts nesting deeper than ``limit`` levels (``value`` is at ``depth``)."""
+    (the job would receive ``{"1": ...}`` for ``{1: ...}``; unless not
+    ``keys``), or for lists and dicts nesting deeper than ``limit`` levels
+    (``value`` is at ``depth``)."""
     if depth > limit:
         raise _TooDeep(f"lists and dicts nest more than {limit} levels deep")
     if isinstance(value, dict):
         for key, item in value.items():
-            if not isinstance(key, str):
+            if keys and not isinstance(key, str):
                 raise TypeError(f"dict keys must be strings, not {key!r}")
             if not isinstance(item, _PLAIN):
-                _check_keys(item, depth + 1, limit)
+                _check_keys(item, depth + 1, limit, keys=keys)
     elif isinstance(value, list | tuple):
         for item in value:
             if not isinstance(item, _PLAIN):
-                _check_keys(item, depth + 1, limit)
+                _check_keys(item, depth + 1, limit, keys=keys)
+
+
+def _check_text(text: str) -> None:
+    """Raise _LoneSurrogate if encoded JSON ``text`` holds a lone surrogate."""
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise _LoneSurrogate from None
 
 
 def encode(job_name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -109,11 +124,18 @@ def encode(job_name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
         _check_keys(args, depth=0)
         if kwargs:
             _check_keys(kwargs, depth=0)
+        _check_text(text)
         return text
     except (RecursionError, _TooDeep):
         raise SerializationError(
             f"the arguments of job {job_name!r} nest lists or dicts more than {MAX_DEPTH} "
             "levels deep (or refer to themselves); pass a flatter structure") from None
+    except _LoneSurrogate:
+        raise SerializationError(
+            f"the arguments of job {job_name!r} hold a lone surrogate (\\ud800-\\udfff), "
+            "half of a UTF-16 pair, which is no character and which no database can store; "
+            "remove or replace it (text.encode('utf-8', 'replace').decode() does)"
+        ) from None
     except (TypeError, ValueError) as exc:
         raise SerializationError(
             f"the arguments of job {job_name!r} must be JSON-serialisable ({exc}); "
@@ -134,11 +156,34 @@ def with_flow(payload: str, flow: dict[str, Any]) -> str:
 
 
 def encode_value(what: str, value: Any) -> str:
-    """Encode any JSON value (a job result, say)."""
+    """Encode any JSON value to be stored (a workflow's step, say)."""
     try:
-        return _encoder.encode(value)
+        text = _encoder.encode(value)
+        _check_text(text)
+        return text
+    except RecursionError:
+        raise SerializationError(f"{what} nests lists or dicts too deeply (or refers to "
+                                 "itself)") from None
+    except _LoneSurrogate:
+        raise SerializationError(f"{what} holds a lone surrogate (\\ud800-\\udfff), half of "
+                                 "a UTF-16 pair, which no database can store") from None
     except (TypeError, ValueError) as exc:
         raise SerializationError(f"{what} must be JSON-serialisable: {exc}") from None
+
+
+def encode_result(what: str, value: Any) -> str:
+    """Encode what a job returned (``what`` says which), to be stored and
+    passed on as a later job's ``previous``: like an argument, it nests lists
+    and dicts up to MAX_DEPTH levels, so that the payload it goes into can be
+    decoded."""
+    text = encode_value(what, value)
+    if not isinstance(value, _PLAIN) and text.count("[") + text.count("{") > MAX_DEPTH:
+        try:
+            _check_keys(value, depth=1, keys=False)
+        except _TooDeep:
+            raise SerializationError(f"{what} nests lists or dicts more than {MAX_DEPTH} "
+                                     "levels deep; return a flatter structure") from None
+    return text
 
 
 def decode(text: str) -> Payload:

@@ -15,7 +15,30 @@ from typing import Any
 import sqlalchemy as sa
 
 import dbqueue
+from dbqueue.serializer import MAX_DEPTH
 from tests.jobapp import JobApp, effects_table
+
+
+def unstorable(kind: str) -> Any:
+    """A lone surrogate, or lists nested deeper than an argument may."""
+    if kind == "surrogate":
+        return "half of a pair: \ud800"
+    deep: Any = 1
+    for _ in range(MAX_DEPTH + 1):
+        deep = [deep]
+    return deep
+
+
+def add_unstorable_jobs(app: dbqueue.App) -> None:
+    """Jobs whose result, or whose failure's message, no database can store."""
+
+    @app.job(name="shaped")
+    def shaped(kind: str) -> Any:
+        return unstorable(kind)
+
+    @app.job(name="garbled")
+    def garbled() -> None:
+        raise RuntimeError("bad \ud800 byte")
 
 
 def build(url: str | None = None, prefix: str | None = None) -> JobApp:
@@ -93,6 +116,7 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
             tag="tally", event="ran", pid=os.getpid(), at=app.store._now()))
         return {"value": n * 10}
 
+    add_unstorable_jobs(app)
     return JobApp(app, effects, dict(app.jobs), note)
 
 

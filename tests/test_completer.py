@@ -2,6 +2,7 @@
 when a write fails, a refused job set aside. Runs on every backend, with
 failures injected through a completion hook (a write in the same transaction)."""
 
+import json
 import logging
 import select
 import threading
@@ -14,6 +15,7 @@ import sqlalchemy as sa
 from dbqueue.errors import DatabaseUnavailable
 from dbqueue.serializer import Payload
 from dbqueue.store import Failure, Lease, NewJob
+from dbqueue.store.flows import step
 from dbqueue.store.locks import Locks
 from dbqueue.worker.clock import Deadline
 from dbqueue.worker.completer import BatchCompleter, InlineCompleter
@@ -54,12 +56,14 @@ class Hooks:
     def __init__(self) -> None:
         self.unreachable = False
         self.refuse: set[int] = set()
+        self.refuse_completed: set[int] = set()
         self.transactions: list[set[int]] = []
 
     def __call__(self, connection, completion, recorded):
         if self.unreachable:
             raise DatabaseUnavailable("the database is unreachable (injected)")
-        if self.refuse & recorded:
+        completed = {lease.id for lease in completion.completed}
+        if self.refuse & recorded or self.refuse_completed & completed:
             connection.execute(sa.text("SELECT * FROM dbqueue_no_such_table"))
         self.transactions.append(set(recorded))
 
@@ -126,6 +130,35 @@ def test_a_refused_job_is_written_alone_then_set_aside_and_the_others_go_through
     assert f"refused 3 times to record the outcome of job {bad.id}" in caplog.text
     assert jobs_left(app) == 1  # the refused one stays, until its lease runs out
     assert len(completer) == 0
+
+
+def test_a_workflow_step_whose_completion_is_refused_again_and_again_fails_instead(
+        app, caplog):
+    """Its completion writes what it returned into the chain's next step: what
+    the server refuses there (a result too large for it, say) is refused at
+    every try. The step fails instead: the chain stops, its catch learns why,
+    and it does not run again."""
+    hooks = Hooks()
+    completer = BatchCompleter(app.store, Health(), "host:1", [hooks])
+    [entry] = reserve(app, 1)
+    entry.payload = Payload(flow={"chain": [step(NewJob("default", "next", "{}"))],
+                                  "catch": step(NewJob("default", "alert", "{}"))})
+    entry.runtime = 0.01
+    completer.add(Completed(entry))
+    hooks.refuse_completed = {entry.id}
+    finished = flushed(completer, time.monotonic())
+    with caplog.at_level(logging.ERROR, "dbqueue.worker"):
+        for _ in range(3):  # refused alone three times: failed instead
+            finished += flushed(completer, completer.retry_at)
+    assert finished == [] and len(completer) == 1
+    finished += flushed(completer, completer.retry_at)
+    assert finished == [entry]
+    assert f"refused 3 times to record that job {entry.id} completed; failing it" in caplog.text
+    [failed] = rows(app, app.store.tables.failed_jobs)
+    assert failed.exception_message.startswith("it completed, but recording that was refused")
+    queued = rows(app, app.store.tables.jobs)
+    assert [row.job for row in queued] == ["alert"]  # the catch, not the next step
+    assert json.loads(queued[0].payload)["flow"]["failed"]["failed_job"] == failed.uuid
 
 
 def test_a_job_another_worker_took_is_left_alone(app, caplog):

@@ -106,6 +106,11 @@ def test_an_argument_may_nest_100_levels_deep_as_the_readme_says(app, jobs):
 def test_a_dispatch_refuses_what_a_worker_could_not_run(app, jobs):
     for call, message in [
         (lambda: jobs.record.dispatch(nested(150)), "more than 100 levels deep"),
+        # Half of a UTF-16 pair: no driver can send it (it raised the driver's
+        # UnicodeEncodeError before).
+        (lambda: jobs.record.dispatch(1, tag="a \udc80 b"), "hold a lone surrogate"),
+        (lambda: jobs.app.dispatch_many([jobs.record.prepare(1, tag="\ud800")]),
+         "hold a lone surrogate"),
         (lambda: jobs.noop.options(timeout=float("nan")).dispatch(), "finite number"),
         (lambda: jobs.noop.options(retry_until=1e12).dispatch(), "at most"),
         (lambda: jobs.noop.options(delay=float("inf")).dispatch(), "finite number"),

@@ -114,6 +114,36 @@ def test_a_chain_runs_in_order_pipes_results_stops_on_failure_and_resumes(flows,
         "fetch": 2, "parse": 1, "explode": 1, "store": 2}
 
 
+def test_a_step_whose_result_or_failure_cannot_be_stored_stops_its_chain_at_once(
+        flows, flow_workers):
+    """What a step returns goes into the next step's payload, and why it failed
+    into its catch's: what no database can store (a lone surrogate, lists
+    nested deeper than an argument may) fails the step for good, the chain's
+    catch runs, and the batch it is in finishes. Neither is written as is."""
+    f = flows
+    for kind in ("deep", "surrogate"):
+        f.app.chain([f.shaped.prepare(kind), f.store.prepare()],
+                    catch=f.alert.prepare(kind)).dispatch()
+    f.app.chain([f.garbled.prepare(), f.store.prepare()],
+                catch=f.alert.prepare("garbled")).dispatch()
+    batch_id = f.app.batch([[f.shaped.prepare("deep"), f.store.prepare()]],
+                           finally_=f.callback.prepare("after")).dispatch()
+    flow_workers.drain()
+    told = {tag: json.loads(effects(f, tag, "catch")[0].detail)
+            for tag in ("deep", "surrogate", "garbled")}
+    assert told["deep"]["exception_class"] == "dbqueue.SerializationError"
+    assert "nests lists or dicts more than 100 levels deep" in told["deep"]["message"]
+    assert told["surrogate"]["exception_class"] == "dbqueue.SerializationError"
+    assert "holds a lone surrogate" in told["surrogate"]["message"]
+    assert told["garbled"] == {**told["garbled"], "exception_class": "RuntimeError",
+                               "message": "bad \\ud800 byte"}
+    assert not effects(f, "chain", "store")
+    assert sorted(row.job for row in rows(f.app, f.app.store.tables.failed_jobs)) == [
+        "garbled", "shaped", "shaped", "shaped"]
+    assert [json.loads(row.detail) for row in effects(f, "after", "callback")] == [batch_id]
+    assert f.app.find_batch(batch_id).finished
+
+
 def test_stop_when_empty_waits_for_the_steps_and_callbacks_it_queues(flows, flow_workers):
     f = flows
     # While a step runs, the idle worker looks for more and finds none: what the

@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .. import serializer
-from .values import NewJob
+from .values import NewJob, _text
 
 if TYPE_CHECKING:
     from .dispatch import Dispatch
@@ -150,8 +150,9 @@ def advance(store: Dispatch, c: Connection, ends: Sequence[FlowEnd], recorded: s
 def _failure(end: FlowEnd, failed_as: dict[int, str]) -> dict[str, Any]:
     """What a catch job learns of the failure (``current_job().failed``)."""
     exception_class, message = end.failure or ("", "")
+    # As failed_jobs keeps them: no database takes a lone surrogate, say.
     return {"job_id": end.job_id, "failed_job": failed_as.get(end.job_id),
-            "exception_class": exception_class, "message": message}
+            "exception_class": _text(exception_class), "message": _text(message)}
 
 
 def _chain_moves(end: FlowEnd, cancelled: set[str], failed_as: dict[int, str]) -> list[NewJob]:

@@ -127,7 +127,7 @@ def _done(task: RunJob, flow: dict[str, Any] | None, returned: list[Any], *,
     if not (flow and flow.get("chain")):
         return Finished("done", uncommitted=True) if uncommitted else DONE
     try:  # a chain's next step receives what this one returned
-        result = serializer.encode_value(f"what chain step {task.name!r} returns",
+        result = serializer.encode_result(f"what chain step {task.name!r} returns",
                                          returned[0] if returned else None)
     except SerializationError as exc:
         return Finished("permanent", exception_class=class_name(exc), message=str(exc))

@@ -35,8 +35,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from ..store import Store
-from ..store.completion import Completion, CompletionHook, FailedRun, Requeue
-from ..store.flows import FlowEnd
+from ..store.completion import CompletionHook
 from .background import Inline, OnThread, time_left
 from .health import TRANSIENT, Health, describe
 from .ledger import Entry
@@ -45,10 +44,11 @@ from .records import (
     Completed,
     Counted,
     Failed,
-    KeyFreed,
     Record,
     Released,
     Unlocked,
+    as_completion,
+    failed_instead,
 )
 
 log = logging.getLogger("dbqueue.worker")
@@ -78,35 +78,6 @@ class Completer(Protocol):
     def drain(self, tries: int = 3, until: float | None = None) -> list[Entry]: ...
 
     def requeues(self) -> bool: ...
-
-
-def _completion(records: Sequence[Record], worker: str) -> Completion:
-    """The store's form of ``records``, with each job's current lease (a lease
-    taken again after a stall replaces the old one in the ledger's entry)."""
-    out = Completion()
-    for record in records:
-        if type(record) is Completed:  # nearly all of them: no pattern matching
-            entry = record.entry
-            out.completed.append(entry.lease)
-            if entry.payload is not None and entry.payload.flow:
-                out.ended.append(FlowEnd(entry.id, entry.payload.flow,
-                                         "skipped" if entry.skipped else "done", entry.result))
-            continue
-        match record:
-            case Released(entry, delay, attempts):
-                out.requeued.append(Requeue(entry.lease, delay, attempts))
-            case Failed(entry, failure, attempts):
-                out.failed.append(FailedRun(entry.row, entry.lease, failure, worker, attempts))
-                if entry.flow:
-                    out.ended.append(FlowEnd(entry.id, entry.flow, "failed", failure=(
-                        failure.exception_class, failure.message)))
-            case Counted(entry, attempt):
-                out.started.append((entry.lease, attempt))
-            case KeyFreed(entry):
-                out.unique_freed.append(entry.lease)
-            case Unlocked(key, owner):
-                out.unlocked.append((key, owner))
-    return out
 
 
 class BatchCompleter:
@@ -205,7 +176,7 @@ class BatchCompleter:
         records, self.pending, self._urgent = self.pending, [], 0
         if self._one_by_one:
             return finished + self._flush_each(records, now)
-        completion = _completion(records, self.worker)  # here: the entries are ours
+        completion = as_completion(records, self.worker)  # here: the entries are ours
         self.writing = records
         self.calls.submit(lambda: self.store.record(completion, self.hooks))
         return finished + self.collect()  # inline: written already
@@ -261,16 +232,12 @@ class BatchCompleter:
         groups = _by_job(records)
         for number, group in enumerate(groups):
             try:
-                recorded = self.store.record(_completion(group, self.worker), self.hooks)
+                recorded = self.store.record(as_completion(group, self.worker), self.hooks)
             except Exception as exc:
                 if isinstance(exc, TRANSIENT) or not self._give_up(group, exc):
                     self._put_back([r for rest in groups[number:] for r in rest], now, exc)
                     return finished
-                for record in group:
-                    if isinstance(record, ENDINGS):
-                        finished.append(record.entry)
-                    elif isinstance(record, Counted):
-                        record.entry.counting = False  # counted again later, if it runs on
+                finished += self._set_aside(group, exc)
                 continue
             self.health.succeeded()
             self._refusals.pop(_job_of(group), None)
@@ -279,16 +246,39 @@ class BatchCompleter:
         return finished
 
     def _give_up(self, group: list[Record], exc: Exception) -> bool:
-        """Count a refusal of ``group``'s write; True once it is set aside."""
+        """Count a refusal of ``group``'s write; True once it is to be set aside."""
         job_id = _job_of(group)
         refusals = self._refusals[job_id] = self._refusals.get(job_id, 0) + 1
         if refusals < _REFUSALS_BEFORE_GIVING_UP:
             return False
         del self._refusals[job_id]
-        log.error("the database refused %d times to record the outcome of job %d; giving up "
-                  "on it (it runs again when its lease expires): %s", refusals, job_id,
-                  describe(exc))
         return True
+
+    def _set_aside(self, group: list[Record], exc: Exception) -> list[Entry]:
+        """``group``'s write was refused again and again: the jobs it ends.
+
+        A workflow step that completed fails instead, which writes neither its
+        result nor the chain's next step (what was refused: a result no
+        database can store, say): the chain stops there and its catch learns
+        why. Anything else is left to its lease: the job runs again.
+        """
+        instead = failed_instead(group, exc)
+        if instead is not None:
+            log.error("the database refused %d times to record that job %d completed; failing "
+                      "it instead: %s", _REFUSALS_BEFORE_GIVING_UP, _job_of(group),
+                      describe(exc))
+            self.pending[:0] = instead
+            return []
+        log.error("the database refused %d times to record the outcome of job %d; giving up "
+                  "on it (it runs again when its lease expires): %s",
+                  _REFUSALS_BEFORE_GIVING_UP, _job_of(group), describe(exc))
+        finished = []
+        for record in group:
+            if isinstance(record, ENDINGS):
+                finished.append(record.entry)
+            elif isinstance(record, Counted):
+                record.entry.counting = False  # counted again later, if it runs on
+        return finished
 
     def _put_back(self, records: list[Record], now: float, exc: Exception,
                   began: float | None = None) -> None:

@@ -1,17 +1,23 @@
 """What a worker writes down about its jobs: one typed record per fact.
 
 The recorder makes them (the supervisor makes Counted); the completer
-(worker.completer) turns them into the store's Completion and writes them.
+(worker.completer) turns them into the store's Completion (``as_completion``)
+and writes them.
 Records, not closures: a flush that fails puts them back as they were, and
 one can be told from another.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from ..store import Failure
+from ..store.completion import Completion, FailedRun, Requeue
+from ..store.flows import FlowEnd
+from .health import describe
 from .ledger import Entry
+from .messages import class_name
 
 
 class Completed(NamedTuple):
@@ -68,3 +74,48 @@ class Unlocked(NamedTuple):
 Record = Completed | Released | Failed | Counted | KeyFreed | Unlocked
 ENDINGS = (Completed, Released, Failed)
 """The records that end a job: once written, its row is gone or back in the queue."""
+
+
+def as_completion(records: Sequence[Record], worker: str) -> Completion:
+    """The store's form of ``records``, with each job's current lease (a lease
+    taken again after a stall replaces the old one in the ledger's entry)."""
+    out = Completion()
+    for record in records:
+        if type(record) is Completed:  # nearly all of them: no pattern matching
+            entry = record.entry
+            out.completed.append(entry.lease)
+            if entry.payload is not None and entry.payload.flow:
+                out.ended.append(FlowEnd(entry.id, entry.payload.flow,
+                                         "skipped" if entry.skipped else "done", entry.result))
+            continue
+        match record:
+            case Released(entry, delay, attempts):
+                out.requeued.append(Requeue(entry.lease, delay, attempts))
+            case Failed(entry, failure, attempts):
+                out.failed.append(FailedRun(entry.row, entry.lease, failure, worker, attempts))
+                if entry.flow:
+                    out.ended.append(FlowEnd(entry.id, entry.flow, "failed", failure=(
+                        failure.exception_class, failure.message)))
+            case Counted(entry, attempt):
+                out.started.append((entry.lease, attempt))
+            case KeyFreed(entry):
+                out.unique_freed.append(entry.lease)
+            case Unlocked(key, owner):
+                out.unlocked.append((key, owner))
+    return out
+
+
+def failed_instead(group: list[Record], exc: Exception) -> list[Record] | None:
+    """``group`` with the Completed record of a workflow step that ran turned
+    into a Failed one (see worker.completer's BatchCompleter._set_aside); None if it has none."""
+    instead: list[Record] = []
+    for record in group:
+        entry = record.entry if type(record) is Completed else None
+        if entry is None or not entry.flow or entry.runtime is None:
+            instead.append(record)
+            continue
+        instead.append(Failed(entry, Failure(
+            class_name(exc), f"it completed, but recording that was refused, with what it "
+            f"writes (its result, the chain's next step): {describe(exc)}", ""),
+            entry.row.attempts, True))
+    return instead if instead != group else None
