@@ -29,8 +29,20 @@ def unstorable(kind: str) -> Any:
     return deep
 
 
-def add_unstorable_jobs(app: dbqueue.App) -> None:
-    """Jobs whose result, or whose failure's message, no database can store."""
+def raise_after(context: Any, call_next: Any) -> None:
+    """A middleware that fails once the job's body has returned."""
+    call_next()
+    raise RuntimeError("the middleware raised after the body")
+
+
+def add_edge_jobs(app: dbqueue.App) -> None:
+    """Jobs whose result, or whose failure's message, no database can store;
+    an idempotent one whose middleware raises after its body."""
+
+    @app.job(name="tally_then_raise", idempotency_key=lambda n: f"tally_then_raise:{n}",
+             middleware=[raise_after])
+    def tally_then_raise(n: int) -> dict[str, int]:
+        return {"value": n * 10}
 
     @app.job(name="shaped")
     def shaped(kind: str) -> Any:
@@ -116,7 +128,7 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
             tag="tally", event="ran", pid=os.getpid(), at=app.store._now()))
         return {"value": n * 10}
 
-    add_unstorable_jobs(app)
+    add_edge_jobs(app)
     return JobApp(app, effects, dict(app.jobs), note)
 
 

@@ -117,7 +117,7 @@ def run_job(app: Any, task: RunJob, commits: Commits) -> Finished:
             # done (a retry would skip it).
             log.warning("job %d (%s) is done, but its middleware then raised %s: %s",
                         task.job_id, task.name, class_name(exc), exc)
-            return Finished("done", uncommitted=True)
+            return _done(task, payload.flow, returned, uncommitted=True)  # its result too
         return _failed(exc, job.dont_retry)
     return _done(task, payload.flow, returned, uncommitted=commits.holds(task))
 
