@@ -169,12 +169,23 @@ def test_a_tick_less_than_the_late_limit_old_is_queued_on_time():
         Tick(utc(2026, 3, 23, 6), run=False, late=True)]
 
 
-def test_after_a_long_stop_an_every_schedule_claims_one_missed_tick_and_the_last_minute():
+def test_after_a_long_stop_an_every_schedule_claims_one_missed_tick_and_the_latest():
+    """Not every tick of the last minute: with a tick a second, a worker back
+    after a stop would queue sixty runs at once."""
     every = Recurrence.build(cron=None, every=10, timezone=None)
-    found = due_ticks(every, utc(2026, 1, 1), utc(2026, 1, 2), missed="skip")
-    assert found[0] == Tick(utc(2026, 1, 1, 23, 59), run=False, late=True)
-    assert [tick.at for tick in found[1:]] == [
-        utc(2026, 1, 1, 23, 59, s) for s in (10, 20, 30, 40, 50)] + [utc(2026, 1, 2)]
+    assert due_ticks(every, utc(2026, 1, 1), utc(2026, 1, 2), missed="skip") == [
+        Tick(utc(2026, 1, 1, 23, 59, 50), run=False, late=True), Tick(utc(2026, 1, 2), run=True)]
+    second = Recurrence.build(cron=None, every=1, timezone=None)
+    assert due_ticks(second, utc(2026, 1, 1, 12), utc(2026, 1, 1, 12, 1, 15, 500000),
+                     missed="run_once") == [
+        Tick(utc(2026, 1, 1, 12, 1, 14), run=True, late=True),
+        Tick(utc(2026, 1, 1, 12, 1, 15), run=True)]
+
+
+def test_a_stop_shorter_than_the_late_limit_queues_each_tick_it_held_up():
+    every = Recurrence.build(cron=None, every=10, timezone=None)
+    found = due_ticks(every, utc(2026, 1, 1, 12), utc(2026, 1, 1, 12, 0, 55), missed="skip")
+    assert found == [Tick(utc(2026, 1, 1, 12, 0, s), run=True) for s in (10, 20, 30, 40, 50)]
 
 
 # --- overdue ------------------------------------------------------------------------

@@ -189,20 +189,28 @@ def due_ticks(recurrence: Recurrence, after: datetime, now: datetime, *, missed:
     """The ticks a pass at ``now`` (the database server's time) claims, when
     every tick up to ``after`` has been dealt with already.
 
-    Ticks within ``late_limit`` seconds of ``now`` are each queued. Older ones
-    were missed: of those only the latest is claimed, to be run once
+    While a scheduler has claimed ticks until less than ``late_limit`` seconds
+    ago, each tick since is queued (a pass delayed by a busy host, a short
+    outage of the database). Otherwise no scheduler ran for longer than that:
+    the latest tick is queued if it is less than ``late_limit`` old, and of
+    the ticks before it only the latest is claimed, to be run once
     (``missed="run_once"``) or recorded as missed (``"skip"``), so that a
-    scheduler back after a long stop neither floods the queue nor walks
-    through every tick it missed.
+    scheduler back after a stop neither floods the queue (a tick every
+    second) nor walks through every tick it missed.
     """
     cutoff = now - timedelta(seconds=late_limit)
+    if cutoff <= after:
+        return [Tick(at, run=True) for at in recurrence.ticks_between(after, now, limit)]
+    latest = recurrence.latest_until(now)
+    if latest is None or latest <= after:
+        return []
+    on_time = latest > cutoff
+    last_missed = recurrence.latest_until(latest - _STEP) if on_time else latest
     ticks = []
-    if cutoff > after:
-        last_missed = recurrence.latest_until(cutoff)
-        if last_missed is not None and last_missed > after:
-            ticks.append(Tick(last_missed, run=missed == "run_once", late=True))
-    on_time = recurrence.ticks_between(max(after, cutoff), now, limit)
-    ticks += [Tick(at, run=True) for at in on_time]
+    if last_missed is not None and last_missed > after:
+        ticks.append(Tick(last_missed, run=missed == "run_once", late=True))
+    if on_time:
+        ticks.append(Tick(latest, run=True))
     return ticks
 
 
