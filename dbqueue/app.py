@@ -160,7 +160,11 @@ class App:
 
     def restore_lock(self, key: str, owner: str, ttl: float = 120) -> Lock:
         """The lock ``key`` as held by ``owner`` (a token from ``lock.owner``), so
-        that another process can release or extend it."""
+        that another process can release or extend it (``extend()`` by ``ttl``:
+        give the one it was taken with)."""
+        if owner is None:
+            raise ConfigurationError("restore_lock needs the owner's token (lock.owner of "
+                                     "the lock as it was taken)")
         return Lock(Locks(self.store), key, ttl, owner=owner)
 
     def dispose(self) -> None:

@@ -8,7 +8,6 @@ queued without ever mixing those settings with the function's own arguments.
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 from . import keys, serializer
 from .errors import ConfigurationError, InvalidArguments
 from .policy import Backoff, Rules, refuse_endless_retries, validate_backoff
+from .policy.durations import seconds
 from .store import Executor, NewJob
 
 if TYPE_CHECKING:
@@ -26,31 +26,6 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-Seconds = float | int | timedelta
-
-MAX_SECONDS = 100 * 365 * 86400
-"""The longest duration a job option may give (a hundred years): every time
-computed from one, on any server's clock, stays representable."""
-
-
-def seconds(name: str, value: Seconds | None, *, allow_zero: bool = True) -> float | None:
-    """Validate a duration given as seconds or a timedelta."""
-    if value is None:
-        return None
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(f"{name} must be seconds (a number) or a timedelta, not {value!r}")
-    if not math.isfinite(value):
-        raise ConfigurationError(f"{name} must be a finite number of seconds, not {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigurationError(f"{name} must be {'>=' if allow_zero else '>'} 0, not {value!r}")
-    if value > MAX_SECONDS:
-        raise ConfigurationError(
-            f"{name} must be at most {MAX_SECONDS:,} seconds (a hundred years), not {value!r}")
-    return float(value)
-
 
 @dataclass(frozen=True, slots=True)
 class DispatchOptions:

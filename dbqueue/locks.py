@@ -8,9 +8,23 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from .errors import ConfigurationError, LockNotAcquired
+from .policy.durations import Seconds, seconds
 
 if TYPE_CHECKING:
     from .store.locks import Locks
+
+
+def _seconds(name: str, value: Seconds) -> float:
+    checked = seconds(name, value)
+    assert checked is not None  # a value was given
+    return checked
+
+
+def _ttl(value: Seconds) -> float:
+    """A ttl: more than 0 seconds, at most a hundred years (see jobs.seconds)."""
+    checked = seconds("a lock's ttl", value, allow_zero=False)
+    assert checked is not None
+    return checked
 
 
 class Lock:
@@ -36,12 +50,13 @@ class Lock:
                  wait: float = 0.0) -> None:
         if not isinstance(key, str) or not key:
             raise ConfigurationError(f"a lock's key must be a non-empty string, not {key!r}")
-        if not ttl > 0:
-            raise ConfigurationError(f"a lock's ttl must be > 0 seconds, not {ttl!r}")
+        if owner is not None and (not isinstance(owner, str) or not owner):
+            raise ConfigurationError(f"a lock's owner must be the token of lock.owner, not "
+                                     f"{owner!r}")
         self._locks = locks
         self.key = key
-        self.ttl = float(ttl)
-        self.wait = float(wait)
+        self.ttl = _ttl(ttl)
+        self.wait = _seconds("a lock's wait", wait)
         self.owner = owner or secrets.token_hex(16)
         """The token that proves ownership: hand it to ``app.restore_lock`` elsewhere."""
 
@@ -53,6 +68,9 @@ class Lock:
         Without ``timeout`` it tries once. With one, it tries every ``poll``
         seconds until ``timeout`` seconds have passed.
         """
+        if timeout is not None:
+            timeout = _seconds("acquire's timeout", timeout)
+        poll = _seconds("acquire's poll", poll)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if self._locks.acquire(self.key, self.owner, self.ttl):
@@ -74,7 +92,7 @@ class Lock:
 
         False if this owner no longer holds it.
         """
-        return self._locks.extend(self.key, self.owner, self.ttl if ttl is None else ttl)
+        return self._locks.extend(self.key, self.owner, self.ttl if ttl is None else _ttl(ttl))
 
     def locked(self) -> bool:
         """Whether anyone holds the lock now."""

@@ -163,3 +163,26 @@ def test_a_lock_key_of_any_length_is_one_lock(app):
     assert first.release() and second.acquire()
     with pytest.raises(dbqueue.ConfigurationError, match="non-empty string"):
         app.lock("", ttl=60)
+
+
+def test_a_lock_refuses_durations_it_could_not_honour_before_touching_the_database(app):
+    """As a job's durations are: each raised the server's error, Python's
+    OverflowError or TypeError, or (a negative extend) freed the lock."""
+    for make, message in [
+        (lambda: app.lock("k", ttl=float("inf")), "ttl must be a finite number"),
+        (lambda: app.lock("k", ttl=1e12), "ttl must be at most"),
+        (lambda: app.lock("k", ttl="10"), "ttl must be seconds"),  # type: ignore[arg-type]
+        (lambda: app.lock("k", ttl=0), "ttl must be > 0"),
+        (lambda: app.lock("k", ttl=60, wait=-1), "wait must be >= 0"),
+        (lambda: app.restore_lock("k", None), "needs the owner's token"),  # type: ignore[arg-type]
+    ]:
+        with pytest.raises(dbqueue.ConfigurationError, match=message):
+            make()
+    lock = app.lock("k", ttl=60)
+    assert lock.acquire()
+    for call, message in [(lambda: lock.extend(-5), "ttl must be > 0"),
+                          (lambda: lock.extend(float("nan")), "finite number"),
+                          (lambda: lock.acquire(timeout=-1), "timeout must be >= 0")]:
+        with pytest.raises(dbqueue.ConfigurationError, match=message):
+            call()
+    assert lock.owned()  # still held, for its whole ttl

@@ -1,0 +1,32 @@
+"""Durations given in seconds (or as a timedelta): checked once, where they are given."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+
+from ..errors import ConfigurationError
+
+Seconds = float | int | timedelta
+
+MAX_SECONDS = 100 * 365 * 86400
+"""The longest duration a job option may give (a hundred years): every time
+computed from one, on any server's clock, stays representable."""
+
+
+def seconds(name: str, value: Seconds | None, *, allow_zero: bool = True) -> float | None:
+    """Validate a duration given as seconds or a timedelta."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{name} must be seconds (a number) or a timedelta, not {value!r}")
+    if not math.isfinite(value):
+        raise ConfigurationError(f"{name} must be a finite number of seconds, not {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigurationError(f"{name} must be {'>=' if allow_zero else '>'} 0, not {value!r}")
+    if value > MAX_SECONDS:
+        raise ConfigurationError(
+            f"{name} must be at most {MAX_SECONDS:,} seconds (a hundred years), not {value!r}")
+    return float(value)
