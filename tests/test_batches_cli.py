@@ -46,6 +46,8 @@ def test_list_and_show(f, schema):
         "failed": 0, "progress": 25, "cancelled": False, "finished_at": None}
     shown = json.loads(ok(run(schema, "show", batch_id, "--json")))
     assert shown == entry
+    for spelling in (batch_id.upper(), batch_id.replace("-", "")):  # as a user may copy it
+        assert json.loads(ok(run(schema, "show", spelling, "--json"))) == entry
     text = ok(run(schema, "show", batch_id))
     assert "progress:   25%" in text and "state:      running" in text
     assert "on failure: cancel the batch" in text

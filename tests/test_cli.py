@@ -267,6 +267,7 @@ def test_failed_show_prints_the_payload_and_the_traceback(app, schema):
 
     by_uuid = ok(schema, "failed", "show", report.uuid)
     assert f"id:        {report.id}\n" in by_uuid
+    assert ok(schema, "failed", "show", report.uuid.upper()) == by_uuid  # any spelling
     assert "payload:\nnot json at all\n" in by_uuid  # not JSON: printed as stored
     assert "myapp.errors.ReportError: build broke" in by_uuid
 

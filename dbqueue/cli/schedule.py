@@ -77,5 +77,5 @@ def run(url: str | None, app_reference: str | None, table_prefix: str | None, ve
     job_id = run_now(_open(url, app_reference, table_prefix), name)
     if job_id is None:
         raise click.ClickException(f"not queued: a queued or running job holds the unique "
-                                   f"key of schedule {name!r}'s job")
+                                   f"key of the job of schedule {name!r}")
     click.echo(f"Queued job {job_id} for schedule {name!r}.")

@@ -15,6 +15,7 @@ from .batches import reopen
 from .locks import LockInfo, Locks
 from .outcomes import Outcome, Outcomes
 from .store import Store
+from .values import canonical_uuid
 from .workers import WorkerRegistry
 
 
@@ -123,7 +124,8 @@ class Admin:
     def _match(self, ref: str) -> sa.ColumnElement[bool]:
         """A failed job by its number or its uuid."""
         number = _as_id(ref)
-        return self.failed.c.id == number if number is not None else self.failed.c.uuid == ref
+        return (self.failed.c.id == number if number is not None
+                else self.failed.c.uuid.in_({ref, canonical_uuid(ref)}))
 
     def _failed_where(self, queue: str | None, job: str | None,
                       exception: str | None) -> list[sa.ColumnElement[bool]]:
@@ -201,7 +203,7 @@ class Admin:
         table = self.failed
         where = [table.c.queue == queue] if queue else []
         if batch:
-            where.append(table.c.batch_id == batch)
+            where.append(table.c.batch_id.in_({batch, canonical_uuid(batch)}))
 
         def extent(c: Connection) -> tuple[int, int | None]:
             count, last = c.execute(sa.select(sa.func.count(), sa.func.max(table.c.id))
@@ -334,4 +336,4 @@ def _as_id(ref: str) -> int | None:
 
 def _is(row: Any, ref: str) -> bool:
     number = _as_id(ref)
-    return bool(row.id == number) if number is not None else bool(row.uuid == ref)
+    return bool(row.id == number) if number is not None else row.uuid in {ref, canonical_uuid(ref)}

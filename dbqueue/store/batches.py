@@ -19,7 +19,7 @@ from .. import serializer
 from ..errors import ConfigurationError, NotFound
 from .flows import FINALLY, THEN, callback_jobs, step, steps_after, with_flow
 from .store import Store
-from .values import Executor, NewJob
+from .values import Executor, NewJob, canonical_uuid
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +84,8 @@ class Batches:
 
     def find(self, batch_id: str) -> BatchRow | None:
         row = self.store.read(lambda c: c.execute(
-            sa.select(*self._columns()).where(self.table.c.id == batch_id)).one_or_none())
+            sa.select(*self._columns()).where(self.table.c.id.in_(
+                {batch_id, canonical_uuid(batch_id)}))).first())
         return None if row is None else BatchRow(*row)
 
     def recent(self, limit: int = 50) -> list[BatchRow]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -77,6 +78,15 @@ def _by_token(leases: Iterable[Lease]) -> Mapping[str, list[int]]:
     for lease in leases:
         grouped[lease.token].append(lease.id)
     return grouped
+
+
+def canonical_uuid(ref: str) -> str:
+    """``ref`` as dbqueue writes a uuid (lower case, with dashes) if it is one
+    in any spelling (``9C2FDD2E-…``, without dashes), else ``ref`` itself."""
+    try:
+        return str(uuid.UUID(ref.strip()))
+    except (ValueError, AttributeError):
+        return ref
 
 
 def _text(value: str) -> str:
