@@ -50,6 +50,9 @@ class Schedule:
             raise ConfigurationError(
                 f"a schedule's name must be a non-empty string of at most {_MAX_NAME} "
                 f"characters, not {name!r}")
+        if not isinstance(without_overlapping, bool):
+            raise ConfigurationError(f"without_overlapping must be True or False, not "
+                                     f"{without_overlapping!r}")
         if missed not in MISSED_POLICIES:
             raise ConfigurationError(
                 f"missed={missed!r}: use \"skip\" (drop ticks that fell while no worker "
@@ -62,7 +65,7 @@ class Schedule:
             raise ConfigurationError(
                 f"expect_within={expect_within!r} must be a number of seconds above 0")
         recurrence = Recurrence.build(cron=cron, every=every, timezone=timezone)
-        return cls(name, prepared, recurrence, missed, bool(without_overlapping),
+        return cls(name, prepared, recurrence, missed, without_overlapping,
                    None if expect_within is None else float(expect_within))
 
     def declared(self) -> Declared:

@@ -256,6 +256,7 @@ def app(tmp_path):
     ({"every": 10, "expect_within": -1}, "expect_within=-1"),
     ({"every": 10, "name": ""}, "non-empty string"),
     ({"every": 10, "name": "x" * 192}, "at most 191"),
+    ({"every": 10, "without_overlapping": "yes"}, "must be True or False"),
 ])
 def test_a_wrong_schedule_is_refused_where_it_is_declared(app, options, message):
     with pytest.raises(dbqueue.ConfigurationError, match=message.replace("(", r"\(")):
