@@ -58,7 +58,14 @@ class DatabaseError(DBQueueError):
     or one of its subclasses, never as the driver's or SQLAlchemy's: the
     original is its ``__cause__``. The message is one line, without the
     statement and its parameters.
+
+    ``data`` is True when the server refused what the statement carries (too
+    large, or text it cannot store): sending the same again cannot help.
     """
+
+    def __init__(self, message: str, *, data: bool = False) -> None:
+        super().__init__(message)
+        self.data = data
 
 
 class DatabaseUnavailable(DatabaseError):

@@ -12,7 +12,7 @@ from collections import deque
 import pytest
 import sqlalchemy as sa
 
-from dbqueue.errors import DatabaseUnavailable
+from dbqueue.errors import DatabaseError, DatabaseUnavailable
 from dbqueue.serializer import Payload
 from dbqueue.store import Failure, Lease, NewJob
 from dbqueue.store.flows import step
@@ -62,9 +62,12 @@ class Hooks:
     def __call__(self, connection, completion, recorded):
         if self.unreachable:
             raise DatabaseUnavailable("the database is unreachable (injected)")
-        completed = {lease.id for lease in completion.completed}
-        if self.refuse & recorded or self.refuse_completed & completed:
+        if self.refuse & recorded:
             connection.execute(sa.text("SELECT * FROM dbqueue_no_such_table"))
+        if self.refuse_completed & {lease.id for lease in completion.completed}:
+            # As the server refuses a value (a result over MySQL's packet limit).
+            raise DatabaseError("the database refused the statement: Data too long (injected)",
+                                data=True)
         self.transactions.append(set(recorded))
 
 
@@ -159,6 +162,26 @@ def test_a_workflow_step_whose_completion_is_refused_again_and_again_fails_inste
     queued = rows(app, app.store.tables.jobs)
     assert [row.job for row in queued] == ["alert"]  # the catch, not the next step
     assert json.loads(queued[0].payload)["flow"]["failed"]["failed_job"] == failed.uuid
+
+
+def test_a_workflow_step_refused_for_another_reason_is_left_to_its_lease(app, caplog):
+    """A server read-only for a while refuses every write: the step completed,
+    and must not be failed for it. It runs again once its lease runs out."""
+    hooks = Hooks()
+    completer = BatchCompleter(app.store, Health(), "host:1", [hooks])
+    [entry] = reserve(app, 1)
+    entry.payload = Payload(flow={"chain": [step(NewJob("default", "next", "{}"))]})
+    entry.runtime = 0.01
+    completer.add(Completed(entry))
+    hooks.refuse = {entry.id}
+    finished = flushed(completer, time.monotonic())
+    with caplog.at_level(logging.ERROR, "dbqueue.worker"):
+        for _ in range(3):
+            finished += flushed(completer, completer.retry_at)
+    assert finished == [entry] and len(completer) == 0
+    assert f"refused 3 times to record the outcome of job {entry.id}; giving up" in caplog.text
+    assert count(app, app.store.tables.failed_jobs) == 0
+    assert [row.job for row in rows(app, app.store.tables.jobs)] == ["noop"]  # the step
 
 
 def test_a_job_another_worker_took_is_left_alone(app, caplog):

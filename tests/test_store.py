@@ -12,6 +12,7 @@ import sqlalchemy as sa
 import dbqueue
 from dbqueue.store import Admin, Failure, Lease, NewJob, migrator
 from dbqueue.store import dispatch as dispatch_module
+from dbqueue.store import transactions as transactions_module
 from dbqueue.store.dialects.types import _in_utc as in_utc
 from tests.conftest import count, rows
 
@@ -286,9 +287,18 @@ def _in_transaction(app, job):
         app.store.push(job, connection=connection)
 
 
-def test_missing_tables_are_still_not_migrated(app):
+def test_missing_tables_are_still_not_migrated(app, monkeypatch):
     other = dbqueue.App(app.settings.url, table_prefix="te_none_")
     try:
+        with pytest.raises(dbqueue.NotMigrated, match="dbqueue migrate"):
+            other.store.reserve(["default"], 1, "t", 90)
+
+        # Whether another application's tables take the names is asked on a
+        # connection of its own: if that fails, the tables are still missing.
+        def unreachable(_connection):
+            raise dbqueue.DatabaseUnavailable("too many clients already (injected)")
+
+        monkeypatch.setattr(transactions_module, "table_names", unreachable)
         with pytest.raises(dbqueue.NotMigrated, match="dbqueue migrate"):
             other.store.reserve(["default"], 1, "t", 90)
     finally:
@@ -498,3 +508,22 @@ def test_a_time_read_in_another_time_zone_is_the_same_instant_in_utc():
     assert in_utc(in_etc_utc).tzinfo is UTC
     utc = datetime(2026, 12, 3, 15, 30, tzinfo=UTC)
     assert in_utc(utc) is utc
+
+
+def test_a_refusal_of_the_values_a_statement_carries_is_told_apart(app):
+    """What the completer fails a workflow step for, instead of leaving it to
+    run again: only a refusal of the data itself, never one of the statement
+    (a duplicate key, a read-only server)."""
+    if app.store.dialect.embedded:
+        pytest.skip("SQLite stores a string of any length in a VARCHAR column")
+    jobs = app.store.tables.jobs
+    row = {"queue": "default", "job": "noop", "payload": "{}", "priority": 0, "attempts": 0}
+    with pytest.raises(dbqueue.DatabaseError) as too_long:
+        app.store.transaction(lambda c: c.execute(jobs.insert().values(
+            {**row, "queue": "q" * 300})))
+    assert too_long.value.data, too_long.value
+    first = app.store.transaction(
+        lambda c: c.execute(jobs.insert().values(row)).inserted_primary_key[0])
+    with pytest.raises(dbqueue.DatabaseError) as duplicate:
+        app.store.transaction(lambda c: c.execute(jobs.insert().values({**row, "id": first})))
+    assert not duplicate.value.data, duplicate.value

@@ -135,7 +135,7 @@ class Dispatch(Transactions):
                     f"job {job.job!r} cannot be queued: its arguments take {size:,} bytes in "
                     f"the INSERT, more than the server reads in one statement ({setting} is "
                     f"{limit:,}); queue a reference to the data (a row's id, a file's path) "
-                    f"instead of the data, or raise {setting}")
+                    f"instead of the data, or raise {setting}", data=True)
 
     def insert_jobs(self, c: Connection, jobs: Sequence[NewJob]) -> int:
         """push_many's work, in a transaction of the store's own that is open on

@@ -354,7 +354,8 @@ def translate(engine: Engine, error: sa.exc.DBAPIError | sa.exc.TimeoutError,
             and not dialect.is_refusal(error)) or dialect.is_retryable(error):
         return DatabaseUnavailable(f"the database {describe(engine)} is unavailable now: "
                                    f"{reason}; {dialect.unavailable_hint(error)}")
-    return DatabaseError(f"the database {describe(engine)} refused the statement: {reason}")
+    return DatabaseError(f"the database {describe(engine)} refused the statement: {reason}",
+                         data=dialect.refuses_data(error))
 
 
 @contextmanager

@@ -109,7 +109,7 @@ class Transactions:
         try:
             with connect(self.engine) as connection:
                 existing = table_names(connection)
-        except DRIVER_ERRORS:  # cannot tell: what was found stands
+        except (DBQueueError, *DRIVER_ERRORS):  # cannot tell: what was found stands
             return error
         names = taken(existing, self.prefix)
         if not names or version_table(self.prefix).lower() in existing:

@@ -47,6 +47,7 @@ from .records import (
     Record,
     Released,
     Unlocked,
+    about_the_data,
     as_completion,
     failed_instead,
 )
@@ -257,17 +258,19 @@ class BatchCompleter:
     def _set_aside(self, group: list[Record], exc: Exception) -> list[Entry]:
         """``group``'s write was refused again and again: the jobs it ends.
 
-        A workflow step that completed fails instead, which writes neither its
-        result nor the chain's next step (what was refused: a result no
-        database can store, say): the chain stops there and its catch learns
-        why. Anything else is left to its lease: the job runs again.
+        A workflow step that completed, refused for what its completion carries
+        (its result, in the chain's next step: too large for the server, say;
+        see records.about_the_data), fails instead, which writes neither: the
+        chain stops there and its catch learns why. Anything else (a server
+        read-only for a while) is left to its lease: the job runs again.
         """
-        instead = failed_instead(group, exc)
+        instead = failed_instead(group, exc) if about_the_data(exc) else None
         if instead is not None:
             log.error("the database refused %d times to record that job %d completed; failing "
                       "it instead: %s", _REFUSALS_BEFORE_GIVING_UP, _job_of(group),
                       describe(exc))
             self.pending[:0] = instead
+            self._urgent += 1  # a Failed: written at the next flush
             return []
         log.error("the database refused %d times to record the outcome of job %d; giving up "
                   "on it (it runs again when its lease expires): %s",

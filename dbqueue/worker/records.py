@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from ..errors import DatabaseError, DBQueueError, SerializationError
 from ..store import Failure
 from ..store.completion import Completion, FailedRun, Requeue
 from ..store.flows import FlowEnd
@@ -103,6 +104,16 @@ def as_completion(records: Sequence[Record], worker: str) -> Completion:
             case Unlocked(key, owner):
                 out.unlocked.append((key, owner))
     return out
+
+
+def about_the_data(exc: Exception) -> bool:
+    """Whether ``exc`` refused what a write carries, so that writing it again
+    can never succeed: the server's refusal of the values (DatabaseError's
+    ``data``), one found before sending (a value no JSON or no database takes),
+    or one of the driver's before it sent anything (UnicodeEncodeError)."""
+    if isinstance(exc, DatabaseError):
+        return exc.data
+    return isinstance(exc, SerializationError) or not isinstance(exc, DBQueueError)
 
 
 def failed_instead(group: list[Record], exc: Exception) -> list[Record] | None:

@@ -328,6 +328,11 @@ class Dialect:
         The server may close the connection after it: it is not used again."""
         return False
 
+    def refuses_data(self, error: BaseException) -> bool:
+        """True when the server refused the values the statement carries (too
+        long, too large, not text it can store), not the statement itself."""
+        return False
+
     def unavailable_hint(self, error: BaseException) -> str:
         """What to do about an error that passes (see ``is_retryable``)."""
         return "try again once it answers"

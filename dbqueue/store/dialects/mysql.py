@@ -31,6 +31,9 @@ _DEADLOCK, _LOCK_WAIT_TIMEOUT = 1213, 1205
 _NO_SUCH_TABLE = 1146
 _NO_SUCH_COLUMN = 1054
 _PACKET_TOO_LARGE = 1153  # a statement longer than the server's max_allowed_packet
+# The values a statement carries refused: too large a statement, a value too
+# long for its column, text the column's character set cannot hold.
+_DATA_REFUSED = frozenset({_PACKET_TOO_LARGE, 1406, 1366, 1300})
 _DUPLICATE_KEY = 1062
 # No access to the database (1044), wrong user or password (1045, and 1698
 # from MariaDB), no such database (1049).
@@ -344,6 +347,9 @@ class MySQL(Dialect):
 
     def is_missing_table(self, error: BaseException) -> bool:
         return _errno(error) == _NO_SUCH_TABLE
+
+    def refuses_data(self, error: BaseException) -> bool:
+        return _errno(error) in _DATA_REFUSED
 
     def is_missing_column(self, error: BaseException) -> bool:
         return _errno(error) == _NO_SUCH_COLUMN

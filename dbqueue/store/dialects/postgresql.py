@@ -202,6 +202,12 @@ class PostgreSQL(Dialect):
     def is_missing_column(self, error: BaseException) -> bool:
         return getattr(getattr(error, "orig", None), "sqlstate", None) == _UNDEFINED_COLUMN
 
+    def refuses_data(self, error: BaseException) -> bool:
+        # Class 22, data exception (a value too long, text with NUL); 54,
+        # program limit exceeded (a row too large to index).
+        state = getattr(getattr(error, "orig", None), "sqlstate", None) or ""
+        return state[:2] in ("22", "54")
+
 
 def _notifies_without_waiting(driver: str) -> bool:
     if driver != "psycopg":

@@ -98,6 +98,10 @@ class SQLite(Dialect):
     def is_missing_table(self, error: BaseException) -> bool:
         return "no such table" in str(getattr(error, "orig", error))
 
+    def refuses_data(self, error: BaseException) -> bool:
+        # SQLITE_TOOBIG: a value over the build's SQLITE_MAX_LENGTH (1 GB).
+        return "too big" in str(getattr(error, "orig", error))
+
     def is_missing_column(self, error: BaseException) -> bool:
         text = str(getattr(error, "orig", error))
         return "no such column" in text or "has no column named" in text  # (an INSERT's)
