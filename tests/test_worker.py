@@ -72,6 +72,34 @@ def test_a_short_job_that_hangs_behind_many_queued_ones_still_times_out(jobs, wo
     assert count(jobs.app, jobs.app.store.tables.jobs) == 0
 
 
+def test_jobs_reserved_ahead_of_stalled_children_go_to_an_idle_worker(jobs, workers):
+    """Short jobs first: the worker then reserves ahead for short jobs, slow
+    ones too. Once its child has run one long, the one reserved behind it goes
+    back to the queue, where another worker takes it (before, it waited there
+    until the first had ended)."""
+    effects = jobs.effects
+
+    def noted(key: str, event: str) -> int:
+        return count(jobs.app, effects, effects.c.tag == key, effects.c.event == event)
+
+    for n in range(3):
+        jobs.record.dispatch(n)
+    jobs.wait_for_go.dispatch("first")
+    jobs.wait_for_go.dispatch("second")
+    ahead = workers.start("-c", "1", *FAST)
+    wait_until(lambda: noted("first", "start"), what="the first to start")
+    other = workers.start("-c", "1", *FAST)
+    wait_until(lambda: noted("second", "start"), what="the second to start elsewhere")
+    assert not noted("first", "end")  # it waited for no end
+    jobs.note("first", "go")
+    jobs.note("second", "go")
+    wait_until(lambda: noted("first", "end") and noted("second", "end"), what="both to end")
+    for worker in (ahead, other):
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0
+    assert count(jobs.app, jobs.app.store.tables.jobs) == 0
+
+
 def test_a_crashed_child_costs_its_job_one_attempt_and_is_replaced(jobs, workers):
     jobs.crash.dispatch()
     jobs.record.dispatch(2)

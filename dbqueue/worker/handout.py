@@ -23,7 +23,7 @@ from .messages import Committed, Finished, RunHook, RunJob
 from .options import WorkerOptions
 from .pool import Ended, Pool
 from .recorder import Recorder
-from .reserver import Reserver
+from .reserver import STALLED_AFTER, Reserver
 from .runtimes import Runtimes
 from .sidetasks import LeaseRenewal
 
@@ -62,6 +62,8 @@ class Handout:
         self.runtimes = Runtimes()
         self.hooks = hooks
         self.margin = min(1.0, options.retry_after / 10)
+        self.stall_check_at = 0.0
+        """When (monotonic) to look again whether the children are stalled."""
 
     # --- handing out -----------------------------------------------------------------
 
@@ -78,6 +80,24 @@ class Handout:
             for child in self.pool.children:
                 while len(child.tasks) < depth and self._give_job(child, queued=True):
                     pass
+
+    def hand_back_if_stalled(self, now: float) -> None:
+        """The prefetch follows the average runtime of the jobs run so far: a
+        worker that ran short jobs reserves slow ones, or kinds it has never
+        run, ahead too. Once each child has run its current job STALLED_AFTER
+        seconds, the jobs reserved ahead go back to the queue, where another
+        worker may take them, and none are reserved ahead until a child is
+        free. Looked at every tenth of a second (see stall_check_at)."""
+        if now < self.stall_check_at:
+            return
+        self.stall_check_at = now + 0.1
+        runs = self.pool.started()
+        self.reserver.stalled = len(runs) >= self.options.concurrency and all(
+            begun and now - began >= STALLED_AFTER for _, began, begun in runs)
+        if self.reserver.stalled and self.ledger.reserved:
+            log.debug("every child runs a long job: %d reserved job(s) go back to the queue",
+                      len(self.ledger.reserved))
+            self.recorder.give_back(list(self.ledger.reserved))
 
     def _depth(self) -> int:
         """Tasks to queue per child: 1, or a few when jobs take milliseconds."""

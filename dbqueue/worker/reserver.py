@@ -33,6 +33,11 @@ from .wakeup import Pace, Wakeup
 log = logging.getLogger("dbqueue.worker")
 
 _BUFFER_SECONDS = 0.2  # prefetch about this much work when jobs are short
+STALLED_AFTER = 5.0
+"""Seconds after which children that have all run their current job that long
+are stalled: the jobs reserved ahead of them wait, while another worker may be
+idle (see Handout.hand_back_if_stalled). Long enough that short jobs a moment
+slower never send their buffer back and forth."""
 
 
 class Reserver:
@@ -58,6 +63,8 @@ class Reserver:
         self.queues_empty = False
         """--stop-when-drained: no job at all is left in the queues."""
         self.avg_runtime: float | None = None
+        self.stalled = False
+        """Every child has run its current job STALLED_AFTER seconds: no prefetch."""
         self._said_waiting = False
         # One reservation at a time, on a thread of its own where the database
         # is a server (see worker.background).
@@ -80,7 +87,7 @@ class Reserver:
             0.9 * self.avg_runtime + 0.1 * runtime)
 
     def prefetch(self) -> int:
-        if self.avg_runtime is None or self.options.once:
+        if self.avg_runtime is None or self.options.once or self.stalled:
             return 0
         ahead = self.options.concurrency * _BUFFER_SECONDS / max(self.avg_runtime, 1e-4)
         return min(self.options.prefetch, int(ahead))

@@ -206,6 +206,8 @@ class Supervisor:
         if self.stopping and self.ledger.reserved:  # rows of a reservation on its way
             self.recorder.give_back(list(self.ledger.reserved))
         self.handout.assign(jobs=new_work)
+        if new_work:
+            self.handout.hand_back_if_stalled(now)
         self._check_limits()
         wake = (self.signals.wake_fd, self.wakeup.fileno(), self.reserver.fileno(),
                 self.completer.fileno(), *(task.fileno() for task in self.side_tasks))
@@ -357,6 +359,8 @@ class Supervisor:
                 and not self.reserver.fetching  # else its end wakes the wait
                 and self.reserver.wanted() > 0):
             wake.append(self.reserver.next_poll)
+        if self.ledger.reserved and self.handout.stall_check_at > now:  # behind stalled children?
+            wake.append(self.handout.stall_check_at)
         flush_at = self.completer.next_wake()
         if flush_at is not None and self.ledger.count(State.RUNNING):
             wake.append(flush_at)
