@@ -23,9 +23,13 @@ DEFAULT_NETWORK_TIMEOUT = 30.0
 _PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,20}$|^$")
 
 _SECONDS: dict[str, tuple[Callable[[float], bool], str]] = {
-    "retry_after": (lambda value: value > 0, "a positive, finite number of seconds"),
-    # Under a second, one lost packet would end a healthy connection.
-    "network_timeout": (lambda value: value >= 1, "a finite number of seconds, 1 or more"),
+    # A lease beyond a year: no job runs that long without a heartbeat.
+    "retry_after": (lambda value: 0 < value <= 365 * 86400,
+                    "a positive number of seconds, at most a year (31,536,000)"),
+    # Under a second, one lost packet would end a healthy connection; over a
+    # day, PostgreSQL refuses the session timeouts it sets.
+    "network_timeout": (lambda value: 1 <= value <= 86400,
+                        "a number of seconds from 1 to a day (86,400)"),
 }
 """The settings in seconds: which finite values each accepts, and that rule in words."""
 

@@ -408,7 +408,9 @@ def migrated_url(tmp_path: Path) -> str:
     (["work", "--url", "{fresh}", "--app", "tests.jobapp:app", "--concurrency", "0"],
      "--concurrency must be at least 1, not 0"),
     (["work", "--url", "{fresh}", "--app", "tests.jobapp:app", "--retry-after", "inf"],
-     "--retry-after must be a finite number, at least 1 second, not inf"),
+     "--retry-after must be a finite number, from 1 second to a year (31,536,000), not inf"),
+    (["work", "--url", "{fresh}", "--app", "tests.jobapp:app", "--retry-after", "1e12"],
+     "--retry-after must be from 1 second to a year (31,536,000), not 1000000000000.0"),
     (["work", "--url", "{fresh}", "--app", "tests.jobapp:app", "--grace", "nan"],
      "--grace must be a finite number, 0 seconds or more, not nan"),
     (["work", "--url", "{fresh}", "--app", "tests.jobapp:app", "--stop-when-empty",
@@ -430,7 +432,8 @@ def migrated_url(tmp_path: Path) -> str:
         "app-attribute-missing", "app-module-broken", "app-without-module",
         "work-app-module-missing", "work-app-module-broken", "work-app-module-raises",
         "work-app-not-an-app", "work-url-bad-port", "work-concurrency-zero",
-        "work-retry-after-inf", "work-grace-nan", "work-two-stop-conditions",
+        "work-retry-after-inf", "work-retry-after-huge", "work-grace-nan",
+        "work-two-stop-conditions",
         "work-no-queue", "work-empty-queue-name", "work-queue-twice",
         "bad-table-prefix", "driver-not-installed",
         "sqlite-directory-missing"])
@@ -447,7 +450,7 @@ def test_a_bad_setting_in_the_environment_is_named_as_it_was_set(fresh_url):
     result = dbqueue_cli("status", "--app", "tests.jobapp:app",
                          env=bare_env(DBQUEUE_URL=fresh_url, DBQUEUE_NETWORK_TIMEOUT="0.5"))
     line = assert_clean_error(result)
-    assert ("DBQUEUE_NETWORK_TIMEOUT must be a finite number of seconds, 1 or more, "
+    assert ("DBQUEUE_NETWORK_TIMEOUT must be a number of seconds from 1 to a day (86,400), "
             "not '0.5'") in line, line
     assert "jobapp.py:" in line and "<string>" not in line, line
 

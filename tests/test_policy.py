@@ -39,12 +39,16 @@ def test_exponential_backoff_grows_is_capped_and_jitters_within_half():
 
 
 @pytest.mark.parametrize("bad", [-1, [], [1, -2], "10", True, {"a": 1}, float("nan"),
-                                 float("inf"), [1, float("inf")]])
+                                 float("inf"), [1, float("inf")],
+                                 # No server could store when the retry is due:
+                                 1e12, [5, 1e12]])
 def test_bad_backoff_is_refused_with_a_clear_message(bad):
     with pytest.raises(ConfigurationError, match="backoff"):
         validate_backoff(bad)
-    with pytest.raises(ConfigurationError, match="finite numbers"):
-        Exponential(cap=float("inf"))
+    for made in (lambda: Exponential(cap=float("inf")), lambda: Exponential(cap=1e12),
+                 lambda: Exponential(base=1e12)):
+        with pytest.raises(ConfigurationError, match="finite numbers"):
+            made()
 
 
 def test_errors_retry_while_tries_remain_then_give_up():

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigurationError
+from .durations import MAX_SECONDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,9 +28,11 @@ class Exponential:
 
     def __post_init__(self) -> None:
         finite = all(math.isfinite(x) for x in (self.base, self.factor, self.cap))
-        if not finite or self.base < 0 or self.factor < 1 or self.cap < 0:
+        if (not finite or not 0 <= self.base <= MAX_SECONDS or self.factor < 1
+                or not 0 <= self.cap <= MAX_SECONDS):
             raise ConfigurationError(
-                "Exponential backoff needs finite numbers, base >= 0, factor >= 1 and cap >= 0 "
+                "Exponential backoff needs finite numbers, base and cap from 0 to "
+                f"{MAX_SECONDS:,} seconds (a hundred years) and factor >= 1 "
                 f"(got base={self.base}, factor={self.factor}, cap={self.cap})"
             )
 
@@ -46,17 +49,18 @@ def validate_backoff(backoff: Any) -> Backoff:
     if isinstance(backoff, bool):
         raise ConfigurationError(f"backoff must be seconds, a list or Exponential, not {backoff!r}")
     if isinstance(backoff, int | float):
-        if not 0 <= backoff < math.inf:  # NaN fails too
-            raise ConfigurationError(f"backoff must be a finite number >= 0 seconds, not {backoff}")
+        if not 0 <= backoff <= MAX_SECONDS:  # NaN fails too
+            raise ConfigurationError(f"backoff must be a finite number of seconds from 0 to "
+                                     f"{MAX_SECONDS:,} (a hundred years), not {backoff}")
         return float(backoff)
     if isinstance(backoff, list | tuple) and backoff and all(
-        isinstance(x, int | float) and not isinstance(x, bool) and 0 <= x < math.inf
+        isinstance(x, int | float) and not isinstance(x, bool) and 0 <= x <= MAX_SECONDS
         for x in backoff
     ):
         return tuple(float(x) for x in backoff)
     raise ConfigurationError(
-        f"backoff must be a number of seconds, a non-empty list of seconds per attempt, "
-        f"or dbqueue.Exponential(...), not {backoff!r}"
+        f"backoff must be a number of seconds, a non-empty list of seconds per attempt "
+        f"(each at most {MAX_SECONDS:,}), or dbqueue.Exponential(...), not {backoff!r}"
     )
 
 

@@ -56,7 +56,8 @@ class WorkerOptions:
         checks = [
             ("--concurrency", self.concurrency, self.concurrency >= 1, "at least 1"),
             ("--sleep", self.sleep, self.sleep is None or self.sleep > 0, "more than 0 seconds"),
-            ("--retry-after", self.retry_after, self.retry_after >= 1, "at least 1 second"),
+            ("--retry-after", self.retry_after, 1 <= self.retry_after <= 365 * 86400,
+             "from 1 second to a year (31,536,000)"),
             ("--max-jobs", self.max_jobs, self.max_jobs is None or self.max_jobs >= 1,
              "at least 1"),
             ("--max-time", self.max_time, self.max_time is None or self.max_time > 0,
