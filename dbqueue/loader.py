@@ -50,8 +50,8 @@ def load_app(reference: str) -> App:
     app = getattr(module, attribute)
     if not isinstance(app, App):
         raise ConfigurationError(
-            f"--app {reference!r}: {module_name}.{attribute} is a {type(app).__name__}, "
-            "not a dbqueue.App"
+            f"--app {reference!r}: {module_name}.{attribute} is {_article(type(app).__name__)} "
+            f"{type(app).__name__}, not a dbqueue.App"
         )
     return app
 
@@ -105,3 +105,7 @@ def _in_library(filename: str) -> bool:
     if filename.startswith("<frozen ") or filename == "<string>":
         return True
     return os.path.realpath(filename).startswith(_library_dirs())
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"

@@ -41,6 +41,10 @@ def test_middleware_wraps_the_job_in_order_and_can_skip_it(jobs, workers):
 def test_middleware_must_be_callable(app):
     with pytest.raises(dbqueue.ConfigurationError, match="middleware of job 'x'"):
         app.job(name="x", middleware=["not callable"])(lambda: None)
+    # One middleware where a list goes (it raised "object is not iterable").
+    with pytest.raises(dbqueue.ConfigurationError,
+                       match=r"is a list: middleware=\[WithoutOverlapping\(...\)\]"):
+        app.job(name="x", middleware=dbqueue.WithoutOverlapping(lambda: "k"))(lambda: None)
 
 
 def test_without_overlapping_runs_jobs_with_one_key_one_at_a_time(jobs, workers):
