@@ -30,6 +30,8 @@ def load_app(reference: str) -> App:
             f"--app {reference!r} names no module; write it as module:attribute, "
             "for example --app myproject.tasks:app"
         )
+    if module_name.startswith(".") or "/" in module_name or "\\" in module_name:
+        raise ConfigurationError(f"--app {reference!r}: {_as_module(module_name, attribute)}")
     search_cwd()
     try:
         module = importlib.import_module(module_name)
@@ -38,8 +40,7 @@ def load_app(reference: str) -> App:
                 and module_name.startswith(exc.name)):  # the module itself is not there
             raise ConfigurationError(
                 f"--app {reference!r}: cannot import module {module_name!r} ({exc}); "
-                "run from your project's root directory or fix the module path"
-            ) from None
+                + _as_module(module_name, attribute)) from None
         # The application's module is there but broken (or needs a missing package).
         # Chained (not hidden) so that -v can show the whole traceback.
         raise ConfigurationError(_import_failed(reference, module_name, exc)) from exc
@@ -109,3 +110,14 @@ def _in_library(filename: str) -> bool:
 
 def _article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+def _as_module(name: str, attribute: str) -> str:
+    """What to do about a module that is not there: a file's path given for it
+    (``src/tasks.py``) is written as the module's dotted name."""
+    parts = [part for part in name.replace("\\", "/").split("/") if part not in ("", ".")]
+    if name.endswith(".py") or len(parts) > 1:
+        dotted = ".".join(parts).removesuffix(".py")
+        return (f"--app takes the module's dotted name, as Python imports it from your "
+                f"project's root, not a file's path: --app {dotted}:{attribute}")
+    return "run from your project's root directory or fix the module path"
