@@ -199,10 +199,10 @@ class Job(Generic[P, R]):
         if self.idempotency_key is not None and not callable(self.idempotency_key):
             raise ConfigurationError(
                 f"idempotency_key of job {self.name!r} must be a function of its arguments")
-        if callable(self.middleware):  # one, not a list of them
+        if callable(self.middleware) or not hasattr(self.middleware, "__iter__"):
             named = getattr(self.middleware, "__name__", type(self.middleware).__name__ + "(...)")
             raise ConfigurationError(
-                f"middleware of job {self.name!r} is a list: middleware=[{named}]")
+                f"middleware of job {self.name!r} takes a list: middleware=[{named}]")
         object.__setattr__(self, "middleware", tuple(self.middleware))
         if not all(callable(m) for m in self.middleware):
             raise ConfigurationError(

@@ -109,15 +109,19 @@ def _in_library(filename: str) -> bool:
 
 
 def _article(word: str) -> str:
-    return "an" if word[:1].lower() in "aeiou" else "a"
+    return "an" if word[:1].lower() in "aeio" else "a"  # a UUID, an int
 
 
 def _as_module(name: str, attribute: str) -> str:
     """What to do about a module that is not there: a file's path given for it
     (``src/tasks.py``) is written as the module's dotted name."""
-    parts = [part for part in name.replace("\\", "/").split("/") if part not in ("", ".")]
+    path = name.replace("\\", "/")
+    if os.path.isabs(path):  # as it is from here, where the command runs
+        path = os.path.relpath(path).replace("\\", "/")
+    parts = [part for part in path.split("/") if part not in ("", ".")]
     if name.endswith(".py") or len(parts) > 1:
         dotted = ".".join(parts).removesuffix(".py")
+        example = f": --app {dotted}:{attribute}" if ".." not in parts else ""
         return (f"--app takes the module's dotted name, as Python imports it from your "
-                f"project's root, not a file's path: --app {dotted}:{attribute}")
+                f"project's root, not a file's path{example}")
     return "run from your project's root directory or fix the module path"

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from . import keys
 from .errors import ConfigurationError, Release
+from .policy.durations import seconds
 
 if TYPE_CHECKING:
     from .app import App
@@ -35,6 +36,14 @@ if TYPE_CHECKING:
 # A job is killed at its timeout; a lock it holds lasts this much longer, so
 # that it cannot expire while the job still runs (the kill takes a moment).
 LOCK_MARGIN = 5.0
+
+
+def _seconds(name: str, value: float, *, allow_zero: bool = True) -> float:
+    """A duration given (see policy.durations): finite, at most a hundred years."""
+    checked = seconds(name, value, allow_zero=allow_zero)
+    if checked is None:
+        raise ConfigurationError(f"{name} must be seconds (a number), not None")
+    return checked
 
 
 @dataclass(frozen=True)
@@ -108,13 +117,9 @@ class WithoutOverlapping:
 
     def __init__(self, key: str | Callable[..., Any] = "", *, release_after: float = 0,
                  expire_after: float | None = None, dont_release: bool = False) -> None:
-        if release_after < 0:
-            raise ConfigurationError(f"release_after must be >= 0, not {release_after!r}")
-        if expire_after is not None and not expire_after > 0:
-            raise ConfigurationError(f"expire_after must be > 0, not {expire_after!r}")
         self.key = key
-        self.release_after = float(release_after)
-        self.expire_after = expire_after
+        self.release_after = _seconds("release_after", release_after)
+        self.expire_after = seconds("expire_after", expire_after, allow_zero=False)
         self.dont_release = dont_release
 
     def lock_key(self, context: JobContext) -> str:
@@ -160,13 +165,12 @@ class ThrottlesExceptions:
 
     def __init__(self, max_attempts: int = 10, decay: float = 600, *,
                  backoff: float | None = None, key: str | None = None) -> None:
-        if max_attempts < 1 or not decay > 0 or (backoff is not None and backoff < 0):
+        if max_attempts < 1:
             raise ConfigurationError(
-                "ThrottlesExceptions needs max_attempts >= 1, decay > 0 and backoff >= 0 "
-                f"(got {max_attempts!r}, {decay!r}, {backoff!r})")
+                f"ThrottlesExceptions needs max_attempts >= 1 (got {max_attempts!r})")
         self.max_attempts = max_attempts
-        self.decay = float(decay)
-        self.backoff = backoff
+        self.decay = _seconds("ThrottlesExceptions' decay", decay, allow_zero=False)
+        self.backoff = seconds("ThrottlesExceptions' backoff", backoff)
         self.key = key
 
     def __call__(self, context: JobContext, call_next: Callable[[], Any]) -> Any:
@@ -210,11 +214,11 @@ class RateLimited:
 
     def __init__(self, name: str, limit: int, per: float, *,
                  key: Callable[..., Any] | None = None) -> None:
-        if not name or limit < 1 or not per > 0:
+        if not name or limit < 1:
             raise ConfigurationError(
-                f"RateLimited needs a name, limit >= 1 and per > 0 (got {name!r}, {limit!r}, "
-                f"{per!r})")
-        self.name, self.limit, self.per, self.key = name, limit, float(per), key
+                f"RateLimited needs a name and limit >= 1 (got {name!r}, {limit!r})")
+        self.name, self.limit, self.key = name, limit, key
+        self.per = _seconds("RateLimited's per", per, allow_zero=False)
 
     def slots(self, context: JobContext) -> list[str]:
         part = "" if self.key is None else f":{self.key(*context.args, **context.kwargs)}"

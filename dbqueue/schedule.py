@@ -8,12 +8,12 @@ what ``dbqueue schedule list`` and ``schedule run`` read and do.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING
 
 from .errors import ConfigurationError, NotFound
+from .policy.durations import MAX_SECONDS
 from .policy.recurrence import MISSED_POLICIES, History, Recurrence, overdue
 from .store.schedules import Declared, ScheduleRow, Schedules
 
@@ -61,9 +61,10 @@ class Schedule:
             expect_within = expect_within.total_seconds()
         if expect_within is not None and (
                 isinstance(expect_within, bool) or not isinstance(expect_within, int | float)
-                or not math.isfinite(expect_within) or expect_within <= 0):
+                or not 0 < expect_within <= MAX_SECONDS):  # NaN fails too
             raise ConfigurationError(
-                f"expect_within={expect_within!r} must be a number of seconds above 0")
+                f"expect_within={expect_within!r} must be a number of seconds above 0, at "
+                f"most {MAX_SECONDS:,} (a hundred years)")
         recurrence = Recurrence.build(cron=cron, every=every, timezone=timezone)
         return cls(name, prepared, recurrence, missed, without_overlapping,
                    None if expect_within is None else float(expect_within))

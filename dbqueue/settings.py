@@ -26,10 +26,10 @@ _SECONDS: dict[str, tuple[Callable[[float], bool], str]] = {
     # A lease beyond a year: no job runs that long without a heartbeat.
     "retry_after": (lambda value: 0 < value <= 365 * 86400,
                     "a positive number of seconds, at most a year (31,536,000)"),
-    # Under a second, one lost packet would end a healthy connection; over a
-    # day, PostgreSQL refuses the session timeouts it sets.
-    "network_timeout": (lambda value: 1 <= value <= 86400,
-                        "a number of seconds from 1 to a day (86,400)"),
+    # Under a second, one lost packet would end a healthy connection; over
+    # 2**31 - 1 milliseconds, PostgreSQL refuses the session timeouts it sets.
+    "network_timeout": (lambda value: 1 <= value <= 2_147_483,
+                        "a number of seconds from 1 to 2,147,483 (about 24 days)"),
 }
 """The settings in seconds: which finite values each accepts, and that rule in words."""
 

@@ -453,8 +453,8 @@ def test_a_bad_setting_in_the_environment_is_named_as_it_was_set(fresh_url):
     result = dbqueue_cli("status", "--app", "tests.jobapp:app",
                          env=bare_env(DBQUEUE_URL=fresh_url, DBQUEUE_NETWORK_TIMEOUT="0.5"))
     line = assert_clean_error(result)
-    assert ("DBQUEUE_NETWORK_TIMEOUT must be a number of seconds from 1 to a day (86,400), "
-            "not '0.5'") in line, line
+    assert ("DBQUEUE_NETWORK_TIMEOUT must be a number of seconds from 1 to 2,147,483 "
+            "(about 24 days), not '0.5'") in line, line
     assert "jobapp.py:" in line and "<string>" not in line, line
 
 

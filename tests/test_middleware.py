@@ -43,8 +43,23 @@ def test_middleware_must_be_callable(app):
         app.job(name="x", middleware=["not callable"])(lambda: None)
     # One middleware where a list goes (it raised "object is not iterable").
     with pytest.raises(dbqueue.ConfigurationError,
-                       match=r"is a list: middleware=\[WithoutOverlapping\(...\)\]"):
+                       match=r"takes a list: middleware=\[WithoutOverlapping\(...\)\]"):
         app.job(name="x", middleware=dbqueue.WithoutOverlapping(lambda: "k"))(lambda: None)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: dbqueue.WithoutOverlapping("k", expire_after=1e12),
+    lambda: dbqueue.WithoutOverlapping("k", release_after=float("inf")),
+    lambda: dbqueue.WithoutOverlapping("k", release_after=float("nan")),
+    lambda: dbqueue.ThrottlesExceptions(3, decay=1e12),
+    lambda: dbqueue.ThrottlesExceptions(3, backoff=-1),
+    lambda: dbqueue.RateLimited("api", 5, per=float("inf")),
+])
+def test_middleware_durations_are_checked_as_a_jobs_are(make):
+    """Each passed, then overflowed the server's date at the first lock or
+    release: a traceback, or a job run again at every lease expiry."""
+    with pytest.raises(dbqueue.ConfigurationError, match="must be"):
+        make()
 
 
 def test_without_overlapping_runs_jobs_with_one_key_one_at_a_time(jobs, workers):

@@ -254,6 +254,7 @@ def app(tmp_path):
     ({"every": 10, "timezone": "Europe/Berlin"}, "timezone= applies to cron"),
     ({"every": 10, "missed": "catch_up"}, "missed='catch_up'"),
     ({"every": 10, "expect_within": -1}, "expect_within=-1"),
+    ({"every": 10, "expect_within": 1e12}, "at most 3,153,600,000"),
     ({"every": 10, "name": ""}, "non-empty string"),
     ({"every": 10, "name": "x" * 192}, "at most 191"),
     ({"every": 10, "without_overlapping": "yes"}, "must be True or False"),

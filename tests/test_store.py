@@ -527,3 +527,20 @@ def test_a_refusal_of_the_values_a_statement_carries_is_told_apart(app):
     with pytest.raises(dbqueue.DatabaseError) as duplicate:
         app.store.transaction(lambda c: c.execute(jobs.insert().values({**row, "id": first})))
     assert not duplicate.value.data, duplicate.value
+
+
+def test_jobs_given_back_are_free_of_their_locks_in_the_same_transaction(app):
+    """A worker giving back jobs it reserved (stalled, or stopping) frees the
+    locks it took for them with the rows: freed a moment later, a worker that
+    takes a job at once finds its WithoutOverlapping key held, and drops it
+    (dont_release) or puts it off."""
+    store = app.store
+    store.push(NewJob("default", "noop", "{}"))
+    (row,) = store.reserve(["default"], 1, "w.1", 90)
+    taken = app.lock("dbqueue:overlap:noop:1", ttl=60)
+    other = app.lock("dbqueue:overlap:noop:2", ttl=60)  # another job's: it stays
+    assert taken.acquire() and other.acquire()
+    assert store.release_all([Lease(row.id, "w.1")], [(taken.key, taken.owner)]) == 1
+    assert not taken.locked() and other.owned()
+    (again,) = store.reserve(["default"], 1, "w.2", 90)  # another worker, at once
+    assert again.id == row.id

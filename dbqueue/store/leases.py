@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 from .completion import Completion, CompletionHook, FailedRun, Requeue, write_completion
 from .dialects import ReservedRow
 from .dispatch import Dispatch
-from .values import Failure, Lease, _by_token, _chunks
+from .values import Failure, Lease, _by_token, _chunks, held_locks
 
 
 class Leases(Dispatch):
@@ -117,12 +117,21 @@ class Leases(Dispatch):
         """
         return lease.id in self.record(Completion(requeued=[Requeue(lease, delay, attempts)]))
 
-    def release_all(self, leases: Iterable[Lease]) -> int:
+    def release_all(self, leases: Iterable[Lease],
+                    unlocked: Sequence[tuple[str, str]] = ()) -> int:
         """Give back jobs reserved but never started (a worker stopping): available
-        now, as they were."""
-        jobs = self.tables.jobs
+        now, as they were, with the ``(key, owner)`` locks taken for them freed
+        in the same transaction (freed later, a worker taking a job at once
+        would find its lock held, and drop or delay it)."""
+        jobs, locks = self.tables.jobs, self.tables.cache_locks
+
+        def free(c: Connection) -> None:
+            for chunk in _chunks(unlocked):
+                c.execute(sa.delete(locks).where(held_locks(locks, chunk)))
+
         return self._for_leases(leases, lambda held: sa.update(jobs).where(held).values(
-            reserved_by=None, reserved_at=None, available_at=self.dialect.now()))
+            reserved_by=None, reserved_at=None, available_at=self.dialect.now()),
+            also=free if unlocked else None)
 
     def fail(self, job: ReservedRow, token: str, failure: Failure, worker: str,
              attempts: int | None = None) -> bool:

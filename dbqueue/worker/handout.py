@@ -91,10 +91,14 @@ class Handout:
         if now < self.stall_check_at:
             return
         self.stall_check_at = now + 0.1
-        runs = self.pool.started()
+        # Jobs the ledger counts as running, as the reservation does: a child
+        # busy with a failure hook leaves a job's place free, and the jobs
+        # reserved for it would be reserved again at once.
+        runs = [(began, begun) for task, began, begun in self.pool.started()
+                if type(task) is RunJob and self._running(task) is not None]
         self.reserver.stalled = len(runs) >= self.options.concurrency and all(
-            begun and now - began >= STALLED_AFTER for _, began, begun in runs)
-        if self.reserver.stalled and self.ledger.reserved:
+            begun and now - began >= STALLED_AFTER for began, begun in runs)
+        if self.reserver.stalled and self.ledger.reserved and not self.health.failing:
             log.debug("every child runs a long job: %d reserved job(s) go back to the queue",
                       len(self.ledger.reserved))
             self.recorder.give_back(list(self.ledger.reserved))

@@ -115,14 +115,17 @@ class Recorder:
         if not entries:
             return
         self._given_back = True
+        held = [(key, owner) for entry in entries for key, owner, _ in entry.locks]
         for entry in entries:
-            self._unlock(entry)
+            entry.locks = ()  # freed with the rows, in one transaction
             self.ledger.forget(entry)
         leases = [entry.lease for entry in entries]
         try:
-            bounded(lambda: self.store.release_all(leases), self.wait_at_most)
+            bounded(lambda: self.store.release_all(leases, held), self.wait_at_most)
         except DB_ERRORS as exc:  # their leases run out: they come back all the same
             self.health.failed("give back reserved jobs", exc)
+            for key, owner in held:  # and their locks go with the next records written
+                self.completer.add(Unlocked(key, owner))
 
     def take_given_back(self) -> bool:
         """Whether jobs were given back since the last call (they may be ready)."""
