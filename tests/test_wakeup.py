@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from dbqueue.store import NewJob
+from dbqueue.store import Lease, NewJob
 from dbqueue.store.notices import listen
 from dbqueue.worker.wakeup import (
     FIRST_PAUSE,
@@ -59,6 +59,33 @@ def test_a_bulk_dispatch_wakes_workers_once_per_queue(app):
         poller.register(notices.fileno(), select.POLLIN)
         assert poller.poll(30_000)
         assert notices.queues() == {"a", "b"}
+    finally:
+        notices.close()
+
+
+def test_jobs_given_back_wake_workers_once_per_queue(app):
+    """A worker stopping, or stalled behind long jobs, puts back the jobs it
+    reserved and never started: an idle worker elsewhere takes them at once,
+    not at its next poll. No INSERT announces them: the release does."""
+    notices = listen(app.store)
+    if not notifies(app):
+        pytest.skip("only PostgreSQL notifies")
+    assert notices is not None
+    try:
+        store = app.store
+        store.push_many([NewJob(queue, "record", "{}") for queue in ("a", "b", "b")])
+        poller = select.poll()
+        poller.register(notices.fileno(), select.POLLIN)
+        assert poller.poll(30_000)
+        assert notices.queues() == {"a", "b"}  # the dispatch's
+        reserved = store.reserve(["a", "b"], 3, "w.1", 90)
+        assert store.release_all([Lease(row.id, "w.1") for row in reserved]) == 3
+        assert poller.poll(30_000), "no notification for the jobs given back"
+        assert notices.queues() == {"a", "b"}
+        assert store.release_all([Lease(row.id, "w.1") for row in reserved]) == 0  # not held
+        store.push(NewJob("c", "record", "{}"))
+        assert poller.poll(30_000)
+        assert notices.queues() == {"c"}  # in commit order: the empty release sent none
     finally:
         notices.close()
 

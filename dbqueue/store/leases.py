@@ -123,15 +123,27 @@ class Leases(Dispatch):
         now, as they were, with the ``(key, owner)`` locks taken for them freed
         in the same transaction (freed later, a worker taking a job at once
         would find its lock held, and drop or delay it)."""
-        jobs, locks = self.tables.jobs, self.tables.cache_locks
+        jobs, locks, dialect = self.tables.jobs, self.tables.cache_locks, self.dialect
+        held_chunks = self._held(leases)
 
-        def free(c: Connection) -> None:
+        def work(c: Connection) -> int:
             for chunk in _chunks(unlocked):
                 c.execute(sa.delete(locks).where(held_locks(locks, chunk)))
+            released, queues = 0, set[str]()
+            for held, _ in held_chunks:
+                update = sa.update(jobs).where(held).values(
+                    reserved_by=None, reserved_at=None, available_at=dialect.now())
+                if dialect.announces:  # idle workers wait for a notice, not a poll
+                    found = c.execute(update.returning(jobs.c.queue)).scalars().all()
+                    released += len(found)
+                    queues.update(found)
+                else:
+                    released += c.execute(update).rowcount
+            if queues:
+                dialect.announce(c, jobs.name, queues)
+            return released
 
-        return self._for_leases(leases, lambda held: sa.update(jobs).where(held).values(
-            reserved_by=None, reserved_at=None, available_at=self.dialect.now()),
-            also=free if unlocked else None)
+        return self.transaction(work) if held_chunks or unlocked else 0
 
     def fail(self, job: ReservedRow, token: str, failure: Failure, worker: str,
              attempts: int | None = None) -> bool:

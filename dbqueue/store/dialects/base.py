@@ -83,6 +83,14 @@ class Dialect:
         None where the server cannot tell (workers then poll)."""
         return None
 
+    announces: ClassVar[bool] = False
+    """Whether ``announce`` tells listening workers anything (see ``listen``)."""
+
+    def announce(self, connection: Connection, channel: str, queues: set[str]) -> None:
+        """Tell the workers listening on ``channel``, once ``connection``'s
+        transaction commits, that ``queues`` have jobs ready (jobs put back,
+        which no INSERT announces)."""
+
     def prepare_engine(self, engine: Engine, network_timeout: float) -> None:
         """Install connection hooks on an engine dbqueue created: among them,
         those by which a connection whose network path died fails within about

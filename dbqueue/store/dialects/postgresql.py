@@ -75,6 +75,13 @@ class PostgreSQL(Dialect):
     def timestamp_type(self) -> sa.types.TypeEngine[Any]:
         return sa.DateTime(timezone=True)
 
+    announces: ClassVar[bool] = True
+
+    def announce(self, connection: Connection, channel: str, queues: set[str]) -> None:
+        # As the jobs table's INSERT trigger does (see migration 0007).
+        for queue in sorted(queues):
+            connection.execute(sa.select(sa.func.pg_notify(channel, queue)))
+
     def listen(self, engine: sa.Engine, channel: str) -> Notices | None:
         # Revision 0007's trigger notifies on the jobs table's name when a
         # committed INSERT made jobs ready. Other drivers than psycopg 3.2 or
