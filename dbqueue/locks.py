@@ -14,8 +14,8 @@ if TYPE_CHECKING:
     from .store.locks import Locks
 
 
-def _seconds(name: str, value: Seconds) -> float:
-    checked = seconds(name, value)
+def _seconds(name: str, value: Seconds, *, allow_zero: bool = True) -> float:
+    checked = seconds(name, value, allow_zero=allow_zero)
     assert checked is not None  # a value was given
     return checked
 
@@ -70,7 +70,7 @@ class Lock:
         """
         if timeout is not None:
             timeout = _seconds("acquire's timeout", timeout)
-        poll = _seconds("acquire's poll", poll)
+        poll = _seconds("acquire's poll", poll, allow_zero=False)  # 0: a busy loop
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if self._locks.acquire(self.key, self.owner, self.ttl):

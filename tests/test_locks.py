@@ -182,7 +182,8 @@ def test_a_lock_refuses_durations_it_could_not_honour_before_touching_the_databa
     assert lock.acquire()
     for call, message in [(lambda: lock.extend(-5), "ttl must be > 0"),
                           (lambda: lock.extend(float("nan")), "finite number"),
-                          (lambda: lock.acquire(timeout=-1), "timeout must be >= 0")]:
+                          (lambda: lock.acquire(timeout=-1), "timeout must be >= 0"),
+                          (lambda: lock.acquire(timeout=1, poll=0), "poll must be > 0")]:
         with pytest.raises(dbqueue.ConfigurationError, match=message):
             call()
     assert lock.owned()  # still held, for its whole ttl
