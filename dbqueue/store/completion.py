@@ -37,7 +37,7 @@ from sqlalchemy.engine import Connection
 from . import flows
 from .dialects import ReservedRow
 from .flows import FlowEnd
-from .values import Failure, Lease, _attempts, _chunks, _text, held_locks
+from .values import Failure, Lease, _attempts, _text, free_locks
 
 if TYPE_CHECKING:
     from .leases import Leases
@@ -108,8 +108,7 @@ class _LeaseLost(Exception):
 def _write(store: Leases, c: Connection, completion: Completion,
            hooks: Sequence[CompletionHook], *, careful: bool) -> set[int]:
     jobs, locks = store.tables.jobs, store.tables.cache_locks
-    for chunk in _chunks(completion.unlocked):
-        c.execute(sa.delete(locks).where(held_locks(locks, chunk)))
+    free_locks(c, locks, completion.unlocked)
     _count_attempts(store, c, completion.started)
     for held, _ in store._held(completion.unique_freed):
         c.execute(sa.update(jobs).where(held).values(unique_key=None, unique_expires_at=None))

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 from .completion import Completion, CompletionHook, FailedRun, Requeue, write_completion
 from .dialects import ReservedRow
 from .dispatch import Dispatch
-from .values import Failure, Lease, _by_token, _chunks, held_locks
+from .values import Failure, Lease, _by_token, _chunks, free_locks
 
 
 class Leases(Dispatch):
@@ -127,8 +127,7 @@ class Leases(Dispatch):
         held_chunks = self._held(leases)
 
         def work(c: Connection) -> int:
-            for chunk in _chunks(unlocked):
-                c.execute(sa.delete(locks).where(held_locks(locks, chunk)))
+            free_locks(c, locks, unlocked)
             released, queues = 0, set[str]()
             for held, _ in held_chunks:
                 update = sa.update(jobs).where(held).values(

@@ -105,6 +105,12 @@ def held_locks(locks: sa.Table, held: Sequence[tuple[str, str]]) -> sa.ColumnEle
     return sa.tuple_(locks.c.key, locks.c.owner).in_(list(held))
 
 
+def free_locks(c: Connection, locks: sa.Table, held: Sequence[tuple[str, str]]) -> None:
+    """Delete the cache_locks rows of these ``(key, owner)`` pairs."""
+    for chunk in _chunks(held):
+        c.execute(sa.delete(locks).where(held_locks(locks, chunk)))
+
+
 _MAX_ATTEMPTS = 2**31 - 1  # an INTEGER column
 
 

@@ -89,9 +89,8 @@ class Child:
     def post_halt(self) -> None:
         """Send Halt, and set the shared ``halt`` byte once it is in the pipe
         (the child, seeing the byte, reads the pipe until the Halt)."""
-        self.post(Halt())
         self.halting = self.halt is not None
-        self.flush()
+        self.post(Halt())
 
     def flush(self) -> None:
         """Write what ``outbox`` holds, as much of it as the pipe takes now. A

@@ -289,7 +289,6 @@ class Pool:
             child.conn.close()
         self.children = []
 
-
     def _flush_all(self, deadline: float) -> None:
         """Write what waits to go into the children's pipes (the last None of
         each, at a stop), until ``deadline`` at most: a child that reads none
