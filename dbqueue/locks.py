@@ -8,23 +8,14 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from .errors import ConfigurationError, LockNotAcquired
-from .policy.durations import Seconds, seconds
+from .policy.durations import Seconds, required_seconds
 
 if TYPE_CHECKING:
     from .store.locks import Locks
 
 
-def _seconds(name: str, value: Seconds, *, allow_zero: bool = True) -> float:
-    checked = seconds(name, value, allow_zero=allow_zero)
-    assert checked is not None  # a value was given
-    return checked
-
-
 def _ttl(value: Seconds) -> float:
-    """A ttl: more than 0 seconds, at most a hundred years (see jobs.seconds)."""
-    checked = seconds("a lock's ttl", value, allow_zero=False)
-    assert checked is not None
-    return checked
+    return required_seconds("a lock's ttl", value, allow_zero=False)
 
 
 class Lock:
@@ -56,7 +47,7 @@ class Lock:
         self._locks = locks
         self.key = key
         self.ttl = _ttl(ttl)
-        self.wait = _seconds("a lock's wait", wait)
+        self.wait = required_seconds("a lock's wait", wait)
         self.owner = owner or secrets.token_hex(16)
         """The token that proves ownership: hand it to ``app.restore_lock`` elsewhere."""
 
@@ -69,8 +60,8 @@ class Lock:
         seconds until ``timeout`` seconds have passed.
         """
         if timeout is not None:
-            timeout = _seconds("acquire's timeout", timeout)
-        poll = _seconds("acquire's poll", poll, allow_zero=False)  # 0: a busy loop
+            timeout = required_seconds("acquire's timeout", timeout)
+        poll = required_seconds("acquire's poll", poll, allow_zero=False)  # 0: a busy loop
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if self._locks.acquire(self.key, self.owner, self.ttl):

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from . import keys
 from .errors import ConfigurationError, Release
-from .policy.durations import seconds
+from .policy.durations import required_seconds, seconds
 
 if TYPE_CHECKING:
     from .app import App
@@ -36,14 +36,6 @@ if TYPE_CHECKING:
 # A job is killed at its timeout; a lock it holds lasts this much longer, so
 # that it cannot expire while the job still runs (the kill takes a moment).
 LOCK_MARGIN = 5.0
-
-
-def _seconds(name: str, value: float, *, allow_zero: bool = True) -> float:
-    """A duration given (see policy.durations): finite, at most a hundred years."""
-    checked = seconds(name, value, allow_zero=allow_zero)
-    if checked is None:
-        raise ConfigurationError(f"{name} must be seconds (a number), not None")
-    return checked
 
 
 @dataclass(frozen=True)
@@ -118,7 +110,7 @@ class WithoutOverlapping:
     def __init__(self, key: str | Callable[..., Any] = "", *, release_after: float = 0,
                  expire_after: float | None = None, dont_release: bool = False) -> None:
         self.key = key
-        self.release_after = _seconds("release_after", release_after)
+        self.release_after = required_seconds("release_after", release_after)
         self.expire_after = seconds("expire_after", expire_after, allow_zero=False)
         self.dont_release = dont_release
 
@@ -169,7 +161,7 @@ class ThrottlesExceptions:
             raise ConfigurationError(
                 f"ThrottlesExceptions needs max_attempts >= 1 (got {max_attempts!r})")
         self.max_attempts = max_attempts
-        self.decay = _seconds("ThrottlesExceptions' decay", decay, allow_zero=False)
+        self.decay = required_seconds("ThrottlesExceptions' decay", decay, allow_zero=False)
         self.backoff = seconds("ThrottlesExceptions' backoff", backoff)
         self.key = key
 
@@ -218,7 +210,7 @@ class RateLimited:
             raise ConfigurationError(
                 f"RateLimited needs a name and limit >= 1 (got {name!r}, {limit!r})")
         self.name, self.limit, self.key = name, limit, key
-        self.per = _seconds("RateLimited's per", per, allow_zero=False)
+        self.per = required_seconds("RateLimited's per", per, allow_zero=False)
 
     def slots(self, context: JobContext) -> list[str]:
         part = "" if self.key is None else f":{self.key(*context.args, **context.kwargs)}"

@@ -22,9 +22,11 @@ DEFAULT_NETWORK_TIMEOUT = 30.0
 
 _PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,20}$|^$")
 
+MAX_RETRY_AFTER = 365 * 86400
+"""The longest lease (a year): no job runs that long without a heartbeat."""
+
 _SECONDS: dict[str, tuple[Callable[[float], bool], str]] = {
-    # A lease beyond a year: no job runs that long without a heartbeat.
-    "retry_after": (lambda value: 0 < value <= 365 * 86400,
+    "retry_after": (lambda value: 0 < value <= MAX_RETRY_AFTER,
                     "a positive number of seconds, at most a year (31,536,000)"),
     # Under a second, one lost packet would end a healthy connection; over
     # 2**31 - 1 milliseconds, PostgreSQL refuses the session timeouts it sets.

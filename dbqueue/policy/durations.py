@@ -30,3 +30,11 @@ def seconds(name: str, value: Seconds | None, *, allow_zero: bool = True) -> flo
         raise ConfigurationError(
             f"{name} must be at most {MAX_SECONDS:,} seconds (a hundred years), not {value!r}")
     return float(value)
+
+
+def required_seconds(name: str, value: Seconds, *, allow_zero: bool = True) -> float:
+    """``seconds`` for a duration that must be given (None is refused too)."""
+    checked = seconds(name, value, allow_zero=allow_zero)
+    if checked is None:
+        raise ConfigurationError(f"{name} must be seconds (a number) or a timedelta, not None")
+    return checked

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import ConfigurationError
+from ..settings import MAX_RETRY_AFTER
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,7 @@ class WorkerOptions:
         checks = [
             ("--concurrency", self.concurrency, self.concurrency >= 1, "at least 1"),
             ("--sleep", self.sleep, self.sleep is None or self.sleep > 0, "more than 0 seconds"),
-            ("--retry-after", self.retry_after, 1 <= self.retry_after <= 365 * 86400,
+            ("--retry-after", self.retry_after, 1 <= self.retry_after <= MAX_RETRY_AFTER,
              "from 1 second to a year (31,536,000)"),
             ("--max-jobs", self.max_jobs, self.max_jobs is None or self.max_jobs >= 1,
              "at least 1"),
