@@ -122,3 +122,49 @@ def test_a_new_job_never_takes_the_id_of_one_that_is_gone(jobs):
     with jobs.app.engine.begin() as connection:
         connection.execute(jobs.app.store.tables.jobs.delete())
     assert jobs.record.dispatch(2) > first
+
+
+def test_a_connection_that_commits_each_statement_is_refused_and_queues_nothing(jobs, schema):
+    """In autocommit mode the caller's rollback would leave the job queued: no
+    transaction holds it. Set on the connection, or on the engine (where only
+    the driver's own state tells, which SQLite's cannot)."""
+    jobs_table = jobs.app.store.tables.jobs
+    with jobs.app.engine.connect() as connection:
+        autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
+        with pytest.raises(dbqueue.ConfigurationError, match="autocommit mode"):
+            jobs.record.options(connection=autocommit).dispatch(1)
+    if not schema.startswith("sqlite"):
+        engine = sa.create_engine(jobs.app.engine.url, isolation_level="AUTOCOMMIT")
+        try:
+            with Session(engine) as session, pytest.raises(dbqueue.ConfigurationError,
+                                                           match="autocommit mode"):
+                jobs.record.options(connection=session).dispatch(2)
+        finally:
+            engine.dispose()
+    assert count(jobs.app, jobs_table) == 0
+    with Session(jobs.app.engine) as session:  # a transaction, as ever
+        jobs.record.options(connection=session).dispatch(3)
+        session.rollback()
+    assert count(jobs.app, jobs_table) == 0
+
+
+def test_a_connection_to_another_kind_of_server_is_named_as_the_mistake(jobs, schema, tmp_path):
+    """A job queued in a transaction goes into that transaction's database: one
+    on another kind of server than the App's failed on the first SQL function
+    the two spell differently ("unavailable", "older than this dbqueue")."""
+    if schema.startswith("sqlite"):
+        pytest.skip("needs a server beside the App's SQLite file")
+    embedded = dbqueue.App(f"sqlite:///{tmp_path}/queue.db", table_prefix="kinds_")
+    embedded.migrate()
+    job = embedded.job(name="lonely")(lambda: None)
+    try:
+        with Session(jobs.app.engine) as session:
+            with pytest.raises(dbqueue.ConfigurationError,
+                               match=r"is to (PostgreSQL|MySQL/MariaDB) .* but this App's "
+                                     r"queue is in SQLite .*after_commit=session"):
+                job.options(connection=session).dispatch()
+            assert job.options(after_commit=session).dispatch() is None
+            session.commit()
+        assert count(embedded, embedded.store.tables.jobs) == 1
+    finally:
+        embedded.dispose()

@@ -38,6 +38,9 @@ def _elsewhere(theirs: Engine, ours: Engine, prefix: str) -> str:
             f"too: {migrate_command(prefix, theirs)}")
 
 
+_SERVERS = {"postgresql": "PostgreSQL", "mysql": "MySQL/MariaDB", "sqlite": "SQLite"}
+
+
 def _not_a_connection(value: object) -> str:
     kind = type(value).__qualname__
     if type(value).__module__ != "builtins":  # sqlite3.Connection is no SQLAlchemy one
@@ -133,6 +136,7 @@ class Transactions:
         try:
             if not isinstance(connection, Connection):  # a Session: its transaction's
                 connection = connection.connection()
+            self._check_transaction(connection)
             return work(connection)
         except DRIVER_ERRORS as exc:
             # Named by the caller's database: it may not be the App's (then
@@ -152,6 +156,31 @@ class Transactions:
             raise DatabaseError(
                 f"the transaction of the connection= given has failed already "
                 f"({first_line(exc)}); roll it back, and dispatch in a new one") from exc
+
+    def _check_transaction(self, connection: Connection) -> None:
+        """Refuse a caller's connection whose transaction cannot hold the job: on
+        another kind of server than the App's (its statements would fail in
+        ways that say nothing of the mistake), or committing each statement by
+        itself (the job would stay though the caller's work rolled back)."""
+        kinds = {"mariadb": "mysql"}  # one server to SQLAlchemy's two names
+        theirs = kinds.get(connection.dialect.name, connection.dialect.name)
+        ours = kinds.get(self.engine.dialect.name, self.engine.dialect.name)
+        if theirs != ours:
+            raise ConfigurationError(
+                f"the connection= given is to {_SERVERS.get(theirs, theirs)} "
+                f"({describe(connection.engine)}), but this App's queue is in "
+                f"{_SERVERS.get(ours, ours)} ({describe(self.engine)}): a job queued in a "
+                "transaction goes into that transaction's database. Dispatch with "
+                "after_commit=session instead (queued in the App's database once your "
+                "transaction commits), or give a connection to the App's database")
+        if (connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+                or dialect_for(connection.dialect).autocommits(
+                    connection.connection.dbapi_connection)):
+            raise ConfigurationError(
+                "the connection= given is in autocommit mode (isolation_level='AUTOCOMMIT'): "
+                "each statement on it commits at once, so the job would stay queued even if "
+                "your work were rolled back; give a connection whose transaction is open "
+                "(without AUTOCOMMIT), or leave connection= out to queue the job at once")
 
     def _has_jobs(self) -> bool:
         """Whether the App's own database has dbqueue's jobs table, asked on a

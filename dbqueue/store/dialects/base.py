@@ -91,6 +91,11 @@ class Dialect:
         transaction commits, that ``queues`` have jobs ready (jobs put back,
         which no INSERT announces)."""
 
+    def autocommits(self, dbapi_connection: Any) -> bool:
+        """Whether the driver's connection commits each statement by itself (in
+        the driver's own state: no round trip). False where it cannot tell."""
+        return False
+
     def prepare_engine(self, engine: Engine, network_timeout: float) -> None:
         """Install connection hooks on an engine dbqueue created: among them,
         those by which a connection whose network path died fails within about

@@ -113,6 +113,12 @@ class MySQL(Dialect):
         # faster and deadlocks less than under the default REPEATABLE READ.
         return {**super().engine_options(), "isolation_level": "READ COMMITTED"}
 
+    def autocommits(self, dbapi_connection: Any) -> bool:
+        # PyMySQL and mysqlclient both keep the server's autocommit flag as
+        # its last answer reported it.
+        get_autocommit = getattr(dbapi_connection, "get_autocommit", None)
+        return bool(get_autocommit()) if callable(get_autocommit) else False
+
     def prepare_engine(self, engine: Engine, network_timeout: float) -> None:
         @event.listens_for(engine, "handle_error")
         def _closed_after_refusal(context: sa.engine.ExceptionContext) -> None:

@@ -42,6 +42,9 @@ class PostgreSQL(Dialect):
     name: ClassVar[str] = "postgresql"
     aware_timestamps: ClassVar[bool] = True
 
+    def autocommits(self, dbapi_connection: Any) -> bool:
+        return getattr(dbapi_connection, "autocommit", False) is True
+
     def prepare_engine(self, engine: Engine, network_timeout: float) -> None:
         # Set by SQL, not in the startup packet's options: PgBouncer refuses
         # a startup parameter it does not know. What the URL's own
