@@ -170,6 +170,17 @@ def test_restart_asks_every_live_worker_once(app, schema):
     assert ok(schema, "restart") == expected.format(2)
     workers = rows(app, app.store.tables.queue_workers)
     assert [w.stop_requested_at is not None for w in workers] == [True, True]
+    # One killed, still registered: counted apart, as `dbqueue status` leaves it out.
+    for n in (3, 4):
+        app.workers.register(WorkerInfo(id=f"w-{n}", host="h", pid=n, queues="default",
+                                        concurrency=1))
+    table = app.store.tables.queue_workers
+    app.store.transaction(lambda c: c.execute(
+        sa.update(table).where(table.c.id == "w-4")
+        .values(last_seen_at=app.store.dialect.now_plus(-60))))
+    assert ok(schema, "restart") == expected.format(1) + (
+        "1 more registered worker(s) not seen for 30 s (most likely gone; one cut off from "
+        "the database reads it once back) were asked too.\n")
 
 
 def test_work_runs_the_queued_jobs_and_logs_each_with_verbose(jobs, schema):
@@ -408,7 +419,11 @@ def migrated_url(tmp_path: Path) -> str:
     (["work", "--url", "mysql://root:s3cret@127.0.0.1:abc/x", "--app", "tests.jobapp:app"],
      "the port 'abc' in 'mysql://root:***@127.0.0.1:abc/x' is not a number"),
     (["work", "--url", "{fresh}", "--app", "tests.jobapp:app", "--concurrency", "0"],
-     "--concurrency must be at least 1, not 0"),
+     "--concurrency must be from 1 to 256 (each is a process of its own), not 0"),
+    # A typo's hundred thousand children would take the host's memory, and
+    # the database server on it, down with them.
+    (["work", "--url", "{fresh}", "--app", "tests.jobapp:app", "--concurrency", "100000"],
+     "--concurrency must be from 1 to 256 (each is a process of its own), not 100000"),
     (["work", "--url", "{fresh}", "--app", "tests.jobapp:app", "--retry-after", "inf"],
      "--retry-after must be a finite number, from 1 second to a year (31,536,000), not inf"),
     (["work", "--url", "{fresh}", "--app", "tests.jobapp:app", "--retry-after", "1e12"],
@@ -435,6 +450,7 @@ def migrated_url(tmp_path: Path) -> str:
         "app-attribute-missing", "app-module-broken", "app-without-module",
         "work-app-module-missing", "work-app-module-broken", "work-app-module-raises",
         "work-app-not-an-app", "work-url-bad-port", "work-concurrency-zero",
+        "work-concurrency-huge",
         "work-retry-after-inf", "work-retry-after-huge", "work-grace-nan",
         "work-two-stop-conditions",
         "work-no-queue", "work-empty-queue-name", "work-queue-twice",

@@ -220,6 +220,37 @@ def test_children_started_aside_work_exit_when_dismissed_and_never_outlive_a_sto
     assert set(multiprocessing.active_children()) <= before
 
 
+@pytest.mark.slow  # starts processes
+def test_a_stop_asked_for_while_children_start_ends_the_start(tmp_path, monkeypatch):
+    """Each child takes milliseconds to start: a worker of many that gets
+    SIGTERM meanwhile starts no more of them, and neither does one whose stop
+    began while they were being started aside."""
+    monkeypatch.setenv("DBQUEUE_URL", f"sqlite:///{tmp_path}/queue.db")
+    pool = Pool("tests.jobapp:app", 50, stop_requested=lambda: len(pool.children) >= 2)
+    try:
+        pool.start()
+        assert len(pool.children) == 2
+    finally:
+        pool.stop()
+
+    aside = Pool("tests.jobapp:app", 50)
+    spawn, started = aside._spawn, []
+
+    def spawn_until_stopped() -> Child:
+        child = spawn()
+        started.append(child)
+        wait_until(lambda: aside._stopped, what="the stop")  # the stop comes during the start
+        return child
+
+    monkeypatch.setattr(aside, "_spawn", spawn_until_stopped)
+    aside.start_aside()
+    wait_until(lambda: started, what="the first child")
+    aside.stop()
+    assert len(started) == 1
+    assert aside.children == []
+    assert all(child.process.exitcode is not None for child in started)
+
+
 def test_a_start_the_fork_server_never_answers_holds_up_no_stop(monkeypatch):
     """A worker told to stop while it registers waits for the children still
     being started, but not for ever: a fork server stuck importing the

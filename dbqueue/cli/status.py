@@ -134,5 +134,9 @@ def restart(url: str | None, app_reference: str | None, table_prefix: str | None
     workers again on the new code.
     """
     app = open_app(url, app_reference, table_prefix)
-    asked = app.workers.request_stop()
-    click.echo(f"Asked {asked} worker(s) to restart after their current jobs.")
+    live, silent = app.workers.request_stop(seen_within=LIVE_WITHIN)
+    click.echo(f"Asked {live} worker(s) to restart after their current jobs.")
+    if silent:
+        click.echo(f"{silent} more registered worker(s) not seen for {LIVE_WITHIN:.0f} s (most "
+                   "likely gone; one cut off from the database reads it once back) were "
+                   "asked too.")

@@ -71,13 +71,23 @@ class WorkerRegistry:
             lambda c: c.execute(sa.delete(self.table).where(self.table.c.id == worker_id))
         )
 
-    def request_stop(self) -> int:
-        """Ask every running worker, on every host, to stop after its current jobs."""
+    def request_stop(self, seen_within: float) -> tuple[int, int]:
+        """Ask every registered worker, on every host, to stop after its current
+        jobs; return how many were asked among those seen within ``seen_within``
+        seconds, and among the others (silent: most likely gone, but a worker
+        cut off from the database for a while reads the request once back)."""
         table = self.table
-        return self.store.transaction(lambda c: c.execute(
-            sa.update(table).where(table.c.stop_requested_at.is_(None))
-            .values(stop_requested_at=self.store.dialect.now())
-        ).rowcount)
+        asked = table.c.stop_requested_at.is_(None)
+
+        def work(c: Connection) -> tuple[int, int]:
+            seen = c.execute(sa.select(sa.func.count()).select_from(table).where(
+                asked, table.c.last_seen_at >= self.store.dialect.now_plus(-seen_within))
+            ).scalar_one()
+            total = c.execute(sa.update(table).where(asked)
+                              .values(stop_requested_at=self.store.dialect.now())).rowcount
+            return seen, max(0, total - seen)
+
+        return self.store.transaction(work)
 
     def prune(self, silent_for: float) -> int:
         """Forget workers not seen for ``silent_for`` seconds (their hosts died)."""

@@ -8,6 +8,12 @@ from dataclasses import dataclass
 from ..errors import ConfigurationError
 from ..settings import MAX_RETRY_AFTER
 
+MAX_CONCURRENCY = 256
+"""The most child processes one worker runs. Each is a process with memory of
+its own and, once its jobs use the database, a connection: a mistyped
+``--concurrency 100000`` would fork until the host ran out of memory, taking
+whatever else runs there (a database server) down with it."""
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
@@ -55,7 +61,8 @@ class WorkerOptions:
                                      "(--stop-when-drained also waits for delayed jobs and "
                                      "retries in backoff)")
         checks = [
-            ("--concurrency", self.concurrency, self.concurrency >= 1, "at least 1"),
+            ("--concurrency", self.concurrency, 1 <= self.concurrency <= MAX_CONCURRENCY,
+             f"from 1 to {MAX_CONCURRENCY} (each is a process of its own)"),
             ("--sleep", self.sleep, self.sleep is None or self.sleep > 0, "more than 0 seconds"),
             ("--retry-after", self.retry_after, 1 <= self.retry_after <= MAX_RETRY_AFTER,
              "from 1 second to a year (31,536,000)"),

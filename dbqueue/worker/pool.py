@@ -17,6 +17,7 @@ import os
 import select
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import forkserver
@@ -64,10 +65,15 @@ def describe_exit(code: int | None) -> str:
 class Pool:
     """A fixed number of child processes, each running its queued tasks in turn."""
 
-    def __init__(self, app_reference: str, size: int, *, measure_memory: bool = False) -> None:
+    def __init__(self, app_reference: str, size: int, *, measure_memory: bool = False,
+                 stop_requested: Callable[[], bool] = lambda: False) -> None:
         self.app_reference = app_reference
         self.size = size
         self.measure_memory = measure_memory
+        # Starting many children takes a while (a few milliseconds each): a
+        # stop asked for meanwhile (SIGTERM, Ctrl-C) ends the start at once.
+        self.stop_requested = stop_requested
+        self._stopped = False
         # Starts the fork server, which imports the application in the
         # background (`dbqueue work` has started it already, by fork).
         self.context = forkserver.start(app_reference)
@@ -100,7 +106,8 @@ class Pool:
             starting.close()
 
     def _start(self) -> None:
-        while len(self.children) < self.size:
+        while (len(self.children) < self.size
+               and not (self._stopped or self.stop_requested())):
             self.children.append(self._spawn())
 
     def _spawn(self) -> Child:
@@ -270,6 +277,7 @@ class Pool:
         # Those that started are stopped. A fork server that does not answer
         # (stuck importing the application) holds up no stop: what it forks
         # later dies with the worker (see worker.forkserver_init).
+        self._stopped = True  # a start still going on starts no more children
         try:
             self._started_aside(_START_WAIT_AT_STOP)
         except Exception as exc:  # the worker stopped before ``start`` could raise it

@@ -62,15 +62,16 @@ class Supervisor:
         # The pool starts the fork server (if `dbqueue work` has not already):
         # before the store, whose engines import the database driver, so that
         # the fork server's imports overlap that instead of following it.
+        self.signals = signals or StopSignals()
+        """Installed by ``dbqueue work`` before anything else, or at ``run``."""
         self.pool = Pool(app_reference, options.concurrency,
-                         measure_memory=options.memory_mb is not None)
+                         measure_memory=options.memory_mb is not None,
+                         stop_requested=lambda: self.signals.received is not None)
         self.app, self.store, self.options = app, app.worker_store(), options
         self.registry = WorkerRegistry(self.store)
         self.health = Health()
         self.id = secrets.token_hex(8)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.signals = signals or StopSignals()
-        """Installed by ``dbqueue work`` before anything else, or at ``run``."""
         self.registration = Registration(self.store, self.registry, self.health, self.signals,
                                          WorkerInfo(self.id, socket.gethostname(), os.getpid(),
                                                     ",".join(options.queues),
