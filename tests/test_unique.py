@@ -2,6 +2,7 @@
 
 import threading
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
@@ -141,3 +142,73 @@ def test_on_postgresql_a_key_holds_with_the_key_index_full_or_partial(jobs):
         assert jobs.unique_invoice.dispatch(12) is None
     finally:
         rebuild("")
+
+
+def _without_waiting(connection, backend: str) -> None:
+    """Make ``connection`` give up on a row lock after a second (the test's
+    way to see a wait: no real write here waits for one)."""
+    connection.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = 1" if backend == "mysql"
+                               else "SET lock_timeout = '1s'")
+    connection.commit()  # (the setting is the session's: it stays)
+
+
+def test_a_dispatch_in_an_open_transaction_holds_no_lock_on_the_holder(jobs, schema):
+    """A unique dispatch in the caller's transaction, which stays open, must
+    not lock the row of the job holding its key: that job's worker must still
+    renew its lease and record its end. On MySQL a taken key's duplicate-key
+    error left a shared lock on the holder's key, and on both servers freeing
+    an expired key locked the holder's row, until the caller's commit."""
+    backend = "mysql" if schema.startswith("mysql") else schema.partition(":")[0]
+    if backend == "sqlite":
+        pytest.skip("one writer at a time: the caller's transaction holds the whole database")
+    table, dialect = jobs.app.store.tables.jobs, jobs.app.store.dialect
+    live = jobs.unique_invoice.dispatch(21)
+    expired = jobs.unique_invoice.dispatch(22)
+    with jobs.app.engine.begin() as c:
+        c.execute(sa.update(table).where(table.c.id == expired)
+                  .values(unique_expires_at=dialect.now_plus(-1)))
+    with Session(jobs.app.engine) as session:
+        assert jobs.unique_invoice.options(connection=session).dispatch(21) is None
+        assert jobs.unique_invoice.options(connection=session).dispatch(22) is not None
+        with jobs.app.engine.connect() as holder:  # the holders' worker, meanwhile
+            _without_waiting(holder, backend)
+            with holder.begin():
+                holder.execute(sa.update(table).where(table.c.id.in_([live, expired]))
+                               .values(available_at=dialect.now_plus(60)))
+                holder.execute(sa.delete(table).where(table.c.id.in_([live, expired])))
+        session.commit()
+    assert [r.unique_key for r in queued(jobs)] == ["unique_invoice:22"]
+
+
+def test_unique_dispatches_in_open_transactions_do_not_deadlock(jobs, schema):
+    """Two callers' transactions at the server's default isolation (MySQL's
+    REPEATABLE READ), each dispatching unique jobs with keys no job holds:
+    freeing expired keys in them locked the gap where a key would go, and
+    each INSERT then waited for the other's gap (a deadlock, which on
+    InnoDB rolls back the caller's whole transaction)."""
+    if schema.startswith("sqlite"):
+        pytest.skip("one writer at a time: no two open write transactions")
+    engine = sa.create_engine(jobs.app.engine.url, isolation_level="REPEATABLE READ")
+    first, second = Session(engine), Session(engine)
+    try:
+        assert jobs.unique_invoice.options(connection=first).dispatch(31) is not None
+        assert jobs.unique_invoice.options(connection=second).dispatch(32) is not None
+        done = threading.Event()
+
+        def then_first() -> None:
+            jobs.unique_invoice.options(connection=first).dispatch(33)
+            done.set()
+
+        thread = threading.Thread(target=then_first, daemon=True)
+        thread.start()
+        assert jobs.unique_invoice.options(connection=second).dispatch(34) is not None
+        thread.join(30)
+        assert done.is_set()
+        second.commit()
+        first.commit()
+    finally:
+        first.close()
+        second.close()
+        engine.dispose()
+    assert sorted(r.unique_key for r in queued(jobs)) == [
+        f"unique_invoice:{n}" for n in (31, 32, 33, 34)]

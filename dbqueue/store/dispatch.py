@@ -72,26 +72,66 @@ class Dispatch(Transactions):
                 params = _params(job)
                 return self._retrying(lambda: fast(params))
             return self.transaction(lambda c: self.insert_job(c, job), single_statement=True)
-        return self.within(connection, lambda c: self.insert_job(c, job))
+        if connection is None:
+            return self.transaction(lambda c: self.insert_job(c, job))
+        keys = [job.unique_key] if job.unique_key is not None else []
+        return self.within(connection, lambda c: self.insert_job(c, job, callers=True),
+                           first=lambda: self._free_expired_keys(keys))
 
-    def insert_job(self, c: Connection, job: NewJob) -> int | None:
+    def insert_job(self, c: Connection, job: NewJob, *, callers: bool = False) -> int | None:
         """push's work, in a transaction of the store's own that is open on ``c``
-        (a driver's error is left to that transaction's retries)."""
+        (a driver's error is left to that transaction's retries), or in the
+        caller's (``callers``)."""
         if long := _long([job]):
             self._check_sizes(c, long)
         if job.unique_key is not None:
-            return self._push_unique(c, job)
+            return self._push_unique(c, job, callers=callers)
         key = c.execute(self._insert_one(), _params(job)).inserted_primary_key
         assert key is not None
         return int(key[0])
 
-    def _push_unique(self, c: Connection, job: NewJob) -> int | None:
+    def _free_expired_keys(self, keys: Sequence[str]) -> None:
+        """Before a unique dispatch in the caller's transaction: free ``keys``
+        where their holder's unique_for has passed (it stays queued), in a
+        short transaction of dbqueue's own.
+
+        In the caller's transaction, that UPDATE would lock the holder's row
+        (and on MySQL, when nothing matches, the gap where the key would go)
+        until the caller's commit: the holder's worker could then neither renew
+        its lease nor record its end, and two such dispatches could deadlock.
+        SKIP LOCKED: a holder the caller's own transaction has locked stays as
+        it is (its key is then taken), rather than this waiting for the
+        caller, who waits for this. (SQLite: one writer at a time, whose
+        transaction the caller's already is: freed there, as before.)"""
+        if not keys or self.dialect.embedded:
+            return
+        jobs = self.tables.jobs
+
+        def free(c: Connection) -> None:
+            ids = c.execute(sa.select(jobs.c.id).where(
+                jobs.c.unique_key.in_(keys), jobs.c.unique_expires_at <= self.dialect.now())
+                .with_for_update(skip_locked=True)).scalars().all()
+            if ids:
+                c.execute(sa.update(jobs).where(jobs.c.id.in_(ids))
+                          .values(unique_key=None, unique_expires_at=None))
+
+        self.transaction(free)
+
+    def _push_unique(self, c: Connection, job: NewJob, *, callers: bool) -> int | None:
         jobs, dialect = self.tables.jobs, self.dialect
-        # A holder whose unique_for has passed gives its key up (it stays queued).
-        c.execute(sa.update(jobs)
-                  .where(jobs.c.unique_key == job.unique_key,
-                         jobs.c.unique_expires_at <= dialect.now())
-                  .values(unique_key=None, unique_expires_at=None))
+        if dialect.embedded or not callers:
+            # A holder whose unique_for has passed gives its key up (it stays queued).
+            c.execute(sa.update(jobs)
+                      .where(jobs.c.unique_key == job.unique_key,
+                             jobs.c.unique_expires_at <= dialect.now())
+                      .values(unique_key=None, unique_expires_at=None))
+        elif dialect.locks_on_duplicate and c.execute(
+                sa.select(jobs.c.id).where(jobs.c.unique_key == job.unique_key).limit(1)
+        ).first() is not None:
+            # Taken: a plain read, which locks nothing. The INSERT's duplicate-key
+            # error would leave a shared lock on the holder's key until the
+            # caller's transaction ends (see Dialect.locks_on_duplicate).
+            return None
         return dialect.insert_unique(c, jobs, {
             "queue": job.queue, "job": job.job, "payload": job.payload,
             "priority": job.priority, "attempts": 0,
@@ -113,7 +153,11 @@ class Dispatch(Transactions):
             if connection is not None:
                 self.callers(connection)  # a wrong one is refused all the same
             return 0
-        return self.within(connection, lambda c: self.insert_jobs(c, jobs))
+        if connection is None:
+            return self.transaction(lambda c: self.insert_jobs(c, jobs))
+        keys = [job.unique_key for job in jobs if job.unique_key is not None]
+        return self.within(connection, lambda c: self.insert_jobs(c, jobs, callers=True),
+                           first=lambda: self._free_expired_keys(keys))
 
     def _check_sizes(self, c: Connection, long: Sequence[NewJob]) -> None:
         """Refuse a job of ``long`` (see _long) whose INSERT the server ``c``
@@ -137,14 +181,15 @@ class Dispatch(Transactions):
                     f"{limit:,}); queue a reference to the data (a row's id, a file's path) "
                     f"instead of the data, or raise {setting}", data=True)
 
-    def insert_jobs(self, c: Connection, jobs: Sequence[NewJob]) -> int:
+    def insert_jobs(self, c: Connection, jobs: Sequence[NewJob], *, callers: bool = False) -> int:
         """push_many's work, in a transaction of the store's own that is open on
-        ``c`` (a driver's error is left to that transaction's retries)."""
+        ``c`` (a driver's error is left to that transaction's retries), or in
+        the caller's (``callers``)."""
         if long := _long(jobs):
             self._check_sizes(c, long)
         unique = [j for j in jobs if j.unique_key is not None]
         plain = [j for j in jobs if j.unique_key is None]
-        pushed = sum(self._push_unique(c, j) is not None for j in unique)
+        pushed = sum(self._push_unique(c, j, callers=callers) is not None for j in unique)
         if not plain:
             return pushed
         now = c.execute(sa.select(self._now())).scalar_one()

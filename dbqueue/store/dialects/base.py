@@ -68,6 +68,10 @@ class Dialect:
     single_writer: ClassVar[bool] = False
     """One write transaction at a time for the whole database (SQLite): never
     keep one open while the same process may need another."""
+    locks_on_duplicate: ClassVar[bool] = False
+    """An INSERT refused for a duplicate key leaves a lock on the existing row's
+    key until the transaction ends (InnoDB's shared lock): a unique dispatch in
+    the caller's transaction reads first, to keep off a holder's row."""
     embedded: ClassVar[bool] = False
     """The database is a file this process opens, not a server over a network:
     no idle connection can be cut, and a failure to connect is about the file."""

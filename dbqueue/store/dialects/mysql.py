@@ -99,6 +99,7 @@ def _run_literal(connection: Connection, head: str, values: list[str]) -> None:
 class MySQL(Dialect):
     name: ClassVar[str] = "mysql"
     supports_returning_update: ClassVar[bool] = False
+    locks_on_duplicate: ClassVar[bool] = True
     insert_id_from_cursor: ClassVar[bool] = True  # in the OK packet: no result set to parse
     server_name: ClassVar[str] = "MySQL"
     # 8.0.1 brought SKIP LOCKED; 8.0.13 brought expression defaults, which the
