@@ -7,6 +7,7 @@ import pytest
 import sqlalchemy as sa
 
 import dbqueue
+from dbqueue.store.locks import Locks
 from tests.conftest import ROOT, rows, worker_env
 
 
@@ -187,3 +188,40 @@ def test_a_lock_refuses_durations_it_could_not_honour_before_touching_the_databa
         with pytest.raises(dbqueue.ConfigurationError, match=message):
             call()
     assert lock.owned()  # still held, for its whole ttl
+
+
+def test_on_mysql_a_taken_over_lock_is_held_whatever_the_assignment_order(app, schema):
+    """MariaDB's SIMULTANEOUS_ASSIGNMENT mode assigns an upsert's columns all
+    at once: a lock taken over from an expired owner kept the old expiry, and
+    a third worker took it over again while the second held it."""
+    if not schema.startswith("mysql"):
+        pytest.skip("MySQL/MariaDB's ON DUPLICATE KEY UPDATE")
+    store, table = app.store, app.store.tables.cache_locks
+    with app.engine.connect() as c:
+        if not c.exec_driver_sql("SELECT VERSION()").scalar_one().count("MariaDB"):
+            pytest.skip("SIMULTANEOUS_ASSIGNMENT is MariaDB's")
+        c.exec_driver_sql("SET SESSION sql_mode = CONCAT(@@sql_mode, ',SIMULTANEOUS_ASSIGNMENT')")
+        c.commit()
+        assert store.dialect.acquire_locks(c, table, [("report", "a", 60)]) == {"report"}
+        c.commit()
+        expire(app, "report")
+        assert store.dialect.acquire_locks(c, table, [("report", "b", 60)]) == {"report"}
+        c.commit()
+        assert store.dialect.acquire_locks(c, table, [("report", "c", 60)]) == set()
+        c.commit()
+    assert app.store.read(lambda c: c.execute(sa.select(table.c.owner)).scalars().all()) == ["b"]
+
+
+def test_on_mysql_a_key_spelt_with_trailing_spaces_is_the_lock_the_server_holds(app, schema):
+    """utf8mb4_bin ignores trailing spaces: taking over an expired 'acct:7' as
+    'acct:7 ' made the row the new owner's while acquire said False, and
+    nobody freed it; still_held did not know it either."""
+    if not schema.startswith("mysql"):
+        pytest.skip("MySQL/MariaDB's PAD SPACE collation")
+    locks = Locks(app.store)
+    assert locks.acquire("acct:7", "a", 60)
+    expire(app, "acct:7")
+    assert locks.acquire("acct:7 ", "b", 60)
+    assert locks.still_held([("acct:7 ", "b"), ("acct:7 ", "a")]) == {("acct:7 ", "b")}
+    assert locks.release("acct:7 ", "b")
+    assert not locks.held()

@@ -65,9 +65,11 @@ class Locks:
         """Which of these ``(key, owner)`` pairs still hold their key (expired or not)."""
         if not pairs:
             return set()
-        table = self.table
-        return self.store.read(lambda c: {tuple(row) for row in c.execute(
+        table, compared = self.table, self.store.dialect.compared_key
+        found = self.store.read(lambda c: {(compared(key), owner) for key, owner in c.execute(
             sa.select(table.c.key, table.c.owner).where(held_locks(table, pairs)))})
+        # As asked: the row may spell the key otherwise (see Dialect.compared_key).
+        return {(key, owner) for key, owner in pairs if (compared(key), owner) in found}
 
     def release(self, key: str, owner: str) -> bool:
         """Free ``key`` if ``owner`` holds it; return whether it did."""

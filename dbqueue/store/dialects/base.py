@@ -324,6 +324,11 @@ class Dialect:
         return set(connection.execute(statement, self.lock_values(connection, locks, wanted))
                    .scalars())
 
+    def compared_key(self, key: str) -> str:
+        """``key`` as the server compares it: two keys whose forms are equal
+        are one row of a keyed table (its row may hold the other spelling)."""
+        return key
+
     def lock_values(self, connection: Connection, locks: sa.Table,
                   wanted: Sequence[tuple[str, str, float]]) -> list[dict[str, Any]]:
         """Rows for ``wanted`` locks, their expiry as plain values from the server's

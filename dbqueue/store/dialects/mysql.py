@@ -290,24 +290,31 @@ class MySQL(Dialect):
     def acquire_locks(self, connection: Connection, locks: sa.Table,
                       wanted: Sequence[tuple[str, str, float]]) -> set[str]:
         # No conditional ON CONFLICT on MySQL: ON DUPLICATE KEY UPDATE keeps the
-        # row as it is unless it has expired or is ours. MySQL assigns in the
-        # order written, so owner goes first, and expires_at then follows the
-        # owner: it is renewed exactly when the row became (or stayed) ours.
+        # row as it is unless it has expired or is ours. Both columns take the
+        # same condition, which reads the same whether the server assigns in
+        # the order written (MySQL; owner, once assigned, is then ours) or all
+        # at once (MariaDB's SIMULTANEOUS_ASSIGNMENT; owner is the old one): a
+        # condition on the owner alone renewed a taken-over lock only in the
+        # first, and a third worker took it over again in the second.
         # The row, locked by the upsert until commit, then says who holds it.
         # One multi-row VALUES list, not an executemany: PyMySQL folds only
         # "VALUES (...) ON DUPLICATE" into one statement, and MySQL 8.0.20+
         # is sent "VALUES (...) AS new ON DUPLICATE".
         insert = mysql.insert(locks).values(self.lock_values(connection, locks, wanted))
         ours = (locks.c.expires_at <= self.now()) | (locks.c.owner == insert.inserted.owner)
-        renewed = locks.c.owner == insert.inserted.owner
         connection.execute(insert.on_duplicate_key_update([
             ("owner", sa.func.if_(ours, insert.inserted.owner, locks.c.owner)),
-            ("expires_at", sa.func.if_(renewed, insert.inserted.expires_at, locks.c.expires_at)),
+            ("expires_at", sa.func.if_(ours, insert.inserted.expires_at, locks.c.expires_at)),
         ]))
-        owners = {key: owner for key, owner, _ in wanted}
-        holders = connection.execute(
-            sa.select(locks.c.key, locks.c.owner).where(locks.c.key.in_(owners))).all()
-        return {key for key, holder in holders if owners.get(key) == holder}
+        holders = dict(connection.execute(
+            sa.select(locks.c.key, locks.c.owner)
+            .where(locks.c.key.in_([key for key, _, _ in wanted]))).all())
+        held = {self.compared_key(key): holder for key, holder in holders.items()}
+        return {key for key, owner, _ in wanted if held.get(self.compared_key(key)) == owner}
+
+    def compared_key(self, key: str) -> str:
+        # utf8mb4_bin is a PAD SPACE collation: trailing spaces do not count.
+        return key.rstrip(" ")
 
     def insert_many(self, connection: Connection, table: sa.Table,
                     rows: Sequence[dict[str, Any]]) -> None:
