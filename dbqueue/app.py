@@ -22,6 +22,7 @@ from .settings import Settings
 from .store import Admin, Executor, Store, WorkerRegistry, create_engine
 from .store.batches import Batches
 from .store.database import Database
+from .store.engine import adopt
 from .store.locks import Locks
 from .store.newfile import refuse_new_file
 from .store.outcomes import Outcome, Outcomes
@@ -91,7 +92,7 @@ class App:
             with self._lock:
                 if self._store is None:
                     if self._engine is not None:
-                        self._store = Store(self._engine, self.settings.table_prefix)
+                        self._store = Store(adopt(self._engine), self.settings.table_prefix)
                     else:
                         url, timeout = self.settings.url, self.settings.network_timeout
                         prefix = self.settings.table_prefix

@@ -309,3 +309,47 @@ def test_a_lock_held_for_the_whole_wait_is_not_waited_for_again(server_url, jobs
         app.dispose()
         holder.dispose()
     assert len(attempts) == 1
+
+
+def test_an_engine_given_at_another_isolation_runs_dbqueues_transactions_at_read_committed(
+        server_url):
+    """dbqueue's transactions are written for READ COMMITTED, which the engines
+    it builds use: under MySQL's REPEATABLE READ a reservation's SKIP LOCKED
+    scan keeps locks on the rows it passes, and reservations deadlock. The
+    engine itself, the application's, is left as it was."""
+    engine = create_engine(server_url).execution_options(isolation_level="REPEATABLE READ")
+    app = dbqueue.App(engine)
+    query = ("SHOW transaction_isolation" if server_url.startswith("postgresql")
+             else "SELECT @@tx_isolation")
+
+    def level(connection: sa.Connection) -> str:
+        return str(connection.exec_driver_sql(query).scalar_one()).upper().replace("-", " ")
+
+    try:
+        assert app.store.read(level) == "READ COMMITTED"
+        with engine.connect() as connection:
+            assert level(connection) == "REPEATABLE READ"
+    finally:
+        app.dispose()
+        engine.dispose()
+
+
+def test_a_lone_dispatch_through_an_engine_given_with_an_isolation_level_is_committed(
+        server_url, schema):
+    """The lone INSERT runs on an autocommit connection of the given engine's
+    pool: derived from an engine that itself set an isolation_level, that
+    connection was not in autocommit mode, and the INSERT was rolled back at
+    checkin though dispatch returned the new job's id."""
+    engine = create_engine(server_url).execution_options(isolation_level="REPEATABLE READ")
+    app = dbqueue.App(engine, table_prefix=PREFIX)
+    job = app.job(name="given_engine_noop")(lambda: None)
+    try:
+        job_id = job.dispatch()
+        assert job_id is not None
+        jobs = app.store.tables.jobs
+        assert count(app, jobs, jobs.c.id == job_id) == 1
+        with app.store.engine.begin() as connection:
+            connection.execute(sa.delete(jobs).where(jobs.c.id == job_id))
+    finally:
+        app.dispose()
+        engine.dispose()

@@ -7,6 +7,7 @@ import re
 import select
 import shlex
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -255,6 +256,32 @@ def describe(engine: Engine) -> str:
     return where(engine.url)
 
 
+def adopt(engine: Engine) -> Engine:
+    """An engine the App was given, as dbqueue's own transactions use it: at
+    the isolation they are written for (see Dialect.isolation), whatever the
+    engine's default, on the same pool. Under MySQL's REPEATABLE READ a
+    reservation's SKIP LOCKED scan keeps locks on every row it passes, and
+    workers' reservations deadlock; under PostgreSQL's, they fail to serialize."""
+    wanted = dialect_for(engine.dialect).isolation
+    return engine if wanted is None else at_isolation(engine, wanted)
+
+
+_ISOLATION: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+
+
+def at_isolation(engine: Engine, level: str) -> Engine:
+    """``engine`` (on its pool) whose connections ``checkout`` sets to ``level``.
+
+    Not by ``engine.execution_options(isolation_level=)`` alone: where the
+    given engine is itself one derived with an isolation_level, SQLAlchemy
+    applies that one, and an autocommit engine so derived rolled back every
+    lone dispatch at checkin (the dispatch returned an id; no job was
+    queued). A level set on the connection holds, and is undone at checkin."""
+    derived = engine.execution_options(isolation_level=level)
+    _ISOLATION[derived] = level
+    return derived
+
+
 @contextmanager
 def connect(engine: Engine) -> Iterator[Connection]:
     """A connection, with a failure to connect reported as DatabaseUnavailable."""
@@ -265,7 +292,15 @@ def connect(engine: Engine) -> Iterator[Connection]:
 def checkout(engine: Engine) -> Connection:
     """A connection the caller closes; DatabaseUnavailable if there is none."""
     try:
-        return engine.connect()
+        connection = engine.connect()
+        level = _ISOLATION.get(engine)
+        if level is not None:
+            try:
+                connection.execution_options(isolation_level=level)
+            except BaseException:
+                connection.close()
+                raise
+        return connection
     except sa.exc.DBAPIError as exc:
         raise unavailable(engine, exc.orig or exc) from None
     except sa.exc.TimeoutError as exc:  # every pooled connection is in use

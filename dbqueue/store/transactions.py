@@ -18,7 +18,15 @@ from sqlalchemy.engine import Connection, Engine
 
 from ..errors import ConfigurationError, DatabaseError, DBQueueError, NotMigrated
 from .dialects import READ_ONLY, Dialect, dialect_for
-from .engine import DRIVER_ERRORS, connect, describe, first_line, migrate_command, translate
+from .engine import (
+    DRIVER_ERRORS,
+    at_isolation,
+    connect,
+    describe,
+    first_line,
+    migrate_command,
+    translate,
+)
 from .foreign import prefix_advice, table_names, taken
 from .schema import Tables, build_tables, version_table
 from .values import Executor, T, current_session
@@ -56,8 +64,7 @@ class Transactions:
                  autocommit_engine: Engine | None = None) -> None:
         self.engine = engine
         # Single INSERTs outside a caller's transaction commit by themselves.
-        self.autocommit_engine = autocommit_engine or engine.execution_options(
-            isolation_level="AUTOCOMMIT")
+        self.autocommit_engine = autocommit_engine or at_isolation(engine, "AUTOCOMMIT")
         self.prefix = table_prefix
         self.tables: Tables = build_tables(table_prefix)
 

@@ -68,6 +68,10 @@ class Dialect:
     single_writer: ClassVar[bool] = False
     """One write transaction at a time for the whole database (SQLite): never
     keep one open while the same process may need another."""
+    isolation: ClassVar[str | None] = "READ COMMITTED"
+    """The isolation dbqueue's transactions are written for (None: the only one
+    there is). Each statement sees what others committed before it, and a
+    locking scan locks the rows it takes, not the gaps between those it passes."""
     locks_on_duplicate: ClassVar[bool] = False
     """An INSERT refused for a duplicate key leaves a lock on the existing row's
     key until the transaction ends (InnoDB's shared lock): a unique dispatch in

@@ -112,7 +112,7 @@ class MySQL(Dialect):
     def engine_options(self) -> dict[str, Any]:
         # READ COMMITTED takes no gap locks: the reserving transaction runs
         # faster and deadlocks less than under the default REPEATABLE READ.
-        return {**super().engine_options(), "isolation_level": "READ COMMITTED"}
+        return {**super().engine_options(), "isolation_level": self.isolation}
 
     def autocommits(self, dbapi_connection: Any) -> bool:
         # PyMySQL and mysqlclient both keep the server's autocommit flag as

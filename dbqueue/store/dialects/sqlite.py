@@ -33,6 +33,7 @@ class SQLite(Dialect):
     autocommit_single_statements: ClassVar[bool] = False
     single_writer: ClassVar[bool] = True
     embedded: ClassVar[bool] = True
+    isolation: ClassVar[str | None] = None  # one writer at a time: serializable
 
     def engine_options(self) -> dict[str, Any]:
         return {"connect_args": {"timeout": _BUSY_TIMEOUT_SECONDS}}
