@@ -618,3 +618,22 @@ def test_a_mistyped_command_is_answered_with_the_nearest_one():
     assert result.stderr.splitlines()[-1] == (
         "Error: No such command 'falied'; did you mean 'failed'?")
     assert run("zzz").stderr.splitlines()[-1] == "Error: No such command 'zzz'."
+
+
+def test_a_misspelled_setting_in_the_environment_is_named_with_the_right_one(tmp_path):
+    """Ignored in silence, DBQUEUE_TABLEPREFIX left the unprefixed tables in
+    force, and the advice was to create them."""
+    result = run("status", DBQUEUE_URL=f"sqlite:///{tmp_path}/q.db",
+                 DBQUEUE_TABLEPREFIX="nu33_", DBQUEUE_SOMETHING_OF_MINE="1")
+    assert result.stderr.splitlines()[0] == (
+        "Warning: DBQUEUE_TABLEPREFIX is set, but dbqueue reads no such variable; did you "
+        "mean DBQUEUE_TABLE_PREFIX? (it is ignored)")
+    assert "DBQUEUE_SOMETHING_OF_MINE" not in result.stderr  # nothing like a setting of ours
+
+
+def test_a_bad_value_of_a_flag_set_in_the_environment_names_the_variable(tmp_path):
+    result = run("work", "--app", "tests.jobapp:app", DBQUEUE_URL=f"sqlite:///{tmp_path}/q.db",
+                 DBQUEUE_NO_SCHEDULE="banana")
+    assert result.exit_code == 2
+    assert ("Invalid value for '--no-schedule' (or DBQUEUE_NO_SCHEDULE): 'banana' is not a "
+            "valid boolean") in result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 
 import click
 
@@ -25,6 +26,25 @@ _COMMANDS = {
     "schedule": "schedule",
     "batches": "batches",
 }
+
+
+# The variables dbqueue reads. One set under a name close to one of these is
+# most likely a typo: silently ignored, it would leave the default in force
+# (the unprefixed tables, another database) with nothing to say why.
+_VARIABLES = ("DBQUEUE_URL", "DBQUEUE_APP", "DBQUEUE_TABLE_PREFIX", "DBQUEUE_RETRY_AFTER",
+              "DBQUEUE_NETWORK_TIMEOUT", "DBQUEUE_NO_SCHEDULE")
+_SCRIPTS_OWN = ("DBQUEUE_TEST_", "DBQUEUE_BENCH_")  # the repository's scripts' variables
+
+
+def _warn_of_misspelled_variables() -> None:
+    for name in sorted(os.environ):
+        if (not name.startswith("DBQUEUE_") or name in _VARIABLES
+                or name.startswith(_SCRIPTS_OWN)):
+            continue
+        close = difflib.get_close_matches(name, _VARIABLES, n=1, cutoff=0.8)
+        if close and close[0] not in os.environ:
+            click.echo(f"Warning: {name} is set, but dbqueue reads no such variable; did you "
+                       f"mean {close[0]}? (it is ignored)", err=True)
 
 
 class _Commands(click.Group):
@@ -61,6 +81,7 @@ def cli() -> None:
     DBQUEUE_APP), --table-prefix (or DBQUEUE_TABLE_PREFIX), and -v to show an
     error's traceback.
     """
+    _warn_of_misspelled_variables()
 
 
 def main() -> None:

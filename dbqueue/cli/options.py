@@ -22,6 +22,15 @@ from ..errors import DBQueueError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class EnvOption(click.Option):
+    """An option also read from its environment variable, which its errors
+    name too: a bad value set in a unit file's Environment= is no option typed."""
+
+    def get_error_hint(self, ctx: click.Context | None) -> str:
+        hint = super().get_error_hint(ctx)
+        return f"{hint} (or {self.envvar})" if isinstance(self.envvar, str) else hint
+
+
 def connection_options(func: F) -> F:
     """--url, --app and --table-prefix, each also read from its DBQUEUE_* variable,
     and --verbose (parameter ``verbose``)."""

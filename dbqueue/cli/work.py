@@ -17,7 +17,7 @@ import click
 from ..loader import search_cwd
 from ..worker import forkserver
 from ..worker.signals import StopSignals
-from .options import connection_options, export_settings, friendly_errors
+from .options import EnvOption, connection_options, export_settings, friendly_errors
 
 
 @click.command()
@@ -49,7 +49,7 @@ from .options import connection_options, export_settings, friendly_errors
 @click.option("--once", is_flag=True,
               help="Run the next job, then exit (waits for one if none is ready; with "
                    "--stop-when-empty, exits instead).")
-@click.option("--no-schedule", is_flag=True, envvar="DBQUEUE_NO_SCHEDULE",
+@click.option("--no-schedule", is_flag=True, envvar="DBQUEUE_NO_SCHEDULE", cls=EnvOption,
               help="Do not run the scheduler on this host (the application's schedules "
                    "are queued by the workers of other hosts). [env: DBQUEUE_NO_SCHEDULE]")
 @friendly_errors
