@@ -359,6 +359,20 @@ def test_unknown_failed_jobs_are_one_clear_error(app, schema):
     assert count(app, app.store.tables.jobs) == 0
 
 
+def test_a_job_id_given_for_a_failed_job_is_answered_with_its_failed_job(app, schema):
+    """The JOB ID column, and the worker's log, name the job: an ID easily
+    taken for the failed job's own."""
+    fail_jobs(app, ("a", "send", "KeyError", "{}"))
+    app.store.push(NewJob("elsewhere", "filler", "{}"))  # job ids move one past failure ids
+    failures = fail_jobs(app, ("a", "send", "KeyError", "{}"))
+    target = next(f for f in failures if f.job_id not in {other.id for other in failures})
+    for args in (["retry", str(target.job_id)], ["forget", str(target.job_id)],
+                 ["failed", "show", str(target.job_id)]):
+        line = assert_clean_error(dbqueue_cli(*args, env=cli_env(schema)))
+        assert line == (f"Error: no failed job '{target.job_id}'; job {target.job_id} is failed "
+                        f"job {target.id} (ID, not JOB ID); list them with: dbqueue failed"), line
+
+
 def test_tables_missing_under_the_prefix_are_one_clear_error(schema):
     env = cli_env(schema)
     for args in (["status"], ["retry", "--all"]):

@@ -127,6 +127,19 @@ class Admin:
         return (self.failed.c.id == number if number is not None
                 else self.failed.c.uuid.in_({ref, canonical_uuid(ref)}))
 
+    def _missing(self, c: Connection, refs: Sequence[str], others: str = "") -> str:
+        """Why ``refs`` name no failed job, with the failed job of any that is a
+        job's id instead (the JOB ID column, and the worker's log, name jobs
+        by it): the two are easily taken for each other."""
+        numbers = [number for number in map(_as_id, refs) if number is not None]
+        found = c.execute(sa.select(self.failed.c.job_id, self.failed.c.id)
+                          .where(self.failed.c.job_id.in_(numbers))
+                          .order_by(self.failed.c.id)).all() if numbers else []
+        said = "".join(f"; job {job_id} is failed job {failure_id} (ID, not JOB ID)"
+                       for job_id, failure_id in found)
+        return (f"no failed job {', '.join(map(repr, refs))}{others}{said}; "
+                "list them with: dbqueue failed")
+
     def _failed_where(self, queue: str | None, job: str | None,
                       exception: str | None) -> list[sa.ColumnElement[bool]]:
         table = self.failed
@@ -180,7 +193,7 @@ class Admin:
             lambda c: c.execute(sa.select(self.failed).where(self._match(ref))).first()
         )
         if row is None:
-            raise NotFound(f"no failed job {ref!r}; list them with: dbqueue failed")
+            raise NotFound(self.store.read(lambda c: self._missing(c, [ref])))
         return FailedJob(**row._mapping)
 
     def retry(self, refs: Sequence[str] = (), *, queue: str | None = None,
@@ -246,8 +259,7 @@ class Admin:
         if missing:
             others = " (none of the others was retried either)" if len(refs) > len(
                 missing) else ""
-            raise NotFound(f"no failed job {', '.join(map(repr, missing))}{others}; "
-                           "list them with: dbqueue failed")
+            raise NotFound(self._missing(c, missing, others))
         self._move(c, rows, c.execute(sa.select(self.store._now())).scalar_one())
         return [Retried(row.id, row.job, row.job_id) for row in rows]
 
@@ -271,7 +283,7 @@ class Admin:
             lambda c: c.execute(sa.delete(self.failed).where(self._match(ref))).rowcount
         )
         if not deleted:
-            raise NotFound(f"no failed job {ref!r}; list them with: dbqueue failed")
+            raise NotFound(self.store.read(lambda c: self._missing(c, [ref])))
 
     def flush(self, older_than_hours: float | None = None) -> int:
         """Delete failed jobs, all of them or those older than the given hours."""
