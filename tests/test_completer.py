@@ -157,6 +157,10 @@ def test_a_workflow_step_whose_completion_is_refused_again_and_again_fails_inste
     finished += flushed(completer, completer.retry_at)
     assert finished == [entry]
     assert f"refused 3 times to record that job {entry.id} completed; failing it" in caplog.text
+    # Failed for good: the supervisor queues its on_failure hook, as for any failure.
+    [instead] = completer.take_failed_instead()
+    assert instead.entry is entry and instead.failure.message.startswith("it completed")
+    assert completer.take_failed_instead() == []
     [failed] = rows(app, app.store.tables.failed_jobs)
     assert failed.exception_message.startswith("it completed, but recording that was refused")
     queued = rows(app, app.store.tables.jobs)

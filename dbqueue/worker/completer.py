@@ -101,6 +101,7 @@ class BatchCompleter:
         self._urgent = 0
         self._one_by_one = False
         self._refusals: dict[int, int] = {}
+        self._failed_instead: list[Failed] = []
         self.calls: Inline[set[int]] = (
             Inline() if store.dialect.embedded else OnThread("dbqueue-record"))
         self.writing: list[Record] = []
@@ -129,6 +130,12 @@ class BatchCompleter:
         released for a retry, or a workflow's next step or callback queued."""
         requeued, self._requeued = self._requeued, False
         return requeued
+
+    def take_failed_instead(self) -> list[Failed]:
+        """The completed workflow steps failed instead since the last call (see
+        ``_set_aside``): their jobs' on_failure hooks are the recorder's to queue."""
+        failed, self._failed_instead = self._failed_instead, []
+        return failed
 
     def take_coming_due(self) -> list[tuple[float, bool]]:
         """When (monotonic clock) the jobs released for a while by the writes
@@ -270,6 +277,7 @@ class BatchCompleter:
                       "it instead: %s", _REFUSALS_BEFORE_GIVING_UP, _job_of(group),
                       describe(exc))
             self.pending[:0] = instead
+            self._failed_instead += [record for record in instead if type(record) is Failed]
             self._urgent += 1  # a Failed: written at the next flush
             return []
         log.error("the database refused %d times to record the outcome of job %d; giving up "

@@ -92,6 +92,10 @@ class Recorder:
         attempts = entry.row.attempts if ran else entry.row.attempts - 1
         self._settle(entry, Failed(entry, failure, attempts, ran), processed=ran)
         self.failed_unrun += not ran
+        self.hook_failure(entry, failure, attempts)
+
+    def hook_failure(self, entry: Entry, failure: Failure, attempts: int) -> None:
+        """Queue the job's on_failure hook, if it has one: it has failed for good."""
         if entry.job is not None and entry.job.on_failure is not None:
             self.hooks.append(RunHook(JobFailure(
                 entry.id, entry.row.job, entry.decoded().args, entry.decoded().kwargs, attempts,

@@ -306,6 +306,8 @@ class Supervisor:
             finished += self.completer.flush(now)
         for entry in finished:
             self.ledger.forget(entry)
+        for record in self.completer.take_failed_instead():
+            self.recorder.hook_failure(record.entry, record.failure, record.attempts)
 
     def _running(self) -> list[tuple[Any, float, bool]]:
         """The job each child runs or is about to, since when, and whether it
