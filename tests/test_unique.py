@@ -212,3 +212,56 @@ def test_unique_dispatches_in_open_transactions_do_not_deadlock(jobs, schema):
         engine.dispose()
     assert sorted(r.unique_key for r in queued(jobs)) == [
         f"unique_invoice:{n}" for n in (31, 32, 33, 34)]
+
+
+def test_a_dispatch_in_an_older_snapshot_queues_once_the_holder_is_gone(jobs, schema):
+    """At REPEATABLE READ (MySQL's default) a plain read sees the snapshot the
+    caller's transaction took at its first read: a holder that completed since
+    is still there. The key is free all the same, and the job is queued."""
+    if schema.startswith("sqlite"):
+        pytest.skip("one writer at a time: no snapshot older than the last write")
+    table = jobs.app.store.tables.jobs
+    holder = jobs.unique_invoice.dispatch(41)
+    engine = sa.create_engine(jobs.app.engine.url, isolation_level="REPEATABLE READ")
+    try:
+        with Session(engine) as session:
+            session.execute(sa.select(table.c.id)).all()  # the snapshot: the holder in it
+            with jobs.app.engine.begin() as c:  # the holder completes meanwhile
+                c.execute(sa.delete(table).where(table.c.id == holder))
+            assert jobs.unique_invoice.options(connection=session).dispatch(41) is not None
+            session.commit()
+    finally:
+        engine.dispose()
+    assert [r.unique_key for r in queued(jobs)] == ["unique_invoice:41"]
+
+
+def test_an_expired_key_is_freed_though_a_worker_holds_its_row_a_moment(jobs, schema):
+    """A worker renewing or completing the holder locks its row for
+    milliseconds: the key whose unique_for has passed is freed once it is
+    done, not taken for held."""
+    if schema.startswith("sqlite"):
+        pytest.skip("one writer at a time")
+    table, dialect = jobs.app.store.tables.jobs, jobs.app.store.dialect
+    holder = jobs.unique_invoice.dispatch(42)
+    with jobs.app.engine.begin() as c:
+        c.execute(sa.update(table).where(table.c.id == holder)
+                  .values(unique_expires_at=dialect.now_plus(-1)))
+    locked, release = threading.Event(), threading.Event()
+
+    def worker() -> None:
+        with jobs.app.engine.begin() as c:
+            c.execute(sa.select(table.c.id).where(table.c.id == holder).with_for_update())
+            locked.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    assert locked.wait(30)
+    threading.Timer(0.05, release.set).start()  # the worker's statement ends
+    with Session(jobs.app.engine) as session:
+        fresh = jobs.unique_invoice.options(connection=session).dispatch(42)
+        session.commit()
+    thread.join(30)
+    assert fresh is not None
+    assert [(r.id, r.unique_key) for r in queued(jobs)] == [(holder, None),
+                                                             (fresh, "unique_invoice:42")]

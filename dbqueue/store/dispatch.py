@@ -12,6 +12,7 @@ from ..errors import DatabaseError
 from .dialects import dialect_for
 from .fastinsert import FastInsert
 from .transactions import Transactions
+from .uniquejobs import push_unique
 from .values import Executor, NewJob
 
 # Characters: a payload longer than this is measured against the server's
@@ -74,9 +75,7 @@ class Dispatch(Transactions):
             return self.transaction(lambda c: self.insert_job(c, job), single_statement=True)
         if connection is None:
             return self.transaction(lambda c: self.insert_job(c, job))
-        keys = [job.unique_key] if job.unique_key is not None else []
-        return self.within(connection, lambda c: self.insert_job(c, job, callers=True),
-                           first=lambda: self._free_expired_keys(keys))
+        return self.within(connection, lambda c: self.insert_job(c, job, callers=True))
 
     def insert_job(self, c: Connection, job: NewJob, *, callers: bool = False) -> int | None:
         """push's work, in a transaction of the store's own that is open on ``c``
@@ -90,56 +89,8 @@ class Dispatch(Transactions):
         assert key is not None
         return int(key[0])
 
-    def _free_expired_keys(self, keys: Sequence[str]) -> None:
-        """Before a unique dispatch in the caller's transaction: free ``keys``
-        where their holder's unique_for has passed (it stays queued), in a
-        short transaction of dbqueue's own.
-
-        In the caller's transaction, that UPDATE would lock the holder's row
-        (and on MySQL, when nothing matches, the gap where the key would go)
-        until the caller's commit: the holder's worker could then neither renew
-        its lease nor record its end, and two such dispatches could deadlock.
-        SKIP LOCKED: a holder the caller's own transaction has locked stays as
-        it is (its key is then taken), rather than this waiting for the
-        caller, who waits for this. (SQLite: one writer at a time, whose
-        transaction the caller's already is: freed there, as before.)"""
-        if not keys or self.dialect.embedded:
-            return
-        jobs = self.tables.jobs
-
-        def free(c: Connection) -> None:
-            ids = c.execute(sa.select(jobs.c.id).where(
-                jobs.c.unique_key.in_(keys), jobs.c.unique_expires_at <= self.dialect.now())
-                .with_for_update(skip_locked=True)).scalars().all()
-            if ids:
-                c.execute(sa.update(jobs).where(jobs.c.id.in_(ids))
-                          .values(unique_key=None, unique_expires_at=None))
-
-        self.transaction(free)
-
     def _push_unique(self, c: Connection, job: NewJob, *, callers: bool) -> int | None:
-        jobs, dialect = self.tables.jobs, self.dialect
-        if dialect.embedded or not callers:
-            # A holder whose unique_for has passed gives its key up (it stays queued).
-            c.execute(sa.update(jobs)
-                      .where(jobs.c.unique_key == job.unique_key,
-                             jobs.c.unique_expires_at <= dialect.now())
-                      .values(unique_key=None, unique_expires_at=None))
-        elif dialect.locks_on_duplicate and c.execute(
-                sa.select(jobs.c.id).where(jobs.c.unique_key == job.unique_key).limit(1)
-        ).first() is not None:
-            # Taken: a plain read, which locks nothing. The INSERT's duplicate-key
-            # error would leave a shared lock on the holder's key until the
-            # caller's transaction ends (see Dialect.locks_on_duplicate).
-            return None
-        return dialect.insert_unique(c, jobs, {
-            "queue": job.queue, "job": job.job, "payload": job.payload,
-            "priority": job.priority, "attempts": 0,
-            "available_at": dialect.now_plus(job.delay), "created_at": dialect.now(),
-            "unique_key": job.unique_key,
-            "unique_expires_at": None if job.unique_for is None else dialect.now_plus(
-                job.unique_for),
-        })
+        return push_unique(self, c, job, callers=callers)
 
     def push_many(self, jobs: Sequence[NewJob], connection: Executor | None = None) -> int:
         """Insert many jobs with multi-row INSERTs; return how many were inserted.
@@ -155,9 +106,7 @@ class Dispatch(Transactions):
             return 0
         if connection is None:
             return self.transaction(lambda c: self.insert_jobs(c, jobs))
-        keys = [job.unique_key for job in jobs if job.unique_key is not None]
-        return self.within(connection, lambda c: self.insert_jobs(c, jobs, callers=True),
-                           first=lambda: self._free_expired_keys(keys))
+        return self.within(connection, lambda c: self.insert_jobs(c, jobs, callers=True))
 
     def _check_sizes(self, c: Connection, long: Sequence[NewJob]) -> None:
         """Refuse a job of ``long`` (see _long) whose INSERT the server ``c``

@@ -20,7 +20,6 @@ from ..errors import ConfigurationError, DatabaseError, DBQueueError, NotMigrate
 from .dialects import READ_ONLY, Dialect, dialect_for
 from .engine import (
     DRIVER_ERRORS,
-    at_isolation,
     connect,
     describe,
     first_line,
@@ -28,6 +27,7 @@ from .engine import (
     translate,
 )
 from .foreign import prefix_advice, table_names, taken
+from .isolation import at_isolation
 from .schema import Tables, build_tables, version_table
 from .values import Executor, T, current_session
 
@@ -130,15 +130,12 @@ class Transactions:
         """Run ``work``, which only reads, in a transaction of its own."""
         return self.transaction(work, read_only=True)
 
-    def within(self, connection: Executor | None, work: Callable[[Connection], T],
-               first: Callable[[], object] | None = None) -> T:
+    def within(self, connection: Executor | None, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in the caller's transaction if given, else in one of our own.
 
         A failure in the caller's transaction is not retried (the caller's
         earlier statements are gone with it on some servers): it is raised
-        as dbqueue's error, and the caller decides. ``first`` runs once the
-        caller's connection is known to be one that can hold the work, before
-        it (in transactions of its own).
+        as dbqueue's error, and the caller decides.
         """
         if connection is None:
             return self.transaction(work)
@@ -147,8 +144,6 @@ class Transactions:
             if not isinstance(connection, Connection):  # a Session: its transaction's
                 connection = connection.connection()
             self._check_transaction(connection)
-            if first is not None:
-                first()
             return work(connection)
         except DRIVER_ERRORS as exc:
             # Named by the caller's database: it may not be the App's (then

@@ -69,13 +69,12 @@ class Dialect:
     """One write transaction at a time for the whole database (SQLite): never
     keep one open while the same process may need another."""
     isolation: ClassVar[str | None] = "READ COMMITTED"
-    """The isolation dbqueue's transactions are written for (None: the only one
-    there is). Each statement sees what others committed before it, and a
-    locking scan locks the rows it takes, not the gaps between those it passes."""
+    """The isolation dbqueue's transactions are written for (None: the only one)."""
     locks_on_duplicate: ClassVar[bool] = False
-    """An INSERT refused for a duplicate key leaves a lock on the existing row's
-    key until the transaction ends (InnoDB's shared lock): a unique dispatch in
-    the caller's transaction reads first, to keep off a holder's row."""
+    """An INSERT refused for a duplicate key locks the existing row's key until
+    the transaction ends (InnoDB's shared lock; see store.uniquejobs)."""
+    isolation_variable: ClassVar[str | None] = None
+    """The server variable that says a session's isolation (see store.uniquejobs)."""
     embedded: ClassVar[bool] = False
     """The database is a file this process opens, not a server over a network:
     no idle connection can be cut, and a failure to connect is about the file."""
@@ -100,8 +99,8 @@ class Dialect:
         which no INSERT announces)."""
 
     def autocommits(self, dbapi_connection: Any) -> bool:
-        """Whether the driver's connection commits each statement by itself (in
-        the driver's own state: no round trip). False where it cannot tell."""
+        """Whether the driver's connection commits each statement by itself, by
+        the driver's own state (False where it cannot tell)."""
         return False
 
     def prepare_engine(self, engine: Engine, network_timeout: float) -> None:
@@ -329,8 +328,7 @@ class Dialect:
                    .scalars())
 
     def compared_key(self, key: str) -> str:
-        """``key`` as the server compares it: two keys whose forms are equal
-        are one row of a keyed table (its row may hold the other spelling)."""
+        """``key`` as the server compares it (a keyed row may hold another spelling)."""
         return key
 
     def lock_values(self, connection: Connection, locks: sa.Table,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
@@ -15,7 +15,6 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine
 
 from .base import (
-    BULK_ROWS,
     LOCK_WAITS_RETRIED_WITHIN,
     RESERVED_COLUMNS,
     Dialect,
@@ -23,11 +22,13 @@ from .base import (
     seconds_expression,
 )
 from .liveness import keep_alive
+from .mysqlbulk import PACKET_LIMIT, insert_literal_rows
 from .support import run_on_connect, server_too_old
 
 _HANDSHAKE_ONLY = "dbqueue_handshake_read_timeout"
 """Marks a connection whose read timeout dbqueue set for its handshake."""
 _DEADLOCK, _LOCK_WAIT_TIMEOUT = 1213, 1205
+_LOCK_NOT_TAKEN = (_LOCK_WAIT_TIMEOUT, 3572)  # MySQL's NOWAIT says 3572; MariaDB's 1205
 _NO_SUCH_TABLE = 1146
 _NO_SUCH_COLUMN = 1054
 _PACKET_TOO_LARGE = 1153  # a statement longer than the server's max_allowed_packet
@@ -54,52 +55,11 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in match.groups()) if match else (0, 0, 0)
 
 
-# A bulk INSERT stays under this many bytes, as PyMySQL's executemany keeps
-# its own, and under the session's max_allowed_packet where that is smaller.
-_BULK_BYTES = 1_000_000
-# What a bulk INSERT leaves of max_allowed_packet: the packet's own header,
-# and room to spare.
-_PACKET_SLACK = 1024
-# Where a connection keeps its max_allowed_packet: a session's value is read
-# only, fixed when it connects.
-_PACKET_LIMIT = "dbqueue_max_allowed_packet"
-
-
-def _literal_maker(connection: Connection, column_type: sa.types.TypeEngine[Any],
-                   ) -> Callable[[Any], str]:
-    """A function from a value of a column to its SQL literal, escaped by the
-    driver; it converts and escapes each distinct value once."""
-    process = column_type.bind_processor(connection.dialect)
-    escape = connection.connection.driver_connection.escape  # type: ignore[union-attr]
-    seen: dict[tuple[type, Any], str] = {}
-
-    def convert(value: Any) -> str:
-        return escape(process(value) if process else value)  # type: ignore[no-any-return]
-
-    def literal(value: Any) -> str:
-        key = (type(value), value)  # 1, True and 1.0 are equal keys, not equal literals
-        try:
-            text = seen.get(key)
-        except TypeError:  # unhashable: nothing to share
-            return convert(value)
-        if text is None:
-            text = seen[key] = convert(value)
-        return text
-
-    return literal
-
-
-def _run_literal(connection: Connection, head: str, values: list[str]) -> None:
-    # no_parameters: the driver must not read the text for %s placeholders
-    # (a payload may well contain "%s").
-    connection.exec_driver_sql(head + ",".join(values),
-                               execution_options={"no_parameters": True})
-
-
 class MySQL(Dialect):
     name: ClassVar[str] = "mysql"
     supports_returning_update: ClassVar[bool] = False
     locks_on_duplicate: ClassVar[bool] = True
+    isolation_variable: ClassVar[str | None] = "@@transaction_isolation"
     insert_id_from_cursor: ClassVar[bool] = True  # in the OK packet: no result set to parse
     server_name: ClassVar[str] = "MySQL"
     # 8.0.1 brought SKIP LOCKED; 8.0.13 brought expression defaults, which the
@@ -318,38 +278,14 @@ class MySQL(Dialect):
 
     def insert_many(self, connection: Connection, table: sa.Table,
                     rows: Sequence[dict[str, Any]]) -> None:
-        # PyMySQL escapes and formats every value of an executemany in Python,
-        # after SQLAlchemy has processed each row's parameters: the client, not
-        # the server, set the pace (about 30,000 rows/s here). Built here, each
-        # distinct value of a column is converted and escaped once, by the
-        # driver's own escaping (the very one its executemany uses, which
-        # follows the server's NO_BACKSLASH_ESCAPES mode): over twice the rows.
         if connection.dialect.driver != "pymysql" or not rows:
             super().insert_many(connection, table, rows)
             return
-        columns = list(rows[0])
-        to_sql = [_literal_maker(connection, table.c[name].type) for name in columns]
-        preparer = connection.dialect.identifier_preparer
-        head = (f"INSERT INTO {preparer.format_table(table)} "
-                f"({', '.join(preparer.quote(name) for name in columns)}) VALUES ")
-        limit = self.statement_limit(connection)
-        budget = min(_BULK_BYTES, limit[0] - _PACKET_SLACK) - len(head) if limit else _BULK_BYTES
-        values: list[str] = []
-        size = 0
-        for row in rows:
-            text = "(" + ",".join(literal(row[name]) for name, literal in zip(
-                columns, to_sql, strict=True)) + ")"
-            length = len(text) if text.isascii() else len(text.encode())
-            if values and (len(values) >= BULK_ROWS or size + length > budget):
-                _run_literal(connection, head, values)
-                values, size = [], 0
-            values.append(text)
-            size += length + 1
-        _run_literal(connection, head, values)
+        insert_literal_rows(connection, table, rows, self.statement_limit(connection))
 
     def is_retryable(self, error: BaseException, waited: float = 0.0) -> bool:
         errno = _errno(error)
-        return errno == _DEADLOCK or (errno == _LOCK_WAIT_TIMEOUT
+        return errno == _DEADLOCK or (errno in _LOCK_NOT_TAKEN
                                       and waited < LOCK_WAITS_RETRIED_WITHIN)
 
     def refuses_login(self, error: BaseException) -> bool:
@@ -372,9 +308,9 @@ class MySQL(Dialect):
         # Just over it, the server answers 1153 and closes the connection; far
         # over it, it closes the connection while the client still writes,
         # which the driver reports as a connection lost (2006).
-        limit = connection.info.get(_PACKET_LIMIT)
+        limit = connection.info.get(PACKET_LIMIT)
         if limit is None:
-            limit = connection.info[_PACKET_LIMIT] = int(
+            limit = connection.info[PACKET_LIMIT] = int(
                 connection.exec_driver_sql("SELECT @@max_allowed_packet").scalar_one())
         return limit, "max_allowed_packet"
 
@@ -390,6 +326,7 @@ class MySQL(Dialect):
 
 class MariaDB(MySQL):
     name: ClassVar[str] = "mariadb"
+    isolation_variable: ClassVar[str | None] = "@@tx_isolation"  # its only name before 11.1
     server_name: ClassVar[str] = "MariaDB"
     # MariaDB numbers its releases apart from MySQL: SKIP LOCKED came in 10.6.
     minimum: ClassVar[tuple[int, ...]] = (10, 6, 0)
