@@ -22,7 +22,7 @@ from .settings import Settings
 from .store import Admin, Executor, Store, WorkerRegistry, create_engine
 from .store.batches import Batches
 from .store.database import Database
-from .store.engine import adopt
+from .store.isolation import adopt
 from .store.locks import Locks
 from .store.newfile import refuse_new_file
 from .store.outcomes import Outcome, Outcomes

@@ -319,10 +319,12 @@ def test_an_engine_given_at_another_isolation_runs_dbqueues_transactions_at_read
     engine itself, the application's, is left as it was."""
     engine = create_engine(server_url).execution_options(isolation_level="REPEATABLE READ")
     app = dbqueue.App(engine)
-    query = ("SHOW transaction_isolation" if server_url.startswith("postgresql")
-             else "SELECT @@tx_isolation")
-
     def level(connection: sa.Connection) -> str:
+        if server_url.startswith("postgresql"):
+            query = "SHOW transaction_isolation"
+        else:  # MySQL 8 names it transaction_isolation; MariaDB before 11.1, tx_isolation
+            mariadb = "MariaDB" in connection.exec_driver_sql("SELECT VERSION()").scalar_one()
+            query = "SELECT @@tx_isolation" if mariadb else "SELECT @@transaction_isolation"
         return str(connection.exec_driver_sql(query).scalar_one()).upper().replace("-", " ")
 
     try:

@@ -33,18 +33,18 @@ _COMMANDS = {
 # (the unprefixed tables, another database) with nothing to say why.
 _VARIABLES = ("DBQUEUE_URL", "DBQUEUE_APP", "DBQUEUE_TABLE_PREFIX", "DBQUEUE_RETRY_AFTER",
               "DBQUEUE_NETWORK_TIMEOUT", "DBQUEUE_NO_SCHEDULE")
-_SCRIPTS_OWN = ("DBQUEUE_TEST_", "DBQUEUE_BENCH_")  # the repository's scripts' variables
 
 
 def _warn_of_misspelled_variables() -> None:
     for name in sorted(os.environ):
-        if (not name.startswith("DBQUEUE_") or name in _VARIABLES
-                or name.startswith(_SCRIPTS_OWN)):
+        if not name.startswith("DBQUEUE_") or name in _VARIABLES:
             continue
-        close = difflib.get_close_matches(name, _VARIABLES, n=1, cutoff=0.8)
-        if close and close[0] not in os.environ:
+        # The names after DBQUEUE_: DBQUEUE_USER is not DBQUEUE_URL misspelt.
+        close = difflib.get_close_matches(name[8:], [known[8:] for known in _VARIABLES],
+                                          n=1, cutoff=0.8)
+        if close and f"DBQUEUE_{close[0]}" not in os.environ:
             click.echo(f"Warning: {name} is set, but dbqueue reads no such variable; did you "
-                       f"mean {close[0]}? (it is ignored)", err=True)
+                       f"mean DBQUEUE_{close[0]}? (it is ignored)", err=True)
 
 
 class _Commands(click.Group):

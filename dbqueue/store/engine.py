@@ -7,7 +7,6 @@ import re
 import select
 import shlex
 import time
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -25,6 +24,7 @@ from ..errors import (
 )
 from ..settings import DEFAULT_NETWORK_TIMEOUT, DEFAULT_URL
 from .dialects import Dialect, dialect_for
+from .isolation import ISOLATION, set_isolation
 
 # The drivers dbqueue is tested with, for URLs that name none. SQLAlchemy's
 # own defaults (psycopg2, mysqlclient) are not among dbqueue's dependencies.
@@ -256,32 +256,6 @@ def describe(engine: Engine) -> str:
     return where(engine.url)
 
 
-def adopt(engine: Engine) -> Engine:
-    """An engine the App was given, as dbqueue's own transactions use it: at
-    the isolation they are written for (see Dialect.isolation), whatever the
-    engine's default, on the same pool. Under MySQL's REPEATABLE READ a
-    reservation's SKIP LOCKED scan keeps locks on every row it passes, and
-    workers' reservations deadlock; under PostgreSQL's, they fail to serialize."""
-    wanted = dialect_for(engine.dialect).isolation
-    return engine if wanted is None else at_isolation(engine, wanted)
-
-
-_ISOLATION: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
-
-
-def at_isolation(engine: Engine, level: str) -> Engine:
-    """``engine`` (on its pool) whose connections ``checkout`` sets to ``level``.
-
-    Not by ``engine.execution_options(isolation_level=)`` alone: where the
-    given engine is itself one derived with an isolation_level, SQLAlchemy
-    applies that one, and an autocommit engine so derived rolled back every
-    lone dispatch at checkin (the dispatch returned an id; no job was
-    queued). A level set on the connection holds, and is undone at checkin."""
-    derived = engine.execution_options(isolation_level=level)
-    _ISOLATION[derived] = level
-    return derived
-
-
 @contextmanager
 def connect(engine: Engine) -> Iterator[Connection]:
     """A connection, with a failure to connect reported as DatabaseUnavailable."""
@@ -293,13 +267,9 @@ def checkout(engine: Engine) -> Connection:
     """A connection the caller closes; DatabaseUnavailable if there is none."""
     try:
         connection = engine.connect()
-        level = _ISOLATION.get(engine)
+        level = connection.get_execution_options().get(ISOLATION)
         if level is not None:
-            try:
-                connection.execution_options(isolation_level=level)
-            except BaseException:
-                connection.close()
-                raise
+            set_isolation(connection, level)
         return connection
     except sa.exc.DBAPIError as exc:
         raise unavailable(engine, exc.orig or exc) from None

@@ -76,16 +76,18 @@ class WorkerRegistry:
         jobs; return how many were asked among those seen within ``seen_within``
         seconds, and among the others (silent: most likely gone, but a worker
         cut off from the database for a while reads the request once back)."""
-        table = self.table
-        asked = table.c.stop_requested_at.is_(None)
+        table, dialect = self.table, self.store.dialect
+        seen = sa.case((table.c.last_seen_at >= dialect.now_plus(-seen_within), 1), else_=0)
 
         def work(c: Connection) -> tuple[int, int]:
-            seen = c.execute(sa.select(sa.func.count()).select_from(table).where(
-                asked, table.c.last_seen_at >= self.store.dialect.now_plus(-seen_within))
-            ).scalar_one()
-            total = c.execute(sa.update(table).where(asked)
-                              .values(stop_requested_at=self.store.dialect.now())).rowcount
-            return seen, max(0, total - seen)
+            # Locked as read: the rows counted are the rows asked.
+            rows = c.execute(sa.select(table.c.id, seen)
+                             .where(table.c.stop_requested_at.is_(None)).with_for_update()).all()
+            if rows:
+                c.execute(sa.update(table).where(table.c.id.in_([row[0] for row in rows]))
+                          .values(stop_requested_at=dialect.now()))
+            live = sum(row[1] for row in rows)
+            return live, len(rows) - live
 
         return self.store.transaction(work)
 
