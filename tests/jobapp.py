@@ -118,6 +118,32 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
         while True:
             pass
 
+    @app.job(name="spawner", tries=1, timeout=1)
+    def spawner(key: str) -> None:
+        """Starts a program that would outlive it, and notes its pid and which
+        signals it ignores; then hangs until its timeout."""
+        import subprocess
+
+        program = subprocess.Popen(["sh", "-c", "grep SigIgn /proc/self/status; exec sleep 300"],
+                                   stdout=subprocess.PIPE, text=True)
+        assert program.stdout is not None
+        ignored = int(program.stdout.readline().split()[1], 16)
+        note(key, "spawned", n=program.pid, detail=f"{ignored:x}")
+        time.sleep(300)
+
+    @app.job(name="forker", tries=1, timeout=30)
+    def forker() -> None:
+        """Forks without exec: the copy returns from the job, as the job does,
+        into the child's loop; the job waits for the copy to end."""
+        copy = os.fork()
+        if copy:
+            os.waitpid(copy, 0)
+            note("forker", "waited")
+
+    @app.job(name="wordy_error", tries=1)
+    def wordy_error() -> None:
+        raise ValueError("z" * 3_000_000)  # as long as a response body put in a message
+
     @app.job(name="block", timeout=1)
     def block() -> None:
         time.sleep(60)

@@ -63,3 +63,25 @@ def test_a_run_of_done_bytes_reads_as_that_many_answers_in_order() -> None:
     end.send(failed)
     end.send_bytes(DONE_FRAME)
     assert child.messages() == [DONE, DONE, DONE, failed, DONE]
+
+
+def test_a_large_answer_in_many_reads_is_read_whole_with_what_follows_it() -> None:
+    """A chain step's result of megabytes comes in a hundred reads and more:
+    each is appended to what came before (copying it all at every read took
+    minutes for 200 MB, while no timeout was enforced)."""
+    import threading
+
+    child, end = _pipe()
+    large = Finished("done", result='"' + "r" * 6_000_000 + '"')
+    failed = Finished("error", message="after it")
+    writer = threading.Thread(target=lambda: (end.send(large), end.send(failed),
+                                              end.send_bytes(DONE_FRAME)), daemon=True)
+    writer.start()
+    read: list[Any] = []
+    reads = 0
+    while len(read) < 3:
+        read += child.messages()
+        reads += 1
+    writer.join(60)
+    assert read == [large, failed, DONE]
+    assert reads > 50 and not child.unread

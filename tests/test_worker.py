@@ -564,3 +564,58 @@ def test_ctrl_c_while_the_worker_starts_prints_one_line(jobs, tmp_path, schema):
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 1
     assert output.strip() == "Aborted!"
+
+
+def test_a_timeout_kills_the_programs_the_job_started_which_heed_sigterm(jobs, workers):
+    """A job's child process has a process group of its own, which the
+    programs it starts join: its timeout kills them with it. And they do not
+    inherit the child's way of ignoring SIGTERM and SIGINT (SIG_IGN survives
+    exec): a job could not even terminate them itself."""
+    jobs.spawner.dispatch("spawned")
+    result = workers.run("--stop-when-empty", *FAST)
+    assert result.returncode == 0, result.stdout
+    [row] = rows(jobs.app, jobs.effects, jobs.effects.c.tag == "spawned")
+    sigint, sigterm = 1 << (signal.SIGINT - 1), 1 << (signal.SIGTERM - 1)
+    assert int(row.detail, 16) & (sigint | sigterm) == 0, row.detail
+    wait_until(lambda: _ended(row.n), what="the program's end")
+    assert [(r.job, r.exception_class) for r in failed_rows(jobs)] == [
+        ("spawner", "dbqueue.JobTimeout")]
+
+
+def _ended(pid: int) -> bool:
+    """Whether process ``pid`` is gone, or a zombie nobody has reaped yet."""
+    try:
+        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+
+
+def test_a_copy_a_job_forked_never_takes_the_childs_next_task(jobs, workers):
+    """A job that forks without exec: its copy returns into the child's loop.
+    It must exit there, not answer for the child or read its pipe: the job
+    waits for it, and would wait for ever (to its timeout)."""
+    jobs.forker.dispatch()
+    for n in range(3):
+        jobs.record.dispatch(n)
+    result = workers.run("--stop-when-empty", "-c", "1", *FAST)
+    assert result.returncode == 0, result.stdout
+    assert failed_rows(jobs) == []
+    effects = rows(jobs.app, jobs.effects)
+    assert sorted((r.tag, r.n) for r in effects) == [
+        ("forker", None), ("record", 0), ("record", 1), ("record", 2)]
+    assert len({r.pid for r in effects}) == 1  # all in the one child, none in the copy
+
+
+def test_a_failure_of_megabytes_is_recorded_shortened(jobs, workers):
+    """A message of 3 MB went whole through the pipe and into failed_jobs: on
+    MySQL, past max_allowed_packet, that write dropped the connection, and no
+    outcome of any job could be written after it."""
+    jobs.wordy_error.dispatch()
+    jobs.record.dispatch(1)
+    result = workers.run("--stop-when-empty", *FAST)
+    assert result.returncode == 0, result.stdout
+    [row] = failed_rows(jobs)
+    assert row.exception_message == "z" * 10_000 + "… [2,990,000 more characters cut]"
+    assert len(row.exception) < 110_000 and "characters cut] …" in row.exception
+    assert row.exception.startswith("Traceback") and row.exception.rstrip().endswith("zzz")
+    assert count(jobs.app, jobs.effects, jobs.effects.c.n == 1) == 1

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ..policy.texts import shortened_message, shortened_traceback
 from . import flows
 from .dialects import ReservedRow
 from .flows import FlowEnd
@@ -182,7 +183,8 @@ def _fail(store: Leases, c: Connection, failed: FailedRun, batch_id: object) -> 
         uuid=row_uuid, job_id=row.id, queue=row.queue, job=row.job,
         priority=row.priority, payload=row.payload, attempts=_attempts(failed.attempts),
         exception_class=_text(failure.exception_class)[:255],
-        exception_message=_text(failure.message), exception=_text(failure.traceback),
+        exception_message=_text(shortened_message(failure.message)),
+        exception=_text(shortened_traceback(failure.traceback)),
         failed_at=store.dialect.now(), worker=failed.worker[:255],
         batch_id=batch_id if isinstance(batch_id, str) else None,
     ))

@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .. import serializer
+from ..policy.texts import shortened_message
 from .values import NewJob, _text
 
 if TYPE_CHECKING:
@@ -152,7 +153,7 @@ def _failure(end: FlowEnd, failed_as: dict[int, str]) -> dict[str, Any]:
     exception_class, message = end.failure or ("", "")
     # As failed_jobs keeps them: no database takes a lone surrogate, say.
     return {"job_id": end.job_id, "failed_job": failed_as.get(end.job_id),
-            "exception_class": _text(exception_class), "message": _text(message)}
+            "exception_class": _text(exception_class), "message": _text(shortened_message(message))}
 
 
 def _chain_moves(end: FlowEnd, cancelled: set[str], failed_as: dict[int, str]) -> list[NewJob]:

@@ -28,6 +28,7 @@ from .. import serializer
 from ..current import running
 from ..errors import Fail, Release, SerializationError, is_permanent
 from ..middleware import JobContext, run_with
+from ..policy.texts import shortened_message, shortened_traceback
 from .clock import passed
 from .commits import Commits
 from .messages import (
@@ -84,8 +85,7 @@ def run_job(app: Any, task: RunJob, commits: Commits) -> Finished:
         return Finished("permanent", exception_class="dbqueue.SerializationError",
                         message=f"job {task.job_id} ({task.name!r}) cannot be decoded: {exc}")
     except Exception as exc:  # an unknown job or bad arguments: retrying cannot help
-        return Finished("permanent", exception_class=class_name(exc),
-                        message=str(exc), traceback=traceback.format_exc())
+        return _finished("permanent", exc)
 
     returned: list[Any] = []
 
@@ -140,11 +140,17 @@ def _failed(exc: BaseException, dont_retry: tuple[type[BaseException], ...]) -> 
         return Finished("release", delay=exc.delay, message=exc.reason,
                         held_back=exc.held_back)
     if isinstance(exc, Fail):
-        return Finished("fail", exception_class=class_name(exc),
-                        message=exc.reason, traceback=traceback.format_exc())
-    kind = "permanent" if isinstance(exc, dont_retry) or is_permanent(exc) else "error"
-    return Finished(kind, exception_class=class_name(exc), message=str(exc),
-                    traceback=traceback.format_exc())
+        return _finished("fail", exc, exc.reason)
+    return _finished("permanent" if isinstance(exc, dont_retry) or is_permanent(exc)
+                     else "error", exc)
+
+
+def _finished(kind: str, exc: BaseException, message: str | None = None) -> Finished:
+    """A failed task's answer: ``exc``, with its message and the traceback
+    being handled, both shortened (see policy.texts)."""
+    return Finished(kind, exception_class=class_name(exc),
+                    message=shortened_message(str(exc) if message is None else message),
+                    traceback=shortened_traceback(traceback.format_exc()))
 
 
 def run_hook(app: Any, task: RunHook) -> Finished:
@@ -153,8 +159,7 @@ def run_hook(app: Any, task: RunHook) -> Finished:
         if hook is not None:
             hook(task.failure)
     except BaseException as exc:
-        return Finished("error", exception_class=class_name(exc), message=str(exc),
-                        traceback=traceback.format_exc())
+        return _finished("error", exc)
     return Finished("done")
 
 
@@ -200,6 +205,10 @@ def _read(conn: Connection, inbox: deque[Any]) -> None:
         inbox.append(from_wire(message))
 
 
+def _ignore(_signum: int, _frame: Any) -> None:
+    """A stop signal meant for the supervisor (see child_main)."""
+
+
 def _in_fork_server_child() -> bool:
     """False when the fork server died before this child asked to die with its
     parent: then so did the supervisor, and this child must not run."""
@@ -212,12 +221,19 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
     """Entry point of a child process; ``stamp_cells``: see worker.stamps;
     ``halt``: one shared byte, set once the supervisor has sent Halt."""
     # Ctrl-C and systemd's SIGTERM reach the whole process group: the children
-    # ignore them, and the supervisor decides when a running job must die.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # ignore them, and the supervisor decides when a running job must die. By
+    # a handler that does nothing, not SIG_IGN, which the programs a job runs
+    # would inherit: they could not be stopped by SIGTERM, even by the job.
+    signal.signal(signal.SIGINT, _ignore)
+    signal.signal(signal.SIGTERM, _ignore)
+    # A process group of its own, which the processes its jobs start join:
+    # when the supervisor kills it (a timeout), it kills them too.
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
     die_with_parent()
     if not _in_fork_server_child():
         return
+    pid = os.getpid()
     from ..loader import load_app
 
     app = load_app(app_reference)
@@ -250,7 +266,7 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
                 # task's, and its timeout kills it.
                 stamp.begin(time.monotonic())
             commits.before_running(task, inbox, replies)
-            answer = _run(app, task, commits, measure_memory)
+            answer = _run(app, task, commits, measure_memory, pid)
             if answer == DONE:
                 replies.done(inbox[0] if inbox else None)
             else:
@@ -265,9 +281,12 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
         commits.close()
 
 
-def _run(app: Any, task: RunJob | RunHook, commits: Commits, measure_memory: bool) -> Finished:
+def _run(app: Any, task: RunJob | RunHook, commits: Commits, measure_memory: bool,
+         pid: int) -> Finished:
     started = time.monotonic()
     answer = run_job(app, task, commits) if isinstance(task, RunJob) else run_hook(app, task)
+    if os.getpid() != pid:  # a copy of this process the job forked (no exec) ended here:
+        os._exit(0)  # the pipe and the connections are this child's, never the copy's
     commits.after_running(task, time.monotonic() - started)
     if measure_memory:
         answer = answer._replace(rss_mb=_rss_mb())

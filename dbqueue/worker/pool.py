@@ -231,7 +231,7 @@ class Pool:
     def kill(self, child: Child) -> Ended:
         """Kill a child and start a replacement; what it said before it died,
         and what became of its tasks (one death, in ``died``)."""
-        child.process.kill()
+        kill(child)
         ended = Ended()
         self._replace(child, ended)
         return ended
@@ -242,7 +242,7 @@ class Pool:
         child.post(None)  # idle: it reads its pipe
         child.process.join(5)
         if child.process.is_alive():
-            child.process.kill()
+            kill(child)
         self._replace(child, Ended())
 
     def _replace(self, child: Child, ended: Ended) -> None:
@@ -292,7 +292,7 @@ class Pool:
         for child in self.children:
             child.process.join(max(0.0, deadline - time.monotonic()))
             if child.process.is_alive():
-                child.process.kill()
+                kill(child)
                 child.process.join(1)
             child.conn.close()
         self.children = []
@@ -310,6 +310,19 @@ class Pool:
                 return
             for fd, _ in poller.poll(math.ceil(left * 1000)):
                 waiting[fd].flush()
+
+
+def kill(child: Child) -> None:
+    """Kill ``child`` and the processes its jobs started (its process group,
+    see child.child_main): a job killed for its timeout must not leave a
+    ``subprocess`` of its running."""
+    pid = child.process.pid
+    try:
+        if pid is None or os.getpgid(pid) != pid:  # not its own group (yet): itself only
+            raise ProcessLookupError
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        child.process.kill()
 
 
 def _take_back(child: Child, job_ids: set[int]) -> list[Task]:
