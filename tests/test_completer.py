@@ -197,7 +197,8 @@ def test_a_job_another_worker_took_is_left_alone(app, caplog):
     completer.add(Completed(entry))
     with caplog.at_level(logging.WARNING, "dbqueue.worker"):
         assert flushed(completer) == [entry]
-    assert "1 completed job(s) had lost their lease" in caplog.text
+    assert (f"1 completed job(s) had lost their lease to another worker; not recorded "
+            f"here: {entry.id}") in caplog.text
     assert jobs_left(app) == 1
 
 

@@ -298,12 +298,13 @@ class BatchCompleter:
         self.retry_at = now + self.health.failed("record job outcomes", exc, began=began)
 
     def _written(self, records: Sequence[Record], recorded: set[int]) -> list[Entry]:
-        finished, lost = [], 0
+        finished, lost = [], []
         debug = log.isEnabledFor(logging.DEBUG)
         for record in records:
             if type(record) is Completed and not debug:  # the common case, quickly
                 finished.append(record.entry)
-                lost += record.entry.id not in recorded
+                if record.entry.id not in recorded:
+                    lost.append(record.entry.id)
                 if record.entry.payload is not None and record.entry.payload.flow:
                     self._requeued = True
                 continue
@@ -319,9 +320,13 @@ class BatchCompleter:
                 if record.entry.id in recorded:
                     _log(record)
                 elif isinstance(record, Completed):
-                    lost += 1
+                    lost.append(record.entry.id)
         if lost:
-            log.warning("%d completed job(s) had lost their lease to another worker", lost)
+            # Another worker took them when their leases ran out (this one was
+            # stopped, cut off): it may have run them again, or failed them.
+            log.warning("%d completed job(s) had lost their lease to another worker; not "
+                        "recorded here: %s", len(lost), ", ".join(map(str, lost[:20]))
+                        + (", ..." if len(lost) > 20 else ""))
         return finished
 
 
