@@ -78,3 +78,19 @@ def test_a_reserved_job_past_its_tries_or_deadline_is_refused():
     assert "tries=2" in refuse_attempt(3, Rules(tries=2), NOW)
     assert refuse_attempt(1, Rules(tries=None, deadline=NOW - timedelta(seconds=1)), NOW)
     assert refuse_attempt(50, Rules(tries=None), NOW) is None
+
+
+def test_a_failure_text_is_cut_once_and_says_how_much() -> None:
+    """The child cuts a message, the worker adds why it is not retried, and the
+    store cuts what reaches it: a message cut once is not cut again."""
+    from dbqueue.policy.texts import shortened_message, shortened_traceback
+
+    cut = shortened_message("z" * 3_000_000)
+    assert cut == "z" * 10_000 + "… [2,990,000 more characters cut]"
+    reasoned = cut + " (no retry after retry_until (3,600 s after dispatch))"
+    assert shortened_message(reasoned) == reasoned
+    assert shortened_message("é" * 20_000).endswith("é… [10,000 more characters cut]")
+    traceback = shortened_traceback("T" + "x" * 300_000 + "E")
+    assert traceback.startswith("Tx") and traceback.endswith("xE")
+    assert "\n… [200,002 characters cut] …\n" in traceback
+    assert shortened_traceback(traceback) == traceback

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 MESSAGE_CHARACTERS = 10_000
 TRACEBACK_CHARACTERS = 100_000
-_SAYING_SO = 64
-"""Room for the note of what was cut: a text shortened once is not cut again
-(the child shortens, and the store, which takes failures from elsewhere too)."""
+_SAYING_SO = 1_000
+"""Room for the note of what was cut, and for what the worker adds to a message
+(why it is not retried): a text shortened once is not cut again (the child
+shortens, and the store, which takes failures from elsewhere too)."""
 
 
 def shortened_message(text: str) -> str:

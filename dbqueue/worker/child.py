@@ -71,6 +71,17 @@ def die_with_parent() -> None:
 
 
 EXPIRED = Finished("expired")
+_PID: int | None = None
+"""This child's pid (see _exit_if_a_copy)."""
+
+
+def _exit_if_a_copy() -> None:
+    """A job that forks without exec: its copy of this process comes back from
+    the job function too. It exits there, before anything of the child's runs
+    in it (middleware, the idempotent job's commit on the child's connection,
+    the answer in the supervisor's pipe, the next task)."""
+    if _PID is not None and os.getpid() != _PID:
+        os._exit(0)
 
 
 def run_job(app: Any, task: RunJob, commits: Commits) -> Finished:
@@ -90,11 +101,14 @@ def run_job(app: Any, task: RunJob, commits: Commits) -> Finished:
     returned: list[Any] = []
 
     def body() -> Any:
-        result = job.func(*args, **kwargs)
-        if inspect.iscoroutine(result):  # an `async def` job: on an event loop of its own
-            import asyncio
+        try:
+            result = job.func(*args, **kwargs)
+            if inspect.iscoroutine(result):  # an `async def` job: on an event loop of its own
+                import asyncio
 
-            result = asyncio.run(result)
+                result = asyncio.run(result)
+        finally:
+            _exit_if_a_copy()
         returned.append(result)
         return result
 
@@ -205,10 +219,6 @@ def _read(conn: Connection, inbox: deque[Any]) -> None:
         inbox.append(from_wire(message))
 
 
-def _ignore(_signum: int, _frame: Any) -> None:
-    """A stop signal meant for the supervisor (see child_main)."""
-
-
 def _in_fork_server_child() -> bool:
     """False when the fork server died before this child asked to die with its
     parent: then so did the supervisor, and this child must not run."""
@@ -220,20 +230,19 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
                stamp_cells: Any = None, halt: Any = None) -> None:
     """Entry point of a child process; ``stamp_cells``: see worker.stamps;
     ``halt``: one shared byte, set once the supervisor has sent Halt."""
-    # Ctrl-C and systemd's SIGTERM reach the whole process group: the children
-    # ignore them, and the supervisor decides when a running job must die. By
-    # a handler that does nothing, not SIG_IGN, which the programs a job runs
-    # would inherit: they could not be stopped by SIGTERM, even by the job.
-    signal.signal(signal.SIGINT, _ignore)
-    signal.signal(signal.SIGTERM, _ignore)
-    # A process group of its own, which the processes its jobs start join:
-    # when the supervisor kills it (a timeout), it kills them too.
-    with contextlib.suppress(OSError):
-        os.setpgid(0, 0)
+    # Ctrl-C and systemd's SIGTERM reach the whole process group (systemd's:
+    # the whole service): the children ignore them, and the supervisor decides
+    # when a running job must die. The programs a job runs inherit that (an
+    # ignored signal stays ignored across exec), so that they too finish
+    # within the grace period; a timeout kills them with the child (see
+    # pool.kill).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     die_with_parent()
     if not _in_fork_server_child():
         return
-    pid = os.getpid()
+    global _PID
+    _PID = os.getpid()
     from ..loader import load_app
 
     app = load_app(app_reference)
@@ -266,7 +275,7 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
                 # task's, and its timeout kills it.
                 stamp.begin(time.monotonic())
             commits.before_running(task, inbox, replies)
-            answer = _run(app, task, commits, measure_memory, pid)
+            answer = _run(app, task, commits, measure_memory)
             if answer == DONE:
                 replies.done(inbox[0] if inbox else None)
             else:
@@ -281,12 +290,9 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
         commits.close()
 
 
-def _run(app: Any, task: RunJob | RunHook, commits: Commits, measure_memory: bool,
-         pid: int) -> Finished:
+def _run(app: Any, task: RunJob | RunHook, commits: Commits, measure_memory: bool) -> Finished:
     started = time.monotonic()
     answer = run_job(app, task, commits) if isinstance(task, RunJob) else run_hook(app, task)
-    if os.getpid() != pid:  # a copy of this process the job forked (no exec) ended here:
-        os._exit(0)  # the pipe and the connections are this child's, never the copy's
     commits.after_running(task, time.monotonic() - started)
     if measure_memory:
         answer = answer._replace(rss_mb=_rss_mb())

@@ -313,16 +313,40 @@ class Pool:
 
 
 def kill(child: Child) -> None:
-    """Kill ``child`` and the processes its jobs started (its process group,
-    see child.child_main): a job killed for its timeout must not leave a
-    ``subprocess`` of its running."""
+    """Kill ``child`` and the programs its jobs started, which would outlive
+    it (they ignore SIGTERM, as the child does: see child.child_main). Those
+    still its descendants, listed before it dies: then they are the init
+    process's children."""
     pid = child.process.pid
+    started = descendants(pid) if pid is not None else []
+    child.process.kill()
+    for each in started:
+        with contextlib.suppress(OSError):  # gone already
+            os.kill(each, signal.SIGKILL)
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes descended from ``pid`` (Linux's /proc; none elsewhere)."""
+    children: dict[int, list[int]] = {}
     try:
-        if pid is None or os.getpgid(pid) != pid:  # not its own group (yet): itself only
-            raise ProcessLookupError
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        child.process.kill()
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in names:
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as stat:
+                    # After the command's closing parenthesis: state, then ppid.
+                    parent = int(stat.read().rpartition(b")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue  # ended meanwhile
+            children.setdefault(parent, []).append(int(name))
+    found, waiting = [], list(children.get(pid, []))
+    while waiting:
+        each = waiting.pop()
+        found.append(each)
+        waiting += children.get(each, [])
+    return found
 
 
 def _take_back(child: Child, job_ids: set[int]) -> list[Task]:
