@@ -137,6 +137,13 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
             os.waitpid(copy, 0)
             note("forker", "waited")
 
+    @app.job(name="lingering")
+    def lingering() -> None:
+        """Leaves a thread running, which Python waits for when the child exits."""
+        import threading
+
+        threading.Thread(target=time.sleep, args=(300,), name="left-running").start()
+
     @app.job(name="wordy_error", tries=1)
     def wordy_error() -> None:
         raise ValueError("z" * 3_000_000)  # as long as a response body put in a message

@@ -615,3 +615,12 @@ def test_a_failure_of_megabytes_is_recorded_shortened(jobs, workers):
     assert len(row.exception) < 110_000 and "characters cut] …" in row.exception
     assert row.exception.startswith("Traceback") and row.exception.rstrip().endswith("zzz")
     assert count(jobs.app, jobs.effects, jobs.effects.c.n == 1) == 1
+
+
+def test_a_child_a_job_left_a_thread_in_is_killed_at_the_stop_and_said_so(jobs, workers):
+    jobs.lingering.dispatch()
+    result = workers.run("--stop-when-empty", *FAST)
+    assert result.returncode == 0, result.stdout
+    assert "did not exit within 5 s of being told to (a thread a job left running?)" in (
+        result.stdout)
+    assert failed_rows(jobs) == [] and job_rows(jobs) == []

@@ -292,6 +292,10 @@ class Pool:
         for child in self.children:
             child.process.join(max(0.0, deadline - time.monotonic()))
             if child.process.is_alive():
+                # Its tasks are over: most likely a thread a job started and
+                # left running, which Python waits for at exit.
+                log.warning("a child process did not exit within 5 s of being told to (a "
+                            "thread a job left running?); killing it")
                 kill(child)
                 child.process.join(1)
             child.conn.close()
