@@ -137,6 +137,16 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
             os.waitpid(copy, 0)
             note("forker", "waited")
 
+    def forking_hook(failure: Any) -> None:
+        copy = os.fork()  # without exec: the copy returns from the hook too
+        if copy:
+            os.waitpid(copy, 0)
+            note("forking_hook", "waited")
+
+    @app.job(name="fork_hooked", tries=1, on_failure=forking_hook)
+    def fork_hooked() -> None:
+        raise ValueError("its hook forks")
+
     @app.job(name="lingering")
     def lingering() -> None:
         """Leaves a thread running, which Python waits for when the child exits."""

@@ -6,6 +6,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+import dbqueue
 from tests.conftest import count, rows, stopped_while_running, wait_until
 
 FAST = ("--sleep", "0.1")
@@ -265,3 +266,57 @@ def test_an_expired_key_is_freed_though_a_worker_holds_its_row_a_moment(jobs, sc
     assert fresh is not None
     assert [(r.id, r.unique_key) for r in queued(jobs)] == [(holder, None),
                                                              (fresh, "unique_invoice:42")]
+
+
+def _expired_holder(jobs, invoice: int) -> int:
+    table, dialect = jobs.app.store.tables.jobs, jobs.app.store.dialect
+    holder = jobs.unique_invoice.dispatch(invoice)
+    with jobs.app.engine.begin() as c:
+        c.execute(sa.update(table).where(table.c.id == holder)
+                  .values(unique_expires_at=dialect.now_plus(-1)))
+    return holder
+
+
+def test_with_a_pool_of_one_connection_an_expired_key_is_freed_in_the_callers_transaction(
+        jobs, schema):
+    """A StaticPool hands everyone its one connection: a transaction of
+    dbqueue's own to free the key would be the caller's, and its commit
+    commit the caller's work."""
+    if schema.startswith("sqlite"):
+        pytest.skip("SQLite frees in the caller's transaction whatever the pool")
+    _expired_holder(jobs, 51)
+    engine = sa.create_engine(jobs.app.engine.url, poolclass=sa.pool.StaticPool)
+    app = dbqueue.App(engine, table_prefix=jobs.app.settings.table_prefix)
+    job = app.job(name="unique_invoice", unique_key=lambda invoice_id: str(invoice_id),
+                  unique_for=3600)(lambda invoice_id: None)
+    try:
+        with Session(engine) as session:
+            session.execute(jobs.effects.insert().values(tag="caller", event="x", pid=1,
+                                                         at=jobs.app.store.now()))
+            assert job.options(connection=session).dispatch(51) is not None
+            session.rollback()
+    finally:
+        app.dispose()
+        engine.dispose()
+    assert count(jobs.app, jobs.effects, jobs.effects.c.tag == "caller") == 0
+    assert [r.unique_key for r in queued(jobs)] == ["unique_invoice:51"]  # as it was
+
+
+def test_an_expired_key_that_cannot_be_freed_for_want_of_a_connection_is_an_error(
+        jobs, schema):
+    """Not a silent None ("taken"), which would drop the job: the App's pool
+    had no connection to spare for the transaction that frees the key."""
+    if schema.startswith("sqlite"):
+        pytest.skip("SQLite frees in the caller's transaction")
+    _expired_holder(jobs, 52)
+    engine = sa.create_engine(jobs.app.engine.url, pool_size=1, max_overflow=0,
+                              pool_timeout=0.5)
+    app = dbqueue.App(engine, table_prefix=jobs.app.settings.table_prefix)
+    job = app.job(name="unique_invoice", unique_key=lambda invoice_id: str(invoice_id),
+                  unique_for=3600)(lambda invoice_id: None)
+    try:
+        with Session(engine) as session, pytest.raises(dbqueue.DatabaseUnavailable):
+            job.options(connection=session).dispatch(52)
+    finally:
+        app.dispose()
+        engine.dispose()

@@ -602,6 +602,18 @@ def test_a_copy_a_job_forked_never_takes_the_childs_next_task(jobs, workers):
     assert len({r.pid for r in effects}) == 1  # all in the one child, none in the copy
 
 
+def test_a_copy_a_failure_hook_forked_never_takes_the_childs_next_task(jobs, workers):
+    jobs.fork_hooked.dispatch()
+    for n in range(3):
+        jobs.record.dispatch(n)
+    result = workers.run("--stop-when-empty", "-c", "1", *FAST)
+    assert result.returncode == 0, result.stdout
+    effects = rows(jobs.app, jobs.effects)
+    assert sorted((r.tag, r.n) for r in effects) == [
+        ("forking_hook", None), ("record", 0), ("record", 1), ("record", 2)]
+    assert len({r.pid for r in effects}) == 1  # all in the one child, none in the copy
+
+
 def test_a_failure_of_megabytes_is_recorded_shortened(jobs, workers):
     """A message of 3 MB went whole through the pipe and into failed_jobs: on
     MySQL, past max_allowed_packet, that write dropped the connection, and no

@@ -48,8 +48,10 @@ def set_isolation(connection: Connection, level: str) -> None:
     try:
         connection.execution_options(isolation_level=level)
     except connection.dialect.loaded_dbapi.Error as exc:
-        with contextlib.suppress(Exception):
-            connection.invalidate()
+        dbapi_connection = connection.connection.dbapi_connection
+        if connection.dialect.is_disconnect(exc, dbapi_connection, None):
+            with contextlib.suppress(Exception):  # the server ended it: not for reuse
+                connection.invalidate()
         connection.close()
         raise DBAPIError.instance(None, None, exc, connection.dialect.loaded_dbapi.Error,
                                   connection_invalidated=True) from None

@@ -16,7 +16,13 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from ..errors import ConfigurationError, DatabaseError, DBQueueError, NotMigrated
+from ..errors import (
+    ConfigurationError,
+    DatabaseError,
+    DatabaseUnavailable,
+    DBQueueError,
+    NotMigrated,
+)
 from .dialects import READ_ONLY, Dialect, dialect_for
 from .engine import (
     DRIVER_ERRORS,
@@ -153,7 +159,15 @@ class Transactions:
                     and self._has_jobs()):
                 raise NotMigrated(_elsewhere(engine, self.engine, self.prefix)) from exc
             error = translate(engine, exc, self.prefix)
-            if getattr(exc, "connection_invalidated", False) and type(error) is DatabaseError:
+            if isinstance(exc, sa.exc.DBAPIError) and dialect_for(engine.dialect).is_retryable(exc):
+                # Not the server's absence: the caller's transaction collided
+                # with another, and only the caller can run it again.
+                error = DatabaseUnavailable(
+                    f"the transaction of the connection= given collided with another (a "
+                    f"deadlock, a lock wait, or at REPEATABLE READ or SERIALIZABLE a change "
+                    f"committed since it began): roll it back and run it again "
+                    f"({first_line(exc.orig or exc)})")
+            elif getattr(exc, "connection_invalidated", False) and type(error) is DatabaseError:
                 # A refusal after which the server closed the connection (MySQL's
                 # packet limit): the caller's transaction went with it.
                 error = DatabaseError(f"{error}; the server closed the connection, and the "

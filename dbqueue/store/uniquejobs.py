@@ -13,8 +13,9 @@ dispatches then deadlocked, which rolls back the caller's whole transaction).
 So there the holder is first looked up with a plain read, which locks
 nothing, and only an expired one is freed, in a short transaction of
 dbqueue's own (a second connection from the App's pool, then). SQLite has
-one writer at a time, whose transaction the caller's already is: freed
-there, as in dbqueue's own.
+one writer at a time, whose transaction the caller's already is, and a pool
+of one connection (StaticPool) would give dbqueue the caller's own: in both,
+freed in the caller's transaction, as in dbqueue's own.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy import pool
+from sqlalchemy.engine import Connection, Engine
 
 from ..errors import DBQueueError
 from .values import NewJob
@@ -42,7 +44,7 @@ def push_unique(store: Dispatch, c: Connection, job: NewJob, *, callers: bool) -
     """Insert ``job``, whose unique_key is set, on ``c``; its id, or None if its
     key is taken. ``callers``: ``c`` is in the caller's transaction."""
     jobs, dialect = store.tables.jobs, store.dialect
-    if dialect.embedded or not callers:
+    if dialect.embedded or not callers or _one_connection(store.engine):
         c.execute(sa.update(jobs)
                   .where(jobs.c.unique_key == job.unique_key,
                          jobs.c.unique_expires_at <= dialect.now())
@@ -101,4 +103,18 @@ def _free(store: Dispatch, holder_id: int, key: str | None) -> None:
     try:
         store.transaction(free)
     except DBQueueError as exc:
-        log.debug("could not free the expired unique key %r of job %d: %s", key, holder_id, exc)
+        cause = exc.__cause__
+        if not (isinstance(cause, sa.exc.DBAPIError) and dialect.is_retryable(cause)):
+            raise  # not a lock that would not pass (no connection to be had, say)
+        log.warning("the unique key %r of job %d has expired, but its row stays locked (by "
+                    "the transaction dispatching, perhaps): the key counts as taken", key,
+                    holder_id)
+
+
+def _one_connection(engine: Engine) -> bool:
+    """Whether ``engine``'s pool holds one connection for all (StaticPool and
+    its kin): a transaction of dbqueue's own would be the caller's."""
+    return isinstance(engine.pool, _ONE_CONNECTION)
+
+
+_ONE_CONNECTION = (pool.StaticPool, pool.SingletonThreadPool, pool.AssertionPool)

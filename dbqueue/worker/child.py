@@ -293,6 +293,7 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
 def _run(app: Any, task: RunJob | RunHook, commits: Commits, measure_memory: bool) -> Finished:
     started = time.monotonic()
     answer = run_job(app, task, commits) if isinstance(task, RunJob) else run_hook(app, task)
+    _exit_if_a_copy()  # (a failure hook's copy: a job's exits in its body)
     commits.after_running(task, time.monotonic() - started)
     if measure_memory:
         answer = answer._replace(rss_mb=_rss_mb())

@@ -317,39 +317,62 @@ class Pool:
 
 
 def kill(child: Child) -> None:
-    """Kill ``child`` and the programs its jobs started, which would outlive
-    it (they ignore SIGTERM, as the child does: see child.child_main). Those
-    still its descendants, listed before it dies: then they are the init
-    process's children."""
+    """Kill ``child`` and the programs its jobs started that are still its
+    descendants, which would outlive it (they ignore SIGTERM, as the child
+    does: see child.child_main). Each is stopped as it is found, so that none
+    starts another meanwhile; then all are killed, the child last, so that no
+    pid listed is reused before its kill. (A program that detached itself, as
+    a daemon does, is the init process's and escapes.)"""
     pid = child.process.pid
-    started = descendants(pid) if pid is not None else []
-    child.process.kill()
-    for each in started:
+    found: list[int] = []
+    if pid is not None:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGSTOP)
+        waiting = [pid]
+        while waiting:
+            for each in children_of(waiting.pop()):
+                if each not in found:
+                    with contextlib.suppress(OSError):
+                        os.kill(each, signal.SIGSTOP)
+                    found.append(each)
+                    waiting.append(each)
+    for each in reversed(found):
         with contextlib.suppress(OSError):  # gone already
             os.kill(each, signal.SIGKILL)
+    child.process.kill()
 
 
-def descendants(pid: int) -> list[int]:
-    """The processes descended from ``pid`` (Linux's /proc; none elsewhere)."""
-    children: dict[int, list[int]] = {}
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux; none elsewhere): from the
+    kernel's list of each of its threads' children, or else by reading every
+    process's parent."""
     try:
-        names = os.listdir("/proc")
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return []
-    for name in names:
+    found: list[int] = []
+    try:
+        for task in tasks:
+            with open(f"/proc/{pid}/task/{task}/children", "rb") as listed:
+                found += map(int, listed.read().split())
+    except FileNotFoundError:  # a kernel without the list (or the thread ended)
+        return _children_by_scan(pid)
+    except OSError:
+        return found
+    return found
+
+
+def _children_by_scan(pid: int) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
         if name.isdigit():
             try:
                 with open(f"/proc/{name}/stat", "rb") as stat:
                     # After the command's closing parenthesis: state, then ppid.
-                    parent = int(stat.read().rpartition(b")")[2].split()[1])
+                    if int(stat.read().rpartition(b")")[2].split()[1]) == pid:
+                        found.append(int(name))
             except (OSError, ValueError, IndexError):
                 continue  # ended meanwhile
-            children.setdefault(parent, []).append(int(name))
-    found, waiting = [], list(children.get(pid, []))
-    while waiting:
-        each = waiting.pop()
-        found.append(each)
-        waiting += children.get(each, [])
     return found
 
 
