@@ -73,9 +73,8 @@ class Dispatch(Transactions):
                 params = _params(job)
                 return self._retrying(lambda: fast(params))
             return self.transaction(lambda c: self.insert_job(c, job), single_statement=True)
-        if connection is None:
-            return self.transaction(lambda c: self.insert_job(c, job))
-        return self.within(connection, lambda c: self.insert_job(c, job, callers=True))
+        callers = connection is not None
+        return self.within(connection, lambda c: self.insert_job(c, job, callers=callers))
 
     def insert_job(self, c: Connection, job: NewJob, *, callers: bool = False) -> int | None:
         """push's work, in a transaction of the store's own that is open on ``c``
@@ -84,13 +83,10 @@ class Dispatch(Transactions):
         if long := _long([job]):
             self._check_sizes(c, long)
         if job.unique_key is not None:
-            return self._push_unique(c, job, callers=callers)
+            return push_unique(self, c, job, callers=callers)
         key = c.execute(self._insert_one(), _params(job)).inserted_primary_key
         assert key is not None
         return int(key[0])
-
-    def _push_unique(self, c: Connection, job: NewJob, *, callers: bool) -> int | None:
-        return push_unique(self, c, job, callers=callers)
 
     def push_many(self, jobs: Sequence[NewJob], connection: Executor | None = None) -> int:
         """Insert many jobs with multi-row INSERTs; return how many were inserted.
@@ -104,9 +100,8 @@ class Dispatch(Transactions):
             if connection is not None:
                 self.callers(connection)  # a wrong one is refused all the same
             return 0
-        if connection is None:
-            return self.transaction(lambda c: self.insert_jobs(c, jobs))
-        return self.within(connection, lambda c: self.insert_jobs(c, jobs, callers=True))
+        callers = connection is not None
+        return self.within(connection, lambda c: self.insert_jobs(c, jobs, callers=callers))
 
     def _check_sizes(self, c: Connection, long: Sequence[NewJob]) -> None:
         """Refuse a job of ``long`` (see _long) whose INSERT the server ``c``
@@ -138,7 +133,7 @@ class Dispatch(Transactions):
             self._check_sizes(c, long)
         unique = [j for j in jobs if j.unique_key is not None]
         plain = [j for j in jobs if j.unique_key is None]
-        pushed = sum(self._push_unique(c, j, callers=callers) is not None for j in unique)
+        pushed = sum(push_unique(self, c, j, callers=callers) is not None for j in unique)
         if not plain:
             return pushed
         now = c.execute(sa.select(self._now())).scalar_one()

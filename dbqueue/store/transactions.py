@@ -24,14 +24,7 @@ from ..errors import (
     NotMigrated,
 )
 from .dialects import READ_ONLY, Dialect, dialect_for
-from .engine import (
-    DRIVER_ERRORS,
-    connect,
-    describe,
-    first_line,
-    migrate_command,
-    translate,
-)
+from .engine import DRIVER_ERRORS, connect, describe, first_line, migrate_command, translate
 from .foreign import prefix_advice, table_names, taken
 from .isolation import at_isolation
 from .schema import Tables, build_tables, version_table

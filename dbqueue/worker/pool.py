@@ -231,7 +231,7 @@ class Pool:
     def kill(self, child: Child) -> Ended:
         """Kill a child and start a replacement; what it said before it died,
         and what became of its tasks (one death, in ``died``)."""
-        kill(child)
+        _kill_tree(child)
         ended = Ended()
         self._replace(child, ended)
         return ended
@@ -242,7 +242,7 @@ class Pool:
         child.post(None)  # idle: it reads its pipe
         child.process.join(5)
         if child.process.is_alive():
-            kill(child)
+            _kill_tree(child)
         self._replace(child, Ended())
 
     def _replace(self, child: Child, ended: Ended) -> None:
@@ -296,7 +296,7 @@ class Pool:
                 # left running, which Python waits for at exit.
                 log.warning("a child process did not exit within 5 s of being told to (a "
                             "thread a job left running?); killing it")
-                kill(child)
+                _kill_tree(child)
                 child.process.join(1)
             child.conn.close()
         self.children = []
@@ -316,7 +316,7 @@ class Pool:
                 waiting[fd].flush()
 
 
-def kill(child: Child) -> None:
+def _kill_tree(child: Child) -> None:
     """Kill ``child`` and the programs its jobs started that are still its
     descendants, which would outlive it (they ignore SIGTERM, as the child
     does: see child.child_main). Each is stopped as it is found, so that none
@@ -330,7 +330,7 @@ def kill(child: Child) -> None:
             os.kill(pid, signal.SIGSTOP)
         waiting = [pid]
         while waiting:
-            for each in children_of(waiting.pop()):
+            for each in _children_of(waiting.pop()):
                 if each not in found:
                     with contextlib.suppress(OSError):
                         os.kill(each, signal.SIGSTOP)
@@ -342,7 +342,7 @@ def kill(child: Child) -> None:
     child.process.kill()
 
 
-def children_of(pid: int) -> list[int]:
+def _children_of(pid: int) -> list[int]:
     """The processes whose parent is ``pid`` (Linux; none elsewhere): from the
     kernel's list of each of its threads' children, or else by reading every
     process's parent."""

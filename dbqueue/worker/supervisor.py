@@ -59,11 +59,11 @@ log = logging.getLogger("dbqueue.worker")
 class Supervisor:
     def __init__(self, app: Any, app_reference: str, options: WorkerOptions,
                  signals: StopSignals | None = None) -> None:
+        self.signals = signals or StopSignals()
+        """Installed by ``dbqueue work`` before anything else, or at ``run``."""
         # The pool starts the fork server (if `dbqueue work` has not already):
         # before the store, whose engines import the database driver, so that
         # the fork server's imports overlap that instead of following it.
-        self.signals = signals or StopSignals()
-        """Installed by ``dbqueue work`` before anything else, or at ``run``."""
         self.pool = Pool(app_reference, options.concurrency,
                          measure_memory=options.memory_mb is not None,
                          stop_requested=lambda: self.signals.received is not None)
