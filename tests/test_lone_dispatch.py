@@ -288,3 +288,17 @@ def test_dispose_gives_the_kept_connections_back(jobs, fast):
     assert pool.checkedout() == 1
     jobs.app.dispose()
     assert pool.checkedout() == 0
+
+
+def test_the_dialect_is_looked_up_once_before_the_engine_connects():
+    # An application that only dispatches outside its transactions uses the
+    # autocommit engine alone: its main engine never connects. The dialect
+    # must still be looked up once, not at every dispatch.
+    from dbqueue.store.dialects import dialect_for
+
+    postgres = sa.create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    assert postgres.dialect.server_version_info is None
+    assert dialect_for(postgres.dialect) is dialect_for(postgres.dialect)
+    # A "mysql" URL may be MariaDB: which, only the server's answer tells.
+    mysql = sa.create_engine("mysql+pymysql://nobody@127.0.0.1:1/none")
+    assert dialect_for(mysql.dialect) is not dialect_for(mysql.dialect)

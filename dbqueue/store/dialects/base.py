@@ -393,7 +393,9 @@ def dialect_for(sa_dialect: sa.Dialect) -> Dialect:
 
     dialect = registry.lookup(sa_dialect)
     # Before the first connection SQLAlchemy cannot tell MariaDB from MySQL:
-    # remember the answer only once the server has been seen.
-    if sa_dialect.server_version_info is not None:
+    # there, remember the answer only once the server has been seen. (An
+    # application that only dispatches outside its transactions never connects
+    # the main engine: without the cache each dispatch looked the dialect up.)
+    if sa_dialect.name != "mysql" or sa_dialect.server_version_info is not None:
         sa_dialect._dbqueue_dialect = dialect  # type: ignore[attr-defined]
     return dialect
