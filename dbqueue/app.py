@@ -17,6 +17,7 @@ from .errors import ConfigurationError, NotFound, UnknownJob
 from .jobs import Job, PreparedJob
 from .locks import Lock
 from .policy import Backoff
+from .policy.names import close_names, either
 from .schedule import Schedule
 from .settings import Settings
 from .store import Admin, Executor, Store, WorkerRegistry, create_engine
@@ -275,9 +276,12 @@ class App:
         try:
             return self.jobs[name]
         except KeyError:
+            close = close_names(name, list(self.jobs), dotted=True)
+            meant = f"did you mean {either(close)}? " if close else ""
             raise UnknownJob(
-                f"no job named {name!r} is registered in this app; "
+                f"no job named {name!r} is registered in this app; {meant}"
                 "check that the worker's --app imports the module that defines it"
+                + (" (a job's default name is its module's import path)" if close else "")
             ) from None
 
     def chain(self, jobs: Iterable[PreparedJob], *, catch: PreparedJob | None = None) -> Chain:

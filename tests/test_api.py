@@ -185,3 +185,19 @@ def test_bad_urls_and_missing_tables_give_errors_that_name_the_fix(tmp_path):
         lone = dbqueue.App(url).job(name="x")(lambda: None)
         with pytest.raises(dbqueue.DatabaseUnavailable, match=r"cannot connect.*127\.0\.0\.1:1"):
             lone.dispatch()  # a lone dispatch connects on a path of its own
+
+
+def test_an_unknown_job_name_suggests_the_registered_one_it_may_mean():
+    app = dbqueue.App("sqlite://")
+
+    @app.job(name="app.jobs.send_email")
+    def send_email(to: str) -> None:
+        pass
+
+    with pytest.raises(dbqueue.UnknownJob) as caught:
+        app.lookup("jobs.send_email")  # the module imported by another path
+    assert "did you mean 'app.jobs.send_email'?" in str(caught.value)
+    with pytest.raises(dbqueue.UnknownJob) as caught:
+        app.lookup("invoices.render")
+    assert "did you mean" not in str(caught.value)
+    assert "--app imports the module that defines it" in str(caught.value)

@@ -94,3 +94,17 @@ def test_a_failure_text_is_cut_once_and_says_how_much() -> None:
     assert traceback.startswith("Tx") and traceback.endswith("xE")
     assert "\n… [200,002 characters cut] …\n" in traceback
     assert shortened_traceback(traceback) == traceback
+
+
+def test_close_names_finds_a_slip_or_the_same_function_by_another_path() -> None:
+    from dbqueue.policy.names import close_names
+
+    names = ["app.jobs.send_email", "app.jobs.resize", "reports"]
+    assert close_names("reprots", names) == ["reports"]
+    assert close_names("reports", names) == []  # an exact name needs no hint
+    assert close_names("send_email", names) == []  # the last part only when dotted
+    assert close_names("send_email", names, dotted=True) == ["app.jobs.send_email"]
+    assert close_names("jobs.send_email", names, dotted=True) == ["app.jobs.send_email"]
+    assert close_names("billing", names, dotted=True) == []
+    # A module part typed counts: a slip in the function's name keeps to its module.
+    assert close_names("tasks.ad", ["tasks.add", "billing.add"], dotted=True) == ["tasks.add"]
