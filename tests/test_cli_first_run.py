@@ -612,6 +612,24 @@ def test_a_failed_jobs_id_in_place_of_a_subcommand_names_failed_show(ref):
     assert run("failed", "seven").stderr.endswith("\nError: No such command 'seven'.\n")
 
 
+@pytest.mark.parametrize("args, flags, group, command", [
+    (["batches", "--json", "cancel", "some-id"], "--json", "batches", "batches cancel"),
+    (["failed", "--queue", "mail", "show", "3"], "--queue", "failed", "failed show"),
+    (["failed", "--limit", "2", "--job", "x", "show", "3"], "--limit and --job", "failed",
+     "failed show"),
+    (["locks", "--json", "release", "k"], "--json", "locks", "locks release"),
+])
+def test_a_listing_option_before_a_subcommand_that_ignores_it_is_refused(
+        migrated_url, args, flags, group, command):
+    # Dropped in silence, `failed --queue mail show 3` showed a job of another queue.
+    result = run(*args, DBQUEUE_URL=migrated_url)
+    assert result.exit_code == 2, (result.output, result.exception)
+    is_are = "is an option" if " and " not in flags else "are options"
+    assert result.stderr.splitlines()[-1] == (
+        f"Error: {flags} {is_are} of 'dbqueue {group}' itself (its listing), "
+        f"not of 'dbqueue {command}'")
+
+
 def test_a_mistyped_command_is_answered_with_the_nearest_one():
     result = run("falied")
     assert result.exit_code == 2

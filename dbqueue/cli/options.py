@@ -69,7 +69,10 @@ def group_options(func: F) -> F:
     (``dbqueue failed --url U --json show 3``) unless it is given them itself.
 
     Both read the same DBQUEUE_* variables, so a value the subcommand has from
-    the environment must not win over one typed before its name.
+    the environment must not win over one typed before its name. An option of
+    the group's own listing that the subcommand has no use for (``dbqueue
+    batches --json cancel ID``, ``dbqueue failed --queue mail show 3``) is a
+    usage error: dropped, it would look obeyed.
     """
 
     @functools.wraps(func)
@@ -77,13 +80,35 @@ def group_options(func: F) -> F:
         context = click.get_current_context()
         group = context.parent
         if group is not None:
+            unused = []
             for name, value in group.params.items():
-                if (name in kwargs and group.get_parameter_source(name) is _COMMAND_LINE
-                        and context.get_parameter_source(name) is not _COMMAND_LINE):
+                if group.get_parameter_source(name) is not _COMMAND_LINE:
+                    continue
+                if name not in kwargs:
+                    unused.append(_flag(group.command, name))
+                elif context.get_parameter_source(name) is not _COMMAND_LINE:
                     kwargs[name] = value
+            if unused:
+                raise click.UsageError(
+                    f"{_listed(unused)} {'is an option' if len(unused) == 1 else 'are options'}"
+                    f" of 'dbqueue {group.info_name}' itself (its listing), not of"
+                    f" 'dbqueue {group.info_name} {context.info_name}'", ctx=context)
         return func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _listed(words: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def _flag(command: click.Command, name: str) -> str:
+    """How the option called ``name`` in code is typed (``--json`` for as_json)."""
+    for param in command.params:
+        if param.name == name and param.opts:
+            return max(param.opts, key=len)
+    return name
 
 
 def given_on_command_line(name: str) -> bool:
