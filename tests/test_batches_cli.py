@@ -90,7 +90,7 @@ def test_cancel_retry_prune_and_unknown_ids(f, schema):
             "Error: no batch 'nope'; list them with: dbqueue batches"], result.stderr
 
 
-@pytest.mark.parametrize("hours", ["-1", "inf"])
+@pytest.mark.parametrize("hours", ["-1", "inf", "nan", "1e308", "876001"])
 def test_prune_refuses_bad_hours(schema, hours):
     result = run(schema, "prune", "--hours", hours)
     assert result.exit_code == 2 and "--hours" in result.stderr

@@ -679,11 +679,6 @@ def test_an_unknown_revision_is_a_clean_error(option, migrated_url):
     assert_clean_error(result)
 
 
-def test_flush_rejects_nan_hours(migrated_url):
-    result = dbqueue_cli("flush", "--hours", "nan", env=bare_env(DBQUEUE_URL=migrated_url))
-    assert_clean_error(result, usage=True)
-
-
 def test_failed_show_takes_url_after_show(migrated_url):
     failed = one_failed_job(migrated_url)
     result = dbqueue_cli("failed", "show", str(failed.id), "--url", migrated_url,

@@ -630,6 +630,28 @@ def test_a_listing_option_before_a_subcommand_that_ignores_it_is_refused(
         f"not of 'dbqueue {command}'")
 
 
+@pytest.mark.parametrize("args, expected", [
+    (["flush", "--hours", "nan"], "'--hours': must be a number of hours from 0 to 876,000 "
+                                  "(a hundred years), not nan"),
+    (["flush", "--hours", "1e400"], "not 1e400"),
+    (["flush", "--hours", "soon"], "'--hours': 'soon' is not a number of hours"),
+    (["outcomes", "prune", "--older-than", "inf"], "'--older-than': must be a number of days "
+                                                   "from 0 to 36,500 (a hundred years), not inf"),
+    (["batches", "prune", "--hours", "-1"], "'--hours': must be a number of hours"),
+    (["failed", "--limit", "100000000000000000000"], "'--limit': 100000000000000000000 is not "
+                                                      "in the range 1<=x<=2147483647"),
+    (["outcomes", "--limit", "0"], "'--limit': 0 is not in the range"),
+    (["batches", "--limit", "99999999999"], "'--limit': 99999999999 is not in the range"),
+])
+def test_ages_and_limits_out_of_range_are_usage_errors_before_any_query(
+        migrated_url, args, expected):
+    # Before: a traceback on SQLite (a LIMIT past 64 bits), "bigint out of range" or
+    # a syntax error from the server; NaN hours deleted nothing on SQLite only.
+    result = run(*args, DBQUEUE_URL=migrated_url)
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert expected in result.stderr.splitlines()[-1], result.stderr
+
+
 def test_a_mistyped_command_is_answered_with_the_nearest_one():
     result = run("falied")
     assert result.exit_code == 2

@@ -213,6 +213,16 @@ def test_retry_forget_and_flush_failed_jobs(app):
     for row in store.reserve(["a", "b"], 10, "t2", 90):
         store.fail(row, "t2", Failure("KeyError", "gone", "tb"), "h:1")
     assert admin.flush(older_than_hours=1) == 0
+    # An age no server can subtract from its clock is refused alike on every backend
+    # (NaN deleted nothing on SQLite and was "interval out of range" on PostgreSQL).
+    refused = dbqueue.ConfigurationError
+    for bad in (float("nan"), float("inf"), 1e308, -1):
+        with pytest.raises(refused, match="older_than_hours must be a number of hours"):
+            admin.flush(older_than_hours=bad)
+        with pytest.raises(refused, match="older_than_days must be a number of days"):
+            admin.prune_outcomes(bad)
+        with pytest.raises(refused, match="hours must be a number of hours"):
+            app.prune_batches(bad)
     assert admin.flush() == 2
 
 

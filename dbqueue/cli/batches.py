@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import click
 
 from .common import open_app, print_json, print_table, short_time
-from .options import connection_options, friendly_errors, group_options
+from .options import LIMIT, Age, connection_options, friendly_errors, group_options
 
 
 def _state(batch: Any) -> str:
@@ -19,7 +18,7 @@ def _state(batch: Any) -> str:
 
 @click.group(invoke_without_command=True)
 @connection_options
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+@click.option("--limit", default=50, show_default=True, type=LIMIT,
               help="Most batches to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
@@ -100,14 +99,12 @@ def retry(url: str | None, app_reference: str | None, table_prefix: str | None,
 
 @batches.command("prune")
 @connection_options
-@click.option("--hours", type=click.FloatRange(min=0), required=True,
+@click.option("--hours", type=Age("hours"), required=True,
               help="Delete batches that finished more than this many hours ago.")
 @friendly_errors
 @group_options
 def prune(url: str | None, app_reference: str | None, table_prefix: str | None,
           verbose: bool, hours: float) -> None:
     """Delete finished batches older than --hours (their jobs are long gone)."""
-    if not math.isfinite(hours):
-        raise click.BadParameter("must be a finite number of hours", param_hint="--hours")
     count = open_app(url, app_reference, table_prefix).prune_batches(hours)
     click.echo(f"Deleted {count} finished batch(es).")

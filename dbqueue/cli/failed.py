@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 
 import click
 
 from .common import one_line, open_app, print_json, print_table, progress, short_time
 from .hints import hint_unmatched
-from .options import connection_options, friendly_errors, group_options
+from .options import LIMIT, Age, connection_options, friendly_errors, group_options
 
 # The refs `failed show` takes: a failure's number, or the uuid it was stored with.
 _REF = re.compile(r"\d+|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII)
@@ -42,7 +41,7 @@ class _FailedGroup(click.Group):
 @click.option("--queue", default=None, help="Only this queue.")
 @click.option("--job", default=None, help="Only this job name.")
 @click.option("--exception", default=None, help="Only exception classes containing this text.")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+@click.option("--limit", default=50, show_default=True, type=LIMIT,
               help="Most rows to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with tracebacks).")
 @click.pass_context
@@ -152,13 +151,11 @@ def forget(url: str | None, app_reference: str | None, table_prefix: str | None,
 
 @click.command()
 @connection_options
-@click.option("--hours", type=click.FloatRange(min=0), default=None,
+@click.option("--hours", type=Age("hours"), default=None,
               help="Only failures older than this many hours.")
 @friendly_errors
 def flush(url: str | None, app_reference: str | None, table_prefix: str | None,
           verbose: bool, hours: float | None) -> None:
     """Delete failed jobs: all of them, or those older than --hours."""
-    if hours is not None and not math.isfinite(hours):
-        raise click.BadParameter("must be a finite number of hours", param_hint="--hours")
     count = open_app(url, app_reference, table_prefix).admin.flush(hours)
     click.echo(f"Deleted {count} failed job(s).")

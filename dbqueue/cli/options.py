@@ -13,13 +13,44 @@ import shlex
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from ..errors import DBQueueError
+from ..errors import ConfigurationError, DBQueueError
+from ..policy.durations import age_seconds
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+LIMIT = click.IntRange(1, 2**31 - 1)
+"""--limit: the most rows a listing shows (more would overflow a server's LIMIT)."""
+
+
+if TYPE_CHECKING:
+    _NumberType = click.ParamType[float]
+else:  # generic only from click 8.2; dbqueue takes 8.1
+    _NumberType = click.ParamType
+
+
+class Age(_NumberType):
+    """An age in hours or days (--hours, --older-than): a finite number from 0
+    to a hundred years, as every server can subtract it from its clock."""
+
+    def __init__(self, unit: str) -> None:
+        self.unit = unit
+        self.name = unit.upper()
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        try:
+            number = value if isinstance(value, float) else float(value)
+            age_seconds("it", number, self.unit)
+        except ValueError:
+            self.fail(f"{value!r} is not a number of {self.unit}", param, ctx)
+        except ConfigurationError as exc:  # named as typed: "1e400", not "inf"
+            message = str(exc).replace("it must", "must", 1)
+            self.fail(message.replace(f"not {number!r}", f"not {value}"), param, ctx)
+        return number
 
 
 class EnvOption(click.Option):

@@ -9,12 +9,12 @@ import click
 
 from ..store.outcomes import Outcome
 from .common import one_line, open_app, print_json, print_table, short_time, to_jsonable
-from .options import connection_options, friendly_errors, group_options
+from .options import LIMIT, Age, connection_options, friendly_errors, group_options
 
 
 @click.group(invoke_without_command=True)
 @connection_options
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
+@click.option("--limit", type=LIMIT, default=50, show_default=True,
               help="List at most this many.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
@@ -70,7 +70,7 @@ def show(url: str | None, app_reference: str | None, table_prefix: str | None, v
 
 @outcomes.command("prune")
 @connection_options
-@click.option("--older-than", "days", type=click.FloatRange(min=0), required=True,
+@click.option("--older-than", "days", type=Age("days"), required=True,
               metavar="DAYS", help="Delete outcomes recorded more than DAYS days ago.")
 @friendly_errors
 @group_options

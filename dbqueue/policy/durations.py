@@ -38,3 +38,20 @@ def required_seconds(name: str, value: Seconds, *, allow_zero: bool = True) -> f
     if checked is None:
         raise ConfigurationError(f"{name} must be seconds (a number) or a timedelta, not None")
     return checked
+
+
+_UNIT_SECONDS = {"hours": 3600, "days": 86400}
+
+
+def age_seconds(name: str, value: float, unit: str) -> float:
+    """An age given in ``unit`` ("hours" or "days"), as seconds: finite, from 0
+    to a hundred years. NaN or 1e308 would otherwise delete nothing on one
+    server and fail on another as an interval out of range."""
+    per = _UNIT_SECONDS[unit]
+    most = MAX_SECONDS // per
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or not 0 <= value <= most):
+        raise ConfigurationError(
+            f"{name} must be a number of {unit} from 0 to {most:,} (a hundred years), "
+            f"not {value!r}")
+    return float(value) * per

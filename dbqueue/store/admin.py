@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..errors import NotFound
+from ..policy.durations import age_seconds
 from .batches import reopen
 from .locks import LockInfo, Locks
 from .outcomes import Outcome, Outcomes
@@ -289,7 +290,8 @@ class Admin:
         """Delete failed jobs, all of them or those older than the given hours."""
         statement = sa.delete(self.failed)
         if older_than_hours is not None:
-            cutoff = self.store.dialect.now_plus(-older_than_hours * 3600)
+            age = age_seconds("older_than_hours", older_than_hours, "hours")
+            cutoff = self.store.dialect.now_plus(-age)
             statement = statement.where(self.failed.c.failed_at < cutoff)
         return self.store.transaction(lambda c: c.execute(statement).rowcount)
 

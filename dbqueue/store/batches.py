@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 
 from .. import serializer
 from ..errors import ConfigurationError, NotFound
+from ..policy.durations import age_seconds
 from .flows import FINALLY, THEN, callback_jobs, step, steps_after, with_flow
 from .store import Store
 from .values import Executor, NewJob, canonical_uuid
@@ -119,7 +120,7 @@ class Batches:
 
     def prune(self, hours: float) -> int:
         """Delete batches that finished more than ``hours`` ago; return how many."""
-        cutoff = self.store.dialect.now_plus(-hours * 3600)
+        cutoff = self.store.dialect.now_plus(-age_seconds("hours", hours, "hours"))
         statement = sa.delete(self.table).where(self.table.c.finished_at < cutoff)
         return self.store.transaction(lambda c: c.execute(statement).rowcount)
 

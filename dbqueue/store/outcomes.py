@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .. import keys
+from ..policy.durations import age_seconds
 from .store import Store
 
 COMPLETED = "completed"
@@ -126,7 +127,8 @@ class Outcomes:
     def prune(self, older_than_days: float) -> int:
         """Delete outcomes recorded more than ``older_than_days`` days ago."""
         table = self.table
-        cutoff = self.store.dialect.now_plus(-older_than_days * 86400)
+        age = age_seconds("older_than_days", older_than_days, "days")
+        cutoff = self.store.dialect.now_plus(-age)
         return self.store.transaction(
             lambda c: c.execute(sa.delete(table).where(table.c.created_at < cutoff)).rowcount)
 
