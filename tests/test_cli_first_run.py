@@ -302,6 +302,32 @@ def drop_prefixed(engine: sa.Engine, prefix: str) -> None:
                 connection.execute(sa.text(f"DROP TABLE {name}"))
 
 
+def test_a_mistyped_prefix_is_told_where_dbqueues_tables_are(own_prefix, backend_url):
+    """Told only "the tables are missing; create them with: dbqueue migrate",
+    a user with a prefix forgotten or mistyped made a second, empty queue."""
+    _, prefix = own_prefix
+    typo = prefix.replace("own_", "onw_")
+    line = error_line(run("status", "--url", backend_url, "--table-prefix", typo))
+    assert f"the dbqueue tables with the prefix {typo!r} are missing in " in line, line
+    assert f"; dbqueue's tables with the prefix {prefix!r}" in line, line  # the nearest first
+    assert (f"are there: if those are meant, give --table-prefix {prefix} "
+            f"(DBQUEUE_TABLE_PREFIX={prefix}, App(table_prefix={prefix!r}))") in line, line
+
+
+def test_a_forgotten_prefix_is_told_where_dbqueues_tables_are(tmp_path):
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    app = dbqueue.App(url, table_prefix="billing_")
+    app.migrate()
+    app.dispose()
+    line = error_line(run("status", "--url", url))
+    assert line.endswith("; dbqueue's tables with the prefix 'billing_' are there: if those are "
+                         "meant, give --table-prefix billing_ (DBQUEUE_TABLE_PREFIX=billing_, "
+                         "App(table_prefix='billing_'))"), line
+    dbqueue.App(url).migrate()  # unprefixed ones too: a wrong prefix hears of both
+    line = error_line(run("status", "--url", url, "--table-prefix", "bill_"))
+    assert "with the prefix 'billing_' (and without a prefix) are there" in line, line
+
+
 def test_migrate_suggests_a_prefix_that_is_free(tmp_path):
     url = f"sqlite:///{tmp_path / 'app.db'}"
     engine = sa.create_engine(url)

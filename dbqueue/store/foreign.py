@@ -9,9 +9,12 @@ column) and sending the user to a migrate that will refuse.
 
 from __future__ import annotations
 
+from difflib import SequenceMatcher
+
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from ..policy.names import either
 from .engine import describe, migrate_command
 from .schema import build_tables, version_table
 
@@ -44,3 +47,28 @@ def prefix_advice(engine: Engine, names: list[str], existing: set[str], table_pr
             f"recorded in {version_table(table_prefix)}); give dbqueue's tables a prefix, "
             f"created with: {migrate_command(free, engine)}, and the same prefix wherever the "
             f"app runs: App(table_prefix={free!r}) or DBQUEUE_TABLE_PREFIX={free}")
+
+
+def other_prefixes(existing: set[str], table_prefix: str) -> list[str]:
+    """The prefixes of other sets of dbqueue's tables among ``existing`` (each
+    recorded its revision): a command given no prefix, or a wrong one, should
+    say these are there before it says to create new tables."""
+    marker = version_table("")
+    found = {name[:-len(marker)] for name in existing if name.endswith(marker)}
+    found.discard(table_prefix)
+    # The nearest first: a prefix mistyped by a letter, or typed in capitals.
+    return sorted(found, key=lambda prefix: (
+        -SequenceMatcher(None, prefix, table_prefix.lower()).ratio(), prefix))
+
+
+def other_prefixes_advice(prefixes: list[str]) -> str:
+    """Where dbqueue's tables are under other prefixes, how to name them."""
+    named = [prefix for prefix in prefixes if prefix]
+    if not named:
+        return ("dbqueue's tables without a prefix are there: if those are meant, leave out "
+                "--table-prefix (DBQUEUE_TABLE_PREFIX, App(table_prefix=...))")
+    also = " (and without a prefix)" if "" in prefixes else ""
+    first = named[0]
+    return (f"dbqueue's tables with the prefix {either(named[:3])}{also} are there: if those "
+            f"are meant, give --table-prefix {first} (DBQUEUE_TABLE_PREFIX={first}, "
+            f"App(table_prefix={first!r}))")

@@ -25,7 +25,13 @@ from ..errors import (
 )
 from .dialects import READ_ONLY, Dialect, dialect_for
 from .engine import DRIVER_ERRORS, connect, describe, first_line, migrate_command, translate
-from .foreign import prefix_advice, table_names, taken
+from .foreign import (
+    other_prefixes,
+    other_prefixes_advice,
+    prefix_advice,
+    table_names,
+    taken,
+)
 from .isolation import at_isolation
 from .schema import Tables, build_tables, version_table
 from .values import Executor, T, current_session
@@ -121,9 +127,12 @@ class Transactions:
         except (DBQueueError, *DRIVER_ERRORS):  # cannot tell: what was found stands
             return error
         names = taken(existing, self.prefix)
-        if not names or version_table(self.prefix).lower() in existing:
-            return error
-        return NotMigrated(prefix_advice(self.engine, names, existing, self.prefix))
+        if names and version_table(self.prefix).lower() not in existing:
+            return NotMigrated(prefix_advice(self.engine, names, existing, self.prefix))
+        others = other_prefixes(existing, self.prefix)
+        if others and not names:  # a prefix forgotten or mistyped, most likely
+            return NotMigrated(f"{error}; {other_prefixes_advice(others)}")
+        return error
 
     def read(self, work: Callable[[Connection], T]) -> T:
         """Run ``work``, which only reads, in a transaction of its own."""
