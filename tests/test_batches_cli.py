@@ -94,3 +94,16 @@ def test_cancel_retry_prune_and_unknown_ids(f, schema):
 def test_prune_refuses_bad_hours(schema, hours):
     result = run(schema, "prune", "--hours", hours)
     assert result.exit_code == 2 and "--hours" in result.stderr
+
+
+def test_retry_of_a_batch_whose_failures_were_flushed_says_so(f, schema):
+    batch_id = f.app.batch([f.member.prepare(n) for n in range(2)], allow_failures=True
+                           ).dispatch()
+    reserved = reserve_all(f.app)
+    finish(f.app, reserved[:1], "failed")
+    finish(f.app, reserved[1:])
+    f.app.admin.flush()
+    assert f.app.find_batch(batch_id).failed == 1  # the count stays; the row is gone
+    assert ok(run(schema, "retry", batch_id)) == (
+        f"Queued 0 failed job(s) of batch {batch_id} again: its 1 failed job(s) are no "
+        "longer in failed_jobs (forgotten or flushed).\n")

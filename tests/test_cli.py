@@ -369,8 +369,10 @@ def test_a_job_id_given_for_a_failed_job_is_answered_with_its_failed_job(app, sc
     for args in (["retry", str(target.job_id)], ["forget", str(target.job_id)],
                  ["failed", "show", str(target.job_id)]):
         line = assert_clean_error(dbqueue_cli(*args, env=cli_env(schema)))
-        assert line == (f"Error: no failed job '{target.job_id}'; job {target.job_id} is failed "
-                        f"job {target.id} (ID, not JOB ID); list them with: dbqueue failed"), line
+        assert line == (f"Error: no failed job '{target.job_id}'; JOB ID "
+                        f"{target.job_id} is failed job {target.id}: if that is the one meant, "
+                        f"see it with: dbqueue failed show {target.id}; list them with: "
+                        "dbqueue failed"), line
 
 
 def test_tables_missing_under_the_prefix_are_one_clear_error(schema):

@@ -92,9 +92,13 @@ def retry(url: str | None, app_reference: str | None, table_prefix: str | None,
     """Put a batch's failed jobs back on their queues (also of a pruned batch)."""
     app = open_app(url, app_reference, table_prefix)
     count = app.admin.retry(batch=batch_id)
+    gone = ""
     if not count:
-        app.find_batch(batch_id)  # NotFound names an unknown id
-    click.echo(f"Queued {count:,} failed job(s) of batch {batch_id} again.")
+        batch = app.find_batch(batch_id)  # NotFound names an unknown id
+        if batch.failed:  # counted, but their rows were forgotten or flushed
+            gone = (f": its {batch.failed:,} failed job(s) are no longer in failed_jobs "
+                    "(forgotten or flushed)")
+    click.echo(f"Queued {count:,} failed job(s) of batch {batch_id} again{gone}.")
 
 
 @batches.command("prune")

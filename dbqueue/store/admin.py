@@ -136,7 +136,10 @@ class Admin:
         found = c.execute(sa.select(self.failed.c.job_id, self.failed.c.id)
                           .where(self.failed.c.job_id.in_(numbers))
                           .order_by(self.failed.c.id)).all() if numbers else []
-        said = "".join(f"; job {job_id} is failed job {failure_id} (ID, not JOB ID)"
+        # Said as a question: after `forget 7`, a second `forget 7` may find
+        # a failure of job 7 that is another failure altogether.
+        said = "".join(f"; JOB ID {job_id} is failed job {failure_id}: if that is the one "
+                       f"meant, see it with: dbqueue failed show {failure_id}"
                        for job_id, failure_id in found)
         return (f"no failed job {', '.join(map(repr, refs))}{others}{said}; "
                 "list them with: dbqueue failed")
