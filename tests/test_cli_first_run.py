@@ -27,7 +27,7 @@ from click.testing import CliRunner, Result
 import dbqueue
 from dbqueue.cli import cli
 from dbqueue.errors import ConfigurationError
-from dbqueue.store import NewJob
+from dbqueue.store import Failure, NewJob
 from dbqueue.store.admin import RETRY_CHUNK
 from dbqueue.store.engine import unavailable, where
 from dbqueue.store.migrator import current_revision
@@ -392,6 +392,29 @@ def test_a_downgrade_on_a_terminal_asks_and_obeys_the_answer(migrated_url):
     assert code == 0, output
     assert f"dbqueue tables in {path} downgraded to base" in output
     assert table_names(migrated_url) == set()
+
+
+def test_flushing_every_failure_on_a_terminal_asks_first(migrated_url):
+    app = dbqueue.App(migrated_url)
+
+    def fail_one() -> None:
+        app.store.push(NewJob("default", "send", "{}"))
+        (row,) = app.store.reserve(["default"], 1, "t", 60)
+        app.store.fail(row, "t", Failure("KeyError", "gone", "tb"), "h:1")
+
+    fail_one()
+    env = bare_env(DBQUEUE_URL=migrated_url)
+    code, output = in_terminal("flush", env=env, typed="n\n")
+    assert code == 1 and "Delete all 1 failed job(s)? [y/N]" in output and "Aborted" in output
+    assert count(app, app.store.tables.failed_jobs) == 1
+    code, output = in_terminal("flush", "--hours", "0", env=env)  # an age: no question
+    assert code == 0 and output.strip() == "Deleted 1 failed job(s).", output
+    fail_one()
+    code, output = in_terminal("flush", "--yes", env=env)
+    assert code == 0 and output.strip() == "Deleted 1 failed job(s).", output
+    code, output = in_terminal("flush", env=env)
+    assert code == 0 and output.strip() == "No failed jobs.", output
+    app.dispose()
 
 
 # --- 5. a broken --app, and --verbose -------------------------------------------------

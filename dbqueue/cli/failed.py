@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import click
 
@@ -153,9 +154,19 @@ def forget(url: str | None, app_reference: str | None, table_prefix: str | None,
 @connection_options
 @click.option("--hours", type=Age("hours"), default=None,
               help="Only failures older than this many hours.")
+@click.option("--yes", "-y", is_flag=True, help="Delete them all without asking (on a terminal).")
 @friendly_errors
 def flush(url: str | None, app_reference: str | None, table_prefix: str | None,
-          verbose: bool, hours: float | None) -> None:
+          verbose: bool, hours: float | None, yes: bool) -> None:
     """Delete failed jobs: all of them, or those older than --hours."""
-    count = open_app(url, app_reference, table_prefix).admin.flush(hours)
+    app = open_app(url, app_reference, table_prefix)
+    # All of them, typed at a terminal: asked first, as failures are what a
+    # person reads to learn what went wrong. Scripts and --hours are not.
+    if hours is None and not yes and sys.stdin.isatty():
+        total = app.admin.count_failed()
+        if not total:
+            click.echo("No failed jobs.")
+            return
+        click.confirm(f"Delete all {total:,} failed job(s)?", abort=True)
+    count = app.admin.flush(hours)
     click.echo(f"Deleted {count} failed job(s).")
