@@ -222,6 +222,14 @@ def test_migrate_names_the_sqlite_file_and_says_when_it_created_it(tmp_path, mon
     assert lines.splitlines()[1].startswith(f"dbqueue tables (prefix q_) in {other} are at")
 
 
+def test_an_upgrade_to_an_older_revision_says_the_tables_stay_newer(migrated_url):
+    # Exit code 0 and "at revision 0009" alone read as if 0002 had been reached.
+    lines = succeeded(run("migrate", "--revision", "0002", "--url", migrated_url)).splitlines()
+    assert lines[1] == ("(newer than 0002, which an upgrade leaves as they are; to go back: "
+                        "dbqueue migrate --downgrade 0002)"), lines
+    assert len(succeeded(run("migrate", "--url", migrated_url)).splitlines()) == 1
+
+
 def test_migrate_names_the_server_database(own_prefix, backend_url):
     _, prefix = own_prefix
     output = succeeded(run("migrate", "--url", backend_url, "--table-prefix", prefix))

@@ -51,7 +51,12 @@ def migrate(url: str | None, app_reference: str | None, table_prefix: str | None
         default = app.settings.url == DEFAULT_URL and not os.environ.get("DBQUEUE_URL")
         click.echo(f"Created {new_file}" + (" (the default database: choose another with "
                                             "--url or DBQUEUE_URL)" if default else ""))
-    click.echo(f"{tables} are at revision {app.admin.revision()}")
+    current = app.admin.revision()
+    click.echo(f"{tables} are at revision {current}")
+    if revision.isdigit() and current is not None and current > revision:
+        # An upgrade never goes back: the tables stay newer than asked.
+        click.echo(f"(newer than {revision}, which an upgrade leaves as they are; to go back: "
+                   f"dbqueue migrate --downgrade {revision})")
 
 
 def _downgrade(app: App, tables: str, revision: str, yes: bool) -> None:
