@@ -48,6 +48,12 @@ def test_list_and_show(f, schema):
     assert shown == entry
     for spelling in (batch_id.upper(), batch_id.replace("-", "")):  # as a user may copy it
         assert json.loads(ok(run(schema, "show", spelling, "--json"))) == entry
+    f.app.batch([f.member.prepare(9)], name="second").dispatch()
+    cut = run(schema, "--limit", "1")
+    assert "second" in cut.stdout and "import 2026-12" not in cut.stdout
+    assert cut.stdout.endswith("The newest 1 batches shown; --limit N shows more.\n")
+    assert run(schema, "--json", "--limit", "1").stderr == cut.stdout.splitlines()[-1] + "\n"
+    assert "shows more" not in ok(run(schema, "--limit", "2"))
     text = ok(run(schema, "show", batch_id))
     assert "progress:   25%" in text and "state:      running" in text
     assert "on failure: cancel the batch" in text

@@ -85,9 +85,11 @@ def test_cli_lists_shows_and_prunes_outcomes(jobs, workers, schema):
     assert by_key.keys() == {"charge:7", "cof:5"}
     assert by_key["charge:7"].endswith('{"order":7,"cents":4200}')
     assert by_key["cof:5"].endswith("null")
-    assert [o["result"] for o in json.loads(cli(schema, "outcomes", "--json",
-                                                "--limit", "1").stdout)] in ([None], [
+    first = cli(schema, "outcomes", "--json", "--limit", "1")
+    assert [o["result"] for o in json.loads(first.stdout)] in ([None], [
         {"order": 7, "cents": 4200}])
+    assert first.stderr == "The newest 1 outcomes shown; --limit N shows more.\n"
+    assert cli(schema, "outcomes", "--limit", "2").stdout.count("\n") == 3  # none hidden
     assert cli(schema, "outcomes", "show", "cof:5").stdout.endswith("result:\nnull\n")
     shown = cli(schema, "outcomes", "show", "charge:7")
     assert shown.returncode == 0 and '"cents": 4200' in shown.stdout

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from .common import open_app, print_json, print_table, short_time
+from .common import cut_notice, open_app, print_json, print_table, short_time
 from .options import LIMIT, Age, connection_options, friendly_errors, group_options
 
 
@@ -28,16 +28,19 @@ def batches(ctx: click.Context, url: str | None, app_reference: str | None,
     """List batches, newest first. `dbqueue batches show ID` shows one."""
     if ctx.invoked_subcommand is not None:
         return
-    found = open_app(url, app_reference, table_prefix).recent_batches(limit)
+    found = open_app(url, app_reference, table_prefix).recent_batches(limit + 1)
+    found, more = found[:limit], cut_notice(len(found) > limit, limit, "batches")
     if as_json:
         print_json([batch.as_dict() for batch in found])
-        return
-    if not found:
+    elif not found:
         click.echo("No batches.")
-        return
-    print_table(["ID", "NAME", "PROGRESS", "TOTAL", "PENDING", "FAILED", "STATE", "CREATED AT"],
-                [[b.id, b.name, f"{b.progress}%", b.total, b.pending, b.failed, _state(b),
-                  short_time(b.created_at)] for b in found])
+    else:
+        print_table(["ID", "NAME", "PROGRESS", "TOTAL", "PENDING", "FAILED", "STATE",
+                     "CREATED AT"],
+                    [[b.id, b.name, f"{b.progress}%", b.total, b.pending, b.failed, _state(b),
+                      short_time(b.created_at)] for b in found])
+    if more:
+        click.echo(more, err=as_json)  # stdout stays JSON
 
 
 @batches.command("show")

@@ -133,3 +133,8 @@ def short_time(value: datetime | None) -> str:
 def one_line(text: str, width: int = 60) -> str:
     line = text.strip().splitlines()[0] if text.strip() else ""
     return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def cut_notice(cut: bool, limit: int, what: str) -> str | None:
+    """The line that says a listing shows only its newest ``limit`` rows."""
+    return f"The newest {limit:,} {what} shown; --limit N shows more." if cut else None

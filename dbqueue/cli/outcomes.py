@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ..store.outcomes import Outcome
-from .common import one_line, open_app, print_json, print_table, short_time, to_jsonable
+from .common import cut_notice, one_line, open_app, print_json, print_table, short_time, to_jsonable
 from .options import LIMIT, Age, connection_options, friendly_errors, group_options
 
 
@@ -25,7 +25,8 @@ def outcomes(ctx: click.Context, url: str | None, app_reference: str | None,
     one, or prune old ones."""
     if ctx.invoked_subcommand is not None:
         return
-    newest = open_app(url, app_reference, table_prefix).admin.outcomes(limit)
+    newest = open_app(url, app_reference, table_prefix).admin.outcomes(limit + 1)
+    newest, more = newest[:limit], cut_notice(len(newest) > limit, limit, "outcomes")
     if as_json:
         print_json([_jsonable(outcome) for outcome in newest])
     elif newest:
@@ -35,6 +36,8 @@ def outcomes(ctx: click.Context, url: str | None, app_reference: str | None,
                      for o in newest])
     else:
         click.echo("No outcome is recorded.")
+    if more:
+        click.echo(more, err=as_json)  # stdout stays JSON
 
 
 def _jsonable(outcome: Outcome) -> dict[str, Any]:
