@@ -589,6 +589,26 @@ def test_retry_of_a_queue_leaves_the_others_and_says_nothing_more_when_short(app
     assert {j.queue for j in rows(app, app.store.tables.jobs)} == {"mail"}
 
 
+def test_retry_of_a_job_name_takes_its_failures_alone_and_with_a_queue_both(app, schema):
+    fail_jobs(app, ("mail", "tasks.send", "KeyError", "{}"), ("mail", "tasks.resize", "E", "{}"),
+              ("other", "tasks.send", "KeyError", "{}"))
+    options = ("--url", schema, "--table-prefix", PREFIX)
+    # The function's name alone matches nothing, and is told the stored one.
+    assert succeeded(run("retry", "--job", "send", *options)) == (
+        "Queued 0 failed job(s) again.\n"
+        "No failed job is named 'send'; did you mean 'tasks.send'?\n")
+    assert succeeded(run("retry", "--queue", "other", "--job", "tasks.send", *options)) == (
+        "Queued 1 failed job(s) again.\n")
+    assert succeeded(run("retry", "--job", "tasks.send", *options)) == (
+        "Queued 1 failed job(s) again.\n")
+    assert [(f.queue, f.job) for f in rows(app, app.store.tables.failed_jobs)] == [
+        ("mail", "tasks.resize")]
+    assert sorted((j.queue, j.job) for j in rows(app, app.store.tables.jobs)) == [
+        ("mail", "tasks.send"), ("other", "tasks.send")]
+    both = run("retry", "--all", "--job", "tasks.resize", *options)
+    assert both.exit_code == 2 and "(one of these)" in both.stderr
+
+
 def test_a_job_failing_again_during_a_retry_stays_failed(app):
     many_failures(app, RETRY_CHUNK + 1)
     failed = app.store.tables.failed_jobs

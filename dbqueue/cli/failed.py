@@ -115,16 +115,20 @@ def show(url: str | None, app_reference: str | None, table_prefix: str | None,
 @click.argument("refs", nargs=-1, metavar="[ID]...")
 @click.option("--all", "everything", is_flag=True, help="Retry every failed job.")
 @click.option("--queue", default=None, help="Retry the failed jobs of this queue.")
+@click.option("--job", default=None, help="Retry the failed jobs of this job name.")
 @friendly_errors
 def retry(url: str | None, app_reference: str | None, table_prefix: str | None,
-          verbose: bool, refs: tuple[str, ...], everything: bool, queue: str | None) -> None:
+          verbose: bool, refs: tuple[str, ...], everything: bool, queue: str | None,
+          job: str | None) -> None:
     """Put failed jobs back on their queues, with their attempts reset.
 
-    --all and --queue move them in chunks, each its own transaction, and show
-    their progress on long runs.
+    --all, --queue and --job move them in chunks, each its own transaction,
+    and show their progress on long runs; --queue and --job together retry
+    the failures that match both.
     """
-    if sum(map(bool, (refs, everything, queue))) != 1:
-        raise click.UsageError("give failed job IDs, or --all, or --queue NAME (one of them)")
+    if sum(map(bool, (refs, everything, queue or job))) != 1:
+        raise click.UsageError("give failed job IDs, or --all, or --queue NAME and/or --job "
+                               "NAME (one of these)")
     app = open_app(url, app_reference, table_prefix)
     if refs:  # each named: failure ids and job ids are easily taken for each other
         for retried in app.admin.retry_each(refs):
@@ -133,10 +137,10 @@ def retry(url: str | None, app_reference: str | None, table_prefix: str | None,
                        "as a new job.")
         return
     with progress("Retrying", "retried") as report:
-        count = app.admin.retry(queue=queue, everything=everything, progress=report)
+        count = app.admin.retry(queue=queue, job=job, everything=everything, progress=report)
     click.echo(f"Queued {count:,} failed job(s) again.")
     if not count:
-        hint_unmatched(app.admin, queue=queue)
+        hint_unmatched(app.admin, queue=queue, job=job)
 
 
 @click.command()

@@ -201,13 +201,14 @@ class Admin:
         return FailedJob(**row._mapping)
 
     def retry(self, refs: Sequence[str] = (), *, queue: str | None = None,
-              batch: str | None = None, everything: bool = False,
+              job: str | None = None, batch: str | None = None, everything: bool = False,
               progress: Progress | None = None) -> int:
         """Put failed jobs back on their original queues (queue, job, payload and
         priority kept, attempts reset to 0); return how many.
 
-        Named ``refs`` go back in one transaction, all or none. ``queue``,
-        ``batch`` (a batch's failed jobs) and ``everything`` go in chunks of
+        Named ``refs`` go back in one transaction, all or none. ``queue`` and
+        ``job`` (those of both, when both are given), ``batch`` (a batch's
+        failed jobs) and ``everything`` go in chunks of
         RETRY_CHUNK, each its own transaction, with ``progress(done, total)``
         called after each. Either way a job is inserted into jobs and deleted
         from failed_jobs in one transaction, so it is never in both tables, nor
@@ -215,10 +216,12 @@ class Admin:
         """
         if refs:
             return len(self.retry_each(refs))
-        if not (queue or batch or everything):
+        if not (queue or job or batch or everything):
             return 0
         table = self.failed
         where = [table.c.queue == queue] if queue else []
+        if job:
+            where.append(table.c.job == job)
         if batch:
             where.append(table.c.batch_id.in_({batch, canonical_uuid(batch)}))
 
