@@ -7,7 +7,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 import dbqueue
-from tests.conftest import count, rows, stopped_while_running, wait_until
+from tests import jobapp
+from tests.conftest import PREFIX, count, rows, stopped_while_running, wait_until
 
 FAST = ("--sleep", "0.1")
 
@@ -44,6 +45,23 @@ def test_a_taken_key_does_not_break_the_callers_transaction(jobs):
         connection.execute(jobs.effects.insert().values(tag="after", event="x", pid=1,
                                                         at=jobs.app.store.now()))
     assert count(jobs.app, jobs.effects, jobs.effects.c.tag == "after") == 1
+
+
+def test_a_unique_dispatch_in_the_callers_transaction_works_before_the_app_connects(jobs):
+    """A web process whose only dispatches are in its requests' transactions never
+    connects the App's engine, which then could not tell MariaDB from MySQL: on
+    MariaDB 10.x every such dispatch failed on a variable only MySQL has."""
+    fresh = jobapp.build(jobs.app.settings.url, PREFIX)
+    try:
+        assert fresh.app.engine.dialect.server_version_info is None
+        # The application's own engine (here another App's), connected by its requests.
+        with jobs.app.engine.begin() as connection:
+            assert fresh.unique_invoice.options(connection=connection).dispatch(40) is not None
+            assert fresh.unique_invoice.options(connection=connection).dispatch(40) is None
+    finally:
+        fresh.app.dispose()
+    assert [row.unique_key for row in rows(jobs.app, jobs.app.store.tables.jobs)] == [
+        fresh.unique_invoice.unique_id((40,), {})]
 
 
 def test_unique_for_frees_the_key_after_it_passes(jobs):

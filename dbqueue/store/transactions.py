@@ -152,6 +152,7 @@ class Transactions:
             if not isinstance(connection, Connection):  # a Session: its transaction's
                 connection = connection.connection()
             self._check_transaction(connection)
+            self._learn_server(connection)
             return work(connection)
         except DRIVER_ERRORS as exc:
             # Named by the caller's database: it may not be the App's (then
@@ -204,6 +205,15 @@ class Transactions:
                 "each statement on it commits at once, so the job would stay queued even if "
                 "your work were rolled back; give a connection whose transaction is open "
                 "(without AUTOCOMMIT), or leave connection= out to queue the job at once")
+
+    def _learn_server(self, connection: Connection) -> None:
+        """Before the App's engine has connected, SQLAlchemy cannot tell MariaDB
+        from MySQL, and dbqueue's statements for one fail on the other (a
+        variable MariaDB 10.x lacks). The caller's connection, to the same kind
+        of server (checked), has seen it: its answer stands for the App's."""
+        ours = self.engine.dialect
+        if ours.server_version_info is None and connection.dialect.server_version_info:
+            ours._dbqueue_dialect = dialect_for(connection.dialect)  # type: ignore[attr-defined]
 
     def _has_jobs(self) -> bool:
         """Whether the App's own database has dbqueue's jobs table, asked on a
