@@ -179,6 +179,9 @@ class Job(Generic[P, R]):
     the signature is that simple (a dispatch checks it without ``bind``)."""
     _plain: BoundJob[P, R] = field(init=False, repr=False)
     """This job with no dispatch options set, made once: a dispatch is hot."""
+    # What else the worker calls with the arguments (idempotency_key, a
+    # middleware's key), with its signature: checked at dispatch too.
+    _takers: tuple[tuple[str, inspect.Signature], ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_tries(self.tries)
@@ -214,6 +217,10 @@ class Job(Generic[P, R]):
         object.__setattr__(self, "_signature", signature)
         object.__setattr__(self, "_positional", _positional_counts(signature))
         object.__setattr__(self, "_plain", BoundJob(self, _NO_OPTIONS))
+        object.__setattr__(self, "_takers", _signatures(
+            [("idempotency_key", self.idempotency_key)] + [
+                taken for m in self.middleware if hasattr(m, "argument_functions")
+                for taken in m.argument_functions()]))
 
     def _exception_classes(self, given: Any) -> tuple[type[BaseException], ...]:
         """``dont_retry`` as a tuple: one class, or any iterable of them."""
@@ -312,6 +319,12 @@ class Job(Generic[P, R]):
                                    f"arguments: {exc}") from exc
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        for option, taker in self._takers:  # or every attempt would fail in the worker
+            try:
+                taker.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise InvalidArguments(f"{option} of job {self.name!r} cannot take these "
+                                       f"arguments: {exc}") from None
         if not kwargs and self._positional is not None and len(args) in self._positional:
             return  # what bind() would accept, in a tenth of its time
         try:
@@ -375,3 +388,13 @@ class BoundJob(Generic[P, R]):
             unique_key=job.unique_id(args, kwargs),
             unique_for=job.unique_for,
         )
+
+
+def _signatures(functions: list[tuple[str, Any]]) -> tuple[tuple[str, inspect.Signature], ...]:
+    found = []  # of the functions that have a signature a dispatch can check
+    for option, function in functions:
+        try:
+            found.append((option, inspect.signature(function)))
+        except (TypeError, ValueError):  # None, or a builtin that does not tell
+            continue
+    return tuple(found)

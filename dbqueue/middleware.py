@@ -77,6 +77,13 @@ class LocksBeforeStart(Protocol):
     def lock_requests(self, context: JobContext) -> list[LockRequest]: ...
 
 
+class TakesArguments(Protocol):
+    """A middleware that calls functions with the job's arguments: a dispatch
+    checks that each can take them, as it checks the job's own signature."""
+
+    def argument_functions(self) -> list[tuple[str, Callable[..., Any]]]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class LockRequest:
     """A lock a worker takes for a job before running it, and what to do when
@@ -127,6 +134,11 @@ class WithoutOverlapping:
     def lock_requests(self, context: JobContext) -> list[LockRequest]:
         """The worker takes the key before the job starts (see LocksBeforeStart)."""
         return [self.request(context)]
+
+    def argument_functions(self) -> list[tuple[str, Callable[..., Any]]]:
+        """The key function, which a dispatch checks can take its arguments
+        (see TakesArguments)."""
+        return [("the key of WithoutOverlapping", self.key)] if callable(self.key) else []
 
     def __call__(self, context: JobContext, call_next: Callable[[], Any]) -> Any:
         request = self.request(context)

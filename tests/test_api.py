@@ -201,3 +201,32 @@ def test_an_unknown_job_name_suggests_the_registered_one_it_may_mean():
         app.lookup("invoices.render")
     assert "did you mean" not in str(caught.value)
     assert "--app imports the module that defines it" in str(caught.value)
+
+
+def test_key_functions_that_cannot_take_a_dispatchs_arguments_are_refused_at_dispatch():
+    # Accepted, each such job failed for good in the worker, with no try used.
+    app = dbqueue.App("sqlite://")
+
+    @app.job(name="sync", middleware=[dbqueue.WithoutOverlapping(lambda account: str(account))])
+    def sync(account: int, page: int = 0) -> None:
+        pass
+
+    @app.job(name="invoice", idempotency_key=lambda n: f"inv:{n}")
+    def invoice(n: int, crash: bool = False) -> None:
+        pass
+
+    @app.job(name="report", idempotency_key=lambda *args, **kwargs: repr(args))
+    def report(day: str, *, full: bool = False) -> None:
+        pass
+
+    with pytest.raises(dbqueue.InvalidArguments,
+                       match=r"^the key of WithoutOverlapping of job 'sync' cannot take these "
+                             r"arguments: too many positional arguments$"):
+        sync.prepare(7, 2)
+    with pytest.raises(dbqueue.InvalidArguments,
+                       match=r"^idempotency_key of job 'invoice' cannot take these arguments: "
+                             r"got an unexpected keyword argument 'crash'$"):
+        invoice.prepare(12, crash=True)
+    sync.prepare(7)
+    invoice.prepare(12)
+    report.prepare("2026-12-05", full=True)
