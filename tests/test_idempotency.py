@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 import dbqueue
 from dbqueue import serializer
+from dbqueue.store import NewJob
 from dbqueue.worker.child import child_main
 from dbqueue.worker.messages import Committed, Finished, RunJob, answer_from
 from tests.conftest import PREFIX, ROOT, count, rows, wait_until, worker_env
@@ -117,7 +118,9 @@ def test_what_cannot_work_next_time_either_fails_at_once(jobs, workers):
     """A key function that does not fit the arguments, or a result that is not
     JSON, fails the job at its first attempt (tries=3): a retry would meet the
     same, and would run the body again for nothing."""
-    jobs.key_misfit.dispatch(60, "rush")
+    with pytest.raises(dbqueue.InvalidArguments, match=r"^idempotency_key of job 'key_misfit'"):
+        jobs.key_misfit.dispatch(60, "rush")  # refused at dispatch; queued by plain SQL:
+    jobs.app.store.push(NewJob("default", "key_misfit", '{"args": [60, "rush"], "kwargs": {}}'))
     jobs.charge_returns_a_set.dispatch(61)
     assert workers.run("--concurrency", "1", "--stop-when-empty", *FAST).returncode == 0
     failed = {f.job: f for f in rows(jobs.app, jobs.app.store.tables.failed_jobs)}
