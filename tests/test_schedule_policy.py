@@ -186,6 +186,17 @@ def test_a_stop_shorter_than_the_late_limit_queues_each_tick_it_held_up():
     every = Recurrence.build(cron=None, every=10, timezone=None)
     found = due_ticks(every, utc(2026, 1, 1, 12), utc(2026, 1, 1, 12, 0, 55), missed="skip")
     assert found == [Tick(utc(2026, 1, 1, 12, 0, s), run=True) for s in (10, 20, 30, 40, 50)]
+    # Held up 55 s, though the last tick claimed is 65 s old: each tick still runs.
+    found = due_ticks(every, utc(2026, 1, 1, 12), utc(2026, 1, 1, 12, 1, 5), missed="skip")
+    assert found == [Tick(utc(2026, 1, 1, 12, 0, s), run=True) for s in (10, 20, 30, 40, 50)] + [
+        Tick(utc(2026, 1, 1, 12, 1), run=True)]
+    half = Recurrence.build(cron=None, every=30, timezone=None)
+    assert due_ticks(half, utc(2026, 1, 1, 12), utc(2026, 1, 1, 12, 1, 5), missed="skip") == [
+        Tick(utc(2026, 1, 1, 12, 0, 30), run=True), Tick(utc(2026, 1, 1, 12, 1), run=True)]
+    # Held up longer than the limit: a stop, as before.
+    assert due_ticks(half, utc(2026, 1, 1, 12), utc(2026, 1, 1, 12, 1, 31), missed="skip") == [
+        Tick(utc(2026, 1, 1, 12, 1), run=False, late=True),
+        Tick(utc(2026, 1, 1, 12, 1, 30), run=True)]
 
 
 # --- overdue ------------------------------------------------------------------------

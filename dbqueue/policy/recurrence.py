@@ -189,8 +189,8 @@ def due_ticks(recurrence: Recurrence, after: datetime, now: datetime, *, missed:
     """The ticks a pass at ``now`` (the database server's time) claims, when
     every tick up to ``after`` has been dealt with already.
 
-    While a scheduler has claimed ticks until less than ``late_limit`` seconds
-    ago, each tick since is queued (a pass delayed by a busy host, a short
+    While the first tick not yet claimed is less than ``late_limit`` seconds
+    old, each tick since is queued (a pass delayed by a busy host, a short
     outage of the database). Otherwise no scheduler ran for longer than that:
     the latest tick is queued if it is less than ``late_limit`` old, and of
     the ticks before it only the latest is claimed, to be run once
@@ -199,7 +199,12 @@ def due_ticks(recurrence: Recurrence, after: datetime, now: datetime, *, missed:
     second) nor walks through every tick it missed.
     """
     cutoff = now - timedelta(seconds=late_limit)
-    if cutoff <= after:
+    # How long the scheduler was held up: the age of the first tick it has not
+    # claimed (not of the last it has, which is older by a whole period).
+    first = recurrence.ticks_between(after, now, 1)
+    if not first:
+        return []
+    if first[0] >= cutoff:
         return [Tick(at, run=True) for at in recurrence.ticks_between(after, now, limit)]
     latest = recurrence.latest_until(now)
     if latest is None or latest <= after:
