@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from dbqueue.store import NewJob
 from dbqueue.worker.clock import Deadline, passed
 from dbqueue.worker.signals import REPEAT_AFTER, StopSignals
 from tests.conftest import (
@@ -636,3 +637,23 @@ def test_a_child_a_job_left_a_thread_in_is_killed_at_the_stop_and_said_so(jobs, 
     assert "did not exit within 5 s of being told to (a thread a job left running?)" in (
         result.stdout)
     assert failed_rows(jobs) == [] and job_rows(jobs) == []
+
+
+def test_a_connection_the_application_opens_at_import_is_never_shared_by_children(
+        jobs, workers, tmp_path):
+    """The fork server imports the application; an engine of the application's
+    that connected at import left that connection in its pool, and every child
+    inherited it: two jobs at once used one server session (one read the
+    other's answer, and both failed, or worse)."""
+    backend = jobs.app.engine.dialect.name
+    if backend == "sqlite":
+        pytest.skip("a server session is what children would share")
+    workers.app = "tests.connect_at_import_app:app"
+    workers.env["DBQUEUE_TEST_MARKERS"] = str(tmp_path)
+    jobs.app.store.push_many([NewJob("default", "whose_session", "{}")] * 2)
+    result = workers.run("--concurrency", "2", "--stop-when-empty", *FAST)
+    assert result.returncode == 0, result.stdout
+    assert failed_rows(jobs) == [], result.stdout
+    sessions = [line.split() for line in (tmp_path / "sessions").read_text().splitlines()]
+    assert len({pid for pid, _ in sessions}) == 2, sessions  # two children, at once
+    assert len({session for _, session in sessions}) == 2, sessions  # each its own

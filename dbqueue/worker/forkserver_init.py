@@ -17,7 +17,9 @@ caught by comparing the parent with the supervisor's pid, which the
 supervisor leaves in the environment; each child makes the same check
 against the fork server's pid.
 
-Then it imports the application, once for every child it will fork, and
+Then it imports the application, once for every child it will fork (a
+connection the application opens meanwhile stays the fork server's: each
+child opens its own, see store/forkguard.py), and
 builds the App's store: the first store built in a process imports the
 database driver and SQLAlchemy's dialect (a quarter of a second with
 psycopg), which each child would otherwise pay again. The store holds no
@@ -52,7 +54,11 @@ PID = os.getpid()
 gc.disable()  # nothing to collect among the imports (see cli.work._settle_memory)
 with contextlib.suppress(Exception):
     from dbqueue.loader import load_app
+    from dbqueue.store.forkguard import guard_inherited_connections
 
+    # Before the import: a connection the application opens at import stays
+    # this process's, never shared by the children (see store/forkguard.py).
+    guard_inherited_connections()
     load_app(os.environ.get(APP, "")).store  # noqa: B018 (built for its side effect)
 # Every child inherits these objects: frozen, no collection in a child walks
 # them (nor copies the memory pages that hold them, as marking them would).
