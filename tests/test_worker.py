@@ -194,8 +194,11 @@ def test_rows_that_cannot_run_are_failed_with_a_reason_and_the_worker_goes_on(jo
         c.execute(table.insert().values(queue="default", job="record", payload="{not json",
                                         available_at=store.dialect.now(),
                                         created_at=store.dialect.now()))
-        c.execute(sa.text(f"INSERT INTO {table.name} (queue, job, payload) "
-                          "VALUES ('default', 'os.system', '{\"args\": [\"rm -rf /\"]}')"))
+        # unknown, and dispatched long enough ago that no worker will come to know it
+        c.execute(table.insert().values(queue="default", job="os.system",
+                                        payload='{"args": ["rm -rf /"]}',
+                                        available_at=store.dialect.now(),
+                                        created_at=store.dialect.now_plus(-3600)))
         # arguments an older version of the job took
         c.execute(sa.text(f"INSERT INTO {table.name} (queue, job, payload) VALUES "
                           "('default', 'record', '{\"args\": [3], \"kwargs\": {\"old\": 1}}')"))
@@ -229,10 +232,31 @@ def test_rows_that_cannot_run_are_failed_with_a_reason_and_the_worker_goes_on(jo
     assert all("has invalid options" in message for _, _, message in reasons[:3])
     assert reasons[3][2] == "a NUL \\x00 in the message"
     assert "no job named 'os.system'" in reasons[4][2]
+    assert reasons[4][2].endswith("(nor did any worker take it in the 10 minutes after its "
+                                  "dispatch)")
     assert "unexpected keyword argument 'old'" in reasons[5][2]
     assert "cannot be decoded" in reasons[6][2]
     assert count(jobs.app, jobs.effects, jobs.effects.c.n == 4) == 1
     assert job_rows(jobs) == []
+
+
+def test_a_job_unknown_here_but_just_dispatched_is_put_back_for_newer_workers(jobs, workers):
+    """During a rolling deploy the new code dispatches jobs that workers still on
+    the old code do not know: they failed for good, their chains stopped and
+    their batches were cancelled. Now they wait for a worker that knows them."""
+    store, table = jobs.app.store, jobs.app.store.tables.jobs
+    job_id = store.push(NewJob("default", "reports.weekly_digest", '{"args": []}'))
+    result = workers.run("--stop-when-empty", *FAST)
+    assert result.returncode == 0, result.stdout
+    assert (f"job {job_id} (reports.weekly_digest): no job named 'reports.weekly_digest' is "
+            "registered in this app;") in result.stdout
+    assert "put back for a worker that knows it (it fails for good 10 minutes after its " \
+           "dispatch)" in result.stdout
+    assert failed_rows(jobs) == []
+    (row,) = job_rows(jobs)
+    assert (row.id, row.attempts, row.reserved_by) == (job_id, 0, None)  # no try used
+    assert store.read(lambda c: c.execute(sa.select(table.c.available_at > store.dialect.now())
+                                          ).scalar_one())  # and not at once again
 
 
 def test_max_jobs_and_memory_limit(jobs, workers):

@@ -583,8 +583,9 @@ def test_jobs_that_cannot_run_still_count_in_their_batch(flows, flow_workers):
     first = min(row.id for row in rows(f.app, jobs, jobs.c.job == "member"))
     broken = f.app.store.push(dbqueue.store.NewJob(
         "default", "member", '{"args":[3],"flow":{"chain":[{"job":"parse"}]}}'))
-    f.app.store.transaction(lambda c: c.execute(  # a job renamed since it was queued
-        jobs.update().where(jobs.c.id.in_([first, chain_id])).values(job="renamed")))
+    f.app.store.transaction(lambda c: c.execute(  # a job renamed since it was queued, long
+        jobs.update().where(jobs.c.id.in_([first, chain_id])).values(  # ago: no worker knows it
+            job="renamed", created_at=f.app.store.dialect.now_plus(-3600))))
     flow_workers.drain()
     batch = f.app.find_batch(batch_id)
     assert (batch.pending, batch.failed, batch.finished) == (0, 1, True)

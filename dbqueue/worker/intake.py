@@ -2,6 +2,10 @@
 
 A row that cannot be decoded, names an unknown job, or has run out of attempts
 is failed here, before any child sees it (DESIGN §2.7: bad input is contained).
+
+A job unknown here but dispatched moments ago is put back instead, for a
+while: during a rolling deploy, new code dispatches jobs that the workers
+still on the old code do not know, and one with the new code will run them.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import functools
 import time
 import traceback
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,10 +26,26 @@ from .clock import Deadline
 from .ledger import Entry
 from .messages import class_name
 
+UNKNOWN_GRACE = 600.0
+"""How long after its dispatch a job unknown here is put back rather than
+failed: longer than a rolling deploy of the workers takes."""
+UNKNOWN_RETRY = 5.0
+"""How long an unknown job is put back for, each time."""
+
+
+@dataclass(frozen=True, slots=True)
+class Postponed:
+    """The row cannot run here now: back to the queue for ``delay`` seconds,
+    without using a try."""
+
+    delay: float
+    why: str
+
 
 def admit(app: Any, row: ReservedRow, token: str, lease_until: Deadline,
-          ) -> tuple[Entry, Failure | None]:
-    """A ledger entry for ``row``, and the Failure to record instead of running it, if any.
+          ) -> tuple[Entry, Failure | Postponed | None]:
+    """A ledger entry for ``row``, and the Failure to record instead of running
+    it, or the Postponed to put it back, if either.
 
     Whatever the row holds (anyone with SQL access can write one), this
     returns: a row that cannot run becomes a Failure, never an exception
@@ -39,7 +59,7 @@ def admit(app: Any, row: ReservedRow, token: str, lease_until: Deadline,
                               traceback.format_exc())
 
 
-def _resolve(app: Any, entry: Entry) -> Failure | None:
+def _resolve(app: Any, entry: Entry) -> Failure | Postponed | None:
     row = entry.row
     # Decoded first when it may hold a flow: a job that fails here (unknown,
     # out of tries) still counts in its batch and stops its chain.
@@ -49,7 +69,7 @@ def _resolve(app: Any, entry: Entry) -> Failure | None:
     try:
         job = app.lookup(row.job)
     except UnknownJob as exc:
-        return Failure(class_name(exc), str(exc), "")
+        return _unknown(row, exc)
     entry.job = job
     if entry.payload is None and _reads_arguments(job):
         failure = _decode(entry)
@@ -68,6 +88,15 @@ def _resolve(app: Any, entry: Entry) -> Failure | None:
     if why is not None:
         return Failure(class_name(MaxAttemptsExceeded), why, "")
     return None
+
+
+def _unknown(row: ReservedRow, error: UnknownJob) -> Failure | Postponed:
+    age = (row.reserved_at - row.created_at).total_seconds()  # both the server's clock
+    if age < UNKNOWN_GRACE:
+        return Postponed(UNKNOWN_RETRY, f"{error}; put back for a worker that knows it (it "
+                         f"fails for good {UNKNOWN_GRACE / 60:g} minutes after its dispatch)")
+    return Failure(class_name(error), f"{error} (nor did any worker take it in the "
+                   f"{UNKNOWN_GRACE / 60:g} minutes after its dispatch)", "")
 
 
 def _decode(entry: Entry) -> Failure | None:

@@ -22,7 +22,7 @@ from .background import Inline, OnThread, bounded, time_left
 from .cancels import CancelledBatches
 from .clock import Deadline
 from .health import DB_ERRORS, Health
-from .intake import admit
+from .intake import Postponed, admit
 from .joblocks import JobLocks
 from .ledger import Entry, Ledger, State
 from .options import WorkerOptions
@@ -66,6 +66,8 @@ class Reserver:
         self.stalled = False
         """Every child has run its current job STALLED_AFTER seconds: no prefetch."""
         self._said_waiting = False
+        self._postponed: set[int] = set()
+        """Unknown jobs put back, and so logged, already (see intake.Postponed)."""
         # One reservation at a time, on a thread of its own where the database
         # is a server (see worker.background).
         self.calls: Inline[tuple[list[ReservedRow], bool | None]] = (
@@ -247,11 +249,21 @@ class Reserver:
             self.ledger.add(entry)
             if failure is None:
                 admitted.append(entry)
+            elif isinstance(failure, Postponed):
+                self._postpone(entry, failure)
             else:
                 self.recorder.failed(entry, failure, ran=False)
         _, released = self.job_locks.take(self._skip_cancelled(admitted))
         if released:  # back in the queue, maybe ready at once
             self.drained = False
+
+    def _postpone(self, entry: Entry, postponed: Postponed) -> None:
+        if entry.id not in self._postponed:  # said once, not at each return
+            if len(self._postponed) >= 10_000:
+                self._postponed.clear()
+            self._postponed.add(entry.id)
+            log.warning("job %d (%s): %s", entry.id, entry.row.job, postponed.why)
+        self.recorder.released(entry, postponed.delay, False, postponed.why)
 
     def _skip_cancelled(self, admitted: list[Entry]) -> list[Entry]:
         """Complete, without running them, the jobs of cancelled batches."""
