@@ -24,6 +24,7 @@ def load_app(reference: str) -> App:
     from .app import App  # here: `dbqueue work` imports this module before SQLAlchemy
 
     module_name, _, attribute = reference.partition(":")
+    attribute_given = bool(attribute)
     attribute = attribute or "app"
     if not module_name:
         raise ConfigurationError(
@@ -38,6 +39,12 @@ def load_app(reference: str) -> App:
     except Exception as exc:
         if (isinstance(exc, ModuleNotFoundError) and exc.name
                 and module_name.startswith(exc.name)):  # the module itself is not there
+            parent, _, last = module_name.rpartition(".")
+            if not attribute_given and parent and hasattr(_imported(parent), last):
+                raise ConfigurationError(  # pkg.tasks.app for pkg.tasks:app
+                    f"--app {reference!r}: there is no module {module_name!r}, but module "
+                    f"{parent} has {last!r}: name an attribute after a colon, "
+                    f"--app {parent}:{last}") from None
             raise ConfigurationError(
                 f"--app {reference!r}: cannot import module {module_name!r} ({exc}); "
                 + _as_module(module_name, attribute)) from None
@@ -125,3 +132,11 @@ def _as_module(name: str, attribute: str) -> str:
         return (f"--app takes the module's dotted name, as Python imports it from your "
                 f"project's root, not a file's path{example}")
     return "run from your project's root directory or fix the module path"
+
+
+def _imported(module_name: str) -> object:
+    """The module ``module_name``, or None if it does not import."""
+    try:
+        return importlib.import_module(module_name)
+    except Exception:
+        return None

@@ -443,6 +443,20 @@ def test_a_broken_app_points_at_the_users_line(broken_module):
     assert f"importing dbqb_json_app failed at {broken_module}:6: JSONDecodeError" in line, line
 
 
+def test_an_app_named_with_a_dot_for_the_colon_is_told_the_colon(tmp_path, monkeypatch):
+    package = tmp_path / "dbqdot_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "tasks.py").write_text("import dbqueue\napp = dbqueue.App()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    line = error_line(run("status", "--app", "dbqdot_pkg.tasks.app"))
+    assert line == ("Error: --app 'dbqdot_pkg.tasks.app': there is no module "
+                    "'dbqdot_pkg.tasks.app', but module dbqdot_pkg.tasks has 'app': name an "
+                    "attribute after a colon, --app dbqdot_pkg.tasks:app"), line
+    # A module merely misspelt is not taken for an attribute.
+    assert "fix the module path" in error_line(run("status", "--app", "dbqdot_pkg.taks"))
+
+
 def test_verbose_prints_the_whole_traceback_before_the_error_line(broken_module):
     result = run("status", "--app", "dbqb_json_app:app", "-v")
     assert result.exit_code == 1 and result.stdout == ""
