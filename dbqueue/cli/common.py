@@ -68,6 +68,15 @@ def _check_not_overridden(app: App, reference: str, url: str | None,
             f"--table-prefix {table_prefix!r} differs from the prefix {reference} is built "
             f"with ({app.settings.table_prefix!r}); drop --table-prefix, or create the App "
             "without table_prefix= so that --table-prefix and DBQUEUE_TABLE_PREFIX choose")
+    # From the environment (a unit file's Environment=): not the user's mistake
+    # here and now, but ignored all the same, so said.
+    if url and not given_on_command_line("url") and not app.database.same_as(url):
+        click.echo(f"Warning: DBQUEUE_URL is ignored: {reference} is built on its own "
+                   f"database ({app.database.where()})", err=True)
+    if (table_prefix is not None and not given_on_command_line("table_prefix")
+            and table_prefix != app.settings.table_prefix):
+        click.echo(f"Warning: DBQUEUE_TABLE_PREFIX={table_prefix} is ignored: {reference} is "
+                   f"built with its own prefix ({app.settings.table_prefix!r})", err=True)
 
 
 @contextmanager
