@@ -494,7 +494,8 @@ def test_a_bad_setting_in_the_environment_is_named_as_it_was_set(fresh_url):
     (["work"], "--app"),
     (["retry"], "give failed job IDs, or --all, or --queue NAME"),
     (["retry", "1", "--all"], "give failed job IDs, or --all, or --queue NAME"),
-    (["flush", "--hours", "-1"], "'--hours': -1.0 is not in the range x>=0"),
+    (["flush", "--hours", "-1"], "'--hours': must be a number of hours from 0 to 876,000 "
+                                 "(a hundred years), not -1"),
     (["failed", "--limit", "many"], "--limit"),
     (["failed", "retry", "3"], "there is no 'dbqueue failed retry': failed jobs are handled "
                                "by 'dbqueue retry'"),

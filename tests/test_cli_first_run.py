@@ -328,9 +328,10 @@ def test_a_forgotten_prefix_is_told_where_dbqueues_tables_are(tmp_path):
     app.migrate()
     app.dispose()
     line = error_line(run("status", "--url", url))
-    assert line.endswith("; dbqueue's tables with the prefix 'billing_' are there: if those are "
-                         "meant, give --table-prefix billing_ (DBQUEUE_TABLE_PREFIX=billing_, "
-                         "App(table_prefix='billing_'))"), line
+    assert ("are missing in " in line and "; dbqueue's tables with the prefix 'billing_' are "
+            "there: if those are meant, give --table-prefix billing_ (DBQUEUE_TABLE_PREFIX="
+            "billing_, App(table_prefix='billing_')); else create them with: dbqueue migrate "
+            f"--url {url}") in line, line
     dbqueue.App(url).migrate()  # unprefixed ones too: a wrong prefix hears of both
     line = error_line(run("status", "--url", url, "--table-prefix", "bill_"))
     assert "with the prefix 'billing_' (and without a prefix) are there" in line, line

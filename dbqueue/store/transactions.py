@@ -130,8 +130,11 @@ class Transactions:
         if names and version_table(self.prefix).lower() not in existing:
             return NotMigrated(prefix_advice(self.engine, names, existing, self.prefix))
         others = other_prefixes(existing, self.prefix)
-        if others and not names:  # a prefix forgotten or mistyped, most likely
-            return NotMigrated(f"{error}; {other_prefixes_advice(others)}")
+        if others and not names:  # a prefix forgotten or mistyped, most likely: said first
+            missing, said, migrate = str(error).partition("; create them with: ")
+            if said:
+                return NotMigrated(f"{missing}; {other_prefixes_advice(others)}; else create "
+                                   f"them with: {migrate}")
         return error
 
     def read(self, work: Callable[[Connection], T]) -> T:

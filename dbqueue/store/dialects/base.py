@@ -392,10 +392,9 @@ def dialect_for(sa_dialect: sa.Dialect) -> Dialect:
     from . import registry
 
     dialect = registry.lookup(sa_dialect)
-    # Before the first connection SQLAlchemy cannot tell MariaDB from MySQL:
-    # there, remember the answer only once the server has been seen. (An
-    # application that only dispatches outside its transactions never connects
-    # the main engine: without the cache each dispatch looked the dialect up.)
+    # Before the first connection SQLAlchemy cannot tell MariaDB from MySQL: there,
+    # remember the answer only once the server has been seen (others at once: a
+    # main engine that never connects must not cost a lookup per dispatch).
     if sa_dialect.name != "mysql" or sa_dialect.server_version_info is not None:
         sa_dialect._dbqueue_dialect = dialect  # type: ignore[attr-defined]
     return dialect
