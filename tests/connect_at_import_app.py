@@ -16,7 +16,10 @@ app = dbqueue.App()
 _url = sa.make_url(os.environ["DBQUEUE_URL"])
 _DRIVERS = {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql",
             "mariadb": "mysql+pymysql"}
-engine = sa.create_engine(_url.set(drivername=_DRIVERS[_url.get_backend_name()]))
+# pool_pre_ping, as often advised for MySQL: a child would ping an inherited
+# connection before any checkout hook could set it aside.
+engine = sa.create_engine(_url.set(drivername=_DRIVERS[_url.get_backend_name()]),
+                          pool_pre_ping=True)
 _SESSION_ID = {"postgresql": "SELECT pg_backend_pid()", "mysql": "SELECT CONNECTION_ID()"}
 with engine.connect() as _connection:  # the import-time query; back to the pool
     _connection.execute(sa.text("SELECT 1"))

@@ -15,6 +15,7 @@ import threading
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.pool import Pool
 
 import dbqueue
 from dbqueue.store import engine as engine_module
@@ -302,3 +303,59 @@ def test_the_dialect_is_looked_up_once_before_the_engine_connects():
     # A "mysql" URL may be MariaDB: which, only the server's answer tells.
     mysql = sa.create_engine("mysql+pymysql://nobody@127.0.0.1:1/none")
     assert dialect_for(mysql.dialect) is not dialect_for(mysql.dialect)
+
+
+def test_the_fork_server_closes_what_the_application_left_in_its_pools(jobs):
+    """Run in the worker's fork server after the application's import: children
+    then inherit empty pools, whatever the engine's options (a pre-ping would
+    use an inherited connection before any checkout hook could refuse it)."""
+    from dbqueue.store.forkguard import release_imported_connections
+
+    if jobs.app.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite's pools are left alone: a database in memory lives in them")
+    backend = backend_of(jobs.app)
+    url = sa.make_url(jobs.app.settings.url)
+    theirs = sa.create_engine(url.set(drivername={"postgresql": "postgresql+psycopg",
+                                                  "mysql": "mysql+pymysql"}[backend]),
+                              pool_pre_ping=True)
+    try:
+        with theirs.connect() as connection:  # as a create_all at import would
+            session = server_id(connection.connection.dbapi_connection, backend)
+        assert theirs.pool.checkedin() == 1
+        release_imported_connections()
+        assert theirs.pool.checkedin() == 0
+        listed = {"postgresql": "SELECT COUNT(*) FROM pg_stat_activity WHERE pid = :id",
+                  "mysql": "SELECT COUNT(*) FROM information_schema.processlist WHERE id = :id"}
+        wait_until(lambda: not jobs.app.store.read(lambda c: c.execute(
+            sa.text(listed[backend]), {"id": session}).scalar_one()), timeout=30,
+            what=f"server session {session} to end")
+    finally:
+        theirs.dispose()
+
+
+def test_a_database_in_memory_is_still_there_in_a_forked_child():
+    """SQLite in memory lives in its one connection: the fork guard leaves it be."""
+    from dbqueue.store import forkguard
+
+    forkguard.guard_inherited_connections()
+    # Only for this test: the fork server's listeners, not the test process's.
+    installed = [(Pool, "connect", forkguard._tag), (Pool, "checkout", forkguard._refuse_inherited)]
+    memory = sa.create_engine("sqlite://")
+    with memory.begin() as connection:
+        connection.execute(sa.text("CREATE TABLE t (n INTEGER)"))
+        connection.execute(sa.text("INSERT INTO t VALUES (1)"))
+    pid = os.fork()
+    if pid == 0:  # the child: 0 if it reads the row
+        try:
+            with memory.connect() as connection:
+                found = connection.execute(sa.text("SELECT n FROM t")).scalar_one()
+            os._exit(0 if found == 1 else 1)
+        except BaseException:
+            os._exit(2)
+    try:
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        memory.dispose()
+        for target, name, listener in installed:
+            sa.event.remove(target, name, listener)

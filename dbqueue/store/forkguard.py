@@ -1,33 +1,41 @@
-"""Connections a forked child inherits from the pools of its parent, any engine's.
+"""Connections a forked child would inherit from its parent's pools, any engine's.
 
 An application that connects at import (``create_all`` at module level, a
 warm-up query) leaves a connection in its engine's pool in the worker's fork
-server, and every child forked from it inherits that pool, socket included.
-Two children using it at once read each other's answers ("received 0
-results", "Command Out of Sync"), and their jobs fail or, worse, go on with
-another job's rows.
+server, and every child forked from it would inherit that pool, socket
+included. Two children using it at once read each other's answers ("received
+0 results", "Command Out of Sync"), and their jobs fail or, worse, go on with
+another job's rows. dbqueue's own engines are rebuilt in each child
+(dbqueue.App does it at fork); an application's are not dbqueue's to know.
 
-dbqueue's own engines are rebuilt in each child (dbqueue.App does it at
-fork); an application's are not dbqueue's to know. So, as SQLAlchemy's
-documentation advises for pools used across ``os.fork()``, every pool of the
-process tags a connection with the pid that opened it, and a checkout in
-another process sets the connection aside and opens a new one. Aside, not
-closed: closing it would end the session the parent still owns (psycopg
-says goodbye to the server on close, and on garbage collection too, hence
-the list that keeps them).
+So the fork server, once it has imported the application, closes the
+connections resting in every engine's pool: they are its own, and it never
+uses them (``release_imported_connections``). Children then inherit empty
+pools and open their own connections. As a second line, for a pool no engine
+holds or a connection opened later, every pool tags a connection with the
+pid that opened it, and a checkout in another process sets it aside and
+opens a new one (SQLAlchemy's documented recipe for pools across fork).
+
+SQLite is left as it was: a database in memory exists only in the
+connection that made it, and a child would otherwise find it empty.
 """
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
+log = logging.getLogger("dbqueue.worker")
+
 _PID = "dbqueue_opened_by"
-_inherited: list[Any] = []
+_set_aside: list[Any] = []  # referenced, so that no collection of them ends a session
 
 
 def guard_inherited_connections() -> None:
@@ -38,16 +46,34 @@ def guard_inherited_connections() -> None:
         event.listen(Pool, "checkout", _refuse_inherited)
 
 
-def _tag(_dbapi_connection: Any, record: Any) -> None:
-    record.info[_PID] = os.getpid()
+def release_imported_connections() -> None:
+    """Close the connections resting in the pool of every engine of this
+    process (but SQLite's), so that no child inherits one."""
+    for engine in [obj for obj in gc.get_objects() if isinstance(obj, Engine)]:
+        resting = getattr(engine.pool, "checkedin", None)
+        if engine.dialect.name == "sqlite" or resting is None or not resting():
+            continue
+        try:
+            engine.dispose()  # closes what rests in the pool; checked-out ones stay
+        except Exception as exc:  # an async engine outside its loop, say: the tag guards it
+            log.debug("could not empty the pool of %r: %s", engine, exc)
+
+
+def _tag(dbapi_connection: Any, record: Any) -> None:
+    if not _is_sqlite(dbapi_connection):
+        record.info[_PID] = os.getpid()
 
 
 def _refuse_inherited(dbapi_connection: Any, record: Any, proxy: Any) -> None:
     opened_by = record.info.get(_PID)
     if opened_by is None or opened_by == os.getpid():
         return
-    _inherited.append(dbapi_connection)
+    _set_aside.append(dbapi_connection)
     record.dbapi_connection = proxy.dbapi_connection = None
     # The pool takes this as a dead connection and opens a new one in its place.
     raise sa.exc.DisconnectionError(
         f"a connection of process {opened_by}, inherited by process {os.getpid()} at a fork")
+
+
+def _is_sqlite(dbapi_connection: Any) -> bool:
+    return type(dbapi_connection).__module__.startswith(("sqlite3", "pysqlite"))

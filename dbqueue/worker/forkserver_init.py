@@ -18,7 +18,7 @@ supervisor leaves in the environment; each child makes the same check
 against the fork server's pid.
 
 Then it imports the application, once for every child it will fork (a
-connection the application opens meanwhile stays the fork server's: each
+connection the application opens meanwhile is closed after the import: each
 child opens its own, see store/forkguard.py), and
 builds the App's store: the first store built in a process imports the
 database driver and SQLAlchemy's dialect (a quarter of a second with
@@ -54,12 +54,13 @@ PID = os.getpid()
 gc.disable()  # nothing to collect among the imports (see cli.work._settle_memory)
 with contextlib.suppress(Exception):
     from dbqueue.loader import load_app
-    from dbqueue.store.forkguard import guard_inherited_connections
+    from dbqueue.store.forkguard import guard_inherited_connections, release_imported_connections
 
-    # Before the import: a connection the application opens at import stays
-    # this process's, never shared by the children (see store/forkguard.py).
+    # A connection the application opens at import is closed here, and no
+    # child uses one opened in another process (see store/forkguard.py).
     guard_inherited_connections()
     load_app(os.environ.get(APP, "")).store  # noqa: B018 (built for its side effect)
+    release_imported_connections()
 # Every child inherits these objects: frozen, no collection in a child walks
 # them (nor copies the memory pages that hold them, as marking them would).
 gc.freeze()
