@@ -320,6 +320,9 @@ def test_a_mistyped_prefix_is_told_where_dbqueues_tables_are(own_prefix, backend
     assert f"; dbqueue's tables with the prefix {prefix!r}" in line, line  # the nearest first
     assert (f"are there: if those are meant, give --table-prefix {prefix} "
             f"(DBQUEUE_TABLE_PREFIX={prefix}, App(table_prefix={prefix!r}))") in line, line
+    if backend_url.startswith("postgresql"):  # names in capitals are other names there
+        line = error_line(run("status", "--url", backend_url, "--table-prefix", prefix.upper()))
+        assert f"; dbqueue's tables with the prefix {prefix!r}" in line, line
 
 
 def test_a_forgotten_prefix_is_told_where_dbqueues_tables_are(tmp_path):

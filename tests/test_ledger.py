@@ -3,7 +3,7 @@
 Pure: no database, no processes.
 """
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -113,3 +113,29 @@ def test_an_uncommitted_job_cannot_go_back_to_a_child():
         ledger.unstart(job)
     with pytest.raises(IllegalMove, match="from uncommitted to gone"):
         ledger.forget(job)
+
+
+def test_an_unknown_job_waits_only_in_the_minutes_after_its_dispatch():
+    """Put back for a worker with newer code while young; failed once old, and
+    at once when its created_at is ahead of the clock (written by hand, in
+    another time zone), which would otherwise keep it waiting for hours."""
+    import dbqueue
+    from dbqueue.store import ReservedRow
+    from dbqueue.worker.clock import Deadline
+    from dbqueue.worker.intake import UNKNOWN_GRACE, Postponed, admit
+
+    app = dbqueue.App("sqlite://")
+    now = datetime(2026, 12, 5, 12, tzinfo=UTC)
+
+    def outcome(created_ago: float) -> object:
+        row = ReservedRow(1, "default", "reports.digest", "{}", 0, 1,
+                          now - timedelta(seconds=created_ago), now)
+        return admit(app, row, "token", Deadline.after(60))[1]
+
+    young = outcome(30)
+    assert isinstance(young, Postponed) and young.delay > 0
+    assert "put back for a worker that knows it" in young.why
+    for created_ago in (UNKNOWN_GRACE + 1, -3600):
+        old = outcome(created_ago)
+        assert not isinstance(old, Postponed) and old is not None
+        assert old.exception_class == "dbqueue.UnknownJob"

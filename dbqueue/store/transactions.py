@@ -24,7 +24,15 @@ from ..errors import (
     NotMigrated,
 )
 from .dialects import READ_ONLY, Dialect, dialect_for
-from .engine import DRIVER_ERRORS, connect, describe, first_line, migrate_command, translate
+from .engine import (
+    DRIVER_ERRORS,
+    connect,
+    describe,
+    first_line,
+    migrate_command,
+    same_database,
+    translate,
+)
 from .foreign import (
     other_prefixes,
     other_prefixes_advice,
@@ -129,8 +137,10 @@ class Transactions:
         names = taken(existing, self.prefix)
         if names and version_table(self.prefix).lower() not in existing:
             return NotMigrated(prefix_advice(self.engine, names, existing, self.prefix))
+        # Ours are missing, yet others are there (the prefix forgotten, mistyped,
+        # or in capitals on PostgreSQL, where their names match ours but for case).
         others = other_prefixes(existing, self.prefix)
-        if others and not names:  # a prefix forgotten or mistyped, most likely: said first
+        if others:  # the likelier fix: said first
             missing, said, migrate = str(error).partition("; create them with: ")
             if said:
                 return NotMigrated(f"{missing}; {other_prefixes_advice(others)}; else create "
@@ -213,9 +223,12 @@ class Transactions:
         """Before the App's engine has connected, SQLAlchemy cannot tell MariaDB
         from MySQL, and dbqueue's statements for one fail on the other (a
         variable MariaDB 10.x lacks). The caller's connection, to the same kind
-        of server (checked), has seen it: its answer stands for the App's."""
+        of server (checked), has seen it: when it is to the App's own database,
+        its answer stands for the App's."""
         ours = self.engine.dialect
-        if ours.server_version_info is None and connection.dialect.server_version_info:
+        if (ours.server_version_info is None and connection.dialect.server_version_info
+                and same_database(connection.engine.url.render_as_string(hide_password=False),
+                                  self.engine.url.render_as_string(hide_password=False))):
             ours._dbqueue_dialect = dialect_for(connection.dialect)  # type: ignore[attr-defined]
 
     def _has_jobs(self) -> bool:

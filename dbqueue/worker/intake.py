@@ -92,7 +92,9 @@ def _resolve(app: Any, entry: Entry) -> Failure | Postponed | None:
 
 def _unknown(row: ReservedRow, error: UnknownJob) -> Failure | Postponed:
     age = (row.reserved_at - row.created_at).total_seconds()  # both the server's clock
-    if age < UNKNOWN_GRACE:
+    # A created_at ahead of the clock (written by hand, in another time zone)
+    # gives no grace: it would be put back for hours, or for ever.
+    if 0 <= age < UNKNOWN_GRACE:
         return Postponed(UNKNOWN_RETRY, f"{error}; put back for a worker that knows it (it "
                          f"fails for good {UNKNOWN_GRACE / 60:g} minutes after its dispatch)")
     return Failure(class_name(error), f"{error} (nor did any worker take it in the "

@@ -66,8 +66,8 @@ class Reserver:
         self.stalled = False
         """Every child has run its current job STALLED_AFTER seconds: no prefetch."""
         self._said_waiting = False
-        self._postponed: set[int] = set()
-        """Unknown jobs put back, and so logged, already (see intake.Postponed)."""
+        self._postponed: set[str] = set()
+        """Names of unknown jobs put back, and so logged, already (see intake.Postponed)."""
         # One reservation at a time, on a thread of its own where the database
         # is a server (see worker.background).
         self.calls: Inline[tuple[list[ReservedRow], bool | None]] = (
@@ -258,11 +258,13 @@ class Reserver:
             self.drained = False
 
     def _postpone(self, entry: Entry, postponed: Postponed) -> None:
-        if entry.id not in self._postponed:  # said once, not at each return
-            if len(self._postponed) >= 10_000:
+        name = entry.row.job
+        if name not in self._postponed:  # said once per name: a deploy may queue thousands
+            if len(self._postponed) >= 1000:
                 self._postponed.clear()
-            self._postponed.add(entry.id)
-            log.warning("job %d (%s): %s", entry.id, entry.row.job, postponed.why)
+            self._postponed.add(name)
+            log.warning("job %d (%s): %s; other jobs of that name are put back unsaid",
+                        entry.id, name, postponed.why)
         self.recorder.released(entry, postponed.delay, False, postponed.why)
 
     def _skip_cancelled(self, admitted: list[Entry]) -> list[Entry]:
