@@ -747,6 +747,19 @@ def test_ages_and_limits_out_of_range_are_usage_errors_before_any_query(
     assert expected in result.stderr.splitlines()[-1], result.stderr
 
 
+@pytest.mark.parametrize("args, expected", [
+    (["batches", "3f2a1b2c-5d6e-4f70-8a9b-0c1d2e3f4a5b"],
+     "to see batch 3f2a1b2c-5d6e-4f70-8a9b-0c1d2e3f4a5b: dbqueue batches show "
+     "3f2a1b2c-5d6e-4f70-8a9b-0c1d2e3f4a5b"),
+    (["outcomes", "charge:7"], "to see the outcome of charge:7: dbqueue outcomes show charge:7"),
+    (["outcomes", "prnue"], "Did you mean 'prune'?"),  # a slip of a subcommand stays one
+])
+def test_an_id_where_a_subcommand_goes_names_the_show_command(args, expected):
+    result = run(*args)
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert result.stderr.splitlines()[-1].endswith(expected), result.stderr
+
+
 def test_a_mistyped_command_is_answered_with_the_nearest_one():
     result = run("falied")
     assert result.exit_code == 2

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from .common import cut_notice, open_app, print_json, print_table, short_time
-from .options import LIMIT, Age, connection_options, friendly_errors, group_options
+from .options import LIMIT, Age, ShowsOne, connection_options, friendly_errors, group_options
 
 
 def _state(batch: Any) -> str:
@@ -16,7 +16,11 @@ def _state(batch: Any) -> str:
     return "finished" if batch.finished else "running"
 
 
-@click.group(invoke_without_command=True)
+class _BatchesGroup(ShowsOne):
+    thing = "batch"
+
+
+@click.group(cls=_BatchesGroup, invoke_without_command=True)
 @connection_options
 @click.option("--limit", default=50, show_default=True, type=LIMIT,
               help="Most batches to show.")

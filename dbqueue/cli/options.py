@@ -6,6 +6,7 @@ SQLAlchemy to load.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 import re
@@ -51,6 +52,23 @@ class Age(_NumberType):
             message = str(exc).replace("it must", "must", 1)
             self.fail(message.replace(f"not {number!r}", f"not {value}"), param, ctx)
         return number
+
+
+class ShowsOne(click.Group):
+    """A group whose ``show`` subcommand shows one thing by its id or key: a
+    word that is no subcommand, nor near one, is most likely such an id
+    (``dbqueue batches 3f2a...``), and the error says how to see it."""
+
+    thing = "it"
+
+    def resolve_command(self, ctx: click.Context,
+                        args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        word = args[0] if args else ""
+        if (word and not word.startswith("-") and word not in self.commands
+                and not difflib.get_close_matches(word, list(self.commands), cutoff=0.6)):
+            raise click.UsageError(f"No such command {word!r}; to see {self.thing} {word}: "
+                                   f"dbqueue {ctx.info_name} show {shlex.quote(word)}", ctx=ctx)
+        return super().resolve_command(ctx, args)
 
 
 class EnvOption(click.Option):

@@ -9,10 +9,14 @@ import click
 
 from ..store.outcomes import Outcome
 from .common import cut_notice, one_line, open_app, print_json, print_table, short_time, to_jsonable
-from .options import LIMIT, Age, connection_options, friendly_errors, group_options
+from .options import LIMIT, Age, ShowsOne, connection_options, friendly_errors, group_options
 
 
-@click.group(invoke_without_command=True)
+class _OutcomesGroup(ShowsOne):
+    thing = "the outcome of"
+
+
+@click.group(cls=_OutcomesGroup, invoke_without_command=True)
 @connection_options
 @click.option("--limit", type=LIMIT, default=50, show_default=True,
               help="List at most this many.")
@@ -58,7 +62,8 @@ def show(url: str | None, app_reference: str | None, table_prefix: str | None, v
     """Show the outcome recorded under the idempotency KEY."""
     outcome = open_app(url, app_reference, table_prefix).outcome(key)
     if outcome is None:
-        raise click.ClickException(f"no outcome is recorded under {key!r}")
+        raise click.ClickException(f"no outcome is recorded under {key!r}; list them with: "
+                                   "dbqueue outcomes")
     if as_json:
         print_json(_jsonable(outcome))
         return
