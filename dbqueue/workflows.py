@@ -163,7 +163,8 @@ class Batch(BatchRow):
                 "pending": self.pending, "processed": self.processed, "failed": self.failed,
                 "progress": self.progress, "allow_failures": self.allow_failures,
                 "cancelled": self.cancelled, "created_at": self.created_at,
-                "cancelled_at": self.cancelled_at, "finished_at": self.finished_at}
+                "cancelled_at": self.cancelled_at, "finished_at": self.finished_at,
+                "callbacks": self.callback_states()}
 
     def add(self, jobs: Iterable[PreparedJob | Sequence[PreparedJob]], *,
             connection: Executor | None = None) -> int:

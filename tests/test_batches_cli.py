@@ -113,3 +113,26 @@ def test_retry_of_a_batch_whose_failures_were_flushed_says_so(f, schema):
     assert ok(run(schema, "retry", batch_id)) == (
         f"Queued 0 failed job(s) of batch {batch_id} again: its 1 failed job(s) are no "
         "longer in failed_jobs (forgotten or flushed).\n")
+
+
+def test_show_tells_what_became_of_each_callback_even_after_a_retry_reopened_it(f, schema):
+    """A failure cancels a batch and withholds ``then`` for good; a retry opens
+    the batch again (no longer cancelled), and nothing said ``then`` would
+    still never run."""
+    batch_id = f.app.batch([f.member.prepare(1), f.member.prepare(2)],
+                           then=f.callback.prepare("then"),
+                           finally_=f.callback.prepare("finally")).dispatch()
+    assert f.app.find_batch(batch_id).callback_states() == {"then": "not yet",
+                                                            "finally": "not yet"}
+    reserved = [row for row in reserve_all(f.app) if row.job == "member"]
+    finish(f.app, reserved[:1], "failed")
+    finish(f.app, reserved[1:])
+    assert ok(run(schema, "retry", batch_id)).startswith("Queued 1 failed job(s)")
+    batch = f.app.find_batch(batch_id)
+    assert not batch.cancelled  # opened again by the retry
+    never = "never (the batch was cancelled)"
+    assert batch.callback_states() == {"then": never, "finally": "queued"}
+    shown = ok(run(schema, "show", batch_id))
+    assert f"then:       {never}\n" in shown and "finally:    queued\n" in shown
+    assert json.loads(ok(run(schema, "show", batch_id, "--json")))["callbacks"] == {
+        "then": never, "finally": "queued"}

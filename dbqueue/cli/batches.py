@@ -69,6 +69,8 @@ def show(url: str | None, app_reference: str | None, table_prefix: str | None,
                          ("cancelled", short_time(batch.cancelled_at)),
                          ("finished", short_time(batch.finished_at))]:
         click.echo(f"{label + ':':<12}{value}")
+    for name, state in batch.callback_states().items():
+        click.echo(f"{name + ':':<12}{state}")
 
 
 @batches.command("cancel")

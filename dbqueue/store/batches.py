@@ -6,6 +6,7 @@ this module holds what applications and operators do to a batch.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,17 @@ from sqlalchemy.engine import Connection
 from .. import serializer
 from ..errors import ConfigurationError, NotFound
 from ..policy.durations import age_seconds
-from .flows import FINALLY, THEN, callback_jobs, step, steps_after, with_flow
+from .flows import (
+    CALLBACKS,
+    FINALLY,
+    THEN,
+    THEN_WITHHELD,
+    callback_jobs,
+    step,
+    steps_after,
+    with_flow,
+    withheld,
+)
 from .store import Store
 from .values import Executor, NewJob, canonical_uuid
 
@@ -36,6 +47,22 @@ class BatchRow:
     created_at: datetime
     cancelled_at: datetime | None
     finished_at: datetime | None
+    callbacks: tuple[str, ...]
+    """The callbacks it has: then, catch, finally."""
+    fired: int
+    """Which were queued, or withheld (store.flows bits)."""
+
+    def callback_states(self) -> dict[str, str]:
+        """What became of each callback: queued, not yet, or never (then)."""
+        states = {}
+        for name in self.callbacks:
+            bit = CALLBACKS.get(name, 0)
+            if name == "then" and (self.fired & THEN_WITHHELD or (
+                    self.fired & THEN and self.cancelled_at is not None)):
+                states[name] = "never (the batch was cancelled)"
+            else:
+                states[name] = "queued" if self.fired & bit else "not yet"
+        return states
 
 
 class Batches:
@@ -87,13 +114,13 @@ class Batches:
         row = self.store.read(lambda c: c.execute(
             sa.select(*self._columns()).where(self.table.c.id.in_(
                 {batch_id, canonical_uuid(batch_id)}))).first())
-        return None if row is None else BatchRow(*row)
+        return None if row is None else _batch_row(row)
 
     def recent(self, limit: int = 50) -> list[BatchRow]:
         """The newest batches first."""
         query = (sa.select(*self._columns())
                  .order_by(self.table.c.created_at.desc(), self.table.c.id).limit(limit))
-        return [BatchRow(*row) for row in self.store.read(lambda c: c.execute(query).all())]
+        return [_batch_row(row) for row in self.store.read(lambda c: c.execute(query).all())]
 
     def cancel(self, batch_id: str) -> bool:
         """Mark the batch cancelled; False if it already was, or has finished.
@@ -105,7 +132,8 @@ class Batches:
             if row.cancelled_at is not None or row.finished_at is not None:
                 return False
             c.execute(sa.update(self.table).where(self.table.c.id == batch_id)
-                      .values(cancelled_at=self.store.dialect.now(), fired=row.fired | THEN))
+                      .values(cancelled_at=self.store.dialect.now(),
+                              fired=row.fired | withheld(row.fired)))
             return True
 
         return self.store.transaction(work)
@@ -134,7 +162,16 @@ class Batches:
     def _columns(self) -> list[sa.ColumnElement[Any]]:
         t = self.table.c
         return [t.id, t.name, t.total, t.pending, t.failed, t.allow_failures, t.created_at,
-                t.cancelled_at, t.finished_at]
+                t.cancelled_at, t.finished_at, t.callbacks, t.fired]
+
+
+def _batch_row(row: Any) -> BatchRow:
+    values = row._asdict()
+    try:
+        named = tuple(name for name, job in json.loads(values["callbacks"]).items() if job)
+    except (TypeError, ValueError, AttributeError):  # written by hand: none to tell of
+        named = ()
+    return BatchRow(**{**values, "callbacks": named, "fired": int(values["fired"] or 0)})
 
 
 def _member(member: Sequence[NewJob], batch_id: str) -> NewJob:

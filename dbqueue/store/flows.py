@@ -55,6 +55,16 @@ class FlowEnd(NamedTuple):
 # Bits of job_batches.fired: which callbacks were queued (each at most once).
 THEN, CATCH, FINALLY = 1, 2, 4
 CALLBACKS = {"then": THEN, "catch": CATCH, "finally": FINALLY}
+THEN_WITHHELD = 8
+"""Set with THEN when ``then`` will never run (the batch was cancelled), so
+that a batch a retry has opened again still says so; unknown to, and so
+ignored by, code older than it."""
+
+
+def withheld(fired: int) -> int:
+    """The bits to add to ``fired`` when the batch is cancelled: ``then`` will not
+    run, unless it was queued already (a batch with allow_failures, retried)."""
+    return 0 if fired & THEN else THEN | THEN_WITHHELD
 
 
 _STEP_KEYS: dict[str, tuple[type, ...]] = {
@@ -194,7 +204,7 @@ def _count(store: Dispatch, c: Connection, batch_id: str, ends: Sequence[FlowEnd
     pending, failed = row.pending - finished, row.failed + failures
     fired = _due_callbacks(row, pending, failed, cancelled=cancelled)
     # A cancelled batch never runs ``then``, even once a retry has opened it again.
-    done = row.fired | fired | (THEN if cancelled else 0)
+    done = row.fired | fired | (withheld(row.fired) if cancelled else 0)
     values: dict[str, Any] = {"pending": pending, "failed": failed, "fired": done}
     if cancel:
         values["cancelled_at"] = store.dialect.now()
