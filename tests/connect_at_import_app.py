@@ -39,3 +39,14 @@ def whose_session() -> None:
                     break
             time.sleep(0.01)
         connection.execute(sa.text("SELECT 1"))  # on a shared socket, answers would cross
+
+
+# A connection left checked out at import (a module-level Session, say): no job
+# may use it, as every child would share it.
+held = engine.connect()
+held.execute(sa.text("SELECT 1"))
+
+
+@app.job(name="on_held_connection")
+def on_held_connection() -> None:
+    held.execute(sa.text("SELECT 1"))

@@ -325,6 +325,16 @@ def test_a_mistyped_prefix_is_told_where_dbqueues_tables_are(own_prefix, backend
         assert f"; dbqueue's tables with the prefix {prefix!r}" in line, line
 
 
+def test_tables_of_the_prefix_partly_there_get_no_other_prefix_hint(own_prefix, backend_url):
+    app, prefix = own_prefix
+    with app.engine.begin() as connection:  # one of them dropped by hand
+        connection.execute(sa.text(f"DROP TABLE {prefix}job_outcomes"))
+    line = error_line(run("outcomes", "--url", backend_url, "--table-prefix", prefix))
+    assert "missing" in line and "are there: if those are meant" not in line, line
+    with app.engine.begin() as connection:  # for the fixture's downgrade
+        app.store.tables.job_outcomes.create(connection)
+
+
 def test_a_forgotten_prefix_is_told_where_dbqueues_tables_are(tmp_path):
     url = f"sqlite:///{tmp_path / 'app.db'}"
     app = dbqueue.App(url, table_prefix="billing_")
@@ -758,6 +768,14 @@ def test_an_id_where_a_subcommand_goes_names_the_show_command(args, expected):
     result = run(*args)
     assert result.exit_code == 2, (result.output, result.exception)
     assert result.stderr.splitlines()[-1].endswith(expected), result.stderr
+
+
+def test_completion_of_an_id_is_not_a_usage_error():
+    result = CliRunner().invoke(cli, [], prog_name="dbqueue", env={
+        "_DBQUEUE_COMPLETE": "bash_complete", "COMP_WORDS": "dbqueue batches 3f2a --",
+        "COMP_CWORD": "3"})
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "plain,--url" in result.output
 
 
 def test_a_mistyped_command_is_answered_with_the_nearest_one():

@@ -359,3 +359,25 @@ def test_a_database_in_memory_is_still_there_in_a_forked_child():
         memory.dispose()
         for target, name, listener in installed:
             sa.event.remove(target, name, listener)
+
+
+def test_an_object_that_raises_for_its_class_does_not_stop_the_release(jobs):
+    """A lazy proxy (Django's settings) evaluates itself when asked for
+    __class__, and may raise: the search for engines must not ask it."""
+    from dbqueue.store.forkguard import release_imported_connections
+
+    if jobs.app.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite's pools are left alone")
+
+    class Lazy:
+        @property  # type: ignore[misc]
+        def __class__(self):
+            raise RuntimeError("settings are not configured")
+
+    lazy = Lazy()
+    with jobs.app.engine.connect():
+        pass
+    assert jobs.app.engine.pool.checkedin() >= 1
+    release_imported_connections()
+    assert jobs.app.engine.pool.checkedin() == 0
+    del lazy

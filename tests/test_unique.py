@@ -338,3 +338,15 @@ def test_an_expired_key_that_cannot_be_freed_for_want_of_a_connection_is_an_erro
     finally:
         app.dispose()
         engine.dispose()
+
+
+def test_the_same_server_and_database_whatever_the_user_driver_or_parameters():
+    from dbqueue.store.transactions import _server_and_database as where
+
+    url = sa.make_url
+    same = where(url("mysql+pymysql://app@127.0.0.1:3306/shop"))
+    assert where(url("mysql+pymysql://root:pw@localhost/shop?charset=utf8mb4")) == same
+    assert where(url("mariadb+pymysql://app@127.0.0.1/shop")) == same
+    assert where(url("mysql+pymysql://app@127.0.0.1:3307/shop")) != same
+    assert where(url("mysql+pymysql://app@127.0.0.1/other")) != same
+    assert where(url("mysql+pymysql://app@db.internal/shop")) != same

@@ -681,3 +681,23 @@ def test_a_connection_the_application_opens_at_import_is_never_shared_by_childre
     sessions = [line.split() for line in (tmp_path / "sessions").read_text().splitlines()]
     assert len({pid for pid, _ in sessions}) == 2, sessions  # two children, at once
     assert len({session for _, session in sessions}) == 2, sessions  # each its own
+
+
+def test_a_connection_left_checked_out_at_import_fails_the_job_that_uses_it(
+        jobs, workers, tmp_path):
+    """Neither closed by the fork server (someone holds it) nor refused at a
+    checkout (there is none): a statement on it in a child fails, loudly,
+    instead of crossing answers with another child's."""
+    if jobs.app.engine.dialect.name == "sqlite":
+        pytest.skip("a server session is what children would share")
+    workers.app = "tests.connect_at_import_app:app"
+    workers.env["DBQUEUE_TEST_MARKERS"] = str(tmp_path)
+    jobs.app.store.push(NewJob("default", "on_held_connection", "{}"))
+    result = workers.run("--stop-when-empty", *FAST)
+    assert result.returncode == 0, result.stdout
+    assert "1 connection(s) checked out after the application's import" in result.stdout
+    (failure,) = failed_rows(jobs)
+    assert failure.exception_class == "sqlalchemy.exc.InvalidRequestError"
+    assert "open connections and Sessions inside the job, not at import" in (
+        failure.exception_message)
+

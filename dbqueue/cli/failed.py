@@ -26,12 +26,13 @@ class _FailedGroup(click.Group):
 
     def resolve_command(self, ctx: click.Context,
                         args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
-        if args and args[0] in self._ELSEWHERE and args[0] not in self.commands:
+        if (args and args[0] in self._ELSEWHERE and args[0] not in self.commands
+                and not ctx.resilient_parsing):
             name = self._ELSEWHERE[args[0]]
             raise click.UsageError(f"there is no 'dbqueue failed {args[0]}': failed jobs are "
                                    f"handled by 'dbqueue {name}' (see dbqueue {name} --help)",
                                    ctx=ctx)
-        if args and _REF.fullmatch(args[0]):
+        if args and _REF.fullmatch(args[0]) and not ctx.resilient_parsing:
             raise click.UsageError(f"No such command {args[0]!r}; to see failed job {args[0]}: "
                                    f"dbqueue failed show {args[0]}", ctx=ctx)
         return super().resolve_command(ctx, args)

@@ -64,8 +64,9 @@ class ShowsOne(click.Group):
     def resolve_command(self, ctx: click.Context,
                         args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
         word = args[0] if args else ""
-        if (word and not word.startswith("-") and word not in self.commands
-                and not difflib.get_close_matches(word, list(self.commands), cutoff=0.6)):
+        if (word and not ctx.resilient_parsing and not word.startswith("-")
+                and word not in self.commands  # a slip of a name, in any case, is click's to say
+                and not difflib.get_close_matches(word.lower(), list(self.commands), cutoff=0.6)):
             raise click.UsageError(f"No such command {word!r}; to see {self.thing} {word}: "
                                    f"dbqueue {ctx.info_name} show {shlex.quote(word)}", ctx=ctx)
         return super().resolve_command(ctx, args)

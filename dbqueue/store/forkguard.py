@@ -48,15 +48,32 @@ def guard_inherited_connections() -> None:
 
 def release_imported_connections() -> None:
     """Close the connections resting in the pool of every engine of this
-    process (but SQLite's), so that no child inherits one."""
-    for engine in [obj for obj in gc.get_objects() if isinstance(obj, Engine)]:
-        resting = getattr(engine.pool, "checkedin", None)
-        if engine.dialect.name == "sqlite" or resting is None or not resting():
+    process (but SQLite's), so that no child inherits one; warn of those
+    still checked out (a Session left open at import), which no child can
+    use: a statement on one in a child fails, rather than share it."""
+    # type(), not isinstance(): a lazy proxy of the application's (Django's
+    # settings) evaluates itself for __class__, and may raise.
+    for engine in [obj for obj in gc.get_objects() if issubclass(type(obj), Engine)]:
+        if engine.dialect.name == "sqlite":
             continue
         try:
-            engine.dispose()  # closes what rests in the pool; checked-out ones stay
+            _release(engine)
         except Exception as exc:  # an async engine outside its loop, say: the tag guards it
-            log.debug("could not empty the pool of %r: %s", engine, exc)
+            log.warning("could not close the connections the application opened at import "
+                        "on %s: %s", engine.url, exc)
+
+
+def _release(engine: Engine) -> None:
+    pool = engine.pool
+    out = getattr(pool, "checkedout", lambda: 0)()
+    if out:
+        log.warning("%s has %d connection(s) checked out after the application's import (a "
+                    "Session or Connection left open at module level): jobs cannot use them "
+                    "(a statement on one fails); open them in the job instead", engine.url, out)
+        if not event.contains(Engine, "before_cursor_execute", _refuse_foreign_statement):
+            event.listen(Engine, "before_cursor_execute", _refuse_foreign_statement)
+    if getattr(pool, "checkedin", lambda: 0)():
+        engine.dispose()  # closes what rests in the pool; checked-out ones stay
 
 
 def _tag(dbapi_connection: Any, record: Any) -> None:
@@ -73,6 +90,15 @@ def _refuse_inherited(dbapi_connection: Any, record: Any, proxy: Any) -> None:
     # The pool takes this as a dead connection and opens a new one in its place.
     raise sa.exc.DisconnectionError(
         f"a connection of process {opened_by}, inherited by process {os.getpid()} at a fork")
+
+
+def _refuse_foreign_statement(connection: Any, *_: Any) -> None:
+    opened_by = connection.connection.info.get(_PID)
+    if opened_by is not None and opened_by != os.getpid():
+        raise sa.exc.InvalidRequestError(
+            f"this connection was opened by process {opened_by} (the worker's fork server, "
+            "while it imported the application) and is shared with every job's process: "
+            "open connections and Sessions inside the job, not at import")
 
 
 def _is_sqlite(dbapi_connection: Any) -> bool:

@@ -25,12 +25,12 @@ from ..errors import (
 )
 from .dialects import READ_ONLY, Dialect, dialect_for
 from .engine import (
+    DEFAULT_PORTS,
     DRIVER_ERRORS,
     connect,
     describe,
     first_line,
     migrate_command,
-    same_database,
     translate,
 )
 from .foreign import (
@@ -140,7 +140,7 @@ class Transactions:
         # Ours are missing, yet others are there (the prefix forgotten, mistyped,
         # or in capitals on PostgreSQL, where their names match ours but for case).
         others = other_prefixes(existing, self.prefix)
-        if others:  # the likelier fix: said first
+        if others and (not names or self.prefix.lower() in others):  # the likelier fix: first
             missing, said, migrate = str(error).partition("; create them with: ")
             if said:
                 return NotMigrated(f"{missing}; {other_prefixes_advice(others)}; else create "
@@ -223,12 +223,12 @@ class Transactions:
         """Before the App's engine has connected, SQLAlchemy cannot tell MariaDB
         from MySQL, and dbqueue's statements for one fail on the other (a
         variable MariaDB 10.x lacks). The caller's connection, to the same kind
-        of server (checked), has seen it: when it is to the App's own database,
-        its answer stands for the App's."""
+        of server (checked), has seen it: when it is to the App's own database
+        (whatever the user, driver or parameters), its answer stands for the App's."""
         ours = self.engine.dialect
         if (ours.server_version_info is None and connection.dialect.server_version_info
-                and same_database(connection.engine.url.render_as_string(hide_password=False),
-                                  self.engine.url.render_as_string(hide_password=False))):
+                and _server_and_database(connection.engine.url)
+                == _server_and_database(self.engine.url)):
             ours._dbqueue_dialect = dialect_for(connection.dialect)  # type: ignore[attr-defined]
 
     def _has_jobs(self) -> bool:
@@ -253,3 +253,15 @@ class Transactions:
 
     def _now(self) -> sa.ColumnElement[datetime]:
         return sa.type_coerce(self.dialect.now(), self.tables.jobs.c.created_at.type)
+
+
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def _server_and_database(url: sa.URL) -> tuple[str, str, int | None, str | None]:
+    """The server and database a URL names, for telling whether two URLs name
+    the same: ``?charset=utf8mb4``, another user, ``localhost`` for 127.0.0.1
+    do not make another server."""
+    host = (url.host or "").lower()
+    return ("loopback" if host in _LOOPBACK else host, url.get_backend_name().replace(
+        "mariadb", "mysql"), url.port or DEFAULT_PORTS.get(url.get_backend_name()), url.database)

@@ -97,8 +97,9 @@ def _unknown(row: ReservedRow, error: UnknownJob) -> Failure | Postponed:
     if 0 <= age < UNKNOWN_GRACE:
         return Postponed(UNKNOWN_RETRY, f"{error}; put back for a worker that knows it (it "
                          f"fails for good {UNKNOWN_GRACE / 60:g} minutes after its dispatch)")
-    return Failure(class_name(error), f"{error} (nor did any worker take it in the "
-                   f"{UNKNOWN_GRACE / 60:g} minutes after its dispatch)", "")
+    why = ("its created_at is ahead of the server's clock" if age < 0 else
+           f"nor did any worker take it in the {UNKNOWN_GRACE / 60:g} minutes after its dispatch")
+    return Failure(class_name(error), f"{error} ({why})", "")
 
 
 def _decode(entry: Entry) -> Failure | None:
