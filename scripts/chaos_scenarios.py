@@ -265,10 +265,13 @@ def insert_poison(app: dbqueue.App, label: str) -> int:
     """Insert one poison row by hand, as anyone with SQL access could; its id."""
     name, payload = POISON[label]
     now = datetime.now(UTC) - timedelta(seconds=1)
+    # An unknown job dispatched moments ago waits for a worker that knows it:
+    # this one was queued an hour ago, by code since removed, and fails.
+    created = now - timedelta(hours=1) if label == "unknown job" else now
     with app.engine.begin() as connection:
         return connection.execute(app.store.tables.jobs.insert().values(
             queue="default", job=name, payload=payload, priority=0, available_at=now,
-            created_at=now, attempts=2147483647 if label.startswith("attempts") else 0,
+            created_at=created, attempts=2147483647 if label.startswith("attempts") else 0,
         )).inserted_primary_key[0]
 
 
