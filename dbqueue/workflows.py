@@ -154,7 +154,7 @@ class Batch(BatchRow):
 
     def retry(self) -> int:
         """Put the batch's failed jobs back on their queues (``then`` may still
-        run once they succeed); return how many."""
+        run once they succeed, unless the batch was cancelled); return how many."""
         return self.app.admin.retry(batch=self.id)
 
     def as_dict(self) -> dict[str, Any]:

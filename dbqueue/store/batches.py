@@ -185,8 +185,10 @@ def _member(member: Sequence[NewJob], batch_id: str) -> NewJob:
 def reopen(c: Connection, store: Store, rows: Sequence[Any]) -> None:
     """Failed jobs of batches go back on their queues (``rows`` of failed_jobs
     with batch_id and payload): count them as pending again, and open their
-    batches again (no longer cancelled or finished), so that ``then`` can still
-    run once they succeed. Callbacks already queued are not queued again."""
+    batches again (no longer cancelled or finished). ``then`` can still run
+    once they succeed if the batch allows failures; one that was cancelled
+    keeps ``then`` withheld (see flows.THEN_WITHHELD). Callbacks already
+    queued are not queued again."""
     by_batch: dict[str, list[int]] = defaultdict(list)
     for row in rows:
         if row.batch_id is not None:
