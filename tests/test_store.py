@@ -555,3 +555,17 @@ def test_jobs_given_back_are_free_of_their_locks_in_the_same_transaction(app):
     assert not taken.locked() and other.owned()
     (again,) = store.reserve(["default"], 1, "w.2", 90)  # another worker, at once
     assert again.id == row.id
+
+
+def test_a_statement_the_server_refuses_is_a_refusal_not_an_outage(app):
+    """PyMySQL files every server error it has no class for (an unknown
+    variable, a table not granted) as OperationalError, the class of the
+    outages: they were reported as "unavailable, try again"."""
+    statement = {"mysql": "SELECT @@no_such_variable_here",
+                 "postgresql": "SELECT current_setting('no.such_setting')",
+                 "sqlite": "SELECT no_such_function()"}[app.engine.dialect.name]
+    with pytest.raises(dbqueue.DatabaseError) as raised:
+        app.store.read(lambda c: c.exec_driver_sql(statement).all())
+    assert not isinstance(raised.value, dbqueue.DatabaseUnavailable)
+    assert "refused the statement" in str(raised.value)
+    assert app.store.now() is not None  # and the connection is sound

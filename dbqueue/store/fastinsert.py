@@ -65,7 +65,7 @@ class FastInsert:
             row_id = int(cursor.fetchone()[0] if self.returning else cursor.lastrowid)
         except dialect.loaded_dbapi.Error as exc:
             dropped = dialect.is_disconnect(exc, connection, cursor)
-            broken = dropped or dialect_for(dialect).is_refusal(exc)
+            broken = dropped or dialect_for(dialect).closes_after(exc)
             if dropped:
                 # As SQLAlchemy does on a disconnect: the server may have dropped
                 # them all (a restart), so the pool recycles every older connection.

@@ -343,18 +343,19 @@ class Dialect:
     # --- errors ---------------------------------------------------------------
 
     def is_retryable(self, error: BaseException, waited: float = 0.0) -> bool:
-        """True for errors that a fresh attempt of the same transaction can cure
-        (``waited``: the seconds the failed attempt took)."""
+        """True for errors that running the transaction again can cure (it took ``waited`` s)."""
         return False
 
     def is_refusal(self, error: BaseException) -> bool:
-        """True for a refusal of the statement that the driver files as operational.
-        The server may close the connection after it: it is not used again."""
+        """True for a refusal of the statement that the driver files as operational."""
+        return False
+
+    def closes_after(self, error: BaseException) -> bool:
+        """True for a refusal after which the server closes the connection."""
         return False
 
     def refuses_data(self, error: BaseException) -> bool:
-        """True when the server refused the values the statement carries (too
-        long, too large, not text it can store), not the statement itself."""
+        """True when the server refused the values a statement carries, not the statement."""
         return False
 
     def unavailable_hint(self, error: BaseException) -> str:
@@ -365,8 +366,7 @@ class Dialect:
         return False
 
     def refuses_login(self, error: BaseException) -> bool:
-        """True for a driver's connect error that says the server answered and
-        refused: bad credentials, no such database (waiting will not help)."""
+        """True for a connect error the server answered: bad credentials, no database."""
         return False
 
     def is_missing_column(self, error: BaseException) -> bool:

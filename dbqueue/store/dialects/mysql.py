@@ -39,6 +39,14 @@ _DUPLICATE_KEY = 1062
 # No access to the database (1044), wrong user or password (1045, and 1698
 # from MariaDB), no such database (1049).
 _LOGIN_REFUSED = (1044, 1045, 1049, 1698)
+# Server errors that pass: too many connections or threads, out of memory, a
+# shutdown, a network error or timeout, a lock wait or deadlock, a session or
+# query killed, the read-only moment of a failover, an idle session closed.
+# PyMySQL raises every server error it has no class for as OperationalError,
+# the class of the outages: the others (an unknown variable, a table or
+# column not granted) are refusals, which waiting does not cure.
+_PASSING = frozenset({1037, 1040, 1041, 1053, 1077, 1135, 1152, 1158, 1159, 1160, 1161,
+                      1203, 1205, 1213, 1226, 1290, 1317, 1792, 1836, 1927, 3024, 3572, 4031})
 
 
 def _errno(error: BaseException) -> int | None:
@@ -88,7 +96,7 @@ class MySQL(Dialect):
             # for a disconnect: unless it is dropped here, the pool hands it to
             # the next statement, which fails with a lost connection. Only this
             # one: the others are sound.
-            if self.is_refusal(context.original_exception):
+            if self.closes_after(context.original_exception):
                 context.is_disconnect = True
                 context.invalidate_pool_on_disconnect = False
 
@@ -293,6 +301,12 @@ class MySQL(Dialect):
         return bool(args) and args[0] in _LOGIN_REFUSED
 
     def is_refusal(self, error: BaseException) -> bool:
+        errno = _errno(error)
+        if errno is None or 2000 <= errno < 3000:  # the client's own: the connection's
+            return False
+        return errno >= 1000 and errno not in _PASSING and errno not in _LOGIN_REFUSED
+
+    def closes_after(self, error: BaseException) -> bool:
         return _errno(error) == _PACKET_TOO_LARGE
 
     def is_missing_table(self, error: BaseException) -> bool:

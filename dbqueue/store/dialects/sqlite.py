@@ -89,6 +89,12 @@ class SQLite(Dialect):
         # more tries would hang the caller eight times as long.
         return _locked(error) and waited < LOCK_WAITS_RETRIED_WITHIN
 
+    def is_refusal(self, error: BaseException) -> bool:
+        # sqlite3 files nearly every error as OperationalError: a syntax error
+        # or an unknown function (SQLITE_ERROR) as well as a lock or a full disk.
+        code = getattr(getattr(error, "orig", error), "sqlite_errorcode", None)
+        return code is not None and code & 0xFF in _REFUSED
+
     def unavailable_hint(self, error: BaseException) -> str:
         if not _locked(error):
             return super().unavailable_hint(error)
@@ -106,6 +112,9 @@ class SQLite(Dialect):
     def is_missing_column(self, error: BaseException) -> bool:
         text = str(getattr(error, "orig", error))
         return "no such column" in text or "has no column named" in text  # (an INSERT's)
+
+
+_REFUSED = frozenset({1, 18, 20, 25})  # SQLITE_ERROR, _TOOBIG, _MISMATCH, _RANGE
 
 
 def _locked(error: BaseException) -> bool:
