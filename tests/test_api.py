@@ -227,6 +227,11 @@ def test_key_functions_that_cannot_take_a_dispatchs_arguments_are_refused_at_dis
                        match=r"^idempotency_key of job 'invoice' cannot take these arguments: "
                              r"got an unexpected keyword argument 'crash'$"):
         invoice.prepare(12, crash=True)
+    # The job's own signature is told of first: its key function would only echo it.
+    with pytest.raises(dbqueue.InvalidArguments,
+                       match=r"^job 'invoice' cannot take these arguments: unexpected keyword "
+                             r"argument 'oid'"):
+        invoice.prepare(oid=12)
     sync.prepare(7)
     invoice.prepare(12)
     report.prepare("2026-12-05", full=True)

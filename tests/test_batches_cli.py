@@ -130,9 +130,12 @@ def test_show_tells_what_became_of_each_callback_even_after_a_retry_reopened_it(
     assert ok(run(schema, "retry", batch_id)).startswith("Queued 1 failed job(s)")
     batch = f.app.find_batch(batch_id)
     assert not batch.cancelled  # opened again by the retry
-    never = "never (the batch was cancelled)"
+    never = "never (the batch was cancelled before a retry reopened it)"
     assert batch.callback_states() == {"then": never, "finally": "queued"}
     shown = ok(run(schema, "show", batch_id))
     assert f"then:       {never}\n" in shown and "finally:    queued\n" in shown
     assert json.loads(ok(run(schema, "show", batch_id, "--json")))["callbacks"] == {
         "then": never, "finally": "queued"}
+    assert f.app.find_batch(batch_id).cancel()
+    assert f.app.find_batch(batch_id).callback_states()["then"] == (
+        "never (the batch is cancelled)")

@@ -721,6 +721,9 @@ def test_urls_that_name_one_database_in_two_ways_are_the_same():
     assert not same_database("postgresql://u@db/app", "postgresql://u@db:6432/app")
     assert not same_database("mysql://u@db/app", "mysql://u@db/other")
     assert not same_database("postgresql://u@db/app", "mysql://u@db/app")  # other ports
+    here = os.getcwd()  # a relative SQLite path names a file from here
+    assert same_database("sqlite:///q.db", f"sqlite:///{here}/q.db")
+    assert not same_database("sqlite:///q.db", "sqlite:////elsewhere/q.db")
 
 
 # --- filters that match nothing -------------------------------------------------------

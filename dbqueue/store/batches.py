@@ -59,7 +59,8 @@ class BatchRow:
             bit = CALLBACKS.get(name, 0)
             if name == "then" and (self.fired & THEN_WITHHELD or (
                     self.fired & THEN and self.cancelled_at is not None)):
-                states[name] = "never (the batch was cancelled)"
+                states[name] = ("never (the batch is cancelled)" if self.cancelled_at else
+                                "never (the batch was cancelled before a retry reopened it)")
             else:
                 states[name] = "queued" if self.fired & bit else "not yet"
         return states

@@ -196,6 +196,8 @@ def same_database(a: str, b: str) -> bool:
     def database(url: str) -> URL:
         parsed = parse_url(url)
         port = parsed.port or DEFAULT_PORTS.get(parsed.get_backend_name())
+        if _database_file(parsed):  # a relative path names the file from here
+            parsed = parsed.set(database=os.path.abspath(parsed.database or ""))
         return parsed.set(drivername="any", port=port)
 
     return database(a) == database(b)
