@@ -51,7 +51,7 @@ def test_list_and_show(f, schema):
     f.app.batch([f.member.prepare(9)], name="second").dispatch()
     cut = run(schema, "--limit", "1")
     assert "second" in cut.stdout and "import 2026-12" not in cut.stdout
-    assert cut.stdout.endswith("The newest 1 batches shown; --limit N shows more.\n")
+    assert cut.stdout.endswith("Only the newest 1 shown; --limit N shows more batches.\n")
     assert run(schema, "--json", "--limit", "1").stderr == cut.stdout.splitlines()[-1] + "\n"
     assert "shows more" not in ok(run(schema, "--limit", "2"))
     text = ok(run(schema, "show", batch_id))

@@ -89,7 +89,7 @@ def test_cli_lists_shows_and_prunes_outcomes(jobs, workers, schema):
     first = cli(schema, "outcomes", "--json", "--limit", "1")
     assert [o["result"] for o in json.loads(first.stdout)] in ([None], [
         {"order": 7, "cents": 4200}])
-    assert first.stderr == "The newest 1 outcomes shown; --limit N shows more.\n"
+    assert first.stderr == "Only the newest 1 shown; --limit N shows more outcomes.\n"
     assert cli(schema, "outcomes", "--limit", "2").stdout.count("\n") == 3  # none hidden
     assert cli(schema, "outcomes", "show", "cof:5").stdout.endswith("result:\nnull\n")
     shown = cli(schema, "outcomes", "show", "charge:7")

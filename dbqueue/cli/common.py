@@ -146,4 +146,4 @@ def one_line(text: str, width: int = 60) -> str:
 
 def cut_notice(cut: bool, limit: int, what: str) -> str | None:
     """The line that says a listing shows only its newest ``limit`` rows."""
-    return f"The newest {limit:,} {what} shown; --limit N shows more." if cut else None
+    return f"Only the newest {limit:,} shown; --limit N shows more {what}." if cut else None

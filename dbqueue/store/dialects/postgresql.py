@@ -202,6 +202,12 @@ class PostgreSQL(Dialect):
         return sqlstate in _RETRYABLE or (sqlstate == _LOCK_NOT_AVAILABLE
                                           and waited < LOCK_WAITS_RETRIED_WITHIN)
 
+    def is_refusal(self, error: BaseException) -> bool:
+        # psycopg files class 54 (program limit exceeded: a row too large to
+        # index, a statement too complex) with the outages, as OperationalError.
+        state = getattr(getattr(error, "orig", None), "sqlstate", None) or ""
+        return state[:2] == "54"
+
     def refuses_login(self, error: BaseException) -> bool:
         sqlstate = getattr(error, "sqlstate", None) or ""
         return sqlstate.startswith(_LOGIN_REFUSED) or bool(_REFUSED_WORDS.search(str(error)))
