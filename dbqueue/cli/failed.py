@@ -10,17 +10,19 @@ import click
 
 from .common import one_line, open_app, print_json, print_table, progress, short_time
 from .hints import hint_unmatched
-from .options import LIMIT, Age, connection_options, friendly_errors, group_options
+from .options import LIMIT, Age, ShowsOne, connection_options, friendly_errors, group_options
 
 # The refs `failed show` takes: a failure's number, or the uuid it was stored with.
 _REF = re.compile(r"\d+|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII)
 
 
-class _FailedGroup(click.Group):
+class _FailedGroup(ShowsOne):
     """``dbqueue failed``'s subcommands; what one might type for the top-level
     commands on failed jobs is answered with their names, and a failed job's
-    id where a subcommand goes with ``failed show``."""
+    id where a subcommand goes with ``failed show`` (ShowsOne)."""
 
+    thing = "failed job"
+    ids = _REF
     _ELSEWHERE = {"retry": "retry", "forget": "forget", "delete": "forget", "flush": "flush",
                   "prune": "flush"}
 
@@ -32,9 +34,6 @@ class _FailedGroup(click.Group):
             raise click.UsageError(f"there is no 'dbqueue failed {args[0]}': failed jobs are "
                                    f"handled by 'dbqueue {name}' (see dbqueue {name} --help)",
                                    ctx=ctx)
-        if args and _REF.fullmatch(args[0]) and not ctx.resilient_parsing:
-            raise click.UsageError(f"No such command {args[0]!r}; to see failed job {args[0]}: "
-                                   f"dbqueue failed show {args[0]}", ctx=ctx)
         return super().resolve_command(ctx, args)
 
 

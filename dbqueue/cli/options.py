@@ -57,19 +57,26 @@ class Age(_NumberType):
 class ShowsOne(click.Group):
     """A group whose ``show`` subcommand shows one thing by its id or key: a
     word that is no subcommand, nor near one, is most likely such an id
-    (``dbqueue batches 3f2a...``), and the error says how to see it."""
+    (``dbqueue batches 3f2a...``), and the error says how to see it. With
+    ``ids``, only a word of that form is taken for one."""
 
     thing = "it"
+    ids: re.Pattern[str] | None = None
 
     def resolve_command(self, ctx: click.Context,
                         args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
         word = args[0] if args else ""
-        if (word and not ctx.resilient_parsing and not word.startswith("-")
-                and word not in self.commands  # a slip of a name, in any case, is click's to say
-                and not difflib.get_close_matches(word.lower(), list(self.commands), cutoff=0.6)):
+        if word and not ctx.resilient_parsing and self._an_id(word):
             raise click.UsageError(f"No such command {word!r}; to see {self.thing} {word}: "
                                    f"dbqueue {ctx.info_name} show {shlex.quote(word)}", ctx=ctx)
         return super().resolve_command(ctx, args)
+
+    def _an_id(self, word: str) -> bool:
+        if self.ids is not None:
+            return bool(self.ids.fullmatch(word))
+        return (not word.startswith("-") and word not in self.commands
+                # a slip of a subcommand's name, in any case, is click's to say
+                and not difflib.get_close_matches(word.lower(), list(self.commands), cutoff=0.6))
 
 
 class EnvOption(click.Option):

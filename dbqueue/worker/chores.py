@@ -12,11 +12,11 @@ next worker's start.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
 import threading
 from typing import Any
 
+from ..policy.names import close_names
 from ..store import WorkerRegistry
 from ..store.queues import Queues
 from .health import DB_ERRORS
@@ -77,7 +77,7 @@ class StartUpChores:
         # on, beside one that has or is.
         known = set(ready) | {job.queue for job in self.app.jobs.values()}
         for queue in set(self.options.queues) - known - {"*"}:
-            close = difflib.get_close_matches(queue, sorted(known), n=1, cutoff=0.75)
+            close = close_names(queue, sorted(known))
             if close:
                 log.warning("queue %r has no ready job and no job of the application is "
                             "defined on it: did you mean %r?", queue, close[0])
