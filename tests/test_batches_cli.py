@@ -26,6 +26,16 @@ def run(url: str, *args: str) -> Result:
     return CliRunner().invoke(cli, ["batches", *args], env=variables)
 
 
+def settled_batch(f, members: int, failing: int, **options) -> str:
+    """A batch of ``members`` jobs whose first ``failing`` fail for good and the
+    rest complete, as a worker would record them; its id."""
+    batch_id = f.app.batch([f.member.prepare(n) for n in range(members)], **options).dispatch()
+    reserved = [row for row in reserve_all(f.app) if row.job == "member"]
+    finish(f.app, reserved[:failing], "failed")
+    finish(f.app, reserved[failing:])
+    return str(batch_id)
+
+
 def ok(result: Result) -> str:
     assert result.exit_code == 0, (result.output, result.exception)
     return result.stdout
@@ -60,11 +70,7 @@ def test_list_and_show(f, schema):
 
 
 def test_cancel_retry_prune_and_unknown_ids(f, schema):
-    batch_id = f.app.batch([f.member.prepare(n) for n in range(3)], allow_failures=True
-                           ).dispatch()
-    reserved = reserve_all(f.app)
-    finish(f.app, reserved[:2], "failed")
-    finish(f.app, reserved[2:])
+    batch_id = settled_batch(f, 3, 2, allow_failures=True)
     assert f.app.find_batch(batch_id).finished
     assert ok(run(schema, "retry", batch_id)) == (
         f"Queued 2 failed job(s) of batch {batch_id} again.\n")
@@ -103,11 +109,7 @@ def test_prune_refuses_bad_hours(schema, hours):
 
 
 def test_retry_of_a_batch_whose_failures_were_flushed_says_so(f, schema):
-    batch_id = f.app.batch([f.member.prepare(n) for n in range(2)], allow_failures=True
-                           ).dispatch()
-    reserved = reserve_all(f.app)
-    finish(f.app, reserved[:1], "failed")
-    finish(f.app, reserved[1:])
+    batch_id = settled_batch(f, 2, 1, allow_failures=True)
     f.app.admin.flush()
     assert f.app.find_batch(batch_id).failed == 1  # the count stays; the row is gone
     assert ok(run(schema, "retry", batch_id)) == (
