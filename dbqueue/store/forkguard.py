@@ -81,9 +81,16 @@ def _tag(dbapi_connection: Any, record: Any) -> None:
         record.info[_PID] = os.getpid()
 
 
+def _opened_elsewhere(info: dict[Any, Any]) -> int | None:
+    """The pid of the process that opened a connection (its pool record's
+    ``info``), if it is not this one."""
+    opened_by: int | None = info.get(_PID)
+    return None if opened_by == os.getpid() else opened_by
+
+
 def _refuse_inherited(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-    opened_by = record.info.get(_PID)
-    if opened_by is None or opened_by == os.getpid():
+    opened_by = _opened_elsewhere(record.info)
+    if opened_by is None:
         return
     _set_aside.append(dbapi_connection)
     record.dbapi_connection = proxy.dbapi_connection = None
@@ -93,8 +100,8 @@ def _refuse_inherited(dbapi_connection: Any, record: Any, proxy: Any) -> None:
 
 
 def _refuse_foreign_statement(connection: Any, *_: Any) -> None:
-    opened_by = connection.connection.info.get(_PID)
-    if opened_by is not None and opened_by != os.getpid():
+    opened_by = _opened_elsewhere(connection.connection.info)
+    if opened_by is not None:
         raise sa.exc.InvalidRequestError(
             f"this connection was opened by process {opened_by} (the worker's fork server, "
             "while it imported the application) and is shared with every job's process: "
