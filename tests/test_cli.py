@@ -776,3 +776,31 @@ def test_a_queue_filter_that_matches_nothing_names_the_near_queues(app, schema):
     assert ok(schema, "flush") == "Deleted 2 failed job(s).\n"
     retried = in_process(schema, "retry", "--queue", "defualt")
     assert (retried.exit_code, retried.stdout) == (0, "Queued 0 failed job(s) again.\n")
+
+
+def test_an_exception_filter_ignores_case_and_names_the_near_classes(app, schema):
+    """Case is ignored on every server alike (LIKE ignores it on MySQL only)."""
+    fail_jobs(app, ("default", "tasks.add", "myapp.errors.PaymentError", "{}"),
+              ("mail", "tasks.send", "KeyError", "{}"))
+
+    def listed(*options: str) -> str:
+        result = in_process(schema, "failed", *options)
+        assert result.exit_code == 0, (result.output, result.exception)
+        return result.stdout
+
+    assert [row[3] for row in table(listed("--exception", "paymenterror"))[1:]] == ["tasks.add"]
+    assert listed("--exception", "PaymentEror") == (
+        "No failed jobs match.\nNo failed job's exception class contains 'PaymentEror'; "
+        "did you mean 'myapp.errors.PaymentError'?\n")
+    # A class that has the text, left out by another filter, is no slip.
+    assert listed("--queue", "mail", "--exception", "Payment") == "No failed jobs match.\n"
+
+
+@pytest.mark.parametrize("args", [["failed", "--queue", ""], ["failed", "--job", " "],
+                                  ["failed", "--exception", ""], ["retry", "--queue", ""]],
+                         ids=["failed-queue", "failed-job", "failed-exception", "retry-queue"])
+def test_an_empty_filter_is_refused_not_taken_for_none(args, schema):
+    """An unset shell variable ($QUEUE) must not list, or retry, every failure."""
+    result = in_process(schema, *args)
+    assert result.exit_code == 2, result.output
+    assert f"is empty; give a name, or leave {args[1]} out" in result.stderr

@@ -10,7 +10,15 @@ import click
 
 from .common import one_line, open_app, print_json, print_table, progress, short_time
 from .hints import hint_unmatched
-from .options import LIMIT, Age, ShowsOne, connection_options, friendly_errors, group_options
+from .options import (
+    FILTER,
+    LIMIT,
+    Age,
+    ShowsOne,
+    connection_options,
+    friendly_errors,
+    group_options,
+)
 
 # The refs `failed show` takes: a failure's number, or the uuid it was stored with.
 _REF = re.compile(r"\d+|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII)
@@ -39,9 +47,10 @@ class _FailedGroup(ShowsOne):
 
 @click.group(cls=_FailedGroup, invoke_without_command=True)
 @connection_options
-@click.option("--queue", default=None, help="Only this queue.")
-@click.option("--job", default=None, help="Only this job name.")
-@click.option("--exception", default=None, help="Only exception classes containing this text.")
+@click.option("--queue", default=None, type=FILTER, help="Only this queue.")
+@click.option("--job", default=None, type=FILTER, help="Only this job name.")
+@click.option("--exception", default=None, type=FILTER,
+              help="Only exception classes containing this text (in any case).")
 @click.option("--limit", default=50, show_default=True, type=LIMIT,
               help="Most rows to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with tracebacks).")
@@ -66,12 +75,12 @@ def failed(  # noqa: PLR0913 (click passes each of the command's options)
         if more:
             click.echo(more, err=True)  # stdout stays JSON
         if not rows:
-            hint_unmatched(app.admin, queue=queue, job=job, err=True)
+            hint_unmatched(app.admin, queue=queue, job=job, exception=exception, err=True)
         return
     if not rows:
         filtered = queue is not None or job is not None or exception is not None
         click.echo("No failed jobs match." if filtered else "No failed jobs.")
-        hint_unmatched(app.admin, queue=queue, job=job)
+        hint_unmatched(app.admin, queue=queue, job=job, exception=exception)
         return
     # JOB ID: the number the worker's log gave the job (ID is the failure's own).
     print_table(["ID", "JOB ID", "QUEUE", "JOB", "ATTEMPTS", "EXCEPTION", "MESSAGE", "FAILED AT",
@@ -114,8 +123,8 @@ def show(url: str | None, app_reference: str | None, table_prefix: str | None,
 @connection_options
 @click.argument("refs", nargs=-1, metavar="[ID]...")
 @click.option("--all", "everything", is_flag=True, help="Retry every failed job.")
-@click.option("--queue", default=None, help="Retry the failed jobs of this queue.")
-@click.option("--job", default=None, help="Retry the failed jobs of this job name.")
+@click.option("--queue", default=None, type=FILTER, help="Retry the failed jobs of this queue.")
+@click.option("--job", default=None, type=FILTER, help="Retry the failed jobs of this job name.")
 @friendly_errors
 def retry(url: str | None, app_reference: str | None, table_prefix: str | None,
           verbose: bool, refs: tuple[str, ...], everything: bool, queue: str | None,

@@ -1,6 +1,6 @@
-"""What to say when a --queue or --job filter of the failed-job commands matches
-nothing: the name typed is often a letter off, or a job's function name where
-the stored name is ``module.function``."""
+"""What to say when a --queue, --job or --exception filter of the failed-job
+commands matches nothing: the name typed is often a letter off, or a job's
+function name where the stored name is ``module.function``."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ if TYPE_CHECKING:
 
 
 def hint_unmatched(admin: Admin, *, queue: str | None, job: str | None = None,
-                   err: bool = False) -> None:
-    """Print a line for ``queue`` or ``job`` when no failed job has it, naming
-    the nearest ones failed jobs have (nothing when none is near)."""
+                   exception: str | None = None, err: bool = False) -> None:
+    """Print a line for ``queue``, ``job`` or ``exception`` when no failed job
+    has it, naming the nearest ones failed jobs have (nothing when none is near)."""
     if queue:
         close = close_names(queue, admin.failed_names("queue"))
         if close:
@@ -28,3 +28,11 @@ def hint_unmatched(admin: Admin, *, queue: str | None, job: str | None = None,
         if close:
             click.echo(f"No failed job is named {job!r}; did you mean {either(close)}?",
                        err=err)
+    if exception:
+        classes = admin.failed_names("exception_class")
+        # A class that contains the text is no slip: the other filters left it out.
+        if not any(exception.lower() in name.lower() for name in classes):
+            close = close_names(exception, classes, dotted=True)
+            if close:
+                click.echo(f"No failed job's exception class contains {exception!r}; "
+                           f"did you mean {either(close)}?", err=err)

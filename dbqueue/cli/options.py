@@ -29,8 +29,9 @@ LIMIT = click.IntRange(1, 2**31 - 1)
 
 if TYPE_CHECKING:
     _NumberType = click.ParamType[float]
+    _TextType = click.ParamType[str]
 else:  # generic only from click 8.2; dbqueue takes 8.1
-    _NumberType = click.ParamType
+    _NumberType = _TextType = click.ParamType
 
 
 class Age(_NumberType):
@@ -52,6 +53,24 @@ class Age(_NumberType):
             message = str(exc).replace("it must", "must", 1)
             self.fail(message.replace(f"not {number!r}", f"not {value}"), param, ctx)
         return number
+
+
+class Filter(_TextType):
+    """The text of a filter (--queue, --job, --exception): an empty one is refused,
+    as it most often comes from an unset shell variable and would otherwise
+    match every row, or none."""
+
+    name = "TEXT"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        if not isinstance(value, str) or not value.strip():
+            option = param.opts[0] if param is not None and param.opts else "the option"
+            self.fail(f"{value!r} is empty; give a name, or leave {option} out", param, ctx)
+        return value
+
+
+FILTER = Filter()
 
 
 class ShowsOne(click.Group):

@@ -153,7 +153,8 @@ class Admin:
         if job:
             where.append(table.c.job == job)
         if exception:
-            where.append(table.c.exception_class.contains(exception, autoescape=True))
+            # Case left out alike on every server (LIKE ignores it on MySQL only).
+            where.append(table.c.exception_class.icontains(exception, autoescape=True))
         return where
 
     def list_failed(self, queue: str | None = None, job: str | None = None,
@@ -172,13 +173,14 @@ class Admin:
                  .where(*self._failed_where(queue, job, exception)))
         return int(self.store.read(lambda c: c.execute(query).scalar_one()))
 
-    def failed_names(self, kind: Literal["queue", "job"]) -> list[str]:
-        """The distinct queues, or job names, of the failed jobs, in order."""
+    def failed_names(self, kind: Literal["queue", "job", "exception_class"]) -> list[str]:
+        """The distinct queues, job names or exception classes of the failed jobs,
+        in order."""
         column = self.failed.c[kind]
         if kind == "queue":  # the first column of an index: the dialect walks it
             return self.store.read(lambda c: self.store.dialect.distinct_values(c, column))
-        # No index starts with job (no query but this one would use it): one
-        # scan, run only when a --job filter has matched nothing.
+        # No index starts with job or exception_class (no query but this one
+        # would use it): one scan, run only when a filter has matched nothing.
         query = sa.select(column).distinct().order_by(column)
         return self.store.read(lambda c: list(c.execute(query).scalars()))
 
