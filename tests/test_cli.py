@@ -804,3 +804,12 @@ def test_an_empty_filter_is_refused_not_taken_for_none(args, schema):
     result = in_process(schema, *args)
     assert result.exit_code == 2, result.output
     assert f"is empty; give a name, or leave {args[1]} out" in result.stderr
+
+
+def test_releasing_a_lock_nobody_holds_names_the_near_held_keys(app, schema):
+    assert app.lock("report:2026-12", ttl=600).acquire()
+    result = in_process(schema, "locks", "release", "report:2026-11")
+    assert result.exit_code == 1, result.output
+    assert ("no lock 'report:2026-11' is held; did you mean 'report:2026-12'? "
+            "List them with: dbqueue locks") in result.stderr
+    assert app.lock("report:2026-12").locked()  # the near one is left alone

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..policy.names import close_names, either
 from .common import open_app, print_json, print_table, short_time
 from .options import connection_options, friendly_errors, group_options
 
@@ -36,7 +37,10 @@ def locks(ctx: click.Context, url: str | None, app_reference: str | None,
 def release(url: str | None, app_reference: str | None, table_prefix: str | None, verbose: bool,
             key: str) -> None:
     """Free the lock KEY whoever holds it (for a holder that will not come back)."""
-    if open_app(url, app_reference, table_prefix).admin.release_lock(key):
+    admin = open_app(url, app_reference, table_prefix).admin
+    if admin.release_lock(key):
         click.echo(f"Released lock {key!r}.")
-    else:
-        raise click.ClickException(f"no lock {key!r} is held; list them with: dbqueue locks")
+        return
+    close = close_names(key, [lock.key for lock in admin.locks()])
+    then = f"; did you mean {either(close)}? List" if close else "; list"
+    raise click.ClickException(f"no lock {key!r} is held{then} them with: dbqueue locks")
