@@ -108,6 +108,10 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
     def surrogate_error() -> None:
         raise ValueError("no customer named \ud800")  # no driver can send a lone surrogate
 
+    @app.job(name="unprintable_error", tries=1)
+    def unprintable_error() -> None:
+        raise UnprintableError
+
     @app.job(name="nap")
     def nap(seconds: float) -> None:
         """Takes a while, and needs no database (it runs through outages)."""
@@ -418,3 +422,10 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
 
 
 app = build().app
+
+
+class UnprintableError(Exception):
+    """An exception whose message cannot be read: str() of it raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no message")

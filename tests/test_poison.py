@@ -122,3 +122,49 @@ def test_a_dispatch_refuses_what_a_worker_could_not_run(app, jobs):
         else:
             raise AssertionError(f"dispatch accepted what it should refuse ({message})")
     assert count(app, app.store.tables.jobs) == 0
+
+
+def test_an_exception_whose_str_raises_is_recorded_as_itself(jobs, workers):
+    """str() of it raised in the child, which died: the failure read
+    WorkerCrashed, and the job's own exception was lost."""
+    jobs.unprintable_error.dispatch()
+    assert workers.run("--stop-when-empty", *FAST).returncode == 0
+    (failed,) = rows(jobs.app, jobs.app.store.tables.failed_jobs)
+    assert failed.exception_class == "tests.jobapp.UnprintableError"
+    assert failed.exception_message == ("<tests.jobapp.UnprintableError: its str() raised "
+                                        "RuntimeError>")
+    assert "UnprintableError" in failed.exception
+
+
+# created_at values no Python datetime holds, as a person may write them.
+UNREADABLE_TIMES = {"sqlite": ["'garbage'", "42"],
+                    "postgresql": ["'infinity'", "'-infinity'", "'20000-01-01 00:00:00+00'"],
+                    "mysql": ["'0000-00-00 00:00:00'"], "mariadb": ["'0000-00-00 00:00:00'"]}
+
+
+def test_a_created_at_no_datetime_holds_stops_no_reservation(jobs, workers):
+    """The reservation read it, raised, and undid itself, at every look of
+    every worker: the worker exited, or (PostgreSQL's 'infinity') looked for
+    ever, and the good jobs never ran."""
+    app = jobs.app
+    name = app.engine.dialect.name
+    table = app.engine.dialect.identifier_preparer.format_table(app.store.tables.jobs)
+    with app.engine.begin() as c:
+        if name in ("mysql", "mariadb"):  # a zero date, as older sql_modes let through
+            c.exec_driver_sql("SET SESSION sql_mode = ''")
+        for n, value in enumerate(UNREADABLE_TIMES[name]):
+            c.exec_driver_sql(f"INSERT INTO {table} (queue, job, payload, attempts, priority, "
+                              f"available_at, created_at) VALUES ('default', 'record', "
+                              f"'{{\"args\": [{100 + n}]}}', 0, 0, {_now_sql(name)}, {value})")
+    app.dispatch_many([jobs.record.prepare(n) for n in range(5)])
+    result = workers.run("--stop-when-empty", *FAST)
+    assert result.returncode == 0, result.stdout
+    assert "Traceback" not in result.stdout
+    assert count(app, jobs.effects) == 5 + len(UNREADABLE_TIMES[name])  # the odd rows too
+    assert [(row.exception_class, row.exception_message)
+            for row in rows(app, app.store.tables.failed_jobs)] == []
+
+
+def _now_sql(name: str) -> str:
+    return {"sqlite": "strftime('%Y-%m-%d %H:%M:%f000', 'now')",
+            "postgresql": "now()"}.get(name, "UTC_TIMESTAMP(6)")

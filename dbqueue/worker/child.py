@@ -39,6 +39,7 @@ from .messages import (
     RunHook,
     RunJob,
     class_name,
+    described,
     from_wire,
 )
 from .replies import Replies
@@ -163,7 +164,7 @@ def _finished(kind: str, exc: BaseException, message: str | None = None) -> Fini
     """A failed task's answer: ``exc``, with its message and the traceback
     being handled, both shortened (see policy.texts)."""
     return Finished(kind, exception_class=class_name(exc),
-                    message=shortened_message(str(exc) if message is None else message),
+                    message=shortened_message(described(exc) if message is None else message),
                     traceback=shortened_traceback(traceback.format_exc()))
 
 

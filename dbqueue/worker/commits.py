@@ -25,7 +25,7 @@ from typing import Any
 
 from .. import serializer
 from ..idempotency import CommitFailed, OutcomeBatch
-from .messages import Committed, Finished, RunHook, RunJob, class_name
+from .messages import Committed, Finished, RunHook, RunJob, class_name, described
 from .replies import Replies
 from .runtimes import Runtimes
 
@@ -138,5 +138,5 @@ class Commits:
         # Named as the same failure is when the job commits by itself.
         cause = exc.__cause__ or exc
         return Finished("release" if exc.transient or not alone else "error",
-                        exception_class=class_name(cause), message=str(cause),
+                        exception_class=class_name(cause), message=described(cause),
                         traceback="".join(traceback.format_exception(cause)))

@@ -28,7 +28,7 @@ from ..store.locks import Locks
 from .background import bounded
 from .health import DB_ERRORS, Health
 from .ledger import Entry
-from .messages import class_name
+from .messages import class_name, described
 from .recorder import Recorder
 
 HELD_FIRST_PAUSE = 0.05
@@ -148,7 +148,7 @@ class JobLocks:
         except BaseException as exc:
             self.recorder.failed(held, Failure(
                 class_name(exc), f"the lock key of job {held.row.id} could not be computed: "
-                f"{exc}", traceback.format_exc()), ran=False)
+                f"{described(exc)}", traceback.format_exc()), ran=False)
             return None
 
     def renewal(self, holding: Sequence[Entry]) -> Callable[[], set[tuple[str, str]] | None]:

@@ -116,3 +116,12 @@ def class_name(error: BaseException | type[BaseException]) -> str:
     if module.startswith("dbqueue."):
         module = "dbqueue"  # the public name, not the private module
     return f"{module}.{cls.__qualname__}"
+
+
+def described(error: BaseException) -> str:
+    """``str(error)``, or a stand-in when the exception's own ``__str__``
+    raises: a job's exception must never take down the process reporting it."""
+    try:
+        return str(error)
+    except BaseException as exc:
+        return f"<{class_name(error)}: its str() raised {class_name(exc)}>"

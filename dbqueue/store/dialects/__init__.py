@@ -1,12 +1,7 @@
 """Everything that differs between database servers, and nothing else."""
 
-from .base import (
-    READ_ONLY,
-    RESERVED_COLUMNS,
-    Dialect,
-    ReservedRow,
-    dialect_for,
-)
+from .base import READ_ONLY, Dialect, dialect_for
+from .rows import RESERVED_COLUMNS, ReservedRow
 from .support import Notices
 from .types import LongText, UtcDateTime
 

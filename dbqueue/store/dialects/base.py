@@ -10,31 +10,14 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from .rows import RESERVED_COLUMNS, ReservedRow
 from .support import Notices
 
-
-class ReservedRow(NamedTuple):
-    """A job row as it stands right after its reservation."""
-
-    id: int
-    queue: str
-    job: str
-    payload: str
-    priority: int
-    attempts: int
-    """The number of the attempt this reservation is for: the attempts that
-    started before it, plus one. A reservation writes no attempt: only a job
-    that starts counts one (see Store.complete's ``started``)."""
-    created_at: datetime
-    reserved_at: datetime
-
-
-RESERVED_COLUMNS = ReservedRow._fields
 _claim_order = operator.attrgetter("priority", "id")  # in C: a sort key per reserved row
 BULK_ROWS = 1000  # rows per INSERT of a bulk enqueue
 READ_ONLY = "dbqueue_read_only"

@@ -14,15 +14,10 @@ from sqlalchemy import event
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine
 
-from .base import (
-    LOCK_WAITS_RETRIED_WITHIN,
-    RESERVED_COLUMNS,
-    Dialect,
-    ReservedRow,
-    seconds_expression,
-)
+from .base import LOCK_WAITS_RETRIED_WITHIN, Dialect, seconds_expression
 from .liveness import keep_alive
 from .mysqlbulk import PACKET_LIMIT, insert_literal_rows
+from .rows import RESERVED_COLUMNS, ReservedRow, created_at
 from .support import run_on_connect, server_too_old
 
 _HANDSHAKE_ONLY = "dbqueue_handshake_read_timeout"
@@ -202,7 +197,8 @@ class MySQL(Dialect):
         )
         # Unpacked, not read by name: a few thousand rows a reservation.
         return [
-            ReservedRow(id_, queue_, job, payload, priority, attempts + 1, _utc(created), now)
+            ReservedRow(id_, queue_, job, payload, priority, attempts + 1,
+                        created_at(_utc, created, now), now)
             for id_, queue_, job, payload, priority, attempts, created, _ in locked
         ]
 

@@ -13,13 +13,9 @@ from sqlalchemy import event
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
-from .base import (
-    LOCK_WAITS_RETRIED_WITHIN,
-    Dialect,
-    ReservedRow,
-    seconds_expression,
-)
+from .base import LOCK_WAITS_RETRIED_WITHIN, Dialect, seconds_expression
 from .liveness import libpq_options, server_probes
+from .rows import ReservedRow, created_at
 from .support import Notices, run_on_connect, server_too_old
 
 # SQLSTATEs worth a fresh attempt of the whole transaction: a serialization
@@ -162,7 +158,7 @@ class PostgreSQL(Dialect):
         # how many digits the server prints of a double depends on the
         # session's extra_float_digits.
         *columns, created, reserved = super().reserved_columns(jobs)
-        return [*columns, _microseconds(created), _microseconds(reserved)]
+        return [*columns, _microseconds(created, kept=True), _microseconds(reserved)]
 
     def reserved_rows(self, returned: Sequence[Any]) -> list[ReservedRow]:
         rows = []
@@ -172,7 +168,8 @@ class PostgreSQL(Dialect):
             if reserved is None:
                 reserved = clock[reserved_us] = datetime.fromtimestamp(reserved_us / 1e6, UTC)
             rows.append(ReservedRow(id_, queue, job, payload, priority, attempts + 1,
-                                    datetime.fromtimestamp(created / 1e6, UTC), reserved))
+                                    created_at(_from_microseconds, created, reserved),
+                                    reserved))
         return rows
 
     def one_of_selected(self, column: sa.ColumnElement[Any],
@@ -252,10 +249,21 @@ class _Listener:
         self.connection.invalidate()
 
 
-def _microseconds(column: sa.ColumnElement[Any]) -> sa.ColumnElement[int]:
+def _microseconds(column: sa.ColumnElement[Any], *,
+                  kept: bool = False) -> sa.ColumnElement[int]:
     # date_part gives the seconds as a double, from the stored microseconds:
     # times a million and rounded, they come back exactly. SQL text, not
-    # parameters: the claim's text stays the same.
+    # parameters: the claim's text stays the same. ``kept`` from year 1 to
+    # 10000 (Python's years, and then some), for a value a person may have
+    # written: 'infinity' would not fit a bigint and fail the whole
+    # reservation (see rows.created_at).
     seconds = sa.func.date_part(sa.literal_column("'epoch'"), column)
+    if kept:
+        seconds = sa.func.greatest(sa.func.least(seconds, sa.literal_column("253402300800")),
+                                   sa.literal_column("-62135596800"))
     return sa.cast(sa.func.round(seconds * sa.literal_column("1000000")),
                    sa.BigInteger).label(column.key)
+
+
+def _from_microseconds(microseconds: int) -> datetime:
+    return datetime.fromtimestamp(microseconds / 1e6, UTC)

@@ -4,7 +4,8 @@ row locks: a single UPDATE ... RETURNING inside a BEGIN IMMEDIATE transaction.""
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
@@ -17,6 +18,7 @@ from .base import (
     Dialect,
     seconds_expression,
 )
+from .rows import ReservedRow, created_at
 from .support import server_too_old
 
 # Text timestamps compare as strings, so every writer must use one format. This
@@ -76,6 +78,18 @@ class SQLite(Dialect):
     def now_default(self) -> sa.TextClause:
         return sa.text(f"(strftime('{_FORMAT}', 'now'))")
 
+    def reserved_columns(self, jobs: sa.Table) -> list[sa.ColumnElement[Any]]:
+        # created_at as the text stored: a column of SQLite's holds whatever
+        # was written into it, and SQLAlchemy's reading would raise inside the
+        # reservation (see rows.created_at).
+        *columns, created, reserved = super().reserved_columns(jobs)
+        return [*columns, sa.type_coerce(created, sa.String()).label(created.key), reserved]
+
+    def reserved_rows(self, returned: Sequence[Any]) -> list[ReservedRow]:
+        return [ReservedRow(id_, queue_, job, payload, priority, attempts + 1,
+                            created_at(_utc, created, reserved), reserved)
+                for id_, queue_, job, payload, priority, attempts, created, reserved in returned]
+
     def upsert_module(self) -> Any:
         from sqlalchemy.dialects import sqlite
 
@@ -119,3 +133,8 @@ _REFUSED = frozenset({1, 18, 20, 25})  # SQLITE_ERROR, _TOOBIG, _MISMATCH, _RANG
 
 def _locked(error: BaseException) -> bool:
     return "database is locked" in str(getattr(error, "orig", error))
+
+
+def _utc(text: str) -> datetime:
+    """A time as dbqueue writes it (see _FORMAT: UTC, no offset), aware."""
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
