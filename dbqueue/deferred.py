@@ -38,7 +38,9 @@ def defer(session: Any, prepared: Sequence[PreparedJob | Callable[[], object]]) 
     jobs held with it are queued.
 
     A Session that has not begun its transaction yet (SQLAlchemy begins it at
-    the first statement) holds them for the transaction it will begin.
+    the first statement) begins it now: a rollback before that statement
+    would emit no event (it has nothing to roll back), and the jobs would then
+    be queued by whichever transaction commits next.
     """
     session = current_session(session)
     if session is None:
@@ -46,6 +48,12 @@ def defer(session: Any, prepared: Sequence[PreparedJob | Callable[[], object]]) 
             "after_commit= takes a SQLAlchemy Session; with a Connection, dispatch with "
             "connection= instead (inside the same transaction, which is safer still)"
         )
+    if session.get_transaction() is None:
+        if not getattr(session, "autobegin", True):
+            raise ConfigurationError("after_commit= needs the Session's transaction begun: "
+                                     "call session.begin() first (the Session has "
+                                     "autobegin=False)")
+        session.begin()
     transaction = session.get_nested_transaction() or session.get_transaction()
     # Listeners stay for the session's life (SQLAlchemy cannot remove one while
     # its event runs); with nothing held they do nothing.
@@ -57,6 +65,10 @@ def defer(session: Any, prepared: Sequence[PreparedJob | Callable[[], object]]) 
 
 
 def _after_commit(session: Session) -> None:
+    # SQLAlchemy emits this for a SAVEPOINT released too: its jobs then belong
+    # to the enclosing transaction, which may still roll back.
+    if session.in_nested_transaction():
+        return
     by_app: dict[Any, list[PreparedJob]] = defaultdict(list)
     calls = []
     for _transaction, prepared in session.info.pop(_KEY, []):
@@ -71,8 +83,6 @@ def _after_commit(session: Session) -> None:
 
 
 def _within(transaction: SessionTransaction | None, ended: SessionTransaction) -> bool:
-    if transaction is None:  # held before the session began: part of its outermost one
-        return ended.parent is None
     while transaction is not None:
         if transaction is ended:
             return True

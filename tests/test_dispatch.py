@@ -58,6 +58,44 @@ def test_after_commit_pushes_on_commit_and_drops_on_rollback(jobs, workers):
     assert (ran(jobs, 5), ran(jobs, 6), ran(jobs, 7)) == (1, 0, 0)
 
 
+def test_after_commit_waits_for_the_outermost_commit_whatever_savepoints_do(jobs):
+    """SQLAlchemy emits after_commit for a released SAVEPOINT too: the jobs were
+    queued there, and kept when the transaction then rolled back."""
+    app, jobs_table = jobs.app, jobs.app.store.tables.jobs
+    with Session(app.engine) as session:
+        jobs.record.options(after_commit=session).dispatch(1)
+        with session.begin_nested():  # any savepoint, released
+            jobs.record.options(after_commit=session).dispatch(2)
+        app.batch([jobs.record.prepare(3)]).dispatch(after_commit=session)
+        with session.begin_nested():
+            pass
+        assert count(app, jobs_table) == 0
+        session.rollback()
+    assert count(app, jobs_table) == 0
+    with Session(app.engine) as session:
+        with session.begin_nested():
+            jobs.record.options(after_commit=session).dispatch(4)
+        assert count(app, jobs_table) == 0
+        session.commit()
+    (queued,) = rows(app, jobs_table)
+    assert queued.payload == jobs.record.prepare(4).new_job.payload
+
+
+def test_after_commit_before_any_statement_is_dropped_by_a_rollback(jobs):
+    """A rollback with no transaction begun emits no event: the job waited, and
+    the next commit of unrelated work queued it."""
+    app, jobs_table = jobs.app, jobs.app.store.tables.jobs
+    with Session(app.engine) as session:
+        jobs.record.options(after_commit=session).dispatch(1)  # the first use of the session
+        session.rollback()
+        session.execute(sa.text("SELECT 1"))
+        session.commit()
+    assert count(app, jobs_table) == 0
+    with Session(app.engine, autobegin=False) as session, pytest.raises(
+            dbqueue.ConfigurationError, match=r"call session\.begin\(\) first"):
+        jobs.record.options(after_commit=session).dispatch(2)
+
+
 def test_after_commit_takes_a_scoped_session_as_flask_sqlalchemy_hands_out(jobs):
     jobs_table = jobs.app.store.tables.jobs
     scoped = scoped_session(sessionmaker(jobs.app.engine))  # what db.session is
