@@ -10,11 +10,11 @@ from dataclasses import fields
 from datetime import timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine
 
 from . import deferred
 from .errors import ConfigurationError, NotFound, UnknownJob
-from .jobs import Job, PreparedJob
+from .jobs import Job, PreparedJob, job_name, same_function
 from .locks import Lock
 from .policy import Backoff
 from .policy.names import close_names, either
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_NAME_LENGTH = 255  # jobs.job; checked at definition, as SQLite would store a longer one
 _JOB_OPTIONS = tuple(f.name for f in fields(Job) if f.init and f.name not in ("app", "func"))
 """What ``@app.job`` takes: a Job's own fields but those the App fills in."""
 
@@ -71,8 +70,12 @@ class App:
                  network_timeout: float | None = None) -> None:
         given_engine = url_or_engine if isinstance(url_or_engine, Engine) else None
         url = url_or_engine if isinstance(url_or_engine, str) else None
-        if given_engine is not None:
+        if isinstance(url_or_engine, URL):
+            url = url_or_engine.render_as_string(hide_password=False)
+        elif given_engine is not None:
             url = given_engine.url.render_as_string(hide_password=False)
+        elif url is None and url_or_engine is not None:
+            raise ConfigurationError(_not_a_url(url_or_engine))
         self.settings = Settings.from_env(url=url, table_prefix=table_prefix,
                                           retry_after=retry_after,
                                           network_timeout=network_timeout)
@@ -155,10 +158,14 @@ class App:
         taken (or last extended). ``wait`` is how long ``with`` waits for it."""
         return Lock(Locks(self.store), key, ttl, wait=wait)
 
-    def outcome(self, idempotency_key: str) -> Outcome | None:
+    def outcome(self, idempotency_key: str | int) -> Outcome | None:
         """The recorded outcome of an idempotent job, or None: ``outcome.result``
-        is the job's return value, decoded from JSON."""
-        return Outcomes(self.store).get(idempotency_key)
+        is the job's return value, decoded from JSON. An int is the key its
+        text is (a key function may return one)."""
+        if isinstance(idempotency_key, bool) or not isinstance(idempotency_key, str | int):
+            raise ConfigurationError(f"an idempotency key is a string, not "
+                                     f"{idempotency_key!r}")
+        return Outcomes(self.store).get(str(idempotency_key))
 
     def restore_lock(self, key: str, owner: str, ttl: float = 120) -> Lock:
         """The lock ``key`` as held by ``owner`` (a token from ``lock.owner``), so
@@ -252,21 +259,9 @@ class App:
         # The options as the caller wrote them (a timedelta, a backoff list,
         # one class for dont_retry): Job.__post_init__ checks and normalizes
         # them all, in one place, for every way a Job is made.
-        if name is None:
-            if func.__module__ == "__main__":
-                raise ConfigurationError(
-                    f"job {func.__qualname__!r} is defined in __main__, where workers "
-                    f"cannot find it by module; give it a name: @app.job(name=...)"
-                )
-            name = f"{func.__module__}.{func.__qualname__}"
-        if not isinstance(name, str):
-            raise ConfigurationError(f"a job's name must be a string, not {name!r}")
-        if len(name) > _NAME_LENGTH:
-            raise ConfigurationError(
-                f"a job's name is stored in {_NAME_LENGTH} characters; {name[:40]!r}... has "
-                f"{len(name)}: give it a shorter one with @app.job(name=...)")
+        name = job_name(func, name)
         existing = self.jobs.get(name)
-        if existing is not None and existing.func is not func:
+        if existing is not None and not same_function(existing.func, func):
             raise ConfigurationError(f"two jobs are named {name!r}; give one a name=")
         job = Job(self, func, name, **options)
         self.jobs[name] = job
@@ -373,3 +368,11 @@ class App:
             deferred.defer(after_commit, prepared)
             return 0
         return self.store.push_many([item.new_job for item in prepared], connection)
+
+
+def _not_a_url(given: object) -> str:
+    """The error for ``App(given)``, where ``given`` is no URL nor Engine."""
+    hint = (f"; for a SQLite file: App('sqlite:///{given}')" if isinstance(given, os.PathLike)
+            else "")
+    return (f"App() takes a database URL (such as 'postgresql://app@db/app'), a SQLAlchemy "
+            f"URL or Engine, or None for $DBQUEUE_URL; not {given!r}{hint}")

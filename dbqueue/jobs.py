@@ -9,83 +9,22 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from . import keys, serializer
+from .dispatchoptions import NO_OPTIONS, DispatchOptions, check_priority, check_queue, check_tries
 from .errors import ConfigurationError, InvalidArguments
 from .policy import Backoff, Rules, refuse_endless_retries, validate_backoff
 from .policy.durations import seconds
-from .store import Executor, NewJob
+from .store import NewJob
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from .app import App
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-@dataclass(frozen=True, slots=True)
-class DispatchOptions:
-    """How one dispatch is queued. Unset values fall back to the job's definition."""
-
-    queue: str | None = None
-    delay: float = 0.0
-    priority: int | None = None
-    connection: Executor | None = None
-    after_commit: Session | None = None
-    tries: int | None = None
-    timeout: float | None = None
-    retry_until: float | datetime | None = None
-
-    @classmethod
-    def build(cls, **given: Any) -> DispatchOptions:
-        unknown = set(given) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigurationError(
-                f"unknown dispatch option(s) {', '.join(sorted(unknown))}; "
-                f"the options are {', '.join(cls.__dataclass_fields__)}"
-            )
-        if given.get("connection") is not None and given.get("after_commit") is not None:
-            raise ConfigurationError("give either connection= or after_commit=, not both")
-        if "delay" in given:
-            given["delay"] = seconds("delay", given["delay"]) or 0.0
-        if "timeout" in given:
-            given["timeout"] = seconds("timeout", given["timeout"], allow_zero=False)
-        if given.get("tries") is not None:
-            _check_tries(given["tries"])
-        if given.get("priority") is not None:
-            _check_priority(given["priority"])
-        if given.get("queue") is not None:
-            _check_queue(given["queue"])
-        until = given.get("retry_until")
-        if isinstance(until, datetime):
-            if until.tzinfo is None:
-                raise ConfigurationError("retry_until needs an aware datetime (with tzinfo)")
-        elif until is not None:
-            given["retry_until"] = seconds("retry_until", until)
-        return cls(**given)
-
-    def merged(self, other: DispatchOptions, given: set[str]) -> DispatchOptions:
-        return replace(self, **{name: getattr(other, name) for name in given})
-
-    def payload_options(self) -> dict[str, Any]:
-        """The overrides that must travel with the job to the worker."""
-        options: dict[str, Any] = {}
-        if self.tries is not None:
-            options["tries"] = self.tries
-        if self.timeout is not None:
-            options["timeout"] = self.timeout
-        if isinstance(self.retry_until, datetime):
-            options["retry_until"] = self.retry_until.astimezone(UTC).isoformat()
-        elif self.retry_until is not None:
-            options["retry_for"] = self.retry_until
-        return options
-
-
-_NO_OPTIONS = DispatchOptions()
 
 
 def _positional_counts(signature: inspect.Signature) -> range | None:
@@ -98,38 +37,6 @@ def _positional_counts(signature: inspect.Signature) -> range | None:
     required = sum(p.default is inspect.Parameter.empty for p in parameters)
     return range(required, len(parameters) + 1)
 
-
-# The columns that hold them, checked here so that every backend refuses the
-# same values: SQLite would store what PostgreSQL and MySQL refuse.
-_PRIORITIES = range(-(2**31), 2**31)  # jobs.priority: a 32-bit INTEGER
-_QUEUE_LENGTH = 191  # jobs.queue
-
-
-def _check_priority(priority: Any) -> None:
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise ConfigurationError(f"priority must be an int (lower runs first), not {priority!r}")
-    if priority not in _PRIORITIES:
-        raise ConfigurationError(f"priority must be from {_PRIORITIES.start:,} to "
-                                 f"{_PRIORITIES.stop - 1:,} (lower runs first), not {priority!r}")
-
-
-def _check_queue(queue: Any) -> None:
-    # No space around it either: `dbqueue work --queue` strips its names, so
-    # no worker would ever serve 'mail '.
-    if (not isinstance(queue, str) or not queue.strip() or "," in queue
-            or queue != queue.strip()):
-        raise ConfigurationError(f"queue must be a name such as 'default' or 'mail' (no "
-                                 f"commas, no space around it), not {queue!r}")
-    if len(queue) > _QUEUE_LENGTH:
-        raise ConfigurationError(f"queue must be a name of at most {_QUEUE_LENGTH} "
-                                 f"characters, not one of {len(queue)}")
-
-
-def _check_tries(tries: Any) -> None:
-    if tries is not None and (isinstance(tries, bool) or not isinstance(tries, int) or tries < 1):
-        raise ConfigurationError(
-            f"tries must be a whole number >= 1, or None for no limit, not {tries!r}"
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,12 +91,13 @@ class Job(Generic[P, R]):
     _takers: tuple[tuple[str, inspect.Signature], ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        _check_tries(self.tries)
-        _check_priority(self.priority)
-        _check_queue(self.queue)
+        check_tries(self.tries)
+        check_priority(self.priority)
+        check_queue(self.queue)
         object.__setattr__(self, "backoff", validate_backoff(self.backoff))
         object.__setattr__(self, "timeout", seconds("timeout", self.timeout, allow_zero=False))
-        object.__setattr__(self, "retry_until", seconds("retry_until", self.retry_until))
+        object.__setattr__(self, "retry_until",
+                           seconds("retry_until", self.retry_until, allow_zero=False))
         refuse_endless_retries(self.name, self.tries, self.retry_until, self.backoff)
         object.__setattr__(self, "dont_retry", self._exception_classes(self.dont_retry))
         if self.on_failure is not None and not callable(self.on_failure):
@@ -216,7 +124,7 @@ class Job(Generic[P, R]):
         signature = inspect.signature(self.func)
         object.__setattr__(self, "_signature", signature)
         object.__setattr__(self, "_positional", _positional_counts(signature))
-        object.__setattr__(self, "_plain", BoundJob(self, _NO_OPTIONS))
+        object.__setattr__(self, "_plain", BoundJob(self, NO_OPTIONS))
         object.__setattr__(self, "_takers", _signatures(
             [("idempotency_key", self.idempotency_key)] + [
                 taken for m in self.middleware if hasattr(m, "argument_functions")
@@ -282,7 +190,7 @@ class Job(Generic[P, R]):
                 except OverflowError:  # near year 9999: no deadline worth keeping
                     deadline = None
         tries = options.get("tries", self.tries)
-        _check_tries(tries)
+        check_tries(tries)
         return Rules(tries=tries, backoff=self.backoff, deadline=deadline)
 
     def timeout_for(self, options: dict[str, Any]) -> float:
@@ -309,14 +217,17 @@ class Job(Generic[P, R]):
     def _key(self, option: str, function: Callable[..., Any], args: tuple[Any, ...],
              kwargs: dict[str, Any]) -> str:
         """What ``function`` (the job's ``option``) makes of the arguments, as a
-        string. One that cannot take them (a TypeError) is InvalidArguments,
-        naming the job and the option; anything else it raises, as it is (a
-        function that looks something up may fail for a while)."""
+        string (see keys.made). One that cannot take them (a TypeError) is
+        InvalidArguments, naming the job and the option; anything else it
+        raises, as it is (a function that looks something up may fail for a while)."""
         try:
-            return str(function(*args, **kwargs))
+            value = function(*args, **kwargs)
         except TypeError as exc:
             raise InvalidArguments(f"{option} of job {self.name!r} cannot take these "
                                    f"arguments: {exc}") from exc
+        # Empty, a unique_key leaves the job's name alone (as no unique_key).
+        return keys.made(f"{option} of job {self.name!r}", value,
+                         empty=option != "idempotency_key")
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         try:  # (a call the fast test passes, bind() would accept, in ten times the time)
@@ -365,6 +276,16 @@ class BoundJob(Generic[P, R]):
                                                        set(options)))
 
     def prepare(self, *args: P.args, **kwargs: P.kwargs) -> PreparedJob:
+        # A prepared job is queued by whoever takes it (dispatch_many, a chain,
+        # a batch, a schedule), in that call's transaction: set here, it would
+        # be dropped, and the job committed whatever the caller's transaction did.
+        given = [name for name in ("connection", "after_commit")
+                 if getattr(self.settings, name) is not None]
+        if given:
+            raise ConfigurationError(
+                f"{given[0]}= applies to .dispatch(), not to .prepare(): give it to the "
+                f"call that queues the prepared jobs, e.g. app.dispatch_many(jobs, "
+                f"{given[0]}=...) or app.chain([...]).dispatch({given[0]}=...)")
         return PreparedJob(self.job.app, self._new_job(args, kwargs))
 
     def dispatch(self, *args: P.args, **kwargs: P.kwargs) -> int | None:
@@ -378,7 +299,7 @@ class BoundJob(Generic[P, R]):
     def _new_job(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> NewJob:
         job, settings = self.job, self.settings
         job.check_arguments(args, kwargs)
-        return NewJob(
+        new_job = NewJob(
             queue=settings.queue or job.queue,
             job=job.name,
             payload=serializer.encode(job.name, args, kwargs, settings.payload_options()),
@@ -387,6 +308,47 @@ class BoundJob(Generic[P, R]):
             unique_key=job.unique_id(args, kwargs),
             unique_for=job.unique_for,
         )
+        if job.idempotency_key is not None:  # a key it cannot make fails here, not in a worker
+            job.idempotency_id(args, kwargs)
+        return new_job
+
+
+_NAME_LENGTH = 255  # jobs.job; checked at definition, as SQLite would store a longer one
+
+
+def job_name(func: Callable[..., Any], name: Any) -> str:
+    """The name ``@app.job(name=...)`` registers ``func`` under: ``name``, or
+    its module and qualified name; refused where a worker could not use it."""
+    if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+        raise ConfigurationError(
+            f"job {func.__qualname__!r} is a generator function (it yields): a call only "
+            "makes a generator, so its body would never run; return a value instead")
+    if name is None:
+        if func.__module__ == "__main__":
+            raise ConfigurationError(
+                f"job {func.__qualname__!r} is defined in __main__, where workers "
+                f"cannot find it by module; give it a name: @app.job(name=...)"
+            )
+        name = f"{func.__module__}.{func.__qualname__}"
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigurationError(f"a job's name must be a non-empty string, not {name!r}")
+    if len(name) > _NAME_LENGTH:
+        raise ConfigurationError(
+            f"a job's name is stored in {_NAME_LENGTH} characters; {name[:40]!r}... has "
+            f"{len(name)}: give it a shorter one with @app.job(name=...)")
+    return keys.storable("a job's name", name)
+
+
+def same_function(registered: Callable[..., Any], func: Callable[..., Any]) -> bool:
+    """Whether ``func`` may take the place of the job function ``registered``
+    under its name: the same function, or its new definition from a module
+    reloaded (importlib.reload, a development server's autoreload). Lambdas
+    all share one qualified name in their scope: two are two jobs."""
+    qualname = getattr(func, "__qualname__", "<lambda>")
+    return registered is func or (
+        getattr(registered, "__module__", None) == getattr(func, "__module__", None) != "__main__"
+        and getattr(registered, "__qualname__", None) == qualname
+        and not qualname.endswith("<lambda>"))
 
 
 def _signatures(functions: list[tuple[str, Any]]) -> tuple[tuple[str, inspect.Signature], ...]:

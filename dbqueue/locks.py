@@ -7,6 +7,7 @@ import time
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from . import keys
 from .errors import ConfigurationError, LockNotAcquired
 from .policy.durations import Seconds, required_seconds
 
@@ -45,7 +46,7 @@ class Lock:
             raise ConfigurationError(f"a lock's owner must be the token of lock.owner, not "
                                      f"{owner!r}")
         self._locks = locks
-        self.key = key
+        self.key = keys.storable("a lock's key", key)
         self.ttl = _ttl(ttl)
         self.wait = required_seconds("a lock's wait", wait)
         self.owner = owner or secrets.token_hex(16)

@@ -116,15 +116,17 @@ class WithoutOverlapping:
 
     def __init__(self, key: str | Callable[..., Any] = "", *, release_after: float = 0,
                  expire_after: float | None = None, dont_release: bool = False) -> None:
-        self.key = key
+        self.key = _key_or_function("WithoutOverlapping's", key)
         self.release_after = required_seconds("release_after", release_after)
         self.expire_after = seconds("expire_after", expire_after, allow_zero=False)
         self.dont_release = dont_release
 
     def lock_key(self, context: JobContext) -> str:
-        part = self.key(*context.args, **context.kwargs) if callable(self.key) else self.key
+        part = (keys.made("the key of WithoutOverlapping", self.key(*context.args,
+                                                                    **context.kwargs))
+                if callable(self.key) else self.key)
         prefix = f"dbqueue:overlap:{context.job.name}:"
-        return keys.fit(prefix + str(part), prefix[:120])
+        return keys.fit(prefix + part, prefix[:120])
 
     def request(self, context: JobContext) -> LockRequest:
         return LockRequest(self.lock_key(context),
@@ -175,7 +177,8 @@ class ThrottlesExceptions:
         self.max_attempts = max_attempts
         self.decay = required_seconds("ThrottlesExceptions' decay", decay, allow_zero=False)
         self.backoff = seconds("ThrottlesExceptions' backoff", backoff)
-        self.key = key
+        self.key = None if key is None else _key_or_function("ThrottlesExceptions'", key,
+                                                             function=False)
 
     def __call__(self, context: JobContext, call_next: Callable[[], Any]) -> Any:
         from .store.circuits import Circuits
@@ -221,12 +224,24 @@ class RateLimited:
         if not name or limit < 1:
             raise ConfigurationError(
                 f"RateLimited needs a name and limit >= 1 (got {name!r}, {limit!r})")
+        keys.storable("RateLimited's name", name)
+        if key is not None and not callable(key):
+            raise ConfigurationError(f"RateLimited's key must be a function of the job's "
+                                     f"arguments, e.g. key=lambda customer_id: customer_id; "
+                                     f"not {key!r} (a fixed key is a name: RateLimited({key!r}, "
+                                     "...))")
         self.name, self.limit, self.key = name, limit, key
         self.per = required_seconds("RateLimited's per", per, allow_zero=False)
 
     def slots(self, context: JobContext) -> list[str]:
-        part = "" if self.key is None else f":{self.key(*context.args, **context.kwargs)}"
+        part = "" if self.key is None else ":" + keys.made(
+            "the key of RateLimited", self.key(*context.args, **context.kwargs))
         return [f"dbqueue:rate:{self.name}{part}:{slot}" for slot in range(self.limit)]
+
+    def argument_functions(self) -> list[tuple[str, Callable[..., Any]]]:
+        """The key function, which a dispatch checks can take its arguments
+        (see TakesArguments)."""
+        return [("the key of RateLimited", self.key)] if self.key is not None else []
 
     def __call__(self, context: JobContext, call_next: Callable[[], Any]) -> Any:
         from .store.locks import Locks
@@ -253,3 +268,15 @@ class RateLimited:
             return call_next()
         finally:
             lock.extend(self.per)
+
+
+def _key_or_function(whose: str, key: Any, *, function: bool = True) -> Any:
+    """``key`` as given to a middleware (``whose``: "WithoutOverlapping's"): a
+    string every server can store, or (where ``function``) a function of the
+    job's arguments."""
+    if function and callable(key):
+        return key
+    if not isinstance(key, str):
+        kinds = "a string, or a function of the job's arguments," if function else "a string,"
+        raise ConfigurationError(f"{whose} key must be {kinds} not {key!r}")
+    return keys.storable(f"{whose} key", key)

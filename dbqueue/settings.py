@@ -26,8 +26,10 @@ MAX_RETRY_AFTER = 365 * 86400
 """The longest lease (a year): no job runs that long without a heartbeat."""
 
 _SECONDS: dict[str, tuple[Callable[[float], bool], str]] = {
-    "retry_after": (lambda value: 0 < value <= MAX_RETRY_AFTER,
-                    "a positive number of seconds, at most a year (31,536,000)"),
+    # As `dbqueue work --retry-after` takes it: a value the worker would refuse
+    # is refused where it is set, and named as it was set.
+    "retry_after": (lambda value: 1 <= value <= MAX_RETRY_AFTER,
+                    "a number of seconds from 1 to a year (31,536,000)"),
     # Under a second, one lost packet would end a healthy connection; over
     # 2**31 - 1 milliseconds, PostgreSQL refuses the session timeouts it sets.
     "network_timeout": (lambda value: 1 <= value <= 2_147_483,
@@ -60,14 +62,15 @@ class Settings:
     network_timeout: float = DEFAULT_NETWORK_TIMEOUT
 
     def __post_init__(self) -> None:
-        if not _PREFIX.match(self.table_prefix):
+        if not isinstance(self.table_prefix, str) or not _PREFIX.match(self.table_prefix):
             raise ConfigurationError(
                 f"table prefix {self.table_prefix!r} is not valid: use up to 21 letters, "
                 "digits and underscores, starting with a letter (for example 'dbq_')"
             )
         for name in _SECONDS:
             value = getattr(self, name)
-            if not _accepts(name, value):
+            if (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not _accepts(name, value)):
                 raise ConfigurationError(f"{name} must be {_SECONDS[name][1]}, not {value!r}")
 
     @classmethod

@@ -357,6 +357,12 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
     def divide(n: int) -> None:
         note("divide", "done", n=n)
 
+    # "none" makes the key function return None, as one without a return would.
+    @app.job(name="keyed", middleware=[
+        dbqueue.WithoutOverlapping(lambda key: None if key == "none" else key)])
+    def keyed(key: str) -> None:
+        note("keyed", "done", detail=key)
+
     @app.job(name="lock_ttl", timeout=1, middleware=[
         dbqueue.WithoutOverlapping("ttl"), dbqueue.RateLimited("ttl", limit=1, per=1)])
     def lock_ttl() -> None:

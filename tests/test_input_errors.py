@@ -3,7 +3,10 @@ the same on every backend, never a raw AttributeError or a database's refusal.""
 
 import re
 import sqlite3
+from collections.abc import Iterator
 from contextlib import closing
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -106,7 +109,7 @@ def test_job_definitions_past_the_columns_are_refused(sqlite_app):
                        match=r"^a job's name is stored in 255 characters; 'n{40}'\.\.\. has 256: "
                              r"give it a shorter one with @app\.job\(name=\.\.\.\)$"):
         app.job(name="n" * 256)(lambda: None)
-    with pytest.raises(dbqueue.ConfigurationError, match="name must be a string"):
+    with pytest.raises(dbqueue.ConfigurationError, match="name must be a non-empty string"):
         app.job(name=b"bytes")(lambda: None)
     assert app.job(name="n" * 255, queue=LONGEST_QUEUE)(lambda: None).name == "n" * 255
 
@@ -187,3 +190,120 @@ def test_an_unknown_job_option_is_named_with_the_options(sqlite_app):
     with pytest.raises(dbqueue.ConfigurationError, match=r"^unknown job option\(s\) a, b; "):
         sqlite_app.job(lambda: None, b=1, a=2)  # type: ignore[call-overload]
     assert sqlite_app.jobs == {}
+
+
+@pytest.mark.parametrize(("option", "returned", "message"), [
+    ("unique_key", None, "unique_key of job 'k' returned None (has it a return statement?)"),
+    ("idempotency_key", None, "idempotency_key of job 'k' returned None"),
+    ("idempotency_key", "", "idempotency_key of job 'k' returned an empty string"),
+    ("unique_key", "a\x00b", "unique_key of job 'k' 'a\\x00b' holds a NUL character"),
+    ("idempotency_key", "\udc80", "is not valid Unicode (surrogates not allowed at position 0)"),
+], ids=["unique-none", "idempotency-none", "idempotency-empty", "unique-nul",
+        "idempotency-surrogate"])
+def test_a_key_function_that_makes_no_usable_key_is_refused_at_dispatch(
+        sqlite_app, option, returned, message):
+    """"None" would be one key for every call: the jobs would share one unique
+    slot, or one outcome (later jobs completing without running)."""
+    job = sqlite_app.job(name="k", **{option: lambda n: returned})(lambda n: None)
+    with pytest.raises(dbqueue.ConfigurationError, match=re.escape(message)):
+        job.dispatch(1)
+    with pytest.raises(dbqueue.ConfigurationError, match=re.escape(message)):
+        sqlite_app.dispatch_many([job.prepare(2)])
+    assert count(sqlite_app, sqlite_app.store.tables.jobs) == 0
+
+
+def test_an_empty_unique_key_is_the_jobs_name_alone_and_int_keys_read_as_text(sqlite_app):
+    job = sqlite_app.job(name="k", unique_key=lambda n: "")(lambda n: None)
+    assert job.dispatch(1) is not None and job.dispatch(2) is None  # one at a time
+    assert sqlite_app.outcome(7) is None  # the key 7 is "7", as an int key is stored
+    with pytest.raises(dbqueue.ConfigurationError, match="an idempotency key is a string"):
+        sqlite_app.outcome(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("middleware", "message"), [
+    (lambda: dbqueue.WithoutOverlapping(5),  # type: ignore[arg-type]
+     "WithoutOverlapping's key must be a string, or a function of the job's arguments, not 5"),
+    (lambda: dbqueue.WithoutOverlapping("a\x00"), "WithoutOverlapping's key 'a\\x00' holds a NUL"),
+    (lambda: dbqueue.ThrottlesExceptions(key=lambda n: n),  # type: ignore[arg-type]
+     "ThrottlesExceptions' key must be a string, not <function"),
+    (lambda: dbqueue.RateLimited("api", 10, 1, key="customer"),  # type: ignore[arg-type]
+     "RateLimited's key must be a function of the job's arguments"),
+    (lambda: dbqueue.RateLimited("a\x00", 10, 1), "RateLimited's name 'a\\x00' holds a NUL"),
+], ids=["overlap-int", "overlap-nul", "throttle-function", "rate-string-key", "rate-nul"])
+def test_a_middlewares_key_of_the_wrong_kind_is_refused_where_it_is_declared(middleware,
+                                                                             message):
+    with pytest.raises(dbqueue.ConfigurationError, match=re.escape(message)):
+        middleware()
+
+
+def test_a_rate_limits_key_function_is_checked_against_the_arguments_at_dispatch(sqlite_app):
+    limited = sqlite_app.job(name="charge", middleware=[
+        dbqueue.RateLimited("api", 10, 1, key=lambda customer: customer)])(
+        lambda customer, amount: None)
+    with pytest.raises(dbqueue.InvalidArguments, match="the key of RateLimited"):
+        limited.dispatch(1, 2)
+
+
+def test_a_prepared_job_refuses_the_options_of_the_call_that_queues_it(sqlite_app):
+    """They were dropped: the job was committed whatever the caller's transaction did."""
+    job = sqlite_app.job(name="add")(lambda a, b: None)
+    with sqlite_app.engine.connect() as connection:
+        for option in ("connection", "after_commit"):
+            value = connection if option == "connection" else Session(sqlite_app.engine)
+            with pytest.raises(dbqueue.ConfigurationError,
+                               match=rf"^{option}= applies to \.dispatch\(\), not to "
+                                     rf"\.prepare\(\): .* app\.dispatch_many\(jobs, {option}="):
+                job.options(**{option: value}).prepare(1, 2)
+
+
+@pytest.mark.parametrize(("define", "message"), [
+    (lambda app: app.job(name="gen")(_yields), "is a generator function"),
+    (lambda app: app.job(name="")(lambda: None), "a job's name must be a non-empty string"),
+    (lambda app: app.job(name="a\x00")(lambda: None), "a job's name 'a\\x00' holds a NUL"),
+    (lambda app: app.job(name="star", queue="*")(lambda: None), "queue '*' cannot be served"),
+    (lambda app: app.job(name="r", retry_until=0)(lambda: None), "retry_until must be > 0"),
+], ids=["generator", "empty-name", "nul-name", "star-queue", "retry-until-zero"])
+def test_job_definitions_a_worker_could_not_run_are_refused(sqlite_app, define, message):
+    with pytest.raises(dbqueue.ConfigurationError, match=re.escape(message)):
+        define(sqlite_app)
+    assert sqlite_app.jobs == {}
+
+
+def _yields() -> Iterator[int]:
+    yield 1
+
+
+def test_dispatch_options_a_worker_would_refuse_are_refused_at_dispatch(sqlite_app):
+    job = sqlite_app.job(name="add")(lambda a, b: None)
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    for options, message in [({"retry_until": 0}, "retry_until must be > 0"),
+                             ({"retry_until": past}, "has passed already"),
+                             ({"queue": "*"}, "queue '*' cannot be served"),
+                             ({"tries": 0}, "or None for the job's own, not 0")]:
+        with pytest.raises(dbqueue.ConfigurationError, match=re.escape(message)):
+            job.options(**options).dispatch(1, 2)
+    assert count(sqlite_app, sqlite_app.store.tables.jobs) == 0
+
+
+def test_a_reloaded_module_registers_its_jobs_again(sqlite_app):
+    def send() -> None: ...
+    first = sqlite_app.job(send)
+    def send() -> None: ...  # the same definition, run again
+    assert sqlite_app.job(send) is not first
+    assert sqlite_app.lookup(first.name).func is send
+    with pytest.raises(dbqueue.ConfigurationError, match="two jobs are named"):
+        sqlite_app.job(name=first.name)(lambda: None)
+
+
+@pytest.mark.parametrize("given", [Path("jobs.db"), b"sqlite:///jobs.db", 5])
+def test_an_app_given_no_url_nor_engine_says_what_it_takes(given):
+    hint = "; for a SQLite file: App('sqlite:///jobs.db')" if isinstance(given, Path) else ""
+    with pytest.raises(dbqueue.ConfigurationError,
+                       match=re.escape(f"a SQLAlchemy URL or Engine, or None for $DBQUEUE_URL; "
+                                       f"not {given!r}{hint}")):
+        dbqueue.App(given)  # type: ignore[arg-type]
+
+
+def test_an_app_takes_a_sqlalchemy_url(tmp_path):
+    app = dbqueue.App(sa.make_url(f"sqlite:///{tmp_path / 'q.db'}"), table_prefix="dbq_")
+    assert app.settings.url == f"sqlite:///{tmp_path / 'q.db'}"

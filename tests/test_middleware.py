@@ -205,6 +205,22 @@ def test_a_lock_key_function_that_raises_fails_only_its_job(jobs, workers):
     assert count(jobs.app, jobs.app.store.tables.cache_locks) == 0
 
 
+def test_a_lock_key_no_server_can_store_fails_only_its_job(jobs, workers):
+    """PostgreSQL refused the batch's lock statement for a NUL in one key: the
+    other jobs of the batch stayed leased, and none ran or failed."""
+    for key in ("alice", "eve\x00", "none", "carol"):
+        jobs.keyed.dispatch(key)
+    assert workers.run("--stop-when-empty", *FAST).returncode == 0
+    failed = sorted(rows(jobs.app, jobs.app.store.tables.failed_jobs),
+                    key=lambda row: row.job_id)
+    assert [row.exception_class for row in failed] == ["dbqueue.ConfigurationError"] * 2
+    assert "holds a NUL character" in failed[0].exception_message
+    assert "returned None (has it a return statement?)" in failed[1].exception_message
+    assert sorted(r.detail for r in rows(jobs.app, jobs.effects)) == ["alice", "carol"]
+    assert count(jobs.app, jobs.app.store.tables.jobs) == 0
+    assert count(jobs.app, jobs.app.store.tables.cache_locks) == 0
+
+
 def test_without_overlapping_run_outside_a_worker_takes_its_own_lock(jobs):
     guard = dbqueue.WithoutOverlapping("solo")
     context = dbqueue.JobContext(jobs.app, jobs.divide, 1, (5,))
