@@ -164,7 +164,7 @@ def test_settings_come_from_the_environment_and_are_checked():
         with pytest.raises(dbqueue.ConfigurationError, match="finite number of seconds"):
             Settings.from_env({"DBQUEUE_RETRY_AFTER": endless})
     for endless in (float("inf"), 1e12):  # a lease no server could store the end of
-        with pytest.raises(dbqueue.ConfigurationError, match="at most a year"):
+        with pytest.raises(dbqueue.ConfigurationError, match="from 1 to a year"):
             dbqueue.App("sqlite://", retry_after=endless)
     with pytest.raises(dbqueue.ConfigurationError, match="table prefix"):
         Settings(table_prefix="drop table;")
