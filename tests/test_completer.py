@@ -135,6 +135,38 @@ def test_a_refused_job_is_written_alone_then_set_aside_and_the_others_go_through
     assert len(completer) == 0
 
 
+def test_after_a_refusal_each_job_is_written_on_the_writing_thread_too(app):
+    """One job at a time was written on the supervisor's own thread, with no
+    time limit: a server that hung then froze the worker (no timeout, no
+    signal heeded, no stop)."""
+    hooks, hang, answer, threads = Hooks(), threading.Event(), threading.Event(), []
+
+    def hook(connection, completion, recorded):
+        threads.append(threading.current_thread())
+        if hang.is_set():  # a server that hangs: no answer until the test ends
+            answer.wait(60)
+        hooks(connection, completion, recorded)
+
+    completer = BatchCompleter(app.store, Health(), "host:1", [hook])
+    if completer.fileno() is None:
+        pytest.skip("SQLite writes inline: there is no writing thread")
+    good, bad, last = reserve(app, 3)
+    for entry in (good, bad):
+        completer.add(Completed(entry))
+    hooks.refuse = {bad.id}
+    assert flushed(completer, time.monotonic()) == []  # refused: one job at a time now
+    threads.clear()
+    assert flushed(completer, completer.retry_at) == [good]
+    assert threads and threading.current_thread() not in threads
+    completer.add(Completed(last))
+    hang.set()  # the server hangs
+    try:
+        assert completer.drain(until=time.monotonic() + 0.2) == []
+        assert completer.close(until=time.monotonic() + 0.1) is False
+    finally:
+        answer.set()
+
+
 def test_a_workflow_step_whose_completion_is_refused_again_and_again_fails_instead(
         app, caplog):
     """Its completion writes what it returned into the chain's next step: what

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from ..store import Store
-from ..store.completion import CompletionHook
+from ..store.completion import Completion, CompletionHook
 from .background import Inline, OnThread, time_left
 from .health import TRANSIENT, Health, describe
 from .ledger import Entry
@@ -49,7 +49,11 @@ from .records import (
     Unlocked,
     about_the_data,
     as_completion,
+    by_job,
     failed_instead,
+    job_of,
+    log_written,
+    requeues,
 )
 
 log = logging.getLogger("dbqueue.worker")
@@ -57,6 +61,9 @@ log = logging.getLogger("dbqueue.worker")
 FLUSH_DELAY = 0.05  # seconds a completion may wait to share a transaction with others
 _MAX_BATCH = 256
 _REFUSALS_BEFORE_GIVING_UP = 3
+Written = set[int] | list[set[int] | Exception]
+"""A write's result: the jobs it recorded; one job at a time, each one's (see
+``_write_each``)."""
 
 
 class Completer(Protocol):
@@ -102,8 +109,10 @@ class BatchCompleter:
         self._one_by_one = False
         self._refusals: dict[int, int] = {}
         self._failed_instead: list[Failed] = []
-        self.calls: Inline[set[int]] = (
+        self.calls: Inline[Written] = (
             Inline() if store.dialect.embedded else OnThread("dbqueue-record"))
+        self._groups: list[list[Record]] = []
+        """The records on their way one job at a time (see ``_write_each``)."""
         self.writing: list[Record] = []
         """Records whose write is on its way."""
         self._requeued = False
@@ -169,8 +178,8 @@ class BatchCompleter:
 
     def requeues(self) -> bool:
         """Whether a record waiting or being written may make jobs ready once
-        written (see ``_requeues``)."""
-        return any(map(_requeues, (*self.pending, *self.writing)))
+        written (see ``requeues``)."""
+        return any(map(requeues, (*self.pending, *self.writing)))
 
     def flush(self, now: float | None = None) -> list[Entry]:
         """Write what waits; return the jobs finished with. On a server the write
@@ -182,11 +191,20 @@ class BatchCompleter:
         if not self.pending or now < self.retry_at or self.calls.busy:
             return finished
         records, self.pending, self._urgent = self.pending, [], 0
-        if self._one_by_one:
-            return finished + self._flush_each(records, now)
-        completion = as_completion(records, self.worker)  # here: the entries are ours
         self.writing = records
-        self.calls.submit(lambda: self.store.record(completion, self.hooks))
+        # The completions are made here, where the entries are ours; only the
+        # statements run on the writing thread, one job's at a time after a
+        # refusal: on that thread too, so a server that hangs then holds up
+        # no timeout, signal or stop either.
+        if self._one_by_one:
+            self._groups = by_job(records)
+            each = [(job_of(group), as_completion(group, self.worker)) for group in self._groups]
+            last_tries = {job for job, refusals in self._refusals.items()
+                          if refusals + 1 >= _REFUSALS_BEFORE_GIVING_UP}
+            self.calls.submit(lambda: self._write_each(each, last_tries))
+        else:
+            completion = as_completion(records, self.worker)
+            self.calls.submit(lambda: self.store.record(completion, self.hooks))
         return finished + self.collect()  # inline: written already
 
     def collect(self, *, wait: bool = False, until: float | None = None) -> list[Entry]:
@@ -205,6 +223,8 @@ class BatchCompleter:
             if not isinstance(exc, TRANSIENT):
                 self._one_by_one, self.retry_at = True, now  # find the one refused
             return []
+        if isinstance(recorded, list):
+            return self._written_each(recorded)
         self.health.succeeded()
         return self._written(records, recorded)
 
@@ -234,28 +254,44 @@ class BatchCompleter:
 
     # --- writing -------------------------------------------------------------------
 
-    def _flush_each(self, records: list[Record], now: float) -> list[Entry]:
-        """Each job's records in a transaction of their own."""
-        finished: list[Entry] = []
-        groups = _by_job(records)
-        for number, group in enumerate(groups):
+    def _write_each(self, completions: list[tuple[int, Completion]],
+                    last_tries: set[int]) -> list[set[int] | Exception]:
+        """On the writing thread: each job's records in a transaction of their
+        own, up to the first write that fails, unless it is the last try of a
+        job the server refuses (``last_tries``: that job is set aside, and the
+        others go on). What a write raised stands in the list for its result."""
+        written: list[set[int] | Exception] = []
+        for job_id, completion in completions:
             try:
-                recorded = self.store.record(as_completion(group, self.worker), self.hooks)
+                written.append(self.store.record(completion, self.hooks))
             except Exception as exc:
-                if isinstance(exc, TRANSIENT) or not self._give_up(group, exc):
-                    self._put_back([r for rest in groups[number:] for r in rest], now, exc)
-                    return finished
-                finished += self._set_aside(group, exc)
-                continue
-            self.health.succeeded()
-            self._refusals.pop(_job_of(group), None)
-            finished += self._written(group, recorded)
+                written.append(exc)
+                if isinstance(exc, TRANSIENT) or job_id not in last_tries:
+                    break
+        return written
+
+    def _written_each(self, written: list[set[int] | Exception]) -> list[Entry]:
+        """The jobs ``_write_each`` finished with; from the first write that
+        failed for good, its records and the rest back to wait."""
+        finished: list[Entry] = []
+        groups, self._groups = self._groups, []
+        for number, (group, recorded) in enumerate(zip(groups, written, strict=False)):
+            if not isinstance(recorded, Exception):
+                self.health.succeeded()
+                self._refusals.pop(job_of(group), None)
+                finished += self._written(group, recorded)
+            elif isinstance(recorded, TRANSIENT) or not self._give_up(group, recorded):
+                self._put_back([r for rest in groups[number:] for r in rest],
+                               time.monotonic(), recorded)
+                return finished
+            else:
+                finished += self._set_aside(group, recorded)
         self._one_by_one = False
         return finished
 
     def _give_up(self, group: list[Record], exc: Exception) -> bool:
         """Count a refusal of ``group``'s write; True once it is to be set aside."""
-        job_id = _job_of(group)
+        job_id = job_of(group)
         refusals = self._refusals[job_id] = self._refusals.get(job_id, 0) + 1
         if refusals < _REFUSALS_BEFORE_GIVING_UP:
             return False
@@ -274,15 +310,18 @@ class BatchCompleter:
         instead = failed_instead(group, exc) if about_the_data(exc) else None
         if instead is not None:
             log.error("the database refused %d times to record that job %d completed; failing "
-                      "it instead: %s", _REFUSALS_BEFORE_GIVING_UP, _job_of(group),
+                      "it instead: %s", _REFUSALS_BEFORE_GIVING_UP, job_of(group),
                       describe(exc))
             self.pending[:0] = instead
             self._failed_instead += [record for record in instead if type(record) is Failed]
             self._urgent += 1  # a Failed: written at the next flush
             return []
-        log.error("the database refused %d times to record the outcome of job %d; giving up "
-                  "on it (it runs again when its lease expires): %s",
-                  _REFUSALS_BEFORE_GIVING_UP, _job_of(group), describe(exc))
+        job_id = job_of(group)
+        log.error("the database refused %d times to record %s; giving up on it (%s): %s",
+                  _REFUSALS_BEFORE_GIVING_UP,
+                  f"the outcome of job {job_id}" if job_id else "that locks were freed",
+                  "it runs again when its lease expires" if job_id else
+                  "they expire in their own time", describe(exc))
         finished = []
         for record in group:
             if isinstance(record, ENDINGS):
@@ -308,7 +347,7 @@ class BatchCompleter:
                 if record.entry.payload is not None and record.entry.payload.flow:
                     self._requeued = True
                 continue
-            if _requeues(record):
+            if requeues(record):
                 self._requeued = True
             if type(record) is Released and record.delay > 0:
                 self._coming_due.append((time.monotonic() + record.delay,
@@ -318,7 +357,7 @@ class BatchCompleter:
             elif isinstance(record, ENDINGS):
                 finished.append(record.entry)
                 if record.entry.id in recorded:
-                    _log(record)
+                    log_written(record)
                 elif isinstance(record, Completed):
                     lost.append(record.entry.id)
         if lost:
@@ -344,52 +383,3 @@ class InlineCompleter(BatchCompleter):
     def flush(self, now: float | None = None) -> list[Entry]:
         self._one_by_one = True
         return super().flush(now)
-
-
-def _requeues(record: Record) -> bool:
-    """Whether writing ``record`` may make jobs ready: a job released (maybe at
-    once), or the end of a job of a chain, batch or schedule (its next step or
-    callback)."""
-    return isinstance(record, Released) or (isinstance(record, ENDINGS)
-                                            and bool(record.entry.flow))
-
-
-def _job_of(group: Sequence[Record]) -> int:
-    """The job a group of ``_by_job`` is about (0: the loose locks)."""
-    return next((r.entry.id for r in group if not isinstance(r, Unlocked)), 0)
-
-
-def _by_job(records: Sequence[Record]) -> list[list[Record]]:
-    """``records`` grouped by job, in order of first appearance; loose locks last."""
-    groups: dict[int, list[Record]] = {}
-    loose: list[Record] = []
-    for record in records:
-        if isinstance(record, Unlocked):
-            loose.append(record)
-        else:
-            groups.setdefault(record.entry.id, []).append(record)
-    return [*groups.values(), *([loose] if loose else [])]
-
-
-def _log(record: Record) -> None:
-    match record:
-        case Completed(entry) if entry.runtime is not None and log.isEnabledFor(logging.DEBUG):
-            log.debug("job %d (%s) completed in %s", entry.id, entry.row.job,
-                      duration(entry.runtime))
-        case Released(entry, delay, _, why, True):
-            log.info("job %d (%s) %s; retrying in %.1f s", entry.id, entry.row.job, why, delay)
-        case Released(entry, delay, _, why, False):
-            log.debug("job %d (%s) released for %.1f s%s", entry.id, entry.row.job, delay,
-                      f": {why}" if why else "")
-        case Failed(entry, failure, attempts, True):
-            log.warning("job %d (%s) failed after %d attempt(s)%s: %s: %s", entry.id,
-                        entry.row.job, attempts,
-                        f" in {duration(entry.runtime)}" if entry.runtime else "",
-                        failure.exception_class, failure.message)
-        case Failed(entry, failure, _, False):
-            log.warning("job %d (%s) cannot run: %s", entry.id, entry.row.job, failure.message)
-
-
-def duration(seconds: float) -> str:
-    """``12.3 ms``, ``4.56 s``: how long a job ran, for the log."""
-    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"

@@ -9,6 +9,7 @@ one can be told from another.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -19,6 +20,8 @@ from ..store.flows import FlowEnd
 from .health import describe
 from .ledger import Entry
 from .messages import class_name
+
+log = logging.getLogger("dbqueue.worker")
 
 
 class Completed(NamedTuple):
@@ -130,3 +133,53 @@ def failed_instead(group: list[Record], exc: Exception) -> list[Record] | None:
             f"writes (its result, the chain's next step): {describe(exc)}", ""),
             entry.row.attempts, True))
     return instead if instead != group else None
+
+
+def requeues(record: Record) -> bool:
+    """Whether writing ``record`` may make jobs ready: a job released (maybe at
+    once), or the end of a job of a chain, batch or schedule (its next step or
+    callback)."""
+    return isinstance(record, Released) or (isinstance(record, ENDINGS)
+                                            and bool(record.entry.flow))
+
+
+def job_of(group: Sequence[Record]) -> int:
+    """The job a group of ``by_job`` is about (0: the loose locks)."""
+    return next((r.entry.id for r in group if not isinstance(r, Unlocked)), 0)
+
+
+def by_job(records: Sequence[Record]) -> list[list[Record]]:
+    """``records`` grouped by job, in order of first appearance; loose locks last."""
+    groups: dict[int, list[Record]] = {}
+    loose: list[Record] = []
+    for record in records:
+        if isinstance(record, Unlocked):
+            loose.append(record)
+        else:
+            groups.setdefault(record.entry.id, []).append(record)
+    return [*groups.values(), *([loose] if loose else [])]
+
+
+def log_written(record: Record) -> None:
+    """Log what became of a job, once ``record`` is written (never before)."""
+    match record:
+        case Completed(entry) if entry.runtime is not None and log.isEnabledFor(logging.DEBUG):
+            log.debug("job %d (%s) completed in %s", entry.id, entry.row.job,
+                      duration(entry.runtime))
+        case Released(entry, delay, _, why, True):
+            log.info("job %d (%s) %s; retrying in %.1f s", entry.id, entry.row.job, why, delay)
+        case Released(entry, delay, _, why, False):
+            log.debug("job %d (%s) released for %.1f s%s", entry.id, entry.row.job, delay,
+                      f": {why}" if why else "")
+        case Failed(entry, failure, attempts, True):
+            log.warning("job %d (%s) failed after %d attempt(s)%s: %s: %s", entry.id,
+                        entry.row.job, attempts,
+                        f" in {duration(entry.runtime)}" if entry.runtime else "",
+                        failure.exception_class, failure.message)
+        case Failed(entry, failure, _, False):
+            log.warning("job %d (%s) cannot run: %s", entry.id, entry.row.job, failure.message)
+
+
+def duration(seconds: float) -> str:
+    """``12.3 ms``, ``4.56 s``: how long a job ran, for the log."""
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
