@@ -2,6 +2,7 @@
 the result or the error comes back through take(), and the thread's
 descriptor is readable exactly while an ended call awaits its take()."""
 
+import os
 import select
 import sys
 import threading
@@ -9,7 +10,7 @@ import threading
 import pytest
 
 from dbqueue.errors import DatabaseUnavailable
-from dbqueue.worker.background import Inline, OnThread, bounded, run_within
+from dbqueue.worker.background import Inline, LateResult, OnThread, bounded, run_within
 from dbqueue.worker.cancels import CancelledBatches
 
 
@@ -88,6 +89,45 @@ def test_a_call_that_never_ends_is_waited_for_only_as_long_as_asked():
     stuck = [thread for thread in threading.enumerate() if thread.name == "test"]
     assert stuck and all(thread.daemon for thread in stuck)  # it holds up no exit
     never.set()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts /proc/self/fd")
+def test_a_call_left_running_closes_its_descriptors_once_it_ends():
+    """Each statement given up on while the database hangs left its pipe open
+    for good: two descriptors per call, growing for as long as the hang lasted."""
+
+    def descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before, hang = descriptors(), threading.Event()
+    for _ in range(20):
+        with pytest.raises(DatabaseUnavailable):
+            bounded(lambda: hang.wait(60), 0.001)
+    assert descriptors() >= before + 40  # each left call holds its pipe meanwhile
+    hang.set()
+    for thread in threading.enumerate():
+        if thread.name == "dbqueue-call":
+            thread.join(10)
+    assert descriptors() <= before
+
+
+def test_what_a_call_given_up_on_opens_after_all_is_closed():
+    """The worker's LISTEN connection: a connect that ended after the wait for
+    it was given up left a server session open, once per try."""
+    closed, answer = [], threading.Event()
+    late = LateResult(closed.append)
+    with pytest.raises(DatabaseUnavailable):
+        bounded(late.wrap(lambda: answer.wait(60) and "connection"), 0.001)
+    late.give_up()
+    answer.set()
+    for thread in threading.enumerate():
+        if thread.name == "dbqueue-call":
+            thread.join(10)
+    assert closed == ["connection"]
+    # Taken in time, it is the caller's: nothing is closed.
+    taken = LateResult(closed.append)
+    assert bounded(taken.wrap(lambda: "mine"), 10) == "mine"
+    assert closed == ["connection"]
 
 
 def test_a_call_that_ends_in_time_is_waited_for():

@@ -92,6 +92,10 @@ class OnThread(Inline[T]):
         # One byte per call, written once the call has ended and read by take():
         # the pipe is readable exactly while an ended call awaits its take().
         self._read, self._write = os.pipe()
+        self._ending = threading.Lock()
+        self._ended = self._left = False
+        """Whether the thread has ended; whether close() left it running (it then
+        closes the pipe itself, once its call ends)."""
 
     def fileno(self) -> int | None:
         return self._read
@@ -113,6 +117,10 @@ class OnThread(Inline[T]):
             except BaseException as exc:  # SystemExit, say: it would end this thread
                 outcome.set_exception(exc)  # and leave take() waiting; the caller meets it
             os.write(self._write, b"!")
+        with self._ending:
+            self._ended = True
+            if self._left:
+                self._close_pipe()
 
     def take(self) -> T:
         assert self._outcome is not None, "nothing was submitted"
@@ -125,13 +133,21 @@ class OnThread(Inline[T]):
         if self._thread is not None:
             self._calls.put(None)
             self._thread.join(timeout)
-            if self._thread.is_alive():
-                # Left waiting (a daemon: it holds up no exit). The pipe stays
-                # open: the thread writes to it when the call ends, if ever.
-                return False
+            with self._ending:
+                if not self._ended:
+                    # Left waiting (a daemon: it holds up no exit). The pipe
+                    # stays open for the thread to write to when the call ends,
+                    # if ever; then the thread closes it (a statement given up
+                    # on each time the database hangs must not cost two
+                    # descriptors for good).
+                    self._left = True
+                    return False
+        self._close_pipe()
+        return True
+
+    def _close_pipe(self) -> None:
         os.close(self._read)
         os.close(self._write)
-        return True
 
 
 def run_within(call: Callable[[], T], seconds: float) -> tuple[bool, T | None]:
@@ -160,6 +176,42 @@ def bounded(call: Callable[[], T], seconds: float | None) -> T:
     if not ended:
         raise DatabaseUnavailable(f"the database did not answer within {seconds:g} s")
     return result  # type: ignore[return-value]
+
+
+class LateResult(Generic[T]):
+    """What to do with the result of a call ``bounded`` gave up on, should it
+    end after all: a connection it opened must be closed, or it stays open
+    (with its socket) for the life of the process, once per try.
+
+    ``bounded(late.wrap(call), seconds)``, then ``late.give_up()`` where that
+    raised DatabaseUnavailable."""
+
+    def __init__(self, close: Callable[[T], object]) -> None:
+        self._close = close
+        self._lock = threading.Lock()
+        self._given_up = False
+        self._result: tuple[T] | None = None
+
+    def wrap(self, call: Callable[[], T]) -> Callable[[], T]:
+        def run() -> T:
+            result = call()
+            with self._lock:
+                late = self._given_up
+                if not late:  # the caller may take it yet, or give up on it
+                    self._result = (result,)
+            if late:
+                self._close(result)
+            return result
+
+        return run
+
+    def give_up(self) -> None:
+        """The caller will not take the result: close it now, or once it comes."""
+        with self._lock:
+            self._given_up = True
+            result, self._result = self._result, None
+        if result is not None:  # it ended between the wait's end and this call
+            self._close(result[0])
 
 
 def _settle(outcome: Future[T], call: Callable[[], T]) -> None:

@@ -20,7 +20,7 @@ import select
 
 from ..store import Store
 from ..store.notices import JobNotices, listen
-from .background import bounded
+from .background import LateResult, bounded
 from .health import DB_ERRORS, describe
 
 log = logging.getLogger("dbqueue.worker")
@@ -89,9 +89,11 @@ class Wakeup:
                 or failing):
             return False
         self.next_try = now + RELISTEN_EVERY
+        late: LateResult[JobNotices | None] = LateResult(_close)
         try:
-            self.notices = bounded(lambda: listen(self.store), self.wait_at_most)
+            self.notices = bounded(late.wrap(lambda: listen(self.store)), self.wait_at_most)
         except DB_ERRORS as exc:
+            late.give_up()  # a listening connection that comes after all is closed
             log.debug("cannot listen for new jobs (%s); polling", describe(exc))
             return False
         if self.notices is None:
@@ -121,3 +123,8 @@ class Wakeup:
         if self.notices is not None:
             self.notices.close()
         self.notices = self._poller = None
+
+
+def _close(notices: JobNotices | None) -> None:
+    if notices is not None:
+        notices.close()
