@@ -16,11 +16,15 @@ from dbqueue.worker.completer import BatchCompleter
 from dbqueue.worker.health import Health
 from dbqueue.worker.joblocks import JobLocks
 from dbqueue.worker.ledger import Ledger
+from dbqueue.worker.messages import RunJob
 from dbqueue.worker.options import WorkerOptions
 from dbqueue.worker.recorder import Recorder
 from dbqueue.worker.reserver import Reserver
 from dbqueue.worker.wakeup import Wakeup
-from tests.conftest import rows
+from tests.conftest import count, rows
+
+NOOP = RunJob(0, "noop", "{}", 1, 60.0)
+"""A task of the kind the tests dispatch, to tell the reserver one ran."""
 
 
 def parts(app: Any, **options: Any) -> tuple[Reserver, Ledger, Recorder]:
@@ -115,7 +119,7 @@ def test_the_next_reservation_is_on_its_way_while_rows_are_admitted(jobs):
         jobs.noop.dispatch()
     reserver.refill(time.monotonic())  # no runtime known yet: one job per child
     ended(reserver.fileno())
-    reserver.ran(0.0001)  # short jobs: ten more in hand
+    reserver.ran(NOOP, 0.0001)  # short jobs: ten more in hand
     on_its_way: list[bool] = []
     add = ledger.add
     ledger.add = lambda entry: (on_its_way.append(reserver.fetching), add(entry))[1]
@@ -187,8 +191,28 @@ def test_the_prefetch_is_topped_up_once_a_tenth_of_it_is_missing(app):
     """On short jobs a reservation takes about as long as running what it
     brings: the next must go out early, not once half the batch is gone."""
     reserver, _, _ = parts(app, concurrency=1, prefetch=10)
-    reserver.ran(0.0001)  # short jobs: the whole prefetch ahead
+    reserver.ran(NOOP, 0.0001)  # short jobs: the whole prefetch ahead
     assert reserver.prefetch() == 10
     assert reserver.wanted(coming=9) == 2  # one more for the child, one to top up
     assert reserver.wanted(coming=10) == 0  # nine tenths in hand: no round trip for one
+    reserver.close()
+
+
+def test_a_burst_of_a_kind_not_run_here_yet_is_not_kept_ahead_of_busy_children(jobs):
+    """After short jobs the prefetch is large: a burst of slow jobs of a new
+    kind was reserved whole, and ran on this worker's children one after the
+    other while another worker sat idle."""
+    app = jobs.app
+    reserver, ledger, _ = parts(app, concurrency=2, prefetch=50)
+    reserver.ran(NOOP, 0.001)  # short jobs so far
+    assert reserver.prefetch() == 50
+    app.dispatch_many([jobs.nap.prepare(1) for _ in range(30)])  # never run here
+    reserver.refill(time.monotonic())
+    reserver.collect(wait=True)
+    assert len(ledger.reserved) == 2  # one for each free child
+    table = app.store.tables.jobs
+    assert count(app, table, table.c.reserved_by.is_(None)) == 28  # for any worker
+    assert reserver.prefetch() == 0 and reserver.wanted() == 0
+    reserver.ran(RunJob(0, "nap", "{}", 1, 60.0), 1.5)  # one has run: measured
+    assert reserver.prefetch() > 0
     reserver.close()

@@ -59,7 +59,7 @@ class Handout:
         self.reserver = reserver
         self.renewal = renewal
         self.health = health
-        self.runtimes = Runtimes()
+        self.runtimes: Runtimes = reserver.runtimes
         self.hooks = hooks
         self.margin = min(1.0, options.retry_after / 10)
         self.stall_check_at = 0.0
@@ -222,8 +222,7 @@ class Handout:
                                    "out while it waited")
         elif entry is not None:
             self.recorder.began(entry)
-            self.reserver.ran(runtime)
-            self.runtimes.add(task, runtime)
+            self.reserver.ran(task, runtime)
             entry.runtime, entry.result = runtime, answer.result
             if answer.uncommitted:
                 self.ledger.await_commit(entry)

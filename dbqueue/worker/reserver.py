@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -25,9 +26,11 @@ from .health import DB_ERRORS, Health
 from .intake import Postponed, admit
 from .joblocks import JobLocks
 from .ledger import Entry, Ledger, State
+from .messages import RunJob
 from .options import WorkerOptions
 from .queues import QueueChoice
 from .recorder import Recorder
+from .runtimes import Runtimes
 from .wakeup import Pace, Wakeup
 
 log = logging.getLogger("dbqueue.worker")
@@ -63,6 +66,12 @@ class Reserver:
         self.queues_empty = False
         """--stop-when-drained: no job at all is left in the queues."""
         self.avg_runtime: float | None = None
+        self.runtimes = Runtimes()
+        """How long each kind of job takes here (the handout's too)."""
+        self._unmeasured: set[str] = set()
+        self._unmeasured_until = 0.0
+        """Kinds given back before any ran here, and until when (monotonic) they
+        keep the prefetch off, at most (see _hand_back_unmeasured)."""
         self.stalled = False
         """Every child has run its current job STALLED_AFTER seconds: no prefetch."""
         self._said_waiting = False
@@ -83,14 +92,21 @@ class Reserver:
     def longest_pause(self) -> float:
         return self.pace.longest(self.wakeup.listening)
 
-    def ran(self, runtime: float) -> None:
-        """A job ran ``runtime`` seconds: the prefetch follows the average."""
+    def ran(self, task: RunJob, runtime: float) -> None:
+        """``task`` ran ``runtime`` seconds: the prefetch follows the average,
+        and the handout the runtime of each kind."""
         self.avg_runtime = runtime if self.avg_runtime is None else (
             0.9 * self.avg_runtime + 0.1 * runtime)
+        self.runtimes.add(task, runtime)
 
     def prefetch(self) -> int:
         if self.avg_runtime is None or self.options.once or self.stalled:
             return 0
+        if self._unmeasured:
+            self._unmeasured = {name for name in self._unmeasured
+                                if self.runtimes.of_job(name) == math.inf}
+            if self._unmeasured and time.monotonic() < self._unmeasured_until:
+                return 0
         ahead = self.options.concurrency * _BUFFER_SECONDS / max(self.avg_runtime, 1e-4)
         return min(self.options.prefetch, int(ahead))
 
@@ -256,6 +272,28 @@ class Reserver:
         _, released = self.job_locks.take(self._skip_cancelled(admitted))
         if released:  # back in the queue, maybe ready at once
             self.drained = False
+        if self.avg_runtime is not None:  # else nothing was reserved ahead
+            self._hand_back_unmeasured(admitted)
+
+    def _hand_back_unmeasured(self, admitted: list[Entry]) -> None:
+        """The prefetch follows the runtimes of the jobs run here so far: after
+        short jobs it reserves a burst of slow ones of a new kind whole, and
+        this worker's children would run them one after the other while
+        another worker is idle. So jobs of a kind that has not run here yet,
+        reserved beyond the children free for them, go back to the queue at
+        once. Nothing is then reserved ahead (it would take them again) until
+        each such kind has run once here, or for STALLED_AFTER seconds should
+        none come back to this worker."""
+        names = {entry.row.job for entry in admitted}
+        new = {name for name in names if self.runtimes.of_job(name) == math.inf}
+        if not new:
+            return
+        unmeasured = [entry for entry in self.ledger.reserved if entry.row.job in new]
+        free = max(0, self.options.concurrency - self.ledger.count(State.RUNNING))
+        if len(unmeasured) > free and not self.health.failing:
+            self.recorder.give_back(unmeasured[free:])
+            self._unmeasured |= {entry.row.job for entry in unmeasured[free:]}
+            self._unmeasured_until = time.monotonic() + STALLED_AFTER
 
     def _postpone(self, entry: Entry, postponed: Postponed) -> None:
         name = entry.row.job
