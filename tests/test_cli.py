@@ -287,6 +287,15 @@ def test_failed_show_prints_the_payload_and_the_traceback(app, schema):
         invoice.id, invoice.uuid, PAYLOAD)
     assert as_json["exception"] == invoice.exception
 
+    # A job of a batch: the batch is named, as --json names it.
+    assert "batch:" not in out
+    failed_jobs, batch = app.store.tables.failed_jobs, "0b6f1c7e-9d1a-4c55-8f7e-2a7d3c1e9b40"
+    with app.engine.begin() as c:
+        c.execute(failed_jobs.update().where(failed_jobs.c.id == invoice.id)
+                  .values(batch_id=batch))
+    assert f"job:       send_invoice\nbatch:     {batch}\n" in ok(
+        schema, "failed", "show", str(invoice.id))
+
 
 # --- retry, forget, flush -------------------------------------------------------------
 

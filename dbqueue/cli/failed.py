@@ -109,8 +109,9 @@ def show(url: str | None, app_reference: str | None, table_prefix: str | None,
         payload = json.dumps(json.loads(record.payload), indent=2, ensure_ascii=False)
     except ValueError:
         payload = record.payload
+    batch = [("batch", record.batch_id)] if record.batch_id else []  # as --json has it
     for label, value in [("id", record.id), ("uuid", record.uuid), ("job id", record.job_id),
-                         ("queue", record.queue), ("job", record.job),
+                         ("queue", record.queue), ("job", record.job), *batch,
                          ("attempts", record.attempts), ("failed at", record.failed_at),
                          ("worker", record.worker), ("exception", record.exception_class),
                          ("message", record.exception_message)]:
