@@ -279,13 +279,13 @@ class BoundJob(Generic[P, R]):
         # A prepared job is queued by whoever takes it (dispatch_many, a chain,
         # a batch, a schedule), in that call's transaction: set here, it would
         # be dropped, and the job committed whatever the caller's transaction did.
-        given = [name for name in ("connection", "after_commit")
-                 if getattr(self.settings, name) is not None]
-        if given:
+        settings = self.settings
+        if settings.connection is not None or settings.after_commit is not None:
+            given = "connection" if settings.connection is not None else "after_commit"
             raise ConfigurationError(
-                f"{given[0]}= applies to .dispatch(), not to .prepare(): give it to the "
+                f"{given}= applies to .dispatch(), not to .prepare(): give it to the "
                 f"call that queues the prepared jobs, e.g. app.dispatch_many(jobs, "
-                f"{given[0]}=...) or app.chain([...]).dispatch({given[0]}=...)")
+                f"{given}=...) or app.chain([...]).dispatch({given}=...)")
         return PreparedJob(self.job.app, self._new_job(args, kwargs))
 
     def dispatch(self, *args: P.args, **kwargs: P.kwargs) -> int | None:
