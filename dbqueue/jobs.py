@@ -210,6 +210,17 @@ class Job(Generic[P, R]):
                                                             args, kwargs)
         return keys.fit(f"{self.name}:{part}", f"{self.name[:100]}:")
 
+    def check_idempotency_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """At dispatch: a key no worker could use (keys.made) is refused now.
+        What the function raises is left to the worker, which retries it as
+        the job's own error (it may look something up that fails a while)."""
+        assert self.idempotency_key is not None
+        try:
+            value = self.idempotency_key(*args, **kwargs)
+        except Exception:  # see above; a TypeError is checked by signature
+            return
+        keys.made(f"idempotency_key of job {self.name!r}", value, empty=False)
+
     def idempotency_id(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         assert self.idempotency_key is not None
         return keys.fit(self._key("idempotency_key", self.idempotency_key, args, kwargs))
@@ -308,8 +319,8 @@ class BoundJob(Generic[P, R]):
             unique_key=job.unique_id(args, kwargs),
             unique_for=job.unique_for,
         )
-        if job.idempotency_key is not None:  # a key it cannot make fails here, not in a worker
-            job.idempotency_id(args, kwargs)
+        if job.idempotency_key is not None:
+            job.check_idempotency_key(args, kwargs)
         return new_job
 
 
@@ -342,13 +353,15 @@ def job_name(func: Callable[..., Any], name: Any) -> str:
 def same_function(registered: Callable[..., Any], func: Callable[..., Any]) -> bool:
     """Whether ``func`` may take the place of the job function ``registered``
     under its name: the same function, or its new definition from a module
-    reloaded (importlib.reload, a development server's autoreload). Lambdas
-    all share one qualified name in their scope: two are two jobs."""
+    reloaded (importlib.reload, a development server's autoreload): a
+    function of the module's own level. Lambdas, and functions a factory or
+    a decorator makes, share one qualified name however many there are: two
+    are two jobs."""
     qualname = getattr(func, "__qualname__", "<lambda>")
     return registered is func or (
         getattr(registered, "__module__", None) == getattr(func, "__module__", None) != "__main__"
         and getattr(registered, "__qualname__", None) == qualname
-        and not qualname.endswith("<lambda>"))
+        and "<" not in qualname)
 
 
 def _signatures(functions: list[tuple[str, Any]]) -> tuple[tuple[str, inspect.Signature], ...]:
