@@ -26,16 +26,24 @@ MAX_RETRY_AFTER = 365 * 86400
 """The longest lease (a year): no job runs that long without a heartbeat."""
 
 _SECONDS: dict[str, tuple[Callable[[float], bool], str]] = {
-    # As `dbqueue work --retry-after` takes it: a value the worker would refuse
-    # is refused where it is set, and named as it was set.
-    "retry_after": (lambda value: 1 <= value <= MAX_RETRY_AFTER,
-                    "a number of seconds from 1 to a year (31,536,000)"),
+    "retry_after": (lambda value: 0 < value <= MAX_RETRY_AFTER,
+                    "a positive number of seconds, at most a year (31,536,000)"),
     # Under a second, one lost packet would end a healthy connection; over
     # 2**31 - 1 milliseconds, PostgreSQL refuses the session timeouts it sets.
     "network_timeout": (lambda value: 1 <= value <= 2_147_483,
                         "a number of seconds from 1 to 2,147,483 (about 24 days)"),
 }
 """The settings in seconds: which finite values each accepts, and that rule in words."""
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float, if it is a number (not text, nor a bool)."""
+    if isinstance(value, str | bytes | bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _accepts(name: str, value: float) -> bool:
@@ -69,9 +77,10 @@ class Settings:
             )
         for name in _SECONDS:
             value = getattr(self, name)
-            if (isinstance(value, bool) or not isinstance(value, int | float)
-                    or not _accepts(name, value)):
+            number = _number(value)
+            if number is None or not _accepts(name, number):
                 raise ConfigurationError(f"{name} must be {_SECONDS[name][1]}, not {value!r}")
+            object.__setattr__(self, name, number)  # a Decimal, numpy's: as plain floats
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -1,5 +1,7 @@
 """The public API: its names, and the clear errors it gives for bad input."""
 
+from decimal import Decimal
+
 import pytest
 
 import dbqueue
@@ -164,10 +166,15 @@ def test_settings_come_from_the_environment_and_are_checked():
         with pytest.raises(dbqueue.ConfigurationError, match="finite number of seconds"):
             Settings.from_env({"DBQUEUE_RETRY_AFTER": endless})
     for endless in (float("inf"), 1e12):  # a lease no server could store the end of
-        with pytest.raises(dbqueue.ConfigurationError, match="from 1 to a year"):
+        with pytest.raises(dbqueue.ConfigurationError, match="at most a year"):
             dbqueue.App("sqlite://", retry_after=endless)
     with pytest.raises(dbqueue.ConfigurationError, match="table prefix"):
         Settings(table_prefix="drop table;")
+    # Numbers of any kind, read as floats; text and flags are no numbers.
+    assert dbqueue.App("sqlite://", retry_after=Decimal("2.5")).settings.retry_after == 2.5
+    for wrong in ("90", True, [90]):
+        with pytest.raises(dbqueue.ConfigurationError, match="retry_after must be"):
+            Settings(retry_after=wrong)
 
 
 def test_bad_urls_and_missing_tables_give_errors_that_name_the_fix(tmp_path):

@@ -488,6 +488,16 @@ def test_mistakes_print_one_error_line(args, expected, fresh_url):
     assert "s3cret" not in result.stderr  # the password is never printed
 
 
+def test_a_lease_too_short_for_a_worker_is_named_as_it_was_set(migrated_url):
+    """The App takes any positive retry_after; a worker needs 1 s. The error
+    named --retry-after, which nobody had typed."""
+    result = dbqueue_cli("work", "--app", "tests.jobapp:app", "--stop-when-empty",
+                         env=bare_env(DBQUEUE_URL=migrated_url, DBQUEUE_RETRY_AFTER="0.5"))
+    line = assert_clean_error(result)
+    assert "retry_after (DBQUEUE_RETRY_AFTER, or App(retry_after=)) is 0.5 s" in line, line
+    assert "--retry-after must" not in line
+
+
 def test_a_bad_setting_in_the_environment_is_named_as_it_was_set(fresh_url):
     """Even when the application's App() reads it: then the line is the
     user's App() call, not code Python generated."""
@@ -801,6 +811,8 @@ def test_an_exception_filter_ignores_case_and_names_the_near_classes(app, schema
     assert listed("--exception", "PaymentEror") == (
         "No failed jobs match.\nNo failed job's exception class contains 'PaymentEror'; "
         "did you mean 'myapp.errors.PaymentError'?\n")
+    assert listed("--exception", "paymenteror").endswith(
+        "did you mean 'myapp.errors.PaymentError'?\n")  # in any case, as the filter
     # A class that has the text, left out by another filter, is no slip.
     assert listed("--queue", "mail", "--exception", "Payment") == "No failed jobs match.\n"
 

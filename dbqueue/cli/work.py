@@ -14,6 +14,7 @@ from typing import NoReturn
 
 import click
 
+from ..errors import ConfigurationError
 from ..loader import search_cwd
 from ..worker import forkserver
 from ..worker.signals import StopSignals
@@ -89,6 +90,11 @@ def work(  # noqa: PLR0913 (click passes each of the command's options)
         logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         app = open_app(url, app_reference, table_prefix)
+        if retry_after is None and app.settings.retry_after < 1:  # named as it was set
+            raise ConfigurationError(
+                f"the App's retry_after (DBQUEUE_RETRY_AFTER, or App(retry_after=)) is "
+                f"{app.settings.retry_after:g} s; a worker needs a lease of at least 1 "
+                "second: raise it, or give --retry-after")
         options = WorkerOptions(
             queues=tuple(q.strip() for q in queues.split(",")),  # empty names refused
             concurrency=concurrency, sleep=sleep,
