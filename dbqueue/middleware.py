@@ -271,12 +271,13 @@ class RateLimited:
 
 
 def _key_or_function(whose: str, key: Any, *, function: bool = True) -> Any:
-    """``key`` as given to a middleware (``whose``: "WithoutOverlapping's"): a
-    string every server can store, or (where ``function``) a function of the
-    job's arguments."""
-    if function and callable(key):
-        return key
-    if not isinstance(key, str):
-        kinds = "a string, or a function of the job's arguments," if function else "a string,"
-        raise ConfigurationError(f"{whose} key must be {kinds} not {key!r}")
-    return keys.storable(f"{whose} key", key)
+    """``key`` as given to a middleware (``whose``: "WithoutOverlapping's"): its
+    text, which every server must be able to store, or (where ``function``) a
+    function of the job's arguments. Where no function is taken, one is
+    refused: its text would name a different key in each process."""
+    if callable(key):
+        if function:
+            return key
+        raise ConfigurationError(f"{whose} key must be a fixed key (a string), not a function "
+                                 f"({key!r})")
+    return keys.storable(f"{whose} key", str(key))
