@@ -198,7 +198,7 @@ class MySQL(Dialect):
         # Unpacked, not read by name: a few thousand rows a reservation.
         return [
             ReservedRow(id_, queue_, job, payload, priority, attempts + 1,
-                        created_at(_utc, created, now), now)
+                        created_at(_utc, created), now)
             for id_, queue_, job, payload, priority, attempts, created, _ in locked
         ]
 

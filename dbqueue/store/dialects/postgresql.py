@@ -168,7 +168,7 @@ class PostgreSQL(Dialect):
             if reserved is None:
                 reserved = clock[reserved_us] = datetime.fromtimestamp(reserved_us / 1e6, UTC)
             rows.append(ReservedRow(id_, queue, job, payload, priority, attempts + 1,
-                                    created_at(_from_microseconds, created, reserved),
+                                    created_at(_from_microseconds, created),
                                     reserved))
         return rows
 
@@ -256,7 +256,8 @@ def _microseconds(column: sa.ColumnElement[Any], *,
     # parameters: the claim's text stays the same. ``kept`` from year 1 to
     # 10000 (Python's years, and then some), for a value a person may have
     # written: 'infinity' would not fit a bigint and fail the whole
-    # reservation (see rows.created_at).
+    # reservation ('-infinity' reads as year 1, a year past 9999 as
+    # rows.LONG_AGO: see rows.created_at).
     seconds = sa.func.date_part(sa.literal_column("'epoch'"), column)
     if kept:
         seconds = sa.func.greatest(sa.func.least(seconds, sa.literal_column("253402300800")),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 
@@ -26,17 +26,21 @@ class ReservedRow(NamedTuple):
 RESERVED_COLUMNS = ReservedRow._fields
 
 
-def created_at(read: Callable[[Any], datetime], value: Any, reserved_at: datetime) -> datetime:
-    """``read(value)``, a reserved row's created_at; its ``reserved_at`` where
-    that fails.
+LONG_AGO = datetime(1, 1, 1, tzinfo=UTC)
+
+
+def created_at(read: Callable[[Any], datetime], value: Any) -> datetime:
+    """``read(value)``, a reserved row's created_at; LONG_AGO where that fails.
 
     A row written by hand may hold what no Python datetime can (MySQL's
     '0000-00-00', a year past 9999, text that is no time at all on SQLite).
     Raised, that would undo the reservation of every row beside it, at every
     look of every worker: the queue would stop (DESIGN §2.7). Such a row is
-    instead taken as created when reserved; created_at only bounds its
-    ``retry_until`` and the wait of a job no worker knows."""
+    instead taken as created long ago. created_at bounds only a job's
+    ``retry_until`` and the wait of a job no worker knows: those fail at
+    once, with their reason, rather than wait or retry for ever; the others
+    run."""
     try:
         return read(value)
     except (ValueError, OverflowError, TypeError):
-        return reserved_at
+        return LONG_AGO

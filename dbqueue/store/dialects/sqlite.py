@@ -87,7 +87,7 @@ class SQLite(Dialect):
 
     def reserved_rows(self, returned: Sequence[Any]) -> list[ReservedRow]:
         return [ReservedRow(id_, queue_, job, payload, priority, attempts + 1,
-                            created_at(_utc, created, reserved), reserved)
+                            created_at(_utc, created), reserved)
                 for id_, queue_, job, payload, priority, attempts, created, reserved in returned]
 
     def upsert_module(self) -> Any:
@@ -136,5 +136,7 @@ def _locked(error: BaseException) -> bool:
 
 
 def _utc(text: str) -> datetime:
-    """A time as dbqueue writes it (see _FORMAT: UTC, no offset), aware."""
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+    """A time as dbqueue writes it (see _FORMAT: UTC, no offset), aware; one
+    written by hand with an offset, in UTC."""
+    value = datetime.fromisoformat(text)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
