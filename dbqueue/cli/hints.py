@@ -31,8 +31,10 @@ def hint_unmatched(admin: Admin, *, queue: str | None, job: str | None = None,
     if exception:
         classes = admin.failed_names("exception_class")
         # A class that contains the text is no slip: the other filters left it out.
-        if not any(exception.lower() in name.lower() for name in classes):
-            close = close_names(exception, classes, dotted=True)
+        by_lower = {name.lower(): name for name in classes}  # the filter ignores case too
+        if not any(exception.lower() in name for name in by_lower):
+            close = [by_lower[name]
+                     for name in close_names(exception.lower(), list(by_lower), dotted=True)]
             if close:
                 click.echo(f"No failed job's exception class contains {exception!r}; "
                            f"did you mean {either(close)}?", err=err)
