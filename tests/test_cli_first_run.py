@@ -803,3 +803,12 @@ def test_a_bad_value_of_a_flag_set_in_the_environment_names_the_variable(tmp_pat
     assert result.exit_code == 2
     assert ("Invalid value for '--no-schedule' (or DBQUEUE_NO_SCHEDULE): 'banana' is not a "
             "valid boolean") in result.stderr
+
+
+@pytest.mark.parametrize("args", [["schedule", "list"], ["schedule", "run", "nightly"],
+                                  ["work", "--stop-when-empty"]])
+def test_a_command_that_needs_the_application_without_app_is_a_usage_error(args):
+    """As with every command that needs it: exit code 2, the usage first."""
+    result = run(*args)
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert result.stderr.startswith("Usage: ") and "with --app module:attr" in result.stderr

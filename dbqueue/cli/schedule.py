@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from ..app import App
-from ..errors import ConfigurationError
 from ..schedule import ScheduleStatus, run_now, statuses
 from .common import open_app, print_json, print_table, short_time
 from .options import connection_options, friendly_errors, group_options
@@ -14,8 +13,9 @@ from .options import connection_options, friendly_errors, group_options
 def _open(url: str | None, app_reference: str | None, table_prefix: str | None) -> App:
     if not app_reference:
         # The code declares the schedules: without it there is nothing to show.
-        raise ConfigurationError("name the application whose schedules to use with --app "
-                                 "module:attr (or DBQUEUE_APP)")
+        # A usage error, as `dbqueue work` without --app is.
+        raise click.UsageError("name the application whose schedules to use with --app "
+                               "module:attr (or DBQUEUE_APP)")
     return open_app(url, app_reference, table_prefix)
 
 
