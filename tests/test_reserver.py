@@ -216,3 +216,25 @@ def test_a_burst_of_a_kind_not_run_here_yet_is_not_kept_ahead_of_busy_children(j
     reserver.ran(RunJob(0, "nap", "{}", 1, 60.0), 1.5)  # one has run: measured
     assert reserver.prefetch() > 0
     reserver.close()
+
+
+def test_giving_back_jobs_another_worker_took_says_they_were_lost(jobs, caplog):
+    """A worker that stalled past its leases and gives its reserved jobs back
+    (a stop, or every child busy) before its renewal tells it so: the jobs
+    are the other worker's now, and the log says it, as the renewal would."""
+    app = jobs.app
+    reserver, ledger, recorder = parts(app, concurrency=2)
+    jobs.noop.dispatch()
+    jobs.noop.dispatch()
+    reserver.refill(time.monotonic())
+    reserver.collect(wait=True)
+    taken, kept = ledger.reserved
+    table = app.store.tables.jobs
+    with app.engine.begin() as c:  # its lease ran out, and another worker reserved it
+        c.execute(table.update().where(table.c.id == taken.id).values(reserved_by="other.1"))
+    with caplog.at_level("WARNING", "dbqueue.worker"):
+        recorder.give_back([taken, kept])
+    assert "1 job lease(s) were lost to other workers" in caplog.text
+    assert [row.reserved_by for row in rows(app, table, table.c.id == kept.id)] == [None]
+    assert [row.reserved_by for row in rows(app, table, table.c.id == taken.id)] == ["other.1"]
+    reserver.close()

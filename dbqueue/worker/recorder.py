@@ -125,11 +125,16 @@ class Recorder:
             self.ledger.forget(entry)
         leases = [entry.lease for entry in entries]
         try:
-            bounded(lambda: self.store.release_all(leases, held), self.wait_at_most)
+            released = bounded(lambda: self.store.release_all(leases, held), self.wait_at_most)
         except DB_ERRORS as exc:  # their leases run out: they come back all the same
             self.health.failed("give back reserved jobs", exc)
             for key, owner in held:  # and their locks go with the next records written
                 self.completer.add(Unlocked(key, owner))
+            return
+        if released < len(leases):  # the renewal, had it come first, would have said so
+            log.warning("%d job lease(s) were lost to other workers: this worker stalled longer "
+                        "than --retry-after; those jobs, not started here, are theirs now",
+                        len(leases) - released)
 
     def take_given_back(self) -> bool:
         """Whether jobs were given back since the last call (they may be ready)."""
