@@ -110,11 +110,10 @@ def test_a_run_not_finished_within_expect_within_is_overdue(schema, daily):
     assert "did not finish within 600 s" in listed(schema)["daily-report"]["overdue"]
 
 
-def test_an_unknown_schedule_or_no_app_is_one_clear_line(schema, daily):
+def test_an_unknown_schedule_is_one_clear_line(schema, daily):
     line = error_line(run(schema, "run", "nightly", "--app", APP))
     assert "no schedule named 'nightly'" in line and "daily-report, heartbeat" in line
-    assert "--app" in error_line(run(schema, "list"))
-    assert "--app" in error_line(run(schema, "run", "daily-report"))
+    # Without --app: a usage error (see test_cli_first_run).
 
 
 def test_list_says_when_the_workers_run_another_definition(schema, daily):
