@@ -811,7 +811,7 @@ def test_an_exception_filter_ignores_case_and_names_the_near_classes(app, schema
     assert listed("--exception", "PaymentEror") == (
         "No failed jobs match.\nNo failed job's exception class contains 'PaymentEror'; "
         "did you mean 'myapp.errors.PaymentError'?\n")
-    assert listed("--exception", "paymenteror").endswith(
+    assert listed("--exception", "PAYMENTEROR").endswith(
         "did you mean 'myapp.errors.PaymentError'?\n")  # in any case, as the filter
     # A class that has the text, left out by another filter, is no slip.
     assert listed("--queue", "mail", "--exception", "Payment") == "No failed jobs match.\n"

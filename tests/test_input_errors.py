@@ -235,6 +235,11 @@ def test_a_middlewares_key_of_the_wrong_kind_is_refused_where_it_is_declared(mid
         middleware()
 
 
+def test_a_fixed_middleware_key_of_any_value_is_its_text():
+    assert dbqueue.WithoutOverlapping(42).key == "42"
+    assert dbqueue.ThrottlesExceptions(key=7).key == "7"
+
+
 def test_a_rate_limits_key_function_is_checked_against_the_arguments_at_dispatch(sqlite_app):
     limited = sqlite_app.job(name="charge", middleware=[
         dbqueue.RateLimited("api", 10, 1, key=lambda customer: customer)])(

@@ -156,13 +156,20 @@ def test_a_created_at_no_datetime_holds_stops_no_reservation(jobs, workers):
             c.exec_driver_sql(f"INSERT INTO {table} (queue, job, payload, attempts, priority, "
                               f"available_at, created_at) VALUES ('default', 'record', "
                               f"'{{\"args\": [{100 + n}]}}', 0, 0, {_now_sql(name)}, {value})")
+        # One whose retry_until counts from its created_at: it cannot be kept.
+        c.exec_driver_sql(f"INSERT INTO {table} (queue, job, payload, attempts, priority, "
+                          f"available_at, created_at) VALUES ('default', 'deadline', "
+                          f"'{{\"args\": []}}', 0, 0, {_now_sql(name)}, "
+                          f"{UNREADABLE_TIMES[name][0]})")
     app.dispatch_many([jobs.record.prepare(n) for n in range(5)])
     result = workers.run("--stop-when-empty", *FAST)
     assert result.returncode == 0, result.stdout
     assert "Traceback" not in result.stdout
     assert count(app, jobs.effects) == 5 + len(UNREADABLE_TIMES[name])  # the odd rows too
-    assert [(row.exception_class, row.exception_message)
-            for row in rows(app, app.store.tables.failed_jobs)] == []
+    (failed,) = rows(app, app.store.tables.failed_jobs)
+    assert (failed.job, failed.exception_class) == ("deadline", "dbqueue.MaxAttemptsExceeded")
+    assert ("its created_at cannot be read as a time (see the row), and retry_until counts "
+            "from it") in failed.exception_message
 
 
 def _now_sql(name: str) -> str:

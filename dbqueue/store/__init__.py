@@ -1,7 +1,7 @@
 """The storage layer: the only code in dbqueue that builds or runs SQL."""
 
 from .admin import Admin, FailedJob, QueueStatus
-from .dialects import ReservedRow
+from .dialects import LONG_AGO, ReservedRow
 from .engine import create_engine, describe
 from .schema import Tables, build_tables
 from .store import Store
@@ -9,6 +9,7 @@ from .values import Executor, Failure, Lease, NewJob
 from .workers import WorkerInfo, WorkerRegistry
 
 __all__ = [
+    "LONG_AGO",
     "Admin",
     "Executor",
     "FailedJob",

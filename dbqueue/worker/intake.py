@@ -20,7 +20,7 @@ from typing import Any
 from .. import serializer
 from ..errors import ConfigurationError, MaxAttemptsExceeded, UnknownJob
 from ..policy import Rules, refuse_attempt
-from ..store import Failure, Lease, ReservedRow
+from ..store import LONG_AGO, Failure, Lease, ReservedRow
 from ..store.flows import flow_problem
 from .clock import Deadline
 from .ledger import Entry
@@ -29,6 +29,8 @@ from .messages import class_name
 UNKNOWN_GRACE = 600.0
 """How long after its dispatch a job unknown here is put back rather than
 failed: longer than a rolling deploy of the workers takes."""
+_UNREADABLE = "its created_at cannot be read as a time (see the row)"
+"""Where the reader took such a row as created long ago (store.LONG_AGO)."""
 UNKNOWN_RETRY = 5.0
 """How long an unknown job is put back for, each time."""
 
@@ -86,6 +88,8 @@ def _resolve(app: Any, entry: Entry) -> Failure | Postponed | None:
                        "")
     why = refuse_attempt(row.attempts, entry.rules, row.reserved_at)
     if why is not None:
+        if row.created_at is LONG_AGO and "retry_until" in why:
+            why += f" ({_UNREADABLE}, and retry_until counts from it)"
         return Failure(class_name(MaxAttemptsExceeded), why, "")
     return None
 
@@ -97,7 +101,8 @@ def _unknown(row: ReservedRow, error: UnknownJob) -> Failure | Postponed:
     if 0 <= age < UNKNOWN_GRACE:
         return Postponed(UNKNOWN_RETRY, f"{error}; put back for a worker that knows it (it "
                          f"fails for good {UNKNOWN_GRACE / 60:g} minutes after its dispatch)")
-    why = ("its created_at is ahead of the server's clock" if age < 0 else
+    why = (_UNREADABLE if row.created_at is LONG_AGO
+           else "its created_at is ahead of the server's clock" if age < 0 else
            f"nor did any worker take it in the {UNKNOWN_GRACE / 60:g} minutes after its dispatch")
     return Failure(class_name(error), f"{error} ({why})", "")
 

@@ -133,7 +133,8 @@ class Recorder:
             return
         if released < len(leases):  # the renewal, had it come first, would have said so
             log.warning("%d job lease(s) were lost to other workers: this worker stalled longer "
-                        "than --retry-after; those jobs, not started here, are theirs now",
+                        "than its lease (retry_after); those jobs, not started here, are "
+                        "theirs now",
                         len(leases) - released)
 
     def take_given_back(self) -> bool:

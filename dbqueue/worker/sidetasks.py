@@ -184,8 +184,8 @@ class LeaseRenewal(SideTask):
         for entry in lost:
             entry.lease_lost = True
         log.warning("%d job lease(s) were lost to other workers: this worker stalled longer "
-                    "than --retry-after; %d job(s) not yet started were dropped, %d running "
-                    "one(s) may also run elsewhere", len(lost), len(waiting),
+                    "than its lease (retry_after); %d job(s) not yet started were dropped, "
+                    "%d running one(s) may also run elsewhere", len(lost), len(waiting),
                     sum(entry.state == State.RUNNING for entry in lost))
 
     def _lost_locks(self, lost: list[tuple[Entry, str]]) -> None:
