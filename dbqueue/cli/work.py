@@ -95,14 +95,19 @@ def work(  # noqa: PLR0913 (click passes each of the command's options)
                 f"the App's retry_after (DBQUEUE_RETRY_AFTER, or App(retry_after=)) is "
                 f"{app.settings.retry_after:g} s; a worker needs a lease of at least 1 "
                 "second: raise it, or give --retry-after")
-        options = WorkerOptions(
-            queues=tuple(q.strip() for q in queues.split(",")),  # empty names refused
-            concurrency=concurrency, sleep=sleep,
-            retry_after=retry_after if retry_after is not None else app.settings.retry_after,
-            max_jobs=1 if once else max_jobs, max_time=max_time, memory_mb=memory,
-            stop_when_empty=stop_when_empty, stop_when_drained=stop_when_drained, once=once,
-            grace=grace, prefetch=prefetch, schedule=not no_schedule,
-        )
+        # What WorkerOptions refuses was typed on the command line: a usage
+        # error, as a value outside click's own ranges is (failed --limit 0).
+        try:
+            options = WorkerOptions(
+                queues=tuple(q.strip() for q in queues.split(",")),  # empty names refused
+                concurrency=concurrency, sleep=sleep,
+                retry_after=retry_after if retry_after is not None else app.settings.retry_after,
+                max_jobs=1 if once else max_jobs, max_time=max_time, memory_mb=memory,
+                stop_when_empty=stop_when_empty, stop_when_drained=stop_when_drained, once=once,
+                grace=grace, prefetch=prefetch, schedule=not no_schedule,
+            )
+        except ConfigurationError as exc:
+            raise click.UsageError(str(exc)) from None
         supervisor = Supervisor(app, app_reference, options, signals)
     except BaseException:
         gc.enable()
