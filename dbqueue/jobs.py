@@ -214,12 +214,12 @@ class Job(Generic[P, R]):
         """At dispatch: a key no worker could use (keys.made) is refused now.
         What the function raises is left to the worker, which retries it as
         the job's own error (it may look something up that fails a while)."""
-        assert self.idempotency_key is not None
         try:
-            value = self.idempotency_key(*args, **kwargs)
+            self.idempotency_id(args, kwargs)
+        except ConfigurationError:  # keys.made's: no worker could use the key
+            raise
         except Exception:  # see above; a TypeError is checked by signature
             return
-        keys.made(f"idempotency_key of job {self.name!r}", value, empty=False)
 
     def idempotency_id(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         assert self.idempotency_key is not None

@@ -29,7 +29,7 @@ def made(what: str, value: Any, *, empty: bool = True) -> str:
     or outcome without a word. It is refused, as is an empty key unless
     ``empty`` (where it means "the whole job", as no key does), and what
     ``storable`` refuses."""
-    if value is None or (value == "" and not empty):
+    if value is None or (not empty and isinstance(value, str) and not value):
         got = "None (has it a return statement?)" if value is None else "an empty string"
         raise ConfigurationError(f"{what} returned {got}; it must return the key, a "
                                  "non-empty string built from the job's arguments, e.g. "

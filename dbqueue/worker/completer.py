@@ -111,8 +111,6 @@ class BatchCompleter:
         self._failed_instead: list[Failed] = []
         self.calls: Inline[Written] = (
             Inline() if store.dialect.embedded else OnThread("dbqueue-record"))
-        self._groups: list[list[Record]] = []
-        """The records on their way one job at a time (see ``_write_each``)."""
         self.writing: list[Record] = []
         """Records whose write is on its way."""
         self._requeued = False
@@ -197,8 +195,8 @@ class BatchCompleter:
         # refusal: on that thread too, so a server that hangs then holds up
         # no timeout, signal or stop either.
         if self._one_by_one:
-            self._groups = by_job(records)
-            each = [(job_of(group), as_completion(group, self.worker)) for group in self._groups]
+            each = [(job_of(group), as_completion(group, self.worker))
+                    for group in by_job(records)]
             last_tries = {job for job, refusals in self._refusals.items()
                           if refusals + 1 >= _REFUSALS_BEFORE_GIVING_UP}
             self.calls.submit(lambda: self._write_each(each, last_tries))
@@ -224,7 +222,7 @@ class BatchCompleter:
                 self._one_by_one, self.retry_at = True, now  # find the one refused
             return []
         if isinstance(recorded, list):
-            return self._written_each(recorded)
+            return self._written_each(by_job(records), recorded)
         self.health.succeeded()
         return self._written(records, recorded)
 
@@ -270,11 +268,12 @@ class BatchCompleter:
                     break
         return written
 
-    def _written_each(self, written: list[set[int] | Exception]) -> list[Entry]:
-        """The jobs ``_write_each`` finished with; from the first write that
-        failed for good, its records and the rest back to wait."""
+    def _written_each(self, groups: list[list[Record]],
+                      written: list[set[int] | Exception]) -> list[Entry]:
+        """The jobs ``_write_each`` finished with (``groups``: the records it
+        wrote, by job); from the first write that failed for good, its records
+        and the rest back to wait."""
         finished: list[Entry] = []
-        groups, self._groups = self._groups, []
         for number, (group, recorded) in enumerate(zip(groups, written, strict=False)):
             if not isinstance(recorded, Exception):
                 self.health.succeeded()

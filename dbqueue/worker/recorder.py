@@ -134,8 +134,7 @@ class Recorder:
         if released < len(leases):  # the renewal, had it come first, would have said so
             log.warning("%d job lease(s) were lost to other workers: this worker stalled longer "
                         "than its lease (retry_after); those jobs, not started here, are "
-                        "theirs now",
-                        len(leases) - released)
+                        "theirs now", len(leases) - released)
 
     def take_given_back(self) -> bool:
         """Whether jobs were given back since the last call (they may be ready)."""

@@ -166,7 +166,7 @@ class PostgreSQL(Dialect):
         for id_, queue, job, payload, priority, attempts, created, reserved_us in returned:
             reserved = clock.get(reserved_us)
             if reserved is None:
-                reserved = clock[reserved_us] = datetime.fromtimestamp(reserved_us / 1e6, UTC)
+                reserved = clock[reserved_us] = _from_microseconds(reserved_us)
             rows.append(ReservedRow(id_, queue, job, payload, priority, attempts + 1,
                                     created_at(_from_microseconds, created),
                                     reserved))
