@@ -170,6 +170,14 @@ def wait_until(condition: Callable[[], Any], timeout: float = 60, what: str = "c
         time.sleep(0.05)
 
 
+def process_ended(pid: int) -> bool:
+    """Whether process ``pid`` is gone, or a zombie nobody has reaped yet."""
+    try:
+        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+
+
 def count(app: Any, table: sa.Table, *where: Any) -> int:
     return int(app.store.read(lambda c: c.execute(
         sa.select(sa.func.count()).select_from(table).where(*where)).scalar_one()))

@@ -6,11 +6,12 @@ import os
 import select
 import sys
 import threading
+import time
 
 import pytest
 
 from dbqueue.errors import DatabaseUnavailable
-from dbqueue.worker.background import Inline, LateResult, OnThread, bounded, run_within
+from dbqueue.worker.background import Bound, Inline, LateResult, OnThread, run_within
 from dbqueue.worker.cancels import CancelledBatches
 
 
@@ -105,7 +106,7 @@ def test_a_call_left_running_closes_its_descriptors_once_it_ends():
     before, hang = descriptors(), threading.Event()
     for _ in range(20):
         with pytest.raises(DatabaseUnavailable):
-            bounded(lambda: hang.wait(60), 0.001)
+            Bound(0.001)(lambda: hang.wait(60))
     assert descriptors() >= before + 40  # each left call holds its pipe meanwhile
     hang.set()
     for thread in threading.enumerate():
@@ -120,7 +121,7 @@ def test_what_a_call_given_up_on_opens_after_all_is_closed():
     closed, answer = [], threading.Event()
     late = LateResult(closed.append)
     with pytest.raises(DatabaseUnavailable):
-        bounded(late.wrap(lambda: answer.wait(60) and "connection"), 0.001)
+        Bound(0.001)(late.wrap(lambda: answer.wait(60) and "connection"))
     late.give_up()
     answer.set()
     for thread in threading.enumerate():
@@ -129,7 +130,7 @@ def test_what_a_call_given_up_on_opens_after_all_is_closed():
     assert closed == ["connection"]
     # Taken in time, it is the caller's: nothing is closed.
     taken = LateResult(closed.append)
-    assert bounded(taken.wrap(lambda: "mine"), 10) == "mine"
+    assert Bound(10)(taken.wrap(lambda: "mine")) == "mine"
     assert closed == ["connection"]
 
 
@@ -154,13 +155,29 @@ def test_run_within_gives_the_result_or_says_it_is_still_running():
         run_within(fail, 10)
 
 
-def test_bounded_runs_inline_or_gives_up_as_the_database_unreachable():
-    assert bounded(lambda: 3, None) == 3  # an embedded database: inline
-    assert bounded(lambda: threading.current_thread().name, 10) != threading.current_thread().name
+def test_a_bound_runs_inline_or_gives_up_as_the_database_unreachable():
+    assert Bound(None)(lambda: 3) == 3  # an embedded database: inline
+    assert Bound(10)(lambda: threading.current_thread().name) != threading.current_thread().name
     never = threading.Event()
     with pytest.raises(DatabaseUnavailable, match=r"did not answer within 0\.01 s"):
-        bounded(lambda: never.wait(60), 0.01)
+        Bound(0.01)(lambda: never.wait(60))
     never.set()
+
+
+def test_a_bound_does_what_is_due_while_the_statement_waits():
+    """A job's timeout falls while the supervisor waits on its own statement
+    (for up to the network timeout on a hung server): the wait makes way for
+    it, at the time it is due, however long the statement takes."""
+    answer, calls = threading.Event(), []
+
+    def meanwhile() -> float | None:
+        calls.append(time.monotonic())
+        if len(calls) == 3:
+            answer.set()  # the statement ends once the third is done
+        return time.monotonic() + 0.01 if len(calls) < 3 else None
+
+    assert Bound(10, meanwhile)(lambda: answer.wait(60) and "rows") == "rows"
+    assert len(calls) == 3  # once as the wait began, then each time it was due
 
 
 def test_the_supervisors_own_questions_give_up_on_a_server_that_hangs():
@@ -178,7 +195,7 @@ def test_the_supervisors_own_questions_give_up_on_a_server_that_hangs():
 
     hung = Hung()
     cancels = CancelledBatches(hung)  # type: ignore[arg-type]
-    cancels.wait_at_most = 0.01
+    cancels.bound = Bound(0.01)
     with pytest.raises(DatabaseUnavailable):
         cancels.cancelled("b1", now=0.0)
     hung.answer.set()

@@ -31,7 +31,17 @@ import sqlalchemy as sa
 
 from dbqueue.errors import DatabaseUnavailable
 from tests import jobapp
-from tests.conftest import IN_CI, PREFIX, ROOT, Workers, count, read_until, wait_until
+from tests.conftest import (
+    IN_CI,
+    PREFIX,
+    ROOT,
+    Workers,
+    count,
+    process_ended,
+    read_until,
+    rows,
+    wait_until,
+)
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from chaos_network import Island
@@ -219,6 +229,38 @@ def test_a_worker_holding_reserved_jobs_stops_on_sigterm_while_its_server_hangs(
                what="jobs reserved behind the long one")
     output = stopped_while_frozen(app, server, host)
     assert "the database is unreachable (give back reserved jobs" in output, output
+
+
+def test_a_job_is_stopped_at_its_timeout_while_the_supervisor_waits_on_a_hung_server(
+        private, server, workers):
+    """The supervisor waits on a statement of its own (here the give-back of
+    reserved jobs at SIGTERM) for up to the network timeout. Meanwhile a job
+    past its timeout is killed at that timeout, not once the wait is over."""
+    app, effects, jobs = private.app, private.effects, private.app.store.tables.jobs
+    effects.metadata.create_all(app.engine)
+    app.dispatch_many([private.nap.prepare(0.01) for _ in range(5)])  # runtimes known:
+    private.wait_for_go.dispatch("long")  # jobs are reserved ahead behind these two
+    private.spawner.options(timeout=6).dispatch("overdue")
+    app.dispatch_many([private.nap.prepare(0.01) for _ in range(30)])
+    workers.env["DBQUEUE_NETWORK_TIMEOUT"] = "300"  # a wait that outlasts the test
+    host = workers.start("--sleep", "0.1", "--grace", "3", "--concurrency", "2")
+    [spawned] = wait_until(lambda: rows(app, effects, effects.c.tag == "overdue"),
+                           what="the job that overruns to start")
+    wait_until(lambda: count(app, jobs, jobs.c.reserved_by.is_not(None)) > 2,
+               what="jobs reserved behind the two running ones")
+    app.dispose()
+    server.freeze()
+    try:
+        assert not process_ended(spawned.n), "it timed out before the server hung"
+        os.killpg(host.pid, signal.SIGTERM)
+        # Not a measure: the job's timeout is 6 s, the supervisor's wait 300 s.
+        wait_until(lambda: process_ended(spawned.n), timeout=60,
+                   what="the overdue job's program to be killed while the server hangs")
+    finally:
+        server.thaw()
+    output, _ = host.communicate(timeout=120)
+    assert host.returncode == 0, output
+    assert "Traceback" not in output
 
 
 @pytest.mark.parametrize("sessions", ["worker", "application"])

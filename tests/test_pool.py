@@ -126,6 +126,48 @@ def test_a_timeout_counts_from_when_its_task_began_though_answers_before_it_are_
 
 
 @pytest.mark.slow  # starts processes
+def test_a_task_past_its_timeout_is_killed_while_the_supervisor_waits_elsewhere(
+        tmp_path, monkeypatch):
+    """While the supervisor waits on a statement of its own (up to the network
+    timeout on a hung server), ``stop_overdue`` kills the child at its task's
+    deadline; the next ``wait`` reports the death, and the answers read
+    meanwhile, as ``kill`` would have."""
+    monkeypatch.setenv("DBQUEUE_URL", f"sqlite:///{tmp_path}/queue.db")
+    pool = Pool("tests.jobapp:app", 1)
+    pool.start()
+    try:
+        [child] = pool.children
+        for job_id in range(3):  # one at a time: the child learns that "nap" is short
+            pool.give(child, nap(job_id, 0.0), 1.0)
+            assert answered(pool, 1) == [nap(job_id, 0.0)]
+        short, long = [nap(10, 0.0), nap(11, 0.0)], nap(12, 30.0)
+        for task in [*short, long]:  # each with a timeout of 1 s
+            pool.give(child, task, 1.0)
+        # Sends them; from here on only stop_overdue looks.
+        finished = [task for _, task, _, _ in pool.wait(0.0).finished]
+        give_up = time.monotonic() + LONG_ENOUGH
+        while not child.timed_out and time.monotonic() < give_up:
+            due = pool.stop_overdue()
+            assert due is not None or child.timed_out
+            if due is not None:  # the supervisor's statement waits until then
+                time.sleep(max(0.0, due - time.monotonic()))
+        assert child.timed_out
+        assert pool.stop_overdue() is None  # killed once: nothing runs now
+        died: list[tuple[Child, Task | None, str]] = []
+        held: list[Task] = []
+        while not died and time.monotonic() < give_up:
+            ended = pool.wait(1.0)
+            died += ended.died
+            finished += [task for _, task, _, _ in ended.finished]
+            held += ended.held
+        assert [(dead, task) for dead, task, _ in died] == [(child, long)]
+        assert sorted(finished + held) == short
+        assert pool.children[0] is not child  # replaced
+    finally:
+        pool.stop()
+
+
+@pytest.mark.slow  # starts processes
 def test_a_halted_child_sends_back_the_jobs_queued_in_it_and_starts_none(tmp_path, monkeypatch):
     monkeypatch.setenv("DBQUEUE_URL", f"sqlite:///{tmp_path}/queue.db")
     pool = Pool("tests.jobapp:app", 1)

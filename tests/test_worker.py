@@ -18,6 +18,7 @@ from dbqueue.worker.signals import REPEAT_AFTER, StopSignals
 from tests.conftest import (
     ROOT,
     count,
+    process_ended,
     read_until,
     rows,
     stopped_while_running,
@@ -598,17 +599,9 @@ def test_a_timeout_kills_the_programs_the_job_started(jobs, workers):
     result = workers.run("--stop-when-empty", *FAST)
     assert result.returncode == 0, result.stdout
     [row] = rows(jobs.app, jobs.effects, jobs.effects.c.tag == "spawned")
-    wait_until(lambda: _ended(row.n), what="the program's end")
+    wait_until(lambda: process_ended(row.n), what="the program's end")
     assert [(r.job, r.exception_class) for r in failed_rows(jobs)] == [
         ("spawner", "dbqueue.JobTimeout")]
-
-
-def _ended(pid: int) -> bool:
-    """Whether process ``pid`` is gone, or a zombie nobody has reaped yet."""
-    try:
-        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return True
 
 
 def test_a_copy_a_job_forked_never_takes_the_childs_next_task(jobs, workers):

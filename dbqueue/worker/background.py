@@ -16,7 +16,7 @@ time: its calls run inline, through the same interface.
 A server that hangs (its storage stuck, a proxy in front of it whose server
 side died) never answers, and its host's kernel still acknowledges whatever
 is sent, so no timeout of the network's ends such a call. So every wait for
-a call here can be bounded (``wait``, ``close``, ``run_within``), and the
+a call here can be bounded (``wait``, ``close``, ``run_within``, ``Bound``), and the
 threads are daemons: one left waiting on such a server holds up neither the
 supervisor nor its exit.
 """
@@ -150,41 +150,66 @@ class OnThread(Inline[T]):
         os.close(self._write)
 
 
-def run_within(call: Callable[[], T], seconds: float) -> tuple[bool, T | None]:
+def run_within(call: Callable[[], T], seconds: float,
+               meanwhile: Callable[[], float | None] | None = None) -> tuple[bool, T | None]:
     """Run ``call`` on a thread of its own and wait for it up to ``seconds``:
     (True, its result), or (False, None) if it is still running then (it is
-    left to end, or not, on its daemon thread). What it raised is raised."""
+    left to end, or not, on its daemon thread). What it raised is raised.
+
+    ``meanwhile`` is called as the wait begins and whenever the time it
+    returned (monotonic; None: none) comes, for what cannot wait that long."""
     calls: OnThread[T] = OnThread("dbqueue-call")
     calls.submit(call)
-    if not calls.wait(seconds):
-        calls.close(0)
-        return False, None
+    until = time.monotonic() + seconds
+    while True:
+        due = meanwhile() if meanwhile is not None else None
+        # A due time already past (what is due could not be done yet): a
+        # short pause, not a busy loop, before it is tried again.
+        wait_for = until if due is None else min(until, max(due, time.monotonic() + 0.01))
+        if calls.wait(time_left(wait_for)):
+            break
+        if time.monotonic() >= until:
+            calls.close(0)
+            return False, None
     try:
         return True, calls.take()
     finally:
         calls.close()
 
 
-def bounded(call: Callable[[], T], seconds: float | None) -> T:
-    """``call``'s result, for a statement the supervisor's own thread waits
-    for: waited for ``seconds`` at most on a thread of its own (None: run
-    inline, as on an embedded database). DatabaseUnavailable if it has not
-    ended by then (it is left to end, or not, on its daemon thread)."""
-    if seconds is None:
-        return call()
-    ended, result = run_within(call, seconds)
-    if not ended:
-        raise DatabaseUnavailable(f"the database did not answer within {seconds:g} s")
-    return result  # type: ignore[return-value]
+class Bound:
+    """How the supervisor's own thread waits for a statement of its own.
+
+    A server that hangs never answers, and meanwhile that thread can neither
+    read the children's answers nor heed a signal: it waits ``seconds`` at
+    most, on a thread of its own (None: it runs the statement inline, as on
+    an embedded database). And it calls ``meanwhile`` as it waits, for what
+    must not wait that long: the children's job timeouts (see
+    ``Pool.stop_overdue``)."""
+
+    def __init__(self, seconds: float | None = None,
+                 meanwhile: Callable[[], float | None] | None = None) -> None:
+        self.seconds = seconds
+        self.meanwhile = meanwhile
+
+    def __call__(self, call: Callable[[], T]) -> T:
+        """``call``'s result; DatabaseUnavailable if it has not ended in time
+        (it is left to end, or not, on its daemon thread)."""
+        if self.seconds is None:
+            return call()
+        ended, result = run_within(call, self.seconds, self.meanwhile)
+        if not ended:
+            raise DatabaseUnavailable(f"the database did not answer within {self.seconds:g} s")
+        return result  # type: ignore[return-value]
 
 
 class LateResult(Generic[T]):
-    """What to do with the result of a call ``bounded`` gave up on, should it
+    """What to do with the result of a call a ``Bound`` gave up on, should it
     end after all: a connection it opened must be closed, or it stays open
     (with its socket) for the life of the process, once per try.
 
-    ``bounded(late.wrap(call), seconds)``, then ``late.give_up()`` where that
-    raised DatabaseUnavailable."""
+    ``bound(late.wrap(call))``, then ``late.give_up()`` where that raised
+    DatabaseUnavailable."""
 
     def __init__(self, close: Callable[[T], object]) -> None:
         self._close = close

@@ -14,7 +14,7 @@ import math
 import time
 
 from ..store.batches import Batches
-from .background import bounded
+from .background import Bound
 
 FRESH = 0.05
 _MOST_REMEMBERED = 10_000
@@ -23,8 +23,8 @@ _MOST_REMEMBERED = 10_000
 class CancelledBatches:
     def __init__(self, batches: Batches) -> None:
         self.batches = batches
-        self.wait_at_most: float | None = None
-        """Asked on the supervisor's thread: see worker.background.bounded."""
+        self.bound = Bound()
+        """Asked on the supervisor's thread: see worker.background.Bound."""
         self._known: dict[str, tuple[float, bool]] = {}
         """batch id -> (when asked, by the monotonic clock; cancelled then)."""
 
@@ -43,7 +43,7 @@ class CancelledBatches:
         stale = {batch_id for batch_id in batch_ids
                  if now - self._known.get(batch_id, (-math.inf, False))[0] >= FRESH}
         if stale:
-            cancelled = bounded(lambda: self.batches.cancelled(stale), self.wait_at_most)
+            cancelled = self.bound(lambda: self.batches.cancelled(stale))
             if len(self._known) > _MOST_REMEMBERED:
                 self._known.clear()
             self._known.update((batch_id, (now, batch_id in cancelled)) for batch_id in stale)

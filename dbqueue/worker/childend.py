@@ -53,6 +53,8 @@ class Child:
     """What was sent to the child and is not in its pipe yet (see ``post``)."""
     halting: bool = False
     """A Halt is in ``outbox``: ``halt`` is set once it is in the pipe."""
+    timed_out: bool = False
+    """Killed for its running task's timeout: its death is that task's timeout."""
     _poller: select.poll | None = field(default=None, init=False, repr=False)
 
     def readable(self) -> bool:

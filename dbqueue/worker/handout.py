@@ -182,9 +182,9 @@ class Handout:
             self._timed_out(child)
         self._kill_stuck_commits()
 
-    def _take(self, ended: Ended, *, timed_out: Child | None = None) -> None:
+    def _take(self, ended: Ended) -> None:
         """What came back. A child's death fails the job it ran as a crash,
-        except ``timed_out``'s, killed for its job's timeout."""
+        unless it was killed for its job's timeout."""
         for child, task, answer, runtime in ended.finished:
             self._answered(child, task, answer, runtime)
         for committed in ended.committed:
@@ -194,7 +194,7 @@ class Handout:
             if entry is not None:
                 self.recorder.completed(entry)
         for child, lost, how in ended.died:
-            if child is timed_out and lost is not None:
+            if child.timed_out and lost is not None:
                 self._timed_out_job(lost, how)
             elif lost is not None:
                 self._died(lost, how)
@@ -274,7 +274,8 @@ class Handout:
                 self._take(self.pool.kill(child))
 
     def _timed_out(self, child: Child) -> None:
-        self._take(self.pool.kill(child), timed_out=child)
+        child.timed_out = True
+        self._take(self.pool.kill(child))
 
     def _timed_out_job(self, task: Task, how: str) -> None:
         entry = self._running(task)

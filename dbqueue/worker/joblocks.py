@@ -25,7 +25,7 @@ from typing import Any
 from ..middleware import LOCK_MARGIN, JobContext, LockRequest
 from ..store import Failure
 from ..store.locks import Locks
-from .background import bounded
+from .background import Bound
 from .health import DB_ERRORS, Health
 from .ledger import Entry
 from .messages import class_name, described
@@ -49,8 +49,8 @@ class JobLocks:
         # The least a job's lock is taken for: it is renewed with the leases,
         # so it must outlast two heartbeats, whatever ``expire_after`` says.
         self.floor = 2 * heartbeat_every + LOCK_MARGIN
-        self.wait_at_most: float | None = None
-        """Locks are taken on the supervisor's thread: see worker.background.bounded."""
+        self.bound = Bound()
+        """Locks are taken on the supervisor's thread: see worker.background.Bound."""
         self.refusals: dict[str, tuple[int, float]] = {}
         """Per key: how many batches in a row found it held (see the module's
         text), and when the last did (monotonic clock)."""
@@ -80,7 +80,7 @@ class JobLocks:
         if asking:
             try:
                 wanted = [lock for held, _ in asking for lock in held.locks]
-                taken = bounded(lambda: self.locks.acquire_many(wanted), self.wait_at_most)
+                taken = self.bound(lambda: self.locks.acquire_many(wanted))
             except DB_ERRORS as exc:
                 self.health.failed("take job locks", exc)
                 self.recorder.give_back([held for held, _ in asking])

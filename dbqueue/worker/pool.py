@@ -79,6 +79,8 @@ class Pool:
         self.context = forkserver.start(app_reference)
         self.children: list[Child] = []
         self._starting: OnThread[None] | None = None
+        self._early = Ended()
+        """Answers read by ``stop_overdue``, for the next ``wait`` to report."""
 
     def start_aside(self) -> None:
         """Start the children on a thread of its own: the fork server forks
@@ -168,7 +170,7 @@ class Pool:
         """Send what was given, then wait for answers, deaths, or one of
         ``wake_fds`` to be readable; at most ``timeout`` seconds."""
         self._send()
-        ended = Ended()
+        ended, self._early = self._early, Ended()
         by_fd = {child.conn.fileno(): child for child in self.children}
         poller = select.poll()
         for fd, each in by_fd.items():  # and room in its pipe for what waits to go there
@@ -215,18 +217,38 @@ class Pool:
                 child.started = now
 
     def overdue(self) -> list[Child]:
-        """Children whose running task is past its deadline and has not answered.
+        """Children whose running task is past its deadline and has not answered
+        (and that were not killed for it already: see ``stop_overdue``).
 
         An answer that arrived since the last ``wait`` is read by the next one:
         the task ended in time, and killing the child would lose its result.
         """
         now = time.monotonic()
-        return [child for child in self.children
-                if child.tasks and child.deadline() <= now and not child.has_answer()]
+        return [child for child in self.children if child.tasks and not child.timed_out
+                and child.deadline() <= now and not child.has_answer()]
 
     def next_deadline(self) -> float | None:
-        deadlines = [child.deadline() for child in self.children if child.tasks]
+        deadlines = [child.deadline() for child in self.children
+                     if child.tasks and not child.timed_out]
         return min(deadlines) if deadlines else None
+
+    def stop_overdue(self) -> float | None:
+        """Kill the children past their task's deadline, as ``wait`` and the
+        caller's look at ``overdue`` would have, for the supervisor's thread
+        while a statement of its own keeps it from them (a hung server keeps
+        it up to the network timeout). Only the processes: the next ``wait``
+        reports their deaths, and ``Child.timed_out`` tells what they were.
+        The answers waiting are read first (the next ``wait`` reports them):
+        an answer to an earlier task must not shield a task that overran.
+        When the next deadline comes (None: no task runs)."""
+        for child in self.children:
+            if child.tasks and not child.timed_out and child.has_answer():
+                with contextlib.suppress(EOFError, OSError):  # a death: ``wait`` sees it
+                    self._read(child, self._early)
+        for child in self.overdue():
+            child.timed_out = True
+            _kill_tree(child)
+        return self.next_deadline()
 
     def kill(self, child: Child) -> Ended:
         """Kill a child and start a replacement; what it said before it died,

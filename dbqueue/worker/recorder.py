@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from ..jobs import JobFailure
 from ..policy import Ended, GiveUp, decide
 from ..store import Failure, Store
-from .background import bounded
+from .background import Bound
 from .completer import Completer
 from .health import DB_ERRORS, Health
 from .ledger import Entry, Ledger
@@ -28,16 +28,16 @@ log = logging.getLogger("dbqueue.worker")
 
 class Recorder:
     def __init__(self, ledger: Ledger, completer: Completer, store: Store, health: Health,
-                 hooks: deque[RunHook], *, wait_at_most: float | None = None) -> None:
-        """``wait_at_most``: seconds to wait for a give-back's statement (None:
-        as long as it takes), the supervisor's thread being the one waiting."""
+                 hooks: deque[RunHook], *, bound: Bound | None = None) -> None:
+        """``bound``: how the supervisor's thread, the one that gives jobs
+        back, waits for that statement (default: inline, as long as it takes)."""
         self.ledger = ledger
         self.completer = completer
         self.store = store
         self.health = health
         self.hooks = hooks
         """Where a failed job's on_failure hook is queued, to run in a child."""
-        self.wait_at_most = wait_at_most
+        self.bound = bound or Bound()
         self._given_back = False
         self.failed_unrun = 0
         """Jobs failed for good without running here (an unknown job, a payload
@@ -125,7 +125,7 @@ class Recorder:
             self.ledger.forget(entry)
         leases = [entry.lease for entry in entries]
         try:
-            released = bounded(lambda: self.store.release_all(leases, held), self.wait_at_most)
+            released = self.bound(lambda: self.store.release_all(leases, held))
         except DB_ERRORS as exc:  # their leases run out: they come back all the same
             self.health.failed("give back reserved jobs", exc)
             for key, owner in held:  # and their locks go with the next records written

@@ -19,7 +19,7 @@ from typing import Any, TypeAlias
 from ..store import Lease, ReservedRow, Store
 from ..store.batches import Batches
 from ..store.queues import Queues
-from .background import Inline, OnThread, bounded, time_left
+from .background import Inline, OnThread, time_left
 from .cancels import CancelledBatches
 from .clock import Deadline
 from .health import DB_ERRORS, Health
@@ -339,7 +339,7 @@ class Reserver:
             self._adopt(row, lease, lease_until)
             return
         try:
-            bounded(lambda: self.store.release_all([lease]), self.cancels.wait_at_most)
+            self.recorder.bound(lambda: self.store.release_all([lease]))
         except DB_ERRORS as exc:  # its lease runs out: it comes back all the same
             self.health.failed("give back a reserved job", exc)
         self.drained = False

@@ -35,6 +35,7 @@ from typing import Any
 
 from ..store import WorkerInfo, WorkerRegistry
 from ..store.locks import Locks
+from .background import Bound
 from .chores import StartUpChores
 from .completer import FLUSH_DELAY, BatchCompleter
 from .handout import Handout
@@ -84,17 +85,18 @@ class Supervisor:
         # how long the stop may wait on it after the grace period: a server
         # that hangs never answers (see worker.background).
         self.wait_at_most = app.settings.network_timeout
-        bound = self.wait_at_most if apart else None
+        # Meanwhile the children's job timeouts are kept all the same.
+        bound = Bound(self.wait_at_most if apart else None, meanwhile=self.pool.stop_overdue)
         self.recorder = Recorder(self.ledger, self.completer, self.store, self.health,
-                                 self.hooks, wait_at_most=bound)
+                                 self.hooks, bound=bound)
         job_locks = JobLocks(app, Locks(self.store), self.recorder, self.health, self.id,
                              options.heartbeat_every)
-        job_locks.wait_at_most = bound
+        job_locks.bound = bound
         self.wakeup = Wakeup(self.store, options.queues)
         self.reserver = Reserver(app, options, self.id, ledger=self.ledger,
                                  recorder=self.recorder, job_locks=job_locks,
                                  health=self.health, wakeup=self.wakeup)
-        self.wakeup.wait_at_most = self.reserver.cancels.wait_at_most = bound
+        self.wakeup.bound = self.reserver.cancels.bound = bound
         self.renewal = LeaseRenewal(options.heartbeat_every, self.health, ledger=self.ledger,
                                     recorder=self.recorder, job_locks=job_locks,
                                     lease=options.retry_after, completer=self.completer,

@@ -20,7 +20,7 @@ import select
 
 from ..store import Store
 from ..store.notices import JobNotices, listen
-from .background import LateResult, bounded
+from .background import Bound, LateResult
 from .health import DB_ERRORS, describe
 
 log = logging.getLogger("dbqueue.worker")
@@ -65,8 +65,8 @@ class Wakeup:
         self._poller: select.poll | None = None
         self.next_try = 0.0
         self.supported = True
-        self.wait_at_most: float | None = None
-        """Connecting runs on the supervisor's thread: see worker.background.bounded."""
+        self.bound = Bound()
+        """Connecting runs on the supervisor's thread: see worker.background.Bound."""
 
     @property
     def listening(self) -> bool:
@@ -91,7 +91,7 @@ class Wakeup:
         self.next_try = now + RELISTEN_EVERY
         late: LateResult[JobNotices | None] = LateResult(_close)
         try:
-            self.notices = bounded(late.wrap(lambda: listen(self.store)), self.wait_at_most)
+            self.notices = self.bound(late.wrap(lambda: listen(self.store)))
         except DB_ERRORS as exc:
             late.give_up()  # a listening connection that comes after all is closed
             log.debug("cannot listen for new jobs (%s); polling", describe(exc))
