@@ -90,6 +90,36 @@ def test_new_york_a_fixed_time_in_the_repeated_hour_runs_once():
     ]
 
 
+def test_from_the_second_pass_of_the_repeated_hour_the_next_tick_is_tomorrows():
+    """Cron steps through the wall clock: from 02:05 CET (the second pass) it
+    found 02:30 of the first pass, half an hour in the past, and every
+    worker's scheduler looked again a hundred times a second until 02:30 CET."""
+    at_0230 = cron("30 2 * * *", "Europe/Berlin")
+    second_pass = utc(2026, 10, 25, 1, 5)  # 02:05 CET
+    assert at_0230.next_after(second_pass) == utc(2026, 10, 26, 1, 30)
+    assert at_0230.latest_until(second_pass) == utc(2026, 10, 25, 0, 30)  # 02:30 CEST
+
+
+@pytest.mark.parametrize(("expression", "timezone", "change"), [
+    ("30 2 * * *", "Europe/Berlin", utc(2026, 10, 25, 1)),
+    ("*/30 2 * * *", "Europe/Berlin", utc(2026, 10, 25, 1)),
+    ("30 1 * * *", "America/New_York", utc(2026, 11, 1, 6)),
+    ("59 1 * * *", "America/New_York", utc(2026, 11, 1, 6)),
+    ("30 2 * * *", "Europe/Berlin", utc(2026, 3, 29, 1)),
+])
+def test_at_every_moment_around_a_change_the_next_and_last_ticks_agree_with_the_walk(
+        expression, timezone, change):
+    recurrence = cron(expression, timezone)
+    walk = ticks(recurrence, change - timedelta(days=2), change + timedelta(days=2))
+    moment = change - timedelta(hours=3)
+    while moment < change + timedelta(hours=3):
+        later = [tick for tick in walk if tick > moment]
+        earlier = [tick for tick in walk if tick <= moment]
+        assert recurrence.next_after(moment) == later[0], moment
+        assert recurrence.latest_until(moment) == earlier[-1], moment
+        moment += timedelta(minutes=5)
+
+
 def test_a_step_in_the_minutes_follows_real_time_through_the_repeated_hour():
     half_hourly = cron("*/30 1 * * *", "America/New_York")
     assert ticks(half_hourly, utc(2026, 11, 1, 4), utc(2026, 11, 1, 12)) == [

@@ -123,9 +123,13 @@ class Recurrence:
                 index += 1
         assert self.cron is not None
         # cronsim's first step is to the next whole second after ``moment``.
+        # It walks the wall clock: from the second pass of a repeated hour it
+        # finds a fixed time's first pass, which lies before ``moment``.
         try:
             for local in CronSim(self.cron, moment.astimezone(self.zone())):
-                yield local.astimezone(UTC)
+                tick = local.astimezone(UTC)
+                if tick > moment:
+                    yield tick
         except CronSimError:  # no match for fifty years
             return
 
@@ -140,10 +144,20 @@ class Recurrence:
         # of a second; a microsecond more makes ``moment`` itself a candidate.
         reverse = CronSim(self.cron, (moment + _STEP).astimezone(self.zone()), reverse=True)
         try:
-            found = next(reverse, None)
+            found = next((tick for tick in (local.astimezone(UTC) for local in reverse)
+                          if tick <= moment), None)
         except CronSimError:
             return None
-        return None if found is None else found.astimezone(UTC)
+        if found is None:
+            return None
+        # Stepping back walks the wall clock too: from the second pass of a
+        # repeated hour it skips a fixed time's first pass, a tick before
+        # ``moment`` in real time. The ticks from there on say which is last.
+        for tick in self.ticks_after(found):
+            if tick > moment:
+                break
+            found = tick
+        return found
 
     def ticks_between(self, start: datetime, end: datetime, limit: int) -> list[datetime]:
         """The ticks after ``start`` and at or before ``end``, at most ``limit``, in order."""
