@@ -141,3 +141,13 @@ def test_show_tells_what_became_of_each_callback_even_after_a_retry_reopened_it(
     assert f.app.find_batch(batch_id).cancel()
     assert f.app.find_batch(batch_id).callback_states()["then"] == (
         "never (the batch is cancelled)")
+
+
+def test_a_then_that_ran_is_not_shown_as_never_once_the_reopened_batch_is_cancelled(f, schema):
+    """A batch that allows failures queues ``then`` when it finishes; a retry
+    opens it again, and a cancel then withholds nothing: ``then`` was queued."""
+    batch_id = settled_batch(f, 2, 1, allow_failures=True, then=f.callback.prepare("then"))
+    assert f.app.find_batch(batch_id).callback_states() == {"then": "queued"}
+    assert ok(run(schema, "retry", batch_id)).startswith("Queued 1 failed job(s)")
+    assert f.app.find_batch(batch_id).cancel()
+    assert f.app.find_batch(batch_id).callback_states() == {"then": "queued"}

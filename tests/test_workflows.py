@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 import dbqueue
 from dbqueue.store.completion import Completion
@@ -417,6 +418,40 @@ def test_a_cancelled_batch_and_adding_to_a_finished_one(flows, flow_workers):
     assert effects(f, "then") == []
     with pytest.raises(dbqueue.ConfigurationError, match="has finished"):
         batch.add([f.member.prepare(9)])
+
+
+def test_a_batch_that_finishes_as_jobs_are_added_takes_none_of_them(flows):
+    """``add`` in the caller's transaction, on the caller's own engine, while
+    the batch's last job completes. Checked by a SELECT first, the batch
+    finished before the count was added (SQLite's driver opens a transaction
+    at its first write: the SELECT locked nothing): it took the job, having
+    queued ``finally`` already."""
+    f = flows
+    batch_id = f.app.batch([f.member.prepare(1)],
+                           finally_=f.callback.prepare("finally")).dispatch()
+    [last] = reserve_all(f.app)
+    engine = sa.create_engine(f.app.engine.url)  # the application's own, no hooks of ours
+    table = f.app.store.tables.job_batches.name
+    completed: list[set[int]] = []
+
+    def last_job_completes(conn, cursor, statement, *_: Any) -> None:
+        if not completed and statement.startswith("UPDATE") and table in statement:
+            completing = threading.Thread(target=lambda: completed.append(
+                finish(f.app, [last])))
+            completing.start()
+            completing.join(30)  # the add holds no lock yet that could keep it waiting
+
+    sa.event.listen(engine, "before_cursor_execute", last_job_completes)
+    try:
+        with (engine.connect() as connection, connection.begin(),
+              pytest.raises(dbqueue.ConfigurationError, match="has finished")):
+            f.app.find_batch(batch_id).add([f.member.prepare(2)], connection=connection)
+    finally:
+        engine.dispose()
+    assert completed == [{last.id}]
+    batch = f.app.find_batch(batch_id)
+    assert (batch.total, batch.pending, batch.finished) == (1, 0, True)
+    assert jobs_named(f, "member") == 0
 
 
 def test_a_cancelled_batch_never_runs_then_even_once_retried(flows):

@@ -57,8 +57,12 @@ class BatchRow:
         states = {}
         for name in self.callbacks:
             bit = CALLBACKS.get(name, 0)
+            # Rows of code older than THEN_WITHHELD: a cancel set THEN alone.
+            # Only a batch that allows failures can have queued ``then``
+            # and been cancelled after a retry reopened it.
             if name == "then" and (self.fired & THEN_WITHHELD or (
-                    self.fired & THEN and self.cancelled_at is not None)):
+                    self.fired & THEN and self.cancelled_at is not None
+                    and not self.allow_failures)):
                 states[name] = ("never (the batch is cancelled)" if self.cancelled_at else
                                 "never (the batch was cancelled before a retry reopened it)")
             else:
@@ -98,14 +102,22 @@ class Batches:
         """Add members to a batch that has not finished; return how many jobs."""
         count = sum(len(member) for member in members)
 
+        t = self.table
+        # The check that the batch is open and the count it adds are one
+        # statement: a row lock taken by a SELECT first would be none on
+        # SQLite, whose driver opens the caller's transaction at its first
+        # write, and a batch that finished in between would take the jobs.
+        opened = (sa.update(t)
+                  .where(t.c.id == batch_id, t.c.finished_at.is_(None),
+                         t.c.cancelled_at.is_(None))
+                  .values(total=t.c.total + count, pending=t.c.pending + count))
+
         def work(c: Connection) -> int:
-            row = self._locked(c, batch_id)
-            if row.finished_at is not None or row.cancelled_at is not None:
+            if not c.execute(opened).rowcount:
+                row = self._locked(c, batch_id)  # NotFound if there is none
                 raise ConfigurationError(
                     f"batch {batch_id} has {'finished' if row.finished_at else 'been cancelled'}"
                     ": it takes no more jobs; dispatch a new batch instead")
-            c.execute(sa.update(self.table).where(self.table.c.id == batch_id).values(
-                total=self.table.c.total + count, pending=self.table.c.pending + count))
             self.store.insert_jobs(c, [_member(member, batch_id) for member in members])
             return count
 
