@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from dbqueue.policy.recurrence import Tick
 from dbqueue.schedule import run_now, statuses
+from dbqueue.store import Failure
 from dbqueue.store.flows import FlowEnd
 from dbqueue.store.schedules import (
     HELD,
@@ -184,6 +185,42 @@ def test_a_run_by_hand_counts_as_the_last_run(app):
     _, found = verbs.state()
     later = Tick(found["every"].after + timedelta(seconds=1), run=True)
     assert [c.status for c in verbs.claim(schedule.declared(), [later])] == [OVERLAPPING]
+
+
+@pytest.mark.parametrize("how", ["named", "everything"])
+def test_a_failed_run_retried_is_the_last_run_again(app, how):
+    """without_overlapping waits for the last run: a run retried from
+    failed_jobs is queued as a new job, which the schedule must wait for."""
+    schedule, verbs, _, row = setup_schedule(app, without_overlapping=True)
+    first, second, third = (Tick(row.after + timedelta(seconds=s), run=True) for s in (1, 2, 3))
+    [run] = verbs.claim(schedule.declared(), [first])
+    [reserved] = app.store.reserve(["default"], 10, "t", 60)
+    assert app.store.fail(reserved, "t", Failure("RuntimeError", "no", ""), "test:1")
+    if how == "named":
+        [failed] = rows(app, app.store.tables.failed_jobs)
+        assert [r.job_id for r in app.admin.retry_each([failed.uuid])] == [run.job_id]
+    else:
+        assert app.admin.retry(everything=True) == 1
+    [job] = rows(app, app.store.tables.jobs)
+    assert job.id != run.job_id
+    assert [c.status for c in verbs.claim(schedule.declared(), [second])] == [OVERLAPPING]
+    (status,) = statuses(app)
+    assert status.last_job_id == job.id
+    jobs = app.store.tables.jobs
+    app.store.transaction(lambda c: c.execute(jobs.delete()))  # it completed
+    assert [c.status for c in verbs.claim(schedule.declared(), [third])] == [QUEUED]
+
+
+def test_a_failed_run_retried_after_a_later_run_leaves_the_last_run_alone(app):
+    schedule, verbs, _, row = setup_schedule(app)
+    first, second = (Tick(row.after + timedelta(seconds=s), run=True) for s in (1, 2))
+    [_first_run] = verbs.claim(schedule.declared(), [first])
+    [reserved] = app.store.reserve(["default"], 10, "t", 60)
+    assert app.store.fail(reserved, "t", Failure("RuntimeError", "no", ""), "test:1")
+    [later] = verbs.claim(schedule.declared(), [second])
+    assert app.admin.retry(everything=True) == 1
+    (status,) = statuses(app)
+    assert status.last_job_id == later.job_id
 
 
 def test_old_tick_rows_are_pruned_once_their_run_ended(app):

@@ -15,6 +15,7 @@ from ..policy.durations import age_seconds
 from .batches import reopen
 from .locks import LockInfo, Locks
 from .outcomes import Outcome, Outcomes
+from .schedules import rerun, schedule_of
 from .store import Store
 from .values import canonical_uuid
 from .workers import WorkerRegistry
@@ -79,7 +80,7 @@ Progress: TypeAlias = Callable[[int, int], None]
 
 def _retried_columns(table: sa.Table) -> list[sa.Column[Any]]:
     return [table.c.id, table.c.uuid, table.c.queue, table.c.job, table.c.payload,
-            table.c.priority, table.c.batch_id]
+            table.c.priority, table.c.batch_id, table.c.job_id]
 
 
 class Admin:
@@ -260,7 +261,7 @@ class Admin:
         return self.store.transaction(lambda c: self._retry_named(c, refs))
 
     def _retry_named(self, c: Connection, refs: Sequence[str]) -> list[Retried]:
-        query = (sa.select(*_retried_columns(self.failed), self.failed.c.job_id)
+        query = (sa.select(*_retried_columns(self.failed))
                  .where(sa.or_(*(self._match(ref) for ref in refs)))
                  .order_by(self.failed.c.id))
         rows = c.execute(query.with_for_update()).all()
@@ -278,10 +279,23 @@ class Admin:
         retrying at once queue each job once."""
         if not rows:
             return []
-        self.store.dialect.insert_many(c, self.store.tables.jobs, [
-            {"queue": row.queue, "job": row.job, "payload": row.payload,
-             "priority": row.priority, "attempts": 0, "available_at": now, "created_at": now}
-            for row in rows])
+        # A schedule's run goes back as the schedule's last run, if no later
+        # one was queued: its without_overlapping waits for it (one INSERT
+        # each, for their ids: there are few).
+        jobs, plain = self.store.tables.jobs, []
+        for row in rows:
+            values = {"queue": row.queue, "job": row.job, "payload": row.payload,
+                      "priority": row.priority, "attempts": 0, "available_at": now,
+                      "created_at": now}
+            schedule = schedule_of(row.payload)
+            if schedule is None:
+                plain.append(values)
+                continue
+            key = c.execute(sa.insert(jobs).values(values)).inserted_primary_key
+            assert key is not None
+            rerun(c, self.store.tables.schedules, schedule, row.job_id, int(key[0]))
+        if plain:
+            self.store.dialect.insert_many(c, jobs, plain)
         reopen(c, self.store, rows)
         ids = [row.id for row in rows]
         c.execute(sa.delete(self.failed).where(self.store.dialect.one_of(self.failed.c.id, ids)))

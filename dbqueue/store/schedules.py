@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from .. import serializer
 from ..policy.recurrence import Tick
 from .dispatch import Dispatch
 from .flows import FlowEnd, with_flow
@@ -291,3 +292,25 @@ def _tick(text: Any) -> datetime | None:
         return datetime.fromisoformat(text)
     except ValueError:
         return None
+
+
+def schedule_of(payload: str) -> str | None:
+    """The schedule whose run a job's ``payload`` is, if any."""
+    if '"schedule"' not in payload:  # most jobs: no need to decode
+        return None
+    try:
+        name = (serializer.decode(payload).flow or {}).get("schedule")
+    except (ValueError, AttributeError):  # written by hand: no schedule to tell of
+        return None
+    return name if isinstance(name, str) else None
+
+
+def rerun(c: Connection, table: sa.Table, schedule: str, old_job_id: int | None,
+          new_job_id: int) -> None:
+    """A failed run of ``schedule`` (job ``old_job_id``) is queued again as job
+    ``new_job_id``: it is the schedule's last run again, unless a later run was
+    queued since (``without_overlapping`` waits for the last run)."""
+    if old_job_id is not None:
+        c.execute(sa.update(table).where(table.c.name == schedule,
+                                         table.c.last_job_id == old_job_id)
+                  .values(last_job_id=new_job_id))
