@@ -111,8 +111,13 @@ class Schedules:
                 if known is None:
                     self._insert_row(c, schedule)
                 elif known != schedule.definition:
-                    c.execute(sa.update(table).where(table.c.name == schedule.name)
-                              .values(definition=schedule.definition, declared_at=now))
+                    # Not when another worker declared the same since the read:
+                    # its ticks would count from a later moment, and one
+                    # claimed meanwhile would be counted again or lost.
+                    c.execute(sa.update(table).where(
+                        table.c.name == schedule.name,
+                        table.c.definition != schedule.definition,
+                    ).values(definition=schedule.definition, declared_at=now))
             gone = [name for name in stored if name not in names]
             if forget_others and gone:
                 c.execute(sa.delete(self.ticks).where(self.ticks.c.schedule.in_(gone)))
