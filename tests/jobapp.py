@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -130,6 +131,20 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
 
         program = subprocess.Popen(["sleep", "300"])
         note(key, "spawned", n=program.pid)
+        time.sleep(300)
+
+    @app.job(name="escaper", tries=1, timeout=1)
+    def escaper(pid_file: str) -> None:
+        """Starts a program that escapes the kill (a double fork, as a daemon
+        does) and keeps its copy of the child's pipe open; then hangs until
+        its timeout. The program writes its pid to ``pid_file``."""
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                Path(pid_file).write_text(str(os.getpid()))
+                time.sleep(300)
+            os._exit(0)
+        os.wait()
         time.sleep(300)
 
     @app.job(name="forker", tries=1, timeout=30)

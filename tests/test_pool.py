@@ -4,9 +4,12 @@ child runs, read from its stamp with no process; then real child processes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
+import os
+import signal
 import threading
 import time
 
@@ -165,6 +168,40 @@ def test_a_task_past_its_timeout_is_killed_while_the_supervisor_waits_elsewhere(
         assert pool.children[0] is not child  # replaced
     finally:
         pool.stop()
+
+
+@pytest.mark.slow  # starts processes
+def test_a_child_killed_meanwhile_is_replaced_though_a_program_holds_its_pipe_open(
+        tmp_path, monkeypatch):
+    """A program the job started that escaped the kill (a daemon) keeps the
+    killed child's pipe open: ``wait`` never sees its end. ``overdue`` still
+    names it, for the supervisor to replace it and fail its job."""
+    monkeypatch.setenv("DBQUEUE_URL", f"sqlite:///{tmp_path}/queue.db")
+    pid_file = tmp_path / "escaped.pid"
+    pool = Pool("tests.jobapp:app", 1)
+    pool.start()
+    try:
+        [child] = pool.children
+        task = RunJob(1, "escaper", json.dumps({"args": [str(pid_file)], "kwargs": {}}), 1, 1.0)
+        pool.give(child, task, 1.0)
+        pool.wait(0.0)
+        wait_until(lambda: pid_file.exists() and pid_file.read_text(),
+                   what="the escaped program to start")
+        give_up = time.monotonic() + LONG_ENOUGH
+        while not child.timed_out and time.monotonic() < give_up:
+            due = pool.stop_overdue()
+            time.sleep(max(0.0, (due or time.monotonic()) - time.monotonic()))
+        assert child.timed_out
+        assert pool.wait(0.5).died == []  # its pipe is still open
+        assert pool.overdue() == [child]
+        killed = pool.kill(child)
+        assert [(dead, lost) for dead, lost, _ in killed.died] == [(child, task)]
+        assert pool.children[0] is not child
+    finally:
+        pool.stop()
+        if pid_file.exists() and pid_file.read_text():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
 @pytest.mark.slow  # starts processes

@@ -15,7 +15,7 @@ from ..policy.durations import age_seconds
 from .batches import reopen
 from .locks import LockInfo, Locks
 from .outcomes import Outcome, Outcomes
-from .schedules import rerun, schedule_of
+from .schedules import last_runs, rerun
 from .store import Store
 from .values import canonical_uuid
 from .workers import WorkerRegistry
@@ -279,15 +279,15 @@ class Admin:
         retrying at once queue each job once."""
         if not rows:
             return []
-        # A schedule's run goes back as the schedule's last run, if no later
-        # one was queued: its without_overlapping waits for it (one INSERT
-        # each, for their ids: there are few).
+        # A schedule's last run goes back as its last run still (its
+        # without_overlapping waits for it): one INSERT each, for their ids.
+        last = last_runs(c, self.store.tables.schedules, rows)
         jobs, plain = self.store.tables.jobs, []
         for row in rows:
             values = {"queue": row.queue, "job": row.job, "payload": row.payload,
                       "priority": row.priority, "attempts": 0, "available_at": now,
                       "created_at": now}
-            schedule = schedule_of(row.payload)
+            schedule = last.get(row.job_id)
             if schedule is None:
                 plain.append(values)
                 continue

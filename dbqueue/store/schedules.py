@@ -299,23 +299,31 @@ def _tick(text: Any) -> datetime | None:
         return None
 
 
-def schedule_of(payload: str) -> str | None:
-    """The schedule whose run a job's ``payload`` is, if any."""
-    if '"schedule"' not in payload:  # most jobs: no need to decode
-        return None
+def last_runs(c: Connection, table: sa.Table, failed: Sequence[Any]) -> dict[int, str]:
+    """Of ``failed`` (rows of failed_jobs), the jobs that are their schedule's
+    last run: their job id -> the schedule's name. (A run's payload names its
+    schedule: a job id SQLite gave again to another job is no run of it.)"""
+    ids = {row.job_id for row in failed if row.job_id is not None}
+    if not ids:
+        return {}
+    found = dict(c.execute(sa.select(table.c.last_job_id, table.c.name)
+                           .where(table.c.last_job_id.in_(sorted(ids)))).all())
+    return {row.job_id: found[row.job_id] for row in failed
+            if row.job_id in found and _schedule_of(row.payload) == found[row.job_id]}
+
+
+def _schedule_of(payload: str) -> object:
     try:
-        name = (serializer.decode(payload).flow or {}).get("schedule")
+        return (serializer.decode(payload).flow or {}).get("schedule")
     except (ValueError, AttributeError):  # written by hand: no schedule to tell of
         return None
-    return name if isinstance(name, str) else None
 
 
-def rerun(c: Connection, table: sa.Table, schedule: str, old_job_id: int | None,
+def rerun(c: Connection, table: sa.Table, schedule: str, old_job_id: int,
           new_job_id: int) -> None:
     """A failed run of ``schedule`` (job ``old_job_id``) is queued again as job
     ``new_job_id``: it is the schedule's last run again, unless a later run was
     queued since (``without_overlapping`` waits for the last run)."""
-    if old_job_id is not None:
-        c.execute(sa.update(table).where(table.c.name == schedule,
-                                         table.c.last_job_id == old_job_id)
-                  .values(last_job_id=new_job_id))
+    c.execute(sa.update(table).where(table.c.name == schedule,
+                                     table.c.last_job_id == old_job_id)
+              .values(last_job_id=new_job_id))

@@ -78,7 +78,8 @@ class Handout:
         depth = self._depth()
         if jobs and depth > 1:
             for child in self.pool.children:
-                while len(child.tasks) < depth and self._give_job(child, queued=True):
+                while (len(child.tasks) < depth and not child.timed_out
+                       and self._give_job(child, queued=True)):
                     pass
 
     def hand_back_if_stalled(self, now: float) -> None:

@@ -171,6 +171,8 @@ class Pool:
         ``wake_fds`` to be readable; at most ``timeout`` seconds."""
         self._send()
         ended, self._early = self._early, Ended()
+        if ended.finished or ended.committed or ended.unstarted:
+            timeout = 0  # what stop_overdue read is to be taken in now
         by_fd = {child.conn.fileno(): child for child in self.children}
         poller = select.poll()
         for fd, each in by_fd.items():  # and room in its pipe for what waits to go there
@@ -217,15 +219,21 @@ class Pool:
                 child.started = now
 
     def overdue(self) -> list[Child]:
-        """Children whose running task is past its deadline and has not answered
-        (and that were not killed for it already: see ``stop_overdue``).
+        """Children to ``kill`` for their task's timeout: those ``stop_overdue``
+        killed already (only ``kill`` is sure to replace them: a program their
+        job started that escaped the kill may hold their pipe open), then
+        those whose running task is past its deadline and has not answered.
 
         An answer that arrived since the last ``wait`` is read by the next one:
         the task ended in time, and killing the child would lose its result.
         """
+        return ([child for child in self.children if child.timed_out]
+                + [child for child in self._past_deadline() if not child.has_answer()])
+
+    def _past_deadline(self) -> list[Child]:
         now = time.monotonic()
-        return [child for child in self.children if child.tasks and not child.timed_out
-                and child.deadline() <= now and not child.has_answer()]
+        return [child for child in self.children
+                if child.tasks and not child.timed_out and child.deadline() <= now]
 
     def next_deadline(self) -> float | None:
         deadlines = [child.deadline() for child in self.children
@@ -241,13 +249,13 @@ class Pool:
         The answers waiting are read first (the next ``wait`` reports them):
         an answer to an earlier task must not shield a task that overran.
         When the next deadline comes (None: no task runs)."""
-        for child in self.children:
-            if child.tasks and not child.timed_out and child.has_answer():
+        for child in self._past_deadline():
+            if child.has_answer():
                 with contextlib.suppress(EOFError, OSError):  # a death: ``wait`` sees it
                     self._read(child, self._early)
-        for child in self.overdue():
-            child.timed_out = True
-            _kill_tree(child)
+            if child.tasks and child.deadline() <= time.monotonic() and not child.has_answer():
+                child.timed_out = True
+                _kill_tree(child)
         return self.next_deadline()
 
     def kill(self, child: Child) -> Ended:
