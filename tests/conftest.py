@@ -188,14 +188,15 @@ def rows(app: Any, table: sa.Table, *where: Any) -> list[Any]:
         lambda c: c.execute(sa.select(table).where(*where).order_by(table.c.id)).all())
 
 
-def stopped_while_running(jobs: jobapp.JobApp, workers: Workers, tag: str, *args: str) -> str:
-    """Start a worker with ``args``, send its process group SIGTERM (as
-    systemd does) once a job has noted ``tag``, and return its output; it
+def stopped_while_running(jobs: jobapp.JobApp, workers: Workers, tag: str, *args: str,
+                          stop: int = signal.SIGTERM) -> str:
+    """Start a worker with ``args``, send its process group ``stop`` (SIGTERM,
+    as systemd does) once a job has noted ``tag``, and return its output; it
     must exit 0."""
     process = workers.start(*args)
     wait_until(lambda: count(jobs.app, jobs.effects, jobs.effects.c.tag == tag),
                what=f"the job noting {tag!r} to start")
-    os.killpg(process.pid, signal.SIGTERM)
+    os.killpg(process.pid, stop)
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output
     return output

@@ -269,10 +269,15 @@ def test_max_jobs_and_memory_limit(jobs, workers):
     assert len(job_rows(jobs)) == 2
 
 
-def test_sigterm_lets_the_running_job_finish_and_exits_zero(jobs, workers):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_lets_the_running_job_finish_and_exits_zero(jobs, workers, stop):
+    """SIGTERM from systemd or a deploy; SIGHUP from the terminal a worker was
+    started from, as it closes (an SSH session ending): it killed the whole
+    process group, and the running job lost its attempt."""
     jobs.overlap.dispatch("term", 2)
     jobs.record.dispatch(5)
-    stopped_while_running(jobs, workers, "term", *FAST)
+    output = stopped_while_running(jobs, workers, "term", *FAST, stop=stop)
+    assert f"stopping (received {signal.Signals(stop).name})" in output
     assert [r.event for r in rows(jobs.app, jobs.effects, jobs.effects.c.tag == "term")] == [
         "start", "end"]
     remaining = job_rows(jobs)  # the job it had not started yet is back, attempt not counted

@@ -65,10 +65,11 @@ def work(  # noqa: PLR0913 (click passes each of the command's options)
     Start one on every host; they share the work through the database.
     """
     # First: a SIGTERM while the worker starts (a deploy, systemd stopping it)
-    # is heeded once it can be, with a clean exit, not an exit by signal.
-    # Ctrl-C still aborts the start-up at once (see the README).
+    # or a SIGHUP (its terminal closed) is heeded once it can be, with a clean
+    # exit, not an exit by signal. Ctrl-C still aborts the start-up at once
+    # (see the README).
     signals = StopSignals()
-    signals.install(signal.SIGTERM)
+    signals.install(signal.SIGTERM, signal.SIGHUP)
     if not app_reference:
         raise click.UsageError("name your application with --app module:attr (or DBQUEUE_APP)")
     # The fork server imports the application while this process does the

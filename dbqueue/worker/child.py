@@ -44,6 +44,7 @@ from .messages import (
 )
 from .replies import Replies
 from .runtimes import Runtimes
+from .signals import ignore_stops
 from .stamps import Stamp
 
 log = logging.getLogger("dbqueue.worker")
@@ -231,14 +232,13 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
                stamp_cells: Any = None, halt: Any = None) -> None:
     """Entry point of a child process; ``stamp_cells``: see worker.stamps;
     ``halt``: one shared byte, set once the supervisor has sent Halt."""
-    # Ctrl-C and systemd's SIGTERM reach the whole process group (systemd's:
-    # the whole service): the children ignore them, and the supervisor decides
-    # when a running job must die. The programs a job runs inherit that (an
-    # ignored signal stays ignored across exec), so that they too finish
-    # within the grace period; a timeout kills them with the child (see
-    # pool.kill).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Ctrl-C, systemd's SIGTERM and a closed terminal's SIGHUP reach the
+    # whole process group (systemd's: the whole service): the children ignore
+    # them, and the supervisor decides when a running job must die. The
+    # programs a job runs inherit that (an ignored signal stays ignored across
+    # exec), so that they too finish within the grace period; a timeout kills
+    # them with the child (see pool.kill).
+    ignore_stops()
     die_with_parent()
     if not _in_fork_server_child():
         return

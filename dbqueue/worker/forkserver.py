@@ -30,6 +30,8 @@ from collections.abc import Callable
 from multiprocessing.context import BaseContext
 from typing import Any, NoReturn
 
+from .signals import STOPS, ignore_stops
+
 SUPERVISOR_PID = "DBQUEUE_SUPERVISOR_PID"
 """Where the supervisor leaves its pid for the fork server to check (forkserver_init)."""
 APP = "DBQUEUE_FORKSERVER_APP"
@@ -133,7 +135,7 @@ def _fork(run: Callable[[], object]) -> int:
     A stop signal arriving as it forks is this process's to take, not the
     helper's, which ignores them (the supervisor decides when to stop).
     """
-    stops = {signal.SIGINT, signal.SIGTERM}
+    stops = set(STOPS)
     _flush_std_streams()  # or each child would write what is buffered again
     signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     try:
@@ -153,9 +155,8 @@ def _run_then_exit(run: Callable[[], object]) -> NoReturn:
     try:
         # The supervisor's signal handling is not ours (see forkserver_init).
         signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+        ignore_stops()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(STOPS))
         run()
     except SystemExit as exc:  # how the fork server's main() ends, once the supervisor is gone
         code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1

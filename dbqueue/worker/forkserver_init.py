@@ -1,10 +1,11 @@
 """Imported only inside multiprocessing's fork server (its preload module).
 
 systemd's default stop (KillMode=control-group) sends SIGTERM to every process
-of the worker, the fork server included, and Ctrl-C sends SIGINT to them all.
+of the worker, the fork server included, Ctrl-C sends SIGINT to them all, and
+the terminal they were started from sends SIGHUP as it closes.
 If the fork server died, the kernel would kill the children whose jobs are
 still finishing (they ask for SIGKILL when their parent, the fork server,
-dies). So it ignores both, as the children do.
+dies). So it ignores them, as the children do.
 
 It cannot count on noticing the supervisor's death by itself: it exits when
 its control pipe closes, but multiprocessing gives every child that pipe's
@@ -34,6 +35,7 @@ import signal
 # the supervisor's one line (the supervisor decides what a signal means).
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 import contextlib  # noqa: E402
 import gc  # noqa: E402

@@ -1,4 +1,4 @@
-"""SIGTERM/SIGINT handling that wakes the supervisor's wait at once."""
+"""SIGTERM/SIGINT/SIGHUP handling that wakes the supervisor's wait at once."""
 
 from __future__ import annotations
 
@@ -11,6 +11,18 @@ from types import FrameType
 # manager that forwards Ctrl-C to a worker that also got it from the terminal
 # delivers two at once, and that is one request.
 REPEAT_AFTER = 1.0
+
+STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+"""What asks a worker to stop: systemd or a deploy (SIGTERM), Ctrl-C
+(SIGINT), the terminal it was started from closing (SIGHUP). Each reaches the
+whole process group: the worker's helper processes ignore them all, and the
+supervisor decides when a running job must die."""
+
+
+def ignore_stops() -> None:
+    """In a helper process: leave the stop signals to the supervisor."""
+    for stop in STOPS:
+        signal.signal(stop, signal.SIG_IGN)
 
 
 class StopSignals:
@@ -31,9 +43,9 @@ class StopSignals:
         return self._read
 
     def install(self, *signums: int) -> None:
-        """Take these signals over (default: SIGTERM and SIGINT); one taken
-        over already stays as it is."""
-        for sig in signums or (signal.SIGTERM, signal.SIGINT):
+        """Take these signals over (default: STOPS); one taken over already
+        stays as it is."""
+        for sig in signums or STOPS:
             if sig not in self._previous:
                 self._previous[sig] = signal.signal(sig, self._handle)
         signal.set_wakeup_fd(self._write)
