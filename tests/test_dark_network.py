@@ -196,6 +196,29 @@ def test_a_worker_stops_on_sigterm_while_its_server_hangs(private, server, worke
     stopped_while_frozen(private.app, server, host)
 
 
+def test_an_idle_worker_stops_within_the_network_timeout_while_its_server_hangs(
+        private, server, workers):
+    """Nothing runs: the stop waited for the reservation on its way, which a
+    hung server never answers, for the whole grace period (10 minutes here)."""
+    host = workers.start("--sleep", "0.1", "--grace", "600")
+    private.nap.dispatch(0)
+    wait_until(lambda: count(private.app, private.app.store.tables.jobs) == 0,
+               what="the worker to run a job")
+    private.app.dispose()
+    server.freeze()
+    try:
+        # Not a wait for an event: time for the worker's next look for jobs
+        # (every 0.1 s) to go out, and hang.
+        time.sleep(0.5)
+        os.killpg(host.pid, signal.SIGTERM)
+        output, _ = host.communicate(timeout=60)  # not a measure: a bound on the grace
+    finally:
+        server.thaw()
+    assert host.returncode == 0, output
+    assert "0 running job(s)" in output, output
+    assert "stopping without the reservation on its way" in output, output
+
+
 def stopped_while_frozen(app: Any, server: Any, host: subprocess.Popen[str]) -> str:
     """Freeze ``server``, SIGTERM the worker ``host``; its output once it has
     stopped cleanly (it fails the test after 60 s: it would wait for ever)."""

@@ -133,6 +133,11 @@ class Reserver:
         """Whether a reservation is on its way (its rows not taken in yet)."""
         return self.calls.busy
 
+    @property
+    def fetching_since(self) -> float | None:
+        """When (monotonic) the reservation on its way began; None: none is."""
+        return self.calls.began if self.calls.busy else None
+
     def fileno(self) -> int | None:
         """Readable once a reservation on its way has ended (None: none runs apart)."""
         return self.calls.fileno()

@@ -157,14 +157,20 @@ class Supervisor:
         return 0
 
     def _finished(self) -> bool:
-        # A reservation on its way is waited for (its jobs are given back at
-        # once) until the grace period ends; after that their leases bring
-        # them back.
         now = time.monotonic()
         return (self.stopping is not None
-                and (not self.reserver.fetching or now >= self.stop_deadline)
+                and (not self.reserver.fetching
+                     or now >= self._fetch_waited_until(self.stop_deadline))
                 and not self.ledger.count(State.RUNNING, State.UNCOMMITTED)
                 and (not self._hooks_left() or now >= self.stop_deadline))
+
+    def _fetch_waited_until(self, limit: float) -> float:
+        """How long a stop waits for the reservation on its way (its jobs are
+        then given back at once): until ``limit`` (monotonic), or, sooner, the
+        network timeout after it began, when the database does not answer;
+        its jobs then come back when their leases run out."""
+        began = self.reserver.fetching_since
+        return limit if began is None else min(limit, began + self.wait_at_most)
 
     def _register(self) -> bool:
         """Join the registry (see Registration.join); False if told to stop
@@ -259,7 +265,7 @@ class Supervisor:
         self.pool.dismiss()
         try:
             try:
-                self.reserver.close(until)
+                self.reserver.close(self._fetch_waited_until(until))
             finally:  # whatever became of the reservation on its way
                 # Tasks a dead child never started, rows of a reservation on its way.
                 self.recorder.give_back(list(self.ledger.reserved))
@@ -376,9 +382,11 @@ class Supervisor:
                  if not entry.counted and not entry.counting]
         if began:  # count a long job's attempt in time
             wake.append(max(min(began) + FLUSH_DELAY, self.completer.retry_at))
-        if self.stopping and (self._hooks_left() or self.reserver.fetching
+        if self.stopping and (self._hooks_left()
                               or self.ledger.count(State.RUNNING, State.UNCOMMITTED)):
             wake.append(self.stop_deadline)  # (else there is nothing left to cut short)
+        if self.stopping and self.reserver.fetching:
+            wake.append(self._fetch_waited_until(self.stop_deadline))
         deadline = self.pool.next_deadline()
         if deadline is not None:
             wake.append(deadline)
