@@ -76,11 +76,14 @@ class DatabaseUnavailable(DatabaseError):
 
     ``lasting`` is True when trying again cannot help by itself: the server
     answered, and refused the login or does not have the database.
+    ``lock_wait`` is True when the server answers, and gave up waiting for a
+    lock another transaction holds (past the lock timeout).
     """
 
-    def __init__(self, message: str, *, lasting: bool = False) -> None:
+    def __init__(self, message: str, *, lasting: bool = False, lock_wait: bool = False) -> None:
         super().__init__(message)
         self.lasting = lasting
+        self.lock_wait = lock_wait
 
 
 class NotMigrated(DBQueueError):

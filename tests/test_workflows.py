@@ -19,7 +19,7 @@ import dbqueue
 from dbqueue.store.completion import Completion
 from dbqueue.store.flows import FlowEnd
 from tests import conftest, flowapp
-from tests.conftest import PREFIX, count, rows, wait_until
+from tests.conftest import PREFIX, count, read_until, rows, wait_until
 
 FAST = ("--sleep", "0.05")
 
@@ -452,6 +452,33 @@ def test_a_batch_that_finishes_as_jobs_are_added_takes_none_of_them(flows):
     batch = f.app.find_batch(batch_id)
     assert (batch.total, batch.pending, batch.finished) == (1, 0, True)
     assert jobs_named(f, "member") == 0
+
+
+def test_jobs_whose_batch_row_an_application_holds_run_once_however_long_it_holds_it(
+        flows, flow_workers):
+    """An application's transaction adds to a batch and stays open: the
+    batch's row is locked until it ends, and each completion of the batch's
+    jobs waits for it, up to the lock timeout, and again. Their leases ran out
+    meanwhile (none was renewed while its outcome was being written), and
+    another worker ran the finished jobs again."""
+    f = flows
+    if f.app.store.dialect.embedded:
+        pytest.skip("SQLite: the application's transaction holds the whole database")
+    flow_workers.env.update(DBQUEUE_NETWORK_TIMEOUT="3")  # the lock timeout too
+    batch_id = f.app.batch([f.member.prepare(n) for n in range(4)]).dispatch()
+    with f.app.engine.connect() as connection:
+        with connection.begin():
+            f.app.find_batch(batch_id).add([f.member.prepare(9)], connection=connection)
+            first = flow_workers.start("-v", "--retry-after", "2")  # a lease shorter than a wait
+            wait_until(lambda: len(members_run(f)) == 4, what="the members to run")
+            flow_workers.start("--retry-after", "2")  # would take any lease that ran out
+            # Two writes wait out the lock timeout (said once at WARNING, then
+            # at DEBUG), and the other worker polls meanwhile (every 0.05 s).
+            waited = "could not record job outcomes within the lock timeout"
+            log = read_until(first, waited) + read_until(first, waited)
+            assert "unreachable" not in log  # the server answered all along
+        wait_until(lambda: f.app.find_batch(batch_id).finished, what="the batch to finish")
+    assert members_run(f) == [0, 1, 2, 3, 9]
 
 
 def test_a_cancelled_batch_never_runs_then_even_once_retried(flows):

@@ -109,6 +109,7 @@ class _LeaseLost(Exception):
 def _write(store: Leases, c: Connection, completion: Completion,
            hooks: Sequence[CompletionHook], *, careful: bool) -> set[int]:
     jobs, locks = store.tables.jobs, store.tables.cache_locks
+    flows.lock_batches(store, c, completion.ended)
     free_locks(c, locks, completion.unlocked)
     _count_attempts(store, c, completion.started)
     for held, _ in store._held(completion.unique_freed):

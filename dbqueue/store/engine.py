@@ -360,7 +360,8 @@ def translate(engine: Engine, error: sa.exc.DBAPIError | sa.exc.TimeoutError,
     if (isinstance(error, sa.exc.TimeoutError | sa.exc.OperationalError | sa.exc.InterfaceError)
             and not dialect.is_refusal(error)) or dialect.is_retryable(error):
         return DatabaseUnavailable(f"the database {describe(engine)} is unavailable now: "
-                                   f"{reason}; {dialect.unavailable_hint(error)}")
+                                   f"{reason}; {dialect.unavailable_hint(error)}",
+                                   lock_wait=dialect.is_lock_wait(error))
     return DatabaseError(f"the database {describe(engine)} refused the statement: {reason}",
                          data=dialect.refuses_data(error))
 

@@ -128,6 +128,19 @@ def steps_after(flow: dict[str, Any]) -> int:
     return len(flow.get("chain") or ())
 
 
+def lock_batches(store: Dispatch, c: Connection, ends: Sequence[FlowEnd]) -> None:
+    """Lock the rows of the batches ``ends`` count in, first of all in the
+    completion's transaction. A batch row may be held for long (by an
+    application's transaction that adds to the batch, say): while the
+    transaction waits for it, it holds no job's row, so the heartbeat renews
+    those jobs' leases meanwhile, and none runs out to another worker should
+    the wait end in a timeout. In the order of their ids, as ``advance``."""
+    batches = store.tables.job_batches
+    for batch_id in sorted({end.flow["batch"] for end in ends
+                            if isinstance(end.flow.get("batch"), str)}):
+        c.execute(sa.select(batches.c.id).where(batches.c.id == batch_id).with_for_update())
+
+
 def advance(store: Dispatch, c: Connection, ends: Sequence[FlowEnd], recorded: set[int],
             failed_as: dict[int, str] | None = None) -> None:
     """Move on the workflows of ``ends`` whose outcome took effect (``recorded``);

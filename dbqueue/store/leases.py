@@ -44,16 +44,23 @@ class Leases(Dispatch):
 
         return self.transaction(work)
 
-    def heartbeat(self, leases: Iterable[Lease], lease: float) -> set[int]:
+    def heartbeat(self, leases: Iterable[Lease], lease: float,
+                  unless_locked: Iterable[Lease] = ()) -> set[int]:
         """Renew the leases still held; return the ids of their jobs.
 
         A job missing from the answer was taken by another worker after its
         lease ran out (this worker stalled): it must not be started here.
+
+        ``unless_locked``: leases of jobs whose outcome this worker is writing.
+        That write may hold their rows for long (it waits for a lock of its
+        own, a batch's row, say): they keep them from every other worker
+        meanwhile, and are skipped, not waited for. Should the write fail,
+        the leases have lasted all the while. Not in the answer.
         """
         jobs = self.tables.jobs
         statement = sa.update(jobs).values(reserved_at=self.dialect.now(),
                                            available_at=self.dialect.now_plus(lease))
-        held_chunks = self._held(leases)
+        held_chunks, writing_chunks = self._held(leases), self._held(unless_locked)
 
         def work(c: Connection) -> set[int]:
             renewed: set[int] = set()  # afresh on each try: a retried transaction starts over
@@ -62,6 +69,12 @@ class Leases(Dispatch):
                     renewed.update(ids)
                 else:  # rare: ask which are still ours (the rows locked just now)
                     renewed.update(c.execute(sa.select(jobs.c.id).where(held)).scalars())
+            for held, _ in writing_chunks:
+                free = sa.select(jobs.c.id).where(held)
+                if self.dialect.skip_locked:
+                    free = free.with_for_update(skip_locked=True)
+                if ids := c.execute(free).scalars().all():
+                    c.execute(statement.where(held, jobs.c.id.in_(ids)))
             return renewed
 
         return self.transaction(work)

@@ -23,6 +23,9 @@ DB_ERRORS = (DatabaseError,)
 and the TRANSIENT ones."""
 
 FIRST_RETRY = 0.5
+LOCK_WAIT_SAID_EVERY = 60.0
+"""Seconds: a lock waited for in vain is said at WARNING at most this often
+for each thing the worker does (at DEBUG meanwhile)."""
 LONGEST_WAIT = 4.0
 """The longest pause between tries: once the database is back, work resumes
 within this, and meanwhile each worker sends it a few statements a second."""
@@ -42,6 +45,8 @@ class Health:
         self._last_refusal = ""
         self._back_at: float | None = None
         """When the database was last seen back after being away."""
+        self._lock_waits_said: dict[str, float] = {}
+        """When a lock wait was last logged, for each thing the worker does."""
 
     def failed(self, what: str, error: BaseException, *, began: float | None = None) -> float:
         """Report an error of ``what`` (e.g. "reserve jobs"), a call that began at
@@ -49,7 +54,9 @@ class Health:
         seconds to wait before trying that again."""
         self.failures += 1  # counted all the same: see ``failing``
         reason = describe(error)
-        if isinstance(error, TRANSIENT):
+        if isinstance(error, TRANSIENT) and error.lock_wait:
+            self._waited_for_lock(what, reason)
+        elif isinstance(error, TRANSIENT):
             if self._old_news(began):
                 # Begun while the database was away, ended once another call
                 # had seen it back (a connection attempt whose packets were
@@ -69,6 +76,19 @@ class Health:
             else:
                 log.error("could not %s: %s: %s", what, type(error).__name__, reason)
         return min(LONGEST_WAIT, FIRST_RETRY * 2.0 ** min(self.failures - 1, 10))
+
+    def _waited_for_lock(self, what: str, reason: str) -> None:
+        """No outage: the server answers, and another transaction holds what
+        the statement needs (an application's transaction that holds a
+        batch's row, say). Said once a minute for each ``what``."""
+        now = time.monotonic()
+        said = self._lock_waits_said.get(what)
+        level = logging.DEBUG if said is not None and now - said < LOCK_WAIT_SAID_EVERY else (
+            logging.WARNING)
+        if level == logging.WARNING:
+            self._lock_waits_said[what] = now
+        log.log(level, "could not %s within the lock timeout: another transaction holds what "
+                "it needs (%s); trying again", what, reason)
 
     def _old_news(self, began: float | None) -> bool:
         return (began is not None and self.down_since is None

@@ -130,17 +130,23 @@ class LeaseRenewal(SideTask):
         until when a lease renewed lasts at least."""
 
     def work(self) -> Callable[[], Any]:
-        # Not the jobs whose records are being written: the write holds their
-        # rows (and may have deleted them, which would read as a lease lost).
+        # The jobs whose records are being written apart: the write may hold
+        # their rows, for as long as it waits for a lock (they are skipped
+        # then), or have deleted them (which would read as a lease lost).
         writing = self.completer.writing_ids()
-        holding = [entry for entry in self.ledger
-                   if not entry.lease_lost and entry.id not in writing]
+        holding: list[Entry] = []
+        written: list[Entry] = []
+        for entry in self.ledger:
+            if not entry.lease_lost:
+                (written if entry.id in writing else holding).append(entry)
         locking = self.ledger.holding()
         until = Deadline.after(self.lease)  # read before the statement
         leases = [(entry, entry.lease) for entry in holding]
         self._asked = (leases, until, locking)
         renew_locks = self.job_locks.renewal(locking)
-        return lambda: (self.store.heartbeat([lease for _, lease in leases], self.lease),
+        unless_locked = [entry.lease for entry in written]
+        return lambda: (self.store.heartbeat([lease for _, lease in leases], self.lease,
+                                             unless_locked),
                         renew_locks())
 
     def apply(self, result: tuple[set[int], set[tuple[str, str]] | None]) -> None:

@@ -333,6 +333,10 @@ class Dialect:
         """True for a refusal of the statement that the driver files as operational."""
         return False
 
+    def is_lock_wait(self, error: BaseException) -> bool:
+        """True for a lock wait the server gave up on (its lock timeout)."""
+        return False
+
     def closes_after(self, error: BaseException) -> bool:
         """True for a refusal after which the server closes the connection."""
         return False

@@ -292,6 +292,9 @@ class MySQL(Dialect):
         return errno == _DEADLOCK or (errno in _LOCK_NOT_TAKEN
                                       and waited < LOCK_WAITS_RETRIED_WITHIN)
 
+    def is_lock_wait(self, error: BaseException) -> bool:
+        return _errno(error) in _LOCK_NOT_TAKEN
+
     def refuses_login(self, error: BaseException) -> bool:
         args: tuple[Any, ...] = getattr(error, "args", ())
         return bool(args) and args[0] in _LOGIN_REFUSED

@@ -199,6 +199,9 @@ class PostgreSQL(Dialect):
         return sqlstate in _RETRYABLE or (sqlstate == _LOCK_NOT_AVAILABLE
                                           and waited < LOCK_WAITS_RETRIED_WITHIN)
 
+    def is_lock_wait(self, error: BaseException) -> bool:
+        return getattr(getattr(error, "orig", None), "sqlstate", None) == _LOCK_NOT_AVAILABLE
+
     def is_refusal(self, error: BaseException) -> bool:
         # psycopg files class 54 (program limit exceeded: a row too large to
         # index, a statement too complex) with the outages, as OperationalError.

@@ -103,6 +103,9 @@ class SQLite(Dialect):
         # more tries would hang the caller eight times as long.
         return _locked(error) and waited < LOCK_WAITS_RETRIED_WITHIN
 
+    def is_lock_wait(self, error: BaseException) -> bool:
+        return _locked(error)
+
     def is_refusal(self, error: BaseException) -> bool:
         # sqlite3 files nearly every error as OperationalError: a syntax error
         # or an unknown function (SQLITE_ERROR) as well as a lock or a full disk.
