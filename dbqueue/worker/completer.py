@@ -348,7 +348,7 @@ class BatchCompleter:
                 continue
             if requeues(record):
                 self._requeued = True
-            if type(record) is Released and record.delay > 0:
+            if type(record) is Released and record.delay > 0 and not record.for_others:
                 self._coming_due.append((time.monotonic() + record.delay,
                                          record.waits_for_lock))
             if isinstance(record, Counted):

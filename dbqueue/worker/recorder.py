@@ -78,14 +78,15 @@ class Recorder:
         return True
 
     def released(self, entry: Entry, delay: float, counts: bool, why: str, *,
-                 processed: bool = False, waits_for_lock: bool = False) -> None:
+                 processed: bool = False, waits_for_lock: bool = False,
+                 for_others: bool = False) -> None:
         """Put the job back for ``delay`` seconds; ``counts`` whether this attempt
         uses up a try (a failure does; a release, or a job put back unfinished,
         not: whatever the heartbeat counted meanwhile is taken back);
-        ``waits_for_lock``: see Released."""
+        ``waits_for_lock``, ``for_others``: see Released."""
         attempts = entry.row.attempts if counts else entry.row.attempts - 1
-        self._settle(entry, Released(entry, delay, attempts, why, counts, waits_for_lock),
-                     processed=processed)
+        self._settle(entry, Released(entry, delay, attempts, why, counts, waits_for_lock,
+                                     for_others), processed=processed)
 
     def failed(self, entry: Entry, failure: Failure, *, ran: bool) -> None:
         """Fail the job for good; ``ran`` says whether this attempt started (and counts)."""

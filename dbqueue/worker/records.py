@@ -43,6 +43,9 @@ class Released(NamedTuple):
     """Released because another job holds its lock, or a rate limit held it
     back: not delayed by anyone's choice, so a worker told to stop once the
     queue is empty waits for it."""
+    for_others: bool = False
+    """Put back for another worker (one that knows the job): this one does
+    not look for it when it comes due, or it would take it first each time."""
 
 
 class Failed(NamedTuple):

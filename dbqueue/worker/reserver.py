@@ -308,7 +308,7 @@ class Reserver:
             self._postponed.add(name)
             log.warning("job %d (%s): %s; other jobs of that name are put back unsaid",
                         entry.id, name, postponed.why)
-        self.recorder.released(entry, postponed.delay, False, postponed.why)
+        self.recorder.released(entry, postponed.delay, False, postponed.why, for_others=True)
 
     def _skip_cancelled(self, admitted: list[Entry]) -> list[Entry]:
         """Complete, without running them, the jobs of cancelled batches."""
