@@ -407,3 +407,17 @@ def test_a_renewal_that_has_not_answered_for_a_period_is_stuck(app):
     assert not renewal.stuck(time.monotonic() + 100)  # answered: nothing on its way
     renewal.close()
     completer.close()
+
+
+def test_a_job_put_back_for_another_worker_is_not_looked_for_when_it_comes_due(app):
+    """A worker wakes when the jobs it released come due, and takes them
+    first. A job it does not know (a deploy: another worker has the new
+    code) is put back for the others: waking for it, the old worker took it
+    again each time, and the new workers never got it."""
+    completer = BatchCompleter(app.store, Health(), "host:1")
+    mine, others = reserve(app, 2)
+    completer.add(Released(mine, 5.0, 0, "released", False))
+    completer.add(Released(others, 5.0, 0, "unknown here", False, for_others=True))
+    assert sorted(e.id for e in flushed(completer, time.monotonic() + 60)) == sorted(
+        [mine.id, others.id])
+    assert [waits for _, waits in completer.take_coming_due()] == [False]  # mine only
