@@ -607,9 +607,13 @@ def test_tables_at_an_older_revision_are_one_clear_error(migrated_url):
     status = dbqueue_cli("status", env=env)  # it only reads: it warns, and answers
     assert status.returncode == 0 and "Traceback" not in status.stderr
     assert "Warning: the dbqueue tables" in status.stderr and "No jobs" in status.stdout
+    # A table or a column that came later is missing: not "the tables are missing".
+    for command in ("batches", "failed"):
+        line = assert_clean_error(dbqueue_cli(command, env=env))
+        assert f"are at revision 0002, but this dbqueue needs {REVISION} or newer" in line, line
     old = jobapp.build(migrated_url, "")
     old.app.downgrade("0001")  # before unique jobs: no jobs.unique_key
-    with pytest.raises(dbqueue.NotMigrated, match="older than this dbqueue"):
+    with pytest.raises(dbqueue.NotMigrated, match="are at revision 0001, but this dbqueue"):
         old.unique_invoice.dispatch(1)
     old.app.dispose()
 

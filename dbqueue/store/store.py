@@ -17,8 +17,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from ..errors import SchemaOutdated
-from .engine import connect, describe, migrate_command, tables_missing, translating
+from .engine import connect, tables_missing, tables_outdated, translating
 from .leases import Leases
 from .schema import REVISION, version_table
 
@@ -54,10 +53,7 @@ class Store(Leases):
         if current is None:
             raise tables_missing(self.engine, self.prefix)
         if current < REVISION:
-            raise SchemaOutdated(
-                f"the dbqueue tables in {describe(self.engine)} are at revision {current}, "
-                f"but this dbqueue needs {REVISION} or newer; upgrade them with: "
-                f"{migrate_command(self.prefix, self.engine)}")
+            raise tables_outdated(self.engine, self.prefix, current, REVISION)
 
     def now(self) -> datetime:
         """The database server's current time (UTC)."""

@@ -31,6 +31,7 @@ from .engine import (
     describe,
     first_line,
     migrate_command,
+    tables_outdated,
     translate,
 )
 from .foreign import (
@@ -41,7 +42,7 @@ from .foreign import (
     taken,
 )
 from .isolation import at_isolation
-from .schema import Tables, build_tables, version_table
+from .schema import REVISION, Tables, build_tables, version_table
 from .values import Executor, T, current_session
 
 _MAX_TRIES = 8
@@ -134,6 +135,9 @@ class Transactions:
                 existing = table_names(connection)
         except (DBQueueError, *DRIVER_ERRORS):  # cannot tell: what was found stands
             return error
+        revision = self._revision() if version_table(self.prefix).lower() in existing else None
+        if revision is not None and revision < REVISION:  # those of a later revision missing
+            return tables_outdated(self.engine, self.prefix, revision, REVISION)
         names = taken(existing, self.prefix)
         if names and version_table(self.prefix).lower() not in existing:
             return NotMigrated(prefix_advice(self.engine, names, existing, self.prefix))
@@ -146,6 +150,17 @@ class Transactions:
                 return NotMigrated(f"{missing}; {other_prefixes_advice(others)}; else create "
                                    f"them with: {migrate}")
         return error
+
+    def _revision(self) -> str | None:
+        """The revision in the version table of this prefix; None if it cannot
+        be read (on PostgreSQL, a prefix in capitals names another table)."""
+        versions = sa.table(version_table(self.prefix), sa.column("version_num"))
+        try:
+            with connect(self.engine) as connection:
+                found = connection.execute(sa.select(versions.c.version_num)).scalars().all()
+        except (DBQueueError, *DRIVER_ERRORS):
+            return None
+        return max(found, default=None)
 
     def read(self, work: Callable[[Connection], T]) -> T:
         """Run ``work``, which only reads, in a transaction of its own."""
