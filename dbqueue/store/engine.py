@@ -21,7 +21,6 @@ from ..errors import (
     DatabaseUnavailable,
     DBQueueError,
     NotMigrated,
-    SchemaOutdated,
 )
 from ..settings import DEFAULT_NETWORK_TIMEOUT, DEFAULT_URL
 from .dialects import Dialect, dialect_for
@@ -333,14 +332,6 @@ def tables_missing(engine: Engine, table_prefix: str = "") -> NotMigrated:
         f"the dbqueue tables{named} are missing in {describe(engine)}; "
         f"create them with: {migrate_command(table_prefix, engine)}"
     )
-
-
-def tables_outdated(engine: Engine, table_prefix: str, revision: str,
-                    needed: str) -> SchemaOutdated:
-    return SchemaOutdated(
-        f"the dbqueue tables in {describe(engine)} are at revision {revision}, but this "
-        f"dbqueue needs {needed} or newer; upgrade them with: "
-        f"{migrate_command(table_prefix, engine)}")
 
 
 DRIVER_ERRORS = (sa.exc.DBAPIError, sa.exc.TimeoutError)

@@ -17,9 +17,10 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from .engine import connect, tables_missing, tables_outdated, translating
+from .engine import connect, tables_missing, translating
 from .leases import Leases
 from .schema import REVISION, version_table
+from .transactions import tables_outdated
 
 # Where these names were defined before the verbs were split by theme.
 from .values import Executor as Executor

@@ -22,6 +22,7 @@ from ..errors import (
     DatabaseUnavailable,
     DBQueueError,
     NotMigrated,
+    SchemaOutdated,
 )
 from .dialects import READ_ONLY, Dialect, dialect_for
 from .engine import (
@@ -31,7 +32,6 @@ from .engine import (
     describe,
     first_line,
     migrate_command,
-    tables_outdated,
     translate,
 )
 from .foreign import (
@@ -69,6 +69,14 @@ def _not_a_connection(value: object) -> str:
         kind = f"{type(value).__module__}.{kind}"
     return (f"connection= takes the SQLAlchemy Connection or Session whose transaction to "
             f"queue in, not {kind}; leave it out to queue in a transaction of dbqueue's own")
+
+
+def tables_outdated(engine: Engine, table_prefix: str, revision: str,
+                    needed: str) -> SchemaOutdated:
+    return SchemaOutdated(
+        f"the dbqueue tables in {describe(engine)} are at revision {revision}, but this "
+        f"dbqueue needs {needed} or newer; upgrade them with: "
+        f"{migrate_command(table_prefix, engine)}")
 
 
 class Transactions:

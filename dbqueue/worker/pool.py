@@ -25,6 +25,7 @@ from .background import OnThread
 from .child import child_main
 from .childend import Child, Task
 from .messages import Committed, Finished, Returned, RunJob, to_wire
+from .proctree import kill_tree
 from .stamps import Stamp
 
 log = logging.getLogger("dbqueue.worker")
@@ -255,13 +256,13 @@ class Pool:
                     self._read(child, self._early)
             if child.tasks and child.deadline() <= time.monotonic() and not child.has_answer():
                 child.timed_out = True
-                _kill_tree(child)
+                kill_tree(child.process)
         return self.next_deadline()
 
     def kill(self, child: Child) -> Ended:
         """Kill a child and start a replacement; what it said before it died,
         and what became of its tasks (one death, in ``died``)."""
-        _kill_tree(child)
+        kill_tree(child.process)
         ended = Ended()
         self._replace(child, ended)
         return ended
@@ -272,7 +273,7 @@ class Pool:
         child.post(None)  # idle: it reads its pipe
         child.process.join(5)
         if child.process.is_alive():
-            _kill_tree(child)
+            kill_tree(child.process)
         self._replace(child, Ended())
 
     def _replace(self, child: Child, ended: Ended) -> None:
@@ -326,7 +327,7 @@ class Pool:
                 # left running, which Python waits for at exit.
                 log.warning("a child process did not exit within 5 s of being told to (a "
                             "thread a job left running?); killing it")
-                _kill_tree(child)
+                kill_tree(child.process)
                 child.process.join(1)
             child.conn.close()
         self.children = []
@@ -344,66 +345,6 @@ class Pool:
                 return
             for fd, _ in poller.poll(math.ceil(left * 1000)):
                 waiting[fd].flush()
-
-
-def _kill_tree(child: Child) -> None:
-    """Kill ``child`` and the programs its jobs started that are still its
-    descendants, which would outlive it (they ignore SIGTERM, as the child
-    does: see child.child_main). Each is stopped as it is found, so that none
-    starts another meanwhile; then all are killed, the child last, so that no
-    pid listed is reused before its kill. (A program that detached itself, as
-    a daemon does, is the init process's and escapes.)"""
-    pid = child.process.pid
-    found: list[int] = []
-    if pid is not None:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGSTOP)
-        waiting = [pid]
-        while waiting:
-            for each in _children_of(waiting.pop()):
-                if each not in found:
-                    with contextlib.suppress(OSError):
-                        os.kill(each, signal.SIGSTOP)
-                    found.append(each)
-                    waiting.append(each)
-    for each in reversed(found):
-        with contextlib.suppress(OSError):  # gone already
-            os.kill(each, signal.SIGKILL)
-    child.process.kill()
-
-
-def _children_of(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (Linux; none elsewhere): from the
-    kernel's list of each of its threads' children, or else by reading every
-    process's parent."""
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return []
-    found: list[int] = []
-    try:
-        for task in tasks:
-            with open(f"/proc/{pid}/task/{task}/children", "rb") as listed:
-                found += map(int, listed.read().split())
-    except FileNotFoundError:  # a kernel without the list (or the thread ended)
-        return _children_by_scan(pid)
-    except OSError:
-        return found
-    return found
-
-
-def _children_by_scan(pid: int) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", "rb") as stat:
-                    # After the command's closing parenthesis: state, then ppid.
-                    if int(stat.read().rpartition(b")")[2].split()[1]) == pid:
-                        found.append(int(name))
-            except (OSError, ValueError, IndexError):
-                continue  # ended meanwhile
-    return found
 
 
 def _take_back(child: Child, job_ids: set[int]) -> list[Task]:
