@@ -78,6 +78,9 @@ def _import_failed(reference: str, module_name: str, error: Exception) -> str:
     else:
         frame = _users_frame(traceback.extract_tb(error.__traceback__))
         where = f"{frame.filename}:{frame.lineno}" if frame else module_name
+    if isinstance(error, ConfigurationError):  # dbqueue refused a setting, a job: that first
+        return (f"{error} (at {where}, importing {module_name} for --app {reference!r}); "
+                "-v shows the whole traceback")
     return (f"--app {reference!r}: importing {module_name} failed at {where}: "
             f"{type(error).__name__}: {error}; -v shows the whole traceback")
 

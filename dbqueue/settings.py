@@ -20,7 +20,9 @@ DEFAULT_NETWORK_TIMEOUT = 30.0
 """Seconds within which a connection whose network path died without a word
 (a failover, a firewall dropping packets) fails instead of hanging."""
 
-_PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,20}$|^$")
+PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,20}$|^$")
+PREFIX_RULE = ("use up to 21 letters, digits and underscores, starting with a letter "
+               "(for example 'dbq_')")
 
 MAX_RETRY_AFTER = 365 * 86400
 """The longest lease (a year): no job runs that long without a heartbeat."""
@@ -70,11 +72,9 @@ class Settings:
     network_timeout: float = DEFAULT_NETWORK_TIMEOUT
 
     def __post_init__(self) -> None:
-        if not isinstance(self.table_prefix, str) or not _PREFIX.match(self.table_prefix):
+        if not isinstance(self.table_prefix, str) or not PREFIX.match(self.table_prefix):
             raise ConfigurationError(
-                f"table prefix {self.table_prefix!r} is not valid: use up to 21 letters, "
-                "digits and underscores, starting with a letter (for example 'dbq_')"
-            )
+                f"table prefix {self.table_prefix!r} is not valid: {PREFIX_RULE}")
         for name in _SECONDS:
             value = getattr(self, name)
             number = _number(value)
@@ -93,8 +93,12 @@ class Settings:
         values: dict[str, Any] = {}
         if env.get("DBQUEUE_URL"):
             values["url"] = env["DBQUEUE_URL"]
-        if "DBQUEUE_TABLE_PREFIX" in env:
+        if "DBQUEUE_TABLE_PREFIX" in env and overrides.get("table_prefix") is None:
             values["table_prefix"] = env["DBQUEUE_TABLE_PREFIX"]
+            if not PREFIX.match(values["table_prefix"]):  # named as the user set it
+                raise ConfigurationError(
+                    f"DBQUEUE_TABLE_PREFIX={values['table_prefix']!r} is not a valid table "
+                    f"prefix: {PREFIX_RULE}")
         for name in _SECONDS:
             variable = "DBQUEUE_" + name.upper()
             if env.get(variable) and overrides.get(name) is None:  # an argument wins

@@ -464,7 +464,12 @@ def migrated_url(tmp_path: Path) -> str:
      "commas"),
     (["work", "--url", "{fresh}", "--app", "tests.jobapp:app", "--queue", "mail, mail"],
      "--queue names a queue twice: mail,mail"),
-    (["status", "--url", "{fresh}", "--table-prefix", "bad-prefix"], "table prefix 'bad-prefix'"),
+    (["status", "--url", "{fresh}", "--table-prefix", "bad-prefix"],
+     "Invalid value for '--table-prefix' (or DBQUEUE_TABLE_PREFIX): 'bad-prefix' is not a "
+     "table prefix: use up to 21 letters"),
+    # dbqueue's refusal first, not as the import of the application failing.
+    (["work", "--url", "{fresh}", "--app", "tests.misconfigured_app:app"],
+     "Error: table prefix 'bad-' is not valid: use up to 21 letters"),
     (["migrate", "--url", "postgresql+psycopg2://x@127.0.0.1/db"],
      "'psycopg2' is not installed; install it, or name no driver (postgresql://, mysql://)"),
     (["migrate", "--url", "sqlite:////no-such-directory-of-dbqueue/q.db"],
@@ -479,12 +484,13 @@ def migrated_url(tmp_path: Path) -> str:
         "work-retry-after-inf", "work-retry-after-huge", "work-grace-nan",
         "work-two-stop-conditions",
         "work-no-queue", "work-empty-queue-name", "work-queue-twice",
-        "bad-table-prefix", "driver-not-installed",
+        "bad-table-prefix", "app-refused-setting", "driver-not-installed",
         "sqlite-directory-missing"])
 def test_mistakes_print_one_error_line(args, expected, fresh_url):
     result = dbqueue_cli(*(a.format(fresh=fresh_url) for a in args), env=bare_env())
     # A worker's option out of its range is a usage error, as click's ranges are.
-    line = assert_clean_error(result, usage=args[0] == "work" and expected.startswith("--"))
+    line = assert_clean_error(result, usage=(args[0] == "work" and expected.startswith("--"))
+                              or expected.startswith("Invalid value"))
     assert expected in line, line
     assert "s3cret" not in result.stderr  # the password is never printed
 
@@ -839,3 +845,17 @@ def test_releasing_a_lock_nobody_holds_names_the_near_held_keys(app, schema):
     assert ("no lock 'report:2026-11' is held; did you mean 'report:2026-12'? "
             "List them with: dbqueue locks") in result.stderr
     assert app.lock("report:2026-12").locked()  # the near one is left alone
+
+
+def test_an_application_that_cannot_be_imported_leaves_the_queue_readable(migrated_url):
+    """A broken deploy: DBQUEUE_APP names a module that fails to import, and
+    every command failed with it, `failed` included, when it was most needed."""
+    env = bare_env(DBQUEUE_URL=migrated_url, DBQUEUE_APP="tests.broken_app:app")
+    line = assert_clean_error(dbqueue_cli("failed", env=env))
+    assert "importing tests.broken_app failed at " in line, line
+    assert "to reach the queue without it, give --app '' and the database's --url" in line
+    result = dbqueue_cli("failed", "--app", "", env=env)
+    assert result.returncode == 0 and result.stdout == "No failed jobs.\n", result.stderr
+    # Typed, it is meant: no advice to drop it.
+    typed = assert_clean_error(dbqueue_cli("failed", "--app", "tests.broken_app:app", env=env))
+    assert "--app ''" not in typed, typed

@@ -47,7 +47,15 @@ def open_app(url: str | None, app_reference: str | None, table_prefix: str | Non
 def _open_app(url: str | None, app_reference: str | None, table_prefix: str | None) -> App:
     export_settings(url, app_reference, table_prefix)
     if app_reference:
-        app = load_app(app_reference)
+        try:
+            app = load_app(app_reference)
+        except ConfigurationError as exc:
+            if given_on_command_line("app_reference"):
+                raise
+            # A broken deploy, say: the queue can still be read (its failures).
+            raise ConfigurationError(
+                f"{exc}; DBQUEUE_APP names it: to reach the queue without it, give --app '' "
+                "and the database's --url (or DBQUEUE_URL)") from exc
         _check_not_overridden(app, app_reference, url, table_prefix)
         return app
     return App(url, table_prefix=table_prefix)

@@ -20,6 +20,7 @@ import click
 
 from ..errors import ConfigurationError, DBQueueError
 from ..policy.durations import age_seconds
+from ..settings import PREFIX, PREFIX_RULE
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -107,6 +108,15 @@ class EnvOption(click.Option):
         return f"{hint} (or {self.envvar})" if isinstance(self.envvar, str) else hint
 
 
+def _valid_prefix(_context: click.Context, _param: click.Parameter,
+                  value: str | None) -> str | None:
+    """Refused here, as the usage error it is: the App would refuse it as it
+    is built, and the import of the application would seem to have failed."""
+    if value is not None and not PREFIX.match(value):
+        raise click.BadParameter(f"{value!r} is not a table prefix: {PREFIX_RULE}")
+    return value
+
+
 def connection_options(func: F) -> F:
     """--url, --app and --table-prefix, each also read from its DBQUEUE_* variable,
     and --verbose (parameter ``verbose``)."""
@@ -114,6 +124,7 @@ def connection_options(func: F) -> F:
                         help="Print the full traceback of an error; `dbqueue work` also "
                              "logs every job, not only failures.")(func)
     func = click.option("--table-prefix", envvar="DBQUEUE_TABLE_PREFIX", default=None,
+                        cls=EnvOption, callback=_valid_prefix,
                         help="Prefix of dbqueue's table names. [env: DBQUEUE_TABLE_PREFIX]")(func)
     func = click.option("--app", "app_reference", envvar="DBQUEUE_APP", default=None,
                         metavar="MODULE:ATTR",
