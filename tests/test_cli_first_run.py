@@ -795,6 +795,12 @@ def test_a_misspelled_setting_in_the_environment_is_named_with_the_right_one(tmp
         "Warning: DBQUEUE_TABLEPREFIX is set, but dbqueue reads no such variable; did you "
         "mean DBQUEUE_TABLE_PREFIX? (it is ignored)")
     assert "DBQUEUE_SOMETHING_OF_MINE" not in result.stderr  # nothing like a setting of ours
+    # Two letters swapped in a short name: too unlike by a ratio, a typo all the same.
+    result = run("status", DBQUEUE_ULR=f"sqlite:///{tmp_path}/q.db", DBQUEUE_USER="me")
+    assert result.stderr.splitlines()[0] == (
+        "Warning: DBQUEUE_ULR is set, but dbqueue reads no such variable; did you "
+        "mean DBQUEUE_URL? (it is ignored)")
+    assert "DBQUEUE_USER" not in result.stderr
 
 
 def test_a_bad_value_of_a_flag_set_in_the_environment_names_the_variable(tmp_path):

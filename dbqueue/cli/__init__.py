@@ -40,11 +40,20 @@ def _warn_of_misspelled_variables() -> None:
         if not name.startswith("DBQUEUE_") or name in _VARIABLES:
             continue
         # The names after DBQUEUE_: DBQUEUE_USER is not DBQUEUE_URL misspelt.
-        close = difflib.get_close_matches(name[8:], [known[8:] for known in _VARIABLES],
-                                          n=1, cutoff=0.8)
+        suffixes = [known[8:] for known in _VARIABLES]
+        close = ([known for known in suffixes if _swapped(name[8:], known)]
+                 or difflib.get_close_matches(name[8:], suffixes, n=1, cutoff=0.8))
         if close and f"DBQUEUE_{close[0]}" not in os.environ:
             click.echo(f"Warning: {name} is set, but dbqueue reads no such variable; did you "
                        f"mean DBQUEUE_{close[0]}? (it is ignored)", err=True)
+
+
+def _swapped(typed: str, known: str) -> bool:
+    """Whether ``typed`` is ``known`` with two letters side by side swapped
+    (ULR for URL: too short a name for a ratio of likeness to tell)."""
+    differ = [i for i, (a, b) in enumerate(zip(typed, known, strict=False)) if a != b]
+    return (len(typed) == len(known) and len(differ) == 2 and differ[1] == differ[0] + 1
+            and typed[differ[0]] == known[differ[1]] and typed[differ[1]] == known[differ[0]])
 
 
 class _Commands(click.Group):
