@@ -23,7 +23,7 @@ from .background import Inline, OnThread, time_left
 from .cancels import CancelledBatches
 from .clock import Deadline
 from .health import DB_ERRORS, Health
-from .intake import Postponed, admit
+from .intake import Postponed, UnknownJobs, admit
 from .joblocks import JobLocks
 from .ledger import Entry, Ledger, State
 from .messages import RunJob
@@ -75,8 +75,7 @@ class Reserver:
         self.stalled = False
         """Every child has run its current job STALLED_AFTER seconds: no prefetch."""
         self._said_waiting = False
-        self._postponed: set[str] = set()
-        """Names of unknown jobs put back, and so logged, already (see intake.Postponed)."""
+        self.unknown = UnknownJobs()
         # One reservation at a time, on a thread of its own where the database
         # is a server (see worker.background).
         self.calls: Inline[tuple[list[ReservedRow], bool | None]] = (
@@ -202,7 +201,8 @@ class Reserver:
                        # After an empty look, a poll first asks whether anything is
                        # ready (one cheap statement); it reserves only when something is.
                        idle=self.pace.empty_looks > 0 and not self.wakeup.listening,
-                       look_further=not self.ledger and not coming and not self.recorder.hooks)
+                       look_further=not self.ledger and not coming and not self.recorder.hooks,
+                       skipped=self.unknown.passed_over(now))
         self._asked, self._stale = asked, False
         self.calls.submit(lambda: self._fetch(asked))
 
@@ -210,7 +210,8 @@ class Reserver:
         """The reservation's statements, on the database's thread: the rows, and
         (for --stop-when-drained, when none was found) whether any job is left."""
         queues = self.queues.current()
-        rows = (self.store.reserve(queues, asked.want, asked.token, self.options.retry_after)
+        rows = (self.store.reserve(queues, asked.want, asked.token, self.options.retry_after,
+                                   asked.skipped)
                 if not asked.idle or self.queues.any_ready(queues) else [])
         left = None
         if not rows and asked.look_further and self.options.stop_when_drained:
@@ -301,13 +302,7 @@ class Reserver:
             self._unmeasured_until = time.monotonic() + STALLED_AFTER
 
     def _postpone(self, entry: Entry, postponed: Postponed) -> None:
-        name = entry.row.job
-        if name not in self._postponed:  # said once per name: a deploy may queue thousands
-            if len(self._postponed) >= 1000:
-                self._postponed.clear()
-            self._postponed.add(name)
-            log.warning("job %d (%s): %s; other jobs of that name are put back unsaid",
-                        entry.id, name, postponed.why)
+        self.unknown.put_back(entry, postponed)
         self.recorder.released(entry, postponed.delay, False, postponed.why, for_others=True)
 
     def _skip_cancelled(self, admitted: list[Entry]) -> list[Entry]:
@@ -396,3 +391,5 @@ class _Asked:
     idle: bool
     look_further: bool
     """Nothing was in hand: an empty answer is news (see _look_for_any_job)."""
+    skipped: frozenset[str] = frozenset()
+    """Names of jobs passed over (see intake.UnknownJobs)."""
