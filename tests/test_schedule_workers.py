@@ -176,3 +176,26 @@ def test_stop_when_empty_runs_what_the_scheduler_queues_first(jobs, workers):
     assert len(queued) >= 4, result.stdout
     assert count(jobs.app, jobs.app.store.tables.jobs) == 0, result.stdout
     assert len(runs(jobs, "tick")) == len(queued)
+
+
+def test_tables_taken_back_under_a_worker_stop_it_as_a_signal_would(jobs, workers):
+    """A migration downgraded below what the worker needs (its schedule
+    tables gone): it exited at once, its running job killed and its try used
+    up, with no word of a stop. Its running job now finishes and is written,
+    and the worker exits with the error that says how to fix it."""
+    host = workers.start("--app", "tests.test_schedule_app:overlap_app", "--grace", "60",
+                         *FAST)
+    wait_until(lambda: any(events == ["start"] for events in runs(jobs, "slow_tick").values()),
+               what="a run to start")
+    try:
+        jobs.app.downgrade("0008")  # before the schedules' tables
+        output, _ = host.communicate(timeout=120)
+    finally:
+        jobs.app.migrate()
+    assert host.returncode == 1, output
+    assert "stopping (the tables are older than this dbqueue needs)" in output, output
+    assert output.rstrip().splitlines()[-1].startswith(
+        "Error: the dbqueue tables in "), output
+    assert "are at revision 0008, but this dbqueue needs" in output
+    assert "Traceback" not in output
+    assert all(events == ["start", "end"] for events in runs(jobs, "slow_tick").values())

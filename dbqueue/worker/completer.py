@@ -245,6 +245,19 @@ class BatchCompleter:
                 time.sleep(pause)
         return finished
 
+    def tell_unwritten(self, *, reservation_left: bool) -> None:
+        """At a worker's stop: say what it could not write (nor take in, with
+        ``reservation_left``); those jobs run again once their leases run
+        out (a database that did not answer in time)."""
+        unwritten = {record.entry.id for record in (*self.pending, *self.writing)
+                     if not isinstance(record, Unlocked)}
+        if unwritten or reservation_left:
+            log.warning("stopping without %s: the database did not answer; %s once their "
+                        "leases run out (--retry-after)",
+                        f"the outcomes of {len(unwritten)} job(s)" if unwritten
+                        else "the reservation on its way",
+                        "those jobs run again" if unwritten else "its jobs come back")
+
     def close(self, until: float | None = None) -> bool:
         """End the writing thread (after ``drain``); False if a write was left
         waiting on the database at ``until``."""

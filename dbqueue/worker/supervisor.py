@@ -33,6 +33,7 @@ import time
 from collections import deque
 from typing import Any
 
+from ..errors import NotMigrated
 from ..store import WorkerInfo, WorkerRegistry
 from ..store.locks import Locks
 from .background import Bound
@@ -46,7 +47,7 @@ from .messages import RunHook
 from .options import WorkerOptions
 from .pool import Pool
 from .recorder import Recorder
-from .records import Counted, Unlocked
+from .records import Counted
 from .registration import Registration
 from .reserver import Reserver
 from .scheduler import Scheduler
@@ -117,6 +118,8 @@ class Supervisor:
         self.stop_deadline = 0.0
         self.cut_short = ""
         """Why the grace period ended early, if it did."""
+        self.outdated: NotMigrated | None = None
+        """Why the worker stopped, if its tables were taken back under it."""
         self.chores = StartUpChores(app, options, self.registry, self.pruning)
         self.started = time.monotonic()
 
@@ -147,14 +150,30 @@ class Supervisor:
             self.chores.start()
             self.pool.start()  # if it fails, the worker leaves the registry at once, too
             while not self._finished():
-                self._turn()
+                self._turn_unless_outdated()
         finally:
             self._shutdown()
         unrun = self.recorder.failed_unrun
         log.info("worker %s stopped (%s) after %d job(s)%s", self.id, self.stopping,
                  self.ledger.processed, f"; {unrun} more failed without running (see: "
                  "dbqueue failed)" if unrun else "")
+        if self.outdated is not None:
+            raise self.outdated  # the command's error: exit 1, and how to fix it
         return 0
+
+    def _turn_unless_outdated(self) -> None:
+        """A turn; tables taken back under the worker (a migration downgraded
+        them) stop it as a signal would: its running jobs finish (within the
+        grace period) and are written, and the worker exits with the error.
+        What a statement meant for them is left undone, as in an outage."""
+        try:
+            self._turn()
+        except NotMigrated as exc:
+            if self.outdated is None:
+                self.outdated = exc
+                log.error("%s", exc)
+            if not self.stopping:
+                self._stop("the tables are older than this dbqueue needs")
 
     def _finished(self) -> bool:
         now = time.monotonic()
@@ -276,24 +295,11 @@ class Supervisor:
                     task.close(until)
             self.chores.join()
             self.registration.leave(until)
-            self._tell_what_was_left()
+            self.completer.tell_unwritten(reservation_left=self.reserver.fetching)
         finally:  # whatever went wrong above, no child outlives the worker
             self.wakeup.stop()
             self.pool.stop()
             self.signals.uninstall()
-
-    def _tell_what_was_left(self) -> None:
-        """Say what the stop could not write: those jobs run again once their
-        leases run out (a database that did not answer in time)."""
-        unwritten = {record.entry.id for record in (*self.completer.pending,
-                                                    *self.completer.writing)
-                     if not isinstance(record, Unlocked)}
-        if unwritten or self.reserver.fetching:
-            log.warning("stopping without %s: the database did not answer; %s once their "
-                        "leases run out (--retry-after)",
-                        f"the outcomes of {len(unwritten)} job(s)" if unwritten
-                        else "the reservation on its way",
-                        "those jobs run again" if unwritten else "its jobs come back")
 
     # --- outcomes and limits ------------------------------------------------------
 
