@@ -253,3 +253,24 @@ def test_a_scheduler_pass_claims_due_ticks_and_handles_missed_ones(app):
     assert all(status.overdue is None or "missed" in status.overdue
                for status in by_name.values())
     assert scheduler.next_at > 0
+
+
+def test_a_schedule_removed_from_the_code_is_deleted_and_redeclared_aloud(app, caplog):
+    """A deploy that drops a schedule: the first worker on the new code deletes
+    its row, and a worker still on the old code declares it again. Both in
+    silence: the operator saw nothing, and the old workers went on queueing
+    its runs for as long as they ran."""
+    kept, dropped = declare(app, "kept", every=30), declare(app, "dropped", every=30)
+    old = Scheduler(Health(), store=app.store, schedules=[kept, dropped])
+    old.run()
+    new = Scheduler(Health(), store=app.store, schedules=[kept])
+    with caplog.at_level("WARNING", logger="dbqueue.worker"):
+        new.run()
+    assert "scheduler: dropped no longer in this code: deleted its row and ticks" in caplog.text
+    assert sorted(Schedules(app.store).state()[1]) == ["kept"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="dbqueue.worker"):
+        old.run()
+    assert ("scheduler: dropped deleted by a worker whose code no longer has it: declared "
+            "again") in caplog.text
+    assert sorted(Schedules(app.store).state()[1]) == ["dropped", "kept"]

@@ -96,15 +96,16 @@ class Schedules:
 
     # --- declaring ----------------------------------------------------------------
 
-    def declare(self, declared: Sequence[Declared], *, forget_others: bool = False) -> None:
+    def declare(self, declared: Sequence[Declared], *,
+                forget_others: bool = False) -> list[str]:
         """Create the rows of new schedules; for one whose definition changed,
         record the new one and count its ticks from now. With ``forget_others``,
         delete the rows and ticks of schedules not in ``declared`` (the code no
-        longer declares them)."""
+        longer declares them), and return their names."""
         table, now = self.table, self.store.dialect.now()
         names = {schedule.name for schedule in declared}
 
-        def work(c: Connection) -> None:
+        def work(c: Connection) -> list[str]:
             stored = dict(c.execute(sa.select(table.c.name, table.c.definition)).all())
             for schedule in declared:
                 known = stored.get(schedule.name)
@@ -118,12 +119,14 @@ class Schedules:
                         table.c.name == schedule.name,
                         table.c.definition != schedule.definition,
                     ).values(definition=schedule.definition, declared_at=now))
-            gone = [name for name in stored if name not in names]
-            if forget_others and gone:
-                c.execute(sa.delete(self.ticks).where(self.ticks.c.schedule.in_(gone)))
-                c.execute(sa.delete(table).where(table.c.name.in_(gone)))
+            gone = sorted(name for name in stored if name not in names)
+            if not forget_others or not gone:
+                return []
+            c.execute(sa.delete(self.ticks).where(self.ticks.c.schedule.in_(gone)))
+            c.execute(sa.delete(table).where(table.c.name.in_(gone)))
+            return gone
 
-        self.store.transaction(work)
+        return self.store.transaction(work)
 
     def _insert_row(self, c: Connection, schedule: Declared) -> None:
         """The row of a new schedule: its ticks count from now."""

@@ -67,9 +67,13 @@ class Scheduler(SideTask):
     def _pass(self) -> int:
         """One pass; the number of runs it queued."""
         if not self.declared:
-            self.verbs.declare([s.declared() for s in self.schedules.values()],
-                               forget_others=True)
+            gone = self.verbs.declare([s.declared() for s in self.schedules.values()],
+                                      forget_others=True)
             self.declared = True
+            if gone:
+                log.warning("scheduler: %s no longer in this code: deleted its row and ticks "
+                            "(a worker still on code that has it declares it again, and "
+                            "queues its runs, until it restarts)", ", ".join(gone))
             log.info("scheduler: %s", ", ".join(
                 f"{s.name} ({s.recurrence.describe()})" for s in self.schedules.values()))
         read_at = time.monotonic()
@@ -78,6 +82,10 @@ class Scheduler(SideTask):
                    if name not in rows]
         if missing:  # deleted meanwhile (by a worker on other code): from now on again
             self.verbs.declare(missing)
+            log.warning("scheduler: %s deleted by a worker whose code no longer has it: "
+                        "declared again, as this worker's code has it (restart this worker "
+                        "on the new code to end it)",
+                        ", ".join(schedule.name for schedule in missing))
         wake, queued = [now.timestamp() + _LONGEST_PAUSE], 0
         for name, row in rows.items():
             schedule = self.schedules[name]
