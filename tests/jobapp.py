@@ -147,6 +147,17 @@ def build(url: str | None = None, prefix: str | None = None) -> JobApp:
         os.wait()
         time.sleep(300)
 
+    @app.job(name="talker", tries=1, timeout=60)
+    def talker(key: str) -> None:
+        """Waits for (key, "go"), then prints: where the worker's output went
+        away meanwhile (its terminal closed), a print fails."""
+        note(key, "start")
+        while not count(key, "go"):
+            time.sleep(0.05)
+        for n in range(1000):
+            print(f"line {n}", flush=True)
+        note(key, "end")
+
     @app.job(name="forker", tries=1, timeout=30)
     def forker() -> None:
         """Forks without exec: the copy returns from the job, as the job does,

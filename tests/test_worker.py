@@ -432,6 +432,26 @@ def test_a_repeat_within_a_second_is_counted_apart_from_a_second_request():
         signals.uninstall()
 
 
+def test_a_worker_started_with_nohup_outlives_its_terminal(jobs, workers):
+    """nohup leaves SIGHUP ignored, for the worker to outlive the terminal it
+    was started from: taken over as a stop, it stopped all the same."""
+    process = subprocess.Popen(  # as nohup starts it: SIGHUP ignored from the start
+        [sys.executable, "-m", "dbqueue", "work", "--app", workers.app, *FAST], cwd=ROOT,
+        env=worker_env(workers.url), text=True, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    workers.started.append(process)  # killed at the end, whatever happens
+    jobs.record.dispatch(1)
+    wait_until(lambda: count(jobs.app, jobs.effects) == 1, what="the first job")
+    os.killpg(process.pid, signal.SIGHUP)  # the terminal closes
+    jobs.record.dispatch(2)
+    wait_until(lambda: count(jobs.app, jobs.effects) == 2, what="a job after the hangup")
+    assert process.poll() is None
+    os.killpg(process.pid, signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert "received SIGTERM" in output and "SIGHUP" not in output, output
+
+
 def test_restart_reaches_running_workers_through_the_database(jobs, workers):
     first = workers.start("--retry-after", "1.5", *FAST)
     second = workers.start("--retry-after", "1.5", *FAST)
@@ -699,3 +719,22 @@ def test_a_connection_left_checked_out_at_import_fails_the_job_that_uses_it(
     assert "open connections and Sessions inside the job, not at import" in (
         failure.exception_message)
 
+
+
+def test_a_job_that_prints_after_the_workers_output_went_away_still_completes(jobs, workers):
+    """A worker started from a terminal that closes (an SSH session ending)
+    stops on the SIGHUP and lets its jobs finish; but every write to the
+    terminal fails then (EIO; here a pipe nobody reads: EPIPE), and a job
+    that printed failed for it."""
+    jobs.talker.dispatch("talk")
+    process = workers.start(*FAST)
+    wait_until(lambda: count(jobs.app, jobs.effects, jobs.effects.c.tag == "talk"),
+               what="the job to start")
+    assert process.stdout is not None
+    process.stdout.close()  # the terminal is gone
+    jobs.note("talk", "go")
+    wait_until(lambda: count(jobs.app, jobs.effects, jobs.effects.c.event == "end"),
+               what="the job to end")
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=60)
+    assert failed_rows(jobs) == []

@@ -29,6 +29,7 @@ from ..current import running
 from ..errors import Fail, Release, SerializationError, is_permanent
 from ..middleware import JobContext, run_with
 from ..policy.texts import shortened_message, shortened_traceback
+from .childio import forgive_output
 from .clock import passed
 from .commits import Commits
 from .messages import (
@@ -244,6 +245,7 @@ def child_main(conn: Connection, app_reference: str, measure_memory: bool = Fals
         return
     global _PID
     _PID = os.getpid()
+    forgive_output()
     from ..loader import load_app
 
     app = load_app(app_reference)

@@ -44,9 +44,10 @@ class StopSignals:
 
     def install(self, *signums: int) -> None:
         """Take these signals over (default: STOPS); one taken over already
-        stays as it is."""
+        stays as it is, and so does one ignored by whoever started the worker
+        (``nohup`` ignores SIGHUP: the worker must outlive its terminal)."""
         for sig in signums or STOPS:
-            if sig not in self._previous:
+            if sig not in self._previous and signal.getsignal(sig) is not signal.SIG_IGN:
                 self._previous[sig] = signal.signal(sig, self._handle)
         signal.set_wakeup_fd(self._write)
 
