@@ -856,6 +856,11 @@ def test_an_application_that_cannot_be_imported_leaves_the_queue_readable(migrat
     assert "to reach the queue without it, give --app '' and the database's --url" in line
     result = dbqueue_cli("failed", "--app", "", env=env)
     assert result.returncode == 0 and result.stdout == "No failed jobs.\n", result.stderr
-    # Typed, it is meant: no advice to drop it.
+    # Typed, it is meant; a worker needs it; a bad setting fails without it too.
     typed = assert_clean_error(dbqueue_cli("failed", "--app", "tests.broken_app:app", env=env))
     assert "--app ''" not in typed, typed
+    worker = assert_clean_error(dbqueue_cli("work", env=env))
+    assert "--app ''" not in worker, worker
+    setting = assert_clean_error(dbqueue_cli(
+        "failed", env={**env, "DBQUEUE_APP": "tests.jobapp:app", "DBQUEUE_RETRY_AFTER": "abc"}))
+    assert setting.startswith("Error: DBQUEUE_RETRY_AFTER must be") and "--app ''" not in setting

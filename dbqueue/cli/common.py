@@ -50,7 +50,11 @@ def _open_app(url: str | None, app_reference: str | None, table_prefix: str | No
         try:
             app = load_app(app_reference)
         except ConfigurationError as exc:
-            if given_on_command_line("app_reference"):
+            # Said where the application is in the way: named in the environment,
+            # by a command that can do without it, and not failing on a setting
+            # of dbqueue's (which would fail without it too).
+            if (given_on_command_line("app_reference") or _command() == "work"
+                    or isinstance(exc.__cause__, ConfigurationError)):
                 raise
             # A broken deploy, say: the queue can still be read (its failures).
             raise ConfigurationError(
@@ -59,6 +63,11 @@ def _open_app(url: str | None, app_reference: str | None, table_prefix: str | No
         _check_not_overridden(app, app_reference, url, table_prefix)
         return app
     return App(url, table_prefix=table_prefix)
+
+
+def _command() -> str | None:
+    context = click.get_current_context(silent=True)
+    return None if context is None else context.info_name
 
 
 def _check_not_overridden(app: App, reference: str, url: str | None,

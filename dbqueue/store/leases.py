@@ -52,11 +52,12 @@ class Leases(Dispatch):
         A job missing from the answer was taken by another worker after its
         lease ran out (this worker stalled): it must not be started here.
 
-        ``unless_locked``: leases of jobs whose outcome this worker is writing.
-        That write may hold their rows for long (it waits for a lock of its
-        own, a batch's row, say): they keep them from every other worker
-        meanwhile, and are skipped, not waited for. Should the write fail,
-        the leases have lasted all the while. Not in the answer.
+        ``unless_locked``: leases of jobs whose outcome this worker is writing,
+        renewed while that write waits for a batch's row (it takes those
+        first, holding no job's row: see flows.lock_batches), so that they
+        outlast a wait that ends in a lock timeout. Rows the write holds
+        already are skipped, not waited for: it keeps them from every other
+        worker meanwhile. Not in the answer.
         """
         jobs = self.tables.jobs
         statement = sa.update(jobs).values(reserved_at=self.dialect.now(),
