@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -41,6 +42,31 @@ def answered(pool: Pool, count: int) -> list[Task]:
     while len(tasks) < count and time.monotonic() < give_up:
         tasks += [task for _, task, _, _ in pool.wait(1.0).finished]
     return tasks
+
+
+@pytest.fixture
+def pool(tmp_path, monkeypatch) -> Iterator[Pool]:
+    """A started pool of one child (tests.jobapp's jobs, on a SQLite file)."""
+    monkeypatch.setenv("DBQUEUE_URL", f"sqlite:///{tmp_path}/queue.db")
+    started = Pool("tests.jobapp:app", 1)
+    started.start()
+    yield started
+    started.stop()
+
+
+def short_tasks_then_a_hung_one(pool: Pool) -> tuple[Child, list[Task], Task]:
+    """Give ``pool``'s one child two short tasks, then one that hangs, each
+    with a timeout of 1 s, once it has learnt that "nap" is short (so that it
+    holds the short ones' answers while the next runs): (the child, the
+    short ones, the hung one)."""
+    [child] = pool.children
+    for job_id in range(3):  # one at a time
+        pool.give(child, nap(job_id, 0.0), 1.0)
+        assert answered(pool, 1) == [nap(job_id, 0.0)]
+    short, long = [nap(10, 0.0), nap(11, 0.0)], nap(12, 30.0)
+    for task in [*short, long]:
+        pool.give(child, task, 1.0)
+    return child, short, long
 
 
 def stamped_child(*tasks: Task) -> tuple[Child, Stamp]:
@@ -92,82 +118,56 @@ def test_a_task_given_to_a_child_idle_for_long_counts_from_when_it_was_given() -
 
 
 @pytest.mark.slow  # starts processes
-def test_a_timeout_counts_from_when_its_task_began_though_answers_before_it_are_held(
-        tmp_path, monkeypatch):
+def test_a_timeout_counts_from_when_its_task_began_though_answers_before_it_are_held(pool: Pool):
     """Answers to short jobs are held while the next task runs. The timeout
     that kills the child must be that task's, counted from when it began, not
     that of the first task whose answer has not arrived."""
-    monkeypatch.setenv("DBQUEUE_URL", f"sqlite:///{tmp_path}/queue.db")
-    pool = Pool("tests.jobapp:app", 1)
-    pool.start()
-    try:
-        [child] = pool.children
-        for job_id in range(3):  # one at a time: the child learns that "nap" is short
-            pool.give(child, nap(job_id, 0.0), 1.0)
-            assert answered(pool, 1) == [nap(job_id, 0.0)]
-        short, long = [nap(10, 0.0), nap(11, 0.0)], nap(12, 30.0)
-        for task in [*short, long]:  # each with a timeout of 1 s
-            pool.give(child, task, 1.0)
-        finished: list[Task] = []
-        give_up = time.monotonic() + LONG_ENOUGH
-        while not pool.overdue() and time.monotonic() < give_up:
-            deadline = pool.next_deadline()
-            assert deadline is not None
-            finished += [task for _, task, _, _ in
-                         pool.wait(max(0.0, deadline - time.monotonic())).finished]
-        [overdue] = pool.overdue()
-        killed = pool.kill(overdue)
-        assert [(dead, task) for dead, task, _ in killed.died] == [(child, long)]
-        assert killed.unstarted == []
-        # Answered, or held by the child when it was killed (and so done):
-        # never both, never neither.
-        finished += [task for _, task, _, _ in killed.finished]
-        assert sorted(finished + killed.held) == short
-        assert pool.children[0] is not child  # replaced
-    finally:
-        pool.stop()
+    child, short, long = short_tasks_then_a_hung_one(pool)
+    finished: list[Task] = []
+    give_up = time.monotonic() + LONG_ENOUGH
+    while not pool.overdue() and time.monotonic() < give_up:
+        deadline = pool.next_deadline()
+        assert deadline is not None
+        finished += [task for _, task, _, _ in
+                     pool.wait(max(0.0, deadline - time.monotonic())).finished]
+    [overdue] = pool.overdue()
+    killed = pool.kill(overdue)
+    assert [(dead, task) for dead, task, _ in killed.died] == [(child, long)]
+    assert killed.unstarted == []
+    # Answered, or held by the child when it was killed (and so done):
+    # never both, never neither.
+    finished += [task for _, task, _, _ in killed.finished]
+    assert sorted(finished + killed.held) == short
+    assert pool.children[0] is not child  # replaced
 
 
 @pytest.mark.slow  # starts processes
-def test_a_task_past_its_timeout_is_killed_while_the_supervisor_waits_elsewhere(
-        tmp_path, monkeypatch):
+def test_a_task_past_its_timeout_is_killed_while_the_supervisor_waits_elsewhere(pool: Pool):
     """While the supervisor waits on a statement of its own (up to the network
     timeout on a hung server), ``stop_overdue`` kills the child at its task's
     deadline; the next ``wait`` reports the death, and the answers read
     meanwhile, as ``kill`` would have."""
-    monkeypatch.setenv("DBQUEUE_URL", f"sqlite:///{tmp_path}/queue.db")
-    pool = Pool("tests.jobapp:app", 1)
-    pool.start()
-    try:
-        [child] = pool.children
-        for job_id in range(3):  # one at a time: the child learns that "nap" is short
-            pool.give(child, nap(job_id, 0.0), 1.0)
-            assert answered(pool, 1) == [nap(job_id, 0.0)]
-        short, long = [nap(10, 0.0), nap(11, 0.0)], nap(12, 30.0)
-        for task in [*short, long]:  # each with a timeout of 1 s
-            pool.give(child, task, 1.0)
-        # Sends them; from here on only stop_overdue looks.
-        finished = [task for _, task, _, _ in pool.wait(0.0).finished]
-        give_up = time.monotonic() + LONG_ENOUGH
-        while not child.timed_out and time.monotonic() < give_up:
-            due = pool.stop_overdue()
-            assert due is not None or child.timed_out
-            if due is not None:  # the supervisor's statement waits until then
-                time.sleep(max(0.0, due - time.monotonic()))
-        assert child.timed_out
-        assert pool.stop_overdue() is None  # killed once: nothing runs now
-        died: list[tuple[Child, Task | None, str]] = []
-        held: list[Task] = []
-        while not died and time.monotonic() < give_up:
-            ended = pool.wait(1.0)
-            died += ended.died
-            finished += [task for _, task, _, _ in ended.finished]
-            held += ended.held
-        assert [(dead, task) for dead, task, _ in died] == [(child, long)]
-        assert sorted(finished + held) == short
-        assert pool.children[0] is not child  # replaced
-    finally:
-        pool.stop()
+    child, short, long = short_tasks_then_a_hung_one(pool)
+    # Sends them; from here on only stop_overdue looks.
+    finished = [task for _, task, _, _ in pool.wait(0.0).finished]
+    give_up = time.monotonic() + LONG_ENOUGH
+    while not child.timed_out and time.monotonic() < give_up:
+        due = pool.stop_overdue()
+        assert due is not None or child.timed_out
+        if due is not None:  # the supervisor's statement waits until then
+            time.sleep(max(0.0, due - time.monotonic()))
+    assert child.timed_out
+    assert pool.stop_overdue() is None  # killed once: nothing runs now
+    died: list[tuple[Child, Task | None, str]] = []
+    held: list[Task] = []
+    while not died and time.monotonic() < give_up:
+        ended = pool.wait(1.0)
+        died += ended.died
+        finished += [task for _, task, _, _ in ended.finished]
+        held += ended.held
+    assert [(dead, task) for dead, task, _ in died] == [(child, long)]
+    assert sorted(finished + held) == short
+    assert pool.children[0] is not child  # replaced
 
 
 @pytest.mark.slow  # starts processes
@@ -205,67 +205,54 @@ def test_a_child_killed_meanwhile_is_replaced_though_a_program_holds_its_pipe_op
 
 
 @pytest.mark.slow  # starts processes
-def test_a_halted_child_sends_back_the_jobs_queued_in_it_and_starts_none(tmp_path, monkeypatch):
-    monkeypatch.setenv("DBQUEUE_URL", f"sqlite:///{tmp_path}/queue.db")
-    pool = Pool("tests.jobapp:app", 1)
-    pool.start()
-    try:
-        [child] = pool.children
-        running, queued = nap(1, 0.5), [nap(2, 0.0), nap(3, 0.0), nap(4, 0.0)]
-        for task in [running, *queued]:
-            pool.give(child, task, 10.0)
-        pool.wait(0.0)  # sends them
-        wait_until(lambda: child.running()[2], what="the child to begin its first task")
-        pool.halt()
-        finished: list[Task] = []
-        unstarted: list[Task] = []
-        give_up = time.monotonic() + LONG_ENOUGH
-        while len(finished) + len(unstarted) < 4 and time.monotonic() < give_up:
-            ended = pool.wait(1.0)
-            finished += [task for _, task, _, _ in ended.finished]
-            unstarted += ended.unstarted
-        assert finished == [running]
-        assert unstarted == queued
-        assert not child.tasks
-        assert pool.children == [child]  # alive, and still answering
-        pool.give(child, nap(5, 0.0), 10.0)
-        assert answered(pool, 1) == [nap(5, 0.0)]
-    finally:
-        pool.stop()
+def test_a_halted_child_sends_back_the_jobs_queued_in_it_and_starts_none(pool: Pool):
+    [child] = pool.children
+    running, queued = nap(1, 0.5), [nap(2, 0.0), nap(3, 0.0), nap(4, 0.0)]
+    for task in [running, *queued]:
+        pool.give(child, task, 10.0)
+    pool.wait(0.0)  # sends them
+    wait_until(lambda: child.running()[2], what="the child to begin its first task")
+    pool.halt()
+    finished: list[Task] = []
+    unstarted: list[Task] = []
+    give_up = time.monotonic() + LONG_ENOUGH
+    while len(finished) + len(unstarted) < 4 and time.monotonic() < give_up:
+        ended = pool.wait(1.0)
+        finished += [task for _, task, _, _ in ended.finished]
+        unstarted += ended.unstarted
+    assert finished == [running]
+    assert unstarted == queued
+    assert not child.tasks
+    assert pool.children == [child]  # alive, and still answering
+    pool.give(child, nap(5, 0.0), 10.0)
+    assert answered(pool, 1) == [nap(5, 0.0)]
 
 
 @pytest.mark.slow  # starts processes
-def test_what_a_busy_childs_full_pipe_cannot_take_waits_without_holding_up_the_pool(
-        tmp_path, monkeypatch):
+def test_what_a_busy_childs_full_pipe_cannot_take_waits_without_holding_up_the_pool(pool: Pool):
     """A child reads its pipe only between tasks. While one hangs, what is sent
     behind it fills the pipe: the rest must wait in the supervisor, which
     would otherwise wait for room there, and never end the hang."""
-    monkeypatch.setenv("DBQUEUE_URL", f"sqlite:///{tmp_path}/queue.db")
-    pool = Pool("tests.jobapp:app", 1)
-    pool.start()
-    try:
-        [child] = pool.children
-        hung = nap(1, 3 * LONG_ENOUGH)  # ended by its timeout, killed
-        pool.give(child, hung, 1.0)
-        pool.wait(0.0)
-        wait_until(lambda: child.running()[2], what="the child to begin its first task")
-        queued = [padded(n) for n in range(2, 402)]  # 800 kB: more than a pipe holds
-        for task in queued:
-            pool.give(child, task, 10.0)
-        sending = threading.Thread(target=pool.wait, args=(0.0,), daemon=True)
-        sending.start()
-        sending.join(LONG_ENOUGH)
-        assert not sending.is_alive(), "the pool waited for room in the busy child's pipe"
-        assert child.outbox  # what the pipe could not take
-        wait_until(lambda: pool.overdue() == [child], what="the hung task's timeout")
-        ended = pool.kill(child)
-        assert [running for _, running, _ in ended.died] == [hung]
-        assert ended.unstarted == queued
-        [replacement] = pool.children
-        pool.give(replacement, padded(500), 10.0)
-        assert answered(pool, 1) == [padded(500)]
-    finally:
-        pool.stop()
+    [child] = pool.children
+    hung = nap(1, 3 * LONG_ENOUGH)  # ended by its timeout, killed
+    pool.give(child, hung, 1.0)
+    pool.wait(0.0)
+    wait_until(lambda: child.running()[2], what="the child to begin its first task")
+    queued = [padded(n) for n in range(2, 402)]  # 800 kB: more than a pipe holds
+    for task in queued:
+        pool.give(child, task, 10.0)
+    sending = threading.Thread(target=pool.wait, args=(0.0,), daemon=True)
+    sending.start()
+    sending.join(LONG_ENOUGH)
+    assert not sending.is_alive(), "the pool waited for room in the busy child's pipe"
+    assert child.outbox  # what the pipe could not take
+    wait_until(lambda: pool.overdue() == [child], what="the hung task's timeout")
+    ended = pool.kill(child)
+    assert [running for _, running, _ in ended.died] == [hung]
+    assert ended.unstarted == queued
+    [replacement] = pool.children
+    pool.give(replacement, padded(500), 10.0)
+    assert answered(pool, 1) == [padded(500)]
 
 
 @pytest.mark.slow  # starts processes
