@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from dbqueue.store import NewJob
 from dbqueue.store.locks import Locks
 from dbqueue.worker.completer import BatchCompleter
 from dbqueue.worker.health import Health
@@ -238,28 +237,4 @@ def test_giving_back_jobs_another_worker_took_says_they_were_lost(jobs, caplog):
     assert "1 job lease(s) were lost to other workers" in caplog.text
     assert [row.reserved_by for row in rows(app, table, table.c.id == kept.id)] == [None]
     assert [row.reserved_by for row in rows(app, table, table.c.id == taken.id)] == ["other.1"]
-    reserver.close()
-
-
-def test_jobs_this_worker_does_not_know_are_passed_over_once_put_back(jobs):
-    """A rolling deploy: a worker on the old code puts back each job of a new
-    kind for the workers on the new code. Taking them again each time they
-    came due (all at once), it kept them from those workers for minutes."""
-    app = jobs.app
-    table = app.store.tables.jobs
-    app.store.push(NewJob("default", "tasks.new_kind", "{}"))
-    reserver, ledger, recorder = parts(app)
-    reserver.refill(time.monotonic())
-    reserver.collect(wait=True)  # admitted: put back, not run
-    assert not ledger.reserved
-    recorder.completer.drain()  # the put-back written
-    app.store.transaction(lambda c: c.execute(table.update().values(  # it comes due
-        available_at=sa.func.current_timestamp() - sa.text("INTERVAL '1' SECOND")
-        if app.store.dialect.name != "sqlite" else sa.text("datetime('now', '-1 second')"))))
-    jobs.noop.dispatch()
-    reserver.look_again()
-    reserver.refill(time.monotonic())
-    reserver.collect(wait=True)
-    assert [entry.row.job for entry in ledger.reserved] == ["noop"]
-    assert count(app, table, table.c.job == "tasks.new_kind", table.c.reserved_by.is_(None)) == 1
     reserver.close()

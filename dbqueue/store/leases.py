@@ -24,9 +24,8 @@ class Leases(Dispatch):
     (a Dispatch: recording an outcome may queue a workflow's next jobs)."""
 
     def reserve(self, queues: Sequence[str], limit: int, token: str,
-                lease: float, skipped: frozenset[str] = frozenset()) -> list[ReservedRow]:
-        """Reserve up to ``limit`` jobs, taking the queues in the order given,
-        none of those named in ``skipped``.
+                lease: float) -> list[ReservedRow]:
+        """Reserve up to ``limit`` jobs, taking the queues in the order given.
 
         Each job gets a lease of ``lease`` seconds under ``token``; until the
         lease expires no other worker can reserve it. No attempt is counted:
@@ -40,7 +39,7 @@ class Leases(Dispatch):
                 if len(taken) >= limit:
                     break
                 taken += self.dialect.reserve(c, self.tables.jobs, queue, limit - len(taken),
-                                              token, lease, skipped)
+                                              token, lease)
             return taken
 
         return self.transaction(work)

@@ -36,11 +36,6 @@ _UNREADABLE = "its created_at cannot be read as a time (see the row)"
 """Where the reader took such a row as created long ago (store.LONG_AGO)."""
 UNKNOWN_RETRY = 5.0
 """How long an unknown job is put back for, each time."""
-UNKNOWN_PASSED_OVER = 60.0
-"""How long a worker passes over the jobs of a name it has put back as unknown
-(see Reserver._postpone): in a rolling deploy they are for the workers on the
-new code. It takes one again after that, to fail it once UNKNOWN_GRACE is up."""
-
 
 @dataclass(frozen=True, slots=True)
 class Postponed:
@@ -155,30 +150,18 @@ def _plain_rules(job: Any) -> Rules:
 
 class UnknownJobs:
     """The names of the jobs this worker does not know (in a rolling deploy,
-    those of the new code): each said once, and passed over for a while."""
+    those of the new code), each said once."""
 
     def __init__(self) -> None:
         self._said: set[str] = set()
-        self._passed_over: dict[str, float] = {}
-        """Name -> until when (monotonic) this worker does not reserve its jobs."""
 
     def put_back(self, entry: Entry, postponed: Postponed) -> None:
-        """``entry`` goes back for a worker that knows it, and this one passes
-        over the jobs of that name for UNKNOWN_PASSED_OVER: else it would take
-        them first again and again, each time they come due, while those
-        workers waited."""
+        """``entry`` goes back for a worker that knows it; said once per name
+        (a deploy may queue thousands)."""
         name = entry.row.job
-        self._passed_over.setdefault(name, time.monotonic() + UNKNOWN_PASSED_OVER)
-        if name not in self._said:  # said once per name: a deploy may queue thousands
+        if name not in self._said:
             if len(self._said) >= 1000:
                 self._said.clear()
             self._said.add(name)
             log.warning("job %d (%s): %s; other jobs of that name are put back unsaid",
                         entry.id, name, postponed.why)
-
-    def passed_over(self, now: float) -> frozenset[str]:
-        """The names whose jobs a reservation at ``now`` passes over."""
-        if self._passed_over:
-            self._passed_over = {name: until for name, until in self._passed_over.items()
-                                 if until > now}
-        return frozenset(self._passed_over)

@@ -201,8 +201,7 @@ class Reserver:
                        # After an empty look, a poll first asks whether anything is
                        # ready (one cheap statement); it reserves only when something is.
                        idle=self.pace.empty_looks > 0 and not self.wakeup.listening,
-                       look_further=not self.ledger and not coming and not self.recorder.hooks,
-                       skipped=self.unknown.passed_over(now))
+                       look_further=not self.ledger and not coming and not self.recorder.hooks)
         self._asked, self._stale = asked, False
         self.calls.submit(lambda: self._fetch(asked))
 
@@ -210,8 +209,7 @@ class Reserver:
         """The reservation's statements, on the database's thread: the rows, and
         (for --stop-when-drained, when none was found) whether any job is left."""
         queues = self.queues.current()
-        rows = (self.store.reserve(queues, asked.want, asked.token, self.options.retry_after,
-                                   asked.skipped)
+        rows = (self.store.reserve(queues, asked.want, asked.token, self.options.retry_after)
                 if not asked.idle or self.queues.any_ready(queues) else [])
         left = None
         if not rows and asked.look_further and self.options.stop_when_drained:
@@ -391,5 +389,3 @@ class _Asked:
     idle: bool
     look_further: bool
     """Nothing was in hand: an empty answer is news (see _look_for_any_job)."""
-    skipped: frozenset[str] = frozenset()
-    """Names of jobs passed over (see intake.UnknownJobs)."""

@@ -151,18 +151,16 @@ class Dialect:
         its claims (``reserve``) need whatever the server's statistics say."""
 
     def reserve(self, connection: Connection, jobs: sa.Table, queue: str, limit: int,
-                token: str, lease: float,
-                skipped: frozenset[str] = frozenset()) -> list[ReservedRow]:
+                token: str, lease: float) -> list[ReservedRow]:
         """Claim up to ``limit`` available jobs of ``queue``, first by (priority, id).
 
         Each claimed row gets ``reserved_by = token``, ``reserved_at = now`` and
         a lease until ``now + lease`` (kept in available_at); its attempts are
         left alone (see ReservedRow.attempts). The default is one statement:
         UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING
-        (see ``one_of_selected`` for PostgreSQL's spelling of the IN). Jobs
-        named in ``skipped`` are passed over.
+        (see ``one_of_selected`` for PostgreSQL's spelling of the IN).
         """
-        statement = self._claim(jobs, queue, limit, lease, skipped)
+        statement = self._claim(jobs, queue, limit, lease)
         # .all(): one fetch for the batch, not one driver call per row.
         rows = self.reserved_rows(connection.execute(statement, {"token": token}).all())
         rows.sort(key=_claim_order)  # RETURNING order is unspecified
@@ -179,27 +177,25 @@ class Dialect:
         """What a reservation returns of each row, in the order of ReservedRow."""
         return [jobs.c[name] for name in RESERVED_COLUMNS]
 
-    def _claim(self, jobs: sa.Table, queue: str, limit: int, lease: float,
-               skipped: frozenset[str]) -> sa.Executable:
+    def _claim(self, jobs: sa.Table, queue: str, limit: int, lease: float) -> sa.Executable:
         """``reserve_statement`` with the token as the parameter ``token``: built
         once per shape, so that a reservation neither builds a statement nor
         computes its cache key (a worker asks a few hundred times a second)."""
         cache: dict[tuple[object, ...], sa.Executable] = self.__dict__.setdefault("_claims", {})
-        key = (jobs, queue, limit, lease, skipped)
+        key = (jobs, queue, limit, lease)
         statement = cache.get(key)
         if statement is None:
             if len(cache) >= _CLAIMS_KEPT:
                 cache.clear()
             statement = cache[key] = self.reserve_statement(
-                jobs, queue, limit, sa.bindparam("token", type_=sa.String), lease, skipped)
+                jobs, queue, limit, sa.bindparam("token", type_=sa.String), lease)
         return statement
 
     def reserve_statement(self, jobs: sa.Table, queue: str, limit: int,
-                          token: str | sa.BindParameter[str], lease: float,
-                          skipped: frozenset[str] = frozenset()) -> sa.Executable:
+                          token: str | sa.BindParameter[str], lease: float) -> sa.Executable:
         """The statement of ``reserve`` that picks and locks the rows (here it
         leases them too), as it is run: its plan is what a reservation costs."""
-        candidates = self.claimable(jobs, queue, limit, skipped)
+        candidates = self.claimable(jobs, queue, limit)
         if self.skip_locked:
             candidates = candidates.with_for_update(skip_locked=True)
         return (
@@ -213,19 +209,15 @@ class Dialect:
             .returning(*self.reserved_columns(jobs))
         )
 
-    def claimable(self, jobs: sa.Table, queue: str, limit: int,
-                  skipped: frozenset[str] = frozenset()) -> sa.Select[Any]:
+    def claimable(self, jobs: sa.Table, queue: str, limit: int) -> sa.Select[Any]:
         # A reserved job's lease expiry is its available_at, so "ready" and "lease
         # expired" are one condition, checked during the walk of the index
         # (queue, priority, id, available_at) in ORDER BY order: inside the
         # index, so jobs not yet due cost no row fetch, and the walk stops
-        # after ``limit`` rows whatever the backlog. Jobs ``skipped`` (names
-        # this worker does not know, in a deploy) are passed over as the walk
-        # meets them: usually there are none, and the statement is the same.
+        # after ``limit`` rows whatever the backlog.
         return (
             sa.select(jobs.c.id)
-            .where(jobs.c.queue == queue, jobs.c.available_at <= self.now(),
-                   *(jobs.c.job != name for name in sorted(skipped)))
+            .where(jobs.c.queue == queue, jobs.c.available_at <= self.now())
             .order_by(jobs.c.priority, jobs.c.id)
             .limit(limit)
         )

@@ -177,13 +177,12 @@ class MySQL(Dialect):
         return column.in_(values)
 
     def reserve(self, connection: Connection, jobs: sa.Table, queue: str, limit: int,
-                token: str, lease: float,
-                skipped: frozenset[str] = frozenset()) -> list[ReservedRow]:
+                token: str, lease: float) -> list[ReservedRow]:
         # The locking SELECT also reads the server clock, so the UPDATE can write
         # the lease as plain values and nothing needs reading back: two round
         # trips, and the row locks held until commit keep them exact.
         locked = connection.execute(
-            self.reserve_statement(jobs, queue, limit, token, lease, skipped)).all()
+            self.reserve_statement(jobs, queue, limit, token, lease)).all()
         if not locked:
             return []
         now = _utc(locked[0].now)
@@ -204,8 +203,7 @@ class MySQL(Dialect):
         ]
 
     def reserve_statement(self, jobs: sa.Table, queue: str, limit: int,
-                          token: str | sa.BindParameter[str], lease: float,
-                          skipped: frozenset[str] = frozenset()) -> sa.Executable:
+                          token: str | sa.BindParameter[str], lease: float) -> sa.Executable:
         # Only the locking SELECT: the UPDATE that follows names the locked ids.
         # The times come as text, which one C call makes a UTC datetime (see
         # _utc), and the clock, the same on every row, is read from the first.
@@ -213,7 +211,7 @@ class MySQL(Dialect):
                    else jobs.c[name]
                    for name in RESERVED_COLUMNS if name != "reserved_at"]
         return (
-            self.claimable(jobs, queue, limit, skipped)
+            self.claimable(jobs, queue, limit)
             .with_only_columns(*columns, sa.cast(self.now(), sa.String).label("now"))
             .with_for_update(skip_locked=True)
         )
