@@ -53,6 +53,11 @@ def _accepts(name: str, value: float) -> bool:
     return math.isfinite(value) and accepts(value)
 
 
+class VariableRefused(ConfigurationError):
+    """A DBQUEUE_* variable's value that dbqueue cannot take: the fix is in
+    the environment, whatever code reads it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Where the queue lives and how long a worker's lease on a job lasts.
@@ -96,7 +101,7 @@ class Settings:
         if "DBQUEUE_TABLE_PREFIX" in env and overrides.get("table_prefix") is None:
             values["table_prefix"] = env["DBQUEUE_TABLE_PREFIX"]
             if not PREFIX.match(values["table_prefix"]):  # named as the user set it
-                raise ConfigurationError(
+                raise VariableRefused(
                     f"DBQUEUE_TABLE_PREFIX={values['table_prefix']!r} is not a valid table "
                     f"prefix: {PREFIX_RULE}")
         for name in _SECONDS:
@@ -104,7 +109,7 @@ class Settings:
             if env.get(variable) and overrides.get(name) is None:  # an argument wins
                 values[name] = parse_seconds(variable, env[variable])
                 if not _accepts(name, values[name]):  # named as the user set it
-                    raise ConfigurationError(
+                    raise VariableRefused(
                         f"{variable} must be {_SECONDS[name][1]}, not {env[variable]!r}")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -119,5 +124,5 @@ def parse_seconds(name: str, text: str) -> float:
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
-        raise ConfigurationError(f"{name} must be a finite number of seconds, not {text!r}")
+        raise VariableRefused(f"{name} must be a finite number of seconds, not {text!r}")
     return value

@@ -864,3 +864,7 @@ def test_an_application_that_cannot_be_imported_leaves_the_queue_readable(migrat
     setting = assert_clean_error(dbqueue_cli(
         "failed", env={**env, "DBQUEUE_APP": "tests.jobapp:app", "DBQUEUE_RETRY_AFTER": "abc"}))
     assert setting.startswith("Error: DBQUEUE_RETRY_AFTER must be") and "--app ''" not in setting
+    # dbqueue refusing the application's own code: that module is in the way.
+    refused = assert_clean_error(dbqueue_cli(
+        "failed", env={**env, "DBQUEUE_APP": "tests.misconfigured_app:app"}))
+    assert "table prefix 'bad-'" in refused and "give --app ''" in refused, refused

@@ -15,6 +15,7 @@ import click
 from ..app import App
 from ..errors import ConfigurationError
 from ..loader import load_app
+from ..settings import VariableRefused
 from .options import export_settings, given_on_command_line
 
 Progress: TypeAlias = Callable[[int, int], None]
@@ -51,10 +52,10 @@ def _open_app(url: str | None, app_reference: str | None, table_prefix: str | No
             app = load_app(app_reference)
         except ConfigurationError as exc:
             # Said where the application is in the way: named in the environment,
-            # by a command that can do without it, and not failing on a setting
-            # of dbqueue's (which would fail without it too).
+            # by a command that can do without it, and not failing on a DBQUEUE_*
+            # variable (which would fail without it too).
             if (given_on_command_line("app_reference") or _command() == "work"
-                    or isinstance(exc.__cause__, ConfigurationError)):
+                    or isinstance(exc.__cause__, VariableRefused)):
                 raise
             # A broken deploy, say: the queue can still be read (its failures).
             raise ConfigurationError(

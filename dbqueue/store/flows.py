@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import sqlalchemy as sa
@@ -168,7 +168,20 @@ def advance(store: Dispatch, c: Connection, ends: Sequence[FlowEnd], recorded: s
     if schedule_ends:
         from .schedules import record_runs  # imports this module: at first use
 
-        record_runs(store, c, schedule_ends)
+        _unless_tables_gone(store, c, lambda: record_runs(store, c, schedule_ends))
+
+
+def _unless_tables_gone(store: Dispatch, c: Connection, write: Callable[[], object]) -> None:
+    """``write`` (the schedules' bookkeeping) in a savepoint: tables taken back
+    under the worker (a downgrade during a deploy; the schedules' came in
+    0009) must not keep the jobs' own outcomes from being written. Those runs
+    go unrecorded; the worker stops on the next statement that needs them."""
+    try:
+        with c.begin_nested():
+            write()
+    except sa.exc.DBAPIError as exc:
+        if not store.dialect.is_missing_table(exc):
+            raise
 
 
 def _failure(end: FlowEnd, failed_as: dict[int, str]) -> dict[str, Any]:

@@ -44,11 +44,14 @@ class StopSignals:
 
     def install(self, *signums: int) -> None:
         """Take these signals over (default: STOPS); one taken over already
-        stays as it is, and so does one ignored by whoever started the worker
-        (``nohup`` ignores SIGHUP: the worker must outlive its terminal)."""
+        stays as it is, and so does a SIGHUP or SIGINT ignored by whoever
+        started the worker, as Python leaves SIGINT (``nohup`` ignores SIGHUP:
+        the worker must outlive its terminal). SIGTERM is always heeded."""
         for sig in signums or STOPS:
-            if sig not in self._previous and signal.getsignal(sig) is not signal.SIG_IGN:
-                self._previous[sig] = signal.signal(sig, self._handle)
+            if sig in self._previous or (sig != signal.SIGTERM
+                                         and signal.getsignal(sig) is signal.SIG_IGN):
+                continue
+            self._previous[sig] = signal.signal(sig, self._handle)
         signal.set_wakeup_fd(self._write)
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
