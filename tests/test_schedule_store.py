@@ -271,6 +271,7 @@ def test_a_schedule_removed_from_the_code_is_deleted_and_redeclared_aloud(app, c
     caplog.clear()
     with caplog.at_level("WARNING", logger="dbqueue.worker"):
         old.run()
-    assert ("scheduler: dropped deleted by a worker whose code no longer has it: declared "
-            "again") in caplog.text
+    assert ("scheduler: dropped deleted by a worker whose code does not have it (a newer "
+            "version, or another application on this table prefix): declared again"
+            ) in caplog.text
     assert sorted(Schedules(app.store).state()[1]) == ["dropped", "kept"]

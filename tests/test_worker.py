@@ -233,8 +233,8 @@ def test_rows_that_cannot_run_are_failed_with_a_reason_and_the_worker_goes_on(jo
     assert all("has invalid options" in message for _, _, message in reasons[:3])
     assert reasons[3][2] == "a NUL \\x00 in the message"
     assert "no job named 'os.system'" in reasons[4][2]
-    assert reasons[4][2].endswith("(nor did any worker take it in the 10 minutes after its "
-                                  "dispatch)")
+    assert reasons[4][2].endswith("(nor did a worker that knows it run it in the 10 minutes "
+                                  "after its dispatch)")
     assert "unexpected keyword argument 'old'" in reasons[5][2]
     assert "cannot be decoded" in reasons[6][2]
     assert count(jobs.app, jobs.effects, jobs.effects.c.n == 4) == 1

@@ -105,7 +105,8 @@ def _unknown(row: ReservedRow, error: UnknownJob) -> Failure | Postponed:
                          f"fails for good {UNKNOWN_GRACE / 60:g} minutes after its dispatch)")
     why = (_UNREADABLE if row.created_at is LONG_AGO
            else "its created_at is ahead of the server's clock" if age < 0 else
-           f"nor did any worker take it in the {UNKNOWN_GRACE / 60:g} minutes after its dispatch")
+           f"nor did a worker that knows it run it in the {UNKNOWN_GRACE / 60:g} minutes "
+           "after its dispatch")
     return Failure(class_name(error), f"{error} ({why})", "")
 
 

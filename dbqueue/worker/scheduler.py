@@ -82,9 +82,9 @@ class Scheduler(SideTask):
                    if name not in rows]
         if missing:  # deleted meanwhile (by a worker on other code): from now on again
             self.verbs.declare(missing)
-            log.warning("scheduler: %s deleted by a worker whose code no longer has it: "
-                        "declared again, as this worker's code has it (restart this worker "
-                        "on the new code to end it)",
+            log.warning("scheduler: %s deleted by a worker whose code does not have it (a "
+                        "newer version, or another application on this table prefix): "
+                        "declared again, as this worker's code has it",
                         ", ".join(schedule.name for schedule in missing))
         wake, queued = [now.timestamp() + _LONGEST_PAUSE], 0
         for name, row in rows.items():
