@@ -9,12 +9,14 @@ computes them, so that the hosts can claim each tick by its time alone.
 - ``cron``: five fields read as Debian's cron reads them (cronsim), in the
   schedule's time zone. Around a change of the clocks:
 
-  * spring forward (02:00 -> 03:00 in Europe/Berlin): a time in the skipped
-    hour (``30 2 * * *``) runs once, at the end of the gap (03:00 local);
+  * spring forward (02:00 -> 03:00 in Europe/Berlin): a fixed time in the
+    skipped hour (``30 2 * * *``) runs once, at the end of the gap (03:00
+    local); an expression whose minute or hour field begins with ``*``
+    follows real time, which has no such hour (``*/30 2 * * *`` does not run);
   * fall back (03:00 -> 02:00): a fixed time in the repeated hour runs once,
-    at its first occurrence; an expression whose minute or hour field is a
-    wildcard or a step (``0 * * * *``, ``*/30 2 * * *``) follows real time and
-    runs in both passes of the repeated hour.
+    at its first occurrence; one whose minute or hour field begins with
+    ``*`` (``0 * * * *``, ``*/30 2 * * *``) follows real time and runs in
+    both passes of the repeated hour.
 """
 
 from __future__ import annotations
