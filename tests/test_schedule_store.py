@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -170,6 +170,36 @@ def test_the_code_is_the_source_of_truth_for_definitions(app):
     verbs.declare([other.declared()], forget_others=True)
     _, found = verbs.state()
     assert list(found) == ["other"] and tick_rows(app, "every") == []
+
+
+def test_two_workers_declaring_the_same_new_definition_count_its_ticks_from_the_first(app):
+    """Both read the old definition; the second then moved the moment the
+    ticks count from past one the first could have claimed meanwhile."""
+    if app.store.dialect.embedded:
+        pytest.skip("SQLite: one writer at a time, the second reads the first's row")
+    _, verbs, _, _ = setup_schedule(app, every=60)
+    app.schedules.clear()
+    changed = declare(app, every=120).declared()
+    table = app.store.tables.schedules.name
+    first: list[datetime] = []
+
+    def the_other_declares_first(conn, cursor, statement, *_: object) -> None:
+        if not first and statement.startswith("UPDATE") and table in statement:
+            first.append(datetime.min)  # (once: the other's UPDATE comes here too)
+            other = threading.Thread(target=lambda: Schedules(app.store).declare([changed]))
+            other.start()
+            other.join(30)  # this one holds no lock yet: the other's commits
+            first[0] = verbs.state()[1]["every"].declared_at
+
+    sa.event.listen(app.store.engine, "before_cursor_execute", the_other_declares_first)
+    try:
+        verbs.declare([changed])  # read the old definition, then met the other's
+    finally:
+        sa.event.remove(app.store.engine, "before_cursor_execute", the_other_declares_first)
+    assert first and first[0] != datetime.min
+    _, found = verbs.state()
+    assert found["every"].definition == "every 120 s"
+    assert found["every"].declared_at == first[0]  # not moved again by the second
 
 
 def test_a_run_by_hand_counts_as_the_last_run(app):
