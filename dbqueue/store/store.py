@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from .engine import connect, tables_missing, translating
 from .leases import Leases
-from .schema import REVISION, version_table
+from .schema import REVISION
 from .transactions import tables_outdated
 
 # Where these names were defined before the verbs were split by theme.
@@ -48,9 +48,7 @@ class Store(Leases):
         Newer ones pass: each migration keeps older code working, so during a
         rolling deploy the hosts still on the old code go on while one migrates.
         """
-        version = sa.table(version_table(self.prefix), sa.column("version_num"))
-        found = self.read(lambda c: c.execute(sa.select(version.c.version_num)).scalars().all())
-        current = max(found, default=None)
+        current = self.read(self.read_revision)
         if current is None:
             raise tables_missing(self.engine, self.prefix)
         if current < REVISION:

@@ -162,13 +162,16 @@ class Transactions:
     def _revision(self) -> str | None:
         """The revision in the version table of this prefix; None if it cannot
         be read (on PostgreSQL, a prefix in capitals names another table)."""
-        versions = sa.table(version_table(self.prefix), sa.column("version_num"))
         try:
             with connect(self.engine) as connection:
-                found = connection.execute(sa.select(versions.c.version_num)).scalars().all()
+                return self.read_revision(connection)
         except (DBQueueError, *DRIVER_ERRORS):
             return None
-        return max(found, default=None)
+
+    def read_revision(self, c: Connection) -> str | None:
+        """The revision in the version table of this prefix (None: no row)."""
+        versions = sa.table(version_table(self.prefix), sa.column("version_num"))
+        return max(c.execute(sa.select(versions.c.version_num)).scalars().all(), default=None)
 
     def read(self, work: Callable[[Connection], T]) -> T:
         """Run ``work``, which only reads, in a transaction of its own."""

@@ -37,6 +37,7 @@ _UNREADABLE = "its created_at cannot be read as a time (see the row)"
 UNKNOWN_RETRY = 5.0
 """How long an unknown job is put back for, each time."""
 
+
 @dataclass(frozen=True, slots=True)
 class Postponed:
     """The row cannot run here now: back to the queue for ``delay`` seconds,

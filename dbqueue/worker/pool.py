@@ -228,8 +228,10 @@ class Pool:
         An answer that arrived since the last ``wait`` is read by the next one:
         the task ended in time, and killing the child would lose its result.
         """
-        return ([child for child in self.children if child.timed_out]
-                + [child for child in self._past_deadline() if not child.has_answer()])
+        return ([child for child in self.children if child.timed_out] + self._due_to_die())
+
+    def _due_to_die(self) -> list[Child]:
+        return [child for child in self._past_deadline() if not child.has_answer()]
 
     def _past_deadline(self) -> list[Child]:
         now = time.monotonic()
@@ -254,9 +256,9 @@ class Pool:
             if child.has_answer():
                 with contextlib.suppress(EOFError, OSError):  # a death: ``wait`` sees it
                     self._read(child, self._early)
-            if child.tasks and child.deadline() <= time.monotonic() and not child.has_answer():
-                child.timed_out = True
-                kill_tree(child.process)
+        for child in self._due_to_die():
+            child.timed_out = True
+            kill_tree(child.process)
         return self.next_deadline()
 
     def kill(self, child: Child) -> Ended:

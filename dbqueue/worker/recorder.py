@@ -26,6 +26,14 @@ from .records import Completed, Failed, KeyFreed, Record, Released, Unlocked
 log = logging.getLogger("dbqueue.worker")
 
 
+def say_leases_lost(count: int, what_became: str) -> None:
+    """The warning for ``count`` leases another worker took while this one
+    stalled (the renewal or a give-back finds them), and ``what_became`` of
+    their jobs here."""
+    log.warning("%d job lease(s) were lost to other workers: this worker stalled longer than "
+                "its lease (retry_after); %s", count, what_became)
+
+
 class Recorder:
     def __init__(self, ledger: Ledger, completer: Completer, store: Store, health: Health,
                  hooks: deque[RunHook], *, bound: Bound | None = None) -> None:
@@ -133,9 +141,8 @@ class Recorder:
                 self.completer.add(Unlocked(key, owner))
             return
         if released < len(leases):  # the renewal, had it come first, would have said so
-            log.warning("%d job lease(s) were lost to other workers: this worker stalled longer "
-                        "than its lease (retry_after); those jobs, not started here, are "
-                        "theirs now", len(leases) - released)
+            say_leases_lost(len(leases) - released,
+                            "those jobs, not started here, are theirs now")
 
     def take_given_back(self) -> bool:
         """Whether jobs were given back since the last call (they may be ready)."""

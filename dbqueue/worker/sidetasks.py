@@ -36,7 +36,7 @@ from .completer import BatchCompleter
 from .health import DB_ERRORS, Health
 from .joblocks import JobLocks
 from .ledger import Entry, Ledger, State
-from .recorder import Recorder
+from .recorder import Recorder, say_leases_lost
 
 log = logging.getLogger("dbqueue.worker")
 
@@ -189,10 +189,9 @@ class LeaseRenewal(SideTask):
             self.recorder.drop_lost(entry)
         for entry in lost:
             entry.lease_lost = True
-        log.warning("%d job lease(s) were lost to other workers: this worker stalled longer "
-                    "than its lease (retry_after); %d job(s) not yet started were dropped, "
-                    "%d running one(s) may also run elsewhere", len(lost), len(waiting),
-                    sum(entry.state == State.RUNNING for entry in lost))
+        running = sum(entry.state == State.RUNNING for entry in lost)
+        say_leases_lost(len(lost), f"{len(waiting)} job(s) not yet started were dropped, "
+                                   f"{running} running one(s) may also run elsewhere")
 
     def _lost_locks(self, lost: list[tuple[Entry, str]]) -> None:
         """Some locks expired while this worker stalled, and may be another's now.
